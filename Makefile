@@ -1,0 +1,35 @@
+# The handful of commands people type. Every target does its own set-up.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.xpro-installed
+
+.PHONY: setup test test-fast test-kernel lint demo bench clean
+
+$(SETUP_STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+setup: ## apt packages, kernel headers, bpffs, .venv with bcc visible
+	bash scripts/setup.sh
+
+test: $(SETUP_STAMP) ## every test: fast, kernel, netns and slow tiers (what CI runs)
+	bash scripts/test.sh
+
+test-fast: $(SETUP_STAMP) ## pure/unit tests only (seconds)
+	$(PY) -m pytest -q -m "not kernel and not netns and not slow"
+
+test-kernel: $(SETUP_STAMP) ## only tests that load XDP programs or use namespaces
+	$(PY) -m pytest -q -m "kernel or netns"
+
+lint: $(SETUP_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/mypy xpro_mesh
+
+demo: $(SETUP_STAMP) ## the main job (see README)
+	bash scripts/demo.sh
+
+bench: $(SETUP_STAMP)
+	bash scripts/bench.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,5 @@
+import sys
+
+from xpro_mesh.cli import main
+
+sys.exit(main())

@@ -1,0 +1,301 @@
+"""The X-Pro rules, line by line: Algorithm 1 (sync of L_DB with M_DB) and
+Algorithm 2 (per-packet filtering), as a pure userspace reference model.
+
+Al Atiiq & Gehrmann, "X-Pro: Distributed XDP Proxies against DDoS" (NordSec
+2021). This module is the contract the kernel program and the gossip merge are
+checked against, so it does integer arithmetic only, exactly as the kernel:
+
+* timestamps and T_T1..T_T4 are nanoseconds, T_F1/T_F2 packets per second;
+* a rate test ``c / (ts2 - ts1) > T_F`` is ``c * 10**9 > T_F * (ts2 - ts1)``;
+* the "frequency division factor" r divides: line 14 ``(ts2' - ts1) // r``,
+  line 15 ``c // r``.
+
+Primed names (``ts1'``...) are the proxy's local database L_DB
+(:class:`LocalRecord`), unprimed ones the master's M_DB (:class:`MasterRecord`).
+No I/O, no clock: time is an argument.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable, MutableMapping
+from dataclasses import dataclass, replace
+
+NS_PER_S = 10**9
+
+__all__ = [
+    "NS_PER_S",
+    "DestinationAggregate",
+    "LocalRecord",
+    "MasterRecord",
+    "Params",
+    "Verdict",
+    "destination_aggregate",
+    "filter_packet",
+    "filter_packet_fair_share",
+    "rate_exceeds",
+    "sync_master",
+]
+
+
+class Verdict(str, enum.Enum):
+    """What Algorithm 2 decides for one packet."""
+
+    PASS = "pass"
+    DROP_PAIR = "drop_pair"  # line 15: the (i, D) pair is over T_F1
+    DROP_DEST = "drop_dest"  # lines 21-23: destination D is over T_F2
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """The paper's thresholds.
+
+    t_t1: idle time after which a pair's window restarts (Alg. 2) and after
+          which a restarted local window replaces the master's (Alg. 1 line 5).
+    t_t2: the shortest pair window over which T_F1 is judged (Alg. 2).
+    t_t3: the shortest destination window over which T_F2 is judged (Alg. 2).
+    t_t4: the longest window before it is divided by r (Alg. 1 lines 13-23).
+    t_f1: packets/s allowed per (client, destination) pair.
+    t_f2: packets/s allowed per destination, over all clients.
+    r:    frequency division factor, an integer >= 2.
+    """
+
+    t_t1: int
+    t_t2: int
+    t_t3: int
+    t_t4: int
+    t_f1: int
+    t_f2: int
+    r: int
+
+    def __post_init__(self) -> None:
+        for name in ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "r"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.r < 2:
+            raise ValueError(f"r must be an integer >= 2, got {self.r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRecord:
+    """One (i, D_addr) entry of a proxy's L_DB: ts1', ts2', c', dc', mark'.
+
+    ``c`` counts the packets of the current window as the proxy knows it (the
+    master's count at the last sync plus what arrived since), ``dc`` only what
+    arrived since the last sync; every packet increments both (Alg. 2).
+    ``mark`` is 1 when the window was restarted by the idle rule since the
+    last sync.
+    """
+
+    ts1: int
+    ts2: int
+    c: int
+    dc: int
+    mark: int
+
+
+@dataclass(frozen=True, slots=True)
+class MasterRecord:
+    """One (i, D_addr) entry of the master's M_DB: ts1, ts2, c."""
+
+    ts1: int
+    ts2: int
+    c: int
+
+
+def rate_exceeds(count: int, ts1: int, ts2: int, limit_pps: int) -> bool:
+    """``count / (ts2 - ts1) > limit`` in packets per second, in integers."""
+    return count * NS_PER_S > limit_pps * (ts2 - ts1)
+
+
+def sync_master(
+    local: LocalRecord | None, master: MasterRecord | None, p: Params
+) -> tuple[LocalRecord | None, MasterRecord | None]:
+    """Algorithm 1 for one (i, D_addr): returns the new (L_DB, M_DB) entries.
+
+    Three cases, as in the paper: the pair is in both databases (lines 5-25),
+    only in M_DB (lines 26-28), only in L_DB (lines 31-33). A pair in neither
+    stays absent.
+    """
+    if local is None and master is None:
+        return None, None
+    if local is None:
+        assert master is not None
+        # Lines 26-28: a pair counted elsewhere; adopt the master's window.
+        return LocalRecord(ts1=master.ts1, ts2=master.ts2, c=master.c, dc=0, mark=0), master
+    if master is None:
+        # Lines 31-33: ts1 = ts1', ts2 = ts2', c = c'. The paper leaves L_DB
+        # untouched here (dc' is not reset); we follow it literally. The
+        # gossip merge does not use this path and counts exactly instead.
+        return local, MasterRecord(ts1=local.ts1, ts2=local.ts2, c=local.c)
+    return _sync_both(local, master, p)
+
+
+def _sync_both(
+    local: LocalRecord, master: MasterRecord, p: Params
+) -> tuple[LocalRecord, MasterRecord]:
+    """Lines 5-25: reconcile one pair present in both L_DB and M_DB."""
+    ts1_l, ts2_l, c_l, dc_l = local.ts1, local.ts2, local.c, local.dc
+    ts1_m, ts2_m, c_m = master.ts1, master.ts2, master.c
+
+    # Line 5: a window restarted locally by the idle rule, starting more than
+    # T_T1 after the master's window, replaces the master's (lines 6-8).
+    if local.mark == 1 and ts1_l - ts1_m > p.t_t1:
+        return (
+            LocalRecord(ts1=ts1_l, ts2=ts2_l, c=c_l, dc=0, mark=0),
+            MasterRecord(ts1=ts1_l, ts2=ts2_l, c=c_l),
+        )
+
+    # Lines 9-10: otherwise clear the mark and merge the windows.
+    if ts2_l < ts2_m:
+        # Lines 11-12: the local window ends earlier; take the later end.
+        ts2_l = ts2_m
+    elif ts2_l - ts1_m > p.t_t4:
+        # Lines 13-17: the window grew past T_T4; shrink it by the factor r
+        # and divide the master's count by the same factor.
+        ts1_l = ts2_l - (ts2_l - ts1_m) // p.r  # line 14
+        c_m = c_m // p.r  # line 15
+        ts1_m = ts1_l
+        ts2_m = ts2_l
+    else:
+        # Lines 18-19: the master takes the later local end.
+        ts2_m = ts2_l
+
+    if ts1_l > ts1_m:
+        # Lines 20-21: the local window starts later; take the earlier start.
+        ts1_l = ts1_m
+    elif ts2_l - ts1_l > p.t_t4:
+        # Lines 22-23: a local window longer than T_T4 moves the master's
+        # start (the decayed start of line 14 lands here as a no-op).
+        ts1_m = ts1_l
+
+    # Lines 24-25: the master adds what this proxy counted since the last
+    # sync; both then hold the same count and dc' restarts at 0.
+    c_l = c_m + dc_l
+    c_m = c_l
+    return (
+        LocalRecord(ts1=ts1_l, ts2=ts2_l, c=c_l, dc=0, mark=0),
+        MasterRecord(ts1=ts1_m, ts2=ts2_m, c=c_m),
+    )
+
+
+def _count_packet(record: LocalRecord | None, now: int, p: Params) -> LocalRecord:
+    """Algorithm 2, lines 1-13: open, restart or extend the pair's window and
+    count the packet (counted even if it is then dropped, as in the paper)."""
+    if record is None:
+        # A pair never seen: a fresh window at this packet, mark' = 0.
+        record = LocalRecord(ts1=now, ts2=now, c=0, dc=0, mark=0)
+    elif now - record.ts2 > p.t_t1:
+        # Idle longer than T_T1: restart the window and mark the restart so
+        # that the next sync lets it replace the master's (Alg. 1 line 5).
+        record = LocalRecord(ts1=now, ts2=record.ts2, c=0, dc=0, mark=1)
+    return replace(record, ts2=now, c=record.c + 1, dc=record.dc + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationAggregate:
+    """Lines 18-20 for one destination D: the earliest start, the latest end
+    and the summed count of every client's window towards D, and how many
+    clients that is (n(D), for the fair-share policy)."""
+
+    ts1: int
+    ts2: int
+    c: int
+    clients: int
+
+
+def destination_aggregate(
+    table: MutableMapping[tuple[Hashable, Hashable], LocalRecord], dst: Hashable
+) -> DestinationAggregate | None:
+    """Min ts1, max ts2 and the sum of c_i + dc_i over all clients of ``dst``.
+
+    ``c_i + dc_i`` of the paper is the local ``c'_i`` here: after a sync
+    c' = c and dc' = 0, and every packet increments both. The kernel keeps
+    this aggregate incrementally; the model recomputes it.
+    """
+    ts1: int | None = None
+    ts2 = 0
+    total = 0
+    clients = 0
+    for (_src, d), rec in table.items():
+        if d != dst:
+            continue
+        ts1 = rec.ts1 if ts1 is None else min(ts1, rec.ts1)
+        ts2 = max(ts2, rec.ts2)
+        total += rec.c
+        clients += 1
+    if ts1 is None:
+        return None
+    return DestinationAggregate(ts1=ts1, ts2=ts2, c=total, clients=clients)
+
+
+def _pair_over_limit(rec: LocalRecord, p: Params) -> bool:
+    """Line 14: the pair's window is longer than T_T2 and its rate over T_F1."""
+    return rec.ts2 - rec.ts1 > p.t_t2 and rate_exceeds(rec.c, rec.ts1, rec.ts2, p.t_f1)
+
+
+def _destination_over_limit(agg: DestinationAggregate, p: Params) -> bool:
+    """Line 21: D's window is longer than T_T3 and its rate over T_F2."""
+    return agg.ts2 - agg.ts1 > p.t_t3 and rate_exceeds(agg.c, agg.ts1, agg.ts2, p.t_f2)
+
+
+def filter_packet(
+    table: MutableMapping[tuple[Hashable, Hashable], LocalRecord],
+    src: Hashable,
+    dst: Hashable,
+    now: int,
+    p: Params,
+) -> Verdict:
+    """Algorithm 2 for one packet from ``src`` to ``dst`` at time ``now``.
+
+    Updates ``table`` (the L_DB) in place and returns the verdict. The
+    destination rule is the paper's literal one (lines 21-23): while D is
+    over T_F2, every packet to D is dropped, whoever sends it.
+    """
+    rec = _count_packet(table.get((src, dst)), now, p)
+    table[(src, dst)] = rec
+    if _pair_over_limit(rec, p):
+        return Verdict.DROP_PAIR  # line 15, with an overload warning
+    agg = destination_aggregate(table, dst)
+    assert agg is not None  # the pair itself was just written
+    if _destination_over_limit(agg, p):
+        return Verdict.DROP_DEST  # lines 21-23
+    return Verdict.PASS
+
+
+def filter_packet_fair_share(
+    table: MutableMapping[tuple[Hashable, Hashable], LocalRecord],
+    src: Hashable,
+    dst: Hashable,
+    now: int,
+    p: Params,
+    clients: int | None = None,
+) -> Verdict:
+    """Algorithm 2 with the ``fair-share`` destination policy (DESIGN.md).
+
+    Identical to :func:`filter_packet` up to line 21. While D is over T_F2,
+    only the pairs whose own rate exceeds D's fair share ``T_F2 / n(D)`` are
+    dropped, so slow, long-lived clients keep reaching D. ``n(D)`` is the
+    number of clients active towards D across the mesh; the agents know it
+    and pass it as ``clients``; by default the clients in ``table`` are
+    counted. The pair's share test uses the pair's own window and needs no
+    minimum length: in the integer form ``c * 10**9 * n > T_F2 * (ts2 - ts1)``.
+    """
+    rec = _count_packet(table.get((src, dst)), now, p)
+    table[(src, dst)] = rec
+    if _pair_over_limit(rec, p):
+        return Verdict.DROP_PAIR
+    agg = destination_aggregate(table, dst)
+    assert agg is not None
+    if _destination_over_limit(agg, p):
+        n = max(1, clients if clients is not None else agg.clients)
+        window = rec.ts2 - rec.ts1
+        if window > p.t_t2 and rec.c * NS_PER_S * n > p.t_f2 * window:
+            return Verdict.DROP_DEST
+    return Verdict.PASS
