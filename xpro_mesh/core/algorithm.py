@@ -38,15 +38,12 @@ __all__ = [
 ]
 
 
-class Verdict(str, enum.Enum):
-    """What Algorithm 2 decides for one packet."""
+class Verdict(enum.StrEnum):
+    """What Algorithm 2 decides for one packet (compares equal to its string)."""
 
     PASS = "pass"
     DROP_PAIR = "drop_pair"  # line 15: the (i, D) pair is over T_F1
     DROP_DEST = "drop_dest"  # lines 21-23: destination D is over T_F2
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
