@@ -1,0 +1,1 @@
+"""The lab: network namespaces, traffic and scenarios on one machine."""

@@ -1,0 +1,301 @@
+"""The lab's network: namespaces, bridges, veth pairs, addresses and routes.
+
+Two halves, kept apart (STYLE: compute what to change apart from changing it):
+:func:`plan` is pure and says what the lab looks like; :func:`build` and
+:func:`destroy` apply it with pyroute2. Every name starts with ``xl-`` so that
+:func:`destroy` can find and remove all of it after a crash, idempotently.
+
+Layout (one L2 segment per side, bridged in a switch namespace so the root
+namespace is never touched)::
+
+    xl-c<i> (good clients behind proxy i) ─┐
+    xl-b<i> (bots behind proxy i) ─────────┤ br-c ── c0 [XDP] xl-p<i> s0 ── br-s ── xl-victim
+                                            (every client can reach every     ├── xl-redis (M_DB)
+                                             proxy: one segment)              └── agents gossip here
+
+Addresses (all inside these namespaces): proxies 10.10.0.<10+i>/16 on the
+client side and 10.20.0.<10+i>/16 on the service side; clients behind proxy
+i use 10.10.<100+i>.<2..99>, bots 10.10.<100+i>.<100..254>; the victim is
+10.20.0.2 and the Redis master 10.20.0.3. The victim routes each proxy's
+client block back through that proxy, so replies take the same path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PREFIX = "xl-"
+SWITCH_NS = "xl-sw"
+VICTIM_NS = "xl-victim"
+REDIS_NS = "xl-redis"
+VICTIM_ADDR = "10.20.0.2"
+REDIS_ADDR = "10.20.0.3"
+STATE_FILE = Path("/run/xpro/lab.json")
+NETNS_DIR = Path("/var/run/netns")
+
+
+class LabError(Exception):
+    """The lab could not be built or torn down; the message says what failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    index: int
+    ns: str
+    client_addr: str  # on c0, the client-facing side (XDP attaches here)
+    service_addr: str  # on s0, towards the victim; agents gossip here
+    client_block: str  # the /24 of the clients and bots behind this proxy
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """A namespace of good clients or bots behind one proxy."""
+
+    ns: str
+    role: str  # "good" | "bot"
+    proxy: int
+    addrs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LabPlan:
+    proxies: tuple[Proxy, ...]
+    senders: tuple[Sender, ...]
+    victim_addr: str = VICTIM_ADDR
+    redis_addr: str = REDIS_ADDR
+    pin_root: str = "/run/xpro/bpf"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def namespaces(self) -> list[str]:
+        names = [SWITCH_NS, VICTIM_NS, REDIS_NS]
+        names += [p.ns for p in self.proxies]
+        names += [s.ns for s in self.senders]
+        return names
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> LabPlan:
+        raw = json.loads(text)
+        return cls(
+            proxies=tuple(Proxy(**p) for p in raw["proxies"]),
+            senders=tuple(
+                Sender(ns=s["ns"], role=s["role"], proxy=s["proxy"], addrs=tuple(s["addrs"]))
+                for s in raw["senders"]
+            ),
+            victim_addr=raw["victim_addr"],
+            redis_addr=raw["redis_addr"],
+            pin_root=raw["pin_root"],
+            extra=raw.get("extra", {}),
+        )
+
+    def good_addrs(self) -> list[str]:
+        return [a for s in self.senders if s.role == "good" for a in s.addrs]
+
+    def bot_addrs(self) -> list[str]:
+        return [a for s in self.senders if s.role == "bot" for a in s.addrs]
+
+
+def plan(proxies: int = 3, clients: int = 12, bots: int = 240) -> LabPlan:
+    """The lab for ``proxies`` proxies, ``clients`` good clients and ``bots``
+    bot addresses, both spread round-robin over the proxies."""
+    if not 1 <= proxies <= 50:
+        raise LabError(f"--proxies must be between 1 and 50, got {proxies}")
+    if clients < 0 or clients > 98 * proxies:
+        raise LabError(f"--clients must be between 0 and {98 * proxies}, got {clients}")
+    if bots < 0 or bots > 155 * proxies:
+        raise LabError(f"--bots must be between 0 and {155 * proxies}, got {bots}")
+    ps = tuple(
+        Proxy(
+            index=i,
+            ns=f"{PREFIX}p{i}",
+            client_addr=f"10.10.0.{10 + i}",
+            service_addr=f"10.20.0.{10 + i}",
+            client_block=f"10.10.{100 + i}.0/24",
+        )
+        for i in range(proxies)
+    )
+    senders: list[Sender] = []
+    for role, count, first in (("good", clients, 2), ("bot", bots, 100)):
+        per_proxy: list[list[str]] = [[] for _ in range(proxies)]
+        for n in range(count):
+            i = n % proxies
+            per_proxy[i].append(f"10.10.{100 + i}.{first + len(per_proxy[i])}")
+        for i, addrs in enumerate(per_proxy):
+            if addrs:
+                tag = "c" if role == "good" else "b"
+                senders.append(Sender(ns=f"{PREFIX}{tag}{i}", role=role, proxy=i, addrs=tuple(addrs)))
+    return LabPlan(proxies=ps, senders=tuple(senders))
+
+
+# --- applying the plan (pyroute2) --------------------------------------------
+
+
+def _nsexec(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command with only the network namespace changed (``nsenter
+    --net`` keeps /sys, so bpffs pins stay visible, unlike ``ip netns exec``)."""
+    return subprocess.run(
+        ["nsenter", f"--net={NETNS_DIR / ns}", *argv],
+        check=check,
+        capture_output=True,
+        text=True,
+    )
+
+
+def sysctl(ns: str, key: str, value: str) -> None:
+    path = "/proc/sys/" + key.replace(".", "/")
+    _nsexec(ns, "sh", "-c", f"echo {value} > {path}")
+
+
+def build(lab: LabPlan, progress: object = None) -> None:
+    """Create every namespace, link, address and route of ``lab``.
+
+    Fails with :class:`LabError` if any ``xl-`` namespace already exists
+    (run ``lab down`` first); on a failure half-way it tears down what it
+    made, so a failed ``lab up`` leaves nothing behind.
+    """
+    from pyroute2 import NetNS, netns
+
+    existing = [n for n in netns.listnetns() if n.startswith(PREFIX)]
+    if existing:
+        raise LabError(
+            f"lab namespaces already exist ({', '.join(sorted(existing)[:4])}...); "
+            "run `xpro-mesh lab down` first"
+        )
+    try:
+        for name in lab.namespaces():
+            netns.create(name)
+        with NetNS(SWITCH_NS) as sw:
+            for br in ("br-c", "br-s"):
+                sw.link("add", ifname=br, kind="bridge")
+                sw.link("set", index=sw.link_lookup(ifname=br)[0], state="up")
+
+            def wire(port: str, ns: str, ifname: str, bridge: str) -> None:
+                sw.link("add", ifname=port, kind="veth", peer={"ifname": ifname, "net_ns_fd": ns})
+                idx = sw.link_lookup(ifname=port)[0]
+                sw.link("set", index=idx, master=sw.link_lookup(ifname=bridge)[0], state="up")
+
+            for p in lab.proxies:
+                wire(f"p{p.index}c", p.ns, "c0", "br-c")
+                wire(f"p{p.index}s", p.ns, "s0", "br-s")
+            wire("vic", VICTIM_NS, "v0", "br-s")
+            wire("rds", REDIS_NS, "r0", "br-s")
+            for s in lab.senders:
+                wire(s.ns.removeprefix(PREFIX), s.ns, "e0", "br-c")
+
+        def up(ns: str, ifname: str, addrs: list[tuple[str, int]]) -> None:
+            with NetNS(ns) as n:
+                lo = n.link_lookup(ifname="lo")[0]
+                n.link("set", index=lo, state="up")
+                idx = n.link_lookup(ifname=ifname)[0]
+                for addr, plen in addrs:
+                    n.addr("add", index=idx, address=addr, prefixlen=plen)
+                n.link("set", index=idx, state="up")
+
+        for p in lab.proxies:
+            up(p.ns, "c0", [(p.client_addr, 16)])
+            up(p.ns, "s0", [(p.service_addr, 16)])
+            sysctl(p.ns, "net.ipv4.ip_forward", "1")
+            for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"):
+                sysctl(p.ns, key, "0")
+            # Proxies do not tell clients about the direct path to the
+            # victim's segment (both are on-link for them).
+            sysctl(p.ns, "net.ipv4.conf.all.send_redirects", "0")
+        up(VICTIM_NS, "v0", [(lab.victim_addr, 16)])
+        up(REDIS_NS, "r0", [(lab.redis_addr, 16)])
+        with NetNS(VICTIM_NS) as v:
+            for p in lab.proxies:
+                v.route("add", dst=p.client_block, gateway=p.service_addr)
+        for s in lab.senders:
+            # Senders' addresses are /32s on their one link; everything else
+            # (the victim included) goes through their proxy.
+            up(s.ns, "e0", [(a, 32) for a in s.addrs])
+            proxy = lab.proxies[s.proxy]
+            with NetNS(s.ns) as n:
+                idx = n.link_lookup(ifname="e0")[0]
+                n.route("add", dst="10.10.0.0/16", oif=idx, scope=253)
+                n.route("add", dst="0.0.0.0/0", gateway=proxy.client_addr)
+        STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        STATE_FILE.write_text(lab.to_json())
+    except Exception as exc:
+        destroy()
+        if isinstance(exc, LabError):
+            raise
+        raise LabError(f"lab up failed and was rolled back: {exc}") from exc
+
+
+def lab_namespaces() -> list[str]:
+    from pyroute2 import netns
+
+    return sorted(n for n in netns.listnetns() if n.startswith(PREFIX))
+
+
+def _pids_in(ns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split() if x.isdigit()]
+
+
+def destroy(grace_s: float = 3.0) -> list[str]:
+    """Remove every ``xl-`` namespace (and the processes running in them).
+
+    Idempotent: a second call, or a call after a killed run, finds what is
+    left and removes it. Returns the namespaces removed.
+    """
+    from pyroute2 import netns
+
+    names = lab_namespaces()
+    pids = {pid for ns in names for pid in _pids_in(ns)}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while pids and time.monotonic() < deadline:
+        pids = {p for p in pids if _alive(p)}
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for name in names:
+        with contextlib.suppress(Exception):
+            netns.remove(name)
+    with contextlib.suppress(FileNotFoundError):
+        STATE_FILE.unlink()
+    _remove_lab_pins()
+    return names
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _remove_lab_pins() -> None:
+    root = Path("/run/xpro/bpf")
+    if not root.is_dir():
+        return
+    for ns_dir in root.glob(f"{PREFIX}*"):
+        for path in sorted(ns_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() else path.unlink()
+        with contextlib.suppress(OSError):
+            ns_dir.rmdir()
+
+
+def current() -> LabPlan | None:
+    """The plan of the lab that is up, if any."""
+    try:
+        return LabPlan.from_json(STATE_FILE.read_text())
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
