@@ -132,7 +132,8 @@ def plan(proxies: int = 3, clients: int = 12, bots: int = 240) -> LabPlan:
         for i, addrs in enumerate(per_proxy):
             if addrs:
                 tag = "c" if role == "good" else "b"
-                senders.append(Sender(ns=f"{PREFIX}{tag}{i}", role=role, proxy=i, addrs=tuple(addrs)))
+                ns = f"{PREFIX}{tag}{i}"
+                senders.append(Sender(ns=ns, role=role, proxy=i, addrs=tuple(addrs)))
     return LabPlan(proxies=ps, senders=tuple(senders))
 
 

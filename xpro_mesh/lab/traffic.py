@@ -40,25 +40,39 @@ def _install_stop(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
 # --- the victim ---------------------------------------------------------------
 
 
+BIN_S = 0.1  # the victim's time resolution (seconds per bin)
+
+
 @dataclass
 class VictimCounts:
-    """Arrivals at the victim per whole second since it started, per tag."""
+    """Arrivals at the victim per 100 ms bin since it started, per tag and per
+    sending block (the third octet of the source: which proxy's clients)."""
 
     started_at: float
-    per_second: dict[str, dict[int, int]] = field(
-        default_factory=lambda: {"good": defaultdict(int), "attack": defaultdict(int)}
+    bins: dict[str, dict[int, dict[int, int]]] = field(
+        default_factory=lambda: {"good": defaultdict(lambda: defaultdict(int)),
+                                 "attack": defaultdict(lambda: defaultdict(int))}
     )
     tcp_connections: int = 0
 
-    def add(self, tag: bytes, now: float) -> None:
-        second = int(now - self.started_at)
+    def add(self, tag: bytes, src: str, now: float) -> None:
+        b = int((now - self.started_at) / BIN_S)
         key = "good" if tag == GOOD else "attack"
-        self.per_second[key][second] += 1
+        try:
+            block = int(src.split(".")[2])
+        except (IndexError, ValueError):
+            block = -1
+        self.bins[key][block][b] += 1
 
     def to_json(self) -> dict[str, object]:
         return {
             "started_at": self.started_at,
-            "per_second": {k: dict(sorted(v.items())) for k, v in self.per_second.items()},
+            "bin_s": BIN_S,
+            "bins": {
+                tag: {str(block): {str(k): v for k, v in sorted(series.items())}
+                      for block, series in blocks.items()}
+                for tag, blocks in self.bins.items()
+            },
             "tcp_connections": self.tcp_connections,
         }
 
@@ -75,12 +89,12 @@ class _VictimUdp(asyncio.DatagramProtocol):
         if len(data) < HEADER.size:
             return
         tag = data[:1]
-        self.counts.add(tag, time.monotonic())
+        self.counts.add(tag, addr[0], time.monotonic())
         if tag == GOOD and self.transport is not None:
             self.transport.sendto(data, addr)
 
 
-async def run_victim(host: str, port: int, out: Path, duration: float) -> None:
+async def run_victim(host: str, port: int, duration: float) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _install_stop(loop, stop)
@@ -101,7 +115,7 @@ async def run_victim(host: str, port: int, out: Path, duration: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=duration)
     transport.close()
     server.close()
-    out.write_text(json.dumps(counts.to_json()))
+    return counts.to_json()
 
 
 # --- senders --------------------------------------------------------------------
@@ -141,9 +155,8 @@ async def _paced(
 
 
 async def run_bots(
-    addrs: Sequence[str], target: tuple[str, int], rate: float, delay: float, duration: float,
-    out: Path,
-) -> None:
+    addrs: Sequence[str], target: tuple[str, int], rate: float, delay: float, duration: float
+) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _install_stop(loop, stop)
@@ -170,25 +183,21 @@ async def run_bots(
         await _paced(sockets, rate, duration, stop, counted)
     for s in sockets:
         s.close()
-    out.write_text(
-        json.dumps(
-            {
-                "role": "bot",
-                "addrs": len(addrs),
-                "started_at": started,
-                "sent": counter["sent"],
-                "send_errors": errors,
-            }
-        )
-    )
+    return {
+        "role": "bot",
+        "addrs": len(addrs),
+        "started_at": started,
+        "sent": counter["sent"],
+        "send_errors": errors,
+    }
 
 
 async def run_good(
     addrs: Sequence[str], target: tuple[str, int], rate: float, duration: float,
-    timeout: float, out: Path,
-) -> None:
+    reply_timeout: float,
+) -> dict[str, object]:
     """Request/response clients: every request either gets its echo within
-    ``timeout`` (success, latency recorded) or counts as failed."""
+    ``reply_timeout`` (success, latency recorded) or counts as failed."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _install_stop(loop, stop)
@@ -211,7 +220,7 @@ async def run_good(
             _tag, seq, sent_at = HEADER.unpack_from(data)
             if outstanding.pop((idx, seq), None) is not None:
                 latency = time.monotonic() - sent_at
-                results.append((sent_at - t0, latency if latency <= timeout else None))
+                results.append((sent_at - t0, latency if latency <= reply_timeout else None))
 
     for i, s in enumerate(sockets):
         loop.add_reader(s.fileno(), on_readable, i)
@@ -220,29 +229,19 @@ async def run_good(
         idx = sockets.index(sock)
         now = time.monotonic()
         outstanding[(idx, seq)] = now
-        try:
+        with contextlib.suppress(OSError):
             sock.sendto(HEADER.pack(GOOD, seq, now) + PAYLOAD_PAD, target)
-        except OSError:
-            pass
 
     await _paced(sockets, rate, duration, stop, send)
-    await asyncio.sleep(timeout)
+    await asyncio.sleep(reply_timeout)
     for (_, _), sent_at in outstanding.items():
         results.append((sent_at - t0, None))
     for s in sockets:
         loop.remove_reader(s.fileno())
         s.close()
     results.sort()
-    out.write_text(
-        json.dumps(
-            {
-                "role": "good",
-                "addrs": len(addrs),
-                "started_at": t0,
-                "requests": [[round(t, 4), None if lat is None else round(lat, 6)] for t, lat in results],
-            }
-        )
-    )
+    requests = [[round(t, 4), None if lat is None else round(lat, 6)] for t, lat in results]
+    return {"role": "good", "addrs": len(addrs), "started_at": t0, "requests": requests}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,15 +265,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             s.add_argument("--timeout", type=float, default=0.5)
     args = parser.parse_args(argv)
     if args.role == "victim":
-        asyncio.run(run_victim(args.host, args.port, args.out, args.duration))
+        doc = asyncio.run(run_victim(args.host, args.port, args.duration))
+        args.out.write_text(json.dumps(doc))
         return 0
     host, _, port = args.target.rpartition(":")
     target = (host, int(port))
     addrs = [a for a in args.addrs.split(",") if a]
     if args.role == "bots":
-        asyncio.run(run_bots(addrs, target, args.rate, args.delay, args.duration, args.out))
+        doc = asyncio.run(run_bots(addrs, target, args.rate, args.delay, args.duration))
     else:
-        asyncio.run(run_good(addrs, target, args.rate, args.duration, args.timeout, args.out))
+        doc = asyncio.run(run_good(addrs, target, args.rate, args.duration, args.timeout))
+    args.out.write_text(json.dumps(doc))
     return 0
 
 

@@ -1,0 +1,778 @@
+"""One typed configuration object for the agent: defaults ← TOML ← flags.
+
+Why: an agent misconfigured by one typo drops the wrong traffic or never
+joins the mesh, so configuration is read once at start, every value is
+checked, and the first bad one stops the start with one line that names the
+key (``gossip.interval: expected a duration like "500ms", got "fast"``).
+Unknown keys are errors too, with a "did you mean".
+
+Precedence: the defaults of a named profile, then the TOML file, then the
+command-line flags (a dict of dotted keys, ``None`` meaning "flag not given").
+The profile is chosen the same way (``profile = "local"`` in the file,
+``{"profile": "local"}`` from a flag). Profiles follow memberlist's
+``DefaultLANConfig`` / ``DefaultWANConfig`` / ``DefaultLocalConfig``:
+
+* ``lan`` (default): proxies on one data-centre network;
+* ``local``: every agent on one host (loopback tests, the lab), fast timers;
+* ``wan``: proxies across sites, slow and lossy links.
+
+Units are for humans: durations ``"250us" "500ms" "2s" "1m30s" "1h"``, rates
+``1000`` (packets/s) ``"1000/s" "2k pps" "6000/min"``, sizes ``1400`` ``"60kB"``
+``"64KiB"``. Fields ending in ``_ns`` are nanoseconds and are spelled without
+the suffix in the file (``max_skew_ns`` is ``max_skew``).
+
+A TOML file looks like::
+
+    profile = "lan"
+    node_id = "proxy-1"
+    bind = "0.0.0.0:7946"
+    advertise = "10.0.0.1:7946"
+    peers = ["10.0.0.2:7946", "10.0.0.3:7946"]
+    iface = "eth0"
+    key_file = "/etc/xpro-mesh/cluster.key"
+
+    [thresholds]
+    t_f1 = "100/s"
+    t_f2 = "5k/s"
+    policy = "fair-share"
+
+    [gossip]
+    interval = "500ms"
+
+SIGHUP re-reads only the thresholds (:func:`reload_thresholds`), which can
+change while the agent runs without touching the mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from xpro_mesh.algorithm import Params
+from xpro_mesh.mesh.membership import MembershipParams, detection_time_bound_ns
+from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, Address
+
+__all__ = [
+    "AgentConfig",
+    "Backend",
+    "ConfigError",
+    "GossipConfig",
+    "Limits",
+    "LogLevel",
+    "Policy",
+    "Profile",
+    "Thresholds",
+    "config_keys",
+    "defaults",
+    "format_duration",
+    "lan_gossip",
+    "load_config",
+    "local_gossip",
+    "parse_duration",
+    "parse_rate",
+    "reload_thresholds",
+    "wan_gossip",
+]
+
+US = 1_000
+MS = 1_000_000
+S = 1_000_000_000
+MIN_MESSAGE_BYTES = 512  # room for the envelope (<= 323 bytes) and a useful payload
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; ``str()`` is the one line
+    to print: ``<key>: <problem>``."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class Policy(enum.StrEnum):
+    """What happens to destination D's packets while D is over T_F2 (DESIGN.md)."""
+
+    FAIR_SHARE = "fair-share"  # drop only pairs above T_F2 / n(D)
+    PAPER = "paper"  # Algorithm 2 lines 21-23 literally: drop every packet to D
+
+
+class Backend(enum.StrEnum):
+    XDP = "xdp"  # the kernel program's pinned BPF maps
+    MEMORY = "memory"  # the in-memory twin: no kernel program, for tests and the lab
+
+
+class Profile(enum.StrEnum):
+    LAN = "lan"
+    LOCAL = "local"
+    WAN = "wan"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+# --- value parsers: raw TOML/flag value -> typed value, or _Bad ---------------
+
+
+class _Bad(Exception):
+    """A parser's complaint; the builder adds the key."""
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+_DURATION_UNITS = {
+    "ns": 1,
+    "us": US,
+    "µs": US,
+    "ms": MS,
+    "s": S,
+    "m": 60 * S,
+    "min": 60 * S,
+    "h": 3600 * S,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|min|s|m|h)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|min|s|m|h))+")
+
+
+def parse_duration(value: object) -> int:
+    """``"500ms"`` → 500_000_000 ns. Bare numbers are refused: a unit-less
+    ``interval = 500`` is the mistake this check exists to catch."""
+    expected = f'expected a duration like "500ms", got {_show(value)}'
+    if not isinstance(value, str):
+        raise _Bad(expected)
+    text = value.strip()
+    if not _DURATION.fullmatch(text):
+        raise _Bad(expected)
+    total = sum(
+        (Decimal(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text)),
+        Decimal(0),
+    )
+    return int(total.to_integral_value())
+
+
+def format_duration(ns: int) -> str:
+    """The shortest exact spelling of ``ns`` in the units above."""
+    for unit, size in (("h", 3600 * S), ("m", 60 * S), ("s", S), ("ms", MS), ("us", US)):
+        if ns and ns % size == 0:
+            return f"{ns // size}{unit}"
+    return f"{ns}ns"
+
+
+_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*([kMG]?)\s*(pps|/s|/min|/m)?")
+_RATE_MULT = {"": 1, "k": 1_000, "M": 1_000_000, "G": 1_000_000_000}
+_RATE_PER = {None: 1, "pps": 1, "/s": 1, "/min": 60, "/m": 60}
+
+
+def parse_rate(value: object) -> int:
+    """Packets per second: ``1000``, ``"1000/s"``, ``"2k pps"``, ``"6000/min"``;
+    whole packets per second only, as the kernel compares integers."""
+    expected = f'expected a rate like 1000, "1000/s" or "2k pps", got {_show(value)}'
+    if isinstance(value, bool):
+        raise _Bad(expected)
+    if isinstance(value, int):
+        if value < 0:
+            raise _Bad(expected)
+        return value
+    if not isinstance(value, str):
+        raise _Bad(expected)
+    match = _RATE.fullmatch(value.strip())
+    if match is None:
+        raise _Bad(expected)
+    number, mult, per = match.groups()
+    pps = Decimal(number) * _RATE_MULT[mult] / _RATE_PER[per]
+    if pps != pps.to_integral_value():
+        raise _Bad(f"expected a whole number of packets per second, got {_show(value)} = {pps}/s")
+    return int(pps)
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|kB|KB|KiB|MB|MiB)?")
+_SIZE_MULT = {None: 1, "B": 1, "kB": 1000, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 2**20}
+
+
+def _size(value: object) -> int:
+    expected = f'expected a size in bytes like 1400 or "60kB", got {_show(value)}'
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        return int(match.group(1)) * _SIZE_MULT[match.group(2)]
+    raise _Bad(expected)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise _Bad(f"expected a whole number, got {_show(value)}")
+
+
+_HOST_PORT = re.compile(
+    r"\[(?P<v6>[0-9A-Fa-f:.%a-z]+)\]:(?P<p6>\d+)|(?P<host>[^\s:\[\]]+):(?P<port>\d+)"
+)
+
+
+def _address(value: object, *, port_zero: bool) -> Address:
+    expected = f'expected host:port like "10.0.0.2:7946", got {_show(value)}'
+    if not isinstance(value, str):
+        raise _Bad(expected)
+    match = _HOST_PORT.fullmatch(value.strip())
+    if match is None:
+        raise _Bad(expected)
+    host = match.group("v6") or match.group("host")
+    port = int(match.group("p6") or match.group("port"))
+    if not (0 if port_zero else 1) <= port <= 65535:
+        raise _Bad(f"port must be {0 if port_zero else 1}..65535, got {_show(value)}")
+    return (host, port)
+
+
+def _bind_address(value: object) -> Address:
+    return _address(value, port_zero=True)
+
+
+def _peer_address(value: object) -> Address:
+    return _address(value, port_zero=False)
+
+
+def _peers(value: object) -> tuple[Address, ...]:
+    if isinstance(value, str):
+        items: list[object] = [v for v in value.split(",") if v.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise _Bad(f'expected a list of host:port like ["10.0.0.2:7946"], got {_show(value)}')
+    peers: list[Address] = []
+    for index, item in enumerate(items, start=1):
+        try:
+            peers.append(_peer_address(item))
+        except _Bad as bad:
+            raise _Bad(f"item {index}: {bad}") from None
+    return tuple(dict.fromkeys(peers))
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"expected a non-empty string, got {_show(value)}")
+    return value.strip()
+
+
+def _path(value: object) -> Path:
+    return Path(_text(value))
+
+
+def _url(value: object) -> str:
+    text = _text(value)
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise _Bad(f"expected an http:// or https:// URL, got {_show(value)}")
+    return text
+
+
+def _choice(kind: type[enum.StrEnum]) -> Callable[[object], enum.StrEnum]:
+    names = [member.value for member in kind]
+
+    def parse(value: object) -> enum.StrEnum:
+        if isinstance(value, str) and value.strip().lower() in names:
+            return kind(value.strip().lower())
+        options = ", ".join(json.dumps(n) for n in names)
+        hint = ""
+        if isinstance(value, str):
+            given = value.strip().lower()
+            close = [n for n in names if given and n.startswith(given)]
+            close = close or difflib.get_close_matches(given, names, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+        raise _Bad(f"expected one of {options}, got {_show(value)}{hint}")
+
+    return parse
+
+
+Parser = Callable[[object], object]
+
+
+def _parse(parse: Parser) -> dict[str, Parser]:
+    """Field metadata: a file or flag may set this field, through ``parse``."""
+    return {"parse": parse}
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+# --- the configuration -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """The paper's thresholds (Algorithm 1 and 2) and the destination policy.
+
+    Defaults suit a service that sees a few hundred clients; they are the
+    first thing an operator tunes. Durations are ns, rates packets/s.
+    """
+
+    # idle gap after which a pair's window restarts
+    t_t1: int = field(default=5 * S, metadata=_parse(parse_duration))
+    # shortest pair window judged against T_F1
+    t_t2: int = field(default=1 * S, metadata=_parse(parse_duration))
+    # shortest destination window judged against T_F2
+    t_t3: int = field(default=1 * S, metadata=_parse(parse_duration))
+    # longest window before it is divided by r
+    t_t4: int = field(default=10 * S, metadata=_parse(parse_duration))
+    # packets/s allowed per (client, destination) pair
+    t_f1: int = field(default=100, metadata=_parse(parse_rate))
+    # packets/s allowed per destination, summed over all clients and proxies
+    t_f2: int = field(default=1000, metadata=_parse(parse_rate))
+    # frequency division factor, an integer >= 2
+    r: int = field(default=2, metadata=_parse(_count))
+    # which packets to drop while a destination is over T_F2
+    policy: Policy = field(default=Policy.FAIR_SHARE, metadata=_parse(_choice(Policy)))
+
+    def __post_init__(self) -> None:
+        for name in ("t_t1", "t_t2", "t_t3", "t_t4"):
+            _require(getattr(self, name) > 0, f"thresholds.{name}", "must be longer than 0s")
+        for name in ("t_t2", "t_t3"):
+            _require(
+                getattr(self, name) <= self.t_t4,
+                f"thresholds.{name}",
+                f"must not exceed thresholds.t_t4 ({format_duration(self.t_t4)}): a window that "
+                f"long is divided by r before it is ever judged, got "
+                f"{format_duration(getattr(self, name))}",
+            )
+        for name in ("t_f1", "t_f2"):
+            _require(getattr(self, name) >= 1, f"thresholds.{name}", "must be at least 1/s")
+        _require(self.r >= 2, "thresholds.r", f"must be an integer >= 2, got {self.r}")
+
+    def params(self) -> Params:
+        """The algorithm core's :class:`~xpro_mesh.algorithm.Params` (the
+        policy is chosen by which filter function the caller uses)."""
+        return Params(
+            t_t1=self.t_t1,
+            t_t2=self.t_t2,
+            t_t3=self.t_t3,
+            t_t4=self.t_t4,
+            t_f1=self.t_f1,
+            t_f2=self.t_f2,
+            r=self.r,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    """Timers and sizes of the gossip mesh; see the profile functions for
+    what each value trades. Durations are ns."""
+
+    interval_ns: int = field(metadata=_parse(parse_duration))
+    fanout: int = field(metadata=_parse(_count))
+    push_pull_interval_ns: int = field(metadata=_parse(parse_duration))
+    probe_interval_ns: int = field(metadata=_parse(parse_duration))
+    probe_timeout_ns: int = field(metadata=_parse(parse_duration))
+    suspicion_mult: int = field(metadata=_parse(_count))
+    indirect_checks: int = field(metadata=_parse(_count))
+    retransmit_mult: int = field(metadata=_parse(_count))
+    max_message_bytes: int = field(metadata=_parse(_size))
+    replay_window_ns: int = field(metadata=_parse(parse_duration))
+    dead_retention_ns: int = field(metadata=_parse(parse_duration))
+
+    def __post_init__(self) -> None:
+        for name in (
+            "interval_ns",
+            "push_pull_interval_ns",
+            "probe_interval_ns",
+            "probe_timeout_ns",
+            "replay_window_ns",
+            "dead_retention_ns",
+        ):
+            _require(getattr(self, name) > 0, f"gossip.{_key(name)}", "must be longer than 0s")
+        for name in ("fanout", "suspicion_mult", "retransmit_mult"):
+            _require(getattr(self, name) >= 1, f"gossip.{name}", "must be at least 1")
+        _require(
+            self.probe_timeout_ns < self.probe_interval_ns,
+            "gossip.probe_timeout",
+            f"must be shorter than gossip.probe_interval "
+            f"({format_duration(self.probe_interval_ns)}), "
+            f"got {format_duration(self.probe_timeout_ns)}",
+        )
+        _require(
+            MIN_MESSAGE_BYTES <= self.max_message_bytes <= UDP_MAX_PAYLOAD,
+            "gossip.max_message_bytes",
+            f"must be {MIN_MESSAGE_BYTES}..{UDP_MAX_PAYLOAD} bytes (one UDP datagram), "
+            f"got {self.max_message_bytes}",
+        )
+
+    def membership_params(self) -> MembershipParams:
+        return MembershipParams(
+            probe_interval_ns=self.probe_interval_ns,
+            probe_timeout_ns=self.probe_timeout_ns,
+            suspicion_mult=self.suspicion_mult,
+            indirect_checks=self.indirect_checks,
+            retransmit_mult=self.retransmit_mult,
+            push_pull_interval_ns=self.push_pull_interval_ns,
+            dead_retention_ns=self.dead_retention_ns,
+        )
+
+    def detection_time_bound_ns(self, num_nodes: int) -> int:
+        """See :mod:`xpro_mesh.mesh.membership` ("Detection time")."""
+        return detection_time_bound_ns(
+            self.membership_params(), num_nodes, self.interval_ns, self.fanout
+        )
+
+
+def lan_gossip() -> GossipConfig:
+    """Proxies on one data-centre network (memberlist ``DefaultLANConfig``)."""
+    return GossipConfig(
+        # anti-entropy round: shorter spreads counts sooner, costs bandwidth
+        interval_ns=500 * MS,
+        # peers per round: more converges in fewer rounds, costs messages
+        fanout=3,
+        # full member-list exchange: repairs missed gossip, costs a full list
+        push_pull_interval_ns=30 * S,
+        # one failure check per node per interval: shorter detects sooner, costs probes
+        probe_interval_ns=1 * S,
+        # wait for a direct ack: a LAN round trip plus a busy agent's lag
+        probe_timeout_ns=500 * MS,
+        # suspicion lasts 4·max(1, log10 N) probe intervals: fewer false deaths, slower detection
+        suspicion_mult=4,
+        # ping-req helpers: more forgive one lossy link, cost messages
+        indirect_checks=3,
+        # each update is sent 4·⌈log10(N+1)⌉ times: reach against bandwidth
+        retransmit_mult=4,
+        # one Ethernet frame: no IP fragmentation, but more datagrams per full sync
+        max_message_bytes=1_400,
+        # accepted clock skew plus delay: tolerance against replay exposure
+        replay_window_ns=30 * S,
+        # remember the dead: refutes stale rumours, holds a little memory
+        dead_retention_ns=30 * S,
+    )
+
+
+def local_gossip() -> GossipConfig:
+    """Every agent on one host: loopback tests and the lab (memberlist
+    ``DefaultLocalConfig``, faster still)."""
+    return GossipConfig(
+        # loopback is cheap: fast convergence for tests
+        interval_ns=100 * MS,
+        # as lan
+        fanout=3,
+        # repairs within a test's patience
+        push_pull_interval_ns=5 * S,
+        # detects a killed agent in about a second
+        probe_interval_ns=200 * MS,
+        # loopback RTT is microseconds; the rest is event-loop lag on a busy host
+        probe_timeout_ns=100 * MS,
+        # 600 ms of suspicion for N <= 10: fast, but a stalled agent may be suspected
+        suspicion_mult=3,
+        # the helpers share the host and its loopback, so more add little
+        indirect_checks=1,
+        # few nodes: a little above memberlist's 2 for a sure reach
+        retransmit_mult=3,
+        # one loopback packet (MTU 65536): fewest datagrams per full sync
+        max_message_bytes=60_000,
+        # one clock: only delay to absorb
+        replay_window_ns=10 * S,
+        # restarts in tests come back quickly
+        dead_retention_ns=10 * S,
+    )
+
+
+def wan_gossip() -> GossipConfig:
+    """Proxies across sites (memberlist ``DefaultWANConfig``)."""
+    return GossipConfig(
+        # fewer rounds over costly links
+        interval_ns=1 * S,
+        # one more peer per round makes up for the slower rounds
+        fanout=4,
+        # full lists are expensive across sites
+        push_pull_interval_ns=60 * S,
+        # WAN round trips and jitter
+        probe_interval_ns=5 * S,
+        # a slow path is not a dead node
+        probe_timeout_ns=3 * S,
+        # partitions heal slowly: tolerate them longer before declaring death
+        suspicion_mult=6,
+        # independent paths matter most here
+        indirect_checks=3,
+        # as lan
+        retransmit_mult=4,
+        # under tunnel and VPN MTUs: no fragmentation anywhere on the path
+        max_message_bytes=1_200,
+        # looser clocks across sites
+        replay_window_ns=60 * S,
+        # slower news: remember the dead longer
+        dead_retention_ns=60 * S,
+    )
+
+
+_PROFILE_GOSSIP: dict[Profile, Callable[[], GossipConfig]] = {
+    Profile.LAN: lan_gossip,
+    Profile.LOCAL: local_gossip,
+    Profile.WAN: wan_gossip,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what the agent accepts from peers (DESIGN.md, safety against
+    peers): a buggy or compromised key holder cannot exhaust memory or
+    inject absurd counts."""
+
+    # pair entries accepted from one origin (a peer's own counts)
+    max_keys: int = field(default=1_000_000, metadata=_parse(_count))
+    # packets/s one pair entry may claim; above is absurd (100GbE line rate at 64 B)
+    max_rate: int = field(default=150_000_000, metadata=_parse(parse_rate))
+
+    def __post_init__(self) -> None:
+        _require(self.max_keys >= 1, "limits.max_keys", "must be at least 1")
+        _require(self.max_rate >= 1, "limits.max_rate", "must be at least 1/s")
+
+
+def _node_id_ok(node_id: str) -> bool:
+    return (
+        1 <= len(node_id.encode()) <= 255
+        and node_id.isprintable()
+        and not any(ch.isspace() for ch in node_id)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything one agent is started with. Build it with :func:`load_config`.
+
+    Each value is checked when constructed; what a *start* additionally needs
+    (``key_file``; ``iface`` with the ``xdp`` backend) is checked by
+    :func:`load_config`, so that tests and tools can hold partial configs."""
+
+    # named defaults for the gossip timers (lan | local | wan)
+    profile: Profile = field(default=Profile.LAN, metadata=_parse(_choice(Profile)))
+    # this proxy's name in the mesh; must be unique and stable across restarts
+    node_id: str = field(default_factory=socket.gethostname, metadata=_parse(_text))
+    # gossip socket (UDP); port 0 picks a free port (tests)
+    bind: Address = field(default=("0.0.0.0", 7946), metadata=_parse(_bind_address))
+    # where peers reach this node; None: the bind address (see ``advertised``)
+    advertise: Address | None = field(default=None, metadata=_parse(_peer_address))
+    # HTTP API; loopback by default, since PUT /v1/config changes the filter
+    api: Address = field(default=("127.0.0.1", 7947), metadata=_parse(_bind_address))
+    # seeds to join through; any live member will do, self is skipped
+    peers: tuple[Address, ...] = field(default=(), metadata=_parse(_peers))
+    # interface the XDP program attaches to (xdp backend only)
+    iface: str | None = field(default=None, metadata=_parse(_text))
+    # where the filter state lives: kernel maps or the in-memory twin
+    backend: Backend = field(default=Backend.XDP, metadata=_parse(_choice(Backend)))
+    # cluster keys, one 64-hex-character key a line, the first one sends
+    key_file: Path | None = field(default=None, metadata=_parse(_path))
+    # bearer token for PUT /v1/config; None: the API is read-only
+    api_token_file: Path | None = field(default=None, metadata=_parse(_path))
+    # bpffs directory of the pinned maps
+    pin_root: Path = field(default=Path("/sys/fs/bpf/xpro"), metadata=_parse(_path))
+    log_level: LogLevel = field(default=LogLevel.INFO, metadata=_parse(_choice(LogLevel)))
+    # overload warnings are also POSTed here (optional)
+    webhook_url: str | None = field(default=None, metadata=_parse(_url))
+    # how far ahead of our clock a peer's record timestamps may be: the clock
+    # skew between hosts that the rules tolerate (NTP keeps it to milliseconds)
+    max_skew_ns: int = field(default=1 * S, metadata=_parse(parse_duration))
+    limits: Limits = field(default_factory=Limits)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    gossip: GossipConfig = field(default_factory=lan_gossip)
+
+    def __post_init__(self) -> None:
+        _require(
+            _node_id_ok(self.node_id),
+            "node_id",
+            f"expected 1-255 bytes of printable text without spaces, got {_show(self.node_id)}",
+        )
+        _require(
+            self.max_skew_ns <= self.gossip.replay_window_ns,
+            "max_skew",
+            f"must not exceed gossip.replay_window "
+            f"({format_duration(self.gossip.replay_window_ns)}): a peer that far ahead "
+            "would have every message refused as from the future, "
+            f"got {format_duration(self.max_skew_ns)}",
+        )
+
+    @property
+    def advertised(self) -> Address | None:
+        """The address gossiped for this node, or None when only a wildcard
+        bind is known (the agent must then pick an interface address)."""
+        if self.advertise is not None:
+            return self.advertise
+        if self.bind[0] in ("0.0.0.0", "::", ""):
+            return None
+        return self.bind
+
+
+def defaults(profile: Profile | str = Profile.LAN) -> AgentConfig:
+    """The configuration of a profile before any file or flag."""
+    chosen = Profile(profile)
+    bind = ("127.0.0.1", 7946) if chosen is Profile.LOCAL else ("0.0.0.0", 7946)
+    return AgentConfig(profile=chosen, bind=bind, gossip=_PROFILE_GOSSIP[chosen]())
+
+
+# --- building ------------------------------------------------------------------------
+
+_SECTIONS: dict[str, type[Any]] = {
+    "limits": Limits,
+    "thresholds": Thresholds,
+    "gossip": GossipConfig,
+}
+
+
+def _key(field_name: str) -> str:
+    return field_name.removesuffix("_ns")
+
+
+def _build_schema() -> dict[str, tuple[str | None, str, Parser]]:
+    schema: dict[str, tuple[str | None, str, Parser]] = {}
+    for top in dataclasses.fields(AgentConfig):
+        if top.name in _SECTIONS:
+            for inner in dataclasses.fields(_SECTIONS[top.name]):
+                schema[f"{top.name}.{_key(inner.name)}"] = (
+                    top.name,
+                    inner.name,
+                    inner.metadata["parse"],
+                )
+        else:
+            schema[_key(top.name)] = (None, top.name, top.metadata["parse"])
+    return schema
+
+
+_SCHEMA = _build_schema()
+
+
+def config_keys() -> list[str]:
+    """Every key a file or flag may set, dotted (``gossip.interval``)."""
+    return sorted(_SCHEMA)
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, [*_SCHEMA, *_SECTIONS], n=1, cutoff=0.6)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    return ConfigError(key, f"unknown key{hint}")
+
+
+def _flatten(document: Mapping[str, Any]) -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in document.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(key, f"expected a table ([{key}]), got {_show(value)}")
+            for inner, inner_value in value.items():
+                dotted = f"{key}.{inner}"
+                if dotted not in _SCHEMA:
+                    raise _unknown(dotted)
+                if isinstance(inner_value, dict):
+                    raise ConfigError(dotted, "expected a value, got a table")
+                flat[dotted] = inner_value
+        elif isinstance(value, dict) and key in _SCHEMA:
+            raise ConfigError(key, "expected a value, got a table")
+        else:
+            flat[key] = value
+    return flat
+
+
+def _parse_values(flat: Mapping[str, object]) -> dict[str, object]:
+    typed: dict[str, object] = {}
+    for key, raw in flat.items():
+        entry = _SCHEMA.get(key)
+        if entry is None:
+            raise _unknown(key)
+        try:
+            typed[key] = entry[2](raw)
+        except _Bad as bad:
+            raise ConfigError(key, str(bad)) from None
+    return typed
+
+
+def _read_toml(path: str | Path) -> dict[str, Any]:
+    source = str(path)
+    try:
+        with open(path, "rb") as stream:
+            return tomllib.load(stream)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, f"invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(source, f"cannot read the config file: {exc.strerror or exc}") from None
+
+
+def _normalise_overrides(overrides: Mapping[str, object | None] | None) -> dict[str, object]:
+    if not overrides:
+        return {}
+    return {k.replace("-", "_"): v for k, v in overrides.items() if v is not None}
+
+
+def _assemble(typed: Mapping[str, object]) -> AgentConfig:
+    base = defaults(Profile(str(typed.get("profile", Profile.LAN))))
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, value in typed.items():
+        section, name, _ = _SCHEMA[key]
+        if section is None:
+            top[name] = value
+        else:
+            sections[section][name] = value
+    for name, updates in sections.items():
+        top[name] = dataclasses.replace(getattr(base, name), **updates)
+    return dataclasses.replace(base, **top)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, object | None] | None = None,
+    *,
+    require_key_file: bool = True,
+) -> AgentConfig:
+    """Build the agent's configuration: profile defaults ← TOML file at
+    ``path`` ← ``overrides`` (flag values by dotted key; dashes count as
+    underscores; ``None`` is skipped). Raises :class:`ConfigError`."""
+    typed = _parse_values(_flatten(_read_toml(path))) if path is not None else {}
+    typed.update(_parse_values(_normalise_overrides(overrides)))
+    config = _assemble(typed)
+    if config.backend is Backend.XDP and config.iface is None:
+        raise ConfigError(
+            "iface", 'required with backend = "xdp" (the interface the XDP program attaches to)'
+        )
+    if require_key_file and config.key_file is None:
+        raise ConfigError(
+            "key_file",
+            "required: every gossip message is authenticated with the cluster key "
+            "(a file of 64-hex-character keys, one a line)",
+        )
+    return config
+
+
+def reload_thresholds(
+    path: str | Path, overrides: Mapping[str, object | None] | None = None
+) -> Thresholds | ConfigError:
+    """For SIGHUP: the thresholds of the file at ``path`` (defaults ← file ←
+    ``overrides``), or the :class:`ConfigError` that stops the reload. The
+    whole file is checked for unknown keys and bad values, but only the
+    thresholds are taken; nothing running is touched either way."""
+    try:
+        typed = _parse_values(_flatten(_read_toml(path)))
+        typed.update(_parse_values(_normalise_overrides(overrides)))
+        updates: dict[str, Any] = {
+            _SCHEMA[key][1]: value for key, value in typed.items() if key.startswith("thresholds.")
+        }
+        return dataclasses.replace(Thresholds(), **updates)
+    except ConfigError as error:
+        return error

@@ -1,0 +1,1 @@
+"""The mesh: membership, failure detection, message authentication, transport and wire format."""
