@@ -18,6 +18,7 @@ from xpro_mesh.cli.errors import CliError
 
 COMMANDS = (
     "xpro_mesh.cli.simulate",
+    "xpro_mesh.cli.xdp",
 )
 
 

@@ -1,0 +1,163 @@
+"""Helpers for the data path tests: random packet traces that exercise every
+line of Algorithm 2, and map resets for the shared test program."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import random
+from collections import Counter
+from collections.abc import Callable, Hashable, MutableMapping
+from dataclasses import dataclass
+
+from xpro_mesh.core.algorithm import (
+    LocalRecord,
+    Params,
+    Verdict,
+    destination_aggregate,
+    filter_packet,
+    filter_packet_fair_share,
+)
+from xpro_mesh.datapath import libbpf, structs
+from xpro_mesh.datapath.bpf_maps import MAP_LAYOUT, BpfMaps
+from xpro_mesh.datapath.config import Policy
+
+MS = 10**6
+BASE_TIME = 1_700_000_000 * 10**9  # cluster time of the first packet (2023, ns)
+
+Table = MutableMapping[tuple[Hashable, Hashable], LocalRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    src: str
+    dst: str
+    now: int
+
+
+def model_for(policy: Policy) -> Callable[[Table, str, str, int, Params], Verdict]:
+    if policy is Policy.PAPER:
+        return filter_packet
+    return filter_packet_fair_share
+
+
+def random_params(rng: random.Random) -> Params:
+    t_t1 = rng.randint(40, 90) * MS
+    return Params(
+        t_t1=t_t1,
+        t_t2=rng.randint(4, 12) * MS,
+        t_t3=rng.randint(8, 25) * MS,
+        t_t4=10 * t_t1,
+        t_f1=rng.choice([400, 600, 900]),
+        t_f2=rng.choice([700, 1000, 1500]),
+        r=2,
+    )
+
+
+def _pairs(rng: random.Random) -> list[tuple[str, str, float]]:
+    """(src, dst, weight): heavy pairs, light ones and rare ones (idle longer
+    than T_T1 between packets), both families, some clients of two
+    destinations."""
+    dst4 = [f"10.2.0.{i}" for i in range(1, 4)]
+    dst6 = [f"fd00::2:{i}" for i in range(1, 3)]
+    kinds = [8.0, 1.0, 1.0, 1.0, 2.0, 0.05, 0.05]
+    out: list[tuple[str, str, float]] = []
+    for i in range(1, 13):
+        out.append((f"10.1.0.{i}", rng.choice(dst4), rng.choice(kinds)))
+        out.append((f"fd00::1:{i:x}", rng.choice(dst6), rng.choice(kinds)))
+    for i in range(1, 4):  # clients of two destinations
+        out.append((f"10.1.0.{i}", dst4[(i + 1) % 3], 1.0))
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for src, dst, w in out:
+        if (src, dst) not in seen:
+            seen.add((src, dst))
+            unique.append((src, dst, w))
+    return unique
+
+
+def random_trace(rng: random.Random, p: Params, policy: Policy, n: int) -> list[Packet]:
+    """``n`` packets in time order. The gaps mix line rate, same-instant
+    packets, times exactly at and one ns past T_T2 after a pair's start and
+    T_T3 after its destination's start, just below/at/above T_T1 after a
+    pair's last packet, and long silences, so every branch and boundary of
+    Algorithm 2 is hit."""
+    pairs = _pairs(rng)
+    weights = [w for _, _, w in pairs]
+    base_gap = rng.uniform(0.08, 0.2) * MS
+    table: dict[tuple[Hashable, Hashable], LocalRecord] = {}
+    model = model_for(policy)
+    now = BASE_TIME
+    trace: list[Packet] = []
+    for _ in range(n):
+        src, dst, _w = rng.choices(pairs, weights)[0]
+        roll = rng.random()
+        rec = table.get((src, dst))
+        if roll < 0.75:
+            now += int(rng.expovariate(1 / base_gap))
+        elif roll < 0.85:
+            pass  # same instant
+        elif roll < 0.95 and rec is not None:
+            agg = destination_aggregate(table, dst)
+            assert agg is not None
+            target = rng.choice(
+                [rec.ts1 + p.t_t2 + rng.choice([0, 1]), agg.ts1 + p.t_t3 + rng.choice([0, 1])]
+            )
+            now = max(now, target)
+        elif roll < 0.96 and rec is not None:
+            now = max(now, rec.ts2 + p.t_t1 + rng.choice([-1, 0, 1]))
+        elif roll < 0.963:
+            now += p.t_t1 + rng.randint(0, p.t_t1)
+        else:
+            now += rng.randint(0, p.t_t2 // 4)
+        model(table, src, dst, now, p)
+        trace.append(Packet(src, dst, now))
+    return trace
+
+
+def replay_model(trace: list[Packet], p: Params, policy: Policy) -> tuple[list[Verdict], Table]:
+    table: dict[tuple[Hashable, Hashable], LocalRecord] = {}
+    model = model_for(policy)
+    return [model(table, pk.src, pk.dst, pk.now, p) for pk in trace], table
+
+
+def coverage(verdicts: list[Verdict], table: Table) -> Counter[str]:
+    c: Counter[str] = Counter(str(v) for v in verdicts)
+    c["marked"] = sum(1 for r in table.values() if r.mark)
+    return c
+
+
+def clear_maps(maps: BpfMaps) -> None:
+    """Empty every map of a loaded program (pairs, destinations, stats,
+    config, clock) so each test starts from nothing."""
+    for name in ("pairs", "dests"):
+        key_size, value_size = MAP_LAYOUT[name]
+        keys, _values, n = libbpf.map_lookup_batch(maps.map_fd(name), key_size, value_size)
+        for i in range(n):
+            key = (ct.c_uint8 * key_size).from_buffer_copy(keys, i * key_size)
+            libbpf.map_delete_elem(maps.map_fd(name), key)
+    zero = ct.c_uint32(0)
+    stride = (ct.sizeof(structs.XproStats) + 7) // 8 * 8
+    libbpf.map_update_elem(
+        maps.map_fd("stats"), zero, bytearray(stride * libbpf.num_possible_cpus())
+    )
+    libbpf.map_update_elem(maps.map_fd("config"), zero, structs.XproConfig())
+    libbpf.map_update_elem(maps.map_fd("clock"), zero, structs.XproClock())
+
+
+def run_cli(argv: list[str]) -> tuple[int, str]:
+    """Run ``xpro-mesh <argv>`` in-process with only the xdp commands
+    registered (as the real entry point does: CliError -> one line, status 2).
+    Returns (status, error line or "")."""
+    import argparse
+
+    from xpro_mesh.cli import xdp
+    from xpro_mesh.cli.errors import CliError
+
+    parser = argparse.ArgumentParser(prog="xpro-mesh")
+    sub = parser.add_subparsers(dest="command")
+    xdp.register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0), ""
+    except CliError as exc:
+        return exc.status, f"xpro-mesh: error: {exc}"

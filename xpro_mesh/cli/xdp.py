@@ -1,0 +1,193 @@
+"""``xpro-mesh xdp``: attach, detach, inspect and tune the XDP filter.
+
+    xpro-mesh xdp attach --iface IF [--config FILE] [--pin-root DIR] [--mode native|generic|auto]
+    xpro-mesh xdp detach --iface IF [--pin-root DIR]
+    xpro-mesh xdp stats  --iface IF [--pin-root DIR] [--json]
+    xpro-mesh xdp set    --iface IF [--pin-root DIR] KEY=VALUE...
+
+Maps live pinned under ``<pin-root>/<iface>/`` (default pin root
+``/sys/fs/bpf/xpro``; in the lab ``/run/xpro/bpf/<ns>``): attaching again
+keeps their state, ``set`` changes thresholds live, ``detach`` leaves nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from xpro_mesh.cli.errors import CliError
+from xpro_mesh.datapath.config import ConfigError, load_config_file
+from xpro_mesh.datapath.errors import DatapathError
+
+DEFAULT_PIN_ROOT = "/sys/fs/bpf/xpro"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "xdp",
+        help="attach, detach, inspect and tune the XDP filter",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="xdp_command", metavar="ACTION")
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--iface", required=True, help="network interface (in this namespace)")
+        p.add_argument(
+            "--pin-root",
+            default=DEFAULT_PIN_ROOT,
+            type=Path,
+            help=f"bpffs directory holding <iface>/ (default {DEFAULT_PIN_ROOT})",
+        )
+
+    attach = sub.add_parser("attach", help="load the filter and attach it (maps pinned)")
+    common(attach)
+    attach.add_argument("--config", type=Path, help="TOML file with thresholds and policy")
+    attach.add_argument(
+        "--mode",
+        choices=("native", "generic", "auto"),
+        default="auto",
+        help="XDP mode: native (driver), generic (skb), auto (native, else generic)",
+    )
+    attach.set_defaults(func=_attach)
+
+    detach = sub.add_parser("detach", help="remove the filter and its pinned maps")
+    common(detach)
+    detach.set_defaults(func=_detach)
+
+    stats = sub.add_parser("stats", help="counters, pairs and the live config")
+    common(stats)
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    stats.set_defaults(func=_stats)
+
+    setp = sub.add_parser("set", help="change thresholds live, e.g. t_f1=200 t_t2=500ms")
+    common(setp)
+    setp.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    setp.set_defaults(func=_set)
+
+
+def _attach(args: argparse.Namespace) -> int:
+    from xpro_mesh.datapath import loader
+
+    try:
+        config = sizes = None
+        if args.config is not None:
+            config, sizes = load_config_file(args.config)
+        result = loader.attach(
+            args.iface, config=config, sizes=sizes, pin_root=args.pin_root, mode=args.mode
+        )
+    except (DatapathError, ConfigError) as exc:
+        raise CliError(str(exc)) from None
+    state = "reused live maps" if result.reused_maps else "new maps"
+    print(
+        f"attached xpro_filter to {result.iface} in {result.mode} mode "
+        f"(prog id {result.prog_id}); {state} pinned at {result.pin_dir}"
+    )
+    print(
+        f"policy {result.config.policy}, t_f1 {result.config.t_f1} pps, "
+        f"t_f2 {result.config.t_f2} pps, clock {result.config.clock}"
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _detach(args: argparse.Namespace) -> int:
+    from xpro_mesh.datapath import loader
+
+    try:
+        result = loader.detach(args.iface, pin_root=args.pin_root)
+    except DatapathError as exc:
+        raise CliError(str(exc)) from None
+    modes = " and ".join(result.detached) or "no"
+    print(f"detached {modes} XDP program from {result.iface}; removed {result.pins_removed} pins")
+    return 0
+
+
+def _open(args: argparse.Namespace, what: str) -> Any:
+    from xpro_mesh.datapath import loader
+    from xpro_mesh.datapath.bpf_maps import BpfMaps
+
+    try:
+        loader.require_root(what)
+        return BpfMaps.open(loader.pin_dir_for(args.pin_root, args.iface))
+    except DatapathError as exc:
+        raise CliError(str(exc)) from None
+
+
+def stats_report(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``xdp stats`` prints: counters, sizes, mode and config."""
+    from xpro_mesh.datapath import loader, structs
+
+    with _open(args, "xdp stats") as maps:
+        counters = maps.read_stats().as_dict()
+        pairs = maps.count_pairs()
+        dest_flags = maps.read_dest_flags()
+        config = maps.get_config().as_dict()
+        pairs_max = maps.pairs_max
+    try:
+        st = loader.status(args.iface, pin_root=args.pin_root)
+        mode, prog_id = st.mode, st.prog_id
+    except DatapathError:
+        mode, prog_id = None, 0
+    evictions = (
+        counters["new_pairs"] + counters["apply_created"] - counters["apply_deleted"] - pairs
+    )
+    return {
+        "iface": args.iface,
+        "mode": mode,
+        "prog_id": prog_id,
+        "pin_dir": str(loader.pin_dir_for(args.pin_root, args.iface)),
+        **counters,
+        "pairs": pairs,
+        "pairs_max": pairs_max,
+        "destinations": len(dest_flags),
+        "destinations_out_of_order": sum(
+            1 for f in dest_flags.values() if f & structs.XPRO_DEST_DIRTY
+        ),
+        "evictions": max(0, evictions),
+        "config": config,
+    }
+
+
+def _stats(args: argparse.Namespace) -> int:
+    report = stats_report(args)
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+        return 0
+    attached = (
+        f"{report['mode']} mode, prog id {report['prog_id']}"
+        if report["mode"]
+        else ("not attached")
+    )
+    print(f"{report['iface']}: {attached}; maps at {report['pin_dir']}")
+    print(
+        f"  pass {report['pass']}  drop_pair {report['drop_pair']}  drop_dest {report['drop_dest']}"
+    )
+    print(
+        f"  pairs {report['pairs']}/{report['pairs_max']}  destinations "
+        f"{report['destinations']}  new {report['new_pairs']}  resets {report['resets']}  "
+        f"evictions {report['evictions']}"
+    )
+    print(
+        f"  warnings {report['warnings']}  suppressed {report['warnings_suppressed']}  "
+        f"lost {report['events_lost']}  not_ip {report['not_ip']}  "
+        f"malformed {report['malformed']}  lock_busy {report['lock_busy']}"
+    )
+    print("  config " + " ".join(f"{k}={v}" for k, v in report["config"].items()))
+    return 0
+
+
+def _set(args: argparse.Namespace) -> int:
+    with _open(args, "xdp set") as maps:
+        try:
+            config = maps.get_config().with_assignments(args.assignments)
+        except ConfigError as exc:
+            raise CliError(str(exc)) from None
+        maps.set_config(config)
+    changed = ", ".join(a.partition("=")[0].strip() for a in args.assignments)
+    print(f"{args.iface}: set {changed} (live)")
+    return 0
