@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpro_mesh.core.gossip_state import Coverage, Delta, Digest, OriginEntry, PairEntry
+from xpro_mesh.mesh.membership import MemberState, MemberUpdate, Workload
+from xpro_mesh.mesh.messages import Ack, Members, Ping, PingReq, Sync
 from xpro_mesh.mesh.wire import (
     ADDRESS_BYTES,
     FORMAT_VERSION,
@@ -155,3 +157,36 @@ def test_kind_names_the_message_type_on_the_wire() -> None:
     assert msgpack.unpackb(encode(digest))["kind"] == "digest"
     with pytest.raises(ValueError):
         kind_of(object())  # type: ignore[arg-type]
+
+
+# --- membership and push-pull messages ------------------------------------------
+
+
+_ME = MemberUpdate("p0", ("10.20.0.10", 7946), 17, MemberState.ALIVE, Workload(1200.5, 0.25, 3.0))
+_PEER = MemberUpdate("p1", ("10.20.0.11", 7946), 4, MemberState.SUSPECT)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Ping(7, "p1", _ME, (_PEER,)),
+        Ack(7, _ME),
+        PingReq(9, "p2", ("10.20.0.12", 7946), _ME, (_PEER, _ME)),
+        Members(_ME, (_ME, _PEER), True),
+        Sync(Digest("p0", {"p0": (17, 3), "p1": (4, 99)}), True, _ME, (_PEER,)),
+    ],
+)
+def test_membership_messages_round_trip(message: object) -> None:
+    assert decode(encode(message)) == message  # type: ignore[arg-type]
+
+
+def test_a_member_record_with_a_bad_state_or_port_is_a_wire_error() -> None:
+    good = msgpack.unpackb(encode(Ack(1, _ME)), raw=False)
+    for bad_sender in (
+        ["p0", "10.20.0.10", 7946, 1, "zombie", None],
+        ["p0", "10.20.0.10", 70000, 1, "alive", None],
+        ["p0", "10.20.0.10", 7946, 1, "alive", [1.0, 2.0, 0.0]],  # drop ratio > 1
+        ["p0", "", 7946, 1, "alive", None],
+    ):
+        frame = dict(good, body=dict(good["body"], sender=bad_sender))
+        assert isinstance(decode(msgpack.packb(frame)), WireError)

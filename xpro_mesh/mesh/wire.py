@@ -12,6 +12,20 @@ IPv4-mapped; origin names are UTF-8, 1..255 bytes):
 
 ``digest``  ``{"sender": str, "versions": [[origin, incarnation, seq], ...]}``
 
+``sync``    ``{"digest": <digest body>, "reply": bool, "sender": M, "updates": [M, ...]}``
+            (anti-entropy push-pull: answer with a ``delta``, and with your own
+            ``sync`` when ``reply``)
+
+``ping`` / ``ack`` / ``ping_req``  ``{"seq": u32, "target": str, "sender": M,
+            "updates": [M, ...]}`` (ack has no target; ping_req adds
+            ``"host": str, "port": int`` of the target)
+
+``members`` ``{"sender": M, "members": [M, ...], "reply": bool}``
+
+where a member record M is ``[node_id, host, port, incarnation, state,
+load]``, ``state`` one of ``alive|suspect|dead`` and ``load`` nil or
+``[packets_in_per_s, drop_ratio, loop_lag_ms]``.
+
 ``delta``   ``{"origins": [str, ...],
               "entries": [[src, dst, origin_index, ts1, ts2, c, incarnation, seq], ...],
               "coverage": [[origin_index, after_inc, after_seq, upto_inc, upto_seq], ...]}``
@@ -39,6 +53,8 @@ from xpro_mesh.core.gossip_state import (
     PairEntry,
     Version,
 )
+from xpro_mesh.mesh.membership import MemberState, MemberUpdate, Workload
+from xpro_mesh.mesh.messages import Ack, Members, Ping, PingReq, Sync
 
 __all__ = [
     "ADDRESS_BYTES",
@@ -72,9 +88,16 @@ class Kind(enum.StrEnum):
 
     DIGEST = "digest"
     DELTA = "delta"
+    PING = "ping"
+    ACK = "ack"
+    PING_REQ = "ping_req"
+    MEMBERS = "members"
+    SYNC = "sync"
 
 
-Message = Digest | Delta
+Message = Digest | Delta | Ping | Ack | PingReq | Members | Sync
+
+MAX_UPDATES = 64  # membership updates in one message (piggyback or push-pull part)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,15 +267,135 @@ def _decode_delta(body: dict[str, Any], limits: WireLimits) -> Delta:
     return Delta(entries=tuple(entries), coverage=tuple(coverage))
 
 
+def _member(u: MemberUpdate) -> list[Any]:
+    load = None if u.load is None else [
+        float(u.load.packets_in_per_s), float(u.load.drop_ratio), float(u.load.loop_lag_ms)
+    ]
+    return [u.node_id, u.addr[0], u.addr[1], u.incarnation, u.state.value, load]
+
+
+def _members(updates: tuple[MemberUpdate, ...]) -> list[list[Any]]:
+    return [_member(u) for u in updates]
+
+
+def _ping_body(m: Ping) -> dict[str, Any]:
+    return {"seq": m.seq, "target": m.target_id, "sender": _member(m.sender),
+            "updates": _members(m.updates)}
+
+
+def _ack_body(m: Ack) -> dict[str, Any]:
+    return {"seq": m.seq, "sender": _member(m.sender), "updates": _members(m.updates)}
+
+
+def _ping_req_body(m: PingReq) -> dict[str, Any]:
+    return {"seq": m.seq, "target": m.target_id, "host": m.target_addr[0],
+            "port": m.target_addr[1], "sender": _member(m.sender), "updates": _members(m.updates)}
+
+
+def _members_body(m: Members) -> dict[str, Any]:
+    return {"sender": _member(m.sender), "members": _members(m.members), "reply": m.reply}
+
+
+def _sync_body(m: Sync) -> dict[str, Any]:
+    return {"digest": _digest_body(m.digest), "reply": m.reply, "sender": _member(m.sender),
+            "updates": _members(m.updates)}
+
+
+def _decode_member(row: object) -> MemberUpdate:
+    node_id, host, port, inc, state, load = _fields(row, 6, "member")
+    if not isinstance(state, str) or state not in {s.value for s in MemberState}:
+        raise _Invalid(f"member state {state!r}")
+    if not isinstance(host, str) or type(port) is not int:
+        raise _Invalid("member address")
+    workload = None
+    if load is not None:
+        figures = _fields(load, 3, "load")
+        if not all(isinstance(x, float | int) and not isinstance(x, bool) for x in figures):
+            raise _Invalid("load is not three numbers")
+        try:
+            workload = Workload(float(figures[0]), float(figures[1]), float(figures[2]))
+        except ValueError as exc:
+            raise _Invalid(f"load: {exc}") from None
+    try:
+        return MemberUpdate(_name(node_id), (host, port), _u64(inc), MemberState(state), workload)
+    except ValueError as exc:
+        raise _Invalid(f"member: {exc}") from None
+
+
+def _decode_members(value: object) -> tuple[MemberUpdate, ...]:
+    return tuple(_decode_member(r) for r in _list(value, MAX_UPDATES, "updates"))
+
+
+def _seq(value: object) -> int:
+    if type(value) is not int or not 0 <= value < 2**32:
+        raise _Invalid(f"seq {value!r}")
+    return value
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected a boolean, got {value!r}")
+    return value
+
+
+def _decode_ping(body: dict[str, Any], limits: WireLimits) -> Ping:
+    return Ping(_seq(body.get("seq")), _name(body.get("target")),
+                _decode_member(body.get("sender")), _decode_members(body.get("updates")))
+
+
+def _decode_ack(body: dict[str, Any], limits: WireLimits) -> Ack:
+    return Ack(_seq(body.get("seq")), _decode_member(body.get("sender")),
+               _decode_members(body.get("updates")))
+
+
+def _decode_ping_req(body: dict[str, Any], limits: WireLimits) -> PingReq:
+    host, port = body.get("host"), body.get("port")
+    if not isinstance(host, str) or not host or type(port) is not int or not 0 < port < 65536:
+        raise _Invalid("ping_req target address")
+    return PingReq(_seq(body.get("seq")), _name(body.get("target")), (host, port),
+                   _decode_member(body.get("sender")), _decode_members(body.get("updates")))
+
+
+def _decode_members_msg(body: dict[str, Any], limits: WireLimits) -> Members:
+    return Members(_decode_member(body.get("sender")), _decode_members(body.get("members")),
+                   _bool(body.get("reply")))
+
+
+def _decode_sync(body: dict[str, Any], limits: WireLimits) -> Sync:
+    digest = body.get("digest")
+    if not isinstance(digest, dict):
+        raise _Invalid("sync digest is not a map")
+    return Sync(_decode_digest(digest, limits), _bool(body.get("reply")),
+                _decode_member(body.get("sender")), _decode_members(body.get("updates")))
+
+
 # A new message type: a Kind, a dataclass in Message, and one entry in each table.
-_KINDS: dict[type, Kind] = {Digest: Kind.DIGEST, Delta: Kind.DELTA}
+_KINDS: dict[type, Kind] = {
+    Digest: Kind.DIGEST,
+    Delta: Kind.DELTA,
+    Ping: Kind.PING,
+    Ack: Kind.ACK,
+    PingReq: Kind.PING_REQ,
+    Members: Kind.MEMBERS,
+    Sync: Kind.SYNC,
+}
 _ENCODERS: dict[Kind, Callable[[Any], dict[str, Any]]] = {
     Kind.DIGEST: _digest_body,
     Kind.DELTA: _delta_body,
+    Kind.PING: _ping_body,
+    Kind.ACK: _ack_body,
+    Kind.PING_REQ: _ping_req_body,
+    Kind.MEMBERS: _members_body,
+    Kind.SYNC: _sync_body,
 }
 _DECODERS: dict[str, Callable[[dict[str, Any], WireLimits], Message]] = {
     Kind.DIGEST.value: _decode_digest,
     Kind.DELTA.value: _decode_delta,
+    Kind.PING.value: _decode_ping,
+    Kind.ACK.value: _decode_ack,
+    Kind.PING_REQ.value: _decode_ping_req,
+    Kind.MEMBERS.value: _decode_members_msg,
+    Kind.SYNC.value: _decode_sync,
 }
 
 

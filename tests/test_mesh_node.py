@@ -1,0 +1,119 @@
+"""Whole meshes in one process: MeshNodes over the in-memory network (real
+asyncio timers, the `local` profile's fast intervals)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from xpro_mesh.agent.config import local_gossip
+from xpro_mesh.core.algorithm import Params
+from xpro_mesh.core.gossip_state import GossipState, LocalCount, MergeLimits
+from xpro_mesh.mesh import auth
+from xpro_mesh.mesh.membership import Membership, MemberState
+from xpro_mesh.mesh.node import MeshNode, NodeTiming
+from xpro_mesh.mesh.transport import MemoryNetwork
+
+S = 10**9
+P = Params(t_t1=5 * S, t_t2=S, t_t3=S, t_t4=60 * S, t_f1=100, t_f2=1000, r=2)
+KEYRING = auth.Keyring([bytes(range(32))])
+VICTIM = b"\x00" * 10 + b"\xff\xff" + bytes([10, 20, 0, 2])
+
+
+def client(i: int) -> bytes:
+    return b"\x00" * 10 + b"\xff\xff" + bytes([10, 10, 100, i])
+
+
+def make_node(
+    net: MemoryNetwork, name: str, port: int, keyring: auth.Keyring = KEYRING
+) -> MeshNode:
+    cfg = local_gossip()
+    addr = ("10.20.0.1", port)
+    now = time.monotonic_ns()
+    membership = Membership(
+        name, addr, incarnation=int(time.time() * 1000), now_ns=now,
+        rng=random.Random(port), params=cfg.membership_params(),
+    )
+    node = MeshNode(
+        state=GossipState(name, incarnation=membership.incarnation, params=P),
+        membership=membership,
+        keyring=keyring,
+        timing=NodeTiming(interval_ns=cfg.interval_ns, fanout=cfg.fanout,
+                          max_message_bytes=cfg.max_message_bytes),
+        limits=MergeLimits(),
+        rng=random.Random(port + 1),
+    )
+    node.attach(net.attach(addr, node.receive))
+    return node
+
+
+async def run_until(predicate: object, timeout_s: float) -> float:
+    assert callable(predicate)
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if predicate():
+            return time.monotonic() - start
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not reached within {timeout_s}s")
+
+
+async def test_five_nodes_join_from_one_seed_and_agree_on_exact_counts() -> None:
+    net = MemoryNetwork(rng=random.Random(1), loss=0.05)
+    nodes = [make_node(net, f"n{i}", 7000 + i) for i in range(5)]
+    stop = asyncio.Event()
+    for n in nodes[1:]:
+        n.join([("10.20.0.1", 7000)])
+    tasks = [asyncio.create_task(n.run(stop)) for n in nodes]
+    try:
+        await run_until(lambda: all(n.membership.num_live() == 5 for n in nodes), 10)
+        now = time.time_ns()
+        for i, n in enumerate(nodes):
+            n.state.record_local((client(7), VICTIM), LocalCount(now, now + i, dc=10 + i, mark=0))
+        await run_until(
+            lambda: all(
+                (v := n.state.pair_view((client(7), VICTIM))) is not None and v.c == 60
+                for n in nodes
+            ),
+            10,
+        )
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_a_killed_node_is_declared_dead_by_every_survivor() -> None:
+    net = MemoryNetwork(rng=random.Random(2))
+    nodes = [make_node(net, f"k{i}", 7100 + i) for i in range(5)]
+    stop, stop_victim = asyncio.Event(), asyncio.Event()
+    for n in nodes[1:]:
+        n.join([("10.20.0.1", 7100)])
+    tasks = [asyncio.create_task(n.run(stop)) for n in nodes[:4]]
+    victim_task = asyncio.create_task(nodes[4].run(stop_victim))
+    try:
+        await run_until(lambda: all(n.membership.num_live() == 5 for n in nodes), 10)
+        stop_victim.set()
+        await victim_task
+        net.partition([("10.20.0.1", 7104)], [("10.20.0.1", 7100 + i) for i in range(4)])
+        bound = local_gossip().detection_time_bound_ns(5) / 1e9
+        took = await run_until(
+            lambda: all(
+                (m := n.membership.member("k4")) is not None and m.state is MemberState.DEAD
+                for n in nodes[:4]
+            ),
+            bound + 2,
+        )
+        assert took <= bound + 1
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_messages_under_another_cluster_key_are_rejected_and_counted() -> None:
+    net = MemoryNetwork(rng=random.Random(3))
+    a = make_node(net, "a", 7200)
+    intruder = make_node(net, "x", 7201, keyring=auth.Keyring([bytes(32)]))
+    intruder.join([("10.20.0.1", 7200)])
+    await asyncio.sleep(0.05)
+    assert a.counters.rejected["unknown_key"] >= 1
+    assert a.membership.member("x") is None
