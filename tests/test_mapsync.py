@@ -29,8 +29,9 @@ class Node:
     def cycle(self, now: int) -> None:
         plan = plan_sync(self.state, self.maps.read_pairs(), now)
         self.maps.delete_pairs(plan.deletes)
-        self.maps.apply(pair_ops=plan.pair_ops)
-        self.maps.apply(dest_ops=plan_destinations(self.state, self.maps.read_destinations()))
+        report = self.maps.apply(pair_ops=plan.pair_ops)
+        skipped = {*report.restarted, *report.missing}
+        self.maps.apply(dest_ops=plan_destinations(self.state, plan.pair_ops, skipped))
 
 
 def exchange(a: Node, b: Node, now: int) -> None:

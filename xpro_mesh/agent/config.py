@@ -71,6 +71,7 @@ __all__ = [
     "LogLevel",
     "Policy",
     "Profile",
+    "SyncMode",
     "Thresholds",
     "config_keys",
     "defaults",
@@ -110,6 +111,14 @@ class Policy(enum.StrEnum):
 class Backend(enum.StrEnum):
     XDP = "xdp"  # the kernel program's pinned BPF maps
     MEMORY = "memory"  # the in-memory twin: no kernel program, for tests and the lab
+
+
+class SyncMode(enum.StrEnum):
+    """How a proxy shares what it counts."""
+
+    GOSSIP = "gossip"  # this project: the masterless mesh
+    MASTER = "master"  # the paper's architecture: Algorithm 1 against a Redis M_DB
+    NONE = "none"  # the filter alone (X-Pro without sharing)
 
 
 class Profile(enum.StrEnum):
@@ -579,6 +588,10 @@ class AgentConfig:
     iface: str | None = field(default=None, metadata=_parse(_text))
     # where the filter state lives: kernel maps or the in-memory twin
     backend: Backend = field(default=Backend.XDP, metadata=_parse(_choice(Backend)))
+    # how counts are shared: gossip (the mesh), master (paper: Redis M_DB), none
+    sync: SyncMode = field(default=SyncMode.GOSSIP, metadata=_parse(_choice(SyncMode)))
+    # the Redis M_DB for sync = "master" (host:port)
+    redis: Address | None = field(default=None, metadata=_parse(_peer_address))
     # cluster keys, one 64-hex-character key a line, the first one sends
     key_file: Path | None = field(default=None, metadata=_parse(_path))
     # bearer token for PUT /v1/config; None: the API is read-only
@@ -751,7 +764,9 @@ def load_config(
         raise ConfigError(
             "iface", 'required with backend = "xdp" (the interface the XDP program attaches to)'
         )
-    if require_key_file and config.key_file is None:
+    if config.sync is SyncMode.MASTER and config.redis is None:
+        raise ConfigError("redis", 'required with sync = "master" (the M_DB, host:port)')
+    if require_key_file and config.sync is SyncMode.GOSSIP and config.key_file is None:
         raise ConfigError(
             "key_file",
             "required: every gossip message is authenticated with the cluster key "

@@ -13,28 +13,28 @@ mark') the origin runs Algorithm 1 against its own row
 view of the pair (the sum over origins) so Algorithm 2's pair rule sees every
 proxy's packets, and pairs counted only elsewhere are created (Alg. 1 lines
 26-28) so a client that moves to this proxy keeps its rate. Each destination's
-aggregate is re-based to the mesh-wide destination view (lines 18-20 over all
-proxies; ``n(D)`` feeds the fair-share policy). Pairs whose rows all aged out
+aggregate follows its pairs (lines 18-20 over all proxies; ``n(D)`` feeds
+the fair-share policy). Pairs whose rows all aged out
 are deleted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from xpro_mesh.core.algorithm import DestinationAggregate, Params
+from xpro_mesh.core.algorithm import Params
 from xpro_mesh.core.gossip_state import GossipState, LocalCount, Pair, PairView
 from xpro_mesh.datapath.backend import DestOp, PairKey, PairOp, PairRecord
 
-__all__ = ["SyncPlan", "plan_destinations", "plan_sync"]
+__all__ = ["SyncPlan", "dest_ops_for", "plan_destinations", "plan_sync"]
 
 
 @dataclass(frozen=True, slots=True)
 class SyncPlan:
     """The pair operations of one cycle and what they stand for. Deletes go
-    first (the kernel takes deleted pairs out of their destinations), then
-    the destinations are re-read and re-based by :func:`plan_destinations`."""
+    first (the kernel takes deleted pairs out of their destinations), then the
+    pair ops, then :func:`plan_destinations` for the ops that ran."""
 
     pair_ops: tuple[PairOp, ...]
     deletes: tuple[PairKey, ...]
@@ -120,30 +120,45 @@ def plan_sync(
     )
 
 
-def plan_destinations(
-    state: GossipState, destinations: Sequence[tuple[bytes, DestinationAggregate]]
+def dest_ops_for(
+    applied: Sequence[PairOp],
+    skipped: Collection[PairKey],
+    windows: Mapping[bytes, tuple[int, int]],
 ) -> tuple[DestOp, ...]:
-    """Re-base each destination aggregate to the mesh-wide view, as deltas
-    against what was just read (after the cycle's deletes)."""
-    read_dest = dict(destinations)
-    dest_ops: list[DestOp] = []
-    for dst, dview in state.destination_views().items():
+    """Re-base the destination aggregates by the pair operations that ran.
+
+    The kernel keeps each destination's c equal to the sum of its pairs' c
+    (every packet adds to both; restarts and deletes subtract), so moving a
+    destination by the sum of its applied pair deltas lands it exactly on the
+    mesh view plus whatever arrived since the read: nothing counted between
+    the read and the write is lost. Pairs created by the agent are added to
+    n(D). ``windows`` gives each destination's mesh-wide (ts1, ts2). An LRU
+    eviction breaks the kernel's invariant; that drift is not repaired here.
+    """
+    c_delta: dict[bytes, int] = {}
+    n_delta: dict[bytes, int] = {}
+    for op in applied:
+        if op.key in skipped:
+            continue
+        dst = op.key.dst
+        c_delta[dst] = c_delta.get(dst, 0) + op.c_delta
+        if op.expect_ts1 is None:
+            n_delta[dst] = n_delta.get(dst, 0) + 1
+    ops: list[DestOp] = []
+    for dst, (ts1, ts2) in windows.items():
+        ops.append(DestOp(dst, c_delta.get(dst, 0), n_delta.get(dst, 0), ts1, ts2))
+    return tuple(ops)
+
+
+def plan_destinations(
+    state: GossipState, applied: Sequence[PairOp], skipped: Collection[PairKey]
+) -> tuple[DestOp, ...]:
+    """:func:`dest_ops_for` with the mesh-wide destination windows of ``state``."""
+    windows: dict[bytes, tuple[int, int]] = {}
+    for dst, view in state.destination_views().items():
         assert isinstance(dst, bytes)
-        cur = read_dest.get(dst)
-        c0, n0 = (0, 0) if cur is None else (cur.c, cur.clients)
-        if cur is None or (cur.c, cur.clients, cur.ts1) != (dview.c, dview.pairs, dview.ts1) or (
-            dview.ts2 > cur.ts2
-        ):
-            dest_ops.append(
-                DestOp(
-                    dst=dst,
-                    c_delta=dview.c - c0,
-                    n_delta=dview.pairs - n0,
-                    ts1=dview.ts1,
-                    ts2=dview.ts2,
-                )
-            )
-    return tuple(dest_ops)
+        windows[dst] = (view.ts1, view.ts2)
+    return dest_ops_for(applied, skipped, windows)
 
 
 def _differs(rec: PairRecord, view: PairView) -> bool:

@@ -19,6 +19,8 @@ from xpro_mesh.cli.errors import CliError
 COMMANDS = (
     "xpro_mesh.cli.simulate",
     "xpro_mesh.cli.xdp",
+    "xpro_mesh.cli.agent",
+    "xpro_mesh.cli.status",
 )
 
 

@@ -530,6 +530,15 @@ class GossipState:
             views[destination] = view
         return views
 
+    def set_params(self, params: Params) -> None:
+        """New thresholds (SIGHUP, PUT /v1/config): the window rules of the
+        fold and of Algorithm 1 use them from now on; rows are kept."""
+        self._params = params
+        self._horizon = max(self._horizon, params.t_t1 + params.t_t4)
+        self._views.clear()
+        self._dest_views.clear()
+        self._revision += 1
+
     # --- anti-entropy --------------------------------------------------------
 
     def digest(self) -> Digest:

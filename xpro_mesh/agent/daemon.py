@@ -1,0 +1,473 @@
+"""The agent: one process per proxy, a few long-lived tasks with one owner.
+
+``Agent.run`` starts everything in one place and stops it in one place
+(aiohttp's habit): the mesh node (membership and anti-entropy), the map-sync
+loop (kernel counts → rows → mesh view → kernel), the load publisher, the
+overload-warning forwarder and the HTTP API. SIGTERM/SIGINT drain and exit
+(a graceful *leave* is gossiped so peers do not wait out a suspicion);
+SIGHUP reloads the thresholds from the config file into the live filter.
+
+Blocking map calls (syscalls over up to a million entries) run in the
+default executor; the mesh state is only touched on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from xpro_mesh.agent.config import (
+    AgentConfig,
+    Backend,
+    ConfigError,
+    SyncMode,
+    Thresholds,
+    reload_thresholds,
+)
+from xpro_mesh.agent.mapsync import plan_destinations, plan_sync
+from xpro_mesh.core.gossip_state import GossipState, MergeLimits
+from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
+from xpro_mesh.datapath.config import Policy as XdpPolicy
+from xpro_mesh.datapath.config import XdpConfig
+from xpro_mesh.mesh import auth
+from xpro_mesh.mesh.membership import Membership, Workload, incarnation_from_wall_clock
+from xpro_mesh.mesh.node import MeshNode, NodeTiming
+from xpro_mesh.mesh.transport import UdpTransport
+
+__all__ = ["Agent", "AgentError", "SyncReport", "open_backend", "xdp_config"]
+
+log = logging.getLogger("xpro_mesh.agent")
+T = TypeVar("T")
+
+LOAD_INTERVAL_S = 2.0  # how often the workload W is measured and published
+EVENT_POLL_S = 0.2  # overload warnings are forwarded at most this late
+CLOCK_SYNC_S = 1.0  # kernel → cluster clock offset refresh
+WEBHOOK_QUEUE = 256  # warnings waiting for the webhook; more are dropped (counted)
+
+
+class AgentError(Exception):
+    """The agent cannot start; the message is the one line to print."""
+
+
+def xdp_config(thresholds: Thresholds, base: XdpConfig | None = None) -> XdpConfig:
+    """The kernel's config from the agent's thresholds (other fields kept)."""
+    base = base or XdpConfig()
+    return replace(
+        XdpConfig.from_params(thresholds.params()),
+        policy=XdpPolicy(str(thresholds.policy)),
+        clock=base.clock,
+        warn_interval=base.warn_interval,
+        warn_per_cpu=base.warn_per_cpu,
+    )
+
+
+def open_backend(config: AgentConfig) -> MapBackend:
+    """The data path this agent drives: the live BPF maps (attaching the
+    program first if the interface has none) or the in-memory twin."""
+    if config.backend is Backend.MEMORY:
+        from xpro_mesh.datapath.memory import MemoryMaps
+
+        return MemoryMaps(xdp_config(config.thresholds))
+    from xpro_mesh.datapath import loader
+    from xpro_mesh.datapath.bpf_maps import BpfMaps
+    from xpro_mesh.datapath.errors import DatapathError
+
+    assert config.iface is not None  # load_config insists
+    try:
+        state = loader.status(config.iface, pin_root=config.pin_root)
+        if state.mode is None or not state.pinned:
+            result = loader.attach(
+                config.iface, config=xdp_config(config.thresholds), pin_root=config.pin_root
+            )
+            log.info("attached the XDP filter to %s in %s mode", config.iface, result.mode)
+        maps = BpfMaps.open(loader.pin_dir_for(config.pin_root, config.iface))
+        maps.set_config(xdp_config(config.thresholds, maps.get_config()))
+        return maps
+    except DatapathError as exc:
+        raise AgentError(str(exc)) from None
+
+
+@dataclass(slots=True)
+class SyncReport:
+    """The last map-sync cycle, for /v1/status and /metrics."""
+
+    cycles: int = 0
+    last_duration_s: float = 0.0
+    last_pairs_read: int = 0
+    last_ops: int = 0
+    last_deletes: int = 0
+    last_restarted: int = 0
+    failures: int = 0
+    last_error: str = ""
+
+
+@dataclass(slots=True)
+class AgentCounters:
+    warnings: int = 0
+    webhook_sent: int = 0
+    webhook_dropped: int = 0
+    reloads: int = 0
+    reload_errors: int = 0
+    loop_lag_ms: float = 0.0
+    load: Workload | None = None
+    stats: Stats = field(default_factory=Stats)
+
+
+class Agent:
+    """One proxy's agent. ``await Agent(config).run()`` until a signal."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        config_path: Path | None = None,
+        backend: MapBackend | None = None,
+        api_token: str | None = None,
+        syncer_factory: Callable[[Agent], Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.backend: MapBackend | None = backend
+        self.api_token = api_token
+        self.started_ns = time.time_ns()
+        self.incarnation = incarnation_from_wall_clock(self.started_ns)
+        self.thresholds = config.thresholds
+        self.state = GossipState(config.node_id, self.incarnation, config.thresholds.params())
+        self.limits = MergeLimits(
+            max_skew_ns=config.max_skew_ns,
+            max_rate_pps=config.limits.max_rate,
+            max_pairs=config.limits.max_keys,
+        )
+        self.node: MeshNode | None = None
+        self.sync = SyncReport()
+        self.counters = AgentCounters()
+        self.stop = asyncio.Event()
+        self._syncer_factory = syncer_factory
+        self._tasks: list[asyncio.Task[None]] = []
+        self._warnings: asyncio.Queue[OverloadWarning] = asyncio.Queue(WEBHOOK_QUEUE)
+        self.recent_warnings: list[dict[str, Any]] = []
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.start()
+            await self.stop.wait()
+            return 0
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        """Open the data path, the mesh and the API; start the tasks."""
+        if self.backend is None:
+            self.backend = await self._blocking(open_backend, self.config)
+        syncer: Any = None
+        if self.config.sync is SyncMode.GOSSIP:
+            await self._start_mesh()
+        elif self.config.sync is SyncMode.MASTER:
+            from xpro_mesh.agent.master import MasterSync
+
+            factory = self._syncer_factory or MasterSync.for_agent
+            syncer = factory(self)
+        from xpro_mesh.api.http import ApiServer
+
+        self.api = ApiServer(self)
+        await self.api.start()
+        self._spawn(self._sync_loop(syncer), "map-sync")
+        self._spawn(self._load_loop(), "load")
+        self._spawn(self._events_loop(), "events")
+        self._spawn(self._clock_loop(), "clock")
+        if self.config.webhook_url:
+            self._spawn(self._webhook_loop(self.config.webhook_url), "webhook")
+        log.info(
+            "agent %s up: sync=%s backend=%s api=%s:%d",
+            self.config.node_id,
+            self.config.sync,
+            self.config.backend,
+            *self.api.address,
+        )
+
+    async def _start_mesh(self) -> None:
+        cfg = self.config
+        if cfg.key_file is None:
+            raise AgentError("key_file: required for sync = gossip")
+        try:
+            keyring = auth.load_keyring(cfg.key_file)
+        except (auth.KeyFileError, OSError) as exc:
+            raise AgentError(f"key_file: {exc}") from None
+        g = cfg.gossip
+        timing = NodeTiming(
+            interval_ns=g.interval_ns,
+            fanout=g.fanout,
+            max_message_bytes=g.max_message_bytes,
+            replay_window_ns=g.replay_window_ns,
+        )
+        # The socket comes first (its port may be chosen by the kernel, and
+        # the advertised address follows from it); datagrams that arrive
+        # before the node exists are dropped like any lost datagram.
+        receiver: list[Callable[[bytes, tuple[str, int]], None]] = []
+
+        def deliver(data: bytes, addr: tuple[str, int]) -> None:
+            if receiver:
+                receiver[0](data, addr)
+
+        try:
+            transport = await UdpTransport.open(
+                cfg.bind, deliver, max_datagram=max(g.max_message_bytes, 1400)
+            )
+        except OSError as exc:
+            raise AgentError(f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}") from None
+        self._transport = transport
+        advertised = cfg.advertised
+        host = advertised[0] if advertised else transport.local_addr[0]
+        port = advertised[1] if advertised and advertised[1] else transport.local_addr[1]
+        if host in ("0.0.0.0", "::", ""):
+            raise AgentError(
+                "advertise: the bind address is a wildcard; set advertise = HOST:PORT "
+                "(the address peers reach this node at)"
+            )
+        rng = random.Random()
+        membership = Membership(
+            cfg.node_id,
+            (host, port),
+            incarnation=self.incarnation,
+            now_ns=time.monotonic_ns(),
+            rng=rng,
+            params=g.membership_params(),
+        )
+        self.node = MeshNode(
+            state=self.state,
+            membership=membership,
+            keyring=keyring,
+            timing=timing,
+            limits=self.limits,
+            rng=rng,
+        )
+        self.node.attach(transport)
+        receiver.append(self.node.receive)
+        seeds = [p for p in cfg.peers if p != membership.addr]
+        self.node.join(seeds)
+        self._spawn(self.node.run(self.stop), "mesh")
+
+    async def shutdown(self) -> None:
+        """Stop every task, leave the mesh, close the API and the data path."""
+        self.stop.set()
+        if self.node is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.node.leave(), timeout=1.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        api = getattr(self, "api", None)
+        if api is not None:
+            await api.stop()
+        transport = getattr(self, "_transport", None)
+        if transport is not None:
+            transport.close()
+        if self.backend is not None:
+            with contextlib.suppress(Exception):
+                self.backend.close()
+        log.info("agent %s stopped", self.config.node_id)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.stop.is_set():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("task %s failed: %r; stopping the agent", task.get_name(), exc)
+            self.stop.set()
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    # --- configuration ---------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: new thresholds from the config file, live in the filter."""
+        if self.config_path is None:
+            log.warning("SIGHUP ignored: the agent was started without --config")
+            return
+        result = reload_thresholds(self.config_path)
+        if isinstance(result, ConfigError):
+            self.counters.reload_errors += 1
+            log.error("reload refused, keeping the running thresholds: %s", result)
+            return
+        asyncio.get_running_loop().create_task(self.set_thresholds(result))
+
+    async def set_thresholds(self, thresholds: Thresholds) -> None:
+        """Make ``thresholds`` live: the kernel's config map and the rows' window rules."""
+        assert self.backend is not None
+        backend = self.backend
+        await self._blocking(
+            lambda: backend.set_config(xdp_config(thresholds, backend.get_config()))
+        )
+        self.state.set_params(thresholds.params())
+        self.thresholds = thresholds
+        self.config = replace(self.config, thresholds=thresholds)
+        self.counters.reloads += 1
+        log.info("thresholds now %s", json.dumps(_thresholds_dict(thresholds)))
+
+    # --- loops -------------------------------------------------------------------------
+
+    async def _sync_loop(self, syncer: Any) -> None:
+        interval = self.config.gossip.interval_ns / 1e9
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                if self.config.sync is SyncMode.GOSSIP:
+                    await self.sync_once()
+                elif syncer is not None:
+                    await syncer.cycle()
+                    self.sync.cycles += 1
+                else:
+                    self.sync.cycles += 1
+                self.sync.last_error = ""
+            except Exception as exc:  # a failed cycle is counted, the next one retries
+                self.sync.failures += 1
+                self.sync.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("map sync failed: %s", self.sync.last_error)
+            self.sync.last_duration_s = time.monotonic() - started
+            await self._sleep(max(0.0, interval - self.sync.last_duration_s))
+
+    async def sync_once(self) -> None:
+        """One map-sync cycle (see :mod:`xpro_mesh.agent.mapsync`)."""
+        backend = self.backend
+        assert backend is not None
+        pairs = await self._blocking(backend.read_pairs)
+        plan = plan_sync(self.state, pairs, time.time_ns())
+        if plan.deletes:
+            await self._blocking(backend.delete_pairs, plan.deletes)
+        report = await self._blocking(backend.apply, plan.pair_ops, ())
+        skipped = {*report.restarted, *report.missing}
+        dest_ops = plan_destinations(self.state, plan.pair_ops, skipped)
+        if dest_ops:
+            await self._blocking(backend.apply, (), dest_ops)
+        self.sync.cycles += 1
+        self.sync.last_pairs_read = len(pairs)
+        self.sync.last_ops = len(plan.pair_ops) + len(dest_ops)
+        self.sync.last_deletes = len(plan.deletes)
+        self.sync.last_restarted = len(report.restarted)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+
+    async def _load_loop(self) -> None:
+        """Measure W (packets/s in, drop ratio, loop lag) and publish it."""
+        assert self.backend is not None
+        backend = self.backend
+        prev = await self._blocking(backend.read_stats)
+        prev_t = time.monotonic()
+        while not self.stop.is_set():
+            expected = time.monotonic() + LOAD_INTERVAL_S
+            await self._sleep(LOAD_INTERVAL_S)
+            lag_ms = max(0.0, (time.monotonic() - expected) * 1000)
+            stats = await self._blocking(backend.read_stats)
+            now = time.monotonic()
+            seen = _total(stats) - _total(prev)
+            dropped = (stats.drop_pair + stats.drop_dest) - (prev.drop_pair + prev.drop_dest)
+            load = Workload(
+                packets_in_per_s=max(0.0, seen / max(now - prev_t, 1e-3)),
+                drop_ratio=min(1.0, max(0.0, dropped / seen)) if seen > 0 else 0.0,
+                loop_lag_ms=lag_ms,
+            )
+            self.counters.load = load
+            self.counters.loop_lag_ms = lag_ms
+            self.counters.stats = stats
+            if self.node is not None:
+                self.node.membership.set_load(load, time.monotonic_ns())
+            prev, prev_t = stats, now
+
+    async def _events_loop(self) -> None:
+        """Overload warnings (Algorithm 2 line 15) → structured log (+ webhook)."""
+        assert self.backend is not None
+        backend = self.backend
+        while not self.stop.is_set():
+            events = await self._blocking(backend.poll_events, 0)
+            for w in events:
+                self.counters.warnings += 1
+                record = {
+                    "event": "overload_warning",
+                    "node": self.config.node_id,
+                    "src": str(w.key.src_ip),
+                    "dst": str(w.key.dst_ip),
+                    "rate_pps": round(w.rate_pps, 1),
+                    "count": w.c,
+                    "window_ns": w.ts2 - w.ts1,
+                    "suppressed": w.suppressed,
+                }
+                log.warning("overload warning", extra={"fields": record})
+                self.recent_warnings.append(record)
+                del self.recent_warnings[:-100]
+                if self.config.webhook_url:
+                    try:
+                        self._warnings.put_nowait(w)
+                    except asyncio.QueueFull:
+                        self.counters.webhook_dropped += 1
+            await self._sleep(EVENT_POLL_S)
+
+    async def _webhook_loop(self, url: str) -> None:
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=3)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                w = await self._warnings.get()
+                body = {
+                    "node": self.config.node_id,
+                    "src": str(w.key.src_ip),
+                    "dst": str(w.key.dst_ip),
+                    "rate_pps": round(w.rate_pps, 1),
+                    "count": w.c,
+                }
+                try:
+                    async with session.post(url, json=body) as resp:
+                        if resp.status < 300:
+                            self.counters.webhook_sent += 1
+                        else:
+                            self.counters.webhook_dropped += 1
+                except (aiohttp.ClientError, TimeoutError):
+                    self.counters.webhook_dropped += 1
+
+    async def _clock_loop(self) -> None:
+        assert self.backend is not None
+        backend = self.backend
+        while not self.stop.is_set():
+            await self._blocking(backend.sync_clock)
+            await self._sleep(CLOCK_SYNC_S)
+
+
+def _total(stats: Stats) -> int:
+    return stats.passed + stats.drop_pair + stats.drop_dest
+
+
+def _thresholds_dict(t: Thresholds) -> dict[str, Any]:
+    return {
+        "t_t1": t.t_t1,
+        "t_t2": t.t_t2,
+        "t_t3": t.t_t3,
+        "t_t4": t.t_t4,
+        "t_f1": t.t_f1,
+        "t_f2": t.t_f2,
+        "r": t.r,
+        "policy": str(t.policy),
+    }

@@ -1,0 +1,150 @@
+"""Sync through a central Redis: the paper's architecture (X-Pro's ``syncdb``),
+kept as the baseline the mesh is measured against (lab mode ``master``).
+
+Every interval each proxy runs Algorithm 1 (:func:`sync_master`) for every
+(i, D_addr) in its L_DB (the kernel's pair map) or in M_DB (Redis hashes
+``xpro:pair:<src><dst>`` with fields ts1, ts2, c), writes M_DB back and
+re-bases its kernel maps with the returned L_DB records (through the same
+loss-free apply path as the mesh). M_DB is read and written in one
+optimistic transaction (WATCH/MULTI), retried on conflict, so two proxies
+syncing at once do not overwrite each other's counts, which the prototype's
+plain HSETs did.
+
+One deliberate difference from the literal lines: for a pair only in L_DB
+(lines 31-33) the paper leaves dc' set, so the next sync would add the same
+packets to M_DB a second time; here dc' is acknowledged (set to 0) as after
+every other sync. Redis keys expire after T_T1 + T_T4 of silence, the same
+horizon the mesh uses, so M_DB does not grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from xpro_mesh.agent.mapsync import dest_ops_for
+from xpro_mesh.core.algorithm import LocalRecord, MasterRecord, Params, sync_master
+from xpro_mesh.datapath.backend import MapBackend, PairKey, PairOp
+
+if TYPE_CHECKING:
+    from xpro_mesh.agent.daemon import Agent
+
+__all__ = ["MasterSync", "plan_master"]
+
+PREFIX = b"xpro:pair:"
+RETRIES = 8
+
+
+def _redis_key(key: PairKey) -> bytes:
+    return PREFIX + key.src + key.dst
+
+
+def _pair_of(redis_key: bytes) -> PairKey:
+    raw = redis_key[len(PREFIX) :]
+    return PairKey(raw[:16], raw[16:32])
+
+
+def plan_master(
+    local: dict[PairKey, LocalRecord],
+    master: dict[PairKey, MasterRecord],
+    p: Params,
+) -> tuple[dict[PairKey, MasterRecord], list[PairOp], dict[PairKey, LocalRecord]]:
+    """Algorithm 1 over the union of L_DB and M_DB (pure).
+
+    Returns the M_DB records to write, the kernel operations, and the L_DB
+    as it will be after them (for the destination aggregates).
+    """
+    writes: dict[PairKey, MasterRecord] = {}
+    ops: list[PairOp] = []
+    after: dict[PairKey, LocalRecord] = {}
+    for key in local.keys() | master.keys():
+        cur = local.get(key)
+        new_local, new_master = sync_master(cur, master.get(key), p)
+        assert new_local is not None and new_master is not None
+        if cur is not None and master.get(key) is None:
+            new_local = LocalRecord(new_local.ts1, new_local.ts2, new_local.c, 0, 0)
+        if new_master != master.get(key):
+            writes[key] = new_master
+        after[key] = new_local
+        if cur is None:
+            ops.append(PairOp(key, None, 0, new_local.c, new_local.ts1, new_local.ts2))
+        elif (cur.c, cur.dc, cur.mark, cur.ts1) != (new_local.c, 0, 0, new_local.ts1) or (
+            new_local.ts2 > cur.ts2
+        ):
+            ops.append(
+                PairOp(key, cur.ts1, cur.dc, new_local.c - cur.c, new_local.ts1, new_local.ts2)
+            )
+    return writes, ops, after
+
+
+class MasterSync:
+    """The ``master`` syncer: one Redis connection, one cycle per interval."""
+
+    def __init__(self, backend: MapBackend, host: str, port: int, params: Params) -> None:
+        import redis
+
+        self.backend = backend
+        self.params = params
+        self.client = redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=2)
+        self.conflicts = 0
+        self.cycles = 0
+
+    @classmethod
+    def for_agent(cls, agent: Agent) -> MasterSync:
+        assert agent.backend is not None and agent.config.redis is not None
+        host, port = agent.config.redis
+        return cls(agent.backend, host, port, agent.thresholds.params())
+
+    async def cycle(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.cycle_blocking)
+
+    def cycle_blocking(self) -> None:
+        import redis
+
+        p = self.params
+        local = dict(self.backend.read_pairs())
+        horizon_s = max(1, (p.t_t1 + p.t_t4) // 10**9)
+        for _attempt in range(RETRIES):
+            with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    keys = list(self.client.scan_iter(match=PREFIX + b"*", count=1000))
+                    wanted = sorted(set(keys) | {_redis_key(k) for k in local})
+                    if wanted:
+                        pipe.watch(*wanted)  # type: ignore[no-untyped-call]
+                    master: dict[PairKey, MasterRecord] = {}
+                    for rk in wanted:
+                        fields = pipe.hgetall(rk)
+                        if fields:
+                            master[_pair_of(rk)] = MasterRecord(
+                                int(fields[b"ts1"]), int(fields[b"ts2"]), int(fields[b"c"])
+                            )
+                    writes, ops, after = plan_master(local, master, p)
+                    pipe.multi()
+                    for key, rec in writes.items():
+                        rk = _redis_key(key)
+                        pipe.hset(rk, mapping={"ts1": rec.ts1, "ts2": rec.ts2, "c": rec.c})
+                        pipe.expire(rk, horizon_s)
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    self.conflicts += 1
+                    continue
+        else:
+            raise RuntimeError(f"M_DB stayed contended for {RETRIES} attempts")
+        now = time.time_ns()
+        stale = [k for k, r in after.items() if r.ts2 < now - (p.t_t1 + p.t_t4) and k in local]
+        if stale:
+            self.backend.delete_pairs(stale)
+        report = self.backend.apply(ops, ())
+        windows: dict[bytes, tuple[int, int]] = {}
+        for key, lrec in after.items():
+            if key in stale:
+                continue
+            w = windows.get(key.dst)
+            windows[key.dst] = (
+                (lrec.ts1, lrec.ts2) if w is None else (min(w[0], lrec.ts1), max(w[1], lrec.ts2))
+            )
+        skipped = {*report.restarted, *report.missing}
+        self.backend.apply((), dest_ops_for(ops, skipped, windows))
+        self.cycles += 1

@@ -1,0 +1,371 @@
+"""The agent's HTTP API (aiohttp): status, peers, records, config, metrics.
+
+Read endpoints are open (bind the API to loopback or a management network);
+``PUT /v1/config`` and ``POST /v1/feed`` need the bearer token from
+``api_token_file`` and are refused when none is configured. ``POST /v1/feed``
+exists only with the memory backend: it pushes packets through the
+in-memory data path, which is how tests and demos drive agents without a
+kernel program.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from xpro_mesh.agent.config import ConfigError, Thresholds
+from xpro_mesh.datapath.backend import PairKey
+from xpro_mesh.datapath.structs import from_addr, to_addr
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from xpro_mesh.agent.daemon import Agent
+
+__all__ = ["ApiServer", "status_document"]
+
+MAX_RECORDS = 10_000
+MAX_FEED = 100_000
+
+
+def _addr(raw: object) -> str:
+    if isinstance(raw, bytes) and len(raw) == 16:
+        return str(from_addr(raw))
+    return str(raw)
+
+
+def peers_document(agent: Agent) -> list[dict[str, Any]]:
+    if agent.node is None:
+        return []
+    out = []
+    for m in sorted(agent.node.membership.members(), key=lambda m: m.node_id):
+        load = None
+        if m.load is not None:
+            load = {
+                "packets_in_per_s": round(m.load.packets_in_per_s, 1),
+                "drop_ratio": round(m.load.drop_ratio, 4),
+                "loop_lag_ms": round(m.load.loop_lag_ms, 1),
+            }
+        out.append(
+            {
+                "node_id": m.node_id,
+                "addr": f"{m.addr[0]}:{m.addr[1]}",
+                "state": str(m.state),
+                "incarnation": m.incarnation,
+                "self": m.node_id == agent.config.node_id,
+                "load": load,
+            }
+        )
+    return out
+
+
+def status_document(agent: Agent) -> dict[str, Any]:
+    node = agent.node
+    counters = node.counters if node is not None else None
+    stats = agent.counters.stats
+    return {
+        "node_id": agent.config.node_id,
+        "incarnation": agent.incarnation,
+        "sync": str(agent.config.sync),
+        "backend": str(agent.config.backend),
+        "iface": agent.config.iface,
+        "uptime_s": round((time.time_ns() - agent.started_ns) / 1e9, 1),
+        "peers": peers_document(agent),
+        "rounds": counters.rounds if counters else 0,
+        "keys": sum(1 for _ in agent.state.pairs()),
+        "rows": len(agent.state),
+        "sync_cycles": agent.sync.cycles,
+        "last_sync_ms": round(agent.sync.last_duration_s * 1000, 2),
+        "last_sync_error": agent.sync.last_error or None,
+        "sync_failures": agent.sync.failures,
+        "drops": {"drop_pair": stats.drop_pair, "drop_dest": stats.drop_dest},
+        "passed": stats.passed,
+        "load": None
+        if agent.counters.load is None
+        else {
+            "packets_in_per_s": round(agent.counters.load.packets_in_per_s, 1),
+            "drop_ratio": round(agent.counters.load.drop_ratio, 4),
+            "loop_lag_ms": round(agent.counters.load.loop_lag_ms, 1),
+        },
+        "rejected": dict(counters.rejected) if counters else {},
+        "rows_rejected": dict(counters.rows_rejected) if counters else {},
+        "warnings": agent.counters.warnings,
+        "policy": str(agent.thresholds.policy),
+    }
+
+
+class _Collector:
+    """Prometheus metrics read from the agent at scrape time."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Any]:
+        a = self.agent
+        stats = a.counters.stats
+        packets = CounterMetricFamily(
+            "xpro_packets", "Packets judged by the XDP filter, by verdict", labels=["verdict"]
+        )
+        packets.add_metric(["pass"], stats.passed)
+        packets.add_metric(["drop_pair"], stats.drop_pair)
+        packets.add_metric(["drop_dest"], stats.drop_dest)
+        yield packets
+        yield CounterMetricFamily(
+            "xpro_overload_warnings",
+            "Overload warnings (Alg. 2 line 15)",
+            value=a.counters.warnings,
+        )
+        yield GaugeMetricFamily(
+            "xpro_pairs", "Pairs in the mesh state", value=sum(1 for _ in a.state.pairs())
+        )
+        yield GaugeMetricFamily(
+            "xpro_rows", "Per-origin rows in the mesh state", value=len(a.state)
+        )
+        yield CounterMetricFamily("xpro_sync_cycles", "Map-sync cycles", value=a.sync.cycles)
+        yield CounterMetricFamily(
+            "xpro_sync_failures", "Map-sync cycles that failed", value=a.sync.failures
+        )
+        yield GaugeMetricFamily(
+            "xpro_sync_duration_seconds",
+            "Duration of the last map-sync cycle",
+            value=a.sync.last_duration_s,
+        )
+        yield GaugeMetricFamily(
+            "xpro_loop_lag_milliseconds", "Event-loop lag", value=a.counters.loop_lag_ms
+        )
+        node = a.node
+        if node is None:
+            return
+        c = node.counters
+        yield CounterMetricFamily("xpro_gossip_rounds", "Anti-entropy rounds", value=c.rounds)
+        for name, series, help_ in (
+            ("xpro_messages_sent", c.sent, "Mesh messages sent, by kind"),
+            ("xpro_messages_received", c.received, "Mesh messages received, by kind"),
+            ("xpro_bytes_sent", c.sent_bytes, "Mesh bytes sent, by kind"),
+            ("xpro_bytes_received", c.received_bytes, "Mesh bytes received, by kind"),
+        ):
+            fam = CounterMetricFamily(name, help_, labels=["kind"])
+            for kind, n in sorted(series.items()):
+                fam.add_metric([str(kind)], n)
+            yield fam
+        rejected = CounterMetricFamily(
+            "xpro_messages_rejected", "Datagrams dropped unread, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(c.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        rows = CounterMetricFamily(
+            "xpro_rows_rejected", "Rows from peers refused, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(c.rows_rejected.items()):
+            rows.add_metric([reason], n)
+        yield rows
+        yield CounterMetricFamily(
+            "xpro_rows_accepted", "Rows merged from peers", value=c.rows_accepted
+        )
+        members = GaugeMetricFamily("xpro_members", "Mesh members by state", labels=["state"])
+        counts: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0}
+        for m in node.membership.members():
+            counts[str(m.state)] += 1
+        for state, n in counts.items():
+            members.add_metric([state], n)
+        yield members
+
+
+class ApiServer:
+    """The aiohttp application and its runner, owned by the agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(agent))
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.get("/healthz", self.healthz),
+                web.get("/v1/status", self.status),
+                web.get("/v1/peers", self.peers),
+                web.get("/v1/records", self.records),
+                web.get("/v1/config", self.get_config),
+                web.put("/v1/config", self.put_config),
+                web.post("/v1/feed", self.feed),
+                web.get("/metrics", self.metrics),
+            ]
+        )
+        self._runner: web.AppRunner | None = None
+        self.address: tuple[str, int] = agent.config.api
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        host, port = self.agent.config.api
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            from xpro_mesh.agent.daemon import AgentError
+
+            await self._runner.cleanup()
+            raise AgentError(f"api {host}:{port}: {exc.strerror or exc}") from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            name = sockets[0].getsockname()
+            self.address = (str(name[0]), int(name[1]))
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- handlers --------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(status_document(self.agent))
+
+    async def peers(self, request: web.Request) -> web.Response:
+        return web.json_response(peers_document(self.agent))
+
+    async def records(self, request: web.Request) -> web.Response:
+        dst_raw = request.query.get("dst")
+        try:
+            limit = int(request.query.get("limit", "100"))
+            if not 1 <= limit <= MAX_RECORDS:
+                raise ValueError
+        except ValueError:
+            return _error(400, f"limit: expected an integer 1..{MAX_RECORDS}")
+        dst: bytes | None = None
+        if dst_raw:
+            try:
+                dst = to_addr(ipaddress.ip_address(dst_raw))
+            except ValueError:
+                return _error(400, f"dst: not an IP address: {dst_raw!r}")
+        state = self.agent.state
+        out = []
+        for pair, view in state.pair_views().items():
+            src, d = pair
+            if dst is not None and d != dst:
+                continue
+            out.append(
+                {
+                    "src": _addr(src),
+                    "dst": _addr(d),
+                    "ts1": view.ts1,
+                    "ts2": view.ts2,
+                    "c": view.c,
+                    "origins": view.origins,
+                }
+            )
+        out.sort(key=lambda r: -int(str(r["c"])))
+        return web.json_response({"records": out[:limit], "total": len(out)})
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        t = self.agent.thresholds
+        return web.json_response(
+            {
+                "thresholds": {
+                    "t_t1": t.t_t1,
+                    "t_t2": t.t_t2,
+                    "t_t3": t.t_t3,
+                    "t_t4": t.t_t4,
+                    "t_f1": t.t_f1,
+                    "t_f2": t.t_f2,
+                    "r": t.r,
+                    "policy": str(t.policy),
+                }
+            }
+        )
+
+    def _authorised(self, request: web.Request) -> web.Response | None:
+        token = self.agent.api_token
+        if token is None:
+            return _error(403, "no api_token_file configured: the API is read-only")
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or not hmac.compare_digest(
+            header[7:].strip().encode(), token.encode()
+        ):
+            return _error(401, "missing or wrong bearer token")
+        return None
+
+    async def put_config(self, request: web.Request) -> web.Response:
+        denied = self._authorised(request)
+        if denied is not None:
+            return denied
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "body: expected JSON")
+        values = body.get("thresholds", body) if isinstance(body, dict) else None
+        if not isinstance(values, dict) or not values:
+            return _error(400, 'body: expected {"thresholds": {"t_f1": 200, ...}}')
+        try:
+            thresholds = _updated_thresholds(self.agent.thresholds, values)
+        except ConfigError as exc:
+            return _error(400, str(exc))
+        await self.agent.set_thresholds(thresholds)
+        return await self.get_config(request)
+
+    async def feed(self, request: web.Request) -> web.Response:
+        from xpro_mesh.datapath.memory import MemoryMaps
+
+        denied = self._authorised(request)
+        if denied is not None:
+            return denied
+        backend = self.agent.backend
+        if not isinstance(backend, MemoryMaps):
+            return _error(404, "feed exists only with backend = memory")
+        try:
+            body = await request.json()
+            src = ipaddress.ip_address(body["src"])
+            dst = ipaddress.ip_address(body["dst"])
+            count = int(str(body.get("count", 1)))
+            if not 1 <= count <= MAX_FEED:
+                raise ValueError(f"count must be 1..{MAX_FEED}")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, f"body: {exc}")
+        verdicts: dict[str, int] = {}
+        now = time.time_ns()
+        for i in range(count):
+            v = str(backend.feed(to_addr(src), to_addr(dst), now + i))
+            verdicts[v] = verdicts.get(v, 0) + 1
+        self.agent.counters.stats = backend.read_stats()
+        return web.json_response({"verdicts": verdicts, "key": str(PairKey.of(src, dst))})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+
+def _updated_thresholds(current: Thresholds, values: dict[str, Any]) -> Thresholds:
+    from xpro_mesh.agent.config import format_duration, load_config
+
+    flat = {f"thresholds.{k}": v for k, v in values.items()}
+    base: dict[str, object] = {
+        "thresholds.t_t1": format_duration(current.t_t1),
+        "thresholds.t_t2": format_duration(current.t_t2),
+        "thresholds.t_t3": format_duration(current.t_t3),
+        "thresholds.t_t4": format_duration(current.t_t4),
+        "thresholds.t_f1": current.t_f1,
+        "thresholds.t_f2": current.t_f2,
+        "thresholds.r": current.r,
+        "thresholds.policy": str(current.policy),
+    }
+    base.update(flat)
+    cfg = load_config(None, {"backend": "memory", **base}, require_key_file=False)
+    return replace(cfg.thresholds)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

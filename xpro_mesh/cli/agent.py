@@ -1,0 +1,107 @@
+"""``xpro-mesh agent`` (the per-proxy daemon) and ``xpro-mesh keygen``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+from pathlib import Path
+from typing import Any
+
+from xpro_mesh.cli.errors import CliError
+
+AGENT_HELP = """\
+Run one proxy's agent: it counts with the XDP filter on --iface, shares the
+counts with its peers by authenticated gossip (or through a Redis master with
+--sync master, the paper's architecture), and writes the mesh-wide view back
+into the filter's maps every gossip interval. Values come from the profile's
+defaults, then --config FILE (TOML), then these flags.
+
+examples:
+  xpro-mesh keygen > /etc/xpro/cluster.key
+  xpro-mesh agent --iface eth1 --bind 10.0.0.1:7946 --peers 10.0.0.2:7946,10.0.0.3:7946 \\
+      --key-file /etc/xpro/cluster.key --config /etc/xpro/agent.toml
+  xpro-mesh agent --backend memory --bind 127.0.0.1:0 --api 127.0.0.1:0 \\
+      --key-file k --profile local          # no kernel program: the in-memory data path
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "agent",
+        help="run the per-proxy agent (gossip, map sync, HTTP API)",
+        description=AGENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--iface", help="interface with the XDP filter (backend xdp)")
+    p.add_argument("--peers", help="seed peers HOST:PORT,... (any live member will do)")
+    p.add_argument("--bind", help="gossip UDP address HOST:PORT (default 0.0.0.0:7946)")
+    p.add_argument("--advertise", help="address peers reach this node at, if not --bind")
+    p.add_argument("--api", help="HTTP API address HOST:PORT (default 127.0.0.1:7947)")
+    p.add_argument("--node-id", help="this proxy's unique, stable name (default: hostname)")
+    p.add_argument("--key-file", help="cluster keys, 64 hex characters a line (see keygen)")
+    p.add_argument("--api-token-file", help="bearer token for PUT /v1/config")
+    p.add_argument("--backend", choices=["xdp", "memory"], help="data path (default xdp)")
+    p.add_argument("--sync", choices=["gossip", "master", "none"], help="how counts are shared")
+    p.add_argument("--redis", help="the M_DB for --sync master, HOST:PORT")
+    p.add_argument("--profile", choices=["lan", "local", "wan"], help="gossip timer defaults")
+    p.add_argument("--pin-root", help="bpffs directory of the pinned maps")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run_agent)
+
+    k = sub.add_parser(
+        "keygen",
+        help="print a new random cluster key (64 hex characters)",
+        description="Print a new 32-byte cluster key as one line of 64 hex characters. "
+        "A key file holds one key a line: the first sends, all are accepted "
+        "(rotate by adding the new key on every node first, then moving it up).",
+    )
+    k.set_defaults(func=lambda args: print(secrets.token_hex(32)) or 0)
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from xpro_mesh.agent.config import ConfigError, load_config
+    from xpro_mesh.agent.daemon import Agent, AgentError
+    from xpro_mesh.agent.logs import configure
+
+    overrides: dict[str, object | None] = {
+        "iface": args.iface,
+        "peers": args.peers,
+        "bind": args.bind,
+        "advertise": args.advertise,
+        "api": args.api,
+        "node_id": args.node_id,
+        "key_file": args.key_file,
+        "api_token_file": args.api_token_file,
+        "backend": args.backend,
+        "sync": args.sync,
+        "redis": args.redis,
+        "profile": args.profile,
+        "pin_root": args.pin_root,
+        "log_level": args.log_level,
+    }
+    if args.config is not None and not args.config.is_file():
+        raise CliError(f"--config: no such file: {args.config}")
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    token = None
+    if config.api_token_file is not None:
+        try:
+            token = config.api_token_file.read_text().strip()
+        except OSError as exc:
+            raise CliError(f"api_token_file: {exc.strerror}: {config.api_token_file}") from None
+        if not token:
+            raise CliError(f"api_token_file: {config.api_token_file} is empty")
+    configure(str(config.log_level))
+    agent = Agent(config, config_path=args.config, api_token=token)
+    try:
+        import uvloop
+
+        return int(uvloop.run(agent.run()))
+    except AgentError as exc:
+        raise CliError(str(exc), status=1) from None
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.run(agent.run())
