@@ -116,4 +116,4 @@ def test_bad_config_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
     bad = tmp_path / "bad.toml"
     bad.write_text("policy = 'strictest'\n")
     status, err = run_cli(["xdp", "attach", "--iface", "lo", "--config", str(bad)])
-    assert "policy: 'strictest' is not one of paper, fair-share" in _one_line(err)
+    assert "policy: 'strictest' is not one of fair-share, paper" in _one_line(err)

@@ -54,11 +54,12 @@ import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from xpro_mesh import units
 from xpro_mesh.algorithm import Params
+from xpro_mesh.datapath.config import Policy
 from xpro_mesh.mesh.membership import MembershipParams, detection_time_bound_ns
 from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, Address
 
@@ -99,13 +100,6 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
-
-
-class Policy(enum.StrEnum):
-    """What happens to destination D's packets while D is over T_F2 (DESIGN.md)."""
-
-    FAIR_SHARE = "fair-share"  # drop only pairs above T_F2 / n(D)
-    PAPER = "paper"  # Algorithm 2 lines 21-23 literally: drop every packet to D
 
 
 class Backend(enum.StrEnum):
@@ -153,47 +147,15 @@ def _show(value: object) -> str:
     return repr(value)
 
 
-_DURATION_UNITS = {
-    "ns": 1,
-    "us": US,
-    "µs": US,
-    "ms": MS,
-    "s": S,
-    "m": 60 * S,
-    "min": 60 * S,
-    "h": 3600 * S,
-}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|min|s|m|h)")
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|min|s|m|h))+")
-
-
 def parse_duration(value: object) -> int:
     """``"500ms"`` → 500_000_000 ns. Bare numbers are refused: a unit-less
     ``interval = 500`` is the mistake this check exists to catch."""
-    expected = f'expected a duration like "500ms", got {_show(value)}'
     if not isinstance(value, str):
-        raise _Bad(expected)
-    text = value.strip()
-    if not _DURATION.fullmatch(text):
-        raise _Bad(expected)
-    total = sum(
-        (Decimal(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text)),
-        Decimal(0),
-    )
-    return int(total.to_integral_value())
-
-
-def format_duration(ns: int) -> str:
-    """The shortest exact spelling of ``ns`` in the units above."""
-    for unit, size in (("h", 3600 * S), ("m", 60 * S), ("s", S), ("ms", MS), ("us", US)):
-        if ns and ns % size == 0:
-            return f"{ns // size}{unit}"
-    return f"{ns}ns"
-
-
-_RATE = re.compile(r"(\d+(?:\.\d+)?)\s*([kMG]?)\s*(pps|/s|/min|/m)?")
-_RATE_MULT = {"": 1, "k": 1_000, "M": 1_000_000, "G": 1_000_000_000}
-_RATE_PER = {None: 1, "pps": 1, "/s": 1, "/min": 60, "/m": 60}
+        raise _Bad(f'expected a duration like "500ms", got {_show(value)}')
+    try:
+        return units.parse_duration_ns(value)
+    except ValueError:
+        raise _Bad(f'expected a duration like "500ms", got {_show(value)}') from None
 
 
 def parse_rate(value: object) -> int:
@@ -208,14 +170,13 @@ def parse_rate(value: object) -> int:
         return value
     if not isinstance(value, str):
         raise _Bad(expected)
-    match = _RATE.fullmatch(value.strip())
-    if match is None:
-        raise _Bad(expected)
-    number, mult, per = match.groups()
-    pps = Decimal(number) * _RATE_MULT[mult] / _RATE_PER[per]
-    if pps != pps.to_integral_value():
-        raise _Bad(f"expected a whole number of packets per second, got {_show(value)} = {pps}/s")
-    return int(pps)
+    try:
+        return units.parse_rate_pps(value)
+    except ValueError as exc:
+        raise _Bad(str(exc).replace(repr(value), _show(value))) from None
+
+
+format_duration = units.format_duration
 
 
 _SIZE = re.compile(r"(\d+)\s*(B|kB|KB|KiB|MB|MiB)?")

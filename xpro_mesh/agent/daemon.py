@@ -36,7 +36,6 @@ from xpro_mesh.agent.config import (
 from xpro_mesh.agent.mapsync import plan_destinations, plan_sync
 from xpro_mesh.core.gossip_state import GossipState, MergeLimits
 from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
-from xpro_mesh.datapath.config import Policy as XdpPolicy
 from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
 from xpro_mesh.mesh.membership import Membership, Workload, incarnation_from_wall_clock
@@ -63,7 +62,7 @@ def xdp_config(thresholds: Thresholds, base: XdpConfig | None = None) -> XdpConf
     base = base or XdpConfig()
     return replace(
         XdpConfig.from_params(thresholds.params()),
-        policy=XdpPolicy(str(thresholds.policy)),
+        policy=thresholds.policy,
         clock=base.clock,
         warn_interval=base.warn_interval,
         warn_per_cpu=base.warn_per_cpu,

@@ -27,13 +27,13 @@ TOML, flat or under an ``[xdp]`` table::
 from __future__ import annotations
 
 import enum
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from xpro_mesh import units
 from xpro_mesh.core.algorithm import NS_PER_S, Params
 from xpro_mesh.datapath import structs
 
@@ -58,8 +58,8 @@ class ConfigError(ValueError):
 class Policy(enum.StrEnum):
     """The destination rule (DESIGN.md, "The destination rule")."""
 
+    FAIR_SHARE = "fair-share"  # the default: only the pairs above T_F2 / n(D)
     PAPER = "paper"  # lines 21-23 literally: every packet to D while D is over T_F2
-    FAIR_SHARE = "fair-share"  # only the pairs above T_F2 / n(D)
 
 
 class ClockSource(enum.StrEnum):
@@ -69,19 +69,6 @@ class ClockSource(enum.StrEnum):
     PRECISE = "precise"  # bpf_ktime_get_ns(): ~30 ns, ns resolution
 
 
-_UNITS = {
-    "ns": 1,
-    "us": 10**3,
-    "µs": 10**3,
-    "ms": 10**6,
-    "s": NS_PER_S,
-    "m": 60 * NS_PER_S,
-    "h": 3600 * NS_PER_S,
-}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h)?\s*$")
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKM])?\s*(?:pps)?\s*$")
-
-
 def parse_duration(key: str, value: object) -> int:
     """ns from an int (ns) or a string with a unit; a bare number is ns."""
     if isinstance(value, bool):
@@ -89,14 +76,11 @@ def parse_duration(key: str, value: object) -> int:
     if isinstance(value, int):
         ns = value
     elif isinstance(value, str):
-        m = _DURATION.match(value)
-        if not m:
-            raise ConfigError(f"{key}: cannot read {value!r} as a duration (e.g. 1s, 500ms, 100ns)")
-        number, unit = m.group(1), m.group(2) or "ns"
-        scaled = _scaled(number, _UNITS[unit])
-        if scaled is None:
-            raise ConfigError(f"{key}: {value!r} is not a whole number of ns")
-        ns = scaled
+        text = value.strip()
+        try:
+            ns = int(text) if text.isdigit() else units.parse_duration_ns(text)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc} (e.g. 1s, 500ms, 100ns)") from None
     else:
         raise ConfigError(f"{key}: expected a duration, got {value!r}")
     if not 0 <= ns <= _MAX_S64:
@@ -111,31 +95,15 @@ def parse_rate(key: str, value: object) -> int:
     if isinstance(value, int):
         rate = value
     elif isinstance(value, str):
-        m = _RATE.match(value)
-        if not m:
-            raise ConfigError(f"{key}: cannot read {value!r} as packets per second (e.g. 100, 10k)")
-        mult = {"k": 10**3, "K": 10**3, "M": 10**6}.get(m.group(2) or "", 1)
-        scaled = _scaled(m.group(1), mult)
-        if scaled is None:
-            raise ConfigError(f"{key}: {value!r} is not a whole number of packets per second")
-        rate = scaled
+        try:
+            rate = units.parse_rate_pps(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     else:
         raise ConfigError(f"{key}: expected packets per second, got {value!r}")
     if not 0 <= rate <= _MAX_S64:
         raise ConfigError(f"{key}: {rate} is out of range")
     return rate
-
-
-def _scaled(number: str, unit: int) -> int | None:
-    whole, _, frac = number.partition(".")
-    value = int(whole) * unit
-    if frac:
-        num = int(frac) * unit
-        den = 10 ** len(frac)
-        if num % den:
-            return None
-        value += num // den
-    return value
 
 
 def _parse_int(key: str, value: object) -> int:
