@@ -560,6 +560,9 @@ class AgentConfig:
     # bpffs directory of the pinned maps
     pin_root: Path = field(default=Path("/sys/fs/bpf/xpro"), metadata=_parse(_path))
     log_level: LogLevel = field(default=LogLevel.INFO, metadata=_parse(_choice(LogLevel)))
+    # dispersion (DeDoS): a proxy whose packets/s in exceed this is overloaded
+    # and new clients are steered to peers with spare capacity (GET /v1/steering)
+    steer_threshold: int = field(default=100_000, metadata=_parse(parse_rate))
     # overload warnings are also POSTed here (optional)
     webhook_url: str | None = field(default=None, metadata=_parse(_url))
     # how far ahead of our clock a peer's record timestamps may be: the clock

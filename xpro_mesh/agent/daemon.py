@@ -34,6 +34,7 @@ from xpro_mesh.agent.config import (
     reload_thresholds,
 )
 from xpro_mesh.agent.mapsync import plan_destinations, plan_sync
+from xpro_mesh.core.dispersion import Steering, plan_steering
 from xpro_mesh.core.gossip_state import GossipState, MergeLimits
 from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
 from xpro_mesh.datapath.config import XdpConfig
@@ -50,6 +51,7 @@ T = TypeVar("T")
 LOAD_INTERVAL_S = 2.0  # how often the workload W is measured and published
 EVENT_POLL_S = 0.2  # overload warnings are forwarded at most this late
 CLOCK_SYNC_S = 1.0  # kernel → cluster clock offset refresh
+STEER_HYSTERESIS = 0.2  # an overloaded proxy returns below 80 % of the threshold
 WEBHOOK_QUEUE = 256  # warnings waiting for the webhook; more are dropped (counted)
 
 
@@ -118,6 +120,7 @@ class AgentCounters:
     reload_errors: int = 0
     loop_lag_ms: float = 0.0
     load: Workload | None = None
+    steering: Steering | None = None
     stats: Stats = field(default_factory=Stats)
 
 
@@ -394,7 +397,23 @@ class Agent:
             self.counters.stats = stats
             if self.node is not None:
                 self.node.membership.set_load(load, time.monotonic_ns())
+            self.counters.steering = self.steering()
             prev, prev_t = stats, now
+
+    def steering(self) -> Steering:
+        """Where new clients should go, from the live members' published loads
+        (and ours); hysteresis keeps an overloaded proxy out until it recovers."""
+        loads: dict[str, float] = {}
+        if self.node is not None:
+            for m in self.node.membership.live_members():
+                if m.load is not None:
+                    loads[m.node_id] = m.load.packets_in_per_s
+        if self.counters.load is not None:
+            loads[self.config.node_id] = self.counters.load.packets_in_per_s
+        previous = self.counters.steering.overloaded if self.counters.steering else frozenset()
+        return plan_steering(
+            loads, float(self.config.steer_threshold), STEER_HYSTERESIS, previous
+        )
 
     async def _events_loop(self) -> None:
         """Overload warnings (Algorithm 2 line 15) → structured log (+ webhook)."""

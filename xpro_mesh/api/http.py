@@ -192,6 +192,7 @@ class ApiServer:
                 web.get("/healthz", self.healthz),
                 web.get("/v1/status", self.status),
                 web.get("/v1/peers", self.peers),
+                web.get("/v1/steering", self.steering),
                 web.get("/v1/records", self.records),
                 web.get("/v1/config", self.get_config),
                 web.put("/v1/config", self.put_config),
@@ -235,6 +236,23 @@ class ApiServer:
 
     async def peers(self, request: web.Request) -> web.Response:
         return web.json_response(peers_document(self.agent))
+
+    async def steering(self, request: web.Request) -> web.Response:
+        """DeDoS dispersion: weights for steering new clients (a resolver, a
+        load balancer or the clients themselves use them)."""
+        agent = self.agent
+        steering = agent.counters.steering or agent.steering()
+        addrs = {p["node_id"]: p["addr"] for p in peers_document(agent)}
+        return web.json_response(
+            {
+                "threshold_pps": agent.config.steer_threshold,
+                "overloaded": sorted(steering.overloaded),
+                "targets": [
+                    {"node_id": n, "addr": addrs.get(n), "weight": round(w, 4)}
+                    for n, w in sorted(steering.weights.items(), key=lambda kv: -kv[1])
+                ],
+            }
+        )
 
     async def records(self, request: web.Request) -> web.Response:
         dst_raw = request.query.get("dst")
