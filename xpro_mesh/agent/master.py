@@ -6,9 +6,9 @@ Every interval each proxy runs Algorithm 1 (:func:`sync_master`) for every
 ``xpro:pair:<src><dst>`` with fields ts1, ts2, c), writes M_DB back and
 re-bases its kernel maps with the returned L_DB records (through the same
 loss-free apply path as the mesh). M_DB is read and written in one
-optimistic transaction (WATCH/MULTI), retried on conflict, so two proxies
-syncing at once do not overwrite each other's counts, which the prototype's
-plain HSETs did.
+lease lock (SET NX PX, released by token), so two proxies syncing at once do
+not overwrite each other's counts, which the prototype's plain HSETs did;
+reads and writes are pipelined (two round trips per cycle).
 
 One deliberate difference from the literal lines: for a pair only in L_DB
 (lines 31-33) the paper leaves dc' set, so the next sync would add the same
@@ -20,7 +20,10 @@ horizon the mesh uses, so M_DB does not grow without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from xpro_mesh.agent.mapsync import dest_ops_for
@@ -33,7 +36,12 @@ if TYPE_CHECKING:
 __all__ = ["MasterSync", "plan_master"]
 
 PREFIX = b"xpro:pair:"
-RETRIES = 8
+LOCK = b"xpro:lock"
+LOCK_TTL_MS = 2_000  # a proxy that dies holding the lock blocks the others this long
+LOCK_WAIT_S = 1.0  # give up a cycle (and retry next interval) after waiting this long
+_UNLOCK = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 
 
 def _redis_key(key: PairKey) -> bytes:
@@ -87,8 +95,25 @@ class MasterSync:
         self.backend = backend
         self.params = params
         self.client = redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=2)
-        self.conflicts = 0
+        self.lock_waits = 0
         self.cycles = 0
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """M_DB is one database that every proxy read-modify-writes (the
+        paper's M_DB): a lease lock serialises the proxies' syncs, so no
+        proxy's counts are overwritten by another's."""
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while not self.client.set(LOCK, token, nx=True, px=LOCK_TTL_MS):
+            self.lock_waits += 1
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"M_DB lock busy for {LOCK_WAIT_S:.1f} s")
+            time.sleep(0.002)
+        try:
+            yield
+        finally:
+            self.client.eval(_UNLOCK, 1, LOCK, token)
 
     @classmethod
     def for_agent(cls, agent: Agent) -> MasterSync:
@@ -100,38 +125,28 @@ class MasterSync:
         await asyncio.get_running_loop().run_in_executor(None, self.cycle_blocking)
 
     def cycle_blocking(self) -> None:
-        import redis
-
         p = self.params
         local = dict(self.backend.read_pairs())
         horizon_s = max(1, (p.t_t1 + p.t_t4) // 10**9)
-        for _attempt in range(RETRIES):
-            with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    keys = list(self.client.scan_iter(match=PREFIX + b"*", count=1000))
-                    wanted = sorted(set(keys) | {_redis_key(k) for k in local})
-                    if wanted:
-                        pipe.watch(*wanted)  # type: ignore[no-untyped-call]
-                    master: dict[PairKey, MasterRecord] = {}
-                    for rk in wanted:
-                        fields = pipe.hgetall(rk)
-                        if fields:
-                            master[_pair_of(rk)] = MasterRecord(
-                                int(fields[b"ts1"]), int(fields[b"ts2"]), int(fields[b"c"])
-                            )
-                    writes, ops, after = plan_master(local, master, p)
-                    pipe.multi()
-                    for key, rec in writes.items():
-                        rk = _redis_key(key)
-                        pipe.hset(rk, mapping={"ts1": rec.ts1, "ts2": rec.ts2, "c": rec.c})
-                        pipe.expire(rk, horizon_s)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    self.conflicts += 1
-                    continue
-        else:
-            raise RuntimeError(f"M_DB stayed contended for {RETRIES} attempts")
+        with self._locked():
+            keys = set(self.client.scan_iter(match=PREFIX + b"*", count=1000))
+            wanted = sorted(keys | {_redis_key(k) for k in local})
+            reader = self.client.pipeline(transaction=False)
+            for rk in wanted:
+                reader.hgetall(rk)
+            master: dict[PairKey, MasterRecord] = {}
+            for rk, fields in zip(wanted, reader.execute(), strict=True):
+                if fields:
+                    master[_pair_of(rk)] = MasterRecord(
+                        int(fields[b"ts1"]), int(fields[b"ts2"]), int(fields[b"c"])
+                    )
+            writes, ops, after = plan_master(local, master, p)
+            writer = self.client.pipeline(transaction=True)
+            for key, rec in writes.items():
+                rk = _redis_key(key)
+                writer.hset(rk, mapping={"ts1": rec.ts1, "ts2": rec.ts2, "c": rec.c})
+                writer.expire(rk, horizon_s)
+            writer.execute()
         now = time.time_ns()
         stale = [k for k, r in after.items() if r.ts2 < now - (p.t_t1 + p.t_t4) and k in local]
         if stale:

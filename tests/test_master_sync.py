@@ -1,0 +1,109 @@
+"""The paper's architecture against a real redis-server: Algorithm 1 through
+M_DB, proxies syncing concurrently without losing each other's counts."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from xpro_mesh.agent.master import MasterSync
+from xpro_mesh.core.algorithm import Params
+from xpro_mesh.datapath.backend import PairKey
+from xpro_mesh.datapath.config import XdpConfig
+from xpro_mesh.datapath.memory import MemoryMaps
+
+S = 10**9
+P = Params(t_t1=5 * S, t_t2=S, t_t3=S, t_t4=60 * S, t_f1=10**6, t_f2=10**7, r=2)
+VICTIM = "10.20.0.2"
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis_port(tmp_path: Path) -> Iterator[int]:
+    if not Path(REDIS).exists():
+        pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [REDIS, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.02)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def proxy(port: int) -> tuple[MemoryMaps, MasterSync]:
+    maps = MemoryMaps(XdpConfig.from_params(P))
+    return maps, MasterSync(maps, "127.0.0.1", port, P)
+
+
+def count(maps: MemoryMaps, src: str) -> int:
+    return dict(maps.read_pairs())[PairKey.of(src, VICTIM)].c
+
+
+def test_counts_from_two_proxies_meet_in_m_db_and_return_to_both(redis_port: int) -> None:
+    (a, sa), (b, sb) = proxy(redis_port), proxy(redis_port)
+    now = time.time_ns()
+    for i in range(30):
+        a.feed("10.10.100.5", VICTIM, now + i)
+    for i in range(12):
+        b.feed("10.10.100.5", VICTIM, now + 100 + i)
+    sa.cycle_blocking()
+    sb.cycle_blocking()
+    sa.cycle_blocking()
+    assert count(a, "10.10.100.5") == 42
+    assert count(b, "10.10.100.5") == 42
+    dest = dict(a.read_destinations())[PairKey.of("::", VICTIM).dst]
+    assert (dest.c, dest.clients) == (42, 1)
+
+
+def test_concurrent_syncs_lose_no_proxy_counts(redis_port: int) -> None:
+    proxies = [proxy(redis_port) for _ in range(3)]
+    clients = [f"10.10.100.{i}" for i in range(2, 12)]
+    fed = dict.fromkeys(clients, 0)
+    lock = threading.Lock()
+    start = time.time_ns()
+
+    def run(i: int) -> None:
+        maps, syncer = proxies[i]
+        for r in range(15):
+            for j, src in enumerate(clients):
+                n = (i + j + r) % 4
+                for k in range(n):
+                    maps.feed(src, VICTIM, start + r * 1000 + k)
+                with lock:
+                    fed[src] += n
+            syncer.cycle_blocking()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for _ in range(2):
+        for _maps, syncer in proxies:
+            syncer.cycle_blocking()
+    for maps, _syncer in proxies:
+        assert {src: count(maps, src) for src in clients} == fed
