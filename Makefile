@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.xpro-installed
 
-.PHONY: setup test test-fast test-kernel lint demo bench clean
+.PHONY: setup test test-fast test-kernel lint demo bench bench-agent clean
 
 $(SETUP_STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -30,6 +30,9 @@ demo: $(SETUP_STAMP) ## the main job (see README)
 
 bench: $(SETUP_STAMP)
 	bash scripts/bench.sh
+
+bench-agent: $(SETUP_STAMP) ## the agent: sync cycle at 10k/100k/1M pairs, 5 real agents
+	bash scripts/bench-agent.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

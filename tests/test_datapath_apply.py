@@ -218,3 +218,36 @@ def test_kernel_and_memory_backends_agree_under_packets_rebases_and_deletions(
     assert _sorted(kernel.read_pairs()) == _sorted(memory.read_pairs())  # type: ignore[attr-defined]
     assert _sorted(kernel.read_destinations()) == _sorted(memory.read_destinations())  # type: ignore[attr-defined]
     assert kernel.read_stats() == memory.read_stats()  # type: ignore[attr-defined]
+
+
+def test_incremental_reads_find_the_pairs_with_packets_and_look_up_by_key(
+    xdp_test_program: object, kernel_maps: object
+) -> None:
+    """read_active_pairs (the numpy scan) and lookup_pairs agree with
+    read_pairs: pairs the agent wrote are quiet, pairs with packets are not."""
+    maps = kernel_maps
+    maps.set_config(XdpConfig(t_f1=10**12, t_f2=10**12))  # type: ignore[attr-defined]
+    maps.write_clock(offset=0, test_now=BASE_TIME)  # type: ignore[attr-defined]
+    quiet = [PairKey.of(f"10.8.0.{i}", DST) for i in range(1, 40)]
+    maps.apply(  # type: ignore[attr-defined]
+        [PairOp(k, None, 0, 7, BASE_TIME - MS, BASE_TIME) for k in quiet]
+    )
+    filter_fd = xdp_test_program.filter_fd  # type: ignore[attr-defined]
+    for src in ("10.8.1.1", "10.8.1.2"):
+        libbpf.prog_test_run(filter_fd, ip_frame(src, DST), repeat=3)
+    libbpf.prog_test_run(filter_fd, ip_frame("10.8.0.5", DST))  # one written pair gets a packet
+    everything = dict(maps.read_pairs())  # type: ignore[attr-defined]
+    active, total = maps.read_active_pairs()  # type: ignore[attr-defined]
+    assert total == len(everything) == len(quiet) + 2
+    assert dict(active) == {k: r for k, r in everything.items() if r.dc != 0 or r.mark != 0}
+    assert set(dict(active)) == {
+        PairKey.of("10.8.1.1", DST),
+        PairKey.of("10.8.1.2", DST),
+        PairKey.of("10.8.0.5", DST),
+    }
+    absent = PairKey.of("10.8.9.9", DST)
+    wanted = [quiet[0], absent, quiet[4]]
+    assert maps.lookup_pairs(wanted) == [  # type: ignore[attr-defined]
+        (quiet[0], everything[quiet[0]]),
+        (quiet[4], everything[quiet[4]]),
+    ]

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,15 +34,22 @@ from xpro_mesh.agent.config import (
     Thresholds,
     reload_thresholds,
 )
-from xpro_mesh.agent.mapsync import plan_destinations, plan_sync
+from xpro_mesh.agent.mapsync import PLAN_STEP, SyncPlan, plan_destinations, plan_sync_steps
 from xpro_mesh.core.dispersion import Steering, plan_steering
 from xpro_mesh.core.gossip_state import GossipState, MergeLimits
-from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
+from xpro_mesh.datapath.backend import (
+    MapBackend,
+    OverloadWarning,
+    PairKey,
+    PairOp,
+    PairRecord,
+    Stats,
+)
 from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
 from xpro_mesh.mesh.membership import Membership, Workload, incarnation_from_wall_clock
 from xpro_mesh.mesh.node import MeshNode, NodeTiming
-from xpro_mesh.mesh.transport import UdpTransport
+from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, UdpTransport
 
 __all__ = ["Agent", "AgentError", "SyncReport", "open_backend", "xdp_config"]
 
@@ -53,6 +61,9 @@ EVENT_POLL_S = 0.2  # overload warnings are forwarded at most this late
 CLOCK_SYNC_S = 1.0  # kernel → cluster clock offset refresh
 STEER_HYSTERESIS = 0.2  # an overloaded proxy returns below 80 % of the threshold
 WEBHOOK_QUEUE = 256  # warnings waiting for the webhook; more are dropped (counted)
+FIRST_PULL_ROUNDS = 10  # gossip intervals the first map sync waits for a peer's answer
+FULL_SYNC_EVERY = 60  # map syncs between two full ones (the others skip quiet pairs)
+FULL_SYNC_SHARE = 4  # a full sync when over 1/4 of the kernel's pairs changed anyway
 
 
 class AgentError(Exception):
@@ -107,6 +118,8 @@ class SyncReport:
     last_ops: int = 0
     last_deletes: int = 0
     last_restarted: int = 0
+    last_full: bool = False
+    full_cycles: int = 0
     failures: int = 0
     last_error: str = ""
 
@@ -155,6 +168,11 @@ class Agent:
         self.stop = asyncio.Event()
         self._syncer_factory = syncer_factory
         self._tasks: list[asyncio.Task[None]] = []
+        self._written_last: dict[Any, PairRecord] = {}  # pairs the last map sync wrote
+        self._kernel_pairs = 0  # pairs the kernel should hold after the last sync
+        self.full_sync_every = FULL_SYNC_EVERY  # 0: every map sync is a full one
+        self.plan_step = PLAN_STEP  # pairs planned between two yields to the loop
+        self._since_full = FULL_SYNC_EVERY
         self._warnings: asyncio.Queue[OverloadWarning] = asyncio.Queue(WEBHOOK_QUEUE)
         self.recent_warnings: list[dict[str, Any]] = []
 
@@ -227,9 +245,9 @@ class Agent:
                 receiver[0](data, addr)
 
         try:
-            transport = await UdpTransport.open(
-                cfg.bind, deliver, max_datagram=max(g.max_message_bytes, 1400)
-            )
+            # The socket takes any datagram; the node refuses (and counts)
+            # those over gossip.max_message_bytes.
+            transport = await UdpTransport.open(cfg.bind, deliver, max_datagram=UDP_MAX_PAYLOAD)
         except OSError as exc:
             raise AgentError(f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}") from None
         self._transport = transport
@@ -332,6 +350,8 @@ class Agent:
 
     async def _sync_loop(self, syncer: Any) -> None:
         interval = self.config.gossip.interval_ns / 1e9
+        if self.config.sync is SyncMode.GOSSIP:
+            await self._await_first_pull(FIRST_PULL_ROUNDS * interval)
         while not self.stop.is_set():
             started = time.monotonic()
             try:
@@ -350,24 +370,156 @@ class Agent:
             self.sync.last_duration_s = time.monotonic() - started
             await self._sleep(max(0.0, interval - self.sync.last_duration_s))
 
+    async def _await_first_pull(self, timeout_s: float) -> None:
+        """Hold the first map sync until a peer has answered our digest.
+
+        A restarted node gets the rows of its earlier life back from its peers
+        and adopts them, but only for pairs it has not counted since it started
+        (:meth:`GossipState.merge`). Its kernel maps may have outlived it (pinned
+        maps keep counting while the agent restarts), so a map sync before the
+        first pull would start fresh rows for those pairs and the window counted
+        before the restart would be refused as ``own_origin``, lost. Waiting
+        loses nothing: the kernel keeps the packets in ``dc`` until the sync.
+        A node alone (the first of a new mesh) waits ``timeout_s`` once.
+        """
+        node = self.node
+        if node is None:
+            return
+        started = time.monotonic()
+        pulled = asyncio.ensure_future(node.pulled.wait())
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait(
+                {pulled, stopped}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            pulled.cancel()
+            stopped.cancel()
+        if node.pulled.is_set():
+            log.info(
+                "first map sync after a peer's answer (%.0f ms)", (time.monotonic() - started) * 1e3
+            )
+        elif not self.stop.is_set():
+            log.info(
+                "no peer answered within %.1f s: first map sync without the mesh's rows", timeout_s
+            )
+
     async def sync_once(self) -> None:
-        """One map-sync cycle (see :mod:`xpro_mesh.agent.mapsync`)."""
+        """One map-sync cycle (see :mod:`xpro_mesh.agent.mapsync`).
+
+        Incremental when it can be: the kernel is scanned for pairs with new
+        packets (without a Python object per quiet pair), the state names the
+        pairs whose views moved, and only those are planned. A full cycle
+        (every pair read and planned) runs first, every ``full_sync_every``
+        cycles, after new thresholds, when the kernel holds a number of pairs
+        the agent did not expect (an LRU eviction, a pair deleted by hand),
+        after an op that failed, or when a large share of the pairs changed
+        anyway. Both plan the same operations (``tests/test_agent_sync.py``).
+        """
         backend = self.backend
         assert backend is not None
-        pairs = await self._blocking(backend.read_pairs)
-        plan = plan_sync(self.state, pairs, time.time_ns())
+        state = self.state
+        changed = state.take_changed()
+        read = None
+        if (
+            changed is not None
+            and self._since_full < self.full_sync_every
+            and len(changed) * FULL_SYNC_SHARE <= self._kernel_pairs
+            and hasattr(backend, "read_active_pairs")
+        ):
+            changed |= self._written_last.keys()
+            read = await self._incremental_read(backend, changed)
+        if read is None:
+            changed = None
+            pairs = await self._blocking(backend.read_pairs)
+            total = len(pairs)
+        else:
+            pairs, total = read
+        with _gc_paused():
+            steps = plan_sync_steps(state, pairs, time.time_ns(), changed, self.plan_step)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    plan: SyncPlan = done.value
+                    break
+                await asyncio.sleep(0)  # the mesh runs between two steps
+        deleted = 0
         if plan.deletes:
-            await self._blocking(backend.delete_pairs, plan.deletes)
+            deleted = await self._blocking(backend.delete_pairs, plan.deletes)
         report = await self._blocking(backend.apply, plan.pair_ops, ())
         skipped = {*report.restarted, *report.missing}
-        dest_ops = plan_destinations(self.state, plan.pair_ops, skipped)
+        touched = None if changed is None else {pair[1] for pair in changed}
+        dest_ops = plan_destinations(state, plan.pair_ops, skipped, touched)
         if dest_ops:
             await self._blocking(backend.apply, (), dest_ops)
+        self._kernel_pairs = total + report.created - deleted
+        self._since_full = self._since_full + 1 if read is not None else 0
+        if report.failed or len(plan.pair_ops) * FULL_SYNC_SHARE > self._kernel_pairs:
+            # Which ops failed is unknown, or most pairs were written: read all next.
+            self._since_full = self.full_sync_every
+            self._written_last = {}
+        else:
+            self._remember_writes(pairs, plan.pair_ops, skipped)
         self.sync.cycles += 1
+        self.sync.full_cycles += 1 if read is None else 0
+        self.sync.last_full = read is None
         self.sync.last_pairs_read = len(pairs)
         self.sync.last_ops = len(plan.pair_ops) + len(dest_ops)
         self.sync.last_deletes = len(plan.deletes)
         self.sync.last_restarted = len(report.restarted)
+
+    async def _incremental_read(
+        self, backend: MapBackend, changed: set[Any]
+    ) -> tuple[list[tuple[PairKey, PairRecord]], int] | None:
+        """The kernel records an incremental cycle plans: the pairs with new
+        packets, and those of the changed pairs (what the last cycle wrote is
+        known without asking). None: run a full cycle instead."""
+        active, total = await self._blocking(backend.read_active_pairs)
+        has_pair = self.state.has_pair
+        fresh = sum(1 for key, _ in active if not has_pair((key.src, key.dst)))
+        if total != self._kernel_pairs + fresh or len(changed) * FULL_SYNC_SHARE > total:
+            return None
+        seen = {(key.src, key.dst) for key, _ in active}
+        pairs = list(active)
+        wanted: list[PairKey] = []
+        written = self._written_last
+        for pair in changed:
+            if pair in seen:
+                continue
+            expected = written.get(pair)
+            if expected is not None:
+                pairs.append((PairKey(*pair), expected))
+            else:
+                wanted.append(PairKey(*pair))
+        if len(wanted) * FULL_SYNC_SHARE > total:
+            return None
+        if wanted:
+            pairs += await self._blocking(backend.lookup_pairs, wanted)
+        return pairs, total
+
+    def _remember_writes(
+        self,
+        pairs: list[tuple[PairKey, PairRecord]],
+        ops: tuple[PairOp, ...],
+        skipped: set[PairKey],
+    ) -> None:
+        """What each applied pair op left in the kernel (the backend's apply
+        rules with no packet since): the next incremental cycle re-checks those
+        pairs (their new ts2 can trigger the T_T4 rule) without a lookup. A
+        packet since sets dc, and the scan for new packets finds the pair."""
+        read = {key: rec for key, rec in pairs} if ops else {}
+        written: dict[Any, PairRecord] = {}
+        for op in ops:
+            if op.key in skipped:
+                continue
+            rec = read.get(op.key)
+            if op.expect_ts1 is None or rec is None:
+                after = PairRecord(op.ts1, op.ts2, op.c_delta, 0, 0)
+            else:
+                after = PairRecord(op.ts1, max(rec.ts2, op.ts2), rec.c + op.c_delta, 0, 0)
+            written[(op.key.src, op.key.dst)] = after
+        self._written_last = written
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -411,9 +563,7 @@ class Agent:
         if self.counters.load is not None:
             loads[self.config.node_id] = self.counters.load.packets_in_per_s
         previous = self.counters.steering.overloaded if self.counters.steering else frozenset()
-        return plan_steering(
-            loads, float(self.config.steer_threshold), STEER_HYSTERESIS, previous
-        )
+        return plan_steering(loads, float(self.config.steer_threshold), STEER_HYSTERESIS, previous)
 
     async def _events_loop(self) -> None:
         """Overload warnings (Algorithm 2 line 15) → structured log (+ webhook)."""
@@ -472,6 +622,21 @@ class Agent:
         while not self.stop.is_set():
             await self._blocking(backend.sync_clock)
             await self._sleep(CLOCK_SYNC_S)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a sync plans: it allocates an object
+    or more per pair, which with a million pairs would trigger collections
+    that walk the whole (long-lived) state again and again. Reference
+    counting still frees everything; cycles wait for the next collection."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _total(stats: Stats) -> int:

@@ -20,14 +20,22 @@ are deleted.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Generator, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
-from xpro_mesh.core.algorithm import Params
-from xpro_mesh.core.gossip_state import GossipState, LocalCount, Pair, PairView
+from xpro_mesh.core.gossip_state import GossipState, LocalCount, Pair
 from xpro_mesh.datapath.backend import DestOp, PairKey, PairOp, PairRecord
 
-__all__ = ["SyncPlan", "dest_ops_for", "plan_destinations", "plan_sync"]
+__all__ = [
+    "PLAN_STEP",
+    "SyncPlan",
+    "dest_ops_for",
+    "plan_destinations",
+    "plan_sync",
+    "plan_sync_steps",
+]
+
+PLAN_STEP = 2_000  # pairs planned between two yields to the event loop (~10-30 ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,50 +50,92 @@ class SyncPlan:
     expired: int  # rows aged out of the state this cycle
 
 
-def _needs_own_sync(rec: PairRecord, own_ts1: int | None, p: Params) -> bool:
-    """Whether Algorithm 1 can change this origin's row for ``rec``.
-
-    New packets or an idle restart always can; with neither, only the window
-    rule of lines 13-17 can (the view's end moved past T_T4 from our start).
-    Skipping the rest keeps a cycle over a million quiet pairs cheap.
-    """
-    if rec.dc > 0 or rec.mark:
-        return True
-    return own_ts1 is not None and rec.ts2 - own_ts1 > p.t_t4
-
-
 def plan_sync(
     state: GossipState,
     pairs: Sequence[tuple[PairKey, PairRecord]],
     now: int,
+    changed: Collection[Pair] | None = None,
 ) -> SyncPlan:
-    """Fold the kernel's counts into ``state`` and plan the kernel's re-base.
+    """Fold the kernel's counts into ``state`` and plan the kernel's re-base
+    (:func:`plan_sync_steps` run to the end)."""
+    steps = plan_sync_steps(state, pairs, now, changed)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            plan: SyncPlan = done.value
+            return plan
+
+
+def plan_sync_steps(
+    state: GossipState,
+    pairs: Sequence[tuple[PairKey, PairRecord]],
+    now: int,
+    changed: Collection[Pair] | None = None,
+    step: int = PLAN_STEP,
+) -> Generator[None, None, SyncPlan]:
+    """Fold the kernel's counts into ``state`` and plan the kernel's re-base;
+    a generator that yields after every ``step`` pairs and returns the plan.
+
+    The agent runs it on its event loop and lets the mesh run at each yield,
+    so a cycle over a million pairs never stalls probes and gossip for
+    seconds. Rows the mesh merges meanwhile are marked changed in ``state``
+    (:meth:`GossipState.take_changed`): the next cycle plans them again, so
+    an op planned from a view that moved before it was applied is repaired
+    one cycle later, as if the rows had arrived after this cycle.
+
+    ``changed`` None: ``pairs`` is every pair in the kernel, and every pair
+    of the state is planned. Otherwise the cycle is incremental: ``changed``
+    holds the pairs whose views may differ from what the kernel was given
+    (:meth:`GossipState.take_changed`, plus the pairs written last cycle), and
+    ``pairs`` the kernel's records of the pairs with new packets (dc or mark
+    set) and of the changed pairs it holds; a changed pair absent from
+    ``pairs`` is absent from the kernel. Every other kernel pair holds what
+    the agent last wrote and its view has not moved since: the full plan
+    would leave it alone too. Rows aged out by this cycle's expiry are
+    planned in the next one.
 
     Mutates ``state`` (this origin's rows, expiry); pure otherwise.
     """
     p = state.params
+    t_t4 = p.t_t4
     own_changed = 0
-    for key, rec in pairs:
-        pair = (key.src, key.dst)
-        own = state.own_entry(pair)
-        if (
-            _needs_own_sync(rec, None if own is None else own.ts1, p)
-            and state.record_local(pair, LocalCount.from_record(rec)).changed
-        ):
+    record_local = state.record_local
+    own_entry = state.own_entry
+    for n, (key, rec) in enumerate(pairs, 1):
+        if n % step == 0:
+            yield
+        if rec.dc > 0 or rec.mark:
+            needs = True
+        else:
+            # No new packets: only the window rule of lines 13-17 can change
+            # our row (the view's end moved past T_T4 from our start). Skipping
+            # the rest keeps a cycle over a million quiet pairs cheap.
+            own = own_entry((key.src, key.dst))
+            needs = own is not None and rec.ts2 - own.ts1 > t_t4
+        if needs and record_local((key.src, key.dst), LocalCount.from_record(rec)).changed:
             own_changed += 1
     expired = state.expire(now).dropped
 
-    views = state.pair_views()
+    pair_view = state.pair_view
     in_kernel: set[Pair] = set()
     pair_ops: list[PairOp] = []
     deletes: list[PairKey] = []
-    for key, rec in pairs:
+    for n, (key, rec) in enumerate(pairs, 1):
+        if n % step == 0:
+            yield
         pair = (key.src, key.dst)
         in_kernel.add(pair)
-        view = views.get(pair)
+        view = pair_view(pair)
         if view is None:
             deletes.append(key)
-        elif _differs(rec, view):
+        elif (
+            rec.dc > 0
+            or rec.mark != 0
+            or rec.c != view.c
+            or rec.ts1 != view.ts1
+            or view.ts2 > rec.ts2
+        ):
             pair_ops.append(
                 PairOp(
                     key=key,
@@ -96,8 +146,14 @@ def plan_sync(
                     ts2=view.ts2,
                 )
             )
-    for remote, view in views.items():
+    candidates = list(state.pairs()) if changed is None else list(changed)
+    for n, remote in enumerate(candidates, 1):
+        if n % step == 0:
+            yield
         if remote in in_kernel:
+            continue
+        view = pair_view(remote)
+        if view is None:
             continue
         src, dst = remote
         assert isinstance(src, bytes) and isinstance(dst, bytes)
@@ -151,23 +207,25 @@ def dest_ops_for(
 
 
 def plan_destinations(
-    state: GossipState, applied: Sequence[PairOp], skipped: Collection[PairKey]
+    state: GossipState,
+    applied: Sequence[PairOp],
+    skipped: Collection[PairKey],
+    only: Collection[Hashable] | None = None,
 ) -> tuple[DestOp, ...]:
-    """:func:`dest_ops_for` with the mesh-wide destination windows of ``state``."""
+    """:func:`dest_ops_for` with the mesh-wide destination windows of ``state``:
+    of every destination, or (incremental cycles) of those in ``only`` and
+    those of the applied ops."""
     windows: dict[bytes, tuple[int, int]] = {}
-    for dst, view in state.destination_views().items():
+    if only is None:
+        views = state.destination_views()
+    else:
+        wanted = {*only, *(op.key.dst for op in applied)}
+        views = {}
+        for dst in wanted:
+            view = state.destination_view(dst)
+            if view is not None:
+                views[dst] = view
+    for dst, view in views.items():
         assert isinstance(dst, bytes)
         windows[dst] = (view.ts1, view.ts2)
     return dest_ops_for(applied, skipped, windows)
-
-
-def _differs(rec: PairRecord, view: PairView) -> bool:
-    """Whether the kernel's pair must be re-based to ``view``: unacked packets
-    or a mark to clear, or a count or window the mesh sees differently."""
-    return (
-        rec.dc > 0
-        or rec.mark != 0
-        or rec.c != view.c
-        or rec.ts1 != view.ts1
-        or view.ts2 > rec.ts2
-    )

@@ -5,7 +5,8 @@ Read endpoints are open (bind the API to loopback or a management network);
 ``api_token_file`` and are refused when none is configured. ``POST /v1/feed``
 exists only with the memory backend: it pushes packets through the
 in-memory data path, which is how tests and demos drive agents without a
-kernel program.
+kernel program. Its body is ``{"src", "dst", "count"}`` or a list of them
+(many pairs in one request, at most ``MAX_FEED`` packets in all).
 """
 
 from __future__ import annotations
@@ -79,9 +80,10 @@ def status_document(agent: Agent) -> dict[str, Any]:
         "uptime_s": round((time.time_ns() - agent.started_ns) / 1e9, 1),
         "peers": peers_document(agent),
         "rounds": counters.rounds if counters else 0,
-        "keys": sum(1 for _ in agent.state.pairs()),
+        "keys": agent.state.num_pairs,
         "rows": len(agent.state),
         "sync_cycles": agent.sync.cycles,
+        "sync_full_cycles": agent.sync.full_cycles,
         "last_sync_ms": round(agent.sync.last_duration_s * 1000, 2),
         "last_sync_error": agent.sync.last_error or None,
         "sync_failures": agent.sync.failures,
@@ -122,9 +124,7 @@ class _Collector:
             "Overload warnings (Alg. 2 line 15)",
             value=a.counters.warnings,
         )
-        yield GaugeMetricFamily(
-            "xpro_pairs", "Pairs in the mesh state", value=sum(1 for _ in a.state.pairs())
-        )
+        yield GaugeMetricFamily("xpro_pairs", "Pairs in the mesh state", value=a.state.num_pairs)
         yield GaugeMetricFamily(
             "xpro_rows", "Per-origin rows in the mesh state", value=len(a.state)
         )
@@ -344,20 +344,24 @@ class ApiServer:
             return _error(404, "feed exists only with backend = memory")
         try:
             body = await request.json()
-            src = ipaddress.ip_address(body["src"])
-            dst = ipaddress.ip_address(body["dst"])
-            count = int(str(body.get("count", 1)))
-            if not 1 <= count <= MAX_FEED:
-                raise ValueError(f"count must be 1..{MAX_FEED}")
+            items = body if isinstance(body, list) else [body]
+            packets = [_feed_item(item) for item in items]
+            if sum(n for _, _, n in packets) > MAX_FEED:
+                raise ValueError(f"at most {MAX_FEED} packets per request")
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, f"body: {exc}")
         verdicts: dict[str, int] = {}
         now = time.time_ns()
-        for i in range(count):
-            v = str(backend.feed(to_addr(src), to_addr(dst), now + i))
-            verdicts[v] = verdicts.get(v, 0) + 1
+        for src, dst, count in packets:
+            for i in range(count):
+                v = str(backend.feed(src, dst, now + i))
+                verdicts[v] = verdicts.get(v, 0) + 1
+            now += count
         self.agent.counters.stats = backend.read_stats()
-        return web.json_response({"verdicts": verdicts, "key": str(PairKey.of(src, dst))})
+        if isinstance(body, list):
+            return web.json_response({"verdicts": verdicts, "pairs": len(packets)})
+        key = PairKey(packets[0][0], packets[0][1])
+        return web.json_response({"verdicts": verdicts, "key": str(key)})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -383,6 +387,18 @@ def _updated_thresholds(current: Thresholds, values: dict[str, Any]) -> Threshol
     base.update(flat)
     cfg = load_config(None, {"backend": "memory", **base}, require_key_file=False)
     return replace(cfg.thresholds)
+
+
+def _feed_item(item: object) -> tuple[bytes, bytes, int]:
+    """One ``{"src", "dst", "count"}`` of a feed request, as map addresses."""
+    if not isinstance(item, dict):
+        raise TypeError('expected {"src": IP, "dst": IP, "count": N} or a list of them')
+    src = ipaddress.ip_address(item["src"])
+    dst = ipaddress.ip_address(item["dst"])
+    count = int(str(item.get("count", 1)))
+    if not 1 <= count <= MAX_FEED:
+        raise ValueError(f"count must be 1..{MAX_FEED}")
+    return to_addr(src), to_addr(dst), count
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -17,6 +17,7 @@ from xpro_mesh import __version__
 from xpro_mesh.cli.errors import CliError
 
 COMMANDS = (
+    "xpro_mesh.cli.lab",
     "xpro_mesh.cli.simulate",
     "xpro_mesh.cli.xdp",
     "xpro_mesh.cli.agent",

@@ -396,6 +396,11 @@ class GossipState:
         self._views: dict[Pair, PairView] = {}
         self._dest_views: dict[Hashable, DestinationView] = {}
         self._revision = 0
+        # Pairs whose rows changed since the last take_changed(); None: all.
+        self._changed: set[Pair] | None = None
+        # No row has a ts2 below this (a lower bound): expire() skips its scan
+        # while the floor is under it.
+        self._oldest_ts2: int | None = None
 
     # --- identity and inspection -------------------------------------------
 
@@ -442,6 +447,21 @@ class GossipState:
 
     def pairs(self) -> Iterator[Pair]:
         return iter(self._rows)
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self._rows)
+
+    def has_pair(self, pair: Pair) -> bool:
+        return pair in self._rows
+
+    def take_changed(self) -> set[Pair] | None:
+        """The pairs whose rows (so views) changed since the last call, and
+        start collecting afresh; None means "assume every pair changed" (the
+        first call, and after :meth:`set_params`). Lets the map sync skip the
+        pairs that nothing touched."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     # --- the origin's own rows: Algorithm 1 ------------------------------------
 
@@ -537,6 +557,7 @@ class GossipState:
         self._horizon = max(self._horizon, params.t_t1 + params.t_t4)
         self._views.clear()
         self._dest_views.clear()
+        self._changed = None
         self._revision += 1
 
     # --- anti-entropy --------------------------------------------------------
@@ -713,12 +734,18 @@ class GossipState:
         floor = self._floor
         dropped = 0
         changed: set[Pair] = set()
-        for origin in list(self._by_origin):
-            rows = self._by_origin[origin]
-            for pair in [p for p, pe in rows.items() if pe.entry.ts2 < floor]:
-                self._remove(pair, origin)
-                dropped += 1
-                changed.add(pair)
+        if self._oldest_ts2 is None or self._oldest_ts2 < floor:
+            oldest: int | None = None
+            for origin in list(self._by_origin):
+                rows = self._by_origin[origin]
+                for pair in [p for p, pe in rows.items() if pe.entry.ts2 < floor]:
+                    self._remove(pair, origin)
+                    dropped += 1
+                    changed.add(pair)
+                if rows:
+                    low = min([pe.entry.ts2 for pe in rows.values()])
+                    oldest = low if oldest is None or low < oldest else oldest
+            self._oldest_ts2 = oldest
         for origin in [o for o in self._watermark if o not in self._by_origin]:
             if origin != self._node_id:
                 del self._watermark[origin]
@@ -747,8 +774,13 @@ class GossipState:
         top = self._top.get(origin)
         if top is None or version > top:
             self._top[origin] = version
+        ts2 = pe.entry.ts2
+        if self._oldest_ts2 is not None and ts2 < self._oldest_ts2:
+            self._oldest_ts2 = ts2
         self._views.pop(pair, None)
         self._dest_views.pop(pair[1], None)
+        if self._changed is not None:
+            self._changed.add(pair)
         self._revision += 1
 
     def _remove(self, pair: Pair, origin: str) -> None:
@@ -771,6 +803,8 @@ class GossipState:
             self._adopted_from.pop(pair, None)
         self._views.pop(pair, None)
         self._dest_views.pop(pair[1], None)
+        if self._changed is not None:
+            self._changed.add(pair)
         self._revision += 1
 
 

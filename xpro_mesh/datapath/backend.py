@@ -197,6 +197,16 @@ class MapBackend(Protocol):
         """Every pair record (a consistent copy per entry, not of the map)."""
         ...
 
+    def read_active_pairs(self) -> tuple[list[tuple[PairKey, PairRecord]], int]:
+        """The pairs with packets since the last sync (dc or mark set), and how
+        many pairs the map holds: every other pair holds what the agent last
+        wrote, so an incremental sync need not look at it."""
+        ...
+
+    def lookup_pairs(self, keys: Sequence[PairKey]) -> list[tuple[PairKey, PairRecord]]:
+        """The records of those of ``keys`` that the map holds."""
+        ...
+
     def read_destinations(self) -> list[tuple[bytes, DestinationAggregate]]:
         """Every destination aggregate: min ts1, max ts2, sum c, n(D)."""
         ...

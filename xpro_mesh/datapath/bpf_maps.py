@@ -22,6 +22,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from xpro_mesh.core.algorithm import DestinationAggregate, LocalRecord
 from xpro_mesh.datapath import clock, libbpf, structs
 from xpro_mesh.datapath.backend import (
@@ -53,6 +55,20 @@ PROG_PINS = ("prog_filter", "prog_apply")
 _OP = struct.Struct("<IIII16s16sQqqqQQ")  # struct xpro_op, field by field
 _PAIR_KEY = struct.Struct("<16s16s")  # struct xpro_pair_key
 _APPLY_RETRIES = 16
+# struct xpro_pair as numpy sees it: lets a sync find the pairs with new
+# packets among a million without a Python object per pair.
+_PAIR_DTYPE = np.dtype(
+    [
+        ("ts1", "<u8"),
+        ("ts2", "<u8"),
+        ("c", "<i8"),
+        ("dc", "<i8"),
+        ("warn_ts", "<u8"),
+        ("mark", "<u4"),
+        ("flags", "<u4"),
+        ("links", "V32"),
+    ]
+)
 _ZERO = ct.c_uint32(0)
 
 
@@ -151,6 +167,33 @@ class BpfMaps:
                 _PAIR_KEY.iter_unpack(keys), structs.PAIR_RECORD.iter_unpack(values), strict=True
             )
         ]
+
+    def read_active_pairs(self) -> tuple[list[tuple[PairKey, PairRecord]], int]:
+        key_size, value_size = MAP_LAYOUT["pairs"]
+        keys, values, n = libbpf.map_lookup_batch(self._fds["pairs"], key_size, value_size)
+        table = np.frombuffer(values, dtype=_PAIR_DTYPE, count=n)
+        active = np.flatnonzero((table["dc"] != 0) | (table["mark"] != 0))
+        unpack = structs.PAIR_RECORD.unpack_from
+        out = []
+        for i in active.tolist():
+            ts1, ts2, c, dc, _warn, mark, _flags = unpack(values, i * value_size)
+            at = i * key_size
+            out.append(
+                (
+                    PairKey(keys[at : at + 16], keys[at + 16 : at + 32]),
+                    LocalRecord(ts1, ts2, c, dc, mark),
+                )
+            )
+        return out, n
+
+    def lookup_pairs(self, keys: Sequence[PairKey]) -> list[tuple[PairKey, PairRecord]]:
+        fd = self._fds["pairs"]
+        value = structs.XproPair()
+        out = []
+        for key in keys:
+            if libbpf.map_lookup_elem(fd, structs.pair_key_struct(key.src, key.dst), value):
+                out.append((key, LocalRecord(value.ts1, value.ts2, value.c, value.dc, value.mark)))
+        return out
 
     def read_destinations(self) -> list[tuple[bytes, DestinationAggregate]]:
         key_size, value_size = MAP_LAYOUT["dests"]

@@ -178,6 +178,24 @@ class MemoryMaps:
                 for k, p in self._pairs.items()
             ]
 
+    def read_active_pairs(self) -> tuple[list[tuple[PairKey, PairRecord]], int]:
+        with self._lock:
+            active = [
+                (k, LocalRecord(ts1=p.ts1, ts2=p.ts2, c=p.c, dc=p.dc, mark=p.mark))
+                for k, p in self._pairs.items()
+                if p.dc or p.mark
+            ]
+            return active, len(self._pairs)
+
+    def lookup_pairs(self, keys: Sequence[PairKey]) -> list[tuple[PairKey, PairRecord]]:
+        out = []
+        with self._lock:
+            for k in keys:
+                p = self._pairs.get(k)
+                if p is not None:
+                    out.append((k, LocalRecord(ts1=p.ts1, ts2=p.ts2, c=p.c, dc=p.dc, mark=p.mark)))
+        return out
+
     def read_destinations(self) -> list[tuple[bytes, DestinationAggregate]]:
         with self._lock:
             return [

@@ -30,6 +30,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 PREFIX = "xl-"
 SWITCH_NS = "xl-sw"
@@ -253,7 +254,24 @@ def destroy(grace_s: float = 3.0) -> list[str]:
     from pyroute2 import netns
 
     names = lab_namespaces()
+    stop_processes(names, grace_s)
+    for name in names:
+        with contextlib.suppress(Exception):
+            netns.remove(name)
+    with contextlib.suppress(FileNotFoundError):
+        STATE_FILE.unlink()
+    _remove_lab_pins()
+    return names
+
+
+def stop_processes(names: list[str] | None = None, grace_s: float = 3.0) -> int:
+    """SIGTERM every process in the lab's namespaces, SIGKILL what is left
+    after ``grace_s``; returns how many there were (leftovers of a killed
+    scenario: agents, traffic, redis)."""
+    if names is None:
+        names = lab_namespaces()
     pids = {pid for ns in names for pid in _pids_in(ns)}
+    found = len(pids)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -264,13 +282,7 @@ def destroy(grace_s: float = 3.0) -> list[str]:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    for name in names:
-        with contextlib.suppress(Exception):
-            netns.remove(name)
-    with contextlib.suppress(FileNotFoundError):
-        STATE_FILE.unlink()
-    _remove_lab_pins()
-    return names
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -300,3 +312,52 @@ def current() -> LabPlan | None:
     except (FileNotFoundError, KeyError, ValueError):
         return None
 
+
+
+def _xdp_on(ns: str, ifname: str) -> str | None:
+    """``"native prog 42"`` for the XDP program on ``ifname`` in ``ns``, if any."""
+    out = _nsexec(ns, "ip", "-j", "link", "show", "dev", ifname, check=False)
+    try:
+        links = json.loads(out.stdout or "[]")
+    except ValueError:
+        return None
+    for link in links:
+        xdp = link.get("xdp")
+        if xdp:
+            mode = {1: "native", 2: "generic", 3: "offload"}.get(xdp.get("mode"), "attached")
+            prog = xdp.get("prog", {}).get("id")
+            return f"{mode} prog {prog}" if prog else mode
+    return None
+
+
+def status() -> dict[str, Any]:
+    """What ``lab status`` shows: the namespaces present, the plan if the lab
+    is up, and per proxy its XDP program and process count."""
+    names = lab_namespaces()
+    lab = current() if names else None
+    processes = {ns: len(_pids_in(ns)) for ns in names}
+    report: dict[str, Any] = {
+        "up": lab is not None,
+        "namespaces": names,
+        "processes": processes,
+        "proxies": [],
+        "good_addrs": 0,
+        "bot_addrs": 0,
+    }
+    if lab is not None:
+        report["good_addrs"] = len(lab.good_addrs())
+        report["bot_addrs"] = len(lab.bot_addrs())
+        report["victim_addr"] = lab.victim_addr
+        report["redis_addr"] = lab.redis_addr
+        report["proxies"] = [
+            {
+                "ns": p.ns,
+                "client_addr": p.client_addr,
+                "service_addr": p.service_addr,
+                "client_block": p.client_block,
+                "xdp": _xdp_on(p.ns, "c0") if p.ns in processes else None,
+                "processes": processes.get(p.ns, 0),
+            }
+            for p in lab.proxies
+        ]
+    return report

@@ -1,13 +1,24 @@
 """Traffic for the lab: the victim's service, good clients and bots.
 
 Each role runs as its own process inside a lab namespace (started with
-``nsenter --net``) and writes one JSON document to ``--out`` when it ends, so
-the scenario measures at the victim and at the clients, not from the
-filter's own counters.
+``nsenter --net``, which keeps /sys and so the bpffs pins visible) and
+writes one JSON document to ``--out`` when it ends, so the scenario measures
+at the victim and at the clients, not from the filter's own counters.
+
+One timeline: every process gets the same epoch (a CLOCK_MONOTONIC reading
+taken by the scenario; namespaces share the clock) and ``--start`` /
+``--stop`` offsets from it, and reports times as seconds since the epoch.
+With ``--epoch-file`` a process opens its sockets, writes ``--ready`` and
+waits for the scenario to write the epoch there, so a slow start on a busy
+machine delays everyone alike instead of skewing one sender.
+So the victim's arrival bins, the bots' send bins and the good clients'
+requests line up without any clock arithmetic in the analysis.
 
 Every UDP datagram starts with a tag byte, ``G`` (a good client's request)
 or ``A`` (attack), then the sender's sequence number and send time; the
-victim counts arrivals per second per tag and echoes ``G`` requests back.
+victim counts arrivals per 100 ms bin per tag and per source block (the
+third octet: which proxy the sender sits behind) and echoes ``G`` requests
+back. It also answers TCP with an echo (a small service for hand tests).
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import struct
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +41,8 @@ HEADER = struct.Struct("!cQd")  # tag, sequence number, send time (monotonic s)
 GOOD = b"G"
 ATTACK = b"A"
 PAYLOAD_PAD = b"\x00" * 32
+BIN_S = 0.1  # the time resolution of every series (seconds per bin)
+SOCKET_BUFFER = 4 << 20
 
 
 def _install_stop(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -37,26 +50,61 @@ def _install_stop(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+def _mark_ready(path: Path | None) -> None:
+    """Tell the scenario this process has its sockets (``--ready FILE``)."""
+    if path is not None:
+        path.write_text("ready\n")
+
+
+def _read_epoch(path: Path) -> float | None:
+    """The epoch once written (a few bytes on a local filesystem)."""
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+async def _epoch(source: float | Path, stop: asyncio.Event, wait_s: float = 120.0) -> float:
+    """The epoch itself, or read from a file the scenario writes once every
+    process is ready."""
+    if not isinstance(source, Path):
+        return source
+    deadline = time.monotonic() + wait_s
+    while not stop.is_set() and time.monotonic() < deadline:
+        epoch = _read_epoch(source)
+        if epoch is not None:
+            return epoch
+        await asyncio.sleep(0.02)
+    raise SystemExit(f"no epoch in {source} after {wait_s:g} s")
+
+
+async def _sleep_until(deadline: float, stop: asyncio.Event) -> None:
+    """Sleep until the monotonic clock reads ``deadline`` or ``stop`` is set."""
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+
+
 # --- the victim ---------------------------------------------------------------
-
-
-BIN_S = 0.1  # the victim's time resolution (seconds per bin)
 
 
 @dataclass
 class VictimCounts:
-    """Arrivals at the victim per 100 ms bin since it started, per tag and per
+    """Arrivals at the victim per bin since the epoch, per tag and per
     sending block (the third octet of the source: which proxy's clients)."""
 
-    started_at: float
+    epoch: float
     bins: dict[str, dict[int, dict[int, int]]] = field(
-        default_factory=lambda: {"good": defaultdict(lambda: defaultdict(int)),
-                                 "attack": defaultdict(lambda: defaultdict(int))}
+        default_factory=lambda: {
+            "good": defaultdict(lambda: defaultdict(int)),
+            "attack": defaultdict(lambda: defaultdict(int)),
+        }
     )
     tcp_connections: int = 0
 
     def add(self, tag: bytes, src: str, now: float) -> None:
-        b = int((now - self.started_at) / BIN_S)
+        b = int((now - self.epoch) // BIN_S)
         key = "good" if tag == GOOD else "attack"
         try:
             block = int(src.split(".")[2])
@@ -66,11 +114,14 @@ class VictimCounts:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "started_at": self.started_at,
+            "role": "victim",
+            "epoch": self.epoch,
             "bin_s": BIN_S,
             "bins": {
-                tag: {str(block): {str(k): v for k, v in sorted(series.items())}
-                      for block, series in blocks.items()}
+                tag: {
+                    str(block): {str(k): v for k, v in sorted(series.items())}
+                    for block, series in blocks.items()
+                }
                 for tag, blocks in self.bins.items()
             },
             "tcp_connections": self.tcp_connections,
@@ -94,25 +145,32 @@ class _VictimUdp(asyncio.DatagramProtocol):
             self.transport.sendto(data, addr)
 
 
-async def run_victim(host: str, port: int, duration: float) -> dict[str, object]:
+async def run_victim(
+    host: str, port: int, start_at: float | Path, stop_at: float, ready: Path | None = None
+) -> dict[str, object]:
+    """Serve until ``epoch + stop_at`` (or SIGTERM) and return the counts."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _install_stop(loop, stop)
-    counts = VictimCounts(started_at=time.monotonic())
-    transport, _ = await loop.create_datagram_endpoint(
-        lambda: _VictimUdp(counts), local_addr=(host, port)
-    )
+    counts = VictimCounts(epoch=start_at if isinstance(start_at, float) else time.monotonic())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    sock.bind((host, port))
+    transport, _ = await loop.create_datagram_endpoint(lambda: _VictimUdp(counts), sock=sock)
 
     async def tcp_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         counts.tcp_connections += 1
-        data = await reader.read(1024)
-        writer.write(data)
-        await writer.drain()
+        with contextlib.suppress(OSError):
+            data = await reader.read(1024)
+            writer.write(data)
+            await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(tcp_client, host, port)
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=duration)
+    _mark_ready(ready)
+    epoch = counts.epoch = await _epoch(start_at, stop)
+    await _sleep_until(epoch + stop_at, stop)
     transport.close()
     server.close()
     return counts.to_json()
@@ -129,72 +187,99 @@ def _bound_socket(addr: str) -> socket.socket:
 
 
 async def _paced(
-    sockets: Sequence[socket.socket],
+    count: int,
     rate_per_addr: float,
-    duration: float,
+    start: float,
+    stop_at: float,
     stop: asyncio.Event,
-    send: object,
-) -> None:
-    """Call ``send(sock, seq)`` for every address at ``rate_per_addr`` pps,
-    round-robin, catching up after scheduling hiccups (a token account)."""
-    assert callable(send)
-    start = time.monotonic()
-    sent = 0
-    total_rate = rate_per_addr * len(sockets)
+    send: Callable[[int, int], None],
+) -> int:
+    """Call ``send(index, seq)`` round-robin over ``count`` addresses so that
+    each sends ``rate_per_addr`` packets/s from monotonic ``start`` until
+    ``stop_at``, catching up after scheduling hiccups (a token account).
+    A process that comes up after ``start`` begins at its own start instead
+    of bursting what it would have owed. Returns how many were sent."""
+    total_rate = rate_per_addr * count
     tick = 0.005
+    if count == 0 or total_rate <= 0:
+        await _sleep_until(stop_at, stop)
+        return 0
+    await _sleep_until(start, stop)
+    late = time.monotonic() - start
+    slot = int(late * total_rate) if late > 2 * tick else 0
+    calls = 0
     while not stop.is_set():
         now = time.monotonic()
-        elapsed = now - start
-        if elapsed >= duration:
+        if now >= stop_at:
             break
-        owed = int(elapsed * total_rate) - sent
+        owed = int((now - start) * total_rate) - slot
         for _ in range(max(0, owed)):
-            send(sockets[sent % len(sockets)], sent)
-            sent += 1
+            send(slot % count, slot)
+            slot += 1
+            calls += 1
         await asyncio.sleep(tick)
+    return calls
 
 
 async def run_bots(
-    addrs: Sequence[str], target: tuple[str, int], rate: float, delay: float, duration: float
+    addrs: Sequence[str],
+    target: tuple[str, int],
+    rate: float,
+    start_at: float | Path,
+    start: float,
+    stop_at: float,
+    ready: Path | None = None,
 ) -> dict[str, object]:
+    """Attack packets from every address in ``addrs`` at ``rate`` pps each,
+    from ``epoch + start`` to ``epoch + stop_at``; counts what was sent per bin."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _install_stop(loop, stop)
     sockets = [_bound_socket(a) for a in addrs]
     errors = 0
+    sent_bins: dict[int, int] = defaultdict(int)
+    _mark_ready(ready)
+    epoch = await _epoch(start_at, stop)
 
-    def send(sock: socket.socket, seq: int) -> None:
+    def send(index: int, seq: int) -> None:
         nonlocal errors
+        now = time.monotonic()
         try:
-            sock.sendto(HEADER.pack(ATTACK, seq, time.monotonic()) + PAYLOAD_PAD, target)
-        except (BlockingIOError, OSError):
+            sockets[index].sendto(HEADER.pack(ATTACK, seq, now) + PAYLOAD_PAD, target)
+        except OSError:
             errors += 1
+            return
+        sent_bins[int((now - epoch) // BIN_S)] += 1
 
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=delay)
-    started = time.monotonic()
-    counter = {"sent": 0}
-
-    def counted(sock: socket.socket, seq: int) -> None:
-        counter["sent"] += 1
-        send(sock, seq)
-
-    if not stop.is_set():
-        await _paced(sockets, rate, duration, stop, counted)
+    sent = await _paced(len(sockets), rate, epoch + start, epoch + stop_at, stop, send)
     for s in sockets:
         s.close()
     return {
         "role": "bot",
         "addrs": len(addrs),
-        "started_at": started,
-        "sent": counter["sent"],
+        # the victim's key for these packets: the third octet of the source
+        "block": int(addrs[0].split(".")[2]) if addrs else -1,
+        "rate": rate,
+        "epoch": epoch,
+        "start": start,
+        "stop": stop_at,
+        "bin_s": BIN_S,
+        "sent": sent - errors,
         "send_errors": errors,
+        "sent_bins": {str(k): v for k, v in sorted(sent_bins.items())},
     }
 
 
 async def run_good(
-    addrs: Sequence[str], target: tuple[str, int], rate: float, duration: float,
+    addrs: Sequence[str],
+    target: tuple[str, int],
+    rate: float,
+    start_at: float | Path,
+    start: float,
+    stop_at: float,
     reply_timeout: float,
+    label: str,
+    ready: Path | None = None,
 ) -> dict[str, object]:
     """Request/response clients: every request either gets its echo within
     ``reply_timeout`` (success, latency recorded) or counts as failed."""
@@ -203,16 +288,13 @@ async def run_good(
     _install_stop(loop, stop)
     sockets = [_bound_socket(a) for a in addrs]
     outstanding: dict[tuple[int, int], float] = {}
-    results: list[tuple[float, float | None]] = []  # (send time, latency or None)
-    t0 = time.monotonic()
+    results: list[tuple[float, float | None]] = []  # (send time since epoch, latency or None)
 
     def on_readable(idx: int) -> None:
         sock = sockets[idx]
         while True:
             try:
                 data = sock.recv(2048)
-            except (BlockingIOError, InterruptedError):
-                return
             except OSError:
                 return
             if len(data) < HEADER.size:
@@ -220,28 +302,42 @@ async def run_good(
             _tag, seq, sent_at = HEADER.unpack_from(data)
             if outstanding.pop((idx, seq), None) is not None:
                 latency = time.monotonic() - sent_at
-                results.append((sent_at - t0, latency if latency <= reply_timeout else None))
+                results.append(
+                    (sent_at - epoch, latency if latency <= reply_timeout else None)
+                )
 
     for i, s in enumerate(sockets):
         loop.add_reader(s.fileno(), on_readable, i)
+    _mark_ready(ready)
+    epoch = await _epoch(start_at, stop)
 
-    def send(sock: socket.socket, seq: int) -> None:
-        idx = sockets.index(sock)
+    def send(index: int, seq: int) -> None:
         now = time.monotonic()
-        outstanding[(idx, seq)] = now
+        outstanding[(index, seq)] = now
         with contextlib.suppress(OSError):
-            sock.sendto(HEADER.pack(GOOD, seq, now) + PAYLOAD_PAD, target)
+            sockets[index].sendto(HEADER.pack(GOOD, seq, now) + PAYLOAD_PAD, target)
 
-    await _paced(sockets, rate, duration, stop, send)
-    await asyncio.sleep(reply_timeout)
-    for (_, _), sent_at in outstanding.items():
-        results.append((sent_at - t0, None))
+    await _paced(len(sockets), rate, epoch + start, epoch + stop_at, stop, send)
+    if not stop.is_set():
+        await _sleep_until(time.monotonic() + reply_timeout, stop)
+    for sent_at in outstanding.values():
+        results.append((sent_at - epoch, None))
     for s in sockets:
         loop.remove_reader(s.fileno())
         s.close()
     results.sort()
     requests = [[round(t, 4), None if lat is None else round(lat, 6)] for t, lat in results]
-    return {"role": "good", "addrs": len(addrs), "started_at": t0, "requests": requests}
+    return {
+        "role": "good",
+        "label": label,
+        "addrs": len(addrs),
+        "rate": rate,
+        "epoch": epoch,
+        "start": start,
+        "stop": stop_at,
+        "timeout": reply_timeout,
+        "requests": requests,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,31 +346,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     v = sub.add_parser("victim")
     v.add_argument("--host", default="0.0.0.0")
     v.add_argument("--port", type=int, default=9000)
-    v.add_argument("--duration", type=float, default=3600)
-    v.add_argument("--out", type=Path, required=True)
     for name in ("bots", "good"):
         s = sub.add_parser(name)
         s.add_argument("--addrs", required=True, help="comma-separated source addresses")
         s.add_argument("--target", default="10.20.0.2:9000")
         s.add_argument("--rate", type=float, required=True, help="packets/s per address")
-        s.add_argument("--duration", type=float, required=True)
+        s.add_argument("--start", type=float, default=0.0, help="seconds after the epoch")
+        if name == "good":
+            s.add_argument("--timeout", type=float, default=0.5, help="reply timeout (s)")
+            s.add_argument("--label", default="good", help="group name in the report")
+    for s in sub.choices.values():
+        s.add_argument("--epoch", type=float, default=None,
+                       help="CLOCK_MONOTONIC seconds all offsets count from (default: now)")
+        s.add_argument("--epoch-file", type=Path, default=None,
+                       help="wait for the epoch to be written to this file")
+        s.add_argument("--stop", type=float, required=True, help="seconds after the epoch")
         s.add_argument("--out", type=Path, required=True)
-        if name == "bots":
-            s.add_argument("--delay", type=float, default=0.0, help="seconds before the attack")
-        else:
-            s.add_argument("--timeout", type=float, default=0.5)
+        s.add_argument("--ready", type=Path, default=None,
+                       help="write this file once the sockets are open")
     args = parser.parse_args(argv)
+    epoch: float | Path = (
+        args.epoch_file if args.epoch_file is not None
+        else time.monotonic() if args.epoch is None else args.epoch
+    )
     if args.role == "victim":
-        doc = asyncio.run(run_victim(args.host, args.port, args.duration))
-        args.out.write_text(json.dumps(doc))
-        return 0
-    host, _, port = args.target.rpartition(":")
-    target = (host, int(port))
-    addrs = [a for a in args.addrs.split(",") if a]
-    if args.role == "bots":
-        doc = asyncio.run(run_bots(addrs, target, args.rate, args.delay, args.duration))
+        doc = asyncio.run(run_victim(args.host, args.port, epoch, args.stop, args.ready))
     else:
-        doc = asyncio.run(run_good(addrs, target, args.rate, args.duration, args.timeout))
+        host, _, port = args.target.rpartition(":")
+        target = (host, int(port))
+        addrs = [a for a in args.addrs.split(",") if a]
+        if args.role == "bots":
+            doc = asyncio.run(
+                run_bots(addrs, target, args.rate, epoch, args.start, args.stop, args.ready)
+            )
+        else:
+            doc = asyncio.run(
+                run_good(addrs, target, args.rate, epoch, args.start, args.stop,
+                         args.timeout, args.label, args.ready)
+            )
     args.out.write_text(json.dumps(doc))
     return 0
 

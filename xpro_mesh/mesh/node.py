@@ -46,6 +46,7 @@ log = logging.getLogger("xpro_mesh.mesh")
 
 PIGGYBACK = 6  # membership updates riding on each message (~60 bytes each)
 MEMBERS_PER_MESSAGE = 16  # member records per push-pull datagram
+MIN_RECEIVE_BYTES = 1400  # one Ethernet frame is always accepted, whatever our own limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class MeshCounters:
     received: Counter[str] = field(default_factory=Counter)
     received_bytes: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)  # datagrams, by reason
+    pulls: int = 0  # our digests answered by a peer (its delta, then its Sync)
     rows_accepted: int = 0
     rows_stale: int = 0
     rows_rejected: Counter[str] = field(default_factory=Counter)
@@ -107,10 +109,14 @@ class MeshNode:
         self._replay = auth.ReplayGuard(window_ns=timing.replay_window_ns)
         self._budget = auth.payload_budget(timing.max_message_bytes, self.node_id)
         self._rows_per_chunk = max(1, wire.entries_per_payload(self._budget))
+        # Larger datagrams are refused (and counted) here, not by the transport,
+        # so that every refusal shows in one place by reason.
+        self._receive_limit = max(timing.max_message_bytes, MIN_RECEIVE_BYTES)
         self._transport: Transport | None = None
         self._on_rows_changed = on_rows_changed
         self._on_member_changed = on_member_changed
         self._wake = asyncio.Event()
+        self.pulled = asyncio.Event()  # a peer answered one of our digests
 
     # --- wiring ----------------------------------------------------------------
 
@@ -218,11 +224,7 @@ class MeshNode:
     def receive(self, datagram: bytes, addr: Address) -> None:
         """The transport's handler: open, decode, dispatch; count failures."""
         opened = auth.open_(
-            self.keyring,
-            datagram,
-            self.wall_ns(),
-            self._replay,
-            max_bytes=max(self.timing.max_message_bytes, 65_507),
+            self.keyring, datagram, self.wall_ns(), self._replay, max_bytes=self._receive_limit
         )
         if isinstance(opened, auth.Rejected):
             self.counters.rejected[str(opened.reason)] += 1
@@ -268,6 +270,10 @@ class MeshNode:
             if message.reply:
                 digest = self.state.digest()
                 self._send(Sync(digest, False, self._self_update(), self._piggyback()), addr)
+            else:
+                # The answer to our digest: the peer sent its delta before it.
+                self.counters.pulls += 1
+                self.pulled.set()
         elif isinstance(message, Delta):
             self._merge(message)
 

@@ -1,0 +1,149 @@
+"""The lab's measurements, from synthetic victim, bot and client documents:
+what reached the victim, when the attack counts as mitigated, what the good
+clients saw. Pure: no namespaces, no processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from xpro_mesh.lab import metrics
+from xpro_mesh.lab.metrics import BinSeries, BotStream, GoodRequests, VictimArrivals
+
+BIN = 0.1
+
+
+def victim_doc(attack: dict[int, dict[int, int]], good: dict[int, dict[int, int]] | None = None):
+    return {
+        "role": "victim",
+        "bin_s": BIN,
+        "bins": {
+            "attack": {str(b): {str(k): v for k, v in s.items()} for b, s in attack.items()},
+            "good": {str(b): {str(k): v for k, v in s.items()} for b, s in (good or {}).items()},
+        },
+    }
+
+
+def bot_doc(block: int, start: float, stop: float, per_bin: int) -> dict[str, object]:
+    first, last = round(start / BIN), round(stop / BIN)
+    return {
+        "role": "bot",
+        "block": block,
+        "start": start,
+        "stop": stop,
+        "sent_bins": {str(k): per_bin for k in range(first, last)},
+    }
+
+
+def delivered_until(start: float, stop: float, cut: float, per_bin: int, leak: int = 0):
+    """Every packet arrives before ``cut``, ``leak`` per bin after it."""
+    return {
+        k: (per_bin if k * BIN < cut - 1e-9 else leak)
+        for k in range(round(start / BIN), round(stop / BIN))
+    }
+
+
+def test_unfiltered_attack_is_delivered_whole_and_never_mitigated() -> None:
+    victim = VictimArrivals.from_json(
+        victim_doc({100: delivered_until(5, 25, 99, 10), 101: delivered_until(5, 25, 99, 10)})
+    )
+    bots = [BotStream.from_json(bot_doc(b, 5, 25, 10)) for b in (100, 101)]
+    sent, delivered, ratio, after, ttm, by_block = metrics.attack_metrics(victim, bots)
+    assert (sent, delivered) == (4000, 4000)
+    assert ratio == 1.0
+    assert ttm is None
+    assert after == 1.0  # no mitigation: the whole attack
+    assert by_block == {"100": None, "101": None}
+
+
+def test_time_to_mitigate_waits_for_the_slowest_proxy() -> None:
+    victim = VictimArrivals.from_json(
+        victim_doc({100: delivered_until(5, 25, 6.0, 10), 101: delivered_until(5, 25, 7.5, 10)})
+    )
+    bots = [BotStream.from_json(bot_doc(b, 5, 25, 10)) for b in (100, 101)]
+    _sent, _delivered, ratio, after, ttm, by_block = metrics.attack_metrics(victim, bots)
+    assert by_block == {"100": pytest.approx(1.0), "101": pytest.approx(2.5)}
+    assert ttm == pytest.approx(2.5)
+    assert after == 0.0
+    assert ratio == pytest.approx((10 + 25) / 400)
+
+
+def test_a_small_steady_leak_below_the_bar_still_counts_as_mitigated() -> None:
+    # 1 packet of 20 per bin is 5 %: at the bar, not above it.
+    victim = VictimArrivals.from_json(victim_doc({100: delivered_until(5, 25, 6.0, 20, leak=1)}))
+    bots = [BotStream.from_json(bot_doc(100, 5, 25, 20))]
+    *_, after, ttm, _by_block = metrics.attack_metrics(victim, bots)
+    assert ttm == pytest.approx(1.0)
+    assert after == pytest.approx(0.05)
+
+
+def test_a_late_burst_moves_the_mitigation_time_past_it() -> None:
+    series = delivered_until(5, 25, 6.0, 10)
+    for k in range(150, 153):  # 15.0-15.3 s: everything gets through again
+        series[k] = 10
+    victim = VictimArrivals.from_json(victim_doc({100: series}))
+    bots = [BotStream.from_json(bot_doc(100, 5, 25, 10))]
+    *_, ttm, _ = metrics.attack_metrics(victim, bots)
+    assert ttm == pytest.approx(10.3)
+
+
+def test_quiet_only_at_the_very_end_is_not_mitigation() -> None:
+    victim = VictimArrivals.from_json(victim_doc({100: delivered_until(5, 25, 24.0, 10)}))
+    bots = [BotStream.from_json(bot_doc(100, 5, 25, 10))]
+    *_, after, ttm, _ = metrics.attack_metrics(victim, bots)
+    assert ttm is None
+    assert after == pytest.approx(190 / 200)
+
+
+def test_good_success_and_latency_percentiles() -> None:
+    requests = [[t * 0.5, 0.001] for t in range(96)] + [[48.0, None], [48.5, None], [49, None],
+                                                       [49.5, None]]
+    goods = [GoodRequests.from_json({"label": "regular", "requests": requests})]
+    victim = VictimArrivals.from_json(victim_doc({}))
+    m = metrics.mode_metrics(victim, [], goods, horizon=50)
+    assert m.good_requests == 100
+    assert m.good_success_ratio == pytest.approx(0.96)
+    assert m.good_latency_ms_p50 == pytest.approx(1.0)
+    assert m.good_latency_ms_p99 == pytest.approx(1.0)
+    assert m.attack_delivered_ratio is None and m.time_to_mitigate_s is None
+    assert m.good_success_by_group == {"regular": pytest.approx(0.96)}
+
+
+def test_good_success_under_attack_and_by_group() -> None:
+    regular = GoodRequests.from_json(
+        {"label": "regular", "requests": [[t, 0.001] for t in range(10)]}
+    )
+    crowd = GoodRequests.from_json(
+        {"label": "crowd", "requests": [[t, None if 5 <= t < 8 else 0.002] for t in range(10)]}
+    )
+    bots = [BotStream.from_json(bot_doc(100, 5, 8, 1))]
+    victim = VictimArrivals.from_json(victim_doc({100: {}}))
+    m = metrics.mode_metrics(victim, bots, [regular, crowd], horizon=10)
+    assert m.good_success_by_group == {"crowd": pytest.approx(0.7), "regular": 1.0}
+    assert m.good_success_ratio_under_attack == pytest.approx(3 / 6)
+    assert m.attack_delivered_ratio == 0.0
+
+
+def test_series_give_packets_per_second_and_success_per_second() -> None:
+    victim = VictimArrivals.from_json(victim_doc({100: {k: 10 for k in range(20, 40)}}))
+    m = metrics.mode_metrics(
+        victim,
+        [BotStream.from_json(bot_doc(100, 2, 4, 10))],
+        [GoodRequests.from_json({"requests": [[0.2, 0.001], [0.7, None], [3.1, 0.001]]})],
+        horizon=5,
+    )
+    assert [p.t for p in m.attack_pps] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5]
+    assert [p.value for p in m.attack_pps][3:9] == [0.0, 100.0, 100.0, 100.0, 100.0, 0.0]
+    assert [p.value for p in m.good_success] == [0.5, None, None, 1.0, None]
+
+
+def test_percentile_interpolates_and_handles_empty() -> None:
+    assert metrics.percentile([], 50) is None
+    assert metrics.percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert metrics.percentile([5.0], 99) == 5.0
+
+
+def test_bin_series_total_counts_half_open_ranges() -> None:
+    s = BinSeries({1: 1, 2: 2, 3: 4})
+    assert s.total() == 7
+    assert s.total(2, 3) == 2
+    assert s.total(None, 3) == 3

@@ -1,0 +1,179 @@
+"""The lab's pure halves: the topology plan, the scenario plans (who sends
+what, when, under which thresholds), mode parsing, and the report's JSON
+shape and figure from a synthetic result. No namespaces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from xpro_mesh.cli import build_parser
+from xpro_mesh.lab import metrics, report, scenario, topology
+from xpro_mesh.lab.scenario import ModeResult, ScenarioError, ScenarioResult
+
+
+def test_plan_spreads_clients_and_bots_round_robin_over_proxies() -> None:
+    lab = topology.plan(proxies=3, clients=12, bots=180)
+    assert [p.ns for p in lab.proxies] == ["xl-p0", "xl-p1", "xl-p2"]
+    assert len(lab.good_addrs()) == 12 and len(lab.bot_addrs()) == 180
+    per_proxy = {s.ns: len(s.addrs) for s in lab.senders}
+    assert per_proxy == {"xl-c0": 4, "xl-c1": 4, "xl-c2": 4, "xl-b0": 60, "xl-b1": 60,
+                         "xl-b2": 60}
+    for s in lab.senders:
+        block = lab.proxies[s.proxy].client_block.rsplit(".", 2)[0]
+        assert all(a.startswith(block + ".") for a in s.addrs)
+    assert len(set(lab.good_addrs()) | set(lab.bot_addrs())) == 192
+    assert len(lab.namespaces()) == 3 + 3 + 6
+
+
+def test_plan_survives_a_json_round_trip() -> None:
+    lab = topology.plan(2, 3, 7)
+    assert topology.LabPlan.from_json(lab.to_json()) == lab
+
+
+@pytest.mark.parametrize("args", [(0, 1, 1), (51, 1, 1), (2, 197, 1), (2, 1, 311)])
+def test_plan_refuses_sizes_it_cannot_address(args: tuple[int, int, int]) -> None:
+    with pytest.raises(topology.LabError):
+        topology.plan(*args)
+
+
+def test_distributed_puts_each_bot_below_t_f1_and_the_mesh_above_t_f2() -> None:
+    lab = topology.plan(3, 12, 180)
+    plan = scenario.distributed(lab, 30)
+    t = plan.thresholds
+    bots = [f for f in plan.flows if f.role == "bots"]
+    goods = [f for f in plan.flows if f.role == "good"]
+    bot_rate = bots[0].rate
+    total = sum(len(f.addrs) * f.rate for f in bots)
+    per_proxy = max(len(f.addrs) * f.rate for f in bots)
+    clients = sum(len(f.addrs) for f in plan.flows)
+    assert bot_rate < t.t_f1
+    assert per_proxy < t.t_f2 < total  # no proxy alone sees the overload; the mesh does
+    assert goods[0].rate < t.t_f2 / clients < bot_rate  # the fair share separates them
+    assert {f.proxy for f in bots} == {0, 1, 2}
+    assert plan.attack_start == 6.0 and plan.attack_stop == 27.0
+    assert all(f.start == 0.0 and f.stop == 30 for f in goods)
+
+
+def test_low_and_slow_bots_send_at_the_good_clients_rate() -> None:
+    lab = topology.plan(3, 12, 180)
+    plan = scenario.low_and_slow(lab, 30)
+    rates = {f.role: f.rate for f in plan.flows}
+    assert rates["bots"] == rates["good"]
+    total = sum(len(f.addrs) * f.rate for f in plan.flows if f.role == "bots")
+    assert plan.thresholds.t_f2 < total
+
+
+def test_heavy_hitter_is_one_address_above_t_f1() -> None:
+    plan = scenario.heavy_hitter(topology.plan(3, 12, 180), 20)
+    heavy = [f for f in plan.flows if f.role == "bots"]
+    assert len(heavy) == 1 and len(heavy[0].addrs) == 1
+    assert heavy[0].rate > plan.thresholds.t_f1
+
+
+def test_flash_crowd_is_good_traffic_only_and_over_capacity() -> None:
+    plan = scenario.flash_crowd(topology.plan(3, 12, 180), 30)
+    assert {f.role for f in plan.flows} == {"good"}
+    assert plan.attack_start is None
+    crowd = sum(len(f.addrs) * f.rate for f in plan.flows if f.label == "crowd")
+    assert crowd > plan.thresholds.t_f2
+
+
+def test_every_scenario_builds_for_a_small_lab() -> None:
+    lab = topology.plan(2, 2, 20)
+    for spec in scenario.SCENARIOS.values():
+        plan = spec.build(lab, 10)
+        assert plan.flows and plan.duration == 10
+        json.dumps(plan.params())
+
+
+def test_thresholds_render_as_toml_for_xdp_and_the_agent(tmp_path) -> None:
+    import tomllib
+
+    from xpro_mesh.agent.config import load_config
+    from xpro_mesh.datapath.config import load_config_file
+
+    lab = topology.plan(3, 12, 180)
+    plan = scenario.distributed(lab, 30)
+    xdp = tmp_path / "xdp.toml"
+    xdp.write_text(plan.thresholds.toml("paper"))
+    config, _sizes = load_config_file(xdp)
+    assert config.policy == "paper" and config.t_f2 == plan.thresholds.t_f2
+    assert config.t_t2 == 500_000_000
+    agent = tmp_path / "agent.toml"
+    scenario._write_agent_config(agent, plan, "fair-share")
+    assert tomllib.loads(agent.read_text())["gossip"]["interval"] == scenario.GOSSIP_INTERVAL
+    cfg = load_config(agent, {"iface": "c0"}, require_key_file=False)
+    assert cfg.thresholds.t_f1 == plan.thresholds.t_f1
+    assert str(cfg.thresholds.policy) == "fair-share"
+    assert cfg.gossip.interval_ns == 100_000_000
+
+
+def test_parse_modes_keeps_order_and_refuses_unknown() -> None:
+    assert scenario.parse_modes("gossip, none,gossip") == ("gossip", "none")
+    with pytest.raises(ScenarioError, match="unknown mode 'mesh'"):
+        scenario.parse_modes("none,mesh")
+    with pytest.raises(ScenarioError):
+        scenario.parse_modes(" , ")
+
+
+def _synthetic_result() -> ScenarioResult:
+    lab = topology.plan(2, 2, 20)
+    plan = scenario.distributed(lab, 10)
+    bots = []
+    arrivals: dict[str, dict[str, int]] = {}
+    for block in (100, 101):
+        bots.append(
+            metrics.BotStream.from_json(
+                {"block": block, "start": 2.0, "stop": 9.0,
+                 "sent_bins": {str(k): 20 for k in range(20, 90)}}
+            )
+        )
+        arrivals[str(block)] = {str(k): (20 if k < 30 else 0) for k in range(20, 90)}
+    victim = metrics.VictimArrivals.from_json({"bin_s": 0.1, "bins": {"attack": arrivals}})
+    goods = [metrics.GoodRequests.from_json({"label": "regular",
+                                             "requests": [[t / 2, 0.0004] for t in range(20)]})]
+    m = metrics.mode_metrics(victim, bots, goods, 10)
+    modes = {
+        "gossip": ModeResult("gossip", m, {"xl-p0": {"pass": 5, "drop_pair": 0,
+                                                     "drop_dest": 9, "pairs": 3}}, 12.0),
+    }
+    return ScenarioResult(plan=plan, lab=lab, modes=modes, wall_s=12.0)
+
+
+def test_report_json_has_the_issue_shape() -> None:
+    doc = report.as_json(_synthetic_result())
+    assert set(doc) == {"scenario", "params", "modes"}
+    assert doc["scenario"] == "distributed"
+    g = doc["modes"]["gossip"]
+    for key in report.METRIC_KEYS:
+        assert key in g
+    assert g["time_to_mitigate_s"] == pytest.approx(1.0)
+    assert g["attack_delivered_ratio_after_mitigation"] == 0.0
+    assert g["good_success_ratio"] == 1.0
+    assert g["per_proxy"]["xl-p0"]["drop_dest"] == 9
+    assert doc["params"]["thresholds"]["t_f1"] == scenario.T_F1
+    json.dumps(doc)
+
+
+def test_report_figure_and_page_are_self_contained(tmp_path) -> None:
+    result = _synthetic_result()
+    report.write_png(result, tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report.write_html(result, tmp_path / "f.html")
+    page = (tmp_path / "f.html").read_text()
+    assert "<svg" in page and "gossip" in page
+    assert "src=\"http" not in page and "href=\"http" not in page
+    report.write_json(result, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["scenario"] == "distributed"
+
+
+def test_cli_knows_the_lab_commands() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["lab", "scenario", "distributed", "--modes", "none,gossip",
+                              "--duration", "12", "--json-out", "x.json"])
+    assert args.name == "distributed" and args.duration == 12
+    assert parser.parse_args(["lab", "up", "--proxies", "2"]).proxies == 2
+    for action in ("down", "status"):
+        assert callable(parser.parse_args(["lab", action]).func)

@@ -1,0 +1,351 @@
+"""A scenario's results for people and for programs: a rich table on the
+terminal, the JSON document of issue 5, and a figure (attack packets/s at the
+victim and good clients' success over time, one line per mode) as PNG and as
+a self-contained HTML page (inline SVG and the table; no external assets).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from xpro_mesh.lab.metrics import ModeMetrics, SeriesPoint
+from xpro_mesh.lab.scenario import MODES, ScenarioResult
+
+__all__ = ["as_json", "print_table", "render_figure", "write_html", "write_json", "write_png"]
+
+MODE_COLOURS = {
+    "none": "#7f7f7f",
+    "local": "#d62728",
+    "master": "#9467bd",
+    "gossip": "#2ca02c",
+    "gossip-paper": "#ff7f0e",
+}
+
+METRIC_KEYS = (
+    "attack_delivered_ratio",
+    "attack_delivered_ratio_after_mitigation",
+    "good_success_ratio",
+    "good_latency_ms_p50",
+    "good_latency_ms_p99",
+    "time_to_mitigate_s",
+)
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _series(points: tuple[SeriesPoint, ...]) -> list[list[float | None]]:
+    return [[p.t, _round(p.value, 3)] for p in points]
+
+
+def mode_json(m: ModeMetrics, proxies: dict[str, dict[str, int]], wall_s: float,
+              notes: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "attack_delivered_ratio": _round(m.attack_delivered_ratio),
+        "attack_delivered_ratio_after_mitigation": _round(
+            m.attack_delivered_ratio_after_mitigation
+        ),
+        "good_success_ratio": _round(m.good_success_ratio),
+        "good_latency_ms_p50": _round(m.good_latency_ms_p50, 3),
+        "good_latency_ms_p99": _round(m.good_latency_ms_p99, 3),
+        "time_to_mitigate_s": m.time_to_mitigate_s,
+        "time_to_mitigate_by_block_s": m.time_to_mitigate_by_block,
+        "good_success_ratio_under_attack": _round(m.good_success_ratio_under_attack),
+        "good_success_by_group": {k: _round(v) for k, v in m.good_success_by_group.items()},
+        "attack_sent": m.attack_sent,
+        "attack_delivered": m.attack_delivered,
+        "good_requests": m.good_requests,
+        "per_proxy": proxies,
+        "wall_s": wall_s,
+        "notes": list(notes),
+        "series": {
+            "attack_pps_at_victim": _series(m.attack_pps),
+            "attack_pps_sent": _series(m.attack_sent_pps),
+            "good_success": _series(m.good_success),
+        },
+    }
+
+
+def as_json(result: ScenarioResult) -> dict[str, Any]:
+    """``{"scenario", "params", "modes": {mode: {metrics...}}}`` (issue 5)."""
+    lab = result.lab
+    params = dict(result.plan.params())
+    params["lab"] = {
+        "proxies": len(lab.proxies),
+        "good_addresses": len(lab.good_addrs()),
+        "bot_addresses": len(lab.bot_addrs()),
+    }
+    params["wall_s"] = result.wall_s
+    return {
+        "scenario": result.plan.name,
+        "params": params,
+        "modes": {
+            name: mode_json(r.metrics, r.proxies, r.wall_s, r.notes)
+            for name, r in result.modes.items()
+        },
+    }
+
+
+def write_json(result: ScenarioResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(as_json(result), indent=2) + "\n")
+
+
+# --- the table ------------------------------------------------------------------
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v * 100:.1f} %"
+
+
+def _ms(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 10_000 else str(n)
+
+
+def _secs(v: float | None, attack: bool) -> str:
+    if v is None:
+        return "never" if attack else "—"
+    return f"{v:.1f} s"
+
+
+def table_rows(result: ScenarioResult) -> list[list[str]]:
+    """One row per mode, cells as shown (the terminal table and the HTML)."""
+    rows = []
+    attack = result.plan.attack_start is not None
+    for name, r in result.modes.items():
+        m = r.metrics
+        drops = " ".join(
+            f"{ns.removeprefix('xl-')} {_count(c.get('drop_pair', 0) + c.get('drop_dest', 0))}"
+            for ns, c in sorted(r.proxies.items())
+        )
+        groups = ""
+        if len(m.good_success_by_group) > 1:
+            groups = " (" + ", ".join(
+                f"{k} {_pct(v)}" for k, v in m.good_success_by_group.items()
+            ) + ")"
+        rows.append(
+            [
+                name,
+                _pct(m.attack_delivered_ratio) if attack else "—",
+                _pct(m.attack_delivered_ratio_after_mitigation) if attack else "—",
+                _secs(m.time_to_mitigate_s, attack),
+                _pct(m.good_success_ratio) + groups,
+                _ms(m.good_latency_ms_p50),
+                _ms(m.good_latency_ms_p99),
+                drops or "—",
+            ]
+        )
+    return rows
+
+
+TABLE_HEADERS = (
+    "mode",
+    "attack delivered",
+    "after mitigation",
+    "time to mitigate",
+    "good success",
+    "p50 ms",
+    "p99 ms",
+    "drops per proxy",
+)
+
+
+def print_table(result: ScenarioResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    plan = result.plan
+    t = plan.thresholds
+    table = Table(
+        title=f"scenario {plan.name}: {plan.summary}",
+        caption=(
+            f"{len(result.lab.proxies)} proxies, {len(result.lab.good_addrs())} good clients, "
+            f"{len(result.lab.bot_addrs())} bot addresses; T_F1 {t.t_f1} pps, T_F2 {t.t_f2} "
+            f"pps, T_T2 {t.t_t2}, T_T3 {t.t_t3}, T_T4 {t.t_t4}, r {t.r}; "
+            f"{plan.duration:g} s per mode, wall {result.wall_s:.0f} s"
+        ),
+    )
+    for i, h in enumerate(TABLE_HEADERS):
+        table.add_column(h, justify="left" if i in (0, 7) else "right")
+    for row in table_rows(result):
+        table.add_row(*row)
+    probe = Console()
+    console = probe if probe.is_terminal else Console(width=140)
+    console.print(table)
+    for name, r in result.modes.items():
+        for note in r.notes:
+            console.print(f"[yellow]note[/] {name}: {note}")
+
+
+# --- the figure ------------------------------------------------------------------
+
+
+def _legend_label(name: str, m: ModeMetrics, attack: bool) -> str:
+    parts = []
+    if attack and m.time_to_mitigate_s is None and m.attack_delivered_ratio is not None:
+        parts.append(f"never mitigated, {_pct(m.attack_delivered_ratio)} of the attack delivered")
+    elif attack and m.attack_delivered_ratio_after_mitigation is not None:
+        parts.append(
+            f"mitigated in {m.time_to_mitigate_s:.1f} s, then "
+            f"{_pct(m.attack_delivered_ratio_after_mitigation)} delivered"
+        )
+    if m.good_success_ratio is not None:
+        parts.append(f"good {_pct(m.good_success_ratio)}")
+    return f"{name}: " + ", ".join(parts) if parts else name
+
+
+def _steps(
+    points: tuple[SeriesPoint, ...], scale: float = 1.0
+) -> tuple[list[float], list[float | None]]:
+    """x, y for a ``steps-post`` line whose last step is drawn to its end
+    (a None value leaves a gap: no requests in that interval)."""
+    if not points:
+        return [], []
+    xs = [p.t for p in points]
+    ys = [None if p.value is None else p.value * scale for p in points]
+    step = xs[1] - xs[0] if len(xs) > 1 else 1.0
+    return [*xs, xs[-1] + step], [*ys, ys[-1]]
+
+
+def render_figure(result: ScenarioResult, fmt: str) -> bytes:
+    """The figure as ``png`` or ``svg`` bytes (matplotlib, Agg).
+
+    Modes that behave alike overlap; each later mode is drawn thinner on top
+    of the earlier ones so that every line stays visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plan = result.plan
+    attack = plan.attack_start is not None
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(10, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
+    n = len(result.modes)
+    peak = 0.0
+    handles = []
+    for i, (name, r) in enumerate(result.modes.items()):
+        colour = MODE_COLOURS.get(name)
+        m = r.metrics
+        width = 1.5 + 1.1 * (n - 1 - i)
+        style = {"color": colour, "linewidth": width, "zorder": 2 + i, "alpha": 0.9,
+                 "drawstyle": "steps-post", "solid_capstyle": "butt"}
+        top = m.attack_pps if attack else m.good_pps
+        xs, ys = _steps(top)
+        (line,) = ax1.plot(xs, ys, label=_legend_label(name, m, attack), **style)
+        handles.append(line)
+        peak = max([peak, *(p.value or 0.0 for p in top)])
+        xs, ys = _steps(m.good_success, scale=100.0)
+        ax2.plot(xs, ys, **style)
+    first = next(iter(result.modes.values()), None)
+    if first is not None:
+        offered = first.metrics.attack_sent_pps if attack else first.metrics.good_sent_pps
+        xs, ys = _steps(offered)
+        (line,) = ax1.plot(xs, ys, color="black",
+                           linestyle=":", linewidth=1.2, drawstyle="steps-post", zorder=20,
+                           label="sent by the bots" if attack else "sent by the clients")
+        handles.append(line)
+        peak = max([peak, *(p.value or 0.0 for p in offered)])
+    for ax in (ax1, ax2):
+        if plan.attack_start is not None and plan.attack_stop is not None:
+            ax.axvspan(plan.attack_start, plan.attack_stop, color="#f2dede", alpha=0.5, zorder=0)
+        else:
+            starts = [f.start for f in plan.flows if f.label == "crowd"]
+            stops = [f.stop for f in plan.flows if f.label == "crowd"]
+            if starts:
+                ax.axvspan(min(starts), max(stops), color="#dde8f2", alpha=0.5, zorder=0)
+        ax.grid(True, alpha=0.3)
+    t = plan.thresholds
+    ax1.axhline(t.t_f2, color="#555555", linestyle="--", linewidth=1)
+    ax1.annotate(f"T_F2 {t.t_f2} pps", (0.995, t.t_f2), xycoords=("axes fraction", "data"),
+                 textcoords="offset points", xytext=(0, 4), fontsize=8, color="#555555",
+                 ha="right")
+    ax1.set_ylabel("attack packets/s at the victim" if attack
+                   else "good requests/s at the victim")
+    ax1.set_ylim(0, max(peak, t.t_f2) * 1.12 + 1)
+    ax2.set_ylabel("good requests answered (%)")
+    shaded = "the attack" if attack else "the crowd"
+    ax2.set_xlabel(f"seconds (shaded: {shaded})")
+    ax2.set_ylim(-3, 103)
+    fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=8.5, frameon=False,
+               bbox_to_anchor=(0.5, 0.955))
+    fig.suptitle(
+        f"{plan.name}: {len(result.lab.proxies)} proxies, "
+        f"{len(result.lab.bot_addrs())} bot addresses, {len(result.lab.good_addrs())} "
+        f"good clients; T_F1 {t.t_f1} pps, T_F2 {t.t_f2} pps",
+        fontsize=11,
+    )
+    rows = (len(handles) + 1) // 2
+    fig.tight_layout(rect=(0, 0, 1, 0.96 - 0.026 * rows))
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_png(result: ScenarioResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(render_figure(result, "png"))
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+td:last-child { text-align: left; font-family: monospace; }
+.params { font-size: 13px; color: #444; } code { background: #f4f4f4; padding: 0 3px; }
+svg { max-width: 100%; height: auto; }
+"""
+
+
+def write_html(result: ScenarioResult, path: Path) -> None:
+    """One file: the figure as inline SVG, the table, the parameters."""
+    svg = render_figure(result, "svg").decode()
+    svg = svg[svg.find("<svg"):]
+    plan = result.plan
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADERS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+        for row in table_rows(result)
+    )
+    modes = "".join(
+        f"<li><b>{html.escape(n)}</b>: {html.escape(MODES.get(n, ''))}</li>" for n in result.modes
+    )
+    params = html.escape(json.dumps(as_json(result)["params"], indent=2))
+    notes = "".join(
+        f"<li><b>{html.escape(n)}</b>: {html.escape(note)}</li>"
+        for n, r in result.modes.items()
+        for note in r.notes
+    )
+    notes_block = f'<p>Notes:</p><ul class="params">{notes}</ul>' if notes else ""
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>xpro-mesh lab: {html.escape(plan.name)}</title><style>{_CSS}</style></head>
+<body>
+<h1>xpro-mesh lab — scenario <code>{html.escape(plan.name)}</code></h1>
+<p>{html.escape(plan.summary)}. {html.escape(plan.notes)}</p>
+{svg}
+<table><tr>{head}</tr>{body}</table>
+<p class="params">Measured at the victim (attack packets counted per source block) and at the
+good clients (request/response within the reply timeout). <i>Time to mitigate</i>: from attack
+start until every proxy's attack stream stays at or below 5 % of what its bots send
+(0.5 s windows); <i>after mitigation</i>: the delivered share of the attack from then on (the
+whole attack when it never is). Drops per proxy: the filters' own counters.</p>
+<ul class="params">{modes}</ul>
+{notes_block}
+<details><summary>parameters</summary><pre class="params">{params}</pre></details>
+</body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
