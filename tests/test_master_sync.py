@@ -107,3 +107,24 @@ def test_concurrent_syncs_lose_no_proxy_counts(redis_port: int) -> None:
             syncer.cycle_blocking()
     for maps, _syncer in proxies:
         assert {src: count(maps, src) for src in clients} == fed
+
+
+def test_copies_on_idle_proxies_do_not_shrink_a_pairs_rate(redis_port: int) -> None:
+    """A pair sent through one proxy keeps its rate in M_DB however many other
+    proxies hold a copy (the T_T4 division applies once, by the counting one)."""
+    p = Params(t_t1=5 * S, t_t2=S // 2, t_t3=S, t_t4=2 * S, t_f1=10**6, t_f2=10**7, r=2)
+    mesh = []
+    for _ in range(3):
+        maps = MemoryMaps(XdpConfig.from_params(p))
+        mesh.append((maps, MasterSync(maps, "127.0.0.1", redis_port, p)))
+    sender = mesh[0][0]
+    now = time.time_ns()
+    for step in range(60):  # 6 s at 200 pps, a sync of every proxy each 100 ms
+        for k in range(20):
+            sender.feed("10.10.100.5", VICTIM, now + step * S // 10 + k * S // 200)
+        for _maps, syncer in mesh:
+            syncer.cycle_blocking()
+    for maps, _syncer in mesh:
+        rec = dict(maps.read_pairs())[PairKey.of("10.10.100.5", VICTIM)]
+        rate = rec.c * S / (rec.ts2 - rec.ts1)
+        assert 150 < rate < 260, rate

@@ -10,7 +10,13 @@ lease lock (SET NX PX, released by token), so two proxies syncing at once do
 not overwrite each other's counts, which the prototype's plain HSETs did;
 reads and writes are pipelined (two round trips per cycle).
 
-One deliberate difference from the literal lines: for a pair only in L_DB
+Two deliberate differences from the literal lines. A proxy that counted
+nothing for a pair since its last sync (dc' = 0, no idle restart) takes the
+M_DB record as lines 26-28 do, instead of running lines 5-25 on its stale
+copy: run literally on N proxies, lines 13-17 divide the count by r once per
+proxy per interval once the window passes T_T4, so a pair sent through one
+proxy is undercounted N-fold (measured in the lab: 21 pps read as 1 pps).
+And for a pair only in L_DB
 (lines 31-33) the paper leaves dc' set, so the next sync would add the same
 packets to M_DB a second time; here dc' is acknowledged (set to 0) as after
 every other sync. Redis keys expire after T_T1 + T_T4 of silence, the same
@@ -68,7 +74,20 @@ def plan_master(
     after: dict[PairKey, LocalRecord] = {}
     for key in local.keys() | master.keys():
         cur = local.get(key)
-        new_local, new_master = sync_master(cur, master.get(key), p)
+        m = master.get(key)
+        if cur is not None and m is not None and cur.dc == 0 and cur.mark == 0:
+            # Nothing counted here since the last sync: refresh the copy from
+            # M_DB as lines 26-28 do. Running lines 5-25 on a stale copy would
+            # apply the T_T4 division once per proxy per interval (every
+            # copy's ts2' equals ts2 after a refresh), shrinking the count of
+            # a pair sent through one proxy N-fold faster than its window.
+            synced: tuple[LocalRecord | None, MasterRecord | None] = (
+                LocalRecord(m.ts1, m.ts2, m.c, 0, 0),
+                m,
+            )
+        else:
+            synced = sync_master(cur, m, p)
+        new_local, new_master = synced
         assert new_local is not None and new_master is not None
         if cur is not None and master.get(key) is None:
             new_local = LocalRecord(new_local.ts1, new_local.ts2, new_local.c, 0, 0)
