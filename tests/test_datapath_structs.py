@@ -122,3 +122,15 @@ def test_ipv4_is_keyed_v4_mapped_and_ipv6_as_is() -> None:
     assert from_addr(to_addr("2001:db8::1")) == ipaddress.IPv6Address("2001:db8::1")
     with pytest.raises(ValueError):
         to_addr(b"\x01\x02")
+
+
+def test_the_numpy_view_of_a_pair_matches_the_c_struct() -> None:
+    """BpfMaps scans the pair map with numpy (read_active_pairs): its dtype
+    must lay the fields where struct xpro_pair has them."""
+    import ctypes as ct
+
+    from xpro_mesh.datapath.bpf_maps import _PAIR_DTYPE
+
+    assert _PAIR_DTYPE.itemsize == ct.sizeof(structs.XproPair)
+    for name in ("ts1", "ts2", "c", "dc", "warn_ts", "mark", "flags"):
+        assert _PAIR_DTYPE.fields[name][1] == getattr(structs.XproPair, name).offset, name

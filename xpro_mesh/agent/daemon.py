@@ -416,6 +416,10 @@ class Agent:
         after an op that failed, or when a large share of the pairs changed
         anyway. Both plan the same operations (``tests/test_agent_sync.py``).
         """
+        with _gc_paused():
+            await self._sync_cycle()
+
+    async def _sync_cycle(self) -> None:
         backend = self.backend
         assert backend is not None
         state = self.state
@@ -435,15 +439,14 @@ class Agent:
             total = len(pairs)
         else:
             pairs, total = read
-        with _gc_paused():
-            steps = plan_sync_steps(state, pairs, time.time_ns(), changed, self.plan_step)
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as done:
-                    plan: SyncPlan = done.value
-                    break
-                await asyncio.sleep(0)  # the mesh runs between two steps
+        steps = plan_sync_steps(state, pairs, time.time_ns(), changed, self.plan_step)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                plan: SyncPlan = done.value
+                break
+            await asyncio.sleep(0)  # the mesh runs between two steps
         deleted = 0
         if plan.deletes:
             deleted = await self._blocking(backend.delete_pairs, plan.deletes)
@@ -626,10 +629,11 @@ class Agent:
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a sync plans: it allocates an object
-    or more per pair, which with a million pairs would trigger collections
-    that walk the whole (long-lived) state again and again. Reference
-    counting still frees everything; cycles wait for the next collection."""
+    """No cyclic garbage collection during a map sync: it allocates an object
+    or more per pair read and planned, which with a million pairs would
+    trigger collections that walk the whole (long-lived) state again and
+    again. Reference counting still frees everything; cycles wait for the
+    next collection."""
     enabled = gc.isenabled()
     gc.disable()
     try:
