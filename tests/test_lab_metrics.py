@@ -147,3 +147,32 @@ def test_bin_series_total_counts_half_open_ranges() -> None:
     assert s.total() == 7
     assert s.total(2, 3) == 2
     assert s.total(None, 3) == 3
+
+
+def test_phases_report_each_stretch_and_each_proxys_block_on_its_own() -> None:
+    # Block 100 is cut throughout; block 101's proxy leaks everything
+    # between 10 s and 15 s (its agent is down) and is cut again after.
+    leak = {k: (10 if 100 <= k < 150 else 0) for k in range(50, 250)}
+    victim = VictimArrivals.from_json(
+        victim_doc({100: delivered_until(5, 25, 5.0, 10), 101: leak})
+    )
+    bots = [BotStream.from_json(bot_doc(b, 5, 25, 10)) for b in (100, 101)]
+    goods = [GoodRequests("regular", ((9.0, 0.001), (12.0, None), (13.0, 0.001), (20.0, 0.001)))]
+    m = metrics.mode_metrics(
+        victim, bots, goods, 30, phases=[("before", 5, 10), ("down", 10, 15), ("after", 15, 25)]
+    )
+    before, down, after = (m.phases[k] for k in ("before", "down", "after"))
+    assert (before.attack_sent, before.attack_delivered) == (1000, 0)
+    assert (down.attack_sent, down.attack_delivered) == (1000, 500)
+    assert down.attack_delivered_ratio == 0.5
+    assert down.attack_delivered_ratio_by_block == {"100": 0.0, "101": 1.0}
+    assert after.attack_delivered_ratio == 0.0
+    assert (down.good_requests, down.good_success_ratio) == (2, 0.5)
+    assert before.good_success_ratio == 1.0 and after.good_success_ratio == 1.0
+
+
+def test_a_phase_without_traffic_has_no_ratios() -> None:
+    victim = VictimArrivals.from_json(victim_doc({}))
+    ph = metrics.phase_metrics(victim, [], [], 0.0, 5.0)
+    assert ph.attack_delivered_ratio is None and ph.good_success_ratio is None
+    assert ph.attack_delivered_ratio_by_block == {}

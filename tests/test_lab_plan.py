@@ -88,6 +88,53 @@ def test_every_scenario_builds_for_a_small_lab() -> None:
         json.dumps(plan.params())
 
 
+def test_chaos_crashes_one_agent_and_the_master_mid_attack_and_restarts_the_agent() -> None:
+    lab = topology.plan(3, 12, 180)
+    plan = scenario.chaos(lab, 40)
+    base = scenario.distributed(lab, 40)
+    assert plan.flows == base.flows and plan.thresholds == base.thresholds
+    assert plan.attack_start is not None and plan.attack_stop is not None
+    kills = [f for f in plan.faults if f.action == "kill"]
+    restarts = [f for f in plan.faults if f.action == "restart"]
+    assert {f.target for f in kills} == {"agent:1", "redis"}
+    assert [f.target for f in restarts] == ["agent:1"]  # Redis stays dead
+    assert plan.attack_start < kills[0].at < restarts[0].at < plan.attack_stop
+    # The phases tile the attack, cut at the faults.
+    edges = [(p.start, p.stop) for p in plan.phases]
+    assert edges[0][0] == plan.attack_start and edges[-1][1] == plan.attack_stop
+    assert all(a[1] == b[0] for a, b in zip(edges, edges[1:], strict=False))
+    assert {p.stop for p in plan.phases[:-1]} == {kills[0].at, restarts[0].at}
+    params = plan.params()
+    assert len(params["faults"]) == 3 and len(params["phases"]) == 3  # type: ignore[arg-type]
+    with pytest.raises(ScenarioError, match="at least 2 proxies"):
+        scenario.chaos(topology.plan(1, 2, 4), 40)
+
+
+def test_fault_targets_name_the_processes_a_mode_started(tmp_path) -> None:
+    lab = topology.plan(3, 3, 3)
+    assert scenario._fault_process("agent:2", lab) == "agent-xl-p2"
+    assert scenario._fault_process("redis", lab) == "redis"
+    procs = scenario._Processes()
+    log = tmp_path / "a.log"
+    first = procs.start("agent-xl-p1", ["sh", "-c", "echo life; exec sleep 30"], log)
+    try:
+        kill = scenario.Fault(1.0, "kill", "agent:1")
+        assert scenario._inject(kill, lab, procs) == "SIGKILL agent-xl-p1"
+        assert first.returncode == -9
+        # A target the mode does not run is left alone.
+        assert scenario._inject(scenario.Fault(1.0, "kill", "redis"), lab, procs) is None
+        assert "agent-xl-p1" in procs.killed
+        restart = scenario.Fault(2.0, "restart", "agent:1")
+        assert scenario._inject(restart, lab, procs) == "restarted agent-xl-p1"
+        assert scenario._inject(restart, lab, procs) is None  # already running
+        (name, second), = procs.procs
+        assert name == "agent-xl-p1" and second.poll() is None and second is not first
+        assert "agent-xl-p1" not in procs.killed
+    finally:
+        procs.stop()
+    assert log.read_text().count("life") == 2  # the second life appends
+
+
 def test_thresholds_render_as_toml_for_xdp_and_the_agent(tmp_path) -> None:
     import tomllib
 
@@ -155,6 +202,33 @@ def test_report_json_has_the_issue_shape() -> None:
     assert g["per_proxy"]["xl-p0"]["drop_dest"] == 9
     assert doc["params"]["thresholds"]["t_f1"] == scenario.T_F1
     json.dumps(doc)
+
+
+def test_report_has_a_phase_table_for_a_chaos_run(tmp_path) -> None:
+    lab = topology.plan(2, 2, 20)
+    plan = scenario.chaos(lab, 10)
+    base = _synthetic_result()
+    gossip = base.modes["gossip"]
+    victim = metrics.VictimArrivals.from_json(
+        {"bin_s": 0.1, "bins": {"attack": {"100": {str(k): 20 for k in range(40, 60)}}}}
+    )
+    bots = [metrics.BotStream.from_json({"block": b, "start": 2.0, "stop": 9.0,
+                                         "sent_bins": {str(k): 20 for k in range(20, 90)}})
+            for b in (100, 101)]
+    m = metrics.mode_metrics(victim, bots, [], 10,
+                             phases=[(p.label, p.start, p.stop) for p in plan.phases])
+    result = ScenarioResult(plan=plan, lab=lab, wall_s=1.0,
+                            modes={"gossip": ModeResult("gossip", m, gossip.proxies, 1.0)})
+    doc = report.as_json(result)
+    phases = doc["modes"]["gossip"]["phases"]
+    assert list(phases) == [p.label for p in plan.phases]
+    assert [f["action"] for f in doc["params"]["faults"]] == ["kill", "kill", "restart"]
+    rows = report.phase_rows(result)
+    assert rows[0][0] == "gossip" and len(rows[0]) == 1 + len(plan.phases)
+    assert any("[" in cell for cell in rows[0][1:])  # one proxy's block leaked, one did not
+    report.write_html(result, tmp_path / "c.html")
+    assert "Per phase" in (tmp_path / "c.html").read_text()
+    report.write_png(result, tmp_path / "c.png")
 
 
 def test_report_figure_and_page_are_self_contained(tmp_path) -> None:

@@ -125,6 +125,21 @@ class SeriesPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class PhaseMetrics:
+    """The attack and the good clients over one stretch of a run (a chaos
+    scenario's before, during and after its faults)."""
+
+    start: float
+    stop: float
+    attack_sent: int
+    attack_delivered: int
+    attack_delivered_ratio: float | None
+    attack_delivered_ratio_by_block: dict[str, float | None]
+    good_requests: int
+    good_success_ratio: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class ModeMetrics:
     """The figures of one mode (JSON keys are the field names)."""
 
@@ -145,6 +160,7 @@ class ModeMetrics:
     good_success: tuple[SeriesPoint, ...] = field(default=())
     good_pps: tuple[SeriesPoint, ...] = field(default=())  # good requests at the victim
     good_sent_pps: tuple[SeriesPoint, ...] = field(default=())  # good requests sent
+    phases: dict[str, PhaseMetrics] = field(default_factory=dict)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -279,14 +295,48 @@ def good_series(
     )
 
 
+def phase_metrics(
+    victim: VictimArrivals,
+    bots: Iterable[BotStream],
+    goods: Iterable[GoodRequests],
+    start: float,
+    stop: float,
+) -> PhaseMetrics:
+    """The attack delivered (in all and per source block) and the good
+    requests answered over ``[start, stop)`` s since the epoch: bins whose
+    start lies in it, requests sent in it."""
+    first = math.floor(start / victim.bin_s + 1e-9)
+    last = math.floor(stop / victim.bin_s + 1e-9)
+    empty = BinSeries({})
+    sent_by: dict[int, int] = {}
+    for b in bots:
+        sent_by[b.block] = sent_by.get(b.block, 0) + b.sent.total(first, last)
+    got_by = {block: victim.attack.get(block, empty).total(first, last) for block in sent_by}
+    requests = [lat for g in goods for t, lat in g.requests if start <= t < stop]
+    return PhaseMetrics(
+        start=start,
+        stop=stop,
+        attack_sent=sum(sent_by.values()),
+        attack_delivered=sum(got_by.values()),
+        attack_delivered_ratio=_ratio(sum(got_by.values()), sum(sent_by.values())),
+        attack_delivered_ratio_by_block={
+            str(block): _ratio(got_by[block], sent) for block, sent in sorted(sent_by.items())
+        },
+        good_requests=len(requests),
+        good_success_ratio=_ratio(sum(1 for lat in requests if lat is not None), len(requests)),
+    )
+
+
 def mode_metrics(
     victim: VictimArrivals,
     bots: Sequence[BotStream],
     goods: Sequence[GoodRequests],
     horizon: float,
+    phases: Iterable[tuple[str, float, float]] = (),
 ) -> ModeMetrics:
     """Every figure of one mode from its raw documents; ``horizon`` is the
-    end of the traffic (s since the epoch), for the series."""
+    end of the traffic (s since the epoch), for the series; ``phases``
+    (label, start, stop) are reported on their own as well."""
     sent, delivered, ratio, after, ttm, by_block = attack_metrics(victim, bots)
     requests = [r for g in goods for r in g.requests]
     latencies = [lat * 1000.0 for _, lat in requests if lat is not None]
@@ -325,4 +375,7 @@ def mode_metrics(
         good_sent_pps=_series(
             [_send_bins(goods, victim.bin_s)], victim.bin_s, horizon, SERIES_S
         ),
+        phases={
+            label: phase_metrics(victim, bots, goods, t0, t1) for label, t0, t1 in phases
+        },
     )

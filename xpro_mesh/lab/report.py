@@ -63,6 +63,21 @@ def mode_json(m: ModeMetrics, proxies: dict[str, dict[str, int]], wall_s: float,
         "per_proxy": proxies,
         "wall_s": wall_s,
         "notes": list(notes),
+        "phases": {
+            label: {
+                "start_s": ph.start,
+                "stop_s": ph.stop,
+                "attack_sent": ph.attack_sent,
+                "attack_delivered": ph.attack_delivered,
+                "attack_delivered_ratio": _round(ph.attack_delivered_ratio),
+                "attack_delivered_ratio_by_block": {
+                    k: _round(v) for k, v in ph.attack_delivered_ratio_by_block.items()
+                },
+                "good_requests": ph.good_requests,
+                "good_success_ratio": _round(ph.good_success_ratio),
+            }
+            for label, ph in m.phases.items()
+        },
         "series": {
             "attack_pps_at_victim": _series(m.attack_pps),
             "attack_pps_sent": _series(m.attack_sent_pps),
@@ -147,6 +162,35 @@ def table_rows(result: ScenarioResult) -> list[list[str]]:
     return rows
 
 
+def phase_headers(result: ScenarioResult) -> list[str]:
+    return ["mode", *(f"{ph.label} ({ph.start:g}-{ph.stop:g} s)" for ph in result.plan.phases)]
+
+
+def phase_rows(result: ScenarioResult) -> list[list[str]]:
+    """Per mode and phase: the attack's share delivered (and, where the
+    proxies differ, per proxy's block) and the good success — a chaos run's
+    story in one table."""
+    rows = []
+    for name, r in result.modes.items():
+        cells = [name]
+        for ph in result.plan.phases:
+            pm = r.metrics.phases.get(ph.label)
+            if pm is None:
+                cells.append("—")
+                continue
+            blocks = pm.attack_delivered_ratio_by_block
+            spread = ""
+            values = [v for v in blocks.values() if v is not None]
+            if values and max(values) - min(values) > 0.05:
+                spread = " [" + " ".join(_pct(v) for v in blocks.values()) + "]"
+            cells.append(
+                f"attack {_pct(pm.attack_delivered_ratio)}{spread}, "
+                f"good {_pct(pm.good_success_ratio)}"
+            )
+        rows.append(cells)
+    return rows
+
+
 TABLE_HEADERS = (
     "mode",
     "attack delivered",
@@ -181,6 +225,18 @@ def print_table(result: ScenarioResult) -> None:
     probe = Console()
     console = probe if probe.is_terminal else Console(width=140)
     console.print(table)
+    if plan.phases:
+        faults = "; ".join(f.describe() for f in plan.faults)
+        phases = Table(
+            title="attack delivered and good success per phase "
+                  "([per proxy] where the proxies differ)",
+            caption=f"faults: {faults}" if faults else None,
+        )
+        for h in phase_headers(result):
+            phases.add_column(h, justify="left")
+        for row in phase_rows(result):
+            phases.add_row(*row)
+        console.print(phases)
     for name, r in result.modes.items():
         for note in r.notes:
             console.print(f"[yellow]note[/] {name}: {note}")
@@ -264,7 +320,13 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
             stops = [f.stop for f in plan.flows if f.label == "crowd"]
             if starts:
                 ax.axvspan(min(starts), max(stops), color="#dde8f2", alpha=0.5, zorder=0)
+        for at in sorted({f.at for f in plan.faults}):
+            ax.axvline(at, color="black", linewidth=1, linestyle="-.", zorder=1)
         ax.grid(True, alpha=0.3)
+    for at in sorted({f.at for f in plan.faults}):
+        what = ", ".join(f"{f.action} {f.target}" for f in plan.faults if f.at == at)
+        ax1.annotate(what, (at, 1.0), xycoords=("data", "axes fraction"),
+                     textcoords="offset points", xytext=(3, -10), fontsize=7.5)
     t = plan.thresholds
     ax1.axhline(t.t_f2, color="#555555", linestyle="--", linewidth=1)
     ax1.annotate(f"T_F2 {t.t_f2} pps", (0.995, t.t_f2), xycoords=("axes fraction", "data"),
@@ -329,6 +391,16 @@ def write_html(result: ScenarioResult, path: Path) -> None:
         for note in r.notes
     )
     notes_block = f'<p>Notes:</p><ul class="params">{notes}</ul>' if notes else ""
+    phase_block = ""
+    if plan.phases:
+        ph_head = "".join(f"<th>{html.escape(h)}</th>" for h in phase_headers(result))
+        ph_body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+            for row in phase_rows(result)
+        )
+        faults = html.escape("; ".join(f.describe() for f in plan.faults))
+        phase_block = (f"<p>Per phase (faults: {faults}):</p>"
+                       f"<table><tr>{ph_head}</tr>{ph_body}</table>")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>xpro-mesh lab: {html.escape(plan.name)}</title><style>{_CSS}</style></head>
@@ -337,6 +409,7 @@ def write_html(result: ScenarioResult, path: Path) -> None:
 <p>{html.escape(plan.summary)}. {html.escape(plan.notes)}</p>
 {svg}
 <table><tr>{head}</tr>{body}</table>
+{phase_block}
 <p class="params">Measured at the victim (attack packets counted per source block) and at the
 good clients (request/response within the reply timeout). <i>Time to mitigate</i>: from attack
 start until every proxy's attack stream stays at or below 5 % of what its bots send

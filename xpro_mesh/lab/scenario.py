@@ -45,8 +45,10 @@ from xpro_mesh.lab.topology import NETNS_DIR, REDIS_NS, VICTIM_NS, LabPlan, Prox
 __all__ = [
     "MODES",
     "SCENARIOS",
+    "Fault",
     "Flow",
     "ModeResult",
+    "Phase",
     "ScenarioError",
     "ScenarioPlan",
     "ScenarioResult",
@@ -135,6 +137,35 @@ class Flow:
 
 
 @dataclass(frozen=True, slots=True)
+class Fault:
+    """Something the scenario breaks, or mends, at a time: ``kill`` is
+    SIGKILL (a crash: no leave message, no flush), ``restart`` starts the
+    killed process again as it was started (an agent under the same node
+    id). Targets: ``agent:<proxy index>`` and ``redis`` (the paper's M_DB);
+    a fault whose target a mode does not run (no agents in ``local``, no
+    Redis in ``gossip``) does nothing in that mode."""
+
+    at: float  # seconds after the epoch
+    action: str  # "kill" | "restart"
+    target: str  # "agent:<i>" | "redis"
+
+    def describe(self) -> str:
+        what = "Redis (M_DB)" if self.target == "redis" else (
+            f"the agent of proxy {self.target.removeprefix('agent:')}")
+        return f"{self.at:g} s: {self.action} {what}"
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """A stretch of the attack reported on its own (before, during and
+    after the faults of a chaos run)."""
+
+    label: str
+    start: float
+    stop: float
+
+
+@dataclass(frozen=True, slots=True)
 class ScenarioPlan:
     name: str
     summary: str
@@ -144,6 +175,8 @@ class ScenarioPlan:
     thresholds: Thresholds
     flows: tuple[Flow, ...]
     notes: str = ""
+    faults: tuple[Fault, ...] = ()
+    phases: tuple[Phase, ...] = ()
 
     def params(self) -> dict[str, object]:
         """What the JSON report records as the scenario's parameters."""
@@ -167,6 +200,10 @@ class ScenarioPlan:
             "gossip_interval": GOSSIP_INTERVAL,
             "groups": groups,
             "notes": self.notes,
+            "faults": [{"at_s": f.at, "action": f.action, "target": f.target}
+                       for f in self.faults],
+            "phases": [{"label": p.label, "start_s": p.start, "stop_s": p.stop}
+                       for p in self.phases],
         }
 
 
@@ -303,6 +340,47 @@ def flash_crowd(lab: LabPlan, duration: float) -> ScenarioPlan:
     )
 
 
+def chaos(lab: LabPlan, duration: float) -> ScenarioPlan:
+    """``distributed``'s traffic, and in the middle of the attack a crash:
+    the agent of one proxy is SIGKILLed (its XDP filter stays attached and
+    keeps the view last written into it) and, where there is one, so is the
+    paper's Redis; later the agent is started again under the same node id.
+    Redis stays dead: the master is the paper's single point of failure,
+    which the mesh does not have."""
+    if len(lab.proxies) < 2:
+        raise ScenarioError("scenario chaos needs at least 2 proxies (`lab up --proxies 3`)")
+    base = distributed(lab, duration)
+    assert base.attack_start is not None and base.attack_stop is not None
+    a0, a1 = base.attack_start, base.attack_stop
+    kill = round(a0 + 0.3 * (a1 - a0), 1)
+    restart = round(a0 + 0.65 * (a1 - a0), 1)
+    victim = lab.proxies[len(lab.proxies) // 2].index
+    return ScenarioPlan(
+        name="chaos",
+        summary="the distributed attack, and mid-attack a proxy's agent and the master crash",
+        duration=duration,
+        attack_start=a0,
+        attack_stop=a1,
+        thresholds=base.thresholds,
+        flows=base.flows,
+        notes=(
+            f"{base.notes}; at {kill:g} s the agent of proxy {victim} is SIGKILLed (its filter "
+            f"stays attached) and so is redis-server (mode master); at {restart:g} s the agent "
+            "is started again under the same node id; Redis is not"
+        ),
+        faults=(
+            Fault(kill, "kill", f"agent:{victim}"),
+            Fault(kill, "kill", "redis"),
+            Fault(restart, "restart", f"agent:{victim}"),
+        ),
+        phases=(
+            Phase("before the crash", a0, kill),
+            Phase("agent and Redis down", kill, restart),
+            Phase("after the agent's restart", restart, a1),
+        ),
+    )
+
+
 SCENARIOS: dict[str, ScenarioSpec] = {
     s.name: s
     for s in (
@@ -312,6 +390,8 @@ SCENARIOS: dict[str, ScenarioSpec] = {
         ScenarioSpec("heavy-hitter", "one source above T_F1", 20.0, heavy_hitter),
         ScenarioSpec("flash-crowd", "many legitimate clients at once (false drops)", 30.0,
                      flash_crowd),
+        ScenarioSpec("chaos", "distributed, and mid-attack a proxy's agent and the master "
+                     "crash", 40.0, chaos),
     )
 }
 
@@ -380,14 +460,39 @@ class _Processes:
     """Every process a mode starts; one owner stops them all."""
 
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    argv: dict[str, tuple[list[str], Path]] = field(default_factory=dict)
+    killed: set[str] = field(default_factory=set)  # by a fault: not a death to report
 
     def start(self, name: str, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
-        with open(log, "wb") as out:
+        # A restarted process's log follows its first life's.
+        with open(log, "ab" if name in self.argv else "wb") as out:
             proc = subprocess.Popen(
                 list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         self.procs.append((name, proc))
+        self.argv[name] = (list(argv), log)
         return proc
+
+    def kill(self, name: str) -> bool:
+        """SIGKILL ``name`` (a crash); False when it is not running."""
+        for n, p in self.procs:
+            if n == name and p.poll() is None:
+                p.kill()
+                p.wait()
+                self.killed.add(name)
+                return True
+        return False
+
+    def restart(self, name: str) -> bool:
+        """Start ``name`` again as it was first started; False if it never was
+        or still runs."""
+        if name not in self.argv or any(n == name and p.poll() is None for n, p in self.procs):
+            return False
+        argv, log = self.argv[name]
+        self.procs = [(n, p) for n, p in self.procs if n != name]
+        self.start(name, argv, log)
+        self.killed.discard(name)
+        return True
 
     def stop(self, names: Callable[[str], bool] = lambda _n: True) -> None:
         chosen = [(n, p) for n, p in self.procs if names(n)]
@@ -639,6 +744,25 @@ def _agent_log(name: str, log: Path) -> tuple[int, list[str]]:
     return overloads, notes
 
 
+def _fault_process(target: str, lab: LabPlan) -> str:
+    """The process name a fault's target means in :class:`_Processes`."""
+    if target == "redis":
+        return "redis"
+    index = int(target.removeprefix("agent:"))
+    return next(f"agent-{p.ns}" for p in lab.proxies if p.index == index)
+
+
+def _inject(fault: Fault, lab: LabPlan, procs: _Processes) -> str | None:
+    """Carry ``fault`` out; what was done, or None where the mode does not
+    run the target."""
+    name = _fault_process(fault.target, lab)
+    if fault.action == "kill":
+        return f"SIGKILL {name}" if procs.kill(name) else None
+    if fault.action == "restart":
+        return f"restarted {name}" if procs.restart(name) else None
+    raise ScenarioError(f"unknown fault action {fault.action!r}")
+
+
 def _run_mode(
     lab: LabPlan, plan: ScenarioPlan, mode: str, workdir: Path, reporter: Reporter
 ) -> ModeResult:
@@ -733,12 +857,19 @@ def _run_mode(
         deadline = epoch + plan.duration + 8.0
         last = stats.read() if stats else {}
         last_t = time.monotonic()
+        pending = sorted(plan.faults, key=lambda f: f.at)
         while True:
             running = [p for n, p in procs.procs
                        if (n.startswith("traffic") or n == "victim") and p.poll() is None]
             if not running or time.monotonic() > deadline:
                 break
-            time.sleep(0.5)
+            wake = epoch + pending[0].at if pending else time.monotonic() + 0.5
+            time.sleep(max(0.0, min(0.5, wake - time.monotonic())))
+            while pending and time.monotonic() >= epoch + pending[0].at:
+                fault = pending.pop(0)
+                done = _inject(fault, lab, procs)
+                if done:
+                    notes.append(f"fault at {time.monotonic() - epoch:.1f} s: {done}")
             now = time.monotonic()
             live = ""
             if stats:
@@ -758,7 +889,7 @@ def _run_mode(
                 notes.append(f"{name} overran its time and was stopped")
         procs.stop(lambda n: n.startswith("traffic") or n == "victim")
         for name, proc in procs.procs:
-            if name.startswith("agent") and proc.poll() is not None:
+            if name.startswith("agent") and proc.poll() is not None and name not in procs.killed:
                 notes.append(f"{name} died during the run (exit {proc.returncode})")
         proxy_stats = stats.read() if stats else {}
     finally:
@@ -789,7 +920,10 @@ def _run_mode(
             bots.append(metrics.BotStream.from_json(doc))
         else:
             goods.append(metrics.GoodRequests.from_json(doc))
-    m = metrics.mode_metrics(victim, bots, goods, plan.duration)
+    m = metrics.mode_metrics(
+        victim, bots, goods, plan.duration,
+        phases=[(ph.label, ph.start, ph.stop) for ph in plan.phases],
+    )
     return ModeResult(
         mode=mode,
         metrics=m,
