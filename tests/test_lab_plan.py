@@ -4,6 +4,7 @@ shape and figure from a synthetic result. No namespaces."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -102,7 +103,7 @@ def test_chaos_crashes_one_agent_and_the_master_mid_attack_and_restarts_the_agen
     # The phases tile the attack, cut at the faults.
     edges = [(p.start, p.stop) for p in plan.phases]
     assert edges[0][0] == plan.attack_start and edges[-1][1] == plan.attack_stop
-    assert all(a[1] == b[0] for a, b in zip(edges, edges[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(edges))
     assert {p.stop for p in plan.phases[:-1]} == {kills[0].at, restarts[0].at}
     params = plan.params()
     assert len(params["faults"]) == 3 and len(params["phases"]) == 3  # type: ignore[arg-type]
