@@ -119,7 +119,14 @@ def test_fault_targets_name_the_processes_a_mode_started(tmp_path) -> None:
     procs = scenario._Processes()
     log = tmp_path / "a.log"
     first = procs.start("agent-xl-p1", ["sh", "-c", "echo life; exec sleep 30"], log)
+
+    def lives(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while log.read_text().count("life") < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     try:
+        lives(1)
         kill = scenario.Fault(1.0, "kill", "agent:1")
         assert scenario._inject(kill, lab, procs) == "SIGKILL agent-xl-p1"
         assert first.returncode == -9
@@ -132,9 +139,7 @@ def test_fault_targets_name_the_processes_a_mode_started(tmp_path) -> None:
         (name, second), = procs.procs
         assert name == "agent-xl-p1" and second.poll() is None and second is not first
         assert "agent-xl-p1" not in procs.killed
-        deadline = time.monotonic() + 10
-        while log.read_text().count("life") < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        lives(2)
     finally:
         procs.stop()
     assert log.read_text() == "life\nlife\n"  # the second life appends to the first's log
