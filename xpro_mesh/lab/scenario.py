@@ -341,23 +341,28 @@ def flash_crowd(lab: LabPlan, duration: float) -> ScenarioPlan:
 
 
 def chaos(lab: LabPlan, duration: float) -> ScenarioPlan:
-    """``distributed``'s traffic, and in the middle of the attack a crash:
-    the agent of one proxy is SIGKILLed (its XDP filter stays attached and
-    keeps the view last written into it) and, where there is one, so is the
-    paper's Redis; later the agent is started again under the same node id.
-    Redis stays dead: the master is the paper's single point of failure,
-    which the mesh does not have."""
+    """``distributed``'s traffic, and crashes in the middle of the attack.
+    First the agent of one proxy is SIGKILLed (its XDP filter stays
+    attached and keeps the view last written into it) and later started
+    again under the same node id: a node lost and back, in every mode with
+    agents. Then the paper's Redis is SIGKILLed for good: the master's
+    single point of failure, which the mesh does not have (in the gossip
+    modes that last phase is the control: nothing fails)."""
     if len(lab.proxies) < 2:
         raise ScenarioError("scenario chaos needs at least 2 proxies (`lab up --proxies 3`)")
     base = distributed(lab, duration)
     assert base.attack_start is not None and base.attack_stop is not None
     a0, a1 = base.attack_start, base.attack_stop
-    kill = round(a0 + 0.3 * (a1 - a0), 1)
-    restart = round(a0 + 0.65 * (a1 - a0), 1)
+
+    def at(share: float) -> float:
+        return round(a0 + share * (a1 - a0), 1)
+
+    kill, restart, redis = at(0.2), at(0.45), at(0.7)
     victim = lab.proxies[len(lab.proxies) // 2].index
     return ScenarioPlan(
         name="chaos",
-        summary="the distributed attack, and mid-attack a proxy's agent and the master crash",
+        summary="the distributed attack; mid-attack a proxy's agent crashes and comes back, "
+        "then the master dies",
         duration=duration,
         attack_start=a0,
         attack_stop=a1,
@@ -365,18 +370,19 @@ def chaos(lab: LabPlan, duration: float) -> ScenarioPlan:
         flows=base.flows,
         notes=(
             f"{base.notes}; at {kill:g} s the agent of proxy {victim} is SIGKILLed (its filter "
-            f"stays attached) and so is redis-server (mode master); at {restart:g} s the agent "
-            "is started again under the same node id; Redis is not"
+            f"stays attached), at {restart:g} s it is started again under the same node id, "
+            f"at {redis:g} s redis-server (mode master) is SIGKILLed for good"
         ),
         faults=(
             Fault(kill, "kill", f"agent:{victim}"),
-            Fault(kill, "kill", "redis"),
             Fault(restart, "restart", f"agent:{victim}"),
+            Fault(redis, "kill", "redis"),
         ),
         phases=(
             Phase("before the crash", a0, kill),
-            Phase("agent and Redis down", kill, restart),
-            Phase("after the agent's restart", restart, a1),
+            Phase(f"agent of proxy {victim} down", kill, restart),
+            Phase("agent back", restart, redis),
+            Phase("Redis down", redis, a1),
         ),
     )
 
@@ -390,8 +396,8 @@ SCENARIOS: dict[str, ScenarioSpec] = {
         ScenarioSpec("heavy-hitter", "one source above T_F1", 20.0, heavy_hitter),
         ScenarioSpec("flash-crowd", "many legitimate clients at once (false drops)", 30.0,
                      flash_crowd),
-        ScenarioSpec("chaos", "distributed, and mid-attack a proxy's agent and the master "
-                     "crash", 40.0, chaos),
+        ScenarioSpec("chaos", "distributed; mid-attack a proxy's agent crashes and comes "
+                     "back, then the master dies", 40.0, chaos),
     )
 }
 
