@@ -31,23 +31,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def redis_port(tmp_path: Path) -> Iterator[int]:
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     if not Path(REDIS).exists():
         pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
-    port = free_port()
     proc = subprocess.Popen(
         [REDIS, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
+         "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail(f"redis-server did not listen on {port}")
+
+
+@pytest.fixture
+def redis_port(tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    proc = start_redis(port, tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.02)
         yield port
     finally:
         proc.terminate()
@@ -128,3 +134,36 @@ def test_copies_on_idle_proxies_do_not_shrink_a_pairs_rate(redis_port: int) -> N
         rec = dict(maps.read_pairs())[PairKey.of("10.10.100.5", VICTIM)]
         rate = rec.c * S / (rec.ts2 - rec.ts1)
         assert 150 < rate < 260, rate
+
+
+def test_m_db_crash_fails_each_cycle_and_loses_no_proxy_counts(tmp_path: Path) -> None:
+    """The paper's single point of failure, killed: every cycle fails at once
+    (one attempt; the next interval is the retry), the proxy's own counts
+    stay in its maps, and a new, empty M_DB is re-seeded from them."""
+    import redis
+
+    port = free_port()
+    server = start_redis(port, tmp_path)
+    try:
+        (a, sa), (b, sb) = proxy(port), proxy(port)
+        now = time.time_ns()
+        for i in range(30):
+            a.feed("10.10.100.5", VICTIM, now + i)
+        sa.cycle_blocking()
+        server.kill()
+        server.wait(5)
+        for i in range(5):
+            a.feed("10.10.100.5", VICTIM, now + 100 + i)
+        for _ in range(3):
+            with pytest.raises(redis.ConnectionError):
+                sa.cycle_blocking()
+        assert count(a, "10.10.100.5") == 35  # nothing lost while M_DB is gone
+        assert sa.cycles == 1
+        server = start_redis(port, tmp_path)  # a fresh, empty M_DB
+        sa.cycle_blocking()
+        sb.cycle_blocking()
+        assert count(b, "10.10.100.5") == 35
+        assert sa.cycles == 2
+    finally:
+        server.kill()
+        server.wait(5)

@@ -397,7 +397,7 @@ SCENARIOS: dict[str, ScenarioSpec] = {
         ScenarioSpec("flash-crowd", "many legitimate clients at once (false drops)", 30.0,
                      flash_crowd),
         ScenarioSpec("chaos", "distributed; mid-attack a proxy's agent crashes and comes "
-                     "back, then the master dies", 40.0, chaos),
+                     "back, then the master dies", 50.0, chaos),
     )
 }
 
