@@ -83,3 +83,41 @@ def test_lab_down_is_idempotent_and_up_recovers_from_a_killed_run(lab: object) -
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "xl-" not in left
     assert main(["lab", "up", "--proxies", "2", "--clients", "2", "--bots", "4"]) == 0
+
+
+def test_chaos_a_crashed_agent_comes_back_and_the_mesh_outlives_the_master(
+    lab: object, tmp_path: Path
+) -> None:
+    """Mid-attack the agent of proxy 1 is SIGKILLed and restarted, then
+    Redis is SIGKILLed. The crashed agent's filter keeps enforcing the view
+    last written into it; the restarted agent rejoins under the same id; with
+    nothing left broken, the mesh holds the attack, while the master's
+    proxies sync no more."""
+    out = tmp_path / "chaos.json"
+    work = tmp_path / "work"
+    status = main(
+        ["lab", "scenario", "chaos", "--modes", "gossip,master", "--duration", "30",
+         "--json-out", str(out), "--workdir", str(work), "--quiet"]
+    )
+    assert status == 0
+    doc = json.loads(out.read_text())
+    assert [(f["action"], f["target"]) for f in doc["params"]["faults"]] == [
+        ("kill", "agent:1"), ("restart", "agent:1"), ("kill", "redis")
+    ]
+    gossip, master = doc["modes"]["gossip"], doc["modes"]["master"]
+    assert any("SIGKILL agent-xl-p1" in n for n in gossip["notes"])
+    assert any("restarted agent-xl-p1" in n for n in gossip["notes"])
+    assert not any("SIGKILL redis" in n for n in gossip["notes"])  # no Redis in gossip
+    assert any("SIGKILL redis" in n for n in master["notes"])
+    assert any("map sync failed" in n for n in master["notes"])  # M_DB really went away
+    # Two lives of the same node in one log: the restart really happened.
+    log = (work / "gossip" / "agent-xl-p1.log").read_text()
+    assert log.count("agent p1 up") == 2
+    phases = gossip["phases"]
+    assert list(phases) == ["before the crash", "agent of proxy 1 down", "agent back",
+                            "Redis down"]
+    # Proxy 1's bots come from 10.10.101.x: its filter, its agent dead,
+    # still drops them on the last view it was given.
+    assert phases["agent of proxy 1 down"]["attack_delivered_ratio_by_block"]["101"] < 0.05
+    assert phases["Redis down"]["attack_delivered_ratio"] < 0.05  # gossip: nothing broken
+    assert gossip["good_success_ratio"] > 0.95

@@ -130,3 +130,44 @@ def test_every_kernel_converges_to_the_exact_mesh_count(seed: int, nodes: int) -
         dst = dict(n.maps.read_destinations())[PairKey.of("::", VICTIM).dst]
         assert dst.c == sum(truth.values())
         assert dst.clients == sum(1 for v in truth.values() if v)
+
+
+def test_an_agent_back_from_a_gap_replays_the_halvings_it_missed() -> None:
+    """A kernel that counted for 16 x T_T4 without its agent (a crash): the
+    first cycle brings the window back within T_T4 at once, rate kept, as
+    the missed syncs would have (Alg. 1 lines 13-17, once per sync), so the
+    destination's rate is not diluted by a window 16 times too wide."""
+    short = Params(t_t1=5 * S, t_t2=S, t_t3=S, t_t4=2 * S, t_f1=10**6, t_f2=10**7, r=2)
+    node = Node("a")
+    node.state = GossipState("a", incarnation=2, params=short)
+    now = 100 * S
+    for i in range(3200):  # 100 pps for 32 s
+        node.maps.feed("10.10.100.5", VICTIM, now + i * (S // 100))
+    end = now + 3199 * (S // 100)
+    node.cycle(end + 1)
+    rec = dict(node.maps.read_pairs())[PairKey.of("10.10.100.5", VICTIM)]
+    assert rec.ts2 - rec.ts1 <= short.t_t4
+    assert rec.dc == 0
+    rate = rec.c / ((rec.ts2 - rec.ts1) / S)
+    assert 95 <= rate <= 105  # the pair's rate survives the halvings
+    key = PairKey.of("10.10.100.5", VICTIM)
+    own = node.state.own_entry((key.src, key.dst))
+    assert own is not None and own.ts2 - own.ts1 <= short.t_t4
+    dest = dict(node.maps.read_destinations())[PairKey.of("::", VICTIM).dst]
+    assert dest.ts2 - dest.ts1 <= short.t_t4
+
+
+def test_a_new_window_just_past_t_t4_is_halved_once_not_more() -> None:
+    """The paper's first sync of a pair stores it as counted (lines 31-33) and
+    the next one halves it; the catch-up does that second sync at once, and
+    stops there: within T_T4, no further halving."""
+    short = Params(t_t1=5 * S, t_t2=S, t_t3=S, t_t4=2 * S, t_f1=10**6, t_f2=10**7, r=2)
+    node = Node("a")
+    node.state = GossipState("a", incarnation=1, params=short)
+    now = 100 * S
+    for i in range(30):  # 10 pps for 3 s: past T_T4, within 2 T_T4
+        node.maps.feed("10.10.100.5", VICTIM, now + i * (S // 10))
+    node.cycle(now + 3 * S)
+    rec = dict(node.maps.read_pairs())[PairKey.of("10.10.100.5", VICTIM)]
+    assert rec.c == 15  # one halving, c // r
+    assert rec.ts2 - rec.ts1 == (29 * (S // 10)) // 2  # the window halved once, not more

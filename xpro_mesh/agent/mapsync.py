@@ -20,10 +20,10 @@ are deleted.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Generator, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Generator, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
-from xpro_mesh.core.gossip_state import GossipState, LocalCount, Pair
+from xpro_mesh.core.gossip_state import GossipState, LocalCount, LocalSync, Pair
 from xpro_mesh.datapath.backend import DestOp, PairKey, PairOp, PairRecord
 
 __all__ = [
@@ -49,6 +49,39 @@ class SyncPlan:
     own_changed: int  # own rows that got a new version (have news to gossip)
     expired: int  # rows aged out of the state this cycle
 
+
+MAX_CATCH_UP = 64  # halvings replayed at most for one pair in one cycle
+
+
+def _sync_own(
+    record_local: Callable[[Pair, LocalCount], LocalSync], pair: Pair, rec: PairRecord, t_t4: int
+) -> bool:
+    """Algorithm 1 for this origin's row of ``pair``, then the syncs that were
+    missed, replayed: whether the row changed.
+
+    The paper syncs every interval, and each sync shrinks a window that grew
+    past T_T4 once (lines 13-17), so a window never outgrows T_T4 by more than
+    an interval. An agent that was down (a crash, a restart) or whose cycle
+    ran long finds windows many times T_T4 long: left to one halving a cycle,
+    their rows dilute the destination's rate for several cycles (Algorithm 2
+    line 19 divides the summed counts by the widest window), and the filter
+    passes an attack it was dropping (the lab's ``chaos`` scenario showed
+    ~1 s of it after every restart). Each replayed step is a sync without new
+    packets, as Algorithm 1 defines it: the pair's rate is kept, only the
+    window is brought back within T_T4.
+    """
+    synced = record_local(pair, LocalCount.from_record(rec))
+    changed = synced.changed
+    for _ in range(MAX_CATCH_UP):
+        row = synced.entry
+        if row.ts2 - row.ts1 <= t_t4:
+            break
+        local = synced.local
+        synced = record_local(pair, LocalCount(ts1=local.ts1, ts2=local.ts2, dc=0, mark=0))
+        if not synced.changed:
+            break
+        changed = True
+    return changed
 
 def plan_sync(
     state: GossipState,
@@ -113,7 +146,7 @@ def plan_sync_steps(
             # the rest keeps a cycle over a million quiet pairs cheap.
             own = own_entry((key.src, key.dst))
             needs = own is not None and rec.ts2 - own.ts1 > t_t4
-        if needs and record_local((key.src, key.dst), LocalCount.from_record(rec)).changed:
+        if needs and _sync_own(record_local, (key.src, key.dst), rec, t_t4):
             own_changed += 1
     expired = state.expire(now).dropped
 
