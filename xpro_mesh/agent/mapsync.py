@@ -63,12 +63,11 @@ def _sync_own(
     past T_T4 once (lines 13-17), so a window never outgrows T_T4 by more than
     an interval. An agent that was down (a crash, a restart) or whose cycle
     ran long finds windows many times T_T4 long: left to one halving a cycle,
-    their rows dilute the destination's rate for several cycles (Algorithm 2
-    line 19 divides the summed counts by the widest window), and the filter
-    passes an attack it was dropping (the lab's ``chaos`` scenario showed
-    ~1 s of it after every restart). Each replayed step is a sync without new
-    packets, as Algorithm 1 defines it: the pair's rate is kept, only the
-    window is brought back within T_T4.
+    their rows would dilute the destination's rate for several cycles
+    (Algorithm 2 line 19 divides the summed counts by the widest window), and
+    the filter could pass an attack it was dropping. Each replayed step is a
+    sync without new packets, as Algorithm 1 defines it: the pair's rate is
+    kept, only the window is brought back within T_T4.
     """
     synced = record_local(pair, LocalCount.from_record(rec))
     changed = synced.changed
