@@ -169,3 +169,44 @@ async def test_rows_merged_while_a_cycle_plans_reach_the_kernel_next_cycle() -> 
     await inc.sync_once()
     assert kernel(inc_maps) == kernel(full_maps)
     assert destinations(inc_maps) == destinations(full_maps)
+
+
+async def test_a_sync_failing_every_cycle_is_counted_each_time_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """M_DB gone: every cycle fails and is counted, the log gets one line
+    (not ten a second), and one more when syncs work again."""
+
+    class FlakyMaster:
+        def __init__(self) -> None:
+            self.calls = 0
+            self.ten = asyncio.Event()
+
+        async def cycle(self) -> None:
+            self.calls += 1
+            if self.calls >= 10:
+                self.ten.set()
+            if self.calls <= 8:
+                raise ConnectionError("Error 111 connecting to 10.20.0.3:6379")
+
+    syncer = FlakyMaster()
+    config = load_config(
+        None,
+        {"backend": "memory", "profile": "local", "node_id": "m", "sync": "master",
+         "redis": "10.20.0.3:6379", "api": "127.0.0.1:0", "gossip.interval": "20ms"},
+        require_key_file=False,
+    )
+    agent = Agent(config, backend=MemoryMaps(xdp_config(config.thresholds)),
+                  syncer_factory=lambda _agent: syncer)
+    caplog.set_level("INFO", logger="xpro_mesh.agent")
+    await agent.start()
+    try:
+        await asyncio.wait_for(syncer.ten.wait(), 10)
+    finally:
+        agent.stop.set()
+        await agent.shutdown()
+    assert agent.sync.failures == 8
+    failed = [r for r in caplog.records if "map sync failed" in r.getMessage()]
+    assert len(failed) == 1 and "ConnectionError" in failed[0].getMessage()
+    assert any("works again after 8 failed cycles" in r.getMessage() for r in caplog.records)
+    assert agent.sync.last_error == ""

@@ -61,6 +61,7 @@ EVENT_POLL_S = 0.2  # overload warnings are forwarded at most this late
 CLOCK_SYNC_S = 1.0  # kernel → cluster clock offset refresh
 STEER_HYSTERESIS = 0.2  # an overloaded proxy returns below 80 % of the threshold
 WEBHOOK_QUEUE = 256  # warnings waiting for the webhook; more are dropped (counted)
+SYNC_FAILURE_LOG_S = 10.0  # a sync failing every cycle logs once per this
 FIRST_PULL_ROUNDS = 10  # gossip intervals the first map sync waits for a peer's answer
 FULL_SYNC_EVERY = 60  # map syncs between two full ones (the others skip quiet pairs)
 FULL_SYNC_SHARE = 4  # a full sync when over 1/4 of the kernel's pairs changed anyway
@@ -352,6 +353,8 @@ class Agent:
         interval = self.config.gossip.interval_ns / 1e9
         if self.config.sync is SyncMode.GOSSIP:
             await self._await_first_pull(FIRST_PULL_ROUNDS * interval)
+        failing = 0
+        logged_at = 0.0
         while not self.stop.is_set():
             started = time.monotonic()
             try:
@@ -365,8 +368,21 @@ class Agent:
                 self.sync.last_error = ""
             except Exception as exc:  # a failed cycle is counted, the next one retries
                 self.sync.failures += 1
-                self.sync.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("map sync failed: %s", self.sync.last_error)
+                error = f"{type(exc).__name__}: {exc}"
+                failing += 1
+                now = time.monotonic()
+                # With M_DB gone every cycle fails: log the first failure, a
+                # new error, then one line per SYNC_FAILURE_LOG_S (counted).
+                if error != self.sync.last_error or now - logged_at >= SYNC_FAILURE_LOG_S:
+                    log.warning(
+                        "map sync failed: %s (%d cycles failing in a row)", error, failing
+                    )
+                    logged_at = now
+                self.sync.last_error = error
+            else:
+                if failing:
+                    log.info("map sync works again after %d failed cycles", failing)
+                failing = 0
             self.sync.last_duration_s = time.monotonic() - started
             await self._sleep(max(0.0, interval - self.sync.last_duration_s))
 
