@@ -255,20 +255,47 @@ def _need(lab: LabPlan, bots: int = 1, clients: int = 1) -> None:
         )
 
 
-def distributed(lab: LabPlan, duration: float) -> ScenarioPlan:
+def _regulars_and(
+    lab: LabPlan,
+    duration: float,
+    *,
+    name: str,
+    summary: str,
+    t_f2: int,
+    role: str,
+    label: str,
+    rate: float,
+    notes: str,
+    limit: int | None = None,
+    attack: bool = True,
+) -> ScenarioPlan:
+    """The shape every scenario shares: the good clients at GOOD_RATE for
+    the whole run, and the bot addresses as one group (``role``, ``label``
+    at ``rate``) over the scenario's timeline; ``attack`` False when that
+    group is innocent (no attack figures)."""
     _need(lab)
     a0, a1 = _timeline(duration)
     return ScenarioPlan(
-        name="distributed",
-        summary="hundreds of slow bots spread over every proxy (the paper's case)",
+        name=name,
+        summary=summary,
         duration=duration,
-        attack_start=a0,
-        attack_stop=a1,
-        thresholds=Thresholds(t_f1=T_F1, t_f2=capacity(lab)),
+        attack_start=a0 if attack else None,
+        attack_stop=a1 if attack else None,
+        thresholds=Thresholds(t_f1=T_F1, t_f2=t_f2),
         flows=tuple(
             _flows(lab, "good", "good", "regular", GOOD_RATE, 0.0, duration)
-            + _flows(lab, "bot", "bots", "bots", BOT_RATE, a0, a1)
+            + _flows(lab, "bot", role, label, rate, a0, a1, limit=limit)
         ),
+        notes=notes,
+    )
+
+
+def distributed(lab: LabPlan, duration: float) -> ScenarioPlan:
+    return _regulars_and(
+        lab, duration,
+        name="distributed",
+        summary="hundreds of slow bots spread over every proxy (the paper's case)",
+        t_f2=capacity(lab), role="bots", label="bots", rate=BOT_RATE,
         notes=(
             f"each bot sends {BOT_RATE:g} pps (< T_F1), a good client {GOOD_RATE:g} req/s; "
             f"T_F2 = {CAPACITY_SHARE:g} x the botnet's rate: above one proxy's share, "
@@ -278,20 +305,12 @@ def distributed(lab: LabPlan, duration: float) -> ScenarioPlan:
 
 
 def low_and_slow(lab: LabPlan, duration: float) -> ScenarioPlan:
-    _need(lab)
-    a0, a1 = _timeline(duration)
-    t_f2 = max(1, round(CAPACITY_SHARE * len(lab.bot_addrs()) * GOOD_RATE))
-    return ScenarioPlan(
+    return _regulars_and(
+        lab, duration,
         name="low-and-slow",
         summary="bots no faster than good clients: rates cannot tell them apart",
-        duration=duration,
-        attack_start=a0,
-        attack_stop=a1,
-        thresholds=Thresholds(t_f1=T_F1, t_f2=t_f2),
-        flows=tuple(
-            _flows(lab, "good", "good", "regular", GOOD_RATE, 0.0, duration)
-            + _flows(lab, "bot", "bots", "bots", GOOD_RATE, a0, a1)
-        ),
+        t_f2=max(1, round(CAPACITY_SHARE * len(lab.bot_addrs()) * GOOD_RATE)),
+        role="bots", label="bots", rate=GOOD_RATE,
         notes=(
             f"bots send {GOOD_RATE:g} pps like the good clients; the victim's capacity is "
             f"sized as in distributed ({CAPACITY_SHARE:g} x this botnet's rate), so the mesh "
@@ -301,37 +320,22 @@ def low_and_slow(lab: LabPlan, duration: float) -> ScenarioPlan:
 
 
 def heavy_hitter(lab: LabPlan, duration: float) -> ScenarioPlan:
-    _need(lab)
-    a0, a1 = _timeline(duration)
-    return ScenarioPlan(
+    return _regulars_and(
+        lab, duration,
         name="heavy-hitter",
         summary="one source above T_F1 (the pair rule, local to its proxy)",
-        duration=duration,
-        attack_start=a0,
-        attack_stop=a1,
-        thresholds=Thresholds(t_f1=T_F1, t_f2=capacity(lab)),
-        flows=tuple(
-            _flows(lab, "good", "good", "regular", GOOD_RATE, 0.0, duration)
-            + _flows(lab, "bot", "bots", "heavy", HEAVY_RATE, a0, a1, limit=1)
-        ),
+        t_f2=capacity(lab), role="bots", label="heavy", rate=HEAVY_RATE, limit=1,
         notes=f"one address at {HEAVY_RATE:g} pps = {HEAVY_RATE / T_F1:g} x T_F1",
     )
 
 
 def flash_crowd(lab: LabPlan, duration: float) -> ScenarioPlan:
-    _need(lab)
     a0, a1 = _timeline(duration)
-    return ScenarioPlan(
+    return _regulars_and(
+        lab, duration,
         name="flash-crowd",
         summary="many legitimate clients at once: what the rules do to innocent peaks",
-        duration=duration,
-        attack_start=None,
-        attack_stop=None,
-        thresholds=Thresholds(t_f1=T_F1, t_f2=capacity(lab)),
-        flows=tuple(
-            _flows(lab, "good", "good", "regular", GOOD_RATE, 0.0, duration)
-            + _flows(lab, "bot", "good", "crowd", CROWD_RATE, a0, a1)
-        ),
+        t_f2=capacity(lab), role="good", label="crowd", rate=CROWD_RATE, attack=False,
         notes=(
             f"the bot addresses act as legitimate clients (request/response) at "
             f"{CROWD_RATE:g} req/s from {a0:g} s to {a1:g} s; every failed request of the "
