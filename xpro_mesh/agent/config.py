@@ -337,15 +337,7 @@ class Thresholds:
     def params(self) -> Params:
         """The algorithm core's :class:`~xpro_mesh.algorithm.Params` (the
         policy is chosen by which filter function the caller uses)."""
-        return Params(
-            t_t1=self.t_t1,
-            t_t2=self.t_t2,
-            t_t3=self.t_t3,
-            t_t4=self.t_t4,
-            t_f1=self.t_f1,
-            t_f2=self.t_f2,
-            r=self.r,
-        )
+        return Params.of(self)
 
 
 @dataclass(frozen=True, slots=True)

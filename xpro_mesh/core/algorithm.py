@@ -46,6 +46,9 @@ class Verdict(enum.StrEnum):
     DROP_DEST = "drop_dest"  # lines 21-23: destination D is over T_F2
 
 
+_PARAM_NAMES = ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "r")
+
+
 @dataclass(frozen=True, slots=True)
 class Params:
     """The paper's thresholds.
@@ -69,7 +72,7 @@ class Params:
     r: int
 
     def __post_init__(self) -> None:
-        for name in ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "r"):
+        for name in _PARAM_NAMES:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -77,6 +80,12 @@ class Params:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if self.r < 2:
             raise ValueError(f"r must be an integer >= 2, got {self.r}")
+
+    @classmethod
+    def of(cls, source: object) -> Params:
+        """The thresholds of any object holding them under the same names (the
+        agent's and the data path's configurations)."""
+        return cls(**{name: getattr(source, name) for name in _PARAM_NAMES})
 
 
 @dataclass(frozen=True, slots=True)

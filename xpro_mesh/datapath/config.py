@@ -176,15 +176,7 @@ class XdpConfig:
     @property
     def params(self) -> Params:
         """The core's thresholds (for the reference model and the agent)."""
-        return Params(
-            t_t1=self.t_t1,
-            t_t2=self.t_t2,
-            t_t3=self.t_t3,
-            t_t4=self.t_t4,
-            t_f1=self.t_f1,
-            t_f2=self.t_f2,
-            r=self.r,
-        )
+        return Params.of(self)
 
     @classmethod
     def from_params(cls, p: Params, **rest: Any) -> XdpConfig:
