@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import enum
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -69,41 +69,45 @@ class ClockSource(enum.StrEnum):
     PRECISE = "precise"  # bpf_ktime_get_ns(): ~30 ns, ns resolution
 
 
+def _parse_quantity(
+    key: str,
+    value: object,
+    what: str,
+    from_text: Callable[[str], int],
+    hint: str = "",
+    unit: str = "",
+) -> int:
+    """An int as it is, or a string through ``from_text``; a bool, another
+    type or a value outside the kernel's s64 is one ConfigError naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{key}: expected {what}, got {value!r}")
+    if isinstance(value, int):
+        number = value
+    else:
+        try:
+            number = from_text(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}{hint}") from None
+    if not 0 <= number <= _MAX_S64:
+        raise ConfigError(f"{key}: {number}{unit} is out of range")
+    return number
+
+
+def _duration_text(text: str) -> int:
+    text = text.strip()
+    return int(text) if text.isdigit() else units.parse_duration_ns(text)
+
+
 def parse_duration(key: str, value: object) -> int:
     """ns from an int (ns) or a string with a unit; a bare number is ns."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a duration, got {value!r}")
-    if isinstance(value, int):
-        ns = value
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            ns = int(text) if text.isdigit() else units.parse_duration_ns(text)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc} (e.g. 1s, 500ms, 100ns)") from None
-    else:
-        raise ConfigError(f"{key}: expected a duration, got {value!r}")
-    if not 0 <= ns <= _MAX_S64:
-        raise ConfigError(f"{key}: {ns} ns is out of range")
-    return ns
+    return _parse_quantity(
+        key, value, "a duration", _duration_text, " (e.g. 1s, 500ms, 100ns)", unit=" ns"
+    )
 
 
 def parse_rate(key: str, value: object) -> int:
     """packets/s from an int or a string like ``"10k"``."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected packets per second, got {value!r}")
-    if isinstance(value, int):
-        rate = value
-    elif isinstance(value, str):
-        try:
-            rate = units.parse_rate_pps(value)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    else:
-        raise ConfigError(f"{key}: expected packets per second, got {value!r}")
-    if not 0 <= rate <= _MAX_S64:
-        raise ConfigError(f"{key}: {rate} is out of range")
-    return rate
+    return _parse_quantity(key, value, "packets per second", units.parse_rate_pps)
 
 
 def _parse_int(key: str, value: object) -> int:
