@@ -334,6 +334,11 @@ class Thresholds:
             _require(getattr(self, name) >= 1, f"thresholds.{name}", "must be at least 1/s")
         _require(self.r >= 2, "thresholds.r", f"must be an integer >= 2, got {self.r}")
 
+    def as_json(self) -> dict[str, int | str]:
+        """What ``GET /v1/config`` shows and a reload logs: ns, packets/s, the
+        policy's name."""
+        return {**dataclasses.asdict(self.params()), "policy": str(self.policy)}
+
     def params(self) -> Params:
         """The algorithm core's :class:`~xpro_mesh.algorithm.Params` (the
         policy is chosen by which filter function the caller uses)."""

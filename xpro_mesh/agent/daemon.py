@@ -345,7 +345,7 @@ class Agent:
         self.thresholds = thresholds
         self.config = replace(self.config, thresholds=thresholds)
         self.counters.reloads += 1
-        log.info("thresholds now %s", json.dumps(_thresholds_dict(thresholds)))
+        log.info("thresholds now %s", json.dumps(thresholds.as_json()))
 
     # --- loops -------------------------------------------------------------------------
 
@@ -661,16 +661,3 @@ def _gc_paused() -> Iterator[None]:
 
 def _total(stats: Stats) -> int:
     return stats.passed + stats.drop_pair + stats.drop_dest
-
-
-def _thresholds_dict(t: Thresholds) -> dict[str, Any]:
-    return {
-        "t_t1": t.t_t1,
-        "t_t2": t.t_t2,
-        "t_t3": t.t_t3,
-        "t_t4": t.t_t4,
-        "t_f1": t.t_f1,
-        "t_f2": t.t_f2,
-        "r": t.r,
-        "policy": str(t.policy),
-    }

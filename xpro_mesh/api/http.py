@@ -288,21 +288,7 @@ class ApiServer:
         return web.json_response({"records": out[:limit], "total": len(out)})
 
     async def get_config(self, request: web.Request) -> web.Response:
-        t = self.agent.thresholds
-        return web.json_response(
-            {
-                "thresholds": {
-                    "t_t1": t.t_t1,
-                    "t_t2": t.t_t2,
-                    "t_t3": t.t_t3,
-                    "t_t4": t.t_t4,
-                    "t_f1": t.t_f1,
-                    "t_f2": t.t_f2,
-                    "r": t.r,
-                    "policy": str(t.policy),
-                }
-            }
-        )
+        return web.json_response({"thresholds": self.agent.thresholds.as_json()})
 
     def _authorised(self, request: web.Request) -> web.Response | None:
         token = self.agent.api_token

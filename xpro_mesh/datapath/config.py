@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,10 @@ def _parse_enum(key: str, value: object, kind: type[enum.Enum]) -> Any:
         raise ConfigError(f"{key}: {value!r} is not one of {choices}") from None
 
 
+# The integer fields, range-checked here and copied into the kernel's struct.
+_INT_FIELDS = ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "r", "warn_interval", "warn_per_cpu")
+
+
 @dataclass(frozen=True, slots=True)
 class XdpConfig:
     """Everything the kernel program reads from its config map.
@@ -152,17 +156,7 @@ class XdpConfig:
     warn_per_cpu: int = 100
 
     def __post_init__(self) -> None:
-        for name in (
-            "t_t1",
-            "t_t2",
-            "t_t3",
-            "t_t4",
-            "t_f1",
-            "t_f2",
-            "r",
-            "warn_interval",
-            "warn_per_cpu",
-        ):
+        for name in _INT_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name}: must be an integer, got {value!r}")
@@ -184,30 +178,11 @@ class XdpConfig:
 
     @classmethod
     def from_params(cls, p: Params, **rest: Any) -> XdpConfig:
-        return cls(
-            t_t1=p.t_t1,
-            t_t2=p.t_t2,
-            t_t3=p.t_t3,
-            t_t4=p.t_t4,
-            t_f1=p.t_f1,
-            t_f2=p.t_f2,
-            r=p.r,
-            **rest,
-        )
+        return cls(**asdict(p), **rest)
 
     def to_struct(self) -> structs.XproConfig:
         c = structs.XproConfig()
-        for name in (
-            "t_t1",
-            "t_t2",
-            "t_t3",
-            "t_t4",
-            "t_f1",
-            "t_f2",
-            "r",
-            "warn_interval",
-            "warn_per_cpu",
-        ):
+        for name in _INT_FIELDS:
             setattr(c, name, getattr(self, name))
         c.policy = (
             structs.XPRO_POLICY_PAPER
