@@ -145,6 +145,51 @@ def test_fault_targets_name_the_processes_a_mode_started(tmp_path) -> None:
     assert log.read_text() == "life\nlife\n"  # the second life appends to the first's log
 
 
+def test_failover_takes_a_whole_proxy_down_mid_attack_and_brings_it_back() -> None:
+    lab = topology.plan(3, 12, 180)
+    plan = scenario.failover(lab, 40)
+    assert plan.flows == scenario.distributed(lab, 40).flows
+    assert [(f.action, f.target, f.via) for f in plan.faults] == [
+        ("down", "proxy:1", 2), ("up", "proxy:1", None)
+    ]
+    assert plan.attack_start is not None and plan.attack_stop is not None
+    assert plan.attack_start < plan.faults[0].at < plan.faults[1].at < plan.attack_stop
+    assert [p.stop for p in plan.phases[:-1]] == [f.at for f in plan.faults]
+    assert "move to proxy 2" in plan.faults[0].describe()
+    assert plan.params()["faults"][0]["via"] == 2  # type: ignore[index]
+    with pytest.raises(ScenarioError, match="at least 2 proxies"):
+        scenario.failover(topology.plan(1, 2, 4), 40)
+
+
+class RecordingNetwork:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int | None]] = []
+
+    def down(self, index: int, via: int) -> None:
+        self.calls.append(("down", index, via))
+
+    def up(self, index: int) -> None:
+        self.calls.append(("up", index, None))
+
+
+def test_a_proxy_going_down_kills_its_agent_and_coming_up_restarts_it(tmp_path) -> None:
+    lab = topology.plan(3, 3, 3)
+    procs = scenario._Processes()
+    net = RecordingNetwork()
+    procs.start("agent-xl-p1", ["sleep", "30"], tmp_path / "a.log")
+    try:
+        down = scenario.Fault(1.0, "down", "proxy:1", via=2)
+        done = scenario._inject(down, lab, procs, net)  # type: ignore[arg-type]
+        assert done == "proxy 1 down (SIGKILL agent-xl-p1), its traffic through proxy 2"
+        assert net.calls == [("down", 1, 2)] and "agent-xl-p1" in procs.killed
+        done = scenario._inject(scenario.Fault(2.0, "up", "proxy:1"), lab, procs, net)  # type: ignore[arg-type]
+        assert done == "proxy 1 up (restarted agent-xl-p1)"
+        assert net.calls[-1] == ("up", 1, None)
+        assert procs.procs[0][1].poll() is None
+    finally:
+        procs.stop()
+
+
 def test_thresholds_render_as_toml_for_xdp_and_the_agent(tmp_path) -> None:
     import tomllib
 

@@ -143,15 +143,26 @@ class Fault:
     killed process again as it was started (an agent under the same node
     id). Targets: ``agent:<proxy index>`` and ``redis`` (the paper's M_DB);
     a fault whose target a mode does not run (no agents in ``local``, no
-    Redis in ``gossip``) does nothing in that mode."""
+    Redis in ``gossip``) does nothing in that mode. ``down`` on
+    ``proxy:<i>`` is the whole proxy dying: its agent SIGKILLed, its links
+    down, and its clients' and bots' traffic moved to proxy ``via`` (the
+    network's failover, done at once); ``up`` undoes all three."""
 
     at: float  # seconds after the epoch
-    action: str  # "kill" | "restart"
-    target: str  # "agent:<i>" | "redis"
+    action: str  # "kill" | "restart" (agent, redis) | "down" | "up" (proxy)
+    target: str  # "agent:<i>" | "redis" | "proxy:<i>"
+    via: int | None = None  # "down": the proxy its clients and bots move to
 
     def describe(self) -> str:
-        what = "Redis (M_DB)" if self.target == "redis" else (
-            f"the agent of proxy {self.target.removeprefix('agent:')}")
+        kind, _, index = self.target.partition(":")
+        if kind == "redis":
+            what = "Redis (M_DB)"
+        elif kind == "agent":
+            what = f"the agent of proxy {index}"
+        else:
+            what = f"proxy {index}"
+            if self.via is not None:
+                what += f" (its clients and bots move to proxy {self.via})"
         return f"{self.at:g} s: {self.action} {what}"
 
 
@@ -200,7 +211,7 @@ class ScenarioPlan:
             "gossip_interval": GOSSIP_INTERVAL,
             "groups": groups,
             "notes": self.notes,
-            "faults": [{"at_s": f.at, "action": f.action, "target": f.target}
+            "faults": [{"at_s": f.at, "action": f.action, "target": f.target, "via": f.via}
                        for f in self.faults],
             "phases": [{"label": p.label, "start_s": p.start, "stop_s": p.stop}
                        for p in self.phases],
@@ -391,6 +402,46 @@ def chaos(lab: LabPlan, duration: float) -> ScenarioPlan:
     )
 
 
+def failover(lab: LabPlan, duration: float) -> ScenarioPlan:
+    """``distributed``'s traffic, and in the middle of the attack a whole
+    proxy dies: its agent SIGKILLed, its links down, and its clients and
+    bots moved to the next proxy, as the network's failover would (the lab
+    does it at once); later it comes back (links up, routes back, the agent
+    restarted under the same node id). The proxy taking over meets the
+    moved bots as new pairs: the question is whether the mesh keeps the
+    attack cut while its traffic moves."""
+    if len(lab.proxies) < 2:
+        raise ScenarioError("scenario failover needs at least 2 proxies (`lab up --proxies 3`)")
+    base = distributed(lab, duration)
+    assert base.attack_start is not None and base.attack_stop is not None
+    a0, a1 = base.attack_start, base.attack_stop
+    down, up = round(a0 + 0.3 * (a1 - a0), 1), round(a0 + 0.65 * (a1 - a0), 1)
+    dead = lab.proxies[len(lab.proxies) // 2].index
+    via = lab.proxies[(len(lab.proxies) // 2 + 1) % len(lab.proxies)].index
+    return ScenarioPlan(
+        name="failover",
+        summary="the distributed attack; mid-attack a whole proxy dies and its clients move on",
+        duration=duration,
+        attack_start=a0,
+        attack_stop=a1,
+        thresholds=base.thresholds,
+        flows=base.flows,
+        notes=(
+            f"{base.notes}; at {down:g} s proxy {dead} dies (agent SIGKILLed, links down) and "
+            f"its clients and bots are routed through proxy {via}; at {up:g} s it is back"
+        ),
+        faults=(
+            Fault(down, "down", f"proxy:{dead}", via=via),
+            Fault(up, "up", f"proxy:{dead}"),
+        ),
+        phases=(
+            Phase("before", a0, down),
+            Phase(f"proxy {dead} dead, its traffic via proxy {via}", down, up),
+            Phase(f"proxy {dead} back", up, a1),
+        ),
+    )
+
+
 SCENARIOS: dict[str, ScenarioSpec] = {
     s.name: s
     for s in (
@@ -400,6 +451,8 @@ SCENARIOS: dict[str, ScenarioSpec] = {
         ScenarioSpec("heavy-hitter", "one source above T_F1", 20.0, heavy_hitter),
         ScenarioSpec("flash-crowd", "many legitimate clients at once (false drops)", 30.0,
                      flash_crowd),
+        ScenarioSpec("failover", "distributed; mid-attack a whole proxy dies and its "
+                     "clients move to the next one, then it comes back", 40.0, failover),
         ScenarioSpec("chaos", "distributed; mid-attack a proxy's agent crashes and comes "
                      "back, then the master dies", 50.0, chaos),
     )
@@ -755,14 +808,17 @@ def _agent_log(name: str, log: Path) -> tuple[int, list[str]]:
 
 
 def _fault_process(target: str, lab: LabPlan) -> str:
-    """The process name a fault's target means in :class:`_Processes`."""
+    """The process name a fault's target means in :class:`_Processes` (a
+    proxy's: its agent)."""
     if target == "redis":
         return "redis"
-    index = int(target.removeprefix("agent:"))
+    index = int(target.partition(":")[2])
     return next(f"agent-{p.ns}" for p in lab.proxies if p.index == index)
 
 
-def _inject(fault: Fault, lab: LabPlan, procs: _Processes) -> str | None:
+def _inject(
+    fault: Fault, lab: LabPlan, procs: _Processes, network: _Network | None = None
+) -> str | None:
     """Carry ``fault`` out; what was done, or None where the mode does not
     run the target."""
     name = _fault_process(fault.target, lab)
@@ -770,7 +826,46 @@ def _inject(fault: Fault, lab: LabPlan, procs: _Processes) -> str | None:
         return f"SIGKILL {name}" if procs.kill(name) else None
     if fault.action == "restart":
         return f"restarted {name}" if procs.restart(name) else None
+    if fault.action in ("down", "up") and network is not None:
+        index = int(fault.target.partition(":")[2])
+        if fault.action == "down":
+            killed = procs.kill(name)
+            network.down(index, fault.via if fault.via is not None else index)
+            return f"proxy {index} down{' (SIGKILL ' + name + ')' if killed else ''}" + (
+                f", its traffic through proxy {fault.via}" if fault.via is not None else ""
+            )
+        network.up(index)
+        restarted = procs.restart(name)
+        return f"proxy {index} up{' (restarted ' + name + ')' if restarted else ''}"
     raise ScenarioError(f"unknown fault action {fault.action!r}")
+
+
+@dataclass
+class _Network:
+    """The lab's links and routes as faults change them; :meth:`restore`
+    puts back whatever is still changed (the lab outlives the run)."""
+
+    lab: LabPlan
+    downed: set[int] = field(default_factory=set)
+
+    def down(self, index: int, via: int) -> None:
+        from xpro_mesh.lab import topology
+
+        self.downed.add(index)
+        topology.set_proxy_links(self.lab, index, up=False)
+        topology.route_block_through(self.lab, index, via)
+
+    def up(self, index: int) -> None:
+        from xpro_mesh.lab import topology
+
+        topology.set_proxy_links(self.lab, index, up=True)
+        topology.route_block_through(self.lab, index, index)
+        self.downed.discard(index)
+
+    def restore(self) -> None:
+        for index in sorted(self.downed):
+            with contextlib.suppress(Exception):
+                self.up(index)
 
 
 def _run_mode(
@@ -780,6 +875,7 @@ def _run_mode(
     moddir = workdir / mode
     moddir.mkdir(parents=True, exist_ok=True)
     procs = _Processes()
+    network = _Network(lab)
     stats: _Stats | None = None
     notes: list[str] = []
     try:
@@ -877,7 +973,7 @@ def _run_mode(
             time.sleep(max(0.0, min(0.5, wake - time.monotonic())))
             while pending and time.monotonic() >= epoch + pending[0].at:
                 fault = pending.pop(0)
-                done = _inject(fault, lab, procs)
+                done = _inject(fault, lab, procs, network)
                 if done:
                     notes.append(f"fault at {time.monotonic() - epoch:.1f} s: {done}")
             now = time.monotonic()
@@ -907,6 +1003,7 @@ def _run_mode(
             stats.close()
         reporter.phase("stopping")
         procs.stop()
+        network.restore()
         _detach_all(lab)
 
     for p in lab.proxies:

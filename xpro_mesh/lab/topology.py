@@ -234,6 +234,33 @@ def build(lab: LabPlan, progress: object = None) -> None:
         raise LabError(f"lab up failed and was rolled back: {exc}") from exc
 
 
+def route_block_through(lab: LabPlan, block_of: int, through: int) -> None:
+    """Send the traffic of proxy ``block_of``'s clients and bots through
+    proxy ``through``, both ways: their default route, and the victim's
+    route back to their block. ``through == block_of`` restores the layout
+    of :func:`build`. What anycast, ECMP or DNS does when a proxy dies, done
+    here at once: the lab measures the mesh, not the network's failover."""
+    from pyroute2 import NetNS
+
+    via = lab.proxies[through]
+    for s in lab.senders:
+        if s.proxy == block_of:
+            with NetNS(s.ns) as n:
+                n.route("replace", dst="0.0.0.0/0", gateway=via.client_addr)
+    with NetNS(VICTIM_NS) as v:
+        v.route("replace", dst=lab.proxies[block_of].client_block, gateway=via.service_addr)
+
+
+def set_proxy_links(lab: LabPlan, index: int, up: bool) -> None:
+    """Both links of proxy ``index`` up or down: a proxy that died forwards
+    nothing (its XDP program stays attached, as after a power cut)."""
+    from pyroute2 import NetNS
+
+    with NetNS(lab.proxies[index].ns) as n:
+        for ifname in ("c0", "s0"):
+            n.link("set", index=n.link_lookup(ifname=ifname)[0], state="up" if up else "down")
+
+
 def lab_namespaces() -> list[str]:
     from pyroute2 import netns
 
