@@ -145,6 +145,9 @@ def test_single_origin_through_gossip_state_reproduces_algorithm_1_step_by_step(
             continue
         paper.sync()
         for p, local in list(kernel.items()):
+            if local.dc or local.mark:
+                # One origin: its own window is the kernel's record.
+                assert state.own_count(p, local) == LocalCount.from_record(local)
             synced = state.record_local(p, LocalCount.from_record(local))
             kernel[p] = synced.local
             m = paper.master[p]

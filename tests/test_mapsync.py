@@ -171,3 +171,57 @@ def test_a_new_window_just_past_t_t4_is_halved_once_not_more() -> None:
     rec = dict(node.maps.read_pairs())[PairKey.of("10.10.100.5", VICTIM)]
     assert rec.c == 15  # one halving, c // r
     assert rec.ts2 - rec.ts1 == (29 * (S // 10)) // 2  # the window halved once, not more
+
+
+LAB = Params(t_t1=3 * S, t_t2=S // 2, t_t3=S, t_t4=2 * S, t_f1=50, t_f2=1440, r=2)
+
+
+def test_a_client_moving_between_proxies_keeps_its_rate_on_every_node() -> None:
+    """A bot at 20 pps counted at proxy a; a dies and the bot's traffic moves
+    to b (a failover); later a is back (a new incarnation, same kernel) and
+    the bot moves back. Every node's view of the bot's rate stays near the
+    truth. Before each origin synced its own window only, the proxy that
+    took over imported the dead one's start into its row and halved its own
+    count each T_T4, and the proxy left behind kept its row alive on the
+    view's end: the bot read at a tenth of its rate, and passed."""
+    nodes = {name: Node(name) for name in "abc"}
+    for node in nodes.values():
+        node.state = GossipState(node.state.node_id, incarnation=1, params=LAB)
+        node.maps = MemoryMaps(XdpConfig.from_params(LAB))
+    bot = "10.10.101.100"
+    key = PairKey.of(bot, VICTIM)
+    t0 = 1000 * S
+    alive, at = {"a", "b", "c"}, "a"
+    readings: list[tuple[float, str, float]] = []
+    for tick in range(26 * 20):  # 50 ms ticks, 26 s
+        now = t0 + tick * (S // 20)
+        second = tick / 20
+        if second == 8:
+            alive.discard("a")
+            at = "b"
+        if second == 16:
+            old = nodes["a"]
+            nodes["a"] = Node("a")
+            nodes["a"].state = GossipState("a", incarnation=2, params=LAB)
+            nodes["a"].maps = old.maps
+            for other in ("b", "c"):
+                exchange(nodes[other], nodes["a"], now)
+            alive.add("a")
+            at = "a"
+        nodes[at].maps.feed(bot, VICTIM, now)
+        if tick % 2 == 0:  # 100 ms rounds
+            for name in sorted(alive):
+                nodes[name].cycle(now)
+            for x in sorted(alive):
+                for y in sorted(alive):
+                    if x < y:
+                        exchange(nodes[x], nodes[y], now)
+        if tick % 20 == 0 and second >= 2:
+            for name in sorted(alive):
+                view = nodes[name].state.pair_view((key.src, key.dst))
+                assert view is not None
+                readings.append((second, name, view.c / ((view.ts2 - view.ts1) / S)))
+    for second, name, rate in readings:
+        if second in (8, 9, 16, 17):  # the second of the move and the one after
+            continue
+        assert 10 <= rate <= 30, f"{name} reads {rate:.1f} pps at {second:g} s (truth: 20)"

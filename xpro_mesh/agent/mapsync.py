@@ -54,7 +54,10 @@ MAX_CATCH_UP = 64  # halvings replayed at most for one pair in one cycle
 
 
 def _sync_own(
-    record_local: Callable[[Pair, LocalCount], LocalSync], pair: Pair, rec: PairRecord, t_t4: int
+    record_local: Callable[[Pair, LocalCount], LocalSync],
+    pair: Pair,
+    counted: LocalCount,
+    t_t4: int,
 ) -> bool:
     """Algorithm 1 for this origin's row of ``pair``, then the syncs that were
     missed, replayed: whether the row changed.
@@ -69,7 +72,7 @@ def _sync_own(
     sync without new packets, as Algorithm 1 defines it: the pair's rate is
     kept, only the window is brought back within T_T4.
     """
-    synced = record_local(pair, LocalCount.from_record(rec))
+    synced = record_local(pair, counted)
     changed = synced.changed
     for _ in range(MAX_CATCH_UP):
         row = synced.entry
@@ -133,19 +136,15 @@ def plan_sync_steps(
     t_t4 = p.t_t4
     own_changed = 0
     record_local = state.record_local
-    own_entry = state.own_entry
+    own_count = state.own_count
     for n, (key, rec) in enumerate(pairs, 1):
         if n % step == 0:
             yield
-        if rec.dc > 0 or rec.mark:
-            needs = True
-        else:
-            # No new packets: only the window rule of lines 13-17 can change
-            # our row (the view's end moved past T_T4 from our start). Skipping
-            # the rest keeps a cycle over a million quiet pairs cheap.
-            own = own_entry((key.src, key.dst))
-            needs = own is not None and rec.ts2 - own.ts1 > t_t4
-        if needs and _sync_own(record_local, (key.src, key.dst), rec, t_t4):
+        # This origin's own window, not the view the kernel holds
+        # (GossipState.own_count); None: nothing here can change our row.
+        # Skipping those keeps a cycle over a million quiet pairs cheap.
+        counted = own_count((key.src, key.dst), rec)
+        if counted is not None and _sync_own(record_local, (key.src, key.dst), counted, t_t4):
             own_changed += 1
     expired = state.expire(now).dropped
 

@@ -465,6 +465,45 @@ class GossipState:
 
     # --- the origin's own rows: Algorithm 1 ------------------------------------
 
+    def own_count(self, pair: Pair, record: LocalRecord) -> LocalCount | None:
+        """This origin's part of the kernel's record of ``pair``, as
+        :meth:`record_local` takes it; None when a sync cannot change the
+        origin's row (no new packets, its own window within T_T4).
+
+        The kernel holds the mesh view, not this origin's row: the agent
+        re-bases its ``c'`` to the view's count, its ``ts1'`` to the view's
+        start (the earliest of every origin's rows) and its ``ts2'`` to the
+        view's end (moved on by other proxies' packets). Taken as this
+        origin's own, they import other origins' windows into its row: a
+        proxy that took over a client (its old proxy died) got that proxy's
+        start, so each sync halved what it counted (lines 22-23, then 13-17),
+        and a proxy that stopped seeing a client kept its row alive for ever
+        on the view's end with a count halved to 0 and a start dragging the
+        view's window back (the lab's ``failover`` scenario let 90 % of the
+        moved bots through). So the window is the origin's own: its row's
+        start (the kernel's after a restart, mark' = 1); for a first row, the
+        view's end, the last packet seen anywhere before this proxy's first;
+        ``ts2'`` the kernel's only when the kernel counted packets here. With
+        one origin this is exactly the kernel's record (view = row).
+        """
+        p = self._params
+        own = self.own_entry(pair)
+        if record.dc == 0 and not record.mark:
+            if own is not None and own.ts2 - own.ts1 > p.t_t4:
+                return LocalCount(ts1=own.ts1, ts2=own.ts2, dc=0, mark=0)
+            return None
+        if record.mark:
+            ts1 = record.ts1
+        elif own is not None:
+            ts1 = min(own.ts1, record.ts2)
+        else:
+            # A first row here: its window starts after the last packet seen
+            # anywhere before (the view's end), not at the view's start.
+            view = self.pair_view(pair)
+            seen = record.ts1 if view is None else view.ts2
+            ts1 = max(record.ts1, min(seen, record.ts2))
+        return LocalCount(ts1=ts1, ts2=record.ts2, dc=record.dc, mark=record.mark)
+
     def record_local(self, pair: Pair, counted: LocalCount) -> LocalSync:
         """Sync what the kernel counted for ``pair`` into this origin's row.
 
