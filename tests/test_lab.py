@@ -121,3 +121,36 @@ def test_chaos_a_crashed_agent_comes_back_and_the_mesh_outlives_the_master(
     assert phases["agent of proxy 1 down"]["attack_delivered_ratio_by_block"]["101"] < 0.05
     assert phases["Redis down"]["attack_delivered_ratio"] < 0.05  # gossip: nothing broken
     assert gossip["good_success_ratio"] > 0.95
+
+
+def test_failover_a_dead_proxys_clients_move_on_and_the_mesh_keeps_the_attack_cut(
+    lab: object, tmp_path: Path
+) -> None:
+    """Proxy 1 dies mid-attack (agent killed, links down) and its clients
+    and bots are routed through proxy 2; later it is back. The mesh meets
+    the moved bots as new pairs at proxy 2 and keeps the attack cut, and the
+    lab is as it was afterwards (links up, routes back)."""
+    from pyroute2 import NetNS
+
+    out = tmp_path / "failover.json"
+    status = main(
+        ["lab", "scenario", "failover", "--modes", "gossip", "--duration", "40",
+         "--json-out", str(out), "--quiet"]
+    )
+    assert status == 0
+    gossip = json.loads(out.read_text())["modes"]["gossip"]
+    assert any("proxy 1 down (SIGKILL agent-xl-p1)" in n for n in gossip["notes"])
+    assert any("proxy 1 up (restarted agent-xl-p1)" in n for n in gossip["notes"])
+    phases = list(gossip["phases"].values())
+    # Before each origin synced only its own window, these read 28 % and 24 %.
+    assert phases[1]["attack_delivered_ratio"] < 0.15  # proxy 1 dead
+    assert phases[2]["attack_delivered_ratio"] < 0.15  # proxy 1 back
+    assert gossip["good_success_ratio"] > 0.95
+    with NetNS("xl-p1") as n:
+        assert all(
+            n.get_links(n.link_lookup(ifname=i)[0])[0].get_attr("IFLA_OPERSTATE") == "UP"
+            for i in ("c0", "s0")
+        )
+    with NetNS("xl-victim") as v:
+        route = v.get_routes(dst="10.10.101.0", dst_len=24)[0]
+        assert route.get_attr("RTA_GATEWAY") == "10.20.0.11"  # back through proxy 1
