@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -355,6 +355,19 @@ def flash_crowd(lab: LabPlan, duration: float) -> ScenarioPlan:
     )
 
 
+def _with_faults(
+    lab: LabPlan, duration: float, name: str
+) -> tuple[ScenarioPlan, Callable[[float], float]]:
+    """``distributed``'s plan for a scenario that breaks things during its
+    attack, and the time at a share of that attack."""
+    if len(lab.proxies) < 2:
+        raise ScenarioError(f"scenario {name} needs at least 2 proxies (`lab up --proxies 3`)")
+    base = distributed(lab, duration)
+    assert base.attack_start is not None and base.attack_stop is not None
+    a0, a1 = base.attack_start, base.attack_stop
+    return base, lambda share: round(a0 + share * (a1 - a0), 1)
+
+
 def chaos(lab: LabPlan, duration: float) -> ScenarioPlan:
     """``distributed``'s traffic, and crashes in the middle of the attack.
     First the agent of one proxy is SIGKILLed (its XDP filter stays
@@ -363,26 +376,14 @@ def chaos(lab: LabPlan, duration: float) -> ScenarioPlan:
     agents. Then the paper's Redis is SIGKILLed for good: the master's
     single point of failure, which the mesh does not have (in the gossip
     modes that last phase is the control: nothing fails)."""
-    if len(lab.proxies) < 2:
-        raise ScenarioError("scenario chaos needs at least 2 proxies (`lab up --proxies 3`)")
-    base = distributed(lab, duration)
-    assert base.attack_start is not None and base.attack_stop is not None
-    a0, a1 = base.attack_start, base.attack_stop
-
-    def at(share: float) -> float:
-        return round(a0 + share * (a1 - a0), 1)
-
+    base, at = _with_faults(lab, duration, "chaos")
     kill, restart, redis = at(0.2), at(0.45), at(0.7)
     victim = lab.proxies[len(lab.proxies) // 2].index
-    return ScenarioPlan(
+    return replace(
+        base,
         name="chaos",
         summary="the distributed attack; mid-attack a proxy's agent crashes and comes back, "
         "then the master dies",
-        duration=duration,
-        attack_start=a0,
-        attack_stop=a1,
-        thresholds=base.thresholds,
-        flows=base.flows,
         notes=(
             f"{base.notes}; at {kill:g} s the agent of proxy {victim} is SIGKILLed (its filter "
             f"stays attached), at {restart:g} s it is started again under the same node id, "
@@ -394,10 +395,10 @@ def chaos(lab: LabPlan, duration: float) -> ScenarioPlan:
             Fault(redis, "kill", "redis"),
         ),
         phases=(
-            Phase("before the crash", a0, kill),
+            Phase("before the crash", at(0.0), kill),
             Phase(f"agent of proxy {victim} down", kill, restart),
             Phase("agent back", restart, redis),
-            Phase("Redis down", redis, a1),
+            Phase("Redis down", redis, at(1.0)),
         ),
     )
 
@@ -410,22 +411,14 @@ def failover(lab: LabPlan, duration: float) -> ScenarioPlan:
     restarted under the same node id). The proxy taking over meets the
     moved bots as new pairs: the question is whether the mesh keeps the
     attack cut while its traffic moves."""
-    if len(lab.proxies) < 2:
-        raise ScenarioError("scenario failover needs at least 2 proxies (`lab up --proxies 3`)")
-    base = distributed(lab, duration)
-    assert base.attack_start is not None and base.attack_stop is not None
-    a0, a1 = base.attack_start, base.attack_stop
-    down, up = round(a0 + 0.3 * (a1 - a0), 1), round(a0 + 0.65 * (a1 - a0), 1)
+    base, at = _with_faults(lab, duration, "failover")
+    down, up = at(0.3), at(0.65)
     dead = lab.proxies[len(lab.proxies) // 2].index
     via = lab.proxies[(len(lab.proxies) // 2 + 1) % len(lab.proxies)].index
-    return ScenarioPlan(
+    return replace(
+        base,
         name="failover",
         summary="the distributed attack; mid-attack a whole proxy dies and its clients move on",
-        duration=duration,
-        attack_start=a0,
-        attack_stop=a1,
-        thresholds=base.thresholds,
-        flows=base.flows,
         notes=(
             f"{base.notes}; at {down:g} s proxy {dead} dies (agent SIGKILLed, links down) and "
             f"its clients and bots are routed through proxy {via}; at {up:g} s it is back"
@@ -435,9 +428,9 @@ def failover(lab: LabPlan, duration: float) -> ScenarioPlan:
             Fault(up, "up", f"proxy:{dead}"),
         ),
         phases=(
-            Phase("before", a0, down),
+            Phase("before", at(0.0), down),
             Phase(f"proxy {dead} dead, its traffic via proxy {via}", down, up),
-            Phase(f"proxy {dead} back", up, a1),
+            Phase(f"proxy {dead} back", up, at(1.0)),
         ),
     )
 
