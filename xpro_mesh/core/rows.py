@@ -95,14 +95,20 @@ def _batch(origin: str, rows: list[PairEntry]) -> RowBatch:
 
     return RowBatch(
         origin=origin,
-        src=np.array([bytes(pe.pair[0]) for pe in rows], dtype=ADDRESS_DTYPE),  # type: ignore[arg-type]
-        dst=np.array([bytes(pe.pair[1]) for pe in rows], dtype=ADDRESS_DTYPE),  # type: ignore[arg-type]
+        src=np.array([_key(pe.pair[0]) for pe in rows], dtype=ADDRESS_DTYPE),
+        dst=np.array([_key(pe.pair[1]) for pe in rows], dtype=ADDRESS_DTYPE),
         ts1=ints(pe.entry.ts1 for pe in rows),
         ts2=ints(pe.entry.ts2 for pe in rows),
         c=ints(pe.entry.c for pe in rows),
         inc=ints(pe.entry.version[0] for pe in rows),
         seq=ints(pe.entry.version[1] for pe in rows),
     )
+
+
+def _key(value: object) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 16:
+        raise ValueError(f"a pair's addresses are 16 bytes, got {value!r}")
+    return value
 
 
 def to_delta(delta: ColumnarDelta) -> Delta:
