@@ -18,6 +18,8 @@ of sequence numbers within a cycle.
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import numpy as np
 import numpy.typing as npt
 
@@ -25,7 +27,7 @@ from xpro_mesh.agent.mapsync import CyclePlan, DestViews, PairViews, SlotMemory
 from xpro_mesh.core.table import PairTable
 from xpro_mesh.datapath.backend import DestRead, PairRead
 
-__all__ = ["plan_cycle_columns"]
+__all__ = ["STEP", "plan_cycle_columns", "plan_cycle_steps"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -33,6 +35,9 @@ I64 = npt.NDArray[np.int64]
 def _addresses(field: np.ndarray) -> npt.NDArray[np.bytes_]:
     """A ``V16`` column of slot rows as the table's ``S16`` keys."""
     return np.ascontiguousarray(field).view("S16").reshape(-1)
+
+
+STEP = 65_536  # slots planned between two yields to the event loop (~10-30 ms)
 
 
 def plan_cycle_columns(
@@ -43,8 +48,33 @@ def plan_cycle_columns(
     now: int,
 ) -> CyclePlan:
     """:func:`~xpro_mesh.agent.mapsync.plan_cycle`, vectorised (mutates
-    ``table`` and ``memory``)."""
+    ``table`` and ``memory``): :func:`plan_cycle_steps` run to the end."""
+    steps = plan_cycle_steps(table, pairs, dests, memory, now)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            plan: CyclePlan = done.value
+            return plan
+
+
+def plan_cycle_steps(
+    table: PairTable,
+    pairs: PairRead,
+    dests: DestRead,
+    memory: SlotMemory,
+    now: int,
+    step: int = STEP,
+) -> Generator[None, None, CyclePlan]:
+    """The plan as a generator that yields after every ``step`` slots, so the
+    agent's event loop answers probes and merges rows between two chunks.
+
+    Rows merged between two chunks are safe: each chunk's rows and views are
+    those of the table at that chunk; a view that moves after its chunk is
+    written by the next cycle (views are compared with what was written, not
+    with what changed)."""
     rows = pairs.rows
+    n = len(rows)
     slots = pairs.slots.astype(np.int64)
     src = _addresses(rows["src"])
     dst = _addresses(rows["dst"])
@@ -53,17 +83,54 @@ def plan_cycle_columns(
     kts2 = rows["ts2"].astype(np.int64)
     kc = rows["c"].astype(np.int64)
 
-    seen = memory.gen[slots] == gen
-    dc = np.where(seen, np.maximum(kc - memory.c[slots], 0), kc)
-    memory.gen[slots] = gen
-    memory.c[slots] = kc
-
-    own_changed = _sync_own_rows(table, src, dst, seen, kts1, kts2, dc, kc)
+    own_changed = 0
+    for lo in range(0, n, step):
+        c = slice(lo, min(n, lo + step))
+        s = slots[c]
+        seen = memory.gen[s] == gen[c]
+        dc = np.where(seen, np.maximum(kc[c] - memory.c[s], 0), kc[c])
+        memory.gen[s] = gen[c]
+        memory.c[s] = kc[c]
+        own_changed += _sync_own_rows(table, src[c], dst[c], seen, kts1[c], kts2[c], dc, kc[c])
+        yield
     expired = table.expire(now).dropped
 
+    chunks: list[PairViews] = []
+    gone_parts: list[npt.NDArray[np.int64]] = []
+    for lo in range(0, n, step):
+        c = slice(lo, min(n, lo + step))
+        views, gone = _pair_views(table, src[c], dst[c], slots[c], gen[c], kc[c], memory)
+        chunks.append(views)
+        gone_parts.append(np.flatnonzero(gone) + lo)
+        yield
+    gone_at = np.concatenate(gone_parts) if gone_parts else np.zeros(0, np.int64)
+
+    dv, d_gone_slots, d_gone_gens = _dest_views(table, dests, memory)
+    return CyclePlan(
+        pair_views=_concat(chunks),
+        dest_views=dv,
+        expire_slots=slots[gone_at].astype(np.uint32),
+        expire_gens=gen[gone_at],
+        expire_dslots=d_gone_slots,
+        expire_dgens=d_gone_gens,
+        own_changed=own_changed,
+        expired_rows=expired,
+    )
+
+
+def _pair_views(
+    table: PairTable,
+    src: npt.NDArray[np.bytes_],
+    dst: npt.NDArray[np.bytes_],
+    slots: I64,
+    gen: npt.NDArray[np.uint64],
+    kc: I64,
+    memory: SlotMemory,
+) -> tuple[PairViews, npt.NDArray[np.bool_]]:
+    """The views of read slots that moved since written (recorded in
+    ``memory``), and which slots' pairs are held nowhere any more."""
     ids = table.pair_ids(src, dst)
     held = ids >= 0
-    gone = ~held
     views = table.pair_views(ids[held])
     h = np.flatnonzero(held)
     w_slots = slots[h]
@@ -89,17 +156,19 @@ def plan_cycle_columns(
     memory.w_adj[pv.slots] = pv.adj
     memory.w_ts1[pv.slots] = pv.ts1
     memory.w_ts2[pv.slots] = pv.ts2
+    return pv, ~held
 
-    dv, d_gone_slots, d_gone_gens = _dest_views(table, dests, memory)
-    return CyclePlan(
-        pair_views=pv,
-        dest_views=dv,
-        expire_slots=slots[gone].astype(np.uint32),
-        expire_gens=gen[gone],
-        expire_dslots=d_gone_slots,
-        expire_dgens=d_gone_gens,
-        own_changed=own_changed,
-        expired_rows=expired,
+
+def _concat(chunks: list[PairViews]) -> PairViews:
+    if not chunks:
+        z = np.zeros(0, np.uint64)
+        return PairViews(np.zeros(0, np.uint32), z, np.zeros(0, np.int64), z.copy(), z.copy())
+    return PairViews(
+        slots=np.concatenate([v.slots for v in chunks]),
+        gen=np.concatenate([v.gen for v in chunks]),
+        adj=np.concatenate([v.adj for v in chunks]),
+        ts1=np.concatenate([v.ts1 for v in chunks]),
+        ts2=np.concatenate([v.ts2 for v in chunks]),
     )
 
 
