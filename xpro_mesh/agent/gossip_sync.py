@@ -24,7 +24,7 @@ from xpro_mesh.core.algorithm import Params
 from xpro_mesh.core.gossip_state import GossipState
 from xpro_mesh.datapath.backend import DestRead, MapBackend, PairRead
 
-__all__ = ["FIRST_PULL_ROUNDS", "GossipSync", "Planner"]
+__all__ = ["FIRST_PULL_ROUNDS", "GossipSync", "Planner", "write_plan"]
 
 log = logging.getLogger("xpro_mesh.agent")
 T = TypeVar("T")
@@ -110,20 +110,25 @@ class GossipSync:
         report.last_restarted = 0
 
     def _write(self, plan: CyclePlan) -> None:
-        """The plan into the kernel, in the backend's order. A failure part way
-        leaves views that the next cycle rewrites (the memory is told to)."""
-        b = self.backend
-        try:
-            pv, dv = plan.pair_views, plan.dest_views
-            if len(pv.slots):
-                b.write_pair_views(pv.slots, pv.gen, pv.adj, pv.ts1, pv.ts2)
-            if len(dv.dslots):
-                b.write_dest_views(dv.dslots, dv.gen, dv.adj, dv.nadj, dv.ts1, dv.ts2)
-            b.expire_pairs(plan.expire_slots, plan.expire_gens)
-            b.expire_dests(plan.expire_dslots, plan.expire_dgens)
-        except BaseException:
-            self.memory.forget_views()
-            raise
+        write_plan(self.backend, plan, self.memory)
+
+
+def write_plan(backend: MapBackend, plan: CyclePlan, memory: SlotMemory) -> None:
+    """A cycle's plan into the data path, in the backend's order (pair views,
+    destination views, expired pairs, expired destinations). A failure part
+    way leaves views that the next cycle rewrites (``memory`` is told to);
+    the rows already hold what was read, so nothing is folded twice."""
+    try:
+        pv, dv = plan.pair_views, plan.dest_views
+        if len(pv.slots):
+            backend.write_pair_views(pv.slots, pv.gen, pv.adj, pv.ts1, pv.ts2)
+        if len(dv.dslots):
+            backend.write_dest_views(dv.dslots, dv.gen, dv.adj, dv.nadj, dv.ts1, dv.ts2)
+        backend.expire_pairs(plan.expire_slots, plan.expire_gens)
+        backend.expire_dests(plan.expire_dslots, plan.expire_dgens)
+    except BaseException:
+        memory.forget_views()
+        raise
 
 
 async def _blocking(fn: Callable[..., T], *args: Any) -> T:
