@@ -47,6 +47,7 @@ __all__ = ["MemoryMaps"]
 EVENTS_CAPACITY = 4096  # about what the kernel's 256 KiB ring buffer holds
 S64_MAX = 2**63 - 1
 NO = XPRO_NO_SLOT
+_NOT_LINKED = np.uint32(~XPRO_SLOT_LINKED & 0xFFFFFFFF)
 
 
 def add_sat(a: int, b: int) -> int:
@@ -176,7 +177,7 @@ class MemoryMaps(SlotArrays):
                 D["flags"][ds] |= XPRO_DEST_DIRTY
         P["prev"][s] = NO
         P["next"][s] = NO
-        P["flags"][s] &= ~XPRO_SLOT_LINKED
+        P["flags"][s] &= _NOT_LINKED
 
     def _ts1_from_head(self, ds: int) -> None:
         head = int(self._dests["head"][ds])
@@ -189,7 +190,7 @@ class MemoryMaps(SlotArrays):
             return
         ods = int(P["dslot"][s])
         if ods >= len(D) or live_gen32(int(D["gen"][ods])) != int(P["dgen"][s]):
-            P["flags"][s] &= ~XPRO_SLOT_LINKED
+            P["flags"][s] &= _NOT_LINKED
             return
         old_ts1 = int(P["ts1"][s])
         self._unlink(ods, s)
