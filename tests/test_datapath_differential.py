@@ -44,6 +44,7 @@ from xpro_mesh.datapath.structs import from_addr, to_addr
 PACKETS = 2500
 SEEDS = (1, 2, 4, 5)
 SMALL = MapSizes(pairs_max=12, dests_max=3)
+LARGE = MapSizes(pairs_max=1 << 16, dests_max=1 << 12)  # the session program's
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +221,7 @@ def _run(
 def test_kernel_equals_twin_with_views_expiries_and_recycling(
     seed: int, policy: Policy, xdp_test_program: object, kernel_maps: BpfMaps
 ) -> None:
-    agent, verdicts = _run(seed, policy, kernel_maps, xdp_test_program, MapSizes(1 << 16, 1 << 12))
+    agent, _verdicts = _run(seed, policy, kernel_maps, xdp_test_program, LARGE)
     stats = kernel_maps.read_stats()
     # The run was worth it: both rules, restarts, views used, slots expired.
     assert stats.drop_pair and stats.drop_dest and stats.passed and stats.resets, stats

@@ -31,7 +31,6 @@ from typing import Any
 from xpro_mesh.datapath import clock, libbpf
 from xpro_mesh.datapath.bpf_maps import MAP_LAYOUT, PROG_PINS, BpfMaps
 from xpro_mesh.datapath.config import ClockSource, MapSizes, XdpConfig
-from xpro_mesh.datapath.slots import ring_size_for
 from xpro_mesh.datapath.errors import (
     BccMissingError,
     CompileError,
@@ -40,6 +39,7 @@ from xpro_mesh.datapath.errors import (
     NotRootError,
     VerifierError,
 )
+from xpro_mesh.datapath.slots import ring_size_for
 
 __all__ = [
     "BPF_DIR",

@@ -68,10 +68,11 @@ def _u32(values: npt.ArrayLike, limit: int, what: str) -> npt.NDArray[np.uint32]
 def _col(values: npt.ArrayLike, n: int, dtype: type, what: str) -> npt.NDArray[np.generic]:
     arr = np.asarray(values)
     if arr.shape != (n,):
-        raise ValueError(f"{what}: {arr.shape[0] if arr.ndim else 'a scalar'} values for {n} slots")
-    if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and dtype is np.uint64:
-        if arr.min() < 0:
-            raise ValueError(f"{what}: must be >= 0")
+        got = arr.shape[0] if arr.ndim else "a scalar"
+        raise ValueError(f"{what}: {got} values for {n} slots")
+    signed = np.issubdtype(arr.dtype, np.signedinteger)
+    if arr.size and signed and dtype is np.uint64 and arr.min() < 0:
+        raise ValueError(f"{what}: must be >= 0")
     return arr.astype(dtype, copy=False)
 
 
