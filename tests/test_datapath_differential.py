@@ -16,14 +16,13 @@ destination slots reused, pairs relinked).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from conftest import SMALL_SIZES
 from datapath_support import (
     KernelDriver,
     Packet,
-    clear_maps,
     coverage,
     random_params,
     random_trace,
@@ -43,35 +42,8 @@ from xpro_mesh.datapath.structs import from_addr, to_addr
 
 PACKETS = 2500
 SEEDS = (1, 2, 4, 5)
-SMALL = MapSizes(pairs_max=12, dests_max=3)
+SMALL = MapSizes(*SMALL_SIZES)  # xdp_small_program's
 LARGE = MapSizes(pairs_max=1 << 16, dests_max=1 << 12)  # the session program's
-
-
-@pytest.fixture(scope="module")
-def small_program() -> Iterator[object]:
-    """bpf/xpro.c with 12 pair slots and 3 destination slots (test clock)."""
-    from conftest import _require_root
-
-    _require_root()
-    from xpro_mesh.datapath import loader
-
-    prog = loader.load(
-        loader.BuildOptions(sizes=SMALL, test_clock=True), log_tag="xpro-tests-small"
-    )
-    try:
-        yield prog
-    finally:
-        prog.close()
-
-
-@pytest.fixture
-def small_maps(small_program: object) -> Iterator[BpfMaps]:
-    maps: BpfMaps = small_program.maps()  # type: ignore[attr-defined]
-    clear_maps(maps)
-    try:
-        yield maps
-    finally:
-        maps.close()
 
 
 def _config(p: Params, policy: Policy) -> XdpConfig:
@@ -232,11 +204,11 @@ def test_kernel_equals_twin_with_views_expiries_and_recycling(
 @pytest.mark.parametrize("policy", [Policy.PAPER, Policy.FAIR_SHARE], ids=str)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_kernel_equals_twin_when_slots_run_out(
-    seed: int, policy: Policy, small_program: object, small_maps: BpfMaps
+    seed: int, policy: Policy, xdp_small_program: object, small_kernel_maps: BpfMaps
 ) -> None:
-    agent, _verdicts = _run(seed, policy, small_maps, small_program, SMALL)
-    stats = small_maps.read_stats()
-    status = small_maps.ring_status()
+    agent, _verdicts = _run(seed, policy, small_kernel_maps, xdp_small_program, SMALL)
+    stats = small_kernel_maps.read_stats()
+    status = small_kernel_maps.ring_status()
     # Exhaustion is counted, never a crash; freed slots were taken again.
     assert stats.pair_full and stats.dest_full, stats
     assert stats.new_pairs > SMALL.pairs_max and agent.expired, (stats, status)

@@ -273,7 +273,7 @@ class SlotArrays:
         dead = self._dead_pair_gen if which == XPRO_RING_PAIRS else self._dead_dest_gen
         self._recycle(which)
         s = _u32(slots, len(arr), "slots")
-        g = _col(gens, s.size, np.uint64, "gens")
+        g: npt.NDArray[np.uint64] = _col(gens, s.size, np.uint64, "gens").view(np.uint64)
         s, first = np.unique(s, return_index=True)
         g = g[first]
         keep = (arr["gen"][s] == g) & (g & np.uint64(1) == 0) & (g != 0) & (dead[s] != g)
