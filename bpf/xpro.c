@@ -30,7 +30,8 @@
  *                     and the verdict of the last packet is left in
  *                     clock.test_verdict. Nothing else differs.
  *   XPRO_BENCH        bench only: adds the baselines bench_drop and
- *                     bench_skeleton.
+ *                     bench_skeleton; with XPRO_BENCH_VARY_SRC every packet
+ *                     gets a new source (to time the new-pair path).
  *
  * Times. The program reads the kernel clock once per packet
  * (bpf_ktime_get_coarse_ns() by default, config.clock selects
@@ -457,6 +458,24 @@ static __always_inline __u32 xpro_resolve_dest(struct xpro_stats *st, struct xpr
 /* ---- bench baselines (xpro_mesh bench; only with -DXPRO_BENCH) ---------- */
 
 #ifdef XPRO_BENCH
+XPRO_MAP("percpu_array", __u32, __u64, bench_seq, 1);
+
+/* -DXPRO_BENCH_VARY_SRC: a new source address every packet, so that
+ * BPF_PROG_TEST_RUN's repeat measures the new-pair path (and fills the
+ * slot arrays fast for the agent I/O bench). */
+static __always_inline void xpro_bench_vary(struct xpro_pair_key *key)
+{
+#ifdef XPRO_BENCH_VARY_SRC
+	__u32 zero = 0;
+	__u64 *seq = bench_seq.lookup(&zero);
+
+	if (seq) {
+		*seq += 1;
+		key->src.w[1] ^= (__u32)*seq;
+	}
+#endif
+}
+
 int bench_drop(struct xdp_md *ctx)
 {
 	return XDP_DROP;
@@ -471,6 +490,7 @@ int bench_skeleton(struct xdp_md *ctx)
 
 	if (xpro_parse(ctx, &key) != XPRO_PARSE_IP)
 		return XDP_PASS;
+	xpro_bench_vary(&key);
 	__u64 now = bpf_ktime_get_coarse_ns();
 	__u32 *s = pair_index.lookup(&key);
 
@@ -790,6 +810,9 @@ int xpro_filter(struct xdp_md *ctx)
 	if (!st || !cfg || !clk || !sp)
 		return XDP_PASS;
 	int parsed = xpro_parse(ctx, &key);
+#ifdef XPRO_BENCH
+	xpro_bench_vary(&key);
+#endif
 
 	if (parsed == XPRO_PARSE_NOT_IP) {
 		st->not_ip++;
