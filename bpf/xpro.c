@@ -403,14 +403,18 @@ static __always_inline void xpro_unlink_old(struct xpro_stats *st, struct xpro_s
 
 /* The destination slot of dst, allocated (gen odd, initialised, indexed,
  * gen even) when dst is new. XPRO_NO_SLOT when none is free. */
-static __always_inline __u32 xpro_resolve_dest(struct xpro_stats *st, struct xpro_spare *sp,
-					       const struct xpro_addr *dst, __u64 now)
+static __always_inline __u32 xpro_resolve_dest(struct xpro_stats *st, const struct xpro_addr *dst,
+					       __u64 now)
 {
 	__u32 *found = dest_index.lookup((struct xpro_addr *)dst);
 
 	if (found)
 		return *found;
-	__u32 ds;
+	__u32 zero = 0, ds;
+	struct xpro_spare *sp = spares.lookup(&zero);
+
+	if (!sp)
+		return XPRO_NO_SLOT;
 	int spare = sp->dest != 0;
 
 	if (spare) {
@@ -458,7 +462,7 @@ static __always_inline __u32 xpro_resolve_dest(struct xpro_stats *st, struct xpr
 /* ---- bench baselines (xpro_mesh bench; only with -DXPRO_BENCH) ---------- */
 
 #ifdef XPRO_BENCH
-XPRO_MAP("percpu_array", __u32, __u64, bench_seq, 1);
+XPRO_MAP("array", __u32, __u64, bench_seq, 1); /* shared: a run may change CPU */
 
 /* -DXPRO_BENCH_VARY_SRC: a new source address every packet, so that
  * BPF_PROG_TEST_RUN's repeat measures the new-pair path (and fills the
@@ -469,10 +473,8 @@ static __always_inline void xpro_bench_vary(struct xpro_pair_key *key)
 	__u32 zero = 0;
 	__u64 *seq = bench_seq.lookup(&zero);
 
-	if (seq) {
-		*seq += 1;
-		key->src.w[1] ^= (__u32)*seq;
-	}
+	if (seq)
+		key->src.w[1] ^= (__u32)__sync_fetch_and_add(seq, 1) + 1;
 #endif
 }
 
@@ -547,7 +549,7 @@ static __always_inline void xpro_warn(const struct xpro_config *cfg, struct xpro
 }
 
 static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro_stats *st,
-				      struct xpro_spare *sp, struct xpro_pair_key *key, __u64 now)
+				      struct xpro_pair_key *key, __u64 now)
 {
 	__s64 t_t1 = (__s64)cfg->t_t1, t_t2 = (__s64)cfg->t_t2, t_t3 = (__s64)cfg->t_t3;
 	__u32 *found = pair_index.lookup(key);
@@ -561,6 +563,11 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		s = *found;
 	} else {
 		/* A new pair: a slot from this CPU's spare or the free ring. */
+		__u32 zero = 0;
+		struct xpro_spare *sp = spares.lookup(&zero);
+
+		if (!sp)
+			return XPRO_VERDICT_PASS;
 		int spare = sp->pair != 0;
 
 		if (spare) {
@@ -587,7 +594,7 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		p->prev = XPRO_NO_SLOT;
 		p->next = XPRO_NO_SLOT;
 		p->flags = 0;
-		__u32 ds = xpro_resolve_dest(st, sp, &key->dst, now);
+		__u32 ds = xpro_resolve_dest(st, &key->dst, now);
 
 		d = ds == XPRO_NO_SLOT ? 0 : xpro_dslot_at(ds);
 		p->dslot = d ? ds : XPRO_NO_SLOT;
@@ -672,7 +679,7 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 	if (!d && !created) {
 		/* Link the pair to the live slot of its destination (its slot was
 		 * recycled, or none was free when the pair was created). */
-		__u32 nds = xpro_resolve_dest(st, sp, &key->dst, now);
+		__u32 nds = xpro_resolve_dest(st, &key->dst, now);
 
 		d = nds == XPRO_NO_SLOT ? 0 : xpro_dslot_at(nds);
 		/* dslot and dgen are one 64-bit word: claimed together (one CPU relinks). */
@@ -803,11 +810,10 @@ int xpro_filter(struct xdp_md *ctx)
 	struct xpro_stats *st = stats.lookup(&zero);
 	struct xpro_config *cfg = config.lookup(&zero);
 	struct xpro_clock *clk = clock.lookup(&zero);
-	struct xpro_spare *sp = spares.lookup(&zero);
 	struct xpro_pair_key key;
 	int verdict;
 
-	if (!st || !cfg || !clk || !sp)
+	if (!st || !cfg || !clk)
 		return XDP_PASS;
 	int parsed = xpro_parse(ctx, &key);
 #ifdef XPRO_BENCH
@@ -824,7 +830,7 @@ int xpro_filter(struct xdp_md *ctx)
 		st->unconfigured++;
 		verdict = XPRO_VERDICT_UNCONFIGURED;
 	} else {
-		verdict = xpro_judge(cfg, st, sp, &key, xpro_now(cfg, clk));
+		verdict = xpro_judge(cfg, st, &key, xpro_now(cfg, clk));
 		if (verdict == XPRO_VERDICT_DROP_PAIR)
 			st->drop_pair++;
 		else if (verdict == XPRO_VERDICT_DROP_DEST)

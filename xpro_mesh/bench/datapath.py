@@ -315,9 +315,10 @@ class IoFigure:
 
 
 def _fill(prog_fd: int, n: int) -> None:
+    """n new pairs: one new source per packet (XPRO_BENCH_VARY_SRC)."""
     frame = ip_frame("10.20.0.1", "10.30.0.1")
     done = 0
-    while done < n:  # one new source per packet (XPRO_BENCH_VARY_SRC)
+    while done < n:
         step = min(n - done, 1 << 20)
         libbpf.prog_test_run(prog_fd, frame, repeat=step)
         done += step
