@@ -132,8 +132,8 @@ struct xpro_ring {
 /* The per-CPU spares: a slot a CPU took from a ring but could not use
  * (another CPU inserted the same key first), kept for its next new key. */
 struct xpro_spare {
-	__u32 pair;  /* XPRO_NO_SLOT: none */
-	__u32 dest;  /* XPRO_NO_SLOT: none */
+	__u32 pair;  /* slot + 1; 0: none (a per-CPU array starts zeroed) */
+	__u32 dest;  /* slot + 1; 0: none */
 };
 
 #define XPRO_CONFIG_VERSION 1

@@ -8,8 +8,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from datapath_support import BASE_TIME, MS, Packet
-from test_datapath_differential import KernelDriver
+from datapath_support import BASE_TIME, MS, KernelDriver
 
 from xpro_mesh.core.algorithm import Verdict
 from xpro_mesh.datapath.backend import PairKey
@@ -36,7 +35,7 @@ def _heavy(
 ) -> int:
     drops = 0
     for now in range(start, stop, step):
-        verdict = driver.feed(Packet(src, "10.5.0.1", now))
+        verdict = driver.feed(src, "10.5.0.1", now)
         assert verdict is memory.feed(src, "10.5.0.1", now)
         drops += verdict is Verdict.DROP_PAIR
     return drops
