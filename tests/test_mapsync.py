@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import slots_support
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,25 +55,11 @@ def exchange(a: Node, b: Node, now: int) -> None:
 
 
 def judged(maps: MemoryMaps, src: str) -> tuple[int, int, int] | None:
-    """The record the kernel judges ``src -> VICTIM`` by: its local window,
-    combined with the agent's view while the view is the window's."""
-    slot = maps.lookup_pair(src, VICTIM)
-    if slot is None:
-        return None
-    s = maps.pair_slots[slot]
-    if int(s["v_gen"]) == int(s["gen"]):
-        return int(s["v_ts1"]), max(int(s["ts2"]), int(s["v_ts2"])), int(s["c"]) + int(s["v_adj"])
-    return int(s["ts1"]), int(s["ts2"]), int(s["c"])
+    return slots_support.judged(maps, src, VICTIM)
 
 
 def judged_dest(maps: MemoryMaps) -> tuple[int, int]:
-    """(count, n(D)) the kernel judges the victim by."""
-    slot = maps.lookup_dest(VICTIM)
-    assert slot is not None
-    d = maps.dest_slots[slot]
-    if int(d["v_gen"]) == int(d["gen"]):
-        return int(d["c"]) + int(d["v_adj"]), int(d["n"]) + int(d["v_nadj"])
-    return int(d["c"]), int(d["n"])
+    return slots_support.judged_dest(maps, VICTIM)
 
 
 def count(maps: MemoryMaps, src: str) -> int:

@@ -174,6 +174,10 @@ class MasterSync:
                 writer.hset(rk, mapping={"ts1": rec.ts1, "ts2": rec.ts2, "c": rec.c})
                 writer.expire(rk, horizon_s)
             writer.execute()
+        # What was read is in M_DB now: only then is it this syncer's last read
+        # (a cycle that fails before this point reads the same packets again).
+        self.memory.gen[pairs.slots] = pairs.rows["gen"]
+        self.memory.c[pairs.slots] = pairs.rows["c"]
         self._write_views(pairs, dests, local, slot_of, after, time.time_ns())
         self.cycles += 1
 
@@ -189,7 +193,8 @@ class MasterSync:
         of the agent wrote (``v_gen == gen``) counts as synced: its packets
         since that life's last sync are not added to M_DB (a restarted master
         agent under-counts by what its kernel saw while it was down; adding
-        the whole window would count M_DB's share of it twice)."""
+        the whole window would count M_DB's share of it twice). The memory of
+        what was read is updated by the caller once M_DB holds it."""
         memory = self.memory
         local: dict[PairKey, LocalRecord] = {}
         slot_of: dict[PairKey, tuple[int, int, int]] = {}
@@ -214,8 +219,6 @@ class MasterSync:
                 judged = c + int(row["v_adj"])
             else:
                 judged = c
-            memory.gen[slot] = gen
-            memory.c[slot] = c
             local[key] = LocalRecord(ts1=ts1, ts2=ts2, c=judged, dc=dc, mark=mark)
             slot_of[key] = (slot, gen, c)
         return local, slot_of
