@@ -164,7 +164,7 @@ def test_new_pairs_take_slots_in_slot_order_and_name_their_destination(dp: DataP
     pairs, dests = dp.maps.read_pairs(), dp.maps.read_dests()
     assert pairs.slots.tolist() == [0, 1, 2]
     assert pairs.rows["gen"].tolist() == [2, 2, 2]  # live gens are even, from 2
-    assert pairs.rows["dslot"].tolist() == [0, 0, 1]
+    assert dp.maps.pair_keys(pairs.slots)["dslot"].tolist() == [0, 0, 1]
     assert dests.rows["n"].tolist() == [2, 1]
     assert _order(dp.maps, 0) == [0, 1]
     status = dp.maps.ring_status()

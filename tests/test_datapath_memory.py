@@ -30,10 +30,11 @@ def _check_against_model(
 ) -> None:
     """Every pair slot holds the model's window (ts1', ts2', c'), every
     destination slot lines 18-20 over its pairs."""
-    rows = memory.read_pairs().rows
+    read = memory.read_pairs()
+    keys = memory.pair_keys(read.slots)
     assert {
-        PairKey(bytes(r["src"]), bytes(r["dst"])): (int(r["ts1"]), int(r["ts2"]), int(r["c"]))
-        for r in rows
+        PairKey(bytes(k["src"]), bytes(k["dst"])): (int(r["ts1"]), int(r["ts2"]), int(r["c"]))
+        for k, r in zip(keys, read.rows, strict=True)
     } == {PairKey.of(s, d): (r.ts1, r.ts2, r.c) for (s, d), r in table.items()}
     assert {
         bytes(r["dst"]): DestinationAggregate(

@@ -264,6 +264,8 @@ class BpfMaps(SlotArrays):
         self._dests = np.zeros(0, structs.DEST_SLOT_DTYPE)
         self._rings = (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         self._ctl = np.zeros(2, structs.RING_DTYPE)
+        self._pair_words = np.zeros((0, 16), np.uint64)
+        self._dest_words = np.zeros((0, 16), np.uint64)
         for mm in self._mmaps:
             with contextlib.suppress(BufferError):
                 mm.close()

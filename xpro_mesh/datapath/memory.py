@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro_mesh.core.algorithm import NS_PER_S, Verdict
-from xpro_mesh.datapath.backend import OverloadWarning, PairKey, Stats
+from xpro_mesh.datapath.backend import OverloadWarning, Stats
 from xpro_mesh.datapath.config import MapSizes, Policy, XdpConfig
 from xpro_mesh.datapath.slots import SlotArrays, ring_size_for
 from xpro_mesh.datapath.structs import (
@@ -70,7 +70,7 @@ class MemoryMaps(SlotArrays):
     """The :class:`~xpro_mesh.datapath.backend.MapBackend` in memory."""
 
     def __init__(self, config: XdpConfig | None = None, sizes: MapSizes | None = None) -> None:
-        sizes = sizes or MapSizes(pairs_max=1 << 16, dests_max=1 << 12)
+        sizes = sizes or MapSizes()  # as the kernel's defaults; pages are touched lazily
         super().__init__(
             np.zeros(sizes.pairs_max, PAIR_SLOT_DTYPE),
             np.zeros(sizes.dests_max, DEST_SLOT_DTYPE),
@@ -435,4 +435,3 @@ class MemoryMaps(SlotArrays):
 
 _STAT = {Verdict.PASS: "pass", Verdict.DROP_PAIR: "drop_pair", Verdict.DROP_DEST: "drop_dest"}
 
-__all__ += ["PairKey"]  # re-exported for tests that build keys beside the twin
