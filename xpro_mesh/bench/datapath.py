@@ -401,8 +401,8 @@ def io_checks(figures: Sequence[IoFigure]) -> list[Check]:
         if f.slots >= 1_000_000:
             checks.append(
                 Check(
-                    f"v2 read of every slot at {f.slots} slots (the quiet cycle's floor)",
-                    f.read_wall.median * 1e3,
+                    f"v2 read of every slot at {f.slots} slots, CPU (the quiet cycle's floor)",
+                    f.read_cpu.median * 1e3,
                     TARGET_QUIET_MS,
                     "ms",
                 )

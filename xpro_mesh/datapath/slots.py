@@ -119,6 +119,15 @@ def _consistent(
     return out, ok, retried
 
 
+def _live(
+    words: npt.NDArray[np.uint64], ok: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint64]]:
+    """The slot numbers and rows ``ok`` keeps (no copy when it keeps all)."""
+    if ok.all():
+        return np.arange(len(ok), dtype=np.uint32), words
+    return np.flatnonzero(ok).astype(np.uint32), words[ok]
+
+
 _PAIR_V_GEN = PAIR_SLOT_DTYPE.fields["v_gen"][1] // 8  # word of v_gen; the view follows
 _DEST_V_GEN = DEST_SLOT_DTYPE.fields["v_gen"][1] // 8
 
@@ -142,7 +151,10 @@ def _write_views(
     end = v_gen + 1 + len(fields)
     for lo in range(0, n, WRITE_CHUNK):
         hi = min(n, lo + WRITE_CHUNK)
-        s = idx[lo:hi]
+        s: npt.NDArray[np.intp] | slice = idx[lo:hi]
+        first, last = int(idx[lo]), int(idx[hi - 1])
+        if last - first == hi - lo - 1 and bool(np.all(np.diff(idx[lo:hi]) == 1)):
+            s = slice(first, last + 1)  # a run of slots: strided stores, no gather
         words[s, v_gen] = 0
         words[s, v_gen + 1 : end] = block[lo:hi]
         words[s, v_gen] = gen64[lo:hi]
@@ -220,9 +232,8 @@ class SlotArrays:
         words, ok, retried = _consistent(self._pair_words, hwm, PAIR_READ_DTYPE.itemsize // 8)
         gen = words[:, 0]
         ok &= (gen != 0) & (gen != self._dead_pair_gen[:hwm])
-        slots = np.flatnonzero(ok).astype(np.uint32)
-        rows = words[ok].view(PAIR_READ_DTYPE).reshape(-1)
-        return PairRead(slots, rows, hwm, retried)
+        slots, rows = _live(words, ok)
+        return PairRead(slots, rows.view(PAIR_READ_DTYPE).reshape(-1), hwm, retried)
 
     def pair_keys(self, slots: npt.ArrayLike) -> np.ndarray:
         s = _u32(slots, len(self._pairs), "slots")
@@ -236,9 +247,8 @@ class SlotArrays:
         words, ok, retried = _consistent(self._dest_words, hwm, DEST_SLOT_DTYPE.itemsize // 8)
         gen = words[:, 0]
         ok &= (gen != 0) & (gen != self._dead_dest_gen[:hwm])
-        slots = np.flatnonzero(ok).astype(np.uint32)
-        rows = words[ok].view(DEST_SLOT_DTYPE).reshape(-1)
-        return DestRead(slots, rows, hwm, retried)
+        slots, rows = _live(words, ok)
+        return DestRead(slots, rows.view(DEST_SLOT_DTYPE).reshape(-1), hwm, retried)
 
     # -- view writes ----------------------------------------------------------
 
