@@ -110,3 +110,16 @@ def test_ipv4_is_keyed_v4_mapped_and_ipv6_as_is() -> None:
     assert from_addr(to_addr("2001:db8::1")) == ipaddress.IPv6Address("2001:db8::1")
     with pytest.raises(ValueError):
         to_addr(b"\x01\x02")
+
+
+def test_view_writes_address_the_agent_half_by_word() -> None:
+    """The view writers store 64-bit words from v_gen on: the agent half
+    must be v_gen then the view's fields, in that order, to the struct's end."""
+    from xpro_mesh.datapath import slots
+
+    pair = [f for f, *_ in structs.XproSlot._fields_]
+    assert pair[pair.index("v_gen") :] == ["v_gen", "v_adj", "v_ts1", "v_ts2"]
+    assert slots._PAIR_V_GEN * 8 == structs.XproSlot.v_gen.offset
+    dest = [f for f, *_ in structs.XproDslot._fields_]
+    assert dest[dest.index("v_gen") :] == ["v_gen", "v_adj", "v_nadj", "v_ts1", "v_ts2", "v_reserved"]
+    assert slots._DEST_V_GEN * 8 == structs.XproDslot.v_gen.offset

@@ -18,6 +18,7 @@ both reads saw the gen being written last.
 
 from __future__ import annotations
 
+import ctypes as ct
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,8 @@ from xpro_mesh.datapath.structs import (
     RING_DTYPE,
     XPRO_RING_DESTS,
     XPRO_RING_PAIRS,
+    XproDslot,
+    XproSlot,
 )
 
 __all__ = ["SlotArrays", "live_gen32", "ring_size_for"]
@@ -128,8 +131,9 @@ def _live(
     return np.flatnonzero(ok).astype(np.uint32), words[ok]
 
 
-_PAIR_V_GEN = PAIR_SLOT_DTYPE.fields["v_gen"][1] // 8  # word of v_gen; the view follows
-_DEST_V_GEN = DEST_SLOT_DTYPE.fields["v_gen"][1] // 8
+# The word of v_gen in each slot struct; the view's words follow it.
+_PAIR_V_GEN = ct.sizeof(XproSlot) // 8 - 4
+_DEST_V_GEN = ct.sizeof(XproDslot) // 8 - 6
 
 
 def _write_views(
