@@ -230,7 +230,7 @@ def test_destination_view_folds_its_pairs_and_counts_them_for_fair_share() -> No
     for s in (a, b):
         view = s.destination_view(DESTS[0])
         assert view is not None
-        assert (view.ts1, view.ts2, view.c, view.pairs) == (T0, T0 + 3 * S, 12, 2)
+        assert (view.ts1, view.ts2, view.c, view.clients) == (T0, T0 + 3 * S, 12, 2)
         assert s.destination_views()[DESTS[1]].c == 100
     assert a.destination_view("nobody") is None
     assert fold_destination([]) is None
