@@ -157,7 +157,7 @@ async def _cycles(backend_name: str, backend: MapBackend, n: int, reps: int) -> 
     await agent.sync_once()  # settles: the cycle after writes re-checks them
     for _ in range(reps):
         # A full cycle over quiet pairs (the agent runs one every so often).
-        agent._since_full = agent.full_sync_every
+        agent.ensure_syncer().force_full()  # type: ignore[attr-defined]
         samples["full"].append(await _timed_cycle(agent))
     for _ in range(reps):
         samples["quiet"].append(await _timed_cycle(agent))

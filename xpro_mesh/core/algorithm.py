@@ -213,7 +213,8 @@ def fold_destination(windows: Iterable[Window]) -> DestinationAggregate | None:
     return DestinationAggregate(ts1=ts1, ts2=ts2, c=total, clients=clients)
 
 
-D = TypeVar("D", bound=Hashable)
+S = TypeVar("S", bound=Hashable)  # a client's key, opaque to the model
+D = TypeVar("D", bound=Hashable)  # a destination's key
 
 
 def fold_destinations(
@@ -232,7 +233,7 @@ def fold_destinations(
 
 
 def destination_aggregate(
-    table: Mapping[tuple[Hashable, Hashable], LocalRecord], dst: Hashable
+    table: Mapping[tuple[S, D], LocalRecord], dst: D
 ) -> DestinationAggregate | None:
     """:func:`fold_destination` of the clients of ``dst`` in one L_DB. The
     kernel keeps this aggregate incrementally; the model recomputes it."""
@@ -250,9 +251,9 @@ def _destination_over_limit(agg: DestinationAggregate, p: Params) -> bool:
 
 
 def filter_packet(
-    table: MutableMapping[tuple[Hashable, Hashable], LocalRecord],
-    src: Hashable,
-    dst: Hashable,
+    table: MutableMapping[tuple[S, D], LocalRecord],
+    src: S,
+    dst: D,
     now: int,
     p: Params,
 ) -> Verdict:
@@ -274,9 +275,9 @@ def filter_packet(
 
 
 def filter_packet_fair_share(
-    table: MutableMapping[tuple[Hashable, Hashable], LocalRecord],
-    src: Hashable,
-    dst: Hashable,
+    table: MutableMapping[tuple[S, D], LocalRecord],
+    src: S,
+    dst: D,
     now: int,
     p: Params,
     clients: int | None = None,
