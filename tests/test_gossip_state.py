@@ -414,8 +414,8 @@ def test_counts_are_exact_after_loss_duplication_and_reordering(
         elif kind == "sync":
             mesh[x % n].sync()
         elif kind == "send":  # x asks y: y's delta for x's digest, in small chunks
-            a, b = mesh[x % n].state, mesh[y % n].state
-            in_flight += [(x % n, c) for c in chunk_delta(b.delta_for(a.digest()), z)]
+            asker, giver = mesh[x % n].state, mesh[y % n].state
+            in_flight += [(x % n, c) for c in chunk_delta(giver.delta_for(asker.digest()), z)]
             sent += in_flight
         elif in_flight and kind == "deliver":
             receiver, chunk = in_flight[x % len(in_flight)]

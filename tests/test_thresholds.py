@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -91,11 +92,12 @@ def test_xdp_config_files_override_the_same_defaults(tmp_path: Path) -> None:
 def test_an_operators_thresholds_fail_by_one_rule_in_both_places(
     field: str, value: int, key: str, tmp_path: Path
 ) -> None:
-    bad = replace(DEFAULTS, **{field: value})
+    values: dict[str, Any] = {field: value}
+    bad = replace(DEFAULTS, **values)
     [(problem_key, problem)] = operational_problems(bad)
     assert problem_key == key
     with pytest.raises(ConfigError) as agent_error:
-        Thresholds(**{field: value})
+        Thresholds(**values)
     assert str(agent_error.value) == f"thresholds.{key}: {problem}".replace(
         "exceed t_t4", "exceed thresholds.t_t4"
     )

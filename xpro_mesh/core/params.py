@@ -168,12 +168,6 @@ DEFAULTS = Params()
 """The one set of defaults (the data path, the agent and the Ansible role)."""
 
 
-def unit_of(name: str) -> Unit:
-    """How a threshold is written: ``duration``, ``rate``, ``count`` or ``policy``."""
-    unit: Unit = next(f.metadata["unit"] for f in fields(Params) if f.name == name)
-    return unit
-
-
 def operational_problems(p: Params, prefix: str = "") -> list[tuple[str, str]]:
     """What an operator's thresholds must satisfy beyond the model's:
     ``(key, problem)`` for each violation, in field order, keys as
