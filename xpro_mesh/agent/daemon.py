@@ -20,7 +20,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,9 +37,9 @@ from xpro_mesh.agent.errors import AgentError
 from xpro_mesh.agent.gossip_sync import FIRST_PULL_ROUNDS, GossipSync
 from xpro_mesh.agent.syncer import LocalOnly, Syncer, SyncReport, run_cycle, run_sync_loop
 from xpro_mesh.api.http import ApiServer
-from xpro_mesh.api.view import Feeder, NodeInfo
+from xpro_mesh.api.view import Feeder, NodeInfo, PairRecord
 from xpro_mesh.core.dispersion import Steering, plan_steering
-from xpro_mesh.core.gossip_state import GossipState, MergeLimits, Pair, PairView
+from xpro_mesh.core.gossip_state import GossipState, MergeLimits
 from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
 from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
@@ -353,8 +353,14 @@ class Agent:
     def table_size(self) -> tuple[int, int]:
         return self.state.num_pairs, len(self.state)
 
-    def pair_views(self) -> Mapping[Pair, PairView]:
-        return self.state.pair_views()
+    def top_pairs(self, dst: bytes | None, limit: int) -> tuple[list[PairRecord], int]:
+        views: list[PairRecord] = []
+        for (src, d), v in self.state.pair_views().items():
+            assert isinstance(src, bytes) and isinstance(d, bytes)
+            if dst is None or d == dst:
+                views.append(PairRecord(src, d, v.ts1, v.ts2, v.c, v.origins))
+        views.sort(key=lambda r: -r.c)
+        return views[:limit], len(views)
 
     def stats(self) -> Stats:
         return self.counters.stats

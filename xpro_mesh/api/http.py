@@ -269,23 +269,19 @@ class ApiServer:
                 dst = to_addr(ipaddress.ip_address(dst_raw))
             except ValueError:
                 return _error(400, f"dst: not an IP address: {dst_raw!r}")
-        out = []
-        for pair, view in self.agent.pair_views().items():
-            src, d = pair
-            if dst is not None and d != dst:
-                continue
-            out.append(
-                {
-                    "src": _addr(src),
-                    "dst": _addr(d),
-                    "ts1": view.ts1,
-                    "ts2": view.ts2,
-                    "c": view.c,
-                    "origins": view.origins,
-                }
-            )
-        out.sort(key=lambda r: -int(str(r["c"])))
-        return web.json_response({"records": out[:limit], "total": len(out)})
+        top, total = self.agent.top_pairs(dst, limit)
+        out = [
+            {
+                "src": _addr(r.src),
+                "dst": _addr(r.dst),
+                "ts1": r.ts1,
+                "ts2": r.ts2,
+                "c": r.c,
+                "origins": r.origins,
+            }
+            for r in top
+        ]
+        return web.json_response({"records": out, "total": total})
 
     async def get_config(self, request: web.Request) -> web.Response:
         return web.json_response({"thresholds": self.agent.thresholds.as_json()})

@@ -9,19 +9,18 @@ or are defined here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from xpro_mesh.agent.config import Thresholds
 from xpro_mesh.core.algorithm import Verdict
 from xpro_mesh.core.dispersion import Steering
-from xpro_mesh.core.gossip_state import Pair, PairView
 from xpro_mesh.datapath.backend import Stats
 from xpro_mesh.mesh.membership import Member, Workload
 from xpro_mesh.mesh.node import MeshCounters
 
-__all__ = ["AgentView", "Feeder", "NodeInfo", "SyncStatus"]
+__all__ = ["AgentView", "Feeder", "NodeInfo", "PairRecord", "SyncStatus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +34,18 @@ class NodeInfo:
     backend: str  # xdp | memory
     iface: str | None
     steer_threshold: float  # packets/s above which a proxy is overloaded
+
+
+@dataclass(frozen=True, slots=True)
+class PairRecord:
+    """One pair's mesh-wide view (``GET /v1/records``): addresses as 16 bytes."""
+
+    src: bytes
+    dst: bytes
+    ts1: int
+    ts2: int
+    c: int
+    origins: int
 
 
 class SyncStatus(Protocol):
@@ -84,7 +95,10 @@ class AgentView(Protocol):
         """(pairs, rows) held in the replicated state."""
         ...
 
-    def pair_views(self) -> Mapping[Pair, PairView]: ...
+    def top_pairs(self, dst: bytes | None, limit: int) -> tuple[Sequence[PairRecord], int]:
+        """The ``limit`` mesh-wide pair views with the largest counts (towards
+        ``dst`` only, when given), largest first, and how many pairs matched."""
+        ...
 
     def stats(self) -> Stats:
         """The data path's counters as last read."""
