@@ -1,4 +1,4 @@
-"""Specification of the masterless merge (DESIGN.md, "Records and merging
+"""Specification of the masterless merge (docs/design.md, "Records and merging
 without a master"): fidelity to Algorithm 1, exact counts under loss,
 duplication and reordering, convergence in O(log N) rounds, safety against
 peers; and the view, expiry and restart rules they rest on."""

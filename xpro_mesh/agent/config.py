@@ -448,9 +448,9 @@ _PROFILE_GOSSIP: dict[Profile, Callable[[], GossipConfig]] = {
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds on what the agent accepts from peers (DESIGN.md, safety against
-    peers): a buggy or compromised key holder cannot exhaust memory or
-    inject absurd counts."""
+    """Bounds on what the agent accepts from peers (docs/design.md, "Safety
+    against peers"): a buggy or compromised key holder cannot exhaust memory
+    or inject absurd counts (docs/threat-model.md says what it still can)."""
 
     # pair entries accepted from one origin (a peer's own counts)
     max_keys: int = field(default=1_000_000, metadata=_parse(_count))

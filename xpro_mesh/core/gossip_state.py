@@ -1,7 +1,7 @@
 """The replicated pair table without a master: per-origin entries, their merge,
 and the deterministic fold that every node computes from them.
 
-DESIGN.md, "Records and merging without a master". The paper's master M_DB is
+docs/design.md, "Records and merging without a master". The paper's master M_DB is
 one copy that every proxy read-modify-writes; here every proxy (an *origin*)
 owns its own row per (client, destination) pair and nobody else ever changes
 it:
