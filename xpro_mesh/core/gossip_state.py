@@ -448,13 +448,12 @@ class GossipState:
         re-bases its ``c'`` to the view's count, its ``ts1'`` to the view's
         start (the earliest of every origin's rows) and its ``ts2'`` to the
         view's end (moved on by other proxies' packets). Taken as this
-        origin's own, they import other origins' windows into its row: a
-        proxy that took over a client (its old proxy died) got that proxy's
-        start, so each sync halved what it counted (lines 22-23, then 13-17),
-        and a proxy that stopped seeing a client kept its row alive for ever
-        on the view's end with a count halved to 0 and a start dragging the
-        view's window back (the lab's ``failover`` scenario let 90 % of the
-        moved bots through). So the window is the origin's own: its row's
+        origin's own, they would import other origins' windows into its row:
+        a proxy taking over a client would inherit the other proxy's start
+        and halve what it counted at each sync (lines 22-23, then 13-17), and
+        a proxy that stopped seeing a client would keep its row alive on the
+        view's end, its count halved towards 0 and its start dragging the
+        view's window back. So the window is the origin's own: its row's
         start (the kernel's after a restart, mark' = 1); for a first row, the
         view's end, the last packet seen anywhere before this proxy's first;
         ``ts2'`` the kernel's only when the kernel counted packets here. With
