@@ -130,3 +130,15 @@ def test_bad_threshold_values_are_one_line_naming_the_key(
     with pytest.raises(ConfigError) as caught:
         load_config(None, {"backend": "memory", key: value}, require_key_file=False)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_the_record_renders_as_a_thresholds_table_both_loaders_read_back(tmp_path: Path) -> None:
+    lab = replace(DEFAULTS, t_t1=3 * S, t_t2=S // 2, t_t4=2 * S, t_f1=50, t_f2=1440)
+    text = lab.as_toml(Policy.PAPER)
+    assert text.splitlines()[:2] == ['t_t1 = "3s"', 't_t2 = "500ms"']
+    xdp = tmp_path / "xdp.toml"
+    xdp.write_text(text)
+    assert load_xdp_file(xdp)[0].params == replace(lab, policy=Policy.PAPER)
+    agent = tmp_path / "agent.toml"
+    agent.write_text("[thresholds]\n" + lab.as_toml())
+    assert reload_thresholds(agent) == Thresholds.of(lab)

@@ -164,6 +164,24 @@ class Params:
         }
 
 
+    def as_toml(self, policy: Policy | None = None) -> str:
+        """The ``[thresholds]`` body as an operator writes it (durations with
+        their shortest exact unit), also a valid flat ``xdp attach`` config;
+        ``policy`` overrides the record's (a lab mode chooses its own)."""
+        chosen = self.policy if policy is None else policy
+        return "\n".join(
+            [
+                *(f'{n} = "{format_duration(getattr(self, n))}"' for n in _DURATIONS),
+                f"t_f1 = {self.t_f1}",
+                f"t_f2 = {self.t_f2}",
+                f"r = {self.r}",
+                f'policy = "{chosen}"',
+            ]
+        )
+
+
+_DURATIONS = ("t_t1", "t_t2", "t_t3", "t_t4")
+
 DEFAULTS = Params()
 """The one set of defaults (the data path, the agent and the Ansible role)."""
 
