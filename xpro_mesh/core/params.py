@@ -42,6 +42,9 @@ class Policy(enum.StrEnum):
     PAPER = "paper"  # lines 21-23 literally: every packet to D, whoever sends it
 
 
+_DURATIONS = ("t_t1", "t_t2", "t_t3", "t_t4")
+
+
 def _meta(unit: Unit, what: str, why: str) -> dict[str, Any]:
     return {"unit": unit, "what": what, "why": why}
 
@@ -163,7 +166,6 @@ class Params:
             "policy": str(self.policy),
         }
 
-
     def as_toml(self, policy: Policy | None = None) -> str:
         """The ``[thresholds]`` body as an operator writes it (durations with
         their shortest exact unit), also a valid flat ``xdp attach`` config;
@@ -179,8 +181,6 @@ class Params:
             ]
         )
 
-
-_DURATIONS = ("t_t1", "t_t2", "t_t3", "t_t4")
 
 DEFAULTS = Params()
 """The one set of defaults (the data path, the agent and the Ansible role)."""
