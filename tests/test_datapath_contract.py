@@ -51,7 +51,7 @@ class DataPath:
         assert s is not None, f"{src} -> {dst} is not indexed"
         return int(s)
 
-    def row(self, src: str, dst: str = D) -> np.void:
+    def row(self, src: str, dst: str = D) -> Any:
         return self.maps.pair_slots[self.slot(src, dst)]
 
 
@@ -142,7 +142,7 @@ def one_cpu() -> Iterator[None]:
 
 def _order(maps: Any, dslot: int) -> list[int]:
     """The destination's ts1 order, walked from its head."""
-    out = []
+    out: list[int] = []
     s = int(maps.dest_slots["head"][dslot])
     while s != NO and len(out) <= maps.pairs_max:
         out.append(s)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import struct
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,9 +90,10 @@ def test_numpy_dtypes_lay_every_field_where_the_ctypes_mirror_does(cname: str) -
         else:
             flat[fname] = (offset, ct.sizeof(ftype))
     names = dtype.names or ()
+    fields: Mapping[str, Any] = dtype.fields or {}
     assert len(names) == len(flat), (names, list(flat))
     for name in names:
-        field_dtype, offset = dtype.fields[name][:2]
+        field_dtype, offset = fields[name][:2]
         assert (offset, field_dtype.itemsize) == flat[renames.get(name, name)], name
 
 

@@ -135,9 +135,7 @@ def _preset(maps: Any, fd: int, frame: bytes, pair_c: int, dest_c: int) -> None:
     libbpf.prog_test_run(fd, frame)  # creates the pair and its destination
     pairs, dests = maps.read_pairs(), maps.read_dests()
     i = len(pairs.slots) - 1
-    maps.write_pair_views(
-        pairs.slots[i:], pairs.rows["gen"][i:], [pair_c], [now - 10 * S], [now]
-    )
+    maps.write_pair_views(pairs.slots[i:], pairs.rows["gen"][i:], [pair_c], [now - 10 * S], [now])
     j = len(dests.slots) - 1
     maps.write_dest_views(
         dests.slots[j:], dests.rows["gen"][j:], [dest_c], [0], [now - 10 * S], [now]

@@ -408,9 +408,7 @@ def attach(
         prog_id = libbpf.prog_id(prog.filter_fd)
     finally:
         prog.close()
-    return AttachResult(
-        iface, used, prog_id, pin_dir, live is not None, live_config, tuple(notes)
-    )
+    return AttachResult(iface, used, prog_id, pin_dir, live is not None, live_config, tuple(notes))
 
 
 def _attach_fd(ifindex: int, iface: str, fd: int, mode: str) -> str:

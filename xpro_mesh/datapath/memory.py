@@ -434,4 +434,3 @@ class MemoryMaps(SlotArrays):
 
 
 _STAT = {Verdict.PASS: "pass", Verdict.DROP_PAIR: "drop_pair", Verdict.DROP_DEST: "drop_dest"}
-
