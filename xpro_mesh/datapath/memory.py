@@ -20,6 +20,7 @@ is full; the lock is never busy.
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -112,6 +113,16 @@ class MemoryMaps(SlotArrays):
                 np.fromiter(self._pair_index.values(), np.uint32, len(self._pair_index)),
                 np.fromiter(self._dest_index.values(), np.uint32, len(self._dest_index)),
             )
+
+    def reopen(self) -> MemoryMaps:
+        """A new backend on the same maps, as ``BpfMaps.open`` gives an agent
+        that restarted: the kernel's side (arrays, index, counters) shared,
+        the agent's side (expired slots, pending recycles) lost and then
+        recovered. Use the returned object from then on, not this one."""
+        new = copy.copy(self)
+        SlotArrays.__init__(new, self._pairs, self._dests, *self._rings, self._ctl)
+        new.recover()
+        return new
 
     def lookup_pair(self, src: str | bytes, dst: str | bytes) -> int | None:
         """The slot ``pair_index`` names for the pair (None: not indexed)."""

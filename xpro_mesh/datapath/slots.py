@@ -448,6 +448,9 @@ class SlotArrays:
             dead[:hwm][unheld] = gen[unheld]
             is_free = np.zeros(hwm, bool)
             is_free[free[free < hwm]] = True
+            pending = self._pending_pairs if which == XPRO_RING_PAIRS else self._pending_dests
+            if pending is not None:  # this backend's own, recycled at its next expire call
+                is_free[pending.slots[pending.slots < hwm]] = True
             leaked = np.flatnonzero(unheld & ~is_free).astype(np.uint32)
             self._push(which, leaked)
             recovered += int(leaked.size)
