@@ -576,3 +576,19 @@ def test_two_cpus_racing_on_the_same_new_pairs_count_every_packet_once(
     assert read.high_water == len(frames) + spares
     assert stats.insert_races >= spares
     print(f"{stats.insert_races} insert races, {spares} spares left")
+
+
+@pytest.mark.kernel
+def test_closing_the_backend_unmaps_what_no_one_holds_and_keeps_what_a_caller_does(
+    xdp_test_program: Any, kernel_maps: Any
+) -> None:
+    kernel_maps.set_config(QUIET)
+    KernelDriver(xdp_test_program, kernel_maps).feed(_client(1), D, BASE_TIME)
+    maps = xdp_test_program.maps()
+    held = maps.pair_slots  # a caller keeps the live array past close()
+    maps.close()
+    assert maps.pair_slots.size == 0 and maps.read_pairs().slots.size == 0
+    assert int(held["c"][0]) == 1  # still mapped: numpy holds the buffer
+    other = xdp_test_program.maps()
+    other.close()
+    assert other._mmaps == []
