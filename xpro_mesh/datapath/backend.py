@@ -392,6 +392,7 @@ class MapBackend(Protocol):
 
     def close(self) -> None:
         """Unmap the arrays and close the maps. Slots expired but not yet
-        recycled stay off the ring; the next backend opened on the same
-        maps finds them (not in the index, not free) and recycles them."""
+        recycled stay off the ring; the next agent's backend, opened with
+        ``BpfMaps.open(pin_dir, recover=True)``, finds them (not in the
+        index, not free) and recycles them."""
         ...
