@@ -21,6 +21,8 @@ import pytest
 from xpro_mesh.agent.config import load_config
 from xpro_mesh.agent.daemon import Agent, xdp_config
 from xpro_mesh.agent.gossip_sync import GossipSync
+from xpro_mesh.agent.syncer import SyncReport
+from xpro_mesh.core.algorithm import Params
 from xpro_mesh.core.gossip_state import Coverage, Delta, OriginEntry, PairEntry
 from xpro_mesh.datapath.memory import MemoryMaps
 
@@ -119,12 +121,15 @@ async def test_a_sync_failing_every_cycle_is_counted_each_time_and_logged_once(
             self.calls = 0
             self.ten = asyncio.Event()
 
-        async def cycle(self, report: object) -> None:
+        async def cycle(self, report: SyncReport) -> None:
             self.calls += 1
             if self.calls >= 10:
                 self.ten.set()
             if self.calls <= 8:
                 raise ConnectionError("Error 111 connecting to 10.20.0.3:6379")
+
+        def set_params(self, params: Params) -> None:
+            pass
 
     syncer = FlakyMaster()
     config = load_config(

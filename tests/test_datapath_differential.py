@@ -93,6 +93,8 @@ class Agent:
         k_pairs, t_pairs = kernel.read_pairs(), twin.read_pairs()
         assert np.array_equal(k_pairs.slots, t_pairs.slots)
         assert k_pairs.rows.tobytes() == t_pairs.rows.tobytes()
+        keys = kernel.pair_keys(k_pairs.slots).tobytes()
+        assert keys == twin.pair_keys(t_pairs.slots).tobytes()
         k_dests, t_dests = kernel.read_dests(), twin.read_dests()
         assert np.array_equal(k_dests.slots, t_dests.slots)
         assert k_dests.rows.tobytes() == t_dests.rows.tobytes()
@@ -227,13 +229,14 @@ def test_twin_without_views_is_algorithm_2(seed: int, policy: Policy) -> None:
     got = [twin.feed(pk.src, pk.dst, pk.now) for pk in trace]
     assert got == expected
     read = twin.read_pairs()
+    keys = twin.pair_keys(read.slots)
     windows = {
-        (str(from_addr(bytes(r["src"]))), str(from_addr(bytes(r["dst"])))): (
+        (str(from_addr(bytes(k["src"]))), str(from_addr(bytes(k["dst"])))): (
             int(r["ts1"]),
             int(r["ts2"]),
             int(r["c"]),
         )
-        for r in read.rows
+        for k, r in zip(keys, read.rows, strict=True)
     }
     assert windows == {k: (r.ts1, r.ts2, r.c) for k, r in table.items()}
     dests = {

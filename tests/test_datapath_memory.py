@@ -5,7 +5,7 @@ test_datapath_contract.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import MutableMapping
 
 from datapath_support import BASE_TIME, MS, model_for
 from hypothesis import given, settings
@@ -26,14 +26,15 @@ DESTS = {4: ["10.0.1.1", "10.0.1.2"], 6: ["2001:db8:1::1"]}
 
 
 def _check_against_model(
-    memory: MemoryMaps, table: dict[tuple[Hashable, Hashable], LocalRecord]
+    memory: MemoryMaps, table: MutableMapping[tuple[str, str], LocalRecord]
 ) -> None:
     """Every pair slot holds the model's window (ts1', ts2', c'), every
     destination slot lines 18-20 over its pairs."""
-    rows = memory.read_pairs().rows
+    read = memory.read_pairs()
+    keys = memory.pair_keys(read.slots)
     assert {
-        PairKey(bytes(r["src"]), bytes(r["dst"])): (int(r["ts1"]), int(r["ts2"]), int(r["c"]))
-        for r in rows
+        PairKey(bytes(k["src"]), bytes(k["dst"])): (int(r["ts1"]), int(r["ts2"]), int(r["c"]))
+        for k, r in zip(keys, read.rows, strict=True)
     } == {PairKey.of(s, d): (r.ts1, r.ts2, r.c) for (s, d), r in table.items()}
     assert {
         bytes(r["dst"]): DestinationAggregate(
@@ -73,7 +74,7 @@ def test_feed_is_the_reference_model(
         t_t1=t_t1 * MS, t_t2=t_t2 * MS, t_t3=t_t3 * MS, t_t4=100 * MS, t_f1=t_f1, t_f2=t_f2, r=2
     )
     memory = MemoryMaps(XdpConfig.from_params(p, policy=policy))
-    table: dict[tuple[Hashable, Hashable], LocalRecord] = {}
+    table: dict[tuple[str, str], LocalRecord] = {}
     model = model_for(policy)
     now = BASE_TIME
     for src_i, dst_i, gap in steps:

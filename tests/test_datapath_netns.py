@@ -263,6 +263,10 @@ def test_reattach_reuses_live_maps_and_generic_mode_detaches_cleanly(
         ) == (0, "")
         stats = json.loads(capsys.readouterr().out)
         assert stats["config"]["t_f1"] == 123
+        # The live rings were kept, not filled again (that would hand out
+        # the pair's slot a second time).
+        assert stats["pairs"] >= 1  # ours, and whatever else the veth saw (ND)
+        assert stats["pairs_free"] == stats["pairs_max"] - stats["pairs"]
         with BpfMaps.open(pin_dir) as maps:
             slot = maps.lookup_pair("10.9.9.1", "10.9.9.2")
             assert slot is not None and int(maps.pair_slots["c"][slot]) == 1

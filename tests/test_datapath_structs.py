@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import struct
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -88,9 +90,10 @@ def test_numpy_dtypes_lay_every_field_where_the_ctypes_mirror_does(cname: str) -
         else:
             flat[fname] = (offset, ct.sizeof(ftype))
     names = dtype.names or ()
+    fields: Mapping[str, Any] = dtype.fields or {}
     assert len(names) == len(flat), (names, list(flat))
     for name in names:
-        field_dtype, offset = dtype.fields[name][:2]
+        field_dtype, offset = fields[name][:2]
         assert (offset, field_dtype.itemsize) == flat[renames.get(name, name)], name
 
 
@@ -110,3 +113,17 @@ def test_ipv4_is_keyed_v4_mapped_and_ipv6_as_is() -> None:
     assert from_addr(to_addr("2001:db8::1")) == ipaddress.IPv6Address("2001:db8::1")
     with pytest.raises(ValueError):
         to_addr(b"\x01\x02")
+
+
+def test_view_writes_address_the_agent_half_by_word() -> None:
+    """The view writers store 64-bit words from v_gen on: the agent half
+    must be v_gen then the view's fields, in that order, to the struct's end."""
+    from xpro_mesh.datapath import slots
+
+    pair = [f for f, *_ in structs.XproSlot._fields_]
+    assert pair[pair.index("v_gen") :] == ["v_gen", "v_adj", "v_ts1", "v_ts2"]
+    assert structs.XproSlot.v_gen.offset == slots._PAIR_V_GEN * 8
+    dest = [f for f, *_ in structs.XproDslot._fields_]
+    agent_half = ["v_gen", "v_adj", "v_nadj", "v_ts1", "v_ts2", "v_reserved"]
+    assert dest[dest.index("v_gen") :] == agent_half
+    assert structs.XproDslot.v_gen.offset == slots._DEST_V_GEN * 8

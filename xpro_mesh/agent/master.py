@@ -38,7 +38,13 @@ import numpy as np
 
 from xpro_mesh.agent.mapsync import SlotMemory
 from xpro_mesh.agent.syncer import SyncReport
-from xpro_mesh.core.algorithm import LocalRecord, MasterRecord, Params, sync_master
+from xpro_mesh.core.algorithm import (
+    LocalRecord,
+    MasterRecord,
+    Params,
+    fold_destinations,
+    sync_master,
+)
 from xpro_mesh.datapath.backend import DestRead, MapBackend, PairKey, PairRead
 
 __all__ = ["MasterSync", "plan_master"]
@@ -240,7 +246,7 @@ class MasterSync:
         stale_before = now - (p.t_t1 + p.t_t4)
         views: list[tuple[int, int, int, int, int]] = []
         gone: list[tuple[int, int]] = []
-        per_dst: dict[bytes, tuple[int, int, int, int]] = {}
+        live: list[tuple[bytes, LocalRecord]] = []
         for key, rec in after.items():
             placed = slot_of.get(key)
             if rec.ts2 < stale_before:
@@ -250,12 +256,8 @@ class MasterSync:
             if placed is not None:
                 slot, gen, c = placed
                 views.append((slot, gen, rec.c - c, rec.ts1, rec.ts2))
-            agg = per_dst.get(key.dst)
-            per_dst[key.dst] = (
-                (rec.ts1, rec.ts2, rec.c, 1)
-                if agg is None
-                else (min(agg[0], rec.ts1), max(agg[1], rec.ts2), agg[2] + rec.c, agg[3] + 1)
-            )
+            live.append((key.dst, rec))
+        per_dst = fold_destinations(live)
         dviews: list[tuple[int, int, int, int, int, int]] = []
         dgone: list[tuple[int, int]] = []
         for i, dslot in enumerate(dests.slots.tolist()):
@@ -264,9 +266,15 @@ class MasterSync:
             if agg is None:
                 dgone.append((dslot, int(drow["gen"])))
                 continue
-            ts1, ts2, c, n = agg
             dviews.append(
-                (dslot, int(drow["gen"]), c - int(drow["c"]), n - int(drow["n"]), ts1, ts2)
+                (
+                    dslot,
+                    int(drow["gen"]),
+                    agg.c - int(drow["c"]),
+                    agg.clients - int(drow["n"]),
+                    agg.ts1,
+                    agg.ts2,
+                )
             )
         b = self.backend
         if views:

@@ -113,7 +113,7 @@ def _open(args: argparse.Namespace, what: str) -> Any:
 
     try:
         loader.require_root(what)
-        return BpfMaps.open(loader.pin_dir_for(args.pin_root, args.iface), recover=False)
+        return BpfMaps.open(loader.pin_dir_for(args.pin_root, args.iface))
     except DatapathError as exc:
         raise CliError(str(exc)) from None
 

@@ -57,6 +57,8 @@ import numpy.typing as npt
 from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.datapath.structs import (
     DEST_SLOT_DTYPE,
+    PAIR_KEY_DTYPE,
+    PAIR_READ_DTYPE,
     PAIR_SLOT_DTYPE,
     STATS_FIELDS,
     from_addr,
@@ -65,6 +67,8 @@ from xpro_mesh.datapath.structs import (
 
 __all__ = [
     "DEST_SLOT_DTYPE",
+    "PAIR_KEY_DTYPE",
+    "PAIR_READ_DTYPE",
     "PAIR_SLOT_DTYPE",
     "DestRead",
     "MapBackend",
@@ -121,18 +125,17 @@ class PairKey:
 
 @dataclass(frozen=True, slots=True)
 class PairRead:
-    """A consistent copy of every live pair slot, taken by :meth:`MapBackend.read_pairs`.
+    """A consistent copy of every live pair slot's window, taken by
+    :meth:`MapBackend.read_pairs`.
 
-    ``slots[i]`` is the slot number of ``rows[i]``; ``rows`` has dtype
-    :data:`PAIR_SLOT_DTYPE` (both halves as they were; the kernel half of
-    each row is consistent: ``gen`` was even and unchanged across the copy
-    of ``ts1``, ``ts2``, ``c``, ``key``, ``dslot``, ``dgen``). Rows are in
-    slot order. ``c`` may be a few packets older than ``ts2`` (packets
-    land between the field copies); the next read sees them, once.
-
-    ``rows["dslot"]`` / ``rows["dgen"]`` name the pair's destination slot
-    and the low 32 bits of its gen (``XPRO_NO_SLOT``: none, the
-    destination array was full).
+    ``slots[i]`` is the slot number of ``rows[i]``, in slot order; ``rows``
+    has dtype :data:`PAIR_READ_DTYPE`: ``gen``, ``ts1``, ``ts2``, ``c`` (the
+    first 32 bytes of ``struct xpro_slot``: what packets write; copying only
+    them is one pass over memory, ~30 ms at 1M slots here). Each row is
+    consistent: ``gen`` was even and unchanged across the copy. ``c`` may be
+    a few packets behind ``ts2`` (packets land between the field copies); the
+    next read sees them, once. Keys and destination slots of slots not seen
+    before: :meth:`MapBackend.pair_keys`.
     """
 
     slots: Slots
@@ -274,12 +277,21 @@ class MapBackend(Protocol):
     def dests_high_water(self) -> int: ...
 
     def read_pairs(self) -> PairRead:
-        """Every live pair slot, consistently (the seqlock re-read is done
-        vectorised: copy gens, copy rows, copy gens again, re-copy the rows
-        whose gen moved or was odd, a few rounds; a slot a CPU keeps
-        re-initialising for all rounds is left out and shows next cycle).
+        """Every live pair slot's window, consistently (the seqlock re-read is
+        done vectorised, a chunk of slots at a time: copy gens, copy the
+        words, copy gens again; the rows whose gen moved are copied again, a
+        few rounds; a slot a CPU keeps re-initialising for all rounds, or
+        odd, is left out and shows next cycle).
         Slots the agent expired are left out. Read pairs before
         destinations (:meth:`read_dests`)."""
+        ...
+
+    def pair_keys(self, slots: npt.ArrayLike) -> np.ndarray:
+        """``src``, ``dst``, ``dslot``, ``dgen`` of those slots (dtype
+        :data:`PAIR_KEY_DTYPE`). They are written before a slot goes live
+        and never change while it lives (a restart keeps them), so a gather
+        for the slots whose gen is new since the last read needs no seqlock.
+        ``dslot`` is ``XPRO_NO_SLOT`` when no destination slot was free."""
         ...
 
     def read_dests(self) -> DestRead:
@@ -380,6 +392,7 @@ class MapBackend(Protocol):
 
     def close(self) -> None:
         """Unmap the arrays and close the maps. Slots expired but not yet
-        recycled stay off the ring; the next backend opened on the same
-        maps finds them (not in the index, not free) and recycles them."""
+        recycled stay off the ring; the next agent's backend, opened with
+        ``BpfMaps.open(pin_dir, recover=True)``, finds them (not in the
+        index, not free) and recycles them."""
         ...

@@ -108,10 +108,13 @@ class BpfMaps(SlotArrays):
             self.recover()
 
     @classmethod
-    def open(cls, pin_dir: str | Path, *, recover: bool = True) -> BpfMaps:
-        """Open the maps pinned under ``pin_dir``. ``recover``: find slots
-        an earlier agent expired but did not recycle and put them back on
-        the rings (the agent opens with it; read-only tools without)."""
+    def open(cls, pin_dir: str | Path, *, recover: bool = False) -> BpfMaps:
+        """Open the maps pinned under ``pin_dir``. ``recover=True`` (the
+        agent, the one writer, at its start): find the slots an earlier
+        agent expired but did not recycle and put them back on the rings.
+        Never from a second process while an agent runs (stats readers, the
+        lab): its slots pending recycling would look leaked and be freed
+        twice."""
         pin = Path(pin_dir)
         fds: dict[str, int] = {}
         try:
@@ -264,6 +267,8 @@ class BpfMaps(SlotArrays):
         self._dests = np.zeros(0, structs.DEST_SLOT_DTYPE)
         self._rings = (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         self._ctl = np.zeros(2, structs.RING_DTYPE)
+        self._pair_words = np.zeros((0, 16), np.uint64)
+        self._dest_words = np.zeros((0, 16), np.uint64)
         for mm in self._mmaps:
             with contextlib.suppress(BufferError):
                 mm.close()

@@ -273,9 +273,9 @@ def _private_mount_namespace() -> bool:
         return False
 
 
-def _pinned_pairs_max(pin_dir: Path) -> int | None:
-    """The live pair map's size when pinned (and check every pinned layout)."""
-    pairs_max = None
+def _pinned_sizes(pin_dir: Path) -> MapSizes | None:
+    """The live slot arrays' sizes when pinned (and check every pinned layout)."""
+    found: dict[str, int] = {}
     for name, (key_size, value_size) in MAP_LAYOUT.items():
         path = pin_dir / name
         if name == "events" or not path.exists():
@@ -291,9 +291,10 @@ def _pinned_pairs_max(pin_dir: Path) -> int | None:
                 f"{info.value_size}, expected {key_size}/{value_size}); run `xpro-mesh xdp "
                 f"detach` first"
             )
-        if name == "pair_slots":
-            pairs_max = info.max_entries
-    return pairs_max
+        found[name] = info.max_entries
+    if "pair_slots" not in found or "dest_slots" not in found:
+        return None
+    return MapSizes(pairs_max=found["pair_slots"], dests_max=found["dest_slots"])
 
 
 def _ifindex(iface: str) -> int:
@@ -377,11 +378,14 @@ def attach(
         notes.append(note)
     pin_dir.mkdir(parents=True, exist_ok=True)
     try:
-        live_pairs = _pinned_pairs_max(pin_dir)
+        live = _pinned_sizes(pin_dir)
         sizes = sizes or MapSizes()
-        if live_pairs is not None and live_pairs != sizes.pairs_max:
-            notes.append(f"keeping the live pair map of {live_pairs} entries")
-            sizes = MapSizes(pairs_max=live_pairs, dests_max=sizes.dests_max)
+        if live is not None and live != sizes:
+            notes.append(
+                f"keeping the live maps of {live.pairs_max} pair and {live.dests_max} "
+                "destination slots"
+            )
+            sizes = live
         prog = load(BuildOptions(pin_dir=pin_dir, sizes=sizes), log_tag=f"xpro-{iface}")
     except BaseException:
         for d in reversed(made):  # leave no empty directories behind
@@ -404,9 +408,7 @@ def attach(
         prog_id = libbpf.prog_id(prog.filter_fd)
     finally:
         prog.close()
-    return AttachResult(
-        iface, used, prog_id, pin_dir, live_pairs is not None, live_config, tuple(notes)
-    )
+    return AttachResult(iface, used, prog_id, pin_dir, live is not None, live_config, tuple(notes))
 
 
 def _attach_fd(ifindex: int, iface: str, fd: int, mode: str) -> str:

@@ -20,13 +20,14 @@ is full; the lock is never busy.
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
 import numpy.typing as npt
 
 from xpro_mesh.core.algorithm import NS_PER_S, Verdict
-from xpro_mesh.datapath.backend import OverloadWarning, PairKey, Stats
+from xpro_mesh.datapath.backend import OverloadWarning, Stats
 from xpro_mesh.datapath.config import MapSizes, Policy, XdpConfig
 from xpro_mesh.datapath.slots import SlotArrays, ring_size_for
 from xpro_mesh.datapath.structs import (
@@ -70,7 +71,7 @@ class MemoryMaps(SlotArrays):
     """The :class:`~xpro_mesh.datapath.backend.MapBackend` in memory."""
 
     def __init__(self, config: XdpConfig | None = None, sizes: MapSizes | None = None) -> None:
-        sizes = sizes or MapSizes(pairs_max=1 << 16, dests_max=1 << 12)
+        sizes = sizes or MapSizes()  # as the kernel's defaults; pages are touched lazily
         super().__init__(
             np.zeros(sizes.pairs_max, PAIR_SLOT_DTYPE),
             np.zeros(sizes.dests_max, DEST_SLOT_DTYPE),
@@ -112,6 +113,16 @@ class MemoryMaps(SlotArrays):
                 np.fromiter(self._pair_index.values(), np.uint32, len(self._pair_index)),
                 np.fromiter(self._dest_index.values(), np.uint32, len(self._dest_index)),
             )
+
+    def reopen(self) -> MemoryMaps:
+        """A new backend on the same maps, as ``BpfMaps.open`` gives an agent
+        that restarted: the kernel's side (arrays, index, counters) shared,
+        the agent's side (expired slots, pending recycles) lost and then
+        recovered. Use the returned object from then on, not this one."""
+        new = copy.copy(self)
+        SlotArrays.__init__(new, self._pairs, self._dests, *self._rings, self._ctl)
+        new.recover()
+        return new
 
     def lookup_pair(self, src: str | bytes, dst: str | bytes) -> int | None:
         """The slot ``pair_index`` names for the pair (None: not indexed)."""
@@ -434,5 +445,3 @@ class MemoryMaps(SlotArrays):
 
 
 _STAT = {Verdict.PASS: "pass", Verdict.DROP_PAIR: "drop_pair", Verdict.DROP_DEST: "drop_dest"}
-
-__all__ += ["PairKey"]  # re-exported for tests that build keys beside the twin

@@ -18,6 +18,7 @@ both reads saw the gen being written last.
 
 from __future__ import annotations
 
+import ctypes as ct
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,15 +27,21 @@ import numpy.typing as npt
 from xpro_mesh.datapath.backend import DestRead, PairRead, RingStatus
 from xpro_mesh.datapath.structs import (
     DEST_SLOT_DTYPE,
+    PAIR_KEY_DTYPE,
+    PAIR_READ_DTYPE,
     PAIR_SLOT_DTYPE,
     RING_DTYPE,
     XPRO_RING_DESTS,
     XPRO_RING_PAIRS,
+    XproDslot,
+    XproSlot,
 )
 
 __all__ = ["SlotArrays", "live_gen32", "ring_size_for"]
 
 READ_ROUNDS = 4
+READ_CHUNK = 2048  # slots per step of a read: 256 KiB, stays in L2
+WRITE_CHUNK = 4096  # slots per step of a view write
 _KEY_DTYPE = np.dtype([("src", "V16"), ("dst", "V16")])
 
 
@@ -76,27 +83,85 @@ def _col(values: npt.ArrayLike, n: int, dtype: type, what: str) -> npt.NDArray[n
     return arr.astype(dtype, copy=False)
 
 
-def _consistent(arr: np.ndarray, hwm: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Copy ``arr[:hwm]`` with the seqlock check: (rows, ok mask, rows re-read)."""
-    view = arr[:hwm]
-    g1 = view["gen"].copy()
-    rows = view.copy()
-    g2 = view["gen"].copy()
-    ok = (g1 == g2) & (rows["gen"] == g1) & (g1 & np.uint64(1) == 0)
-    moved = np.flatnonzero((g1 != g2) | (rows["gen"] != g1))
+def _words(arr: np.ndarray) -> npt.NDArray[np.uint64]:
+    """A slot array as (slots, 16) 64-bit words (both slot structs are 128 bytes)."""
+    return arr.view(np.uint64).reshape(len(arr), arr.dtype.itemsize // 8)
+
+
+def _consistent(
+    words: npt.NDArray[np.uint64], hwm: int, ncols: int
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_], int]:
+    """Copy the first ``ncols`` words of slots ``[0, hwm)`` with the seqlock
+    check (word 0 is ``gen``): per chunk, the gens, then the words, then the
+    gens again, so memory is crossed once and the second gen read hits the
+    cache. x86-64 does not reorder loads with loads: a row whose gens agree
+    and are even was not being written while its words were copied.
+    Returns (words copied, consistent mask, rows re-read)."""
+    out = np.empty((hwm, ncols), np.uint64)
+    g1 = np.empty(hwm, np.uint64)
+    g2 = np.empty(hwm, np.uint64)
+    for lo in range(0, hwm, READ_CHUNK):
+        hi = min(hwm, lo + READ_CHUNK)
+        g1[lo:hi] = words[lo:hi, 0]
+        out[lo:hi] = words[lo:hi, :ncols]
+        g2[lo:hi] = words[lo:hi, 0]
+    ok = (g1 == g2) & (g1 & np.uint64(1) == 0)
+    moved = np.flatnonzero(g1 != g2)
     retried = 0
     for _ in range(READ_ROUNDS):
         if moved.size == 0:
             break
         retried += int(moved.size)
-        a = view["gen"][moved]
-        again = view[moved]
-        b = view["gen"][moved]
-        good = (a == b) & (again["gen"] == a) & (a & np.uint64(1) == 0)
-        rows[moved[good]] = again[good]
+        a = words[moved, 0]
+        again = words[moved, :ncols]
+        b = words[moved, 0]
+        good = (a == b) & (a & np.uint64(1) == 0)
+        out[moved[good]] = again[good]
         ok[moved[good]] = True
-        moved = moved[(a != b) | (again["gen"] != a)]
-    return rows, ok, retried
+        moved = moved[a != b]
+    return out, ok, retried
+
+
+def _live(
+    words: npt.NDArray[np.uint64], ok: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint64]]:
+    """The slot numbers and rows ``ok`` keeps (no copy when it keeps all)."""
+    if ok.all():
+        return np.arange(len(ok), dtype=np.uint32), words
+    return np.flatnonzero(ok).astype(np.uint32), words[ok]
+
+
+# The word of v_gen in each slot struct; the view's words follow it.
+_PAIR_V_GEN = ct.sizeof(XproSlot) // 8 - 4
+_DEST_V_GEN = ct.sizeof(XproDslot) // 8 - 6
+
+
+def _write_views(
+    words: npt.NDArray[np.uint64],
+    v_gen: int,
+    slots: npt.NDArray[np.uint32],
+    gen: npt.NDArray[np.generic],
+    fields: list[npt.NDArray[np.generic]],
+) -> None:
+    """The contract's write order for each slot: ``v_gen = 0``, the view's
+    words (those after ``v_gen``, in struct order), ``v_gen = gen``; a chunk
+    of slots at a time, so each slot's line is written while it is cached."""
+    n = slots.size
+    block = np.empty((n, len(fields)), np.uint64)
+    for i, f in enumerate(fields):
+        block[:, i] = f.view(np.uint64) if f.dtype.itemsize == 8 else f.astype(np.uint64)
+    gen64 = gen.view(np.uint64)
+    idx = slots.astype(np.intp)
+    end = v_gen + 1 + len(fields)
+    for lo in range(0, n, WRITE_CHUNK):
+        hi = min(n, lo + WRITE_CHUNK)
+        s: npt.NDArray[np.intp] | slice = idx[lo:hi]
+        first, last = int(idx[lo]), int(idx[hi - 1])
+        if last - first == hi - lo - 1 and bool(np.all(np.diff(idx[lo:hi]) == 1)):
+            s = slice(first, last + 1)  # a run of slots: strided stores, no gather
+        words[s, v_gen] = 0
+        words[s, v_gen + 1 : end] = block[lo:hi]
+        words[s, v_gen] = gen64[lo:hi]
 
 
 class SlotArrays:
@@ -116,6 +181,8 @@ class SlotArrays:
             raise ValueError("ring_ctl must be two xpro_ring records")
         self._pairs = pair_slots
         self._dests = dest_slots
+        self._pair_words = _words(pair_slots)
+        self._dest_words = _words(dest_slots)
         self._rings = (pair_ring, dest_ring)
         self._ctl = ring_ctl
         self._dead_pair_gen = np.zeros(len(pair_slots), np.uint64)
@@ -166,17 +233,26 @@ class SlotArrays:
 
     def read_pairs(self) -> PairRead:
         hwm = self.pairs_high_water()
-        rows, ok, retried = _consistent(self._pairs, hwm)
-        ok &= (rows["gen"] != 0) & (rows["gen"] != self._dead_pair_gen[:hwm])
-        slots = np.flatnonzero(ok).astype(np.uint32)
-        return PairRead(slots, rows[ok], hwm, retried)
+        words, ok, retried = _consistent(self._pair_words, hwm, PAIR_READ_DTYPE.itemsize // 8)
+        gen = words[:, 0]
+        ok &= (gen != 0) & (gen != self._dead_pair_gen[:hwm])
+        slots, rows = _live(words, ok)
+        return PairRead(slots, rows.view(PAIR_READ_DTYPE).reshape(-1), hwm, retried)
+
+    def pair_keys(self, slots: npt.ArrayLike) -> np.ndarray:
+        s = _u32(slots, len(self._pairs), "slots")
+        out = np.empty(s.size, PAIR_KEY_DTYPE)
+        for name in PAIR_KEY_DTYPE.names or ():
+            out[name] = self._pairs[name][s]
+        return out
 
     def read_dests(self) -> DestRead:
         hwm = self.dests_high_water()
-        rows, ok, retried = _consistent(self._dests, hwm)
-        ok &= (rows["gen"] != 0) & (rows["gen"] != self._dead_dest_gen[:hwm])
-        slots = np.flatnonzero(ok).astype(np.uint32)
-        return DestRead(slots, rows[ok], hwm, retried)
+        words, ok, retried = _consistent(self._dest_words, hwm, DEST_SLOT_DTYPE.itemsize // 8)
+        gen = words[:, 0]
+        ok &= (gen != 0) & (gen != self._dead_dest_gen[:hwm])
+        slots, rows = _live(words, ok)
+        return DestRead(slots, rows.view(DEST_SLOT_DTYPE).reshape(-1), hwm, retried)
 
     # -- view writes ----------------------------------------------------------
 
@@ -194,12 +270,7 @@ class SlotArrays:
         a = _col(adj, n, np.int64, "adj")
         t1 = _col(ts1, n, np.uint64, "ts1")
         t2 = _col(ts2, n, np.uint64, "ts2")
-        arr = self._pairs
-        arr["v_gen"][s] = 0
-        arr["v_adj"][s] = a
-        arr["v_ts1"][s] = t1
-        arr["v_ts2"][s] = t2
-        arr["v_gen"][s] = g
+        _write_views(self._pair_words, _PAIR_V_GEN, s, g, [a, t1, t2])
 
     def clear_pair_views(self, slots: npt.ArrayLike) -> None:
         self._pairs["v_gen"][_u32(slots, len(self._pairs), "slots")] = 0
@@ -220,13 +291,7 @@ class SlotArrays:
         na = _col(nadj, n, np.int64, "nadj")
         t1 = _col(ts1, n, np.uint64, "ts1")
         t2 = _col(ts2, n, np.uint64, "ts2")
-        arr = self._dests
-        arr["v_gen"][s] = 0
-        arr["v_adj"][s] = a
-        arr["v_nadj"][s] = na
-        arr["v_ts1"][s] = t1
-        arr["v_ts2"][s] = t2
-        arr["v_gen"][s] = g
+        _write_views(self._dest_words, _DEST_V_GEN, s, g, [a, na, t1, t2])
 
     def clear_dest_views(self, dslots: npt.ArrayLike) -> None:
         self._dests["v_gen"][_u32(dslots, len(self._dests), "dslots")] = 0
@@ -383,6 +448,9 @@ class SlotArrays:
             dead[:hwm][unheld] = gen[unheld]
             is_free = np.zeros(hwm, bool)
             is_free[free[free < hwm]] = True
+            pending = self._pending_pairs if which == XPRO_RING_PAIRS else self._pending_dests
+            if pending is not None:  # this backend's own, recycled at its next expire call
+                is_free[pending.slots[pending.slots < hwm]] = True
             leaked = np.flatnonzero(unheld & ~is_free).astype(np.uint32)
             self._push(which, leaked)
             recovered += int(leaked.size)

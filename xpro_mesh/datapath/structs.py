@@ -21,6 +21,8 @@ __all__ = [
     "DEST_SLOT_DTYPE",
     "DTYPE_MIRRORS",
     "MIRRORS",
+    "PAIR_KEY_DTYPE",
+    "PAIR_READ_DTYPE",
     "PAIR_SLOT_DTYPE",
     "RING_DTYPE",
     "STATS_FIELDS",
@@ -288,6 +290,13 @@ DEST_SLOT_DTYPE: Final = np.dtype(
         ("v_reserved", "<u8"),
     ],
     align=True,
+)
+# What read_pairs copies of each pair slot: its first 32 bytes (the hot
+# fields every packet writes, one pass over memory), and what pair_keys
+# gathers for the slots the agent has not seen yet (stable while live).
+PAIR_READ_DTYPE: Final = np.dtype([("gen", "<u8"), ("ts1", "<u8"), ("ts2", "<u8"), ("c", "<i8")])
+PAIR_KEY_DTYPE: Final = np.dtype(
+    [("src", "V16"), ("dst", "V16"), ("dslot", "<u4"), ("dgen", "<u4")]
 )
 RING_DTYPE: Final = np.dtype(
     [
