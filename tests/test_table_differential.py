@@ -128,7 +128,7 @@ class Twin:
     def local_counts(self, data: st.DataObject) -> None:
         """This node's kernel counted packets: Algorithm 1 for each pair."""
         pairs = data.draw(st.lists(st.sampled_from(PAIRS), max_size=8, unique=True), "pairs")
-        counts = [data.draw(local_counts(self), "count") for _ in pairs]
+        counts = [data.draw(local_counts(self, self.ref.own_entry(p)), "count") for p in pairs]
         catch_up = data.draw(st.booleans(), "catch_up")
         self.apply_counts(pairs, counts, catch_up)
 
@@ -208,7 +208,8 @@ class Twin:
         pieces = list(chunk(delta, size))
         assert [to_delta(x) for x in pieces] == list(chunk_delta(to_delta(delta), size))
         delivered = data.draw(st.lists(st.sampled_from(range(len(pieces))), max_size=len(pieces) + 2), "delivery")
-        limits = data.draw(limit_choices, "limits")
+        tight = st.builds(MergeLimits, max_pairs=st.integers(0, 2).map(lambda k: self.ref.num_pairs + k))
+        limits = data.draw(st.one_of(limit_choices, tight), "limits")
         self.old_digests.append(self.ref.digest())
         for i in delivered:
             self.deliver(pieces[i], limits)
@@ -322,9 +323,18 @@ def windows(twin: Twin) -> st.SearchStrategy[int]:
 
 
 @st.composite
-def local_counts(draw: st.DrawFn, twin: Twin) -> LocalCount:
-    ts2 = draw(times(twin))
-    ts1 = max(0, ts2 - draw(windows(twin)))
+def local_counts(draw: st.DrawFn, twin: Twin, own: OriginEntry | None = None) -> LocalCount:
+    """A kernel's count; beside ``own`` (the origin's row) it lands on the
+    boundaries of Algorithm 1: lines 5 (T_T1), 11, 13 and 22 (T_T4)."""
+    p = twin.params
+    if own is not None and draw(st.booleans()):
+        edge = st.sampled_from([-1, 0, 1])
+        ts2 = draw(st.sampled_from([own.ts2, own.ts1 + p.t_t4])) + draw(edge)
+        ts1 = min(ts2, max(0, draw(st.sampled_from([own.ts1 + p.t_t1, ts2 - p.t_t4, own.ts1])) + draw(edge)))
+    else:
+        ts2 = draw(times(twin))
+        ts1 = max(0, ts2 - draw(windows(twin)))
+    ts2 = max(ts2, 0)
     return LocalCount(ts1=ts1, ts2=ts2, dc=draw(st.sampled_from([0, 0, 1, 5, 1000, 2**40])), mark=draw(st.sampled_from([0, 0, 1])))
 
 
