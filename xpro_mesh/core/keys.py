@@ -7,8 +7,8 @@ arrays of keys at once. A key is ``words`` unsigned 64-bit words: a pair
 need no special case: every key is hashed and compared as its words.
 
 Layout: an open-addressing hash table with linear probing (``_slots``: slot ->
-id, ``EMPTY`` or ``TOMBSTONE``), its size a power of two at most a quarter full (linear probing stays
-near one probe per key),
+id, ``EMPTY`` or ``TOMBSTONE``), its size a power of two at most a quarter
+full (linear probing then stays near one probe per key),
 the home slot the top bits of a multiplicative hash; the keys themselves live
 once, per id, in ``_keys`` (id -> words), where the table's rows read them.
 Every operation runs *probe rounds*: each round handles all keys still
@@ -105,7 +105,9 @@ class KeyIndex:
         return self._keys[ids]
 
     def nbytes(self) -> int:
-        return int(self._keys.nbytes + self._slot_of.nbytes + self._live.nbytes + self._slots.nbytes)
+        return int(
+            self._keys.nbytes + self._slot_of.nbytes + self._live.nbytes + self._slots.nbytes
+        )
 
     # --- bulk operations -------------------------------------------------------
 
@@ -186,7 +188,8 @@ class KeyIndex:
         h ^= h >> np.uint64(29)
         h *= _FINAL
         h ^= h >> np.uint64(32)
-        return (h >> np.uint64(64 - self._bits)).astype(np.int64)
+        home: Ints = (h >> np.uint64(64 - self._bits)).astype(np.int64)
+        return home
 
     def _reserve(self, extra: int) -> None:
         """Room for ``extra`` more ids and slots, growing amortised (x2)."""

@@ -249,7 +249,8 @@ def _lt(col: Ints, x: int) -> Bools:
 def _eq(col: Ints, x: int) -> Bools:
     if not INT_MIN <= x <= INT_MAX:
         return np.zeros(len(col), dtype=np.bool_)
-    return col == x
+    same: Bools = col == x
+    return same
 
 
 def _version_gt(inc: Ints, seq: Ints, v: Version) -> Bools:
@@ -259,12 +260,13 @@ def _version_gt(inc: Ints, seq: Ints, v: Version) -> Bools:
 
 def _version_le_held(inc: Ints, seq: Ints, h_inc: Ints, h_seq: Ints) -> Bools:
     """``(inc, seq) <= (h_inc, h_seq)`` row by row."""
-    return (inc < h_inc) | ((inc == h_inc) & (seq <= h_seq))
+    le: Bools = (inc < h_inc) | ((inc == h_inc) & (seq <= h_seq))
+    return le
 
 
-def _mul128(a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]) -> tuple[
-    npt.NDArray[np.uint64], npt.NDArray[np.uint64]
-]:
+def _mul128(
+    a: npt.NDArray[np.uint64], b: npt.NDArray[np.uint64]
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]:
     """Exact 64 x 64 -> 128-bit products (high, low words)."""
     a0, a1 = a & _LO, a >> _S32
     b0, b1 = b & _LO, b >> _S32
@@ -289,7 +291,8 @@ def _absurd(c: Ints, ts1: Ints, ts2: Ints, rate_pps: int, slack: int) -> Bools:
     window = (ts2 - ts1).astype(np.uint64) + np.uint64(slack)
     lhs_hi, lhs_lo = _mul128(c.astype(np.uint64), np.full(len(c), NS_PER_S, np.uint64))
     rhs_hi, rhs_lo = _mul128(np.full(len(c), rate_pps, np.uint64), window)
-    return (lhs_hi > rhs_hi) | ((lhs_hi == rhs_hi) & (lhs_lo > rhs_lo))
+    over: Bools = (lhs_hi > rhs_hi) | ((lhs_hi == rhs_hi) & (lhs_lo > rhs_lo))
+    return over
 
 
 def _limbs(c: Ints) -> tuple[Ints, Ints]:
@@ -426,7 +429,10 @@ class PairTable:
     def pairs_of(self, ids: Ints) -> list[Pair]:
         """Pairs as the scalar reference keys them (16-byte ``bytes``)."""
         src, dst = self.pair_keys(ids)
-        return [(bytes(s).ljust(16, b"\0"), bytes(d).ljust(16, b"\0")) for s, d in zip(src, dst, strict=True)]
+        return [
+            (bytes(s).ljust(16, b"\0"), bytes(d).ljust(16, b"\0"))
+            for s, d in zip(src, dst, strict=True)
+        ]
 
     def entries(self) -> Iterator[PairEntry]:
         """Every row as the scalar reference holds it (slow; for tests and tools)."""
@@ -533,7 +539,9 @@ class PairTable:
         bad = (ts1 < 0) | (ts1 > ts2) | (dc < 0)
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"inconsistent local count at row {i}: ts1={ts1[i]} ts2={ts2[i]} dc={dc[i]}")
+            raise ValueError(
+                f"inconsistent local count at row {i}: ts1={ts1[i]} ts2={ts2[i]} dc={dc[i]}"
+            )
         if ((mark != 0) & (mark != 1)).any():
             i = int(np.argmax((mark != 0) & (mark != 1)))
             raise ValueError(f"mark must be 0 or 1, got {mark[i]} at row {i}")
@@ -565,9 +573,13 @@ class PairTable:
                 if not active.any():
                     break
                 a = np.flatnonzero(active)
-                prev = tuple(x[a] for x in row)
+                prev = (row[0][a], row[1][a], row[2][a])
                 step_row, step_out, step_changed = self._sync(
-                    np.ones(len(a), np.bool_), prev, (out[0][a], out[1][a], prev[2]), zero[a], zero[a]
+                    np.ones(len(a), np.bool_),
+                    prev,
+                    (out[0][a], out[1][a], prev[2]),
+                    zero[a],
+                    zero[a],
                 )
                 for x, y in zip(row, step_row, strict=True):
                     x[a] = y
@@ -588,7 +600,9 @@ class PairTable:
             self._watermark[self._node_id] = self._clock
             w = np.flatnonzero(any_changed)
             self._store(0, ids[w], row[0][w], row[1][w], row[2][w], inc_col[w], seq[w])
-        return LocalSyncs(ids, row[0], row[1], row[2], inc_col, seq, out[0], out[1], out[2], any_changed)
+        return LocalSyncs(
+            ids, row[0], row[1], row[2], inc_col, seq, out[0], out[1], out[2], any_changed
+        )
 
     def _sync(
         self,
@@ -639,7 +653,8 @@ class PairTable:
     def _newest(self, ids: Ints) -> Ints:
         """Newest ts2 over the origins' rows of each pair (-1 when none)."""
         k = self._slots_used()
-        return np.where(self._present[:k, ids], self._ts2[:k, ids], -1).max(axis=0)
+        newest: Ints = np.where(self._present[:k, ids], self._ts2[:k, ids], -1).max(axis=0)
+        return newest
 
     def _slots_used(self) -> int:
         return max(self._slot.values()) + 1
@@ -765,16 +780,25 @@ class PairTable:
             if len(batch):
                 self._merge_batch(batch, floor, now + lim.max_skew_ns, lim, tally)
         advanced = self._advance(delta.coverage, tally.hold_back, lim)
-        changed = np.unique(np.concatenate(tally.changed)) if tally.changed else np.zeros(0, np.int64)
+        changed = (
+            np.unique(np.concatenate(tally.changed)) if tally.changed else np.zeros(0, np.int64)
+        )
         return TableMergeReport(
             tally.accepted, tally.adopted, tally.stale, tally.rejected, advanced, changed
         )
 
-    def _advance(self, coverage: tuple[Coverage, ...], hold_back: set[str], lim: MergeLimits) -> int:
+    def _advance(
+        self, coverage: tuple[Coverage, ...], hold_back: set[str], lim: MergeLimits
+    ) -> int:
         advanced = 0
         for cov in coverage:
             origin = cov.origin
-            if origin == self._node_id or origin in hold_back or not origin or not cov.after < cov.upto:
+            if (
+                origin == self._node_id
+                or origin in hold_back
+                or not origin
+                or not cov.after < cov.upto
+            ):
                 continue
             mark = self._watermark.get(origin, ZERO_VERSION)
             if not cov.after <= mark < cov.upto:
@@ -905,14 +929,24 @@ class PairTable:
         self._adopt_inc[t] = inc[take]
         self._adopt_seq[t] = seq[take]
         versions = c_seq + np.arange(1, len(take) + 1, dtype=np.int64)
-        self._store(0, t, cols[0][take], cols[1][take], cols[2][take], np.full(len(t), c_inc), versions)
+        self._store(
+            0, t, cols[0][take], cols[1][take], cols[2][take], np.full(len(t), c_inc), versions
+        )
         self._clock = (c_inc, c_seq + len(take))
         self._watermark[me] = self._clock
         tally.adopted += len(take)
         tally.changed.append(t)
 
     def _restamp(self, ids: Ints, inc: int, seq: Ints) -> None:
-        self._store(0, ids, self._ts1[0, ids], self._ts2[0, ids], self._c[0, ids], np.full(len(ids), inc), seq)
+        self._store(
+            0,
+            ids,
+            self._ts1[0, ids],
+            self._ts2[0, ids],
+            self._c[0, ids],
+            np.full(len(ids), inc),
+            seq,
+        )
 
     # --- ageing ----------------------------------------------------------------------
 
@@ -1000,7 +1034,9 @@ class PairTable:
         for name in ("_ts1", "_ts2", "_c", "_inc", "_seq", "_present"):
             setattr(self, name, more(getattr(self, name)))
 
-    def _store(self, o: int, ids: Ints, ts1: Ints, ts2: Ints, c: Ints, inc: Ints, seq: Ints) -> None:
+    def _store(
+        self, o: int, ids: Ints, ts1: Ints, ts2: Ints, c: Ints, inc: Ints, seq: Ints
+    ) -> None:
         """Write rows of slot ``o`` for distinct ``ids``."""
         if not len(ids):
             return
@@ -1079,7 +1115,9 @@ def _check(
     n = len(ts1)
     if not origin:
         return np.full(n, _MALFORMED, dtype=np.int8)
-    malformed = (ts1 < 0) | (ts1 > ts2) | (c < 0) | (inc < 0) | (seq < 0) | ((inc == 0) & (seq == 0))
+    malformed = (
+        (ts1 < 0) | (ts1 > ts2) | (c < 0) | (inc < 0) | (seq < 0) | ((inc == 0) & (seq == 0))
+    )
     code = np.zeros(n, dtype=np.int8)
     absurd = _absurd(c, ts1, ts2, lim.max_rate_pps, lim.rate_slack_ns)
     code[absurd] = _ABSURD
@@ -1133,9 +1171,7 @@ def chunk(delta: ColumnarDelta, max_items: int) -> tuple[ColumnarDelta, ...]:
     ordered: list[RowBatch] = []
     for origin in sorted(per_origin):
         bs = per_origin[origin]
-        joined = RowBatch(
-            origin, *(np.concatenate([getattr(b, f) for b in bs]) for f in _FIELDS)
-        )
+        joined = RowBatch(origin, *(np.concatenate([getattr(b, f) for b in bs]) for f in _FIELDS))
         order = np.lexsort((joined.seq, joined.inc))
         ordered.append(RowBatch(origin, *(getattr(joined, f)[order] for f in _FIELDS)))
     # Where each origin's claim closes: the last of its rows inside the claim.
@@ -1163,12 +1199,13 @@ def chunk(delta: ColumnarDelta, max_items: int) -> tuple[ColumnarDelta, ...]:
             a, z = max(lo, int(offsets[k])), min(hi, int(offsets[k + 1]))
             if a >= z:
                 continue
-            part = slice(a - int(offsets[k]), z - int(offsets[k]))
+            first = a - int(offsets[k])
+            part = slice(first, z - int(offsets[k]))
             rows.append(RowBatch(b.origin, *(getattr(b, f)[part] for f in _FIELDS)))
             if b.origin in closing:
-                inside = np.flatnonzero(in_claim[b.origin][part])
-                if len(inside):
-                    j = int(inside[-1]) + part.start
+                hits = np.flatnonzero(in_claim[b.origin][part])
+                if len(hits):
+                    j = int(hits[-1]) + first
                     end = (int(b.inc[j]), int(b.seq[j]))
                     upto = claims[b.origin].upto if end == closing[b.origin] else end
                     covs.append(Coverage(b.origin, start[b.origin], upto))
