@@ -103,10 +103,10 @@ class Twin:
             bytes(d).ljust(16, b"\0"): (a, b, c, n)
             for d, a, b, c, n in zip(
                 dviews.dst, dviews.ts1.tolist(), dviews.ts2.tolist(), dviews.exact_c(),
-                dviews.pairs.tolist(), strict=True,
+                dviews.clients.tolist(), strict=True,
             )
         }  # fmt: skip
-        want_d = {d: (v.ts1, v.ts2, v.c, v.pairs) for d, v in ref.destination_views().items()}
+        want_d = {d: (v.ts1, v.ts2, v.c, v.clients) for d, v in ref.destination_views().items()}
         assert got_d == want_d
         for digest in (data.draw(digests(self), "digest"), Digest("", {})):
             assert same_delta(table.delta_for(digest), ref.delta_for(digest))

@@ -161,14 +161,14 @@ class PairViews:
 class DestinationViews:
     """Destination views (scalar ``fold_destination``): per destination id
     ``ids`` with address ``dst``: min ts1, max ts2, sum c (saturating, exact
-    in ``overflow``), n(D) = ``pairs``."""
+    in ``overflow``), n(D) = ``clients``."""
 
     ids: Ints
     dst: Addresses
     ts1: Ints
     ts2: Ints
     c: Ints
-    pairs: Ints
+    clients: Ints
     overflow: Mapping[int, int] = field(default_factory=dict)
 
     def exact_c(self) -> list[int]:
@@ -349,7 +349,6 @@ class PairTable:
         self._clock: Version = (incarnation, 0)
         self._floor: int | None = None
         self._watermark: dict[str, Version] = {}
-        self._revision = 0
 
         self._pairs = KeyIndex(4, capacity)
         self._dests = KeyIndex(2, max(16, capacity // 16))
@@ -398,11 +397,6 @@ class PairTable:
     @property
     def clock(self) -> Version:
         return self._clock
-
-    @property
-    def revision(self) -> int:
-        """Grows whenever rows or the digest change (lets callers cache)."""
-        return self._revision
 
     @property
     def num_pairs(self) -> int:
@@ -466,7 +460,6 @@ class PairTable:
         self._params = params
         self._horizon = max(self._horizon, params.t_t1 + params.t_t4)
         self._all_changed = True
-        self._revision += 1
 
     def take_changed(self) -> ChangedPairs | None:
         """What changed since the last call (scalar ``take_changed``); None:
@@ -808,8 +801,6 @@ class PairTable:
                 continue
             self._watermark[origin] = cov.upto
             advanced += 1
-        if advanced:
-            self._revision += 1
         return advanced
 
     def _merge_batch(
@@ -910,7 +901,6 @@ class PairTable:
                 self._restamp(ids, self._clock[0], np.array([self._clock[1]]))
                 tally.changed.append(ids)
             self._watermark[me] = self._clock
-            self._revision += 1
             return
         earlier = ok & (inc < self._incarnation)
         tally.stale += int(np.count_nonzero(ok & ~earlier))  # echoes of what we issued
@@ -969,7 +959,6 @@ class PairTable:
         for origin in [o for o in self._watermark if o != self._node_id]:
             if origin not in self._slot or not self._rows_of[self._slot[origin]]:
                 del self._watermark[origin]
-                self._revision += 1
         if not touched:
             empty = np.zeros(0, dtype=ADDRESS_DTYPE)
             return TableExpiry(0, empty, empty.copy())
@@ -1060,7 +1049,6 @@ class PairTable:
         held = self._top.get(origin)
         if held is None or top > held:
             self._top[origin] = top
-        self._revision += 1
 
     def _unstore(self, origin: str, o: int, ids: Ints) -> None:
         """Remove rows of slot ``o`` (held) for distinct ``ids``."""
@@ -1078,7 +1066,6 @@ class PairTable:
             if o != 0:
                 del self._slot[origin]
                 self._names[o] = None
-        self._revision += 1
 
     def _drop_empty(self, ids: Ints, record: bool = False) -> None:
         """Forget the keys of ``ids`` (distinct) that hold no row; ``record``:
