@@ -289,6 +289,13 @@ def _absurd(c: Ints, ts1: Ints, ts2: Ints, rate_pps: int, slack: int) -> Bools:
             dtype=np.bool_,
         )
     window = (ts2 - ts1).astype(np.uint64) + np.uint64(slack)
+    if len(c) and 0 <= int(c.min()) and int(c.max()) <= INT_MAX // NS_PER_S:
+        # Most rows: both products fit in int64 (counts below ~9e9, windows
+        # below 2^63 / rate); only the others take the 128-bit path.
+        small = window <= np.uint64(INT_MAX // max(rate_pps, 1))
+        if small.all():
+            over: Bools = c * NS_PER_S > rate_pps * window.astype(np.int64)
+            return over
     lhs_hi, lhs_lo = _mul128(c.astype(np.uint64), np.full(len(c), NS_PER_S, np.uint64))
     rhs_hi, rhs_lo = _mul128(np.full(len(c), rate_pps, np.uint64), window)
     over: Bools = (lhs_hi > rhs_hi) | ((lhs_hi == rhs_hi) & (lhs_lo > rhs_lo))
@@ -669,16 +676,24 @@ class PairTable:
         origins = live.sum(axis=0, dtype=np.int64)
         return PairViews(ids, ts1, newest, c, origins, overflow)
 
-    def destination_views(self, dest_ids: Ints | None = None) -> DestinationViews:
+    def destination_views(
+        self, dest_ids: Ints | None = None, pair_views: PairViews | None = None
+    ) -> DestinationViews:
         """Destination views (scalar ``fold_destination`` of the pair views)
         of every destination, or of ``dest_ids``: grouped by destination id
-        with ``np.minimum.at`` / ``np.maximum.at`` / ``np.add.at``."""
-        live = self.live_ids()
-        if dest_ids is not None:
-            wanted = np.zeros(self._dests.capacity, dtype=np.bool_)
-            wanted[dest_ids] = True
-            live = live[wanted[self._dest[live]]]
-        views = self.pair_views(live)
+        with ``np.minimum.at`` / ``np.maximum.at`` / ``np.add.at``.
+        ``pair_views``: :meth:`pair_views` of every live pair, already computed
+        this cycle (with ``dest_ids`` None), so they are not folded twice."""
+        if pair_views is not None and dest_ids is None:
+            live = pair_views.ids
+            views = pair_views
+        else:
+            live = self.live_ids()
+            if dest_ids is not None:
+                wanted = np.zeros(self._dests.capacity, dtype=np.bool_)
+                wanted[dest_ids] = True
+                live = live[wanted[self._dest[live]]]
+            views = self.pair_views(live)
         d = self._dest[live]
         cap = self._dests.capacity
         ts1 = np.full(cap, INT_MAX, dtype=np.int64)
@@ -774,7 +789,7 @@ class PairTable:
                 self._merge_batch(batch, floor, now + lim.max_skew_ns, lim, tally)
         advanced = self._advance(delta.coverage, tally.hold_back, lim)
         changed = (
-            np.unique(np.concatenate(tally.changed)) if tally.changed else np.zeros(0, np.int64)
+            self._distinct(np.concatenate(tally.changed)) if tally.changed else np.zeros(0, np.int64)
         )
         return TableMergeReport(
             tally.accepted, tally.adopted, tally.stale, tally.rejected, advanced, changed
@@ -962,12 +977,18 @@ class PairTable:
         if not touched:
             empty = np.zeros(0, dtype=ADDRESS_DTYPE)
             return TableExpiry(0, empty, empty.copy())
-        ids = np.unique(np.concatenate(touched))
+        ids = self._distinct(np.concatenate(touched))
         src, dst = self.pair_keys(ids)
         self._drop_empty(ids, record=True)
         return TableExpiry(dropped, src, dst)
 
     # --- storage ---------------------------------------------------------------------
+
+    def _distinct(self, ids: Ints) -> Ints:
+        """``ids`` sorted, each once (a mask over the id space: no sort)."""
+        seen = np.zeros(self._pairs.capacity, dtype=np.bool_)
+        seen[ids] = True
+        return np.flatnonzero(seen)
 
     def _origins_with_rows(self) -> int:
         return sum(1 for o in self._slot.values() if self._rows_of[o])
@@ -1081,7 +1102,7 @@ class PairTable:
         self._adopt_seq[gone] = -1
         d = self._dest[gone]
         np.subtract.at(self._dest_pairs, d, 1)
-        d = np.unique(d)
+        d = np.flatnonzero(np.bincount(d, minlength=self._dests.capacity))
         empty = d[self._dest_pairs[d] == 0]
         if len(empty):
             self._dests.remove(empty)
