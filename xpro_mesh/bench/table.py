@@ -30,6 +30,7 @@ figure is min/median/max over ``--reps`` cycles; the peers' own work
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import sys
 import time
@@ -45,7 +46,7 @@ from xpro_mesh.bench.stats import Check, Spread, checks_json, dumps, print_check
 from xpro_mesh.core.algorithm import NS_PER_S, Params
 from xpro_mesh.core.gossip_state import Digest, GossipState, LocalCount
 from xpro_mesh.core.keys import KeyIndex, pair_words
-from xpro_mesh.core.rows import ColumnarDelta, to_delta
+from xpro_mesh.core.rows import ColumnarDelta
 from xpro_mesh.core.table import PairTable
 
 __all__ = ["main"]
@@ -87,9 +88,9 @@ def _mapped(v4: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     """The second word of ``::ffff:a.b.c.d`` as stored little-endian: bytes
     00 00 ff ff a b c d."""
     be = v4.astype(">u4").view(np.uint8).reshape(-1, 4).astype(np.uint64)
-    word = np.uint64(0xFFFF0000)
+    word: npt.NDArray[np.uint64] = np.full(len(v4), 0xFFFF0000, dtype=np.uint64)
     for k in range(4):
-        word = word | (be[:, k] << np.uint64(32 + 8 * k))
+        word |= be[:, k] << np.uint64(32 + 8 * k)
     return word
 
 
@@ -167,6 +168,12 @@ def busy_cycle(mesh: Mesh, counts: Counts, deltas: Sequence[ColumnarDelta]) -> d
     }
 
 
+def _busy_into(
+    shape: dict[str, int], mesh: Mesh, counts: Counts, deltas: Sequence[ColumnarDelta]
+) -> None:
+    shape.update(busy_cycle(mesh, counts, deltas))
+
+
 def quiet_cycle(mesh: Mesh) -> dict[str, int]:
     me = mesh.me
     empty = np.zeros(0, dtype=np.int64)
@@ -214,7 +221,7 @@ def measure_table(n: int, reps: int) -> dict[str, Any]:
         mesh.now += INTERVAL
         counts = counts_at(n, T0 - S, mesh.now, 5 + k)
         deltas = mesh.peer_deltas(counts)
-        wall, cpu = timed(lambda c=counts, d=deltas: shape.update(busy_cycle(mesh, c, d)))
+        wall, cpu = timed(functools.partial(_busy_into, shape, mesh, counts, deltas))
         busy_wall.append(wall)
         busy_cpu.append(cpu)
         wall, cpu = timed(lambda: quiet_cycle(mesh))
@@ -236,7 +243,10 @@ def measure_table(n: int, reps: int) -> dict[str, Any]:
 def measure_scalar(n: int, reps: int) -> dict[str, Any]:
     """GossipState on the same input: the reference's cost of a busy cycle."""
     src, dst = workload(n)
-    pairs = [(bytes(s).ljust(16, b"\0"), bytes(d).ljust(16, b"\0")) for s, d in zip(src, dst, strict=True)]
+    pairs = [
+        (bytes(s).ljust(16, b"\0"), bytes(d).ljust(16, b"\0"))
+        for s, d in zip(src, dst, strict=True)
+    ]
     peers = [GossipState(o, 1, PARAMS) for o in ORIGINS[1:]]
     me = GossipState(ORIGINS[0], 1, PARAMS)
     now = T0
@@ -260,8 +270,8 @@ def measure_scalar(n: int, reps: int) -> dict[str, Any]:
             me.merge(delta, now, LIMITS)
         me.expire(now)
         changed = me.take_changed()
-        for p in changed if changed is not None else pairs:
-            me.pair_view(p)
+        for pair in changed if changed is not None else pairs:
+            me.pair_view(pair)
         me.destination_views()
         me.delta_for(peer_digest)
 
@@ -276,10 +286,14 @@ def measure_scalar(n: int, reps: int) -> dict[str, Any]:
     for k in range(reps):
         now += INTERVAL
         deltas = peer_deltas(5 + k)
-        wall, cpu = timed(lambda c=5 + k, d=deltas: cycle(c, d))
+        wall, cpu = timed(functools.partial(cycle, 5 + k, deltas))
         walls.append(wall)
         cpus.append(cpu)
-    return {"busy_wall": Spread.of(walls), "busy_cpu": Spread.of(cpus), "bytes_per_row_traced": held / rows}
+    return {
+        "busy_wall": Spread.of(walls),
+        "busy_cpu": Spread.of(cpus),
+        "bytes_per_row_traced": held / rows,
+    }
 
 
 def measure_index(n: int, reps: int) -> dict[str, Any]:
@@ -304,7 +318,9 @@ def _counts(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of counts: {text!r}"
+        ) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError("counts must be >= 1")
     return values
@@ -350,22 +366,32 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             sc = r["scalar"]
             say(
                 f"{'':>9} scalar GossipState busy cpu {sc['busy_cpu'].fmt(1e3)} ms, "
-                f"{sc['bytes_per_row_traced']:.0f} B/row: {r['scalar_over_table_cpu']:.1f}x the table"
+                f"{sc['bytes_per_row_traced']:.0f} B/row: "
+                f"{r['scalar_over_table_cpu']:.1f}x the table"
             )
         checks.append(
             Check(f"busy cycle at {n} pairs, CPU per active pair", per_pair, BUSY_NS_PER_PAIR, "ns")
         )
         checks.append(
-            Check(f"memory per (pair, origin) row at {n} pairs", r["bytes_per_row_traced"],
-                  BYTES_PER_ROW, "B")  # fmt: skip
+            Check(
+                f"memory per (pair, origin) row at {n} pairs",
+                r["bytes_per_row_traced"],
+                BYTES_PER_ROW,
+                "B",
+            )
         )
         if n >= 1_000_000:
             checks.append(
-                Check(f"quiet cycle at {n} pairs, CPU", r["quiet_cpu"].median * 1e3,
-                      QUIET_S_AT_1M * 1e3, "ms")  # fmt: skip
+                Check(
+                    f"quiet cycle at {n} pairs, CPU",
+                    r["quiet_cpu"].median * 1e3,
+                    QUIET_S_AT_1M * 1e3,
+                    "ms",
+                )
             )
-    print_checks(checks) if not args.json else None
-    if args.json:
+    if not args.json:
+        print_checks(checks)
+    else:
         print(dumps({"bench": "table", "results": results, **checks_json(checks)}))
     return 0
 

@@ -289,13 +289,13 @@ def _absurd(c: Ints, ts1: Ints, ts2: Ints, rate_pps: int, slack: int) -> Bools:
             dtype=np.bool_,
         )
     window = (ts2 - ts1).astype(np.uint64) + np.uint64(slack)
-    if len(c) and 0 <= int(c.min()) and int(c.max()) <= INT_MAX // NS_PER_S:
+    if len(c) and int(c.min()) >= 0 and int(c.max()) <= INT_MAX // NS_PER_S:
         # Most rows: both products fit in int64 (counts below ~9e9, windows
         # below 2^63 / rate); only the others take the 128-bit path.
         small = window <= np.uint64(INT_MAX // max(rate_pps, 1))
         if small.all():
-            over: Bools = c * NS_PER_S > rate_pps * window.astype(np.int64)
-            return over
+            fast: Bools = c * NS_PER_S > rate_pps * window.astype(np.int64)
+            return fast
     lhs_hi, lhs_lo = _mul128(c.astype(np.uint64), np.full(len(c), NS_PER_S, np.uint64))
     rhs_hi, rhs_lo = _mul128(np.full(len(c), rate_pps, np.uint64), window)
     over: Bools = (lhs_hi > rhs_hi) | ((lhs_hi == rhs_hi) & (lhs_lo > rhs_lo))
@@ -788,9 +788,7 @@ class PairTable:
             if len(batch):
                 self._merge_batch(batch, floor, now + lim.max_skew_ns, lim, tally)
         advanced = self._advance(delta.coverage, tally.hold_back, lim)
-        changed = (
-            self._distinct(np.concatenate(tally.changed)) if tally.changed else np.zeros(0, np.int64)
-        )
+        changed = self._distinct(np.concatenate([np.zeros(0, np.int64), *tally.changed]))
         return TableMergeReport(
             tally.accepted, tally.adopted, tally.stale, tally.rejected, advanced, changed
         )
