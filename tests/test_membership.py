@@ -21,6 +21,7 @@ from xpro_mesh.mesh.membership import (
     Action,
     Address,
     ForwardAck,
+    ForwardNack,
     IndirectProbe,
     MemberChanged,
     Membership,
@@ -32,6 +33,7 @@ from xpro_mesh.mesh.membership import (
     Workload,
     detection_time_bound_ns,
     incarnation_from_wall_clock,
+    remaining_suspicion_ns,
     suspicion_timeout_ns,
 )
 
@@ -109,11 +111,11 @@ def test_suspicion_timeout_is_mult_log10_n_probe_intervals_with_a_floor_of_one()
 
 
 def test_detection_bound_for_five_nodes_is_the_documented_number() -> None:
-    assert detection_time_bound_ns(LAN, 5, 500 * MS, 3) == 13_500 * MS
+    assert detection_time_bound_ns(LAN, 5, 500 * MS, 3) == 15_000 * MS
     local = MembershipParams(
         probe_interval_ns=200 * MS, probe_timeout_ns=100 * MS, suspicion_mult=3
     )
-    assert detection_time_bound_ns(local, 5, 100 * MS, 3) == 2_500 * MS
+    assert detection_time_bound_ns(local, 5, 100 * MS, 3) == 2_800 * MS
 
 
 def test_incarnation_from_a_later_wall_clock_is_higher() -> None:
@@ -275,9 +277,101 @@ def test_unanswered_probe_asks_helpers_then_suspects_then_declares_dead() -> Non
         if isinstance(x, IndirectProbe)
     )
     assert (probe.node_id, ALIVE, SUSPECT) in changes(a.tick(2 * S))
-    deadline = 2 * S + a.suspicion_timeout_ns()
+    # Lifeguard: with nobody confirming, the suspicion runs its longest.
+    deadline = 2 * S + LAN.suspicion_max_mult * a.suspicion_timeout_ns()
     assert (probe.node_id, SUSPECT, DEAD) not in changes(a.tick(deadline - 1))
     assert (probe.node_id, SUSPECT, DEAD) in changes(a.tick(deadline))
+
+
+def suspected_by_a(a: Membership) -> tuple[str, int]:
+    """Let a's first probe fail (no acks, no nacks); its target and when."""
+    probe = next(x for x in a.tick(S) if isinstance(x, Probe))
+    a.tick(S + LAN.probe_timeout_ns)
+    assert (probe.node_id, ALIVE, SUSPECT) in changes(a.tick(2 * S))
+    return probe.node_id, 2 * S
+
+
+def test_independent_confirmations_shrink_the_suspicion_to_its_minimum() -> None:
+    a = three_peers()  # a, b, c, d: k = suspicion_mult - 2 = 2 confirmations wanted
+    target, since = suspected_by_a(a)
+    low = a.suspicion_timeout_ns()
+    high = LAN.suspicion_max_mult * low
+    others = [m for m in ("b", "c", "d") if m != target]
+    suspect = MemberUpdate(target, addr(9), 1, SUSPECT, source=others[0])
+    a.on_update([suspect, suspect], since + 1)  # the same suspector counts once
+    assert a.stats.confirmations == 1
+    one = remaining_suspicion_ns(1, 2, low, high)
+    assert low < one < high
+    assert changes(a.tick(since + one - 1)) == []
+    a.on_update([replace(suspect, source=others[1])], since + 2)
+    assert a.stats.confirmations == 2
+    assert (target, SUSPECT, DEAD) in changes(a.tick(since + low))
+
+
+def test_suspicion_timeout_follows_lifeguards_formula() -> None:
+    low, high = 4 * S, 24 * S
+    assert remaining_suspicion_ns(0, 2, low, high) == high
+    assert remaining_suspicion_ns(2, 2, low, high) == low
+    assert remaining_suspicion_ns(5, 2, low, high) == low
+    assert remaining_suspicion_ns(0, 0, low, high) == low  # none expected: the minimum
+    series = [remaining_suspicion_ns(n, 4, low, high) for n in range(5)]
+    assert series == sorted(series, reverse=True) and series[-1] == low
+
+
+def test_a_small_mesh_expects_no_confirmations_and_waits_the_minimum() -> None:
+    a = node("a", 1)
+    a.on_update([alive("b", 2), alive("c", 3)], 0)  # N = 3: N - 2 < k = 2
+    target, since = suspected_by_a(a)
+    low = a.suspicion_timeout_ns()
+    assert changes(a.tick(since + low - 1)) == []
+    assert (target, SUSPECT, DEAD) in changes(a.tick(since + low))
+
+
+def test_failed_probes_without_nacks_raise_local_health_and_stretch_the_interval() -> None:
+    a = three_peers()
+    assert a.health == 0 and a.probe_interval_ns() == LAN.probe_interval_ns
+    suspected_by_a(a)
+    # Two helpers asked, neither nacked: two points, the interval triples.
+    assert a.health == 2
+    assert a.probe_interval_ns() == 3 * LAN.probe_interval_ns
+    for _ in range(20):
+        a._health(1)
+    assert a.health == LAN.awareness_max - 1  # capped
+
+
+def test_nacks_from_every_helper_leave_local_health_alone() -> None:
+    a = three_peers()
+    probe = next(x for x in a.tick(S) if isinstance(x, Probe))
+    indirect = [x for x in a.tick(S + LAN.probe_timeout_ns) if isinstance(x, IndirectProbe)]
+    for _ in indirect:
+        a.on_nack(probe.seq, S + 600 * MS)
+    assert a.stats.nacks_received == len(indirect)
+    assert (probe.node_id, ALIVE, SUSPECT) in changes(a.tick(2 * S))
+    assert a.health == 0  # the helpers answered: the target is the problem, not us
+
+
+def test_answered_probes_lower_local_health() -> None:
+    a = three_peers()
+    a._health(3)
+    probe = next(x for x in a.tick(S) if isinstance(x, Probe))
+    a.on_ack(probe.seq, S + MS)
+    assert a.health == 2
+
+
+def test_refuting_a_suspicion_of_ourselves_raises_local_health() -> None:
+    a = three_peers()
+    a.on_update([MemberUpdate("a", addr(1), a.incarnation, SUSPECT, source="b")], S)
+    assert a.stats.refutations == 1 and a.health == 1
+
+
+def test_a_helper_whose_target_stays_silent_sends_a_nack() -> None:
+    h = node("h", 5)
+    h.on_update([alive("a", 1), alive("t", 6)], 0)
+    probes = h.on_ping_request("a", addr(1), 77, "t", addr(6), S)
+    assert len(probes) == 1 and isinstance(probes[0], Probe)
+    nacks = [x for x in h.tick(S + LAN.probe_timeout_ns) if isinstance(x, ForwardNack)]
+    assert nacks == [ForwardNack(77, "a", addr(1))]
+    assert h.stats.nacks_sent == 1
 
 
 def test_ack_forwarded_by_a_helper_saves_the_target() -> None:
