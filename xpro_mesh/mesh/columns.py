@@ -157,7 +157,7 @@ class _Reader:
         self.buf = np.frombuffer(data, dtype=np.uint8)
         self.pos = 0
 
-    def varint(self, limit: int = (1 << 64) - 1) -> int:
+    def varint(self, limit: int = (1 << 64) - 1, what: str = "value") -> int:
         value = 0
         for shift in range(0, 70, 7):
             if self.pos >= len(self.data):
@@ -167,7 +167,7 @@ class _Reader:
             value |= (byte & 0x7F) << shift
             if byte < 0x80:
                 if value > limit:
-                    raise ColumnsInvalid(f"value {value} over {limit}")
+                    raise ColumnsInvalid(f"{what} {value} over {limit}")
                 return value
         raise ColumnsInvalid("varint longer than 10 bytes")
 
@@ -458,7 +458,7 @@ def decode_rows(data: bytes, limits: ColumnsLimits = ColumnsLimits()) -> Columna
 def _decode(data: bytes, limits: ColumnsLimits) -> ColumnarDelta:
     r = _Reader(data)
     names: list[str] = []
-    for _ in range(r.varint(limits.max_origins)):
+    for _ in range(r.varint(limits.max_origins, "origins")):
         raw = r.raw(r.byte())
         try:
             name = raw.decode()
@@ -470,19 +470,19 @@ def _decode(data: bytes, limits: ColumnsLimits) -> ColumnarDelta:
     if len(set(names)) != len(names):
         raise ColumnsInvalid("an origin is named twice")
     claims: list[Coverage] = []
-    for _ in range(r.varint(limits.max_claims)):
-        oi = r.varint(len(names) - 1) if names else _no_origin()
+    for _ in range(r.varint(limits.max_claims, "claims")):
+        oi = r.varint(len(names) - 1, "origin index") if names else _no_origin()
         a_inc, a_seq, u_inc, u_seq = (r.varint(INT_MAX) for _ in range(4))
         claims.append(Coverage(names[oi], after=(a_inc, a_seq), upto=(u_inc, u_seq)))
     batches: list[RowBatch] = []
     seen: set[int] = set()
     rows_left = limits.max_rows
-    for _ in range(r.varint(max(len(names), 0))):
-        oi = r.varint(len(names) - 1) if names else _no_origin()
+    for _ in range(r.varint(len(names), "batches")):
+        oi = r.varint(len(names) - 1, "origin index") if names else _no_origin()
         if oi in seen:
             raise ColumnsInvalid("an origin has two batches")
         seen.add(oi)
-        n = r.varint(rows_left)
+        n = r.varint(rows_left, "rows")
         if n == 0:
             raise ColumnsInvalid("an empty batch")
         rows_left -= n
