@@ -86,8 +86,7 @@ class NodeThread(threading.Thread):
         if self.stall:
             tasks.append(asyncio.create_task(self._stall_loop()))
         self.ready.set()
-        while not self.stop_flag.is_set():
-            await asyncio.sleep(0.05)
+        await asyncio.get_running_loop().run_in_executor(None, self.stop_flag.wait)
         stop.set()
         for t in tasks[1:]:
             t.cancel()
@@ -98,7 +97,7 @@ class NodeThread(threading.Thread):
     async def _stall_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0 - STALL_S)
-            time.sleep(STALL_S)  # the whole loop blocked, as a long merge would
+            time.sleep(STALL_S)  # noqa: ASYNC251 - the point: the loop blocked, as by a long merge
             self.stalls += 1
 
 

@@ -452,7 +452,7 @@ def remaining_suspicion_ns(n: int, k: int, min_ns: int, max_ns: int) -> int:
         return min_ns
     frac = math.log(n + 1) / math.log(k + 1)
     raw = max_ns - frac * (max_ns - min_ns)
-    return max(min_ns, int(math.floor(raw / _MS)) * _MS)
+    return max(min_ns, math.floor(raw / _MS) * _MS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,6 +201,7 @@ class TcpStreamTransport:
             _reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(addr[0], addr[1]), lim.connect_timeout_s
             )
+            assert writer is not None
             for frame in frames:
                 writer.write(_LENGTH.pack(len(frame)))
                 writer.write(frame)

@@ -79,8 +79,8 @@ __all__ = [
     "WireLimits",
     "chunk_rows",
     "decode",
-    "encoded_size",
     "encode",
+    "encoded_size",
     "kind_of",
 ]
 
