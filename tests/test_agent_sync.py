@@ -38,7 +38,7 @@ def make_agent(full_every: int, **thresholds: str) -> tuple[Agent, MemoryMaps]:
     config = load_config(None, overrides, require_key_file=False)
     maps = MemoryMaps(xdp_config(config.thresholds))
     agent = Agent(config, backend=maps)
-    agent.full_sync_every = full_every
+    agent.ensure_syncer().full_sync_every = full_every  # type: ignore[attr-defined]
     return agent, maps
 
 
@@ -182,7 +182,7 @@ async def test_a_sync_failing_every_cycle_is_counted_each_time_and_logged_once(
             self.calls = 0
             self.ten = asyncio.Event()
 
-        async def cycle(self) -> None:
+        async def cycle(self, report: object) -> None:
             self.calls += 1
             if self.calls >= 10:
                 self.ten.set()
@@ -197,7 +197,7 @@ async def test_a_sync_failing_every_cycle_is_counted_each_time_and_logged_once(
         require_key_file=False,
     )
     agent = Agent(config, backend=MemoryMaps(xdp_config(config.thresholds)),
-                  syncer_factory=lambda _agent: syncer)
+                  syncer=syncer)
     caplog.set_level("INFO", logger="xpro_mesh.agent")
     await agent.start()
     try:
