@@ -45,6 +45,8 @@ from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
 from xpro_mesh.mesh.membership import Member, Membership, Workload, incarnation_from_wall_clock
 from xpro_mesh.mesh.node import MeshCounters, MeshNode, NodeTiming
+from xpro_mesh.mesh.state import GossipStateAdapter
+from xpro_mesh.mesh.stream import TcpStreamTransport
 from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, UdpTransport
 
 __all__ = ["Agent", "AgentError", "SyncReport", "open_backend", "xdp_config"]
@@ -148,6 +150,7 @@ class Agent:
         self.syncer: Syncer | None = syncer
         self._tasks: list[asyncio.Task[None]] = []
         self._transport: UdpTransport | None = None
+        self._stream: TcpStreamTransport | None = None
         self._warnings: asyncio.Queue[OverloadWarning] = asyncio.Queue(WEBHOOK_QUEUE)
         self.recent_warnings: list[dict[str, Any]] = []
         self.failed = False  # a task died: run() exits non-zero
@@ -242,6 +245,7 @@ class Agent:
             fanout=g.fanout,
             max_message_bytes=g.max_message_bytes,
             replay_window_ns=g.replay_window_ns,
+            stream_after_datagrams=g.stream_after,
         )
         # The socket comes first (its port may be chosen by the kernel, and
         # the advertised address follows from it); datagrams that arrive
@@ -259,6 +263,19 @@ class Agent:
         except OSError as exc:
             raise AgentError(f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}") from None
         self._transport = transport
+        frames: list[Callable[[bytes, tuple[str, int]], None]] = []
+        try:
+            # Push-pull bulk: TCP on the gossip port's number (memberlist's split).
+            stream = await TcpStreamTransport.open(
+                (cfg.bind[0], transport.local_addr[1]),
+                lambda frame, peer: frames[0](frame, peer) if frames else None,
+                g.stream_limits(),
+            )
+        except OSError as exc:
+            raise AgentError(
+                f"bind {cfg.bind[0]}:{transport.local_addr[1]} (tcp): {exc.strerror or exc}"
+            ) from None
+        self._stream = stream
         advertised = cfg.advertised
         host = advertised[0] if advertised else transport.local_addr[0]
         port = advertised[1] if advertised and advertised[1] else transport.local_addr[1]
@@ -277,15 +294,16 @@ class Agent:
             params=g.membership_params(),
         )
         self.node = MeshNode(
-            state=self.state,
+            state=GossipStateAdapter(self.state),
             membership=membership,
             keyring=keyring,
             timing=timing,
             limits=self.limits,
             rng=rng,
         )
-        self.node.attach(transport)
+        self.node.attach(transport, stream)
         receiver.append(self.node.receive)
+        frames.append(self.node.receive_frame)
         seeds = [p for p in cfg.peers if p != membership.addr]
         self.node.join(seeds)
         self._spawn(self.node.run(self.stop), "mesh")
@@ -304,6 +322,8 @@ class Agent:
             await self.api.stop()
         if self._transport is not None:
             self._transport.close()
+        if self._stream is not None:
+            await self._stream.close()
         if self.backend is not None:
             with contextlib.suppress(Exception):
                 self.backend.close()
