@@ -60,6 +60,13 @@ PIGGYBACK = 6  # membership updates riding on each message (~60 bytes each)
 MEMBERS_PER_MESSAGE = 16  # member records per push-pull datagram
 MIN_RECEIVE_BYTES = 1400  # one Ethernet frame is always accepted, whatever our own limit
 STREAM_ROWS_PER_FRAME = 1 << 20  # rows a stream frame may carry (decoder bound)
+MIN_ROW_BYTES = 2  # no changed row encodes smaller: more rows than this allows surely stream
+_FAR = 1 << 62
+
+
+def _encode_chunks(delta: ColumnarDelta, budget: int) -> list[tuple[wire.Kind, bytes]]:
+    """The payloads of ``delta`` cut to ``budget`` (runs in a worker thread)."""
+    return [(wire.Kind.DELTA, wire.encode(c)) for c in wire.chunk_rows(delta, budget)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +139,7 @@ class MeshNode:
         self._stream: StreamTransport | None = None
         self._stream_sealer: auth.Sealer | None = None
         self._streamed_at: dict[Address, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # stream preparations under way
         self.pulled = asyncio.Event()  # a peer answered one of our digests
 
     # --- wiring ----------------------------------------------------------------
@@ -164,6 +172,9 @@ class MeshNode:
             delay = max(0.0, (deadline - self.mono_ns()) / 1e9)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=min(delay, 1.0))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def leave(self, linger_s: float = 0.2) -> None:
         """Gossip our departure to a few peers before the process exits."""
@@ -225,33 +236,44 @@ class MeshNode:
             else None
         )
         if delta.batches or delta.coverage:
+            room = self.timing.stream_after_datagrams * self._budget
+            if stream is not None and delta.rows * MIN_ROW_BYTES > room:
+                self._start_stream(delta, reply, addr)  # sure not to fit: size it off the loop
+                return
             size = wire.encoded_size(delta)
-            if stream is not None and size > self.timing.stream_after_datagrams * self._budget:
-                self._stream_delta(delta, size, reply, addr)
+            if stream is not None and size > room:
+                self._start_stream(delta, reply, addr)
                 return
             for chunk in wire.chunk_rows(delta, self._budget, whole_bytes=size):
                 self._send(chunk, addr)
         if reply is not None:
             self._send(reply, addr)
 
-    def _stream_delta(
-        self, delta: ColumnarDelta, size: int, reply: Sync | None, addr: Address
-    ) -> None:
+    def _start_stream(self, delta: ColumnarDelta, reply: Sync | None, addr: Address) -> None:
+        """Encode and cut a large delta in a worker thread (numpy leaves the
+        GIL for most of it, so probes keep being answered), then send."""
+        self._streamed_at[addr] = self.mono_ns() + _FAR  # "under way" until sent
+        task = asyncio.get_running_loop().create_task(self._stream_delta(delta, reply, addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stream_delta(self, delta: ColumnarDelta, reply: Sync | None, addr: Address) -> None:
         stream, sealer = self._stream, self._stream_sealer
         assert stream is not None and sealer is not None
         budget = auth.payload_budget(stream.limits.max_frame_bytes, self.node_id)
-        chunks = wire.chunk_rows(delta, budget, whole_bytes=size)
-        messages: list[wire.Message] = list(chunks)
-        if reply is not None:
-            messages.append(reply)
-        frames = []
-        for message in messages:
-            frames.append(sealer.seal(self.wall_ns(), wire.encode(message)))
-        if stream.send(addr, frames):
+        try:
+            payloads = await asyncio.to_thread(_encode_chunks, delta, budget)
+        except ValueError:
+            self.counters.rejected["oversized_out"] += 1
             self._streamed_at[addr] = self.mono_ns()
+            return
+        if reply is not None:
+            payloads.append((wire.Kind.SYNC, wire.encode(reply)))
+        frames = [sealer.seal(self.wall_ns(), payload) for _, payload in payloads]
+        self._streamed_at[addr] = self.mono_ns()
+        if stream.send(addr, frames):
             self.counters.streams_sent += 1
-            for message, frame in zip(messages, frames, strict=True):
-                kind = wire.kind_of(message)
+            for (kind, _), frame in zip(payloads, frames, strict=True):
                 self.counters.sent[kind] += 1
                 self.counters.sent_bytes[kind] += len(frame)
 

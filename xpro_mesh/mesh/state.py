@@ -38,7 +38,9 @@ class ReplicatedState(Protocol):
         ...
 
     def delta_for(self, peer: Digest) -> ColumnarDelta:
-        """Every row ``peer`` lacks by its digest, with coverage claims."""
+        """Every row ``peer`` lacks by its digest, with coverage claims. The
+        arrays are the caller's from then on: the node may encode them in a
+        worker thread while the table changes, so they must be copies."""
         ...
 
     def merge(self, delta: ColumnarDelta, now: int, limits: MergeLimits) -> MergeReport:
