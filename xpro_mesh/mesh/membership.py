@@ -120,6 +120,9 @@ perform:
 * :class:`IndirectProbe` → send ``ping-req(seq, target id, target addr)`` to
   ``via``; the receiver calls :meth:`Membership.on_ping_request`.
 * :class:`ForwardAck` → send ``ack(seq)`` to the node that asked.
+* :class:`ForwardNack` → send ``nack(seq)`` to the node that asked: the
+  target did not answer us in time; the asker passes it to
+  :meth:`Membership.on_nack`.
 * :class:`SyncState` → push-pull: send :meth:`Membership.local_state` to
   ``addr`` and ask for the peer's; both sides feed what they receive to
   :meth:`Membership.merge_state`.

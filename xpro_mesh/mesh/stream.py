@@ -26,7 +26,9 @@ in :attr:`StreamStats.rejected` by reason and the connection dropped; the
 sender's rows are offered again at the next anti-entropy round.
 
 :class:`TcpStreamTransport` runs on asyncio streams; :class:`MemoryStreams`
-is its in-memory twin for tests (same limits, same counters).
+is its in-memory twin for tests (the same frame, stream and outbound bounds
+and counters; a stream arrives in one callback, so inbound concurrency and
+timeouts have nothing to bound there).
 """
 
 from __future__ import annotations
