@@ -64,16 +64,22 @@ class NodeThread(threading.Thread):
         cfg = local_gossip()
         addr = ("127.0.0.1", self.port)
         membership = Membership(
-            self.node_name, addr, incarnation=int(time.time() * 1000),
-            now_ns=time.monotonic_ns(), rng=random.Random(self.port),
+            self.node_name,
+            addr,
+            incarnation=int(time.time() * 1000),
+            now_ns=time.monotonic_ns(),
+            rng=random.Random(self.port),
             params=cfg.membership_params(),
         )
         node = MeshNode(
             state=GossipStateAdapter(GossipState(self.node_name, membership.incarnation, P)),
-            membership=membership, keyring=KEYRING,
-            timing=NodeTiming(interval_ns=cfg.interval_ns, fanout=cfg.fanout,
-                              max_message_bytes=1_400),
-            limits=MergeLimits(), rng=random.Random(self.port + 1),
+            membership=membership,
+            keyring=KEYRING,
+            timing=NodeTiming(
+                interval_ns=cfg.interval_ns, fanout=cfg.fanout, max_message_bytes=1_400
+            ),
+            limits=MergeLimits(),
+            rng=random.Random(self.port + 1),
         )
         udp = await UdpTransport.open(addr, node.receive)
         tcp = await TcpStreamTransport.open(addr, node.receive_frame)

@@ -45,15 +45,22 @@ def make_node(
     addr = ("10.20.0.1", port)
     now = time.monotonic_ns()
     membership = Membership(
-        name, addr, incarnation=int(time.time() * 1000), now_ns=now,
-        rng=random.Random(port), params=cfg.membership_params(),
+        name,
+        addr,
+        incarnation=int(time.time() * 1000),
+        now_ns=now,
+        rng=random.Random(port),
+        params=cfg.membership_params(),
     )
     node = MeshNode(
         state=GossipStateAdapter(GossipState(name, incarnation=membership.incarnation, params=P)),
         membership=membership,
         keyring=keyring,
-        timing=NodeTiming(interval_ns=cfg.interval_ns, fanout=cfg.fanout,
-                          max_message_bytes=max_message_bytes or cfg.max_message_bytes),
+        timing=NodeTiming(
+            interval_ns=cfg.interval_ns,
+            fanout=cfg.fanout,
+            max_message_bytes=max_message_bytes or cfg.max_message_bytes,
+        ),
         limits=MergeLimits(),
         rng=random.Random(port + 1),
     )

@@ -67,7 +67,8 @@ async def test_an_oversized_frame_ends_the_stream_and_is_counted() -> None:
 async def test_a_stream_longer_than_its_bound_is_cut() -> None:
     got: list[bytes] = []
     rx = await TcpStreamTransport.open(
-        LOOPBACK, lambda f, _p: got.append(f),
+        LOOPBACK,
+        lambda f, _p: got.append(f),
         StreamLimits(max_frame_bytes=100, max_stream_bytes=250),
     )
     try:
@@ -80,9 +81,7 @@ async def test_a_stream_longer_than_its_bound_is_cut() -> None:
 
 
 async def test_a_silent_or_truncated_peer_times_out_or_is_counted() -> None:
-    rx = await TcpStreamTransport.open(
-        LOOPBACK, lambda f, _p: None, StreamLimits(io_timeout_s=0.2)
-    )
+    rx = await TcpStreamTransport.open(LOOPBACK, lambda f, _p: None, StreamLimits(io_timeout_s=0.2))
     try:
         _reader, writer = await asyncio.open_connection(*rx.local_addr)
         writer.write(b"\x00\x00")  # half a length, then nothing

@@ -36,8 +36,13 @@ names = st.text(min_size=1, max_size=20)
 v4 = st.integers(0, 2**32 - 1).map(lambda x: b"\0" * 10 + b"\xff\xff" + x.to_bytes(4, "big"))
 v6 = st.binary(min_size=16, max_size=16)
 addresses = st.one_of(v4, v6)
-entries = st.builds(OriginEntry, st.one_of(small, i63), st.one_of(small, i63), i63,
-                    st.tuples(st.one_of(small, i63), st.one_of(small, i63)))
+entries = st.builds(
+    OriginEntry,
+    st.one_of(small, i63),
+    st.one_of(small, i63),
+    i63,
+    st.tuples(st.one_of(small, i63), st.one_of(small, i63)),
+)
 versions = st.tuples(i63, i63)
 
 
@@ -48,8 +53,13 @@ def deltas(draw: st.DrawFn, max_rows: int = 40) -> Delta:
     for origin in origins:
         pairs = draw(st.lists(st.tuples(addresses, addresses), max_size=max_rows, unique=True))
         rows += [PairEntry(pair, origin, draw(entries)) for pair in pairs]
-    claims = draw(st.lists(st.builds(Coverage, st.sampled_from(origins), versions, versions),
-                           max_size=3, unique_by=lambda c: c.origin))
+    claims = draw(
+        st.lists(
+            st.builds(Coverage, st.sampled_from(origins), versions, versions),
+            max_size=3,
+            unique_by=lambda c: c.origin,
+        )
+    )
     return Delta(entries=tuple(rows), coverage=tuple(claims))
 
 
@@ -87,8 +97,10 @@ def test_digests_round_trip(digest: Digest) -> None:
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     assert not isinstance(decode(data), Exception)
-    assert not isinstance(decode(msgpack.packb({"v": FORMAT_VERSION, "kind": "delta",
-                                                "body": {"rows": data}})), Exception)
+    assert not isinstance(
+        decode(msgpack.packb({"v": FORMAT_VERSION, "kind": "delta", "body": {"rows": data}})),
+        Exception,
+    )
 
 
 def check_valid(delta: ColumnarDelta) -> None:
@@ -172,10 +184,14 @@ def test_oversized_messages_are_refused_before_decoding() -> None:
     data = encode(one_row())
     result = decode(data, WireLimits(max_message_bytes=len(data) - 1))
     assert isinstance(result, WireError) and "over" in result.reason
-    many = from_delta(Delta(tuple(
-        PairEntry((bytes([i]) * 16, b"b" * 16), "o", OriginEntry(1, 2, 3, (1, i + 1)))
-        for i in range(5)
-    )))
+    many = from_delta(
+        Delta(
+            tuple(
+                PairEntry((bytes([i]) * 16, b"b" * 16), "o", OriginEntry(1, 2, 3, (1, i + 1)))
+                for i in range(5)
+            )
+        )
+    )
     result = decode(encode(many), WireLimits(max_entries=4))
     assert isinstance(result, WireError) and "over 4" in result.reason
 
@@ -186,15 +202,32 @@ def test_encoder_refuses_rows_it_should_never_build() -> None:
     twice = one_row()
     b = twice.batches[0]
     with pytest.raises(ValueError, match="twice"):
-        encode(ColumnarDelta((RowBatch("o", *(np.concatenate([getattr(b, f)] * 2) for f in (
-            "src", "dst", "ts1", "ts2", "c", "inc", "seq"))),)))
+        encode(
+            ColumnarDelta(
+                (
+                    RowBatch(
+                        "o",
+                        *(
+                            np.concatenate([getattr(b, f)] * 2)
+                            for f in ("src", "dst", "ts1", "ts2", "c", "inc", "seq")
+                        ),
+                    ),
+                )
+            )
+        )
 
 
 # --- size on realistic rows -------------------------------------------------------
 
 
-def botnet(n: int, *, per_destination: int = 5_000, seed: int = 1, coarse: bool = True,
-           origin: str = "proxy-1") -> ColumnarDelta:
+def botnet(
+    n: int,
+    *,
+    per_destination: int = 5_000,
+    seed: int = 1,
+    coarse: bool = True,
+    origin: str = "proxy-1",
+) -> ColumnarDelta:
     """n changed rows of one origin: bots in one /16 block, thousands per
     destination, windows within one sync interval, counts of a few packets,
     versions issued in no particular order of the pairs."""
@@ -214,8 +247,18 @@ def botnet(n: int, *, per_destination: int = 5_000, seed: int = 1, coarse: bool 
     ts1 = ts2 - rng.integers(0, 5_000_000_000 // tick, n) * tick
     inc = 1_764_600_000_000
     return ColumnarDelta(
-        (RowBatch(origin, mapped(src), mapped(dst), ts1, ts2, rng.integers(1, 5, n),
-                  np.full(n, inc), rng.permutation(n) + 1),),
+        (
+            RowBatch(
+                origin,
+                mapped(src),
+                mapped(dst),
+                ts1,
+                ts2,
+                rng.integers(1, 5, n),
+                np.full(n, inc),
+                rng.permutation(n) + 1,
+            ),
+        ),
         (Coverage(origin, (0, 0), (inc, n)),),
     )
 

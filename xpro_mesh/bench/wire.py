@@ -76,8 +76,10 @@ def botnet_rows(n: int, *, ipv6: bool = False, coarse: bool = True, seed: int = 
     groups = np.arange(n) // per_destination
     if ipv6:
         prefix = np.uint64(0x2001_0DB8 << 32)
-        src = _v6(prefix | rng.integers(0, 2**32, n, dtype=np.uint64),
-                  rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2))
+        src = _v6(
+            prefix | rng.integers(0, 2**32, n, dtype=np.uint64),
+            rng.integers(0, 2**63, n, dtype=np.uint64) * np.uint64(2),
+        )
         dst = _v6(np.full(n, np.uint64(0x2001_0DB8_FFFF_0000)), groups.astype(np.uint64) + 1)
     else:
         src = _mapped((44 << 24) + (np.arange(n) % 60_000))
@@ -86,8 +88,16 @@ def botnet_rows(n: int, *, ipv6: bool = False, coarse: bool = True, seed: int = 
     t0 = 1_800_000_000_000_000_000
     ts2 = t0 + rng.integers(0, 500_000_000 // tick, n) * tick
     ts1 = ts2 - rng.integers(0, 5_000_000_000 // tick, n) * tick
-    batch = RowBatch(ORIGIN, src, dst, ts1, ts2, rng.integers(1, 5, n),
-                     np.full(n, INCARNATION), rng.permutation(n).astype(np.int64) + 1)
+    batch = RowBatch(
+        ORIGIN,
+        src,
+        dst,
+        ts1,
+        ts2,
+        rng.integers(1, 5, n),
+        np.full(n, INCARNATION),
+        rng.permutation(n).astype(np.int64) + 1,
+    )
     return ColumnarDelta((batch,), (Coverage(ORIGIN, (0, 0), (INCARNATION, n)),))
 
 
@@ -117,8 +127,15 @@ def wire_size(delta: ColumnarDelta, family: str, clock: str) -> Size:
     if size <= STREAM_AFTER * budget:
         chunks = wire.chunk_rows(delta, budget, whole_bytes=size)
         total = sum(len(wire.encode(c)) + overhead for c in chunks)
-        return Size(delta.rows, family, clock, "datagrams", len(chunks), total,
-                    total / len(chunks) / DATAGRAM)
+        return Size(
+            delta.rows,
+            family,
+            clock,
+            "datagrams",
+            len(chunks),
+            total,
+            total / len(chunks) / DATAGRAM,
+        )
     frame_budget = auth.payload_budget(FRAME, ORIGIN)
     chunks = wire.chunk_rows(delta, frame_budget, whole_bytes=size)
     total = sum(len(wire.encode(c)) + overhead + 4 for c in chunks)
@@ -136,8 +153,18 @@ def format1_size(delta: ColumnarDelta) -> float:
         part = entries[i : i + 3]
         body = {
             "origins": [ORIGIN],
-            "entries": [[pe.pair[0], pe.pair[1], 0, pe.entry.ts1, pe.entry.ts2, pe.entry.c,
-                         *pe.entry.version] for pe in part],
+            "entries": [
+                [
+                    pe.pair[0],
+                    pe.pair[1],
+                    0,
+                    pe.entry.ts1,
+                    pe.entry.ts2,
+                    pe.entry.c,
+                    *pe.entry.version,
+                ]
+                for pe in part
+            ],
             "coverage": [[0, 0, 0, INCARNATION, len(entries)]],
         }
         total += len(msgpack.packb({"v": 1, "kind": "delta", "body": body})) + overhead
@@ -204,11 +231,13 @@ async def stream_transfer(delta: ColumnarDelta) -> Transfer:
         guard = auth.ReplayGuard()
         rows = 0
         for frame in received:
-            opened = auth.open_(KEYRING, frame, time.time_ns(), guard, max_bytes=FRAME,
-                                magic=auth.STREAM_MAGIC)
+            opened = auth.open_(
+                KEYRING, frame, time.time_ns(), guard, max_bytes=FRAME, magic=auth.STREAM_MAGIC
+            )
             assert isinstance(opened, auth.Opened), opened
-            message = wire.decode(opened.payload, wire.WireLimits(
-                max_message_bytes=FRAME, max_entries=1 << 20))
+            message = wire.decode(
+                opened.payload, wire.WireLimits(max_message_bytes=FRAME, max_entries=1 << 20)
+            )
             assert isinstance(message, ColumnarDelta), message
             rows += message.rows
         t3 = time.perf_counter()
@@ -227,39 +256,57 @@ def run(sizes: Sequence[int], repeat: int, transfer_rows: int) -> dict[str, Any]
     sizes_out: list[dict[str, Any]] = []
     cpu_out: list[dict[str, Any]] = []
     print("bytes on the wire per changed row (envelopes included)")
-    print(f"{'rows':>9} {'family':6} {'clock':7} {'channel':9} {'msgs':>6} {'fill':>5} "
-          f"{'B/row':>7} {'format 1':>8} {'ratio':>6}")
+    print(
+        f"{'rows':>9} {'family':6} {'clock':7} {'channel':9} {'msgs':>6} {'fill':>5} "
+        f"{'B/row':>7} {'format 1':>8} {'ratio':>6}"
+    )
     for n in sizes:
         for family in ("ipv4", "ipv6"):
             for clock in ("coarse", "ns"):
                 delta = botnet_rows(n, ipv6=family == "ipv6", coarse=clock == "coarse")
                 size = wire_size(delta, family, clock)
                 before = format1_size(delta) if n <= 100_000 and clock == "coarse" else None
-                shown = (f"{before:8.1f} {before / size.per_row:5.1f}x" if before is not None
-                         else f"{'-':>8} {'-':>6}")
-                print(f"{n:>9} {family:6} {clock:7} {size.channel:9} {size.messages:>6} "
-                      f"{size.fill:5.2f} {size.per_row:7.2f} {shown}")
-                sizes_out.append({
-                    "rows": n, "family": family, "clock": clock, "channel": size.channel,
-                    "messages": size.messages, "fill": size.fill, "bytes_per_row": size.per_row,
-                    "format1_bytes_per_row": before,
-                })
+                shown = (
+                    f"{before:8.1f} {before / size.per_row:5.1f}x"
+                    if before is not None
+                    else f"{'-':>8} {'-':>6}"
+                )
+                print(
+                    f"{n:>9} {family:6} {clock:7} {size.channel:9} {size.messages:>6} "
+                    f"{size.fill:5.2f} {size.per_row:7.2f} {shown}"
+                )
+                sizes_out.append(
+                    {
+                        "rows": n,
+                        "family": family,
+                        "clock": clock,
+                        "channel": size.channel,
+                        "messages": size.messages,
+                        "fill": size.fill,
+                        "bytes_per_row": size.per_row,
+                        "format1_bytes_per_row": before,
+                    }
+                )
                 target = TARGET_IPV4 if family == "ipv4" else TARGET_IPV6
                 if size.wire_bytes < DATAGRAM:
                     # Too few rows to fill a message: the envelope dominates; the
                     # target is that they travel as one datagram.
-                    checks.append(Check(f"{family} {clock}: datagrams for {n} rows",
-                                        size.messages, 1))
+                    checks.append(
+                        Check(f"{family} {clock}: datagrams for {n} rows", size.messages, 1)
+                    )
                 else:
-                    checks.append(Check(f"{family} {clock} B/row at {n} rows", size.per_row,
-                                        target, "B"))
+                    checks.append(
+                        Check(f"{family} {clock} B/row at {n} rows", size.per_row, target, "B")
+                    )
     budget = auth.payload_budget(DATAGRAM, ORIGIN)
     chunks = wire.chunk_rows(botnet_rows(20_000, coarse=False), budget)
     full = [wire.encoded_size(c) for c in chunks[:-1]]
     fill = sum(full) / len(full) / budget
     per_datagram = sum(c.rows for c in chunks) / len(chunks)
-    print(f"\n20000 rows cut for {DATAGRAM}-byte datagrams: {len(chunks)} datagrams, "
-          f"{per_datagram:.0f} rows each (format 1: 3), payload fill {fill:.3f}")
+    print(
+        f"\n20000 rows cut for {DATAGRAM}-byte datagrams: {len(chunks)} datagrams, "
+        f"{per_datagram:.0f} rows each (format 1: 3), payload fill {fill:.3f}"
+    )
     checks.append(Check("datagram payload fill", fill, 0.9, "", "at_least"))
     sizes_out.append({"datagram_fill": fill, "rows_per_datagram": per_datagram})
     print("\ncodec CPU per row, ns (min/median/max)")
@@ -281,13 +328,19 @@ def run(sizes: Sequence[int], repeat: int, transfer_rows: int) -> dict[str, Any]
         prep = Spread.of(x.prepare_s for x in transfers)
         xfer = Spread.of(x.transfer_s for x in transfers)
         e2e = Spread.of(x.end_to_end_s for x in transfers)
-        print(f"\n{transfer_rows} rows over the stream (loopback): {t.frames} frames, "
-              f"{t.bytes / 1e6:.1f} MB; prepare {prep.fmt(1e3)} ms, transfer {xfer.fmt(1e3)} ms, "
-              f"end to end {e2e.fmt(1e3)} ms")
-        checks.append(Check(f"stream transfer of {transfer_rows} rows", xfer.median,
-                            TARGET_TRANSFER_S, "s"))
-        checks.append(Check(f"stream end to end of {transfer_rows} rows", e2e.median,
-                            TARGET_END_TO_END_S, "s"))
+        print(
+            f"\n{transfer_rows} rows over the stream (loopback): {t.frames} frames, "
+            f"{t.bytes / 1e6:.1f} MB; prepare {prep.fmt(1e3)} ms, transfer {xfer.fmt(1e3)} ms, "
+            f"end to end {e2e.fmt(1e3)} ms"
+        )
+        checks.append(
+            Check(f"stream transfer of {transfer_rows} rows", xfer.median, TARGET_TRANSFER_S, "s")
+        )
+        checks.append(
+            Check(
+                f"stream end to end of {transfer_rows} rows", e2e.median, TARGET_END_TO_END_S, "s"
+            )
+        )
         checks.append(Check(f"stream writes for {transfer_rows} rows", t.frames, TARGET_WRITES))
     print()
     print_checks(checks)
@@ -304,11 +357,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", default="10,1000,100000,1000000",
-                        help="changed rows to measure, comma separated")
+    parser.add_argument(
+        "--sizes", default="10,1000,100000,1000000", help="changed rows to measure, comma separated"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of every timing")
-    parser.add_argument("--transfer-rows", type=int, default=1_000_000,
-                        help="rows sent over the stream on loopback (0: skip)")
+    parser.add_argument(
+        "--transfer-rows",
+        type=int,
+        default=1_000_000,
+        help="rows sent over the stream on loopback (0: skip)",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
     try:

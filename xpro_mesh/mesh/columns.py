@@ -318,9 +318,7 @@ def _address_deltas(hi: U64s, lo: U64s, restart: npt.NDArray[np.bool_]) -> tuple
     return dhi, dlo
 
 
-def _undo_address_deltas(
-    dhi: U64s, dlo: U64s, restart: npt.NDArray[np.bool_]
-) -> tuple[U64s, U64s]:
+def _undo_address_deltas(dhi: U64s, dlo: U64s, restart: npt.NDArray[np.bool_]) -> tuple[U64s, U64s]:
     """Inverse of :func:`_address_deltas`, refusing anything not strictly
     increasing within a group (a pair twice, or a difference that wrapped).
     Sums are modulo 2^64, so every result is a 16-byte address."""

@@ -164,9 +164,7 @@ class TcpStreamTransport:
     ) -> TcpStreamTransport:
         """Listen on ``bind`` (TCP; port 0 picks a free one)."""
         self = cls(on_frame, limits or StreamLimits())
-        self._server = await asyncio.start_server(
-            self._accept, bind[0], bind[1], limit=64 * 1024
-        )
+        self._server = await asyncio.start_server(self._accept, bind[0], bind[1], limit=64 * 1024)
         sockname = self._server.sockets[0].getsockname()
         self.local_addr = (str(sockname[0]), int(sockname[1]))
         return self

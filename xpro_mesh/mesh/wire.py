@@ -232,8 +232,14 @@ def _sorted_by_version(b: RowBatch) -> RowBatch:
 
 def _take(b: RowBatch, index: npt.NDArray[np.int64] | slice) -> RowBatch:
     return RowBatch(
-        b.origin, b.src[index], b.dst[index], b.ts1[index], b.ts2[index], b.c[index],
-        b.inc[index], b.seq[index],
+        b.origin,
+        b.src[index],
+        b.dst[index],
+        b.ts1[index],
+        b.ts2[index],
+        b.c[index],
+        b.inc[index],
+        b.seq[index],
     )
 
 
@@ -250,9 +256,7 @@ class _Claims:
             cov = claims.get(b.origin)
             if cov is None:
                 continue
-            inside = np.flatnonzero(
-                _above(b, cov.after) & ~_above(b, cov.upto)
-            )
+            inside = np.flatnonzero(_above(b, cov.after) & ~_above(b, cov.upto))
             if len(inside):
                 self.first[b.origin] = int(inside[0])
                 self.closing[b.origin] = int(inside[-1])
@@ -422,9 +426,11 @@ def _decode_delta(body: dict[str, Any], limits: WireLimits) -> ColumnarDelta:
 
 
 def _member(u: MemberUpdate) -> list[Any]:
-    load = None if u.load is None else [
-        float(u.load.packets_in_per_s), float(u.load.drop_ratio), float(u.load.loop_lag_ms)
-    ]
+    load = (
+        None
+        if u.load is None
+        else [float(u.load.packets_in_per_s), float(u.load.drop_ratio), float(u.load.loop_lag_ms)]
+    )
     return [u.node_id, u.addr[0], u.addr[1], u.incarnation, u.state.value, load, u.source]
 
 
@@ -433,8 +439,12 @@ def _members(updates: tuple[MemberUpdate, ...]) -> list[list[Any]]:
 
 
 def _ping_body(m: Ping) -> dict[str, Any]:
-    return {"seq": m.seq, "target": m.target_id, "sender": _member(m.sender),
-            "updates": _members(m.updates)}
+    return {
+        "seq": m.seq,
+        "target": m.target_id,
+        "sender": _member(m.sender),
+        "updates": _members(m.updates),
+    }
 
 
 def _ack_body(m: Ack | Nack) -> dict[str, Any]:
@@ -442,8 +452,14 @@ def _ack_body(m: Ack | Nack) -> dict[str, Any]:
 
 
 def _ping_req_body(m: PingReq) -> dict[str, Any]:
-    return {"seq": m.seq, "target": m.target_id, "host": m.target_addr[0],
-            "port": m.target_addr[1], "sender": _member(m.sender), "updates": _members(m.updates)}
+    return {
+        "seq": m.seq,
+        "target": m.target_id,
+        "host": m.target_addr[0],
+        "port": m.target_addr[1],
+        "sender": _member(m.sender),
+        "updates": _members(m.updates),
+    }
 
 
 def _members_body(m: Members) -> dict[str, Any]:
@@ -451,8 +467,12 @@ def _members_body(m: Members) -> dict[str, Any]:
 
 
 def _sync_body(m: Sync) -> dict[str, Any]:
-    return {"digest": _digest_body(m.digest), "reply": m.reply, "sender": _member(m.sender),
-            "updates": _members(m.updates)}
+    return {
+        "digest": _digest_body(m.digest),
+        "reply": m.reply,
+        "sender": _member(m.sender),
+        "updates": _members(m.updates),
+    }
 
 
 def _decode_member(row: object) -> MemberUpdate:
@@ -496,39 +516,61 @@ def _bool(value: object) -> bool:
 
 
 def _decode_ping(body: dict[str, Any], limits: WireLimits) -> Ping:
-    return Ping(_seq(body.get("seq")), _name(body.get("target")),
-                _decode_member(body.get("sender")), _decode_members(body.get("updates")))
+    return Ping(
+        _seq(body.get("seq")),
+        _name(body.get("target")),
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("updates")),
+    )
 
 
 def _decode_ack(body: dict[str, Any], limits: WireLimits) -> Ack:
-    return Ack(_seq(body.get("seq")), _decode_member(body.get("sender")),
-               _decode_members(body.get("updates")))
+    return Ack(
+        _seq(body.get("seq")),
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("updates")),
+    )
 
 
 def _decode_nack(body: dict[str, Any], limits: WireLimits) -> Nack:
-    return Nack(_seq(body.get("seq")), _decode_member(body.get("sender")),
-                _decode_members(body.get("updates")))
+    return Nack(
+        _seq(body.get("seq")),
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("updates")),
+    )
 
 
 def _decode_ping_req(body: dict[str, Any], limits: WireLimits) -> PingReq:
     host, port = body.get("host"), body.get("port")
     if not isinstance(host, str) or not host or type(port) is not int or not 0 < port < 65536:
         raise _Invalid("ping_req target address")
-    return PingReq(_seq(body.get("seq")), _name(body.get("target")), (host, port),
-                   _decode_member(body.get("sender")), _decode_members(body.get("updates")))
+    return PingReq(
+        _seq(body.get("seq")),
+        _name(body.get("target")),
+        (host, port),
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("updates")),
+    )
 
 
 def _decode_members_msg(body: dict[str, Any], limits: WireLimits) -> Members:
-    return Members(_decode_member(body.get("sender")), _decode_members(body.get("members")),
-                   _bool(body.get("reply")))
+    return Members(
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("members")),
+        _bool(body.get("reply")),
+    )
 
 
 def _decode_sync(body: dict[str, Any], limits: WireLimits) -> Sync:
     digest = body.get("digest")
     if not isinstance(digest, dict):
         raise _Invalid("sync digest is not a map")
-    return Sync(_decode_digest(digest, limits), _bool(body.get("reply")),
-                _decode_member(body.get("sender")), _decode_members(body.get("updates")))
+    return Sync(
+        _decode_digest(digest, limits),
+        _bool(body.get("reply")),
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("updates")),
+    )
 
 
 # A new message type: a Kind, a dataclass in Message, and one entry in each table.
