@@ -467,6 +467,7 @@ class Cluster:
         self.order = itertools.count()
         self.events: list[tuple[int, str, MemberChanged]] = []
         self.next_gossip = 0
+        self.lag: dict[Address, int] = {}  # an overloaded node reads its socket this late
 
     def addr_of(self, node_id: str) -> Address:
         return addr(self.index.setdefault(node_id, len(self.index) + 1))
@@ -492,7 +493,7 @@ class Cluster:
     def send(self, dst: Address, kind: str, **body: object) -> None:
         if self.rng.random() < self.loss:
             return
-        delay = self.rng.randint(1, 5) * MS
+        delay = self.rng.randint(1, 5) * MS + self.lag.get(dst, 0)
         heapq.heappush(self.net, _Packet(self.now + delay, next(self.order), dst, kind, body))
 
     def perform(self, m: Membership, actions: list[Action]) -> None:
@@ -504,6 +505,8 @@ class Cluster:
                 self.send(action.addr, "sync", src=m.addr, state=m.local_state(), reply=False)
                 continue
             piggyback = [m.self_update(), *m.updates_to_piggyback(8)]
+            if isinstance(action, Probe) and (buddy := m.buddy(action.node_id)) is not None:
+                piggyback.append(buddy)
             if isinstance(action, Probe):
                 self.send(
                     action.addr,
@@ -526,6 +529,8 @@ class Cluster:
                 )
             elif isinstance(action, ForwardAck):
                 self.send(action.addr, "ack", seq=action.seq, updates=piggyback)
+            elif isinstance(action, ForwardNack):
+                self.send(action.addr, "nack", seq=action.seq, updates=piggyback)
 
     def deliver(self, packet: _Packet) -> None:
         receivers = [n for n in self.up if self.nodes[n].addr == packet.dst]
@@ -545,6 +550,8 @@ class Cluster:
             self.send(body["src"], "ack", seq=body["seq"], updates=piggyback)  # type: ignore[arg-type]
         elif packet.kind == "ack":
             actions += m.on_ack(body["seq"], self.now)  # type: ignore[arg-type]
+        elif packet.kind == "nack":
+            actions += m.on_nack(body["seq"], self.now)  # type: ignore[arg-type]
         elif packet.kind == "ping_req":
             actions += m.on_ping_request(
                 body["src_id"],
@@ -741,3 +748,56 @@ def test_dead_node_is_forgotten_after_the_retention_time() -> None:
         )
         is not None
     )
+
+
+# --- Lifeguard: a node slowed by its own load ---------------------------------------
+
+LOCAL = MembershipParams(
+    probe_interval_ns=200 * MS, probe_timeout_ns=100 * MS, suspicion_mult=3, indirect_checks=2
+)
+NO_LIFEGUARD = replace(LOCAL, awareness_max=1, suspicion_max_mult=1)
+
+
+def overloaded_run(params: MembershipParams, seed: int) -> tuple[int, int, int]:
+    """Five nodes; "slow" reads its socket 400 ms late (a flood of datagrams in
+    front of the acks) while its timers run on time, for 30 s. Returns
+    (suspicions raised by slow, deaths of healthy members anywhere, deaths of
+    slow anywhere)."""
+    cluster = Cluster(seed=seed, params=params, gossip_interval_ns=100 * MS)
+    names = ["slow", "b", "c", "d", "e"]
+    for name in names:
+        cluster.start(name, seeds=["b"] if name != "b" else [])
+    assert cluster.run_until(lambda: cluster.live_view_is(set(names)), 20 * S) is not None
+    start = len(cluster.events)
+    before = cluster.nodes["slow"].stats.suspicions_raised
+    cluster.lag[cluster.nodes["slow"].addr] = 400 * MS
+    cluster.run(30 * S)
+    raised = cluster.nodes["slow"].stats.suspicions_raised - before
+    dead = [e.node_id for _, _, e in cluster.events[start:] if e.current is DEAD]
+    return raised, sum(1 for n in dead if n != "slow"), dead.count("slow")
+
+
+def test_an_overloaded_node_stops_accusing_its_healthy_peers() -> None:
+    with_lifeguard = [overloaded_run(LOCAL, seed) for seed in range(5)]
+    without = [overloaded_run(NO_LIFEGUARD, seed) for seed in range(5)]
+    # Local health stretches the slow node's probe interval past its own lag,
+    # and its lone suspicions (nobody confirms them) last long enough to be
+    # refuted: no healthy member dies, and the slow node hardly accuses anyone.
+    assert all(healthy == 0 for _, healthy, _ in with_lifeguard), with_lifeguard
+    assert all(raised <= 8 for raised, _, _ in with_lifeguard), with_lifeguard
+    # The same load without local health and confirmations: the slow node
+    # accuses its peers all along, and some healthy members die of it.
+    assert sum(r for r, _, _ in without) >= 10 * sum(r for r, _, _ in with_lifeguard)
+    assert sum(healthy for _, healthy, _ in without) > 0
+    # (The slow node itself, answering two probe intervals late, is found
+    # unresponsive by every prober independently: their confirmations make
+    # its suspicion short, Lifeguard or not. Keeping the loop responsive is
+    # the stream's and the worker thread's job, not the detector's.)
+
+
+def test_a_ping_to_a_suspect_carries_the_suspicion_buddy_system() -> None:
+    a = three_peers()
+    target, since = suspected_by_a(a)
+    buddy = a.buddy(target)
+    assert buddy is not None and buddy.state is SUSPECT and buddy.source == "a"
+    assert a.buddy("c" if target != "c" else "b") is None  # alive: nothing to carry

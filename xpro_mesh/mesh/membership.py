@@ -34,6 +34,8 @@ HashiCorp memberlist (``state.go``):
   - *nacks*: a ping-req helper that gets no ack from the target within the
     probe timeout answers the asker ``nack`` (:class:`ForwardNack`), so a
     prober that hears neither ack nor nack knows the problem is likely its own;
+  - *buddy system*: a ping to a suspect member carries the suspicion
+    (:meth:`Membership.buddy`), so a live member refutes at its next probe;
   - *suspicion confirmations*: a suspicion starts at ``suspicion_max_mult ·
     S(N)`` when ``k = suspicion_mult - 2`` independent confirmations are
     possible (``N - 2 >= k``), and shrinks towards ``S(N)`` as other
@@ -114,7 +116,8 @@ This module never touches a socket or a clock: every input carries
 ``time.monotonic_ns``) and returns :data:`Action` values for the host to
 perform:
 
-* :class:`Probe` → send ``ping(seq, target node id)`` to ``addr``. A node that
+* :class:`Probe` → send ``ping(seq, target node id)`` to ``addr``, with
+  :meth:`Membership.buddy` among its updates when there is one. A node that
   receives a ping naming *itself* answers ``ack(seq)``; the answer to an ack
   is :meth:`Membership.on_ack`.
 * :class:`IndirectProbe` → send ``ping-req(seq, target id, target addr)`` to
@@ -629,6 +632,16 @@ class Membership:
             probe.nacks = min(probe.expected_nacks, probe.nacks + 1)
             self.stats.nacks_received += 1
         return []
+
+    def buddy(self, node_id: str) -> MemberUpdate | None:
+        """Lifeguard's buddy system (memberlist ``probeNode``): a ping to a
+        member we hold as suspect carries that suspicion, so the member hears
+        it from the prober itself and refutes at once, instead of waiting for
+        gossip to reach it (which may take a push-pull interval)."""
+        member = self._members.get(node_id)
+        if member is None or member.state is not MemberState.SUSPECT:
+            return None
+        return replace(member.as_update(), source=self.node_id)
 
     def probe_interval_ns(self) -> int:
         """The probe interval scaled by local health (Lifeguard)."""

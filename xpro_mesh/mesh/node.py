@@ -280,7 +280,11 @@ class MeshNode:
     def _perform(self, actions: Iterable[Action]) -> None:
         for action in actions:
             if isinstance(action, Probe):
-                msg = Ping(action.seq, action.node_id, self._self_update(), self._piggyback())
+                updates = self._piggyback()
+                buddy = self.membership.buddy(action.node_id)
+                if buddy is not None:
+                    updates = (buddy, *updates[: PIGGYBACK - 1])
+                msg = Ping(action.seq, action.node_id, self._self_update(), updates)
                 self._send(msg, action.addr)
             elif isinstance(action, IndirectProbe):
                 req = PingReq(
