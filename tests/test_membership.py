@@ -797,7 +797,7 @@ def test_an_overloaded_node_stops_accusing_its_healthy_peers() -> None:
 
 def test_a_ping_to_a_suspect_carries_the_suspicion_buddy_system() -> None:
     a = three_peers()
-    target, since = suspected_by_a(a)
+    target, _since = suspected_by_a(a)
     buddy = a.buddy(target)
     assert buddy is not None and buddy.state is SUSPECT and buddy.source == "a"
     assert a.buddy("c" if target != "c" else "b") is None  # alive: nothing to carry
