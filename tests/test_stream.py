@@ -5,10 +5,19 @@ raises into the event loop."""
 from __future__ import annotations
 
 import asyncio
+import random
 import struct
+import time
 
+from xpro_mesh.agent.config import local_gossip
+from xpro_mesh.core.algorithm import Params
+from xpro_mesh.core.gossip_state import GossipState, LocalCount, MergeLimits
+from xpro_mesh.mesh import auth
+from xpro_mesh.mesh.membership import Membership
+from xpro_mesh.mesh.node import MeshNode, NodeTiming
+from xpro_mesh.mesh.state import GossipStateAdapter
 from xpro_mesh.mesh.stream import StreamLimits, TcpStreamTransport
-from xpro_mesh.mesh.transport import Address
+from xpro_mesh.mesh.transport import Address, UdpTransport
 
 LOOPBACK: Address = ("127.0.0.1", 0)
 
@@ -123,3 +132,62 @@ async def test_a_send_to_nobody_fails_quietly_and_is_counted() -> None:
         assert tx.stats.rejected["oversized_out"] == 1
     finally:
         await tx.close()
+
+
+async def test_two_nodes_on_real_sockets_move_a_large_delta_over_tcp() -> None:
+    s = 10**9
+    params = Params(t_t1=5 * s, t_t2=s, t_t3=s, t_t4=60 * s, t_f1=100, t_f2=1000, r=2)
+    keyring = auth.Keyring([bytes(range(32))])
+    cfg = local_gossip()
+    tables, nodes, closers = [], [], []
+    for i in range(2):
+        table = GossipState(f"t{i}", 1, params)
+
+        def udp_rx(d: bytes, a: Address, box: list[MeshNode] = nodes, i: int = i) -> None:
+            if len(box) > i:
+                box[i].receive(d, a)
+
+        def tcp_rx(f: bytes, a: Address, box: list[MeshNode] = nodes, i: int = i) -> None:
+            if len(box) > i:
+                box[i].receive_frame(f, a)
+
+        udp = await UdpTransport.open(LOOPBACK, udp_rx)
+        tcp = await TcpStreamTransport.open(udp.local_addr, tcp_rx)
+        membership = Membership(
+            f"t{i}",
+            udp.local_addr,
+            incarnation=1,
+            now_ns=time.monotonic_ns(),
+            rng=random.Random(i),
+            params=cfg.membership_params(),
+        )
+        node = MeshNode(
+            state=GossipStateAdapter(table),
+            membership=membership,
+            keyring=keyring,
+            timing=NodeTiming(interval_ns=cfg.interval_ns, max_message_bytes=1_400),
+            limits=MergeLimits(),
+            rng=random.Random(i + 10),
+        )
+        node.attach(udp, tcp)
+        tables.append(table)
+        nodes.append(node)
+        closers.append((udp, tcp))
+    now = time.time_ns()
+    dst = b"\x00" * 10 + b"\xff\xff" + bytes([10, 20, 0, 2])
+    for k in range(5_000):
+        src = b"\x00" * 10 + b"\xff\xff" + bytes([44, 1]) + k.to_bytes(2, "big")
+        tables[0].record_local((src, dst), LocalCount(now, now + k, dc=1, mark=0))
+    stop = asyncio.Event()
+    nodes[1].join([nodes[0].membership.addr])
+    tasks = [asyncio.create_task(n.run(stop)) for n in nodes]
+    try:
+        await settle(lambda: len(tables[1].pair_views()) == 5_000, 1_000)
+        assert nodes[0].counters.streams_sent >= 1
+        assert closers[1][1].stats.frames_received >= 1
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        for udp, tcp in closers:
+            udp.close()
+            await tcp.close()
