@@ -20,6 +20,7 @@ async def test_an_agent_over_its_threshold_steers_clients_elsewhere() -> None:
     try:
         agent.counters.load = Workload(packets_in_per_s=5000, drop_ratio=0.5, loop_lag_ms=0)
         agent.counters.steering = agent.plan_steering()
+        assert agent.api is not None
         host, port = agent.api.address
         url = f"http://{host}:{port}/v1/steering"
         async with aiohttp.ClientSession() as http, http.get(url) as resp:
