@@ -59,6 +59,7 @@ EVENT_POLL_S = 0.2  # overload warnings are forwarded at most this late
 CLOCK_SYNC_S = 1.0  # kernel → cluster clock offset refresh
 STEER_HYSTERESIS = 0.2  # an overloaded proxy returns below 80 % of the threshold
 WEBHOOK_QUEUE = 256  # warnings waiting for the webhook; more are dropped (counted)
+BIND_ATTEMPTS = 10  # bind port 0: free UDP ports tried for one whose number is free for TCP too
 
 
 def xdp_config(thresholds: Thresholds, base: XdpConfig | None = None) -> XdpConfig:
@@ -256,25 +257,33 @@ class Agent:
             if receiver:
                 receiver[0](data, addr)
 
-        try:
-            # The socket takes any datagram; the node refuses (and counts)
-            # those over gossip.max_message_bytes.
-            transport = await UdpTransport.open(cfg.bind, deliver, max_datagram=UDP_MAX_PAYLOAD)
-        except OSError as exc:
-            raise AgentError(f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}") from None
-        self._transport = transport
         frames: list[Callable[[bytes, tuple[str, int]], None]] = []
-        try:
-            # Push-pull bulk: TCP on the gossip port's number (memberlist's split).
-            stream = await TcpStreamTransport.open(
-                (cfg.bind[0], transport.local_addr[1]),
-                lambda frame, peer: frames[0](frame, peer) if frames else None,
-                g.stream_limits(),
-            )
-        except OSError as exc:
-            raise AgentError(
-                f"bind {cfg.bind[0]}:{transport.local_addr[1]} (tcp): {exc.strerror or exc}"
-            ) from None
+        # Push-pull bulk goes on TCP at the gossip port's number (memberlist's
+        # split). With port 0 the kernel picks a free UDP port, whose number
+        # may be taken for TCP: then pick again.
+        for attempt in range(1 if cfg.bind[1] else BIND_ATTEMPTS):
+            try:
+                # The socket takes any datagram; the node refuses (and counts)
+                # those over gossip.max_message_bytes.
+                transport = await UdpTransport.open(cfg.bind, deliver, max_datagram=UDP_MAX_PAYLOAD)
+            except OSError as exc:
+                raise AgentError(
+                    f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}"
+                ) from None
+            try:
+                stream = await TcpStreamTransport.open(
+                    (cfg.bind[0], transport.local_addr[1]),
+                    lambda frame, peer: frames[0](frame, peer) if frames else None,
+                    g.stream_limits(),
+                )
+                break
+            except OSError as exc:
+                transport.close()
+                if cfg.bind[1] or attempt == BIND_ATTEMPTS - 1:
+                    raise AgentError(
+                        f"bind {cfg.bind[0]}:{transport.local_addr[1]} (tcp): {exc.strerror or exc}"
+                    ) from None
+        self._transport = transport
         self._stream = stream
         advertised = cfg.advertised
         host = advertised[0] if advertised else transport.local_addr[0]
