@@ -350,3 +350,14 @@ def test_a_member_record_with_a_bad_state_or_port_is_a_wire_error() -> None:
     ):
         frame = dict(good, body=dict(good["body"], sender=bad_sender))
         assert isinstance(decode(msgpack.packb(frame)), WireError)
+
+
+def test_a_huge_delta_is_cut_without_encoding_it_whole_first() -> None:
+    delta = botnet(150_000)
+    chunks = chunk_rows(delta, 400_000)
+    sizes = [encoded_size(c) for c in chunks]
+    assert max(sizes) <= 400_000 and min(sizes[:-1]) >= 0.8 * 400_000
+    assert sum(c.rows for c in chunks) == 150_000
+    claims = [cov for c in chunks for cov in c.coverage]
+    assert claims[0].after == (0, 0) and claims[-1].upto == delta.coverage[0].upto
+    assert all(a.upto == b.after for a, b in itertools.pairwise(claims))

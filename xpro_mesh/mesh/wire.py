@@ -87,6 +87,8 @@ __all__ = [
 FORMAT_VERSION = 2
 _U64 = 2**64
 _FRAME_BYTES = 32  # msgpack's frame around a delta's bytes: {"v", "kind", "body": {"rows"}}
+_ESTIMATE_ABOVE_ROWS = 100_000
+_TYPICAL_ROW_BYTES = 10  # a changed IPv4 row is 7-14 bytes (docs/mesh.md)
 
 
 class Kind(enum.StrEnum):
@@ -193,9 +195,14 @@ def chunk_rows(
     """
     if budget_bytes < 1:
         raise ValueError("budget_bytes must be >= 1")
-    whole = _size(delta) if whole_bytes is None else whole_bytes
-    if whole <= budget_bytes:
-        return [delta]
+    if whole_bytes is None and delta.rows > _ESTIMATE_ABOVE_ROWS:
+        # Encoding a huge delta whole only to learn its size costs a full
+        # encode; start from a typical row size instead, _fill corrects it.
+        whole = delta.rows * _TYPICAL_ROW_BYTES
+    else:
+        whole = _size(delta) if whole_bytes is None else whole_bytes
+        if whole <= budget_bytes:
+            return [delta]
     runs = [_sorted_by_version(b) for b in delta.batches if len(b)]
     offsets = np.cumsum([0, *(len(b) for b in runs)])
     total = int(offsets[-1])
