@@ -142,7 +142,7 @@ def test_a_node_stalled_by_its_own_load_is_never_declared_dead() -> None:
     try:
         for t in threads:
             assert t.ready.wait(5)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a patient wait on a busy host, not a speed check
         while time.monotonic() < deadline:
             if all(t.node is not None and t.node.membership.num_live() == N for t in threads):
                 break
