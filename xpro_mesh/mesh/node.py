@@ -138,7 +138,7 @@ class MeshNode:
         self._transport: Transport | None = None
         self._stream: StreamTransport | None = None
         self._stream_sealer: auth.Sealer | None = None
-        self._streamed_at: dict[Address, int] = {}
+        self._hold_until: dict[Address, int] = {}  # no new stream answer to a peer before
         self._tasks: set[asyncio.Task[None]] = set()  # stream preparations under way
         self.pulled = asyncio.Event()  # a peer answered one of our digests
 
@@ -222,11 +222,10 @@ class MeshNode:
         By datagrams when they are few, else both on one stream, in order."""
         stream = self._stream
         if stream is not None and (
-            stream.sending_to(addr)
-            or self.mono_ns() < self._streamed_at.get(addr, 0) + 2 * self.timing.interval_ns
+            stream.sending_to(addr) or self.mono_ns() < self._hold_until.get(addr, 0)
         ):
-            # Rows on their way (or just merged there) answer this digest too:
-            # a digest sent meanwhile would only ask for them again.
+            # Rows on their way (or still being merged there) answer this
+            # digest too: a digest sent meanwhile would only ask for them again.
             self.counters.stream_deferred += 1
             return
         delta = self.state.delta_for(sync.digest)
@@ -252,7 +251,7 @@ class MeshNode:
     def _start_stream(self, delta: ColumnarDelta, reply: Sync | None, addr: Address) -> None:
         """Encode and cut a large delta in a worker thread (numpy leaves the
         GIL for most of it, so probes keep being answered), then send."""
-        self._streamed_at[addr] = self.mono_ns() + _FAR  # "under way" until sent
+        self._hold_until[addr] = _FAR  # under way until sent
         task = asyncio.get_running_loop().create_task(self._stream_delta(delta, reply, addr))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -265,12 +264,16 @@ class MeshNode:
             payloads = await asyncio.to_thread(_encode_chunks, delta, budget)
         except ValueError:
             self.counters.rejected["oversized_out"] += 1
-            self._streamed_at[addr] = self.mono_ns()
+            self._hold_until[addr] = 0
             return
         if reply is not None:
             payloads.append((wire.Kind.SYNC, wire.encode(reply)))
         frames = [sealer.seal(self.wall_ns(), payload) for _, payload in payloads]
-        self._streamed_at[addr] = self.mono_ns()
+        # A stream of several frames takes the peer a while to merge; its
+        # digests meanwhile are stale, so give it one round. One frame: none,
+        # the next round's rows must not wait (mitigation time).
+        several = len(payloads) - (reply is not None) > 1
+        self._hold_until[addr] = self.mono_ns() + (self.timing.interval_ns if several else 0)
         if stream.send(addr, frames):
             self.counters.streams_sent += 1
             for (kind, _), frame in zip(payloads, frames, strict=True):
