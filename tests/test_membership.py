@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xpro_mesh.mesh.membership import (
     Action,
@@ -31,6 +33,7 @@ from xpro_mesh.mesh.membership import (
     Probe,
     SyncState,
     Workload,
+    _Suspicion,
     detection_time_bound_ns,
     incarnation_from_wall_clock,
     remaining_suspicion_ns,
@@ -801,3 +804,24 @@ def test_a_ping_to_a_suspect_carries_the_suspicion_buddy_system() -> None:
     buddy = a.buddy(target)
     assert buddy is not None and buddy.state is SUSPECT and buddy.source == "a"
     assert a.buddy("c" if target != "c" else "b") is None  # alive: nothing to carry
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 5),
+    st.lists(st.sampled_from(["b", "c", "d", "e", "f", "g", "a"]), max_size=12),
+)
+def test_confirmations_only_ever_shorten_a_suspicion_within_its_bounds(
+    k: int, sources: list[str]
+) -> None:
+    low, high = 4 * S, 24 * S
+    suspicion = _Suspicion(0, k, low, high, {"a"}, high if k >= 1 else low)
+    deadlines = [suspicion.deadline_ns]
+    for source in sources:
+        suspicion.confirm(source)
+        deadlines.append(suspicion.deadline_ns)
+    assert all(later <= earlier for earlier, later in itertools.pairwise(deadlines))
+    assert all(low <= d <= high for d in deadlines)
+    assert len(suspicion.confirmations) - 1 <= k  # the first suspector is not a confirmation
+    if len(set(sources) - {"a"}) >= k:
+        assert suspicion.deadline_ns == low  # k independent confirmations: the minimum
