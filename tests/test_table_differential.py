@@ -132,9 +132,12 @@ class Twin:
         pairs = data.draw(st.lists(st.sampled_from(PAIRS), max_size=8, unique=True), "pairs")
         counts = [data.draw(local_counts(self, self.ref.own_entry(p)), "count") for p in pairs]
         catch_up = data.draw(st.booleans(), "catch_up")
-        self.apply_counts(pairs, counts, catch_up)
+        by_id = data.draw(st.booleans(), "by id where held")
+        self.apply_counts(pairs, counts, catch_up, by_id)
 
-    def apply_counts(self, pairs: list[Pair], counts: list[LocalCount], catch_up: bool) -> None:
+    def apply_counts(
+        self, pairs: list[Pair], counts: list[LocalCount], catch_up: bool, by_id: bool = False
+    ) -> None:
         expected = []
         for p, lc in zip(pairs, counts, strict=True):
             if catch_up:
@@ -154,7 +157,12 @@ class Twin:
                 r = self.ref.record_local(p, lc)
                 expected.append((r.entry, r.local, r.changed))
         fields = (ints(getattr(lc, f) for lc in counts) for f in ("ts1", "ts2", "dc", "mark"))
-        got = self.table.record_local(*columns(pairs), *fields, catch_up=catch_up)
+        ids = self.table.pair_ids(*columns(pairs))
+        if by_id and (ids >= 0).all():  # the adapter's path: ids kept from earlier cycles
+            got = self.table.record_local_ids(ids, *fields, catch_up=catch_up)
+            event("record_local by id")
+        else:
+            got = self.table.record_local(*columns(pairs), *fields, catch_up=catch_up)
         for i, (entry, local, changed) in enumerate(expected):
             assert entry is not None
             assert (int(got.ts1[i]), int(got.ts2[i]), int(got.c[i])) == (

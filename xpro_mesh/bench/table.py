@@ -7,7 +7,9 @@ heaviest reading of "three origins": 3 rows per pair).
 
 * **busy cycle**: every own row got new packets since the last cycle:
   Algorithm 1 for every pair with the map sync's catch-up
-  (:meth:`PairTable.record_local`), the merge of both peers' changed rows
+  (:meth:`PairTable.record_local_ids`: the adapter keeps each kernel slot's
+  pair id; also measured with every own pair looked up by key,
+  :meth:`PairTable.record_local`), the merge of both peers' changed rows
   (each peer changed every row: 2N rows, one stream message each), expiry,
   :meth:`~PairTable.take_changed`, the view of every changed pair and of every
   destination, and the delta of every changed own row for a peer.
@@ -118,6 +120,8 @@ class Mesh:
     src: npt.NDArray[np.bytes_]
     dst: npt.NDArray[np.bytes_]
     now: int
+    own_ids: npt.NDArray[np.int64] | None = None  # the adapter's slot -> pair id cache
+    by_keys: bool = False  # look the own pairs up by key every cycle instead
 
     def peer_deltas(self, counts: Counts) -> list[ColumnarDelta]:
         """Each peer counts every pair, then sends us its changed rows."""
@@ -147,13 +151,28 @@ def fill(mesh: Mesh) -> None:
 def busy_cycle(mesh: Mesh, counts: Counts, deltas: Sequence[ColumnarDelta]) -> dict[str, int]:
     """One busy cycle of this proxy (what is timed)."""
     me = mesh.me
-    peer_digest = mesh.peers[0].digest()
-    synced = me.record_local(
-        mesh.src, mesh.dst, counts.ts1, counts.ts2, counts.dc, counts.mark, catch_up=True
-    )
+    mine = me.digest().versions.get(me.node_id)
+    if mesh.own_ids is None or mesh.by_keys:
+        synced = me.record_local(
+            mesh.src, mesh.dst, counts.ts1, counts.ts2, counts.dc, counts.mark, catch_up=True
+        )
+        mesh.own_ids = synced.ids
+    else:
+        synced = me.record_local_ids(
+            mesh.own_ids, counts.ts1, counts.ts2, counts.dc, counts.mark, catch_up=True
+        )
     for delta in deltas:
         me.merge(delta, mesh.now, LIMITS)
-    me.expire(mesh.now)
+    expired = me.expire(mesh.now)
+    if len(expired.removed_ids):  # the adapter forgets freed ids (none here)
+        gone = np.zeros(me.capacity, dtype=np.bool_)
+        gone[expired.removed_ids] = True
+        mesh.own_ids = None if gone[mesh.own_ids].any() else mesh.own_ids
+    # A peer that has every row but this cycle's own changes asks for them.
+    asked = dict(me.digest().versions)
+    if mine is not None:
+        asked[me.node_id] = mine
+    peer_digest = Digest(mesh.peers[0].node_id, asked)
     changed = me.take_changed()
     ids = None if changed is None else changed.ids
     views = me.pair_views(ids)
@@ -215,15 +234,20 @@ def measure_table(n: int, reps: int) -> dict[str, Any]:
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     rows = len(mesh.me)
-    busy_wall, busy_cpu, quiet_wall, quiet_cpu = [], [], [], []
+    busy_wall, busy_cpu, quiet_wall, quiet_cpu, keys_cpu = [], [], [], [], []
     shape: dict[str, int] = {}
     for k in range(reps):
-        mesh.now += INTERVAL
-        counts = counts_at(n, T0 - S, mesh.now, 5 + k)
-        deltas = mesh.peer_deltas(counts)
-        wall, cpu = timed(functools.partial(_busy_into, shape, mesh, counts, deltas))
-        busy_wall.append(wall)
-        busy_cpu.append(cpu)
+        for by_keys in (False, True):
+            mesh.by_keys = by_keys
+            mesh.now += INTERVAL
+            counts = counts_at(n, T0 - S, mesh.now, 5 + k)
+            deltas = mesh.peer_deltas(counts)
+            wall, cpu = timed(functools.partial(_busy_into, shape, mesh, counts, deltas))
+            if by_keys:
+                keys_cpu.append(cpu)
+            else:
+                busy_wall.append(wall)
+                busy_cpu.append(cpu)
         wall, cpu = timed(lambda: quiet_cycle(mesh))
         quiet_wall.append(wall)
         quiet_cpu.append(cpu)
@@ -232,6 +256,7 @@ def measure_table(n: int, reps: int) -> dict[str, Any]:
         "rows": rows,
         "busy_wall": Spread.of(busy_wall),
         "busy_cpu": Spread.of(busy_cpu),
+        "busy_cpu_own_by_keys": Spread.of(keys_cpu),
         "quiet_wall": Spread.of(quiet_wall),
         "quiet_cpu": Spread.of(quiet_cpu),
         "bytes_per_row_traced": held / rows,
@@ -356,6 +381,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             f"(wall {r['busy_wall'].fmt(1e3)}), {per_pair:.0f} ns/pair; quiet cpu "
             f"{r['quiet_cpu'].fmt(1e3, 1)} ms; {r['bytes_per_row_traced']:.0f} B/row traced, "
             f"{r['bytes_per_row_arrays']:.0f} B/row in arrays"
+        )
+        say(
+            f"{'':>9} busy cpu with own pairs looked up by key (no id cache): "
+            f"{r['busy_cpu_own_by_keys'].fmt(1e3)} ms; cycle shape {r['busy_shape']}"
         )
         ix = r["index"]
         say(

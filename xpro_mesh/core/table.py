@@ -193,11 +193,13 @@ class TableMergeReport:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class TableExpiry:
-    """Rows dropped, and the pairs that lost a row (some no longer held)."""
+    """Rows dropped, the pairs that lost a row (some no longer held), and the
+    ids of the pairs no longer held (free: other pairs may get them)."""
 
     dropped: int
     src: Addresses
     dst: Addresses
+    removed_ids: Ints
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -409,6 +411,11 @@ class PairTable:
     def num_pairs(self) -> int:
         return self._num_pairs
 
+    @property
+    def capacity(self) -> int:
+        """Pair ids are below this."""
+        return len(self._nrows)
+
     def __len__(self) -> int:
         return sum(self._rows_of)
 
@@ -532,19 +539,9 @@ class PairTable:
         ``changed`` is then whether any step changed the row, ``local_*`` the
         L_DB record of the last step. Pairs must be distinct.
         """
-        ts1, ts2, dc, mark = (np.asarray(x, dtype=np.int64) for x in (ts1, ts2, dc, mark))
-        n = len(ts1)
-        if not len(src) == len(dst) == n == len(ts2) == len(dc) == len(mark):
+        if len(src) != len(dst):
             raise ValueError("record_local: columns of different lengths")
-        bad = (ts1 < 0) | (ts1 > ts2) | (dc < 0)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(
-                f"inconsistent local count at row {i}: ts1={ts1[i]} ts2={ts2[i]} dc={dc[i]}"
-            )
-        if ((mark != 0) & (mark != 1)).any():
-            i = int(np.argmax((mark != 0) & (mark != 1)))
-            raise ValueError(f"mark must be 0 or 1, got {mark[i]} at row {i}")
+        ts1, ts2, dc, mark = _counts(len(src), ts1, ts2, dc, mark)
         ids, created = self._ids_for(src, dst)
         try:
             if _has_duplicates(ids, self._pairs.capacity):
@@ -552,6 +549,29 @@ class PairTable:
             return self._record(ids, ts1, ts2, dc, mark, catch_up)
         finally:
             self._drop_empty(ids[created])
+
+    def record_local_ids(
+        self,
+        ids: Ints,
+        ts1: Ints,
+        ts2: Ints,
+        dc: Ints,
+        mark: Ints,
+        catch_up: bool = False,
+    ) -> LocalSyncs:
+        """:meth:`record_local` for pairs held, by id: no key lookups. The
+        adapter keeps each kernel slot's pair id from an earlier result
+        (``LocalSyncs.ids``) and forgets the ids an expiry frees
+        (``TableExpiry.removed_ids``), which may be handed to other pairs."""
+        ids = np.asarray(ids, dtype=np.int64)
+        ts1, ts2, dc, mark = _counts(len(ids), ts1, ts2, dc, mark)
+        if len(ids) and (
+            ids.min() < 0 or ids.max() >= len(self._nrows) or (self._nrows[ids] == 0).any()
+        ):
+            raise ValueError("record_local_ids: an id that is not a pair held")
+        if _has_duplicates(ids, self._pairs.capacity):
+            raise ValueError("record_local: the same pair twice in one call")
+        return self._record(ids, ts1, ts2, dc, mark, catch_up)
 
     def _record(
         self, ids: Ints, ts1: Ints, ts2: Ints, dc: Ints, mark: Ints, catch_up: bool
@@ -666,14 +686,26 @@ class PairTable:
         if ids is None:
             ids = self.live_ids()
         k = self._slots_used()
-        present = self._present[:k, ids]
-        ts2 = self._ts2[:k, ids]
+        # Many ids: fold every column in place (slices, no gathers), pick after.
+        whole = 4 * len(ids) > len(self._nrows)
+        cols = slice(None) if whole else ids
+        present = self._present[:k, cols]
+        ts2 = self._ts2[:k, cols]
         newest = np.where(present, ts2, -1).max(axis=0)
         live = present & (ts2 >= newest - self._params.t_t1)
-        ts1 = np.where(live, self._ts1[:k, ids], INT_MAX).min(axis=0)
-        hi, lo = _limbs(np.where(live, self._c[:k, ids], 0))
-        c, overflow = _join(hi.sum(axis=0), lo.sum(axis=0))
+        ts1 = np.where(live, self._ts1[:k, cols], INT_MAX).min(axis=0)
+        counts = np.where(live, self._c[:k, cols], 0)
+        overflow: dict[int, int]
+        if k * int(counts.max(initial=0)) <= INT_MAX:  # no sum can pass 2^63
+            c, overflow = counts.sum(axis=0), {}
+            if whole:
+                c = c[ids]
+        else:
+            hi, lo = _limbs(counts[:, ids] if whole else counts)
+            c, overflow = _join(hi.sum(axis=0), lo.sum(axis=0))
         origins = live.sum(axis=0, dtype=np.int64)
+        if whole:
+            ts1, newest, origins = ts1[ids], newest[ids], origins[ids]
         return PairViews(ids, ts1, newest, c, origins, overflow)
 
     def destination_views(
@@ -710,12 +742,17 @@ class PairTable:
             c = np.array([min(sums[x], INT_MAX) for x in out.tolist()], dtype=np.int64)
             overflow = {j: sums[x] for j, x in enumerate(out.tolist()) if sums[x] > INT_MAX}
         else:
-            hi, lo = _limbs(views.c)
-            hs = np.zeros(cap, dtype=np.int64)
-            ls = np.zeros(cap, dtype=np.int64)
-            np.add.at(hs, d, hi)
-            np.add.at(ls, d, lo)
-            c, overflow = _join(hs[out], ls[out])
+            if len(views.c) * int(views.c.max(initial=0)) <= INT_MAX:  # cannot pass 2^63
+                total = np.zeros(cap, dtype=np.int64)
+                np.add.at(total, d, views.c)
+                c, overflow = total[out], {}
+            else:
+                hi, lo = _limbs(views.c)
+                hs = np.zeros(cap, dtype=np.int64)
+                ls = np.zeros(cap, dtype=np.int64)
+                np.add.at(hs, d, hi)
+                np.add.at(ls, d, lo)
+                c, overflow = _join(hs[out], ls[out])
         dst = _addresses(self._dests.keys_of(out))
         return DestinationViews(out, dst, ts1[out], ts2[out], c, pairs[out], overflow)
 
@@ -974,11 +1011,12 @@ class PairTable:
                 del self._watermark[origin]
         if not touched:
             empty = np.zeros(0, dtype=ADDRESS_DTYPE)
-            return TableExpiry(0, empty, empty.copy())
+            return TableExpiry(0, empty, empty.copy(), np.zeros(0, dtype=np.int64))
         ids = self._distinct(np.concatenate(touched))
         src, dst = self.pair_keys(ids)
+        removed = ids[self._nrows[ids] == 0]
         self._drop_empty(ids, record=True)
-        return TableExpiry(dropped, src, dst)
+        return TableExpiry(dropped, src, dst, removed)
 
     # --- storage ---------------------------------------------------------------------
 
@@ -1105,6 +1143,23 @@ class PairTable:
         if len(empty):
             self._dests.remove(empty)
         self._pairs.remove(gone)
+
+
+def _counts(n: int, *columns: Ints) -> tuple[Ints, Ints, Ints, Ints]:
+    """The kernel's counts as int64 columns of length ``n``, checked row by row."""
+    ts1, ts2, dc, mark = (np.asarray(x, dtype=np.int64) for x in columns)
+    if not n == len(ts1) == len(ts2) == len(dc) == len(mark):
+        raise ValueError("record_local: columns of different lengths")
+    bad = (ts1 < 0) | (ts1 > ts2) | (dc < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"inconsistent local count at row {i}: ts1={ts1[i]} ts2={ts2[i]} dc={dc[i]}"
+        )
+    if ((mark != 0) & (mark != 1)).any():
+        i = int(np.argmax((mark != 0) & (mark != 1)))
+        raise ValueError(f"mark must be 0 or 1, got {mark[i]} at row {i}")
+    return ts1, ts2, dc, mark
 
 
 def _check_params(p: Params) -> None:
