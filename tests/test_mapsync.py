@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpro_mesh.agent.gossip_sync import write_plan
-from xpro_mesh.agent.mapsync import SlotMemory, plan_cycle
+from xpro_mesh.agent.mapsync import SlotMemory, plan_cycle, read_slots
 from xpro_mesh.core.algorithm import Params
 from xpro_mesh.core.gossip_state import GossipState
 from xpro_mesh.datapath.backend import PairKey
@@ -39,7 +39,7 @@ class Node:
 
     def cycle(self, now: int) -> None:
         plan = plan_cycle(
-            self.state, self.maps.read_pairs(), self.maps.read_dests(), self.memory, now
+            self.state, read_slots(self.maps, self.memory), self.maps.read_dests(), self.memory, now
         )
         write_plan(self.maps, plan, self.memory)
 
@@ -122,7 +122,9 @@ def test_packets_between_the_read_and_the_write_are_judged_at_once_and_folded_on
     now = 100 * S
     for i in range(5):
         a.maps.feed("10.10.100.5", VICTIM, now + i)
-    plan = plan_cycle(a.state, a.maps.read_pairs(), a.maps.read_dests(), a.memory, now + 10)
+    plan = plan_cycle(
+        a.state, read_slots(a.maps, a.memory), a.maps.read_dests(), a.memory, now + 10
+    )
     for i in range(3):  # the kernel keeps counting while the agent plans
         a.maps.feed("10.10.100.5", VICTIM, now + 20 + i)
     write_plan(a.maps, plan, a.memory)
@@ -180,7 +182,9 @@ def test_a_stop_between_the_pair_and_the_destination_writes_leaves_no_drift() ->
         b.maps.feed("10.10.100.6", VICTIM, now + i)
     b.cycle(now + 10)
     exchange(a, b, now + 10)
-    plan = plan_cycle(a.state, a.maps.read_pairs(), a.maps.read_dests(), a.memory, now + 11)
+    plan = plan_cycle(
+        a.state, read_slots(a.maps, a.memory), a.maps.read_dests(), a.memory, now + 11
+    )
     pv = plan.pair_views
     a.maps.write_pair_views(pv.slots, pv.gen, pv.adj, pv.ts1, pv.ts2)  # ... and the agent dies
     a = Node("a", incarnation=2, maps=a.maps)

@@ -1,37 +1,36 @@
 """The ``gossip`` syncer: the kernel's counts into this origin's rows, the
-mesh's view back into the agent's half of the kernel's slots (see
-:mod:`xpro_mesh.agent.mapsync` for the plan, :mod:`xpro_mesh.mesh.node` for how
-rows travel, docs/kernel-agent-contract.md for the data path).
+mesh's view back into the agent's half of the kernel's slots (the plan:
+:mod:`xpro_mesh.agent.mapsync_columns`, its scalar reference
+:mod:`xpro_mesh.agent.mapsync`; how rows travel: :mod:`xpro_mesh.mesh.node`;
+the data path: docs/kernel-agent-contract.md).
 
-Every cycle reads every live slot (a memory copy of the mmapped arrays), plans,
-and writes only the views that moved. Blocking calls run in the default
-executor; the state is touched on the event loop only.
+Every cycle reads every live slot (a memory copy of the mmapped arrays, in
+the default executor), plans on the event loop in chunks that yield to it
+(so probes and merges are served between two chunks, and only the loop
+ever touches the table), and writes only the views that moved (executor).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-from xpro_mesh.agent.mapsync import CyclePlan, SlotMemory, plan_cycle
+from xpro_mesh.agent.mapsync import CyclePlan, SlotMemory, read_slots
+from xpro_mesh.agent.mapsync_columns import STEP, plan_cycle_steps
 from xpro_mesh.agent.syncer import SyncReport
 from xpro_mesh.core.algorithm import Params
-from xpro_mesh.core.gossip_state import GossipState
-from xpro_mesh.datapath.backend import DestRead, MapBackend, PairRead
+from xpro_mesh.core.table import PairTable
+from xpro_mesh.datapath.backend import MapBackend
 
-__all__ = ["FIRST_PULL_ROUNDS", "GossipSync", "Planner", "write_plan"]
+__all__ = ["FIRST_PULL_ROUNDS", "GossipSync", "write_plan"]
 
 log = logging.getLogger("xpro_mesh.agent")
 T = TypeVar("T")
 
 FIRST_PULL_ROUNDS = 10  # gossip intervals the first map sync waits for a peer's answer
-
-Planner = Callable[[GossipState, PairRead, DestRead, SlotMemory, int], CyclePlan]
 
 
 class GossipSync:
@@ -40,17 +39,16 @@ class GossipSync:
     def __init__(
         self,
         backend: MapBackend,
-        state: GossipState,
+        table: PairTable,
         *,
         pulled: asyncio.Event | None = None,
         first_pull_timeout_s: float = 0.0,
         stop: asyncio.Event | None = None,
-        planner: Planner = plan_cycle,
     ) -> None:
         self.backend = backend
-        self.state = state
+        self.table = table
         self.memory = SlotMemory.for_slots(backend.pairs_max, backend.dests_max)
-        self._planner = planner
+        self.step = STEP  # slots planned between two yields to the loop
         self._pulled = pulled
         self._first_pull_timeout_s = first_pull_timeout_s
         self._stop = stop
@@ -58,15 +56,14 @@ class GossipSync:
 
     def set_params(self, params: Params) -> None:
         """New thresholds: the rows' window rules change, so every view is rewritten."""
-        self.state.set_params(params)
+        self.table.set_params(params)
         self.memory.forget_views()
 
     async def cycle(self, report: SyncReport) -> None:
         if not self._waited:
             await self._await_first_pull()
             self._waited = True
-        with _gc_paused():
-            await self._cycle(report)
+        await self._cycle(report)
 
     async def _await_first_pull(self) -> None:
         """Hold the first map sync until a peer has answered our digest, so a
@@ -98,19 +95,23 @@ class GossipSync:
 
     async def _cycle(self, report: SyncReport) -> None:
         backend = self.backend
-        pairs = await _blocking(backend.read_pairs)
+        pairs = await _blocking(read_slots, backend, self.memory)
         dests = await _blocking(backend.read_dests)
-        plan = self._planner(self.state, pairs, dests, self.memory, time.time_ns())
-        await _blocking(self._write, plan)
+        steps = plan_cycle_steps(self.table, pairs, dests, self.memory, time.time_ns(), self.step)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                plan: CyclePlan = done.value
+                break
+            await asyncio.sleep(0)  # the mesh runs between two chunks
+        await _blocking(write_plan, backend, plan, self.memory)
         report.full_cycles += 1
         report.last_full = True
-        report.last_pairs_read = len(pairs.slots)
+        report.last_pairs_read = len(pairs)
         report.last_ops = len(plan.pair_views.slots) + len(plan.dest_views.dslots)
         report.last_deletes = len(plan.expire_slots)
         report.last_restarted = 0
-
-    def _write(self, plan: CyclePlan) -> None:
-        write_plan(self.backend, plan, self.memory)
 
 
 def write_plan(backend: MapBackend, plan: CyclePlan, memory: SlotMemory) -> None:
@@ -133,19 +134,3 @@ def write_plan(backend: MapBackend, plan: CyclePlan, memory: SlotMemory) -> None
 
 async def _blocking(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection during a map sync: it allocates an object
-    or more per pair read and planned, which with a million pairs would
-    trigger collections that walk the whole (long-lived) state again and
-    again. Reference counting still frees everything; cycles wait for the
-    next collection."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

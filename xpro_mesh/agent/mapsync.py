@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from xpro_mesh.core.gossip_state import GossipState, LocalCount, LocalSync, Pair
-from xpro_mesh.datapath.backend import DestRead, PairRead
+from xpro_mesh.datapath.backend import DestRead, MapBackend
 
 __all__ = [
     "MAX_CATCH_UP",
@@ -47,7 +47,9 @@ __all__ = [
     "DestViews",
     "PairViews",
     "SlotMemory",
+    "SlotRead",
     "plan_cycle",
+    "read_slots",
 ]
 
 MAX_CATCH_UP = 64  # halvings replayed at most for one pair in one cycle
@@ -65,6 +67,9 @@ class SlotMemory:
 
     gen: U64
     c: I64
+    key_gen: U64  # the gen each slot's cached key was gathered for
+    src: npt.NDArray[np.bytes_]  # the cached key of each slot (S16)
+    dst: npt.NDArray[np.bytes_]
     w_gen: U64
     w_adj: I64
     w_ts1: U64
@@ -83,8 +88,12 @@ class SlotMemory:
         def i(n: int) -> I64:
             return np.zeros(n, np.int64)
 
+        def a(n: int) -> npt.NDArray[np.bytes_]:
+            return np.zeros(n, "S16")
+
         return cls(
-            u(pairs_max), i(pairs_max), u(pairs_max), i(pairs_max), u(pairs_max), u(pairs_max),
+            u(pairs_max), i(pairs_max), u(pairs_max), a(pairs_max), a(pairs_max),
+            u(pairs_max), i(pairs_max), u(pairs_max), u(pairs_max),
             u(dests_max), i(dests_max), i(dests_max), u(dests_max), u(dests_max),
         )  # fmt: skip
 
@@ -93,6 +102,50 @@ class SlotMemory:
         a write may not have happened)."""
         self.w_gen[:] = 0
         self.d_gen[:] = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRead:
+    """Every live pair slot as read for one cycle, column by column: the
+    kernel's window (``gen``, ``ts1``, ``ts2``, ``c``) and the slot's pair."""
+
+    slots: U32
+    gen: U64
+    ts1: I64
+    ts2: I64
+    c: I64
+    src: npt.NDArray[np.bytes_]
+    dst: npt.NDArray[np.bytes_]
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+
+def read_slots(backend: MapBackend, memory: SlotMemory) -> SlotRead:
+    """Read every live pair slot; keys are gathered only for slots whose gen
+    is new since the keys were last gathered (a slot's key never changes
+    while it lives; a recycled slot has a new gen), the rest come from
+    ``memory``'s cache: a million quiet slots cost no gather."""
+    read = backend.read_pairs()
+    slots = read.slots
+    rows = read.rows
+    gen = rows["gen"].astype(np.uint64)
+    new = np.flatnonzero(memory.key_gen[slots] != gen)
+    if len(new):
+        keys = backend.pair_keys(slots[new])
+        at = slots[new]
+        memory.src[at] = np.ascontiguousarray(keys["src"]).view("S16").reshape(-1)
+        memory.dst[at] = np.ascontiguousarray(keys["dst"]).view("S16").reshape(-1)
+        memory.key_gen[at] = gen[new]
+    return SlotRead(
+        slots=slots,
+        gen=gen,
+        ts1=rows["ts1"].astype(np.int64),
+        ts2=rows["ts2"].astype(np.int64),
+        c=rows["c"].astype(np.int64),
+        src=memory.src[slots],
+        dst=memory.dst[slots],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +250,7 @@ def _own_step(
 
 def plan_cycle(
     state: GossipState,
-    pairs: PairRead,
+    pairs: SlotRead,
     dests: DestRead,
     memory: SlotMemory,
     now: int,
@@ -213,13 +266,16 @@ def plan_cycle(
     t_t4 = state.params.t_t4
     record_local = state.record_local
     own_changed = 0
-    rows = pairs.rows
     keys: list[Pair] = []
     for i, slot in enumerate(pairs.slots.tolist()):
-        row = rows[i]
-        pair = (bytes(row["src"]), bytes(row["dst"]))
+        pair = (bytes(pairs.src[i]).ljust(16, b"\0"), bytes(pairs.dst[i]).ljust(16, b"\0"))
         keys.append(pair)
-        gen, kts1, kts2, kc = int(row["gen"]), int(row["ts1"]), int(row["ts2"]), int(row["c"])
+        gen, kts1, kts2, kc = (
+            int(pairs.gen[i]),
+            int(pairs.ts1[i]),
+            int(pairs.ts2[i]),
+            int(pairs.c[i]),
+        )
         seen = int(memory.gen[slot]) == gen
         dc = max(0, kc - int(memory.c[slot])) if seen else kc
         step = _own_step(state, pair, seen, kts1, kts2, dc, kc)
@@ -238,8 +294,7 @@ def plan_cycle(
     pv: list[tuple[int, int, int, int, int]] = []
     gone: list[tuple[int, int]] = []
     for i, slot in enumerate(pairs.slots.tolist()):
-        row = rows[i]
-        gen, kc = int(row["gen"]), int(row["c"])
+        gen, kc = int(pairs.gen[i]), int(pairs.c[i])
         view = state.pair_view(keys[i])
         if view is None:
             gone.append((slot, gen))
@@ -267,7 +322,7 @@ def plan_cycle(
         wanted_d = (
             gen,
             dview.c - int(drow["c"]),
-            dview.pairs - int(drow["n"]),
+            dview.clients - int(drow["n"]),
             dview.ts1,
             dview.ts2,
         )

@@ -23,9 +23,9 @@ from collections.abc import Generator
 import numpy as np
 import numpy.typing as npt
 
-from xpro_mesh.agent.mapsync import CyclePlan, DestViews, PairViews, SlotMemory
+from xpro_mesh.agent.mapsync import CyclePlan, DestViews, PairViews, SlotMemory, SlotRead
 from xpro_mesh.core.table import PairTable
-from xpro_mesh.datapath.backend import DestRead, PairRead
+from xpro_mesh.datapath.backend import DestRead
 
 __all__ = ["STEP", "plan_cycle_columns", "plan_cycle_steps"]
 
@@ -42,7 +42,7 @@ STEP = 65_536  # slots planned between two yields to the event loop (~10-30 ms)
 
 def plan_cycle_columns(
     table: PairTable,
-    pairs: PairRead,
+    pairs: SlotRead,
     dests: DestRead,
     memory: SlotMemory,
     now: int,
@@ -60,7 +60,7 @@ def plan_cycle_columns(
 
 def plan_cycle_steps(
     table: PairTable,
-    pairs: PairRead,
+    pairs: SlotRead,
     dests: DestRead,
     memory: SlotMemory,
     now: int,
@@ -73,15 +73,9 @@ def plan_cycle_steps(
     those of the table at that chunk; a view that moves after its chunk is
     written by the next cycle (views are compared with what was written, not
     with what changed)."""
-    rows = pairs.rows
-    n = len(rows)
+    n = len(pairs)
     slots = pairs.slots.astype(np.int64)
-    src = _addresses(rows["src"])
-    dst = _addresses(rows["dst"])
-    gen = rows["gen"].astype(np.uint64)
-    kts1 = rows["ts1"].astype(np.int64)
-    kts2 = rows["ts2"].astype(np.int64)
-    kc = rows["c"].astype(np.int64)
+    src, dst, gen, kts1, kts2, kc = pairs.src, pairs.dst, pairs.gen, pairs.ts1, pairs.ts2, pairs.c
 
     own_changed = 0
     for lo in range(0, n, step):
@@ -240,7 +234,7 @@ def _dest_views(
     s = dslots[h]
     g = dgen[h]
     adj = c[a] - drows["c"].astype(np.int64)[h]
-    nadj = views.pairs[a] - drows["n"].astype(np.int64)[h]
+    nadj = views.clients[a] - drows["n"].astype(np.int64)[h]
     ts1 = views.ts1[a].astype(np.uint64)
     ts2 = views.ts2[a].astype(np.uint64)
     moved = (

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from xpro_mesh.agent.mapsync import SlotMemory
+from xpro_mesh.agent.mapsync import SlotMemory, SlotRead, read_slots
 from xpro_mesh.agent.syncer import SyncReport
 from xpro_mesh.core.algorithm import (
     LocalRecord,
@@ -45,7 +45,7 @@ from xpro_mesh.core.algorithm import (
     fold_destinations,
     sync_master,
 )
-from xpro_mesh.datapath.backend import DestRead, MapBackend, PairKey, PairRead
+from xpro_mesh.datapath.backend import DestRead, MapBackend, PairKey
 
 __all__ = ["MasterSync", "plan_master"]
 
@@ -157,7 +157,7 @@ class MasterSync:
 
     def cycle_blocking(self) -> None:
         p = self.params
-        pairs = self.backend.read_pairs()
+        pairs = read_slots(self.backend, self.memory)
         dests = self.backend.read_dests()
         local, slot_of = self._local_records(pairs)
         horizon_s = max(1, (p.t_t1 + p.t_t4) // 10**9)
@@ -182,13 +182,13 @@ class MasterSync:
             writer.execute()
         # What was read is in M_DB now: only then is it this syncer's last read
         # (a cycle that fails before this point reads the same packets again).
-        self.memory.gen[pairs.slots] = pairs.rows["gen"]
-        self.memory.c[pairs.slots] = pairs.rows["c"]
+        self.memory.gen[pairs.slots] = pairs.gen
+        self.memory.c[pairs.slots] = pairs.c
         self._write_views(pairs, dests, local, slot_of, after, time.time_ns())
         self.cycles += 1
 
     def _local_records(
-        self, pairs: PairRead
+        self, pairs: SlotRead
     ) -> tuple[dict[PairKey, LocalRecord], dict[PairKey, tuple[int, int, int]]]:
         """The kernel's slots as the paper's L_DB: each pair's judged record
         (the local window combined with the view this syncer wrote: the
@@ -204,12 +204,13 @@ class MasterSync:
         memory = self.memory
         local: dict[PairKey, LocalRecord] = {}
         slot_of: dict[PairKey, tuple[int, int, int]] = {}
-        rows = pairs.rows
+        live_view = self.backend.pair_slots
         for i, slot in enumerate(pairs.slots.tolist()):
-            row = rows[i]
-            key = PairKey(bytes(row["src"]), bytes(row["dst"]))
-            gen, c = int(row["gen"]), int(row["c"])
-            ts1, ts2 = int(row["ts1"]), int(row["ts2"])
+            src, dst = bytes(pairs.src[i]), bytes(pairs.dst[i])
+            key = PairKey(src.ljust(16, b"\0"), dst.ljust(16, b"\0"))
+            gen, c = int(pairs.gen[i]), int(pairs.c[i])
+            ts1, ts2 = int(pairs.ts1[i]), int(pairs.ts2[i])
+            row = live_view[slot]  # the agent half: this syncer's own last write
             seen = int(memory.gen[slot])
             mark = 0
             if seen == gen:
@@ -231,7 +232,7 @@ class MasterSync:
 
     def _write_views(
         self,
-        pairs: PairRead,
+        pairs: SlotRead,
         dests: DestRead,
         local: dict[PairKey, LocalRecord],
         slot_of: dict[PairKey, tuple[int, int, int]],
