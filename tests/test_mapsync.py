@@ -231,6 +231,25 @@ def test_a_restarted_agent_does_not_count_twice_what_its_earlier_life_gossiped()
     assert view is not None and view.c == 85
 
 
+def test_a_restarted_agent_over_a_new_kernel_adds_to_what_its_earlier_life_counted() -> None:
+    """The agent and its data path restarted (a memory backend, or maps not
+    pinned): the peer hands back the earlier life's row (80), the new kernel
+    counted 5 since. The row is 85: the new window holds none of the 80."""
+    a, b = Node("a"), Node("b")
+    now = 100 * S
+    for i in range(80):
+        a.maps.feed("10.10.100.5", VICTIM, now + i * 1000)
+    a.cycle(now + S)
+    exchange(a, b, now + S)
+    a = Node("a", incarnation=2)  # a new kernel too
+    for i in range(5):
+        a.maps.feed("10.10.100.5", VICTIM, now + 2 * S + i * 1000)
+    exchange(b, a, now + 2 * S)
+    a.cycle(now + 2 * S + S // 2)
+    assert a.own("10.10.100.5") == 85
+    assert count(a.maps, "10.10.100.5") == 85
+
+
 def test_an_idle_restart_in_the_kernel_starts_a_new_window_in_the_row() -> None:
     a = Node("a")
     now = 100 * S

@@ -139,9 +139,9 @@ def test_the_columnar_planner_plans_what_the_scalar_planner_plans(seed: int, ste
             delta = peer.delta_for(twin.scalar.digest())
             twin.scalar.merge(delta, now)
             twin.table.merge(from_delta(delta), now)
-        if rng.random() < 0.1:  # the agent restarts over the same kernels
+        if rng.random() < 0.1:  # the agent restarts, over the same kernels or new ones
             incarnation += 1
-            twin = Twin(params, incarnation, twin)
+            twin = Twin(params, incarnation, twin if rng.random() < 0.6 else None)
             if rng.random() < 0.5:  # a peer hands back what it holds
                 delta = peer.delta_for(twin.scalar.digest())
                 twin.scalar.merge(delta, now)

@@ -20,10 +20,14 @@ is the ``gen`` and ``c`` it last read. The same ``gen`` is the same window:
 this origin counted ``c - c read`` more packets in it. A new ``gen`` is a new
 window (a new pair in the slot, or Algorithm 2's idle restart: "mark", Alg. 1
 line 5), and every packet in it is new to the rows. A process that starts
-afresh remembers nothing: it takes each kernel window as the truth about
-this origin's count of the pair (:meth:`GossipState.restart_own`), so the
-window counted before a restart is neither lost (with no peer to answer) nor
-counted twice (with peers that hand back the earlier life's rows).
+afresh remembers nothing. A kernel window that began by the last packet of
+the row it holds from its earlier life (a pinned map that outlived the
+agent) counted every packet of that row and the ones since: the window is
+taken as the row (:meth:`GossipState.restart_own`), so it is neither lost
+(with no peer to answer) nor counted twice (with peers that hand back the
+earlier life's rows). A window that began later (a kernel that is new since)
+holds none of them: it is synced into the row by Algorithm 1 like a
+restarted window.
 
 The memory is updated together with the rows, during planning, not after
 the writes: a write that fails leaves stale views (the kernel judges by
@@ -239,12 +243,16 @@ def _own_step(
         if own.ts2 - own.ts1 > state.params.t_t4:
             return LocalCount(ts1=own.ts1, ts2=own.ts2, dc=0, mark=0)  # lines 13-17
         return None
-    if own is not None and state.wrote(pair):
-        # Algorithm 2 restarted the window (lines 4-7): mark' = 1, and the
-        # kernel's c holds only the new window's packets.
+    if own is not None and (state.wrote(pair) or kts1 > own.ts2):
+        # Algorithm 2 restarted the window (lines 4-7), or the kernel is new
+        # since the row was counted (its window starts after the row's last
+        # packet): mark' = 1, and the kernel's c holds only packets the row
+        # does not.
         return LocalCount(ts1=kts1, ts2=kts2, dc=kc, mark=1)
     if own is not None:
-        return (kts1, kts2, kc)  # the earlier life's row: the kernel's window replaces it
+        # The earlier life's row, counted by this kernel's window (which began
+        # by its last packet): the window holds all of it and more.
+        return (kts1, kts2, kc)
     return LocalCount(ts1=kts1, ts2=kts2, dc=kc, mark=0)  # lines 31-33
 
 

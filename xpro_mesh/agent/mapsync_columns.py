@@ -188,9 +188,9 @@ def _sync_own_rows(
     more = seen & own & busy
     shrink = seen & own & ~busy & (o_ts2 - o_ts1 > t_t4)
     # a new window: Algorithm 2 restarted it (mark), or a first row
-    restarted = ~seen & own & written
+    restarted = ~seen & own & (written | (kts1 > o_ts2))
     first = ~seen & ~own
-    taken = ~seen & own & ~written  # the earlier life's row: the kernel's window replaces it
+    taken = ~seen & own & ~written & (kts1 <= o_ts2)  # counted by this window: take it
 
     sync = fresh_seen | more | shrink | restarted | first
     i = np.flatnonzero(sync)
