@@ -73,11 +73,13 @@ __all__ = [
     "DestRead",
     "MapBackend",
     "OverloadWarning",
+    "PairDeltas",
     "PairKey",
     "PairRead",
     "RingStatus",
     "Stats",
     "address",
+    "pair_deltas",
 ]
 
 Slots = npt.NDArray[np.uint32]
@@ -142,6 +144,42 @@ class PairRead:
     rows: np.ndarray
     high_water: int  # slots [0, high_water) were looked at
     retried: int = 0  # rows copied again because a packet was (re)initialising them
+
+
+@dataclass(frozen=True, slots=True)
+class PairDeltas:
+    """What changed between two reads, per slot of the later one (in its
+    order): ``new_window`` when the slot's window is not the one read
+    before (a new pair, or a restart: Algorithm 1's "mark"), and ``delta``,
+    the packets this proxy counted since the earlier read (the whole ``c``
+    of a new window). Summing ``delta`` over reads counts every packet once,
+    provided reads come faster than T_T1 (a restart needs T_T1 of silence,
+    so no packet of the old window falls between the last read and it)."""
+
+    slots: Slots
+    new_window: npt.NDArray[np.bool_]
+    delta: npt.NDArray[np.int64]
+
+    def changed(self) -> npt.NDArray[np.bool_]:
+        """The rows with something to sync: a new window or new packets."""
+        grew: npt.NDArray[np.bool_] = self.delta != 0
+        return self.new_window | grew
+
+
+def pair_deltas(before: PairRead | None, now: PairRead) -> PairDeltas:
+    """Vectorised over the reads (both in slot order): one gather of the
+    earlier gens and counts by slot number, one comparison."""
+    c_now = now.rows["c"].astype(np.int64)
+    if before is None:
+        return PairDeltas(now.slots, np.ones(now.slots.size, np.bool_), c_now)
+    size = max(before.high_water, now.high_water)
+    gen = np.zeros(size, np.uint64)
+    count = np.zeros(size, np.int64)
+    gen[before.slots] = before.rows["gen"]
+    count[before.slots] = before.rows["c"]
+    same: npt.NDArray[np.bool_] = gen[now.slots] == now.rows["gen"]
+    delta: npt.NDArray[np.int64] = np.where(same, c_now - count[now.slots], c_now)
+    return PairDeltas(now.slots, ~same, delta)
 
 
 @dataclass(frozen=True, slots=True)
