@@ -172,13 +172,20 @@ def pair_deltas(before: PairRead | None, now: PairRead) -> PairDeltas:
     c_now = now.rows["c"].astype(np.int64)
     if before is None:
         return PairDeltas(now.slots, np.ones(now.slots.size, np.bool_), c_now)
-    size = max(before.high_water, now.high_water)
-    gen = np.zeros(size, np.uint64)
-    count = np.zeros(size, np.int64)
-    gen[before.slots] = before.rows["gen"]
-    count[before.slots] = before.rows["c"]
-    same: npt.NDArray[np.bool_] = gen[now.slots] == now.rows["gen"]
-    delta: npt.NDArray[np.int64] = np.where(same, c_now - count[now.slots], c_now)
+    if np.array_equal(before.slots, now.slots):  # the usual cycle: the same live slots
+        gen_before = before.rows["gen"]
+        c_before = before.rows["c"]
+    else:
+        size = max(before.high_water, now.high_water)
+        gen_dense = np.zeros(size, np.uint64)
+        c_dense = np.zeros(size, np.int64)
+        gen_dense[before.slots] = before.rows["gen"]
+        c_dense[before.slots] = before.rows["c"]
+        gen_before = gen_dense[now.slots]
+        c_before = c_dense[now.slots]
+    same: npt.NDArray[np.bool_] = gen_before == now.rows["gen"]
+    delta: npt.NDArray[np.int64] = c_now - c_before
+    delta[~same] = c_now[~same]
     return PairDeltas(now.slots, ~same, delta)
 
 
