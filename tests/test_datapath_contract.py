@@ -623,3 +623,26 @@ def test_pair_deltas_count_every_packet_once_across_reads_and_restarts(dp: DataP
     # The windows that restarted dropped their old counts (Algorithm 2
     # lines 4-7), but every packet was seen by a read before that.
     assert total == sent
+
+
+def test_a_view_the_kernel_cannot_hold_is_refused_before_anything_is_written(
+    dp: DataPath,
+) -> None:
+    """A peer can make the mesh's count absurd (issue 9, hole a): the agent
+    must bound it; the backend refuses a value that would wrap in 64 bits,
+    and a length mismatch, without touching any slot."""
+    dp.feed(_client(1), D, BASE_TIME)
+    read = dp.maps.read_pairs()
+    before = dp.maps.pair_slots[:1].copy()
+    for bad in ([2**63], [-(2**63) - 1]):
+        with pytest.raises(ValueError, match="adj"):
+            dp.maps.write_pair_views(read.slots, read.rows["gen"], bad, [BASE_TIME], [BASE_TIME])
+    with pytest.raises(ValueError, match="ts1: must be|ts1: values"):
+        dp.maps.write_pair_views(read.slots, read.rows["gen"], [0], [-1], [BASE_TIME])
+    with pytest.raises(ValueError, match="2 values for 1 slots"):
+        dp.maps.write_pair_views(read.slots, read.rows["gen"], [0, 0], [0], [0])
+    assert dp.maps.pair_slots[:1].tobytes() == before.tobytes()
+    # At the edge it is held, and the kernel's sum saturates instead of wrapping.
+    dp.maps.write_pair_views(read.slots, read.rows["gen"], [2**63 - 1], [BASE_TIME], [BASE_TIME])
+    dp.maps.set_config(XdpConfig(t_t1=60 * S, t_t2=MS, t_t3=S, t_f1=10, t_f2=10**6))
+    assert dp.feed(_client(1), D, BASE_TIME + S) is Verdict.DROP_PAIR
