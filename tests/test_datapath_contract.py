@@ -637,7 +637,7 @@ def test_a_view_the_kernel_cannot_hold_is_refused_before_anything_is_written(
     for bad in ([2**63], [-(2**63) - 1]):
         with pytest.raises(ValueError, match="adj"):
             dp.maps.write_pair_views(read.slots, read.rows["gen"], bad, [BASE_TIME], [BASE_TIME])
-    with pytest.raises(ValueError, match="ts1: must be|ts1: values"):
+    with pytest.raises(ValueError, match="ts1: values must be in 0"):
         dp.maps.write_pair_views(read.slots, read.rows["gen"], [0], [-1], [BASE_TIME])
     with pytest.raises(ValueError, match="2 values for 1 slots"):
         dp.maps.write_pair_views(read.slots, read.rows["gen"], [0, 0], [0], [0])
