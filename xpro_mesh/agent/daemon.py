@@ -45,6 +45,8 @@ from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
 from xpro_mesh.mesh.membership import Member, Membership, Workload, incarnation_from_wall_clock
 from xpro_mesh.mesh.node import MeshCounters, MeshNode, NodeTiming
+from xpro_mesh.mesh.state import GossipStateAdapter
+from xpro_mesh.mesh.stream import TcpStreamTransport
 from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, UdpTransport
 
 __all__ = ["Agent", "AgentError", "SyncReport", "open_backend", "xdp_config"]
@@ -57,6 +59,7 @@ EVENT_POLL_S = 0.2  # overload warnings are forwarded at most this late
 CLOCK_SYNC_S = 1.0  # kernel → cluster clock offset refresh
 STEER_HYSTERESIS = 0.2  # an overloaded proxy returns below 80 % of the threshold
 WEBHOOK_QUEUE = 256  # warnings waiting for the webhook; more are dropped (counted)
+BIND_ATTEMPTS = 10  # bind port 0: free UDP ports tried for one whose number is free for TCP too
 
 
 def xdp_config(thresholds: Thresholds, base: XdpConfig | None = None) -> XdpConfig:
@@ -148,6 +151,7 @@ class Agent:
         self.syncer: Syncer | None = syncer
         self._tasks: list[asyncio.Task[None]] = []
         self._transport: UdpTransport | None = None
+        self._stream: TcpStreamTransport | None = None
         self._warnings: asyncio.Queue[OverloadWarning] = asyncio.Queue(WEBHOOK_QUEUE)
         self.recent_warnings: list[dict[str, Any]] = []
         self.failed = False  # a task died: run() exits non-zero
@@ -242,6 +246,7 @@ class Agent:
             fanout=g.fanout,
             max_message_bytes=g.max_message_bytes,
             replay_window_ns=g.replay_window_ns,
+            stream_after_datagrams=g.stream_after,
         )
         # The socket comes first (its port may be chosen by the kernel, and
         # the advertised address follows from it); datagrams that arrive
@@ -252,13 +257,34 @@ class Agent:
             if receiver:
                 receiver[0](data, addr)
 
-        try:
-            # The socket takes any datagram; the node refuses (and counts)
-            # those over gossip.max_message_bytes.
-            transport = await UdpTransport.open(cfg.bind, deliver, max_datagram=UDP_MAX_PAYLOAD)
-        except OSError as exc:
-            raise AgentError(f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}") from None
+        frames: list[Callable[[bytes, tuple[str, int]], None]] = []
+        # Push-pull bulk goes on TCP at the gossip port's number (memberlist's
+        # split). With port 0 the kernel picks a free UDP port, whose number
+        # may be taken for TCP: then pick again.
+        for attempt in range(1 if cfg.bind[1] else BIND_ATTEMPTS):
+            try:
+                # The socket takes any datagram; the node refuses (and counts)
+                # those over gossip.max_message_bytes.
+                transport = await UdpTransport.open(cfg.bind, deliver, max_datagram=UDP_MAX_PAYLOAD)
+            except OSError as exc:
+                raise AgentError(
+                    f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}"
+                ) from None
+            try:
+                stream = await TcpStreamTransport.open(
+                    (cfg.bind[0], transport.local_addr[1]),
+                    lambda frame, peer: frames[0](frame, peer) if frames else None,
+                    g.stream_limits(),
+                )
+                break
+            except OSError as exc:
+                transport.close()
+                if cfg.bind[1] or attempt == BIND_ATTEMPTS - 1:
+                    raise AgentError(
+                        f"bind {cfg.bind[0]}:{transport.local_addr[1]} (tcp): {exc.strerror or exc}"
+                    ) from None
         self._transport = transport
+        self._stream = stream
         advertised = cfg.advertised
         host = advertised[0] if advertised else transport.local_addr[0]
         port = advertised[1] if advertised and advertised[1] else transport.local_addr[1]
@@ -277,15 +303,16 @@ class Agent:
             params=g.membership_params(),
         )
         self.node = MeshNode(
-            state=self.state,
+            state=GossipStateAdapter(self.state),
             membership=membership,
             keyring=keyring,
             timing=timing,
             limits=self.limits,
             rng=rng,
         )
-        self.node.attach(transport)
+        self.node.attach(transport, stream)
         receiver.append(self.node.receive)
+        frames.append(self.node.receive_frame)
         seeds = [p for p in cfg.peers if p != membership.addr]
         self.node.join(seeds)
         self._spawn(self.node.run(self.stop), "mesh")
@@ -304,6 +331,8 @@ class Agent:
             await self.api.stop()
         if self._transport is not None:
             self._transport.close()
+        if self._stream is not None:
+            await self._stream.close()
         if self.backend is not None:
             with contextlib.suppress(Exception):
                 self.backend.close()
