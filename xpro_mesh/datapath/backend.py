@@ -169,9 +169,9 @@ class PairDeltas:
 def pair_deltas(before: PairRead | None, now: PairRead) -> PairDeltas:
     """Vectorised over the reads (both in slot order): one gather of the
     earlier gens and counts by slot number, one comparison."""
-    c_now = now.rows["c"].astype(np.int64)
+    c_now: npt.NDArray[np.int64] = now.rows["c"]
     if before is None:
-        return PairDeltas(now.slots, np.ones(now.slots.size, np.bool_), c_now)
+        return PairDeltas(now.slots, np.ones(now.slots.size, np.bool_), c_now.copy())
     if np.array_equal(before.slots, now.slots):  # the usual cycle: the same live slots
         gen_before = before.rows["gen"]
         c_before = before.rows["c"]
@@ -184,9 +184,10 @@ def pair_deltas(before: PairRead | None, now: PairRead) -> PairDeltas:
         gen_before = gen_dense[now.slots]
         c_before = c_dense[now.slots]
     same: npt.NDArray[np.bool_] = gen_before == now.rows["gen"]
+    new_window = ~same
     delta: npt.NDArray[np.int64] = c_now - c_before
-    delta[~same] = c_now[~same]
-    return PairDeltas(now.slots, ~same, delta)
+    np.copyto(delta, c_now, where=new_window)
+    return PairDeltas(now.slots, new_window, delta)
 
 
 @dataclass(frozen=True, slots=True)
