@@ -592,3 +592,57 @@ def test_closing_the_backend_unmaps_what_no_one_holds_and_keeps_what_a_caller_do
     other = xdp_test_program.maps()
     other.close()
     assert other._mmaps == []
+
+
+def test_pair_deltas_count_every_packet_once_across_reads_and_restarts(dp: DataPath) -> None:
+    """Summing what each read added gives the packets sent; a restart (or a
+    new pair) shows as a new window whose whole count is new."""
+    from xpro_mesh.datapath.backend import pair_deltas
+
+    sent = 0
+    total = 0
+    last = None
+    now = BASE_TIME
+    for step in range(6):
+        for i in range(4):
+            for _ in range(step + i):
+                dp.feed(_client(i), D, now)
+                sent += 1
+                now += MS
+        if step == 3:
+            now += 2 * S  # idle past T_T1: the next packets restart every window
+        read = dp.maps.read_pairs()
+        deltas = pair_deltas(last, read)
+        total += int(deltas.delta.sum())
+        if step == 4:
+            assert deltas.new_window.all()  # restarted: each delta is the new c
+            assert deltas.delta.tolist() == read.rows["c"].tolist()
+        elif last is not None:
+            assert not deltas.new_window[np.isin(read.slots, last.slots)].any()
+        last = read
+    # The windows that restarted dropped their old counts (Algorithm 2
+    # lines 4-7), but every packet was seen by a read before that.
+    assert total == sent
+
+
+def test_a_view_the_kernel_cannot_hold_is_refused_before_anything_is_written(
+    dp: DataPath,
+) -> None:
+    """A peer can make the mesh's count absurd (issue 9, hole a): the agent
+    must bound it; the backend refuses a value that would wrap in 64 bits,
+    and a length mismatch, without touching any slot."""
+    dp.feed(_client(1), D, BASE_TIME)
+    read = dp.maps.read_pairs()
+    before = dp.maps.pair_slots[:1].copy()
+    for bad in ([2**63], [-(2**63) - 1]):
+        with pytest.raises(ValueError, match="adj"):
+            dp.maps.write_pair_views(read.slots, read.rows["gen"], bad, [BASE_TIME], [BASE_TIME])
+    with pytest.raises(ValueError, match="ts1: values must be in 0"):
+        dp.maps.write_pair_views(read.slots, read.rows["gen"], [0], [-1], [BASE_TIME])
+    with pytest.raises(ValueError, match="2 values for 1 slots"):
+        dp.maps.write_pair_views(read.slots, read.rows["gen"], [0, 0], [0], [0])
+    assert dp.maps.pair_slots[:1].tobytes() == before.tobytes()
+    # At the edge it is held, and the kernel's sum saturates instead of wrapping.
+    dp.maps.write_pair_views(read.slots, read.rows["gen"], [2**63 - 1], [BASE_TIME], [BASE_TIME])
+    dp.maps.set_config(XdpConfig(t_t1=60 * S, t_t2=MS, t_t3=S, t_f1=10, t_f2=10**6))
+    assert dp.feed(_client(1), D, BASE_TIME + S) is Verdict.DROP_PAIR

@@ -73,11 +73,13 @@ __all__ = [
     "DestRead",
     "MapBackend",
     "OverloadWarning",
+    "PairDeltas",
     "PairKey",
     "PairRead",
     "RingStatus",
     "Stats",
     "address",
+    "pair_deltas",
 ]
 
 Slots = npt.NDArray[np.uint32]
@@ -142,6 +144,50 @@ class PairRead:
     rows: np.ndarray
     high_water: int  # slots [0, high_water) were looked at
     retried: int = 0  # rows copied again because a packet was (re)initialising them
+
+
+@dataclass(frozen=True, slots=True)
+class PairDeltas:
+    """What changed between two reads, per slot of the later one (in its
+    order): ``new_window`` when the slot's window is not the one read
+    before (a new pair, or a restart: Algorithm 1's "mark"), and ``delta``,
+    the packets this proxy counted since the earlier read (the whole ``c``
+    of a new window). Summing ``delta`` over reads counts every packet once,
+    provided reads come faster than T_T1 (a restart needs T_T1 of silence,
+    so no packet of the old window falls between the last read and it)."""
+
+    slots: Slots
+    new_window: npt.NDArray[np.bool_]
+    delta: npt.NDArray[np.int64]
+
+    def changed(self) -> npt.NDArray[np.bool_]:
+        """The rows with something to sync: a new window or new packets."""
+        grew: npt.NDArray[np.bool_] = self.delta != 0
+        return self.new_window | grew
+
+
+def pair_deltas(before: PairRead | None, now: PairRead) -> PairDeltas:
+    """Vectorised over the reads (both in slot order): one gather of the
+    earlier gens and counts by slot number, one comparison."""
+    c_now: npt.NDArray[np.int64] = now.rows["c"]
+    if before is None:
+        return PairDeltas(now.slots, np.ones(now.slots.size, np.bool_), c_now.copy())
+    if np.array_equal(before.slots, now.slots):  # the usual cycle: the same live slots
+        gen_before = before.rows["gen"]
+        c_before = before.rows["c"]
+    else:
+        size = max(before.high_water, now.high_water)
+        gen_dense = np.zeros(size, np.uint64)
+        c_dense = np.zeros(size, np.int64)
+        gen_dense[before.slots] = before.rows["gen"]
+        c_dense[before.slots] = before.rows["c"]
+        gen_before = gen_dense[now.slots]
+        c_before = c_dense[now.slots]
+    same: npt.NDArray[np.bool_] = gen_before == now.rows["gen"]
+    new_window = ~same
+    delta: npt.NDArray[np.int64] = c_now - c_before
+    np.copyto(delta, c_now, where=new_window)
+    return PairDeltas(now.slots, new_window, delta)
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,9 @@ class MemoryMaps(SlotArrays):
             np.zeros(2, RING_DTYPE),
         )
         self.fill_rings()
+        # Field views, made once: the packet rule reads and writes through them.
+        self._pf = {name: self._pairs[name] for name in PAIR_SLOT_DTYPE.names or ()}
+        self._df = {name: self._dests[name] for name in DEST_SLOT_DTYPE.names or ()}
         self._config = config or XdpConfig()
         self._pair_index: dict[bytes, int] = {}
         self._dest_index: dict[bytes, int] = {}
@@ -156,7 +159,7 @@ class MemoryMaps(SlotArrays):
 
     # The ts1 order, as xpro_list_append / _unlink / xpro_ts1_from_head.
     def _append(self, ds: int, s: int) -> None:
-        P, D = self._pairs, self._dests
+        P, D = self._pf, self._df
         tail = int(D["tail"][ds])
         P["prev"][s] = NO
         P["next"][s] = NO
@@ -170,7 +173,7 @@ class MemoryMaps(SlotArrays):
         D["tail"][ds] = s
 
     def _unlink(self, ds: int, s: int) -> None:
-        P, D = self._pairs, self._dests
+        P, D = self._pf, self._df
         prev, nxt = int(P["prev"][s]), int(P["next"][s])
         if int(D["head"][ds]) == s:
             D["head"][ds] = nxt
@@ -191,16 +194,16 @@ class MemoryMaps(SlotArrays):
         P["flags"][s] &= _NOT_LINKED
 
     def _ts1_from_head(self, ds: int) -> None:
-        head = int(self._dests["head"][ds])
+        head = int(self._df["head"][ds])
         if head != NO:
-            self._dests["ts1"][ds] = self._pairs["ts1"][head]
+            self._df["ts1"][ds] = self._pf["ts1"][head]
 
     def _unlink_old(self, s: int) -> None:
-        P, D = self._pairs, self._dests
+        P, D = self._pf, self._df
         if not int(P["flags"][s]) & XPRO_SLOT_LINKED:
             return
         ods = int(P["dslot"][s])
-        if ods >= len(D) or live_gen32(int(D["gen"][ods])) != int(P["dgen"][s]):
+        if ods >= len(self._dests) or live_gen32(int(D["gen"][ods])) != int(P["dgen"][s]):
             P["flags"][s] &= _NOT_LINKED
             return
         old_ts1 = int(P["ts1"][s])
@@ -220,7 +223,7 @@ class MemoryMaps(SlotArrays):
         if ds is None:
             self._stats["dest_full"] += 1
             return None
-        D = self._dests
+        D = self._df
         godd = int(D["gen"][ds]) | 1
         D["gen"][ds] = godd
         D["ts1"][ds] = now
@@ -232,7 +235,7 @@ class MemoryMaps(SlotArrays):
         D["head"][ds] = NO
         D["tail"][ds] = NO
         D["flags"][ds] = 0
-        if len(self._dest_index) >= len(D):
+        if len(self._dest_index) >= len(self._dests):
             self._spare_dest = ds
             self._stats["insert_races"] += 1
             self._stats["dest_full"] += 1
@@ -245,7 +248,7 @@ class MemoryMaps(SlotArrays):
     def _judge(self, key: bytes, now: int) -> Verdict:
         cfg = self._config
         st = self._stats
-        P, D = self._pairs, self._dests
+        P, D = self._pf, self._df
         dst = key[16:]
         created = False
         d: int | None = None
@@ -277,7 +280,7 @@ class MemoryMaps(SlotArrays):
             d = self._resolve_dest(dst, now)
             P["dslot"][s] = NO if d is None else d
             P["dgen"][s] = 0 if d is None else live_gen32(int(D["gen"][d]))
-            if len(self._pair_index) >= len(P):
+            if len(self._pair_index) >= len(self._pairs):
                 self._spare_pair = s
                 st["insert_races"] += 1
                 st["pair_full"] += 1
@@ -392,7 +395,7 @@ class MemoryMaps(SlotArrays):
 
     def _warn(self, s: int, key: bytes, now: int, ts1: int, c: int) -> None:
         cfg = self._config
-        P = self._pairs
+        P = self._pf
         last = int(P["warn_ts"][s])
         if last != 0 and now - last < cfg.warn_interval:
             return

@@ -73,13 +73,21 @@ def _u32(values: npt.ArrayLike, limit: int, what: str) -> npt.NDArray[np.uint32]
 
 
 def _col(values: npt.ArrayLike, n: int, dtype: type, what: str) -> npt.NDArray[np.generic]:
+    """``values`` as a column of ``dtype`` (np.int64 or np.uint64), refused
+    (ValueError, nothing written) when a value does not fit: a silent wrap
+    would turn an absurd view into a wrong one."""
     arr = np.asarray(values)
     if arr.shape != (n,):
         got = arr.shape[0] if arr.ndim else "a scalar"
         raise ValueError(f"{what}: {got} values for {n} slots")
-    signed = np.issubdtype(arr.dtype, np.signedinteger)
-    if arr.size and signed and dtype is np.uint64 and arr.min() < 0:
-        raise ValueError(f"{what}: must be >= 0")
+    if arr.size == 0:
+        return np.zeros(0, dtype)
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == object):
+        raise ValueError(f"{what}: integers expected, got {arr.dtype}")
+    info = np.iinfo(dtype)
+    lo, hi = arr.min(), arr.max()
+    if int(lo) < int(info.min) or int(hi) > int(info.max):
+        raise ValueError(f"{what}: values must be in {info.min}..{info.max}")
     return arr.astype(dtype, copy=False)
 
 

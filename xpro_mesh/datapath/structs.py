@@ -11,6 +11,7 @@ classes. Also here: the 16-byte address form of the keys (IPv4 v4-mapped).
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 import ipaddress
 from typing import Final
 
@@ -324,10 +325,22 @@ def to_addr(ip: str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
         if len(ip) == 4:
             return b"\0" * 10 + b"\xff\xff" + ip
         raise ValueError(f"an address is 4 or 16 bytes, got {len(ip)}")
-    addr = ipaddress.ip_address(ip)
+    if isinstance(ip, str):
+        return _text_addr(ip)
+    return _ip_addr(ip)
+
+
+def _ip_addr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     if isinstance(addr, ipaddress.IPv4Address):
         return b"\0" * 10 + b"\xff\xff" + addr.packed
     return addr.packed
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _text_addr(text: str) -> bytes:
+    """Parsing dominates a packet of the memory twin: the lab and the
+    tests name the same few thousand addresses again and again."""
+    return _ip_addr(ipaddress.ip_address(text))
 
 
 def from_addr(raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
