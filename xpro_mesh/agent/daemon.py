@@ -96,7 +96,7 @@ def open_backend(config: AgentConfig) -> MapBackend:
                 config.iface, config=xdp_config(config.thresholds), pin_root=config.pin_root
             )
             log.info("attached the XDP filter to %s in %s mode", config.iface, result.mode)
-        maps = BpfMaps.open(loader.pin_dir_for(config.pin_root, config.iface))
+        maps = BpfMaps.open(loader.pin_dir_for(config.pin_root, config.iface), recover=True)
         maps.set_config(xdp_config(config.thresholds, maps.get_config()))
         return maps
     except DatapathError as exc:
