@@ -27,7 +27,7 @@ from xpro_mesh.agent.mapsync import CyclePlan, DestViews, PairViews, SlotMemory,
 from xpro_mesh.core.table import PairTable
 from xpro_mesh.datapath.backend import DestRead
 
-__all__ = ["STEP", "plan_cycle_columns", "plan_cycle_steps"]
+__all__ = ["FULL_EVERY", "STEP", "plan_cycle_columns", "plan_cycle_steps"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -58,6 +58,9 @@ def plan_cycle_columns(
             return plan
 
 
+FULL_EVERY = 60  # an incremental cycle plans only what moved; every this many, all
+
+
 def plan_cycle_steps(
     table: PairTable,
     pairs: SlotRead,
@@ -65,41 +68,78 @@ def plan_cycle_steps(
     memory: SlotMemory,
     now: int,
     step: int = STEP,
+    full: bool = True,
 ) -> Generator[None, None, CyclePlan]:
     """The plan as a generator that yields after every ``step`` slots, so the
     agent's event loop answers probes and merges rows between two chunks.
 
+    ``full``: every read slot is planned, as the scalar reference does.
+    Otherwise only what can have moved: slots with new packets or a new
+    window, slots of the pairs whose rows changed (merges, this cycle's own
+    rows and expiry: :meth:`PairTable.take_changed`), and the destinations
+    of those; every other slot's view is the one written before, unchanged,
+    so the plan is the same (``tests/test_mapsync_columns.py`` runs both).
+    The table saying "everything changed" (new thresholds) makes it full.
+
     Rows merged between two chunks are safe: each chunk's rows and views are
-    those of the table at that chunk; a view that moves after its chunk is
-    written by the next cycle (views are compared with what was written, not
-    with what changed)."""
+    those of the table at that chunk; a merge after the views were taken is
+    in the next cycle's ``take_changed``."""
     n = len(pairs)
     slots = pairs.slots.astype(np.int64)
     src, dst, gen, kts1, kts2, kc = pairs.src, pairs.dst, pairs.gen, pairs.ts1, pairs.ts2, pairs.c
+    seen = memory.gen[slots] == gen
+    dc = np.where(seen, np.maximum(kc - memory.c[slots], 0), kc)
+    memory.gen[slots] = gen
+    memory.c[slots] = kc
+    merged = table.take_changed()
+    full = full or merged is None or memory.plan_all
+    memory.plan_all = False
+    if full:
+        plan_at = np.arange(n)
+    else:
+        assert merged is not None
+        busy = np.flatnonzero(~seen | (dc > 0))
+        plan_at = np.union1d(busy, _positions(slots, memory.slots_of(merged.ids)))
 
     own_changed = 0
-    for lo in range(0, n, step):
-        c = slice(lo, min(n, lo + step))
-        s = slots[c]
-        seen = memory.gen[s] == gen[c]
-        dc = np.where(seen, np.maximum(kc[c] - memory.c[s], 0), kc[c])
-        memory.gen[s] = gen[c]
-        memory.c[s] = kc[c]
-        own_changed += _sync_own_rows(table, src[c], dst[c], seen, kts1[c], kts2[c], dc, kc[c])
+    for lo in range(0, len(plan_at), step):
+        at = plan_at[lo : lo + step]
+        own_changed += _sync_own_rows(
+            table, src[at], dst[at], seen[at], kts1[at], kts2[at], dc[at], kc[at]
+        )
         yield
-    expired = table.expire(now).dropped
+    expiry = table.expire(now)
+    gone_slots = memory.slots_of(expiry.removed_ids)
+    memory.forget_pids(expiry.removed_ids)
+    touched: list[npt.NDArray[np.bytes_]] = []  # destinations whose views may have moved
+    if full:
+        view_at = plan_at
+    else:
+        assert merged is not None
+        moved = table.take_changed()
+        assert moved is not None  # only set_params makes it None, and not mid-cycle
+        view_at = np.union1d(
+            np.union1d(plan_at, _positions(slots, memory.slots_of(moved.ids))),
+            _positions(slots, gone_slots),
+        )
+        for changed in (merged, moved):  # pairs held here or not, kept or gone
+            touched.append(table.pair_keys(changed.ids)[1])
+            touched.append(changed.removed_dst)
 
     chunks: list[PairViews] = []
     gone_parts: list[npt.NDArray[np.int64]] = []
-    for lo in range(0, n, step):
-        c = slice(lo, min(n, lo + step))
-        views, gone = _pair_views(table, src[c], dst[c], slots[c], gen[c], kc[c], memory)
+    for lo in range(0, len(view_at), step):
+        at = view_at[lo : lo + step]
+        views, gone = _pair_views(table, src[at], dst[at], slots[at], gen[at], kc[at], memory)
         chunks.append(views)
-        gone_parts.append(np.flatnonzero(gone) + lo)
+        gone_parts.append(at[gone])
         yield
     gone_at = np.concatenate(gone_parts) if gone_parts else np.zeros(0, np.int64)
 
-    dv, d_gone_slots, d_gone_gens = _dest_views(table, dests, memory)
+    # Destinations to plan: those of the planned slots, and those whose
+    # retirement the backend put off (a pair slot still named them).
+    wanted = None if full else np.unique(np.concatenate([dst[view_at], memory.d_retry, *touched]))
+    dv, d_gone_slots, d_gone_gens = _dest_views(table, dests, memory, wanted)
     return CyclePlan(
         pair_views=_concat(chunks),
         dest_views=dv,
@@ -108,8 +148,18 @@ def plan_cycle_steps(
         expire_dslots=d_gone_slots,
         expire_dgens=d_gone_gens,
         own_changed=own_changed,
-        expired_rows=expired,
+        expired_rows=expiry.dropped,
     )
+
+
+def _positions(slots: I64, wanted: I64) -> I64:
+    """Positions in the read (sorted by slot) of the ``wanted`` slots it holds."""
+    wanted = np.unique(wanted[wanted >= 0])
+    at = np.searchsorted(slots, wanted)
+    ok = at < len(slots)
+    at, wanted = at[ok], wanted[ok]
+    found: I64 = at[slots[at] == wanted]
+    return found
 
 
 def _pair_views(
@@ -125,6 +175,7 @@ def _pair_views(
     ``memory``), and which slots' pairs are held nowhere any more."""
     ids = table.pair_ids(src, dst)
     held = ids >= 0
+    memory.place(ids[held], slots[held])
     views = table.pair_views(ids[held])
     h = np.flatnonzero(held)
     w_slots = slots[h]
@@ -216,10 +267,21 @@ def _sync_own_rows(
 
 
 def _dest_views(
-    table: PairTable, dests: DestRead, memory: SlotMemory
+    table: PairTable,
+    dests: DestRead,
+    memory: SlotMemory,
+    wanted: npt.NDArray[np.bytes_] | None = None,
 ) -> tuple[DestViews, npt.NDArray[np.uint32], npt.NDArray[np.uint64]]:
+    """The views of the read destinations (of those with an address in
+    ``wanted`` only, when given) that moved since written, and which
+    destinations no pair names any more."""
     drows = dests.rows
-    dslots = dests.slots.astype(np.int64)
+    if wanted is not None:
+        keep = np.isin(_addresses(drows["dst"]), wanted)
+        drows = drows[keep]
+        dslots = dests.slots[keep].astype(np.int64)
+    else:
+        dslots = dests.slots.astype(np.int64)
     dgen = drows["gen"].astype(np.uint64)
     dids = table.destination_ids(_addresses(drows["dst"]))
     views = table.destination_views(dids[dids >= 0])
@@ -254,4 +316,5 @@ def _dest_views(
     memory.d_ts1[dv.dslots] = dv.ts1
     memory.d_ts2[dv.dslots] = dv.ts2
     gone = ~held
+    memory.d_retry = _addresses(drows["dst"])[gone]
     return dv, dslots[gone].astype(np.uint32), dgen[gone]
