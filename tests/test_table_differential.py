@@ -35,7 +35,7 @@ from xpro_mesh.core.gossip_state import (
     PairEntry,
     chunk_delta,
 )
-from xpro_mesh.core.rows import INT_MAX, ColumnarDelta, from_delta, to_delta
+from xpro_mesh.core.rows import INT_MAX, ColumnarDelta, RowBatch, from_delta, to_delta
 from xpro_mesh.core.table import MAX_CATCH_UP, PairTable, chunk
 
 S = 10**9
@@ -58,6 +58,7 @@ PAIRS: tuple[Pair, ...] = tuple((c, d) for c in CLIENTS for d in DESTS)
 ME = "me"
 PEERS = ("p1", "p2")
 ORIGINS = (ME, *PEERS, "evil", "")
+FIELDS = ("src", "dst", "ts1", "ts2", "c", "inc", "seq")
 
 
 class Twin:
@@ -238,6 +239,17 @@ class Twin:
         rows = data.draw(st.lists(hostile_rows(self), max_size=12), "rows")
         claims = data.draw(st.lists(claims_for(self), max_size=3), "claims")
         delta = from_delta(Delta(entries=tuple(rows), coverage=tuple(claims)))
+        # Empty batches and two batches of one origin (a sender may split them).
+        empty = data.draw(st.lists(st.sampled_from(ORIGINS), max_size=2), "empty batches")
+        batches = [*delta.batches, *(RowBatch.empty(o) for o in empty)]
+        if batches and data.draw(st.booleans(), "split a batch"):
+            b = batches.pop(0)
+            half = len(b) // 2
+            batches += [
+                RowBatch(b.origin, *(getattr(b, f)[part] for f in FIELDS))
+                for part in (slice(0, half), slice(half, None))
+            ]
+        delta = ColumnarDelta(tuple(batches), delta.coverage)
         self.deliver(delta, data.draw(limit_choices, "limits"))
 
     def deliver(self, delta: ColumnarDelta, limits: MergeLimits | None) -> None:
