@@ -369,6 +369,7 @@ class PairTable:
         self._adopt_inc = np.full(cap, -1, dtype=np.int64)
         self._adopt_seq = np.full(cap, -1, dtype=np.int64)
         self._changed = np.zeros(cap, dtype=np.bool_)
+        self._scratch = np.zeros(cap, dtype=np.int64)  # _has_duplicates' work space
         self._all_changed = True  # take_changed() returns None next
         self._removed: list[npt.NDArray[np.uint64]] = []  # keys of changed pairs gone
         self._dest_pairs = np.zeros(self._dests.capacity, dtype=np.int64)
@@ -462,7 +463,7 @@ class PairTable:
         arrays = (
             self._dest, self._nrows, self._written, self._adopt_inc, self._adopt_seq,
             self._changed, self._dest_pairs, self._ts1, self._ts2, self._c, self._inc,
-            self._seq, self._present,
+            self._seq, self._present, self._scratch,
         )  # fmt: skip
         return sum(a.nbytes for a in arrays) + self._pairs.nbytes() + self._dests.nbytes()
 
@@ -544,7 +545,7 @@ class PairTable:
         ts1, ts2, dc, mark = _counts(len(src), ts1, ts2, dc, mark)
         ids, created = self._ids_for(src, dst)
         try:
-            if _has_duplicates(ids, self._pairs.capacity):
+            if _has_duplicates(ids, self._scratch):
                 raise ValueError("record_local: the same pair twice in one call")
             return self._record(ids, ts1, ts2, dc, mark, catch_up)
         finally:
@@ -569,7 +570,7 @@ class PairTable:
             ids.min() < 0 or ids.max() >= len(self._nrows) or (self._nrows[ids] == 0).any()
         ):
             raise ValueError("record_local_ids: an id that is not a pair held")
-        if _has_duplicates(ids, self._pairs.capacity):
+        if _has_duplicates(ids, self._scratch):
             raise ValueError("record_local: the same pair twice in one call")
         return self._record(ids, ts1, ts2, dc, mark, catch_up)
 
@@ -868,7 +869,7 @@ class PairTable:
                     for i in range(n):  # the clock moves row by row: one at a time
                         self._merge_rows(b, ids, reason, np.arange(i, i + 1), lim, tally)
                     return
-            for seg in _segments(ids, self._pairs.capacity):
+            for seg in _segments(ids, self._scratch):
                 self._merge_rows(b, ids, reason, seg, lim, tally)
         finally:
             self._drop_empty(ids[created])
@@ -1021,7 +1022,12 @@ class PairTable:
     # --- storage ---------------------------------------------------------------------
 
     def _distinct(self, ids: Ints) -> Ints:
-        """``ids`` sorted, each once (a mask over the id space: no sort)."""
+        """``ids`` sorted, each once (many: a mask over the id space, no sort)."""
+        if 16 * len(ids) < len(self._nrows):  # few: sort (np.unique hashes, slower)
+            ordered = np.sort(ids)
+            keep = np.ones(len(ordered), dtype=np.bool_)
+            keep[1:] = ordered[1:] != ordered[:-1]
+            return ordered[keep]
         seen = np.zeros(self._pairs.capacity, dtype=np.bool_)
         seen[ids] = True
         return np.flatnonzero(seen)
@@ -1077,6 +1083,7 @@ class PairTable:
         self._adopt_inc = more(self._adopt_inc, -1)  # type: ignore[assignment]
         self._adopt_seq = more(self._adopt_seq, -1)  # type: ignore[assignment]
         self._changed = more(self._changed)  # type: ignore[assignment]
+        self._scratch = more(self._scratch)  # type: ignore[assignment]
         for name in ("_ts1", "_ts2", "_c", "_inc", "_seq", "_present"):
             setattr(self, name, more(getattr(self, name)))
 
@@ -1188,20 +1195,22 @@ def _check(
     return code
 
 
-def _has_duplicates(ids: Ints, capacity: int) -> bool:
+def _has_duplicates(ids: Ints, scratch: Ints) -> bool:
+    """Whether an id occurs twice (``scratch``: any int64 array over the id
+    space, overwritten; kept by the table so no call faults in fresh pages)."""
     if len(ids) < 2:
         return False
-    last = np.empty(capacity, dtype=np.int64)
+    last = scratch
     order = np.arange(len(ids), dtype=np.int64)
     last[ids] = order
     return bool((last[ids] != order).any())
 
 
-def _segments(ids: Ints, capacity: int) -> Iterator[Ints]:
+def _segments(ids: Ints, scratch: Ints) -> Iterator[Ints]:
     """Cut rows into runs, in order, with no id twice in a run (greedy), so
     a run merged at once equals its rows merged one by one."""
     n = len(ids)
-    if not _has_duplicates(ids, capacity):
+    if not _has_duplicates(ids, scratch):
         yield np.arange(n, dtype=np.int64)
         return
     order = np.argsort(ids, kind="stable")
