@@ -1057,7 +1057,15 @@ class PairTable:
         self._fit()
         if created.any():
             new = ids[created]
-            dids, _ = self._dests.get_or_create(words[created][:, 2:])
+            dwords = np.ascontiguousarray(words[created][:, 2:])
+            dids = self._dests.lookup(dwords)
+            unknown = dids == EMPTY
+            if unknown.any():
+                # Many new pairs share few destinations: create each once, so
+                # the index reserves room for the destinations, not the pairs.
+                fresh = np.unique(dwords[unknown].view("V16").ravel())
+                self._dests.get_or_create(fresh.view(np.uint64).reshape(-1, 2))
+                dids[unknown] = self._dests.lookup(dwords[unknown])
             if len(self._dest_pairs) < self._dests.capacity:
                 grow = self._dests.capacity - len(self._dest_pairs)
                 self._dest_pairs = np.concatenate([self._dest_pairs, np.zeros(grow, np.int64)])
