@@ -10,6 +10,7 @@ kernel or real agents; ``xpro-mesh --help`` needs none of it).
 * :mod:`.agent` — the agent's sync cycle and five real agents on loopback;
 * :mod:`.datapath` — the filter's ns/packet against baselines, map-sync syscalls;
 * :mod:`.table` — the columnar pair table's cycles against the scalar GossipState;
+* :mod:`.wire` — the mesh's bytes and codec CPU per changed row, the stream;
 * :mod:`.loopback` — real ``xpro-mesh agent`` processes (the bench and the tests).
 """
 
@@ -30,5 +31,9 @@ BENCHES: dict[str, tuple[str, str]] = {
     "table": (
         "xpro_mesh.bench.table",
         "the columnar pair table: busy and quiet cycles at 10k/100k/1M pairs, 3 origins",
+    ),
+    "wire": (
+        "xpro_mesh.bench.wire",
+        "the mesh wire: bytes and codec CPU per changed row, 1M rows over the stream",
     ),
 }
