@@ -96,6 +96,13 @@ class Twin:
         ids = table.pair_ids(*columns(some))
         held = ids >= 0
         assert held.tolist() == [ref.has_pair(p) for p in some]
+        own, ts1, ts2, wrote = table.own_rows(ids)
+        for i, p in enumerate(some):
+            entry = ref.own_entry(p)
+            assert bool(own[i]) == (entry is not None)
+            if entry is not None:
+                assert (int(ts1[i]), int(ts2[i])) == (entry.ts1, entry.ts2)
+                assert bool(wrote[i]) == ref.wrote(p)
         part = table.pair_views(ids[held])
         for p, c in zip(table.pairs_of(part.ids), part.exact_c(), strict=True):
             assert got[p][2] == c
@@ -198,6 +205,19 @@ class Twin:
             )  # fmt: skip
         counts = [w for w in want if w is not None]
         self.apply_counts([pairs[i] for i in index], counts, catch_up=True)
+
+    def restart_own(self, data: st.DataObject) -> None:
+        """The data path's windows become this origin's rows (a restarted agent)."""
+        pairs = data.draw(st.lists(st.sampled_from(PAIRS), max_size=6, unique=True), "pairs")
+        windows = []
+        for p in pairs:
+            lc = data.draw(local_counts(self), "window")
+            windows.append((lc.ts1, lc.ts2, lc.dc))
+            self.ref.restart_own(p, lc.ts1, lc.ts2, lc.dc)
+        ids = self.table.restart_own(
+            *columns(pairs), *(ints(w[k] for w in windows) for k in range(3))
+        )
+        assert self.table.pairs_of(ids) == pairs
 
     def peer_counts(self, data: st.DataObject) -> None:
         peer = self.peers[data.draw(st.sampled_from(PEERS), "peer")]
@@ -486,7 +506,7 @@ limit_choices = st.one_of(
 
 OPERATIONS = (
     "local_counts", "kernel_cycle", "peer_counts", "peer_counts", "peer_learns", "pull", "pull",
-    "hostile", "hostile", "restart", "advance", "advance", "new_params", "heavy",
+    "hostile", "hostile", "restart", "advance", "advance", "new_params", "heavy", "restart_own",
 )  # fmt: skip
 
 
