@@ -32,7 +32,11 @@ API (what the agent calls; every array argument is a column of equal length)
 -----------------------------------------------------------------------------
 * :meth:`PairTable.own_count` / :meth:`PairTable.record_local` (optionally
   ``catch_up=True``: the replayed packet-less syncs of
-  ``agent.mapsync._sync_own``): this origin's rows by Algorithm 1.
+  ``agent.mapsync._sync_own``): this origin's rows by Algorithm 1;
+  :meth:`PairTable.record_local_ids` the same by pair id (no key lookups: the
+  adapter keeps each kernel slot's id and forgets ``TableExpiry.removed_ids``);
+  :meth:`PairTable.own_rows`, :meth:`PairTable.restart_own` for a restarted
+  agent.
 * :meth:`PairTable.merge` (a :class:`~xpro_mesh.core.rows.ColumnarDelta`),
   :meth:`PairTable.digest`, :meth:`PairTable.delta_for`,
   :meth:`PairTable.full_state`, :func:`chunk`: anti-entropy.
