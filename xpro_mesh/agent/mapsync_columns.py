@@ -59,6 +59,7 @@ def plan_cycle_columns(
 
 
 FULL_EVERY = 60  # an incremental cycle plans only what moved; every this many, all
+INCREMENTAL_SHARE = 4  # a cycle where over 1/4 of the slots moved plans them all
 
 
 def plan_cycle_steps(
@@ -94,24 +95,28 @@ def plan_cycle_steps(
     merged = table.take_changed()
     full = full or merged is None or memory.plan_all
     memory.plan_all = False
-    if full:
-        plan_at = np.arange(n)
-    else:
+    if not full:
         assert merged is not None
         busy = np.flatnonzero(~seen | (dc > 0))
-        plan_at = np.union1d(busy, _positions(slots, memory.slots_of(merged.ids)))
+        # Most slots moved anyway (an attack): planning all costs the same and
+        # needs no bookkeeping of what moved.
+        full = (len(busy) + len(merged.ids)) * INCREMENTAL_SHARE > n
+        if not full:
+            plan_at = np.union1d(busy, _positions(slots, memory.slots_of(merged.ids)))
+    if full:
+        plan_at = np.arange(n)
 
     own_changed = 0
     for lo in range(0, len(plan_at), step):
         at = plan_at[lo : lo + step]
         own_changed += _sync_own_rows(
-            table, src[at], dst[at], seen[at], kts1[at], kts2[at], dc[at], kc[at]
+            table, memory, slots[at], src[at], dst[at], seen[at], kts1[at], kts2[at], dc[at], kc[at]
         )
         yield
     expiry = table.expire(now)
     gone_slots = memory.slots_of(expiry.removed_ids)
     memory.forget_pids(expiry.removed_ids)
-    touched: list[npt.NDArray[np.bytes_]] = []  # destinations whose views may have moved
+    touched: list[I64] = []  # destinations (ids) whose views may have moved
     if full:
         view_at = plan_at
     else:
@@ -123,22 +128,28 @@ def plan_cycle_steps(
             _positions(slots, gone_slots),
         )
         for changed in (merged, moved):  # pairs held here or not, kept or gone
-            touched.append(table.pair_keys(changed.ids)[1])
-            touched.append(changed.removed_dst)
+            touched.append(table.destination_of(changed.ids))
+            touched.append(table.destination_ids(changed.removed_dst))
 
     chunks: list[PairViews] = []
     gone_parts: list[npt.NDArray[np.int64]] = []
     for lo in range(0, len(view_at), step):
         at = view_at[lo : lo + step]
-        views, gone = _pair_views(table, src[at], dst[at], slots[at], gen[at], kc[at], memory)
+        views, gone, held_ids = _pair_views(
+            table, src[at], dst[at], slots[at], gen[at], kc[at], memory
+        )
         chunks.append(views)
+        touched.append(table.destination_of(held_ids))
         gone_parts.append(at[gone])
         yield
     gone_at = np.concatenate(gone_parts) if gone_parts else np.zeros(0, np.int64)
 
     # Destinations to plan: those of the planned slots, and those whose
     # retirement the backend put off (a pair slot still named them).
-    wanted = None if full else np.unique(np.concatenate([dst[view_at], memory.d_retry, *touched]))
+    wanted = None
+    if not full:
+        touched.append(table.destination_ids(memory.d_retry))
+        wanted = np.unique(np.concatenate(touched))
     dv, d_gone_slots, d_gone_gens = _dest_views(table, dests, memory, wanted)
     return CyclePlan(
         pair_views=_concat(chunks),
@@ -150,6 +161,22 @@ def plan_cycle_steps(
         own_changed=own_changed,
         expired_rows=expiry.dropped,
     )
+
+
+def _ids(
+    table: PairTable,
+    memory: SlotMemory,
+    slots: I64,
+    src: npt.NDArray[np.bytes_],
+    dst: npt.NDArray[np.bytes_],
+) -> I64:
+    """The table's pair id of each slot's pair (-1: not held): from the
+    memory's cache, looked up by key where the cache does not know it."""
+    ids = memory.cached_ids(slots)
+    missing = np.flatnonzero(ids < 0)
+    if len(missing):
+        ids[missing] = table.pair_ids(src[missing], dst[missing])
+    return ids
 
 
 def _positions(slots: I64, wanted: I64) -> I64:
@@ -170,10 +197,11 @@ def _pair_views(
     gen: npt.NDArray[np.uint64],
     kc: I64,
     memory: SlotMemory,
-) -> tuple[PairViews, npt.NDArray[np.bool_]]:
+) -> tuple[PairViews, npt.NDArray[np.bool_], I64]:
     """The views of read slots that moved since written (recorded in
-    ``memory``), and which slots' pairs are held nowhere any more."""
-    ids = table.pair_ids(src, dst)
+    ``memory``), which slots' pairs are held nowhere any more, and the pair
+    ids of those held."""
+    ids = _ids(table, memory, slots, src, dst)
     held = ids >= 0
     memory.place(ids[held], slots[held])
     views = table.pair_views(ids[held])
@@ -201,7 +229,7 @@ def _pair_views(
     memory.w_adj[pv.slots] = pv.adj
     memory.w_ts1[pv.slots] = pv.ts1
     memory.w_ts2[pv.slots] = pv.ts2
-    return pv, ~held
+    return pv, ~held, ids[held]
 
 
 def _concat(chunks: list[PairViews]) -> PairViews:
@@ -219,6 +247,8 @@ def _concat(chunks: list[PairViews]) -> PairViews:
 
 def _sync_own_rows(
     table: PairTable,
+    memory: SlotMemory,
+    slots: I64,
     src: npt.NDArray[np.bytes_],
     dst: npt.NDArray[np.bytes_],
     seen: npt.NDArray[np.bool_],
@@ -228,8 +258,9 @@ def _sync_own_rows(
     kc: I64,
 ) -> int:
     """The scalar ``_own_step`` and ``_sync_own`` over every read slot: how
-    many own rows changed."""
-    ids = table.pair_ids(src, dst)
+    many own rows changed. Pair ids come from ``memory`` where it knows
+    them (a key lookup per slot per cycle would cost as much as the rest)."""
+    ids = _ids(table, memory, slots, src, dst)
     own, o_ts1, o_ts2, written = table.own_rows(ids)
     t_t4 = table.params.t_t4
     busy = dc > 0
@@ -254,9 +285,18 @@ def _sync_own_rows(
     count = np.where(restarted[i] | first[i], kc[i], dc[i])
     mark = restarted[i].astype(np.int64)
     changed = 0
-    if len(i):
-        synced = table.record_local(src[i], dst[i], ts1, ts2, count, mark, catch_up=True)
+    known = ids[i] >= 0
+    k, u = np.flatnonzero(known), np.flatnonzero(~known)
+    if len(k):
+        synced = table.record_local_ids(ids[i][k], ts1[k], ts2[k], count[k], mark[k], catch_up=True)
         changed += int(synced.changed.sum())
+    if len(u):
+        at = i[u]
+        synced = table.record_local(
+            src[at], dst[at], ts1[u], ts2[u], count[u], mark[u], catch_up=True
+        )
+        changed += int(synced.changed.sum())
+        memory.place(synced.ids, slots[at])
     t = np.flatnonzero(taken)
     if len(t):
         table.restart_own(src[t], dst[t], kts1[t], kts2[t], kc[t])
@@ -270,20 +310,18 @@ def _dest_views(
     table: PairTable,
     dests: DestRead,
     memory: SlotMemory,
-    wanted: npt.NDArray[np.bytes_] | None = None,
+    wanted: I64 | None = None,
 ) -> tuple[DestViews, npt.NDArray[np.uint32], npt.NDArray[np.uint64]]:
-    """The views of the read destinations (of those with an address in
-    ``wanted`` only, when given) that moved since written, and which
-    destinations no pair names any more."""
+    """The views of the read destinations (of the destination ids in
+    ``wanted`` only, and those the table no longer holds, when given) that
+    moved since written, and which destinations no pair names any more."""
     drows = dests.rows
-    if wanted is not None:
-        keep = np.isin(_addresses(drows["dst"]), wanted)
-        drows = drows[keep]
-        dslots = dests.slots[keep].astype(np.int64)
-    else:
-        dslots = dests.slots.astype(np.int64)
-    dgen = drows["gen"].astype(np.uint64)
+    dslots = dests.slots.astype(np.int64)
     dids = table.destination_ids(_addresses(drows["dst"]))
+    if wanted is not None:
+        keep = (dids < 0) | np.isin(dids, wanted)
+        drows, dslots, dids = drows[keep], dslots[keep], dids[keep]
+    dgen = drows["gen"].astype(np.uint64)
     views = table.destination_views(dids[dids >= 0])
     # destination_views leaves out destinations without pairs: match by id
     position = np.full(max(int(dids.max(initial=-1)) + 1, 1), -1, np.int64)
