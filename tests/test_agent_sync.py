@@ -65,13 +65,16 @@ DSTS = [b"\0" * 10 + b"\xff\xff" + bytes((10, 9, 0, d)) for d in range(1, 4)]
 @pytest.mark.parametrize("seed", range(6))
 async def test_views_written_when_they_move_equal_views_written_every_cycle(seed: int) -> None:
     rng = random.Random(seed)
-    lazy, lazy_maps, _ = make_agent()
+    lazy, lazy_maps, lazy_sync = make_agent()
     eager, eager_maps, eager_sync = make_agent()
     versions: dict[str, int] = {"remote-a": 0, "remote-b": 0}
     base = time.time_ns() - 2 * S
+    clock = [base]  # both agents cycle at the same cluster time, however slow the machine
+    lazy_sync.clock = eager_sync.clock = lambda: clock[0]
     skipped = 0
     for step in range(60):
         t = base + step * 20 * MS
+        clock[0] = t + 10 * MS
         for _ in range(rng.randint(0, 6)):  # packets counted by this proxy
             src, dst = addr(rng.randrange(40)), rng.choice(DSTS)
             for i in range(rng.randint(1, 5)):

@@ -50,6 +50,7 @@ class GossipSync:
         self.memory = SlotMemory.for_slots(backend.pairs_max, backend.dests_max)
         self.step = STEP  # slots planned between two yields to the loop
         self.full_every = FULL_EVERY  # cycles between two that plan every slot
+        self.clock: Callable[[], int] = time.time_ns  # cluster time of a cycle
         self._cycles = 0
         self._pulled = pulled
         self._first_pull_timeout_s = first_pull_timeout_s
@@ -102,7 +103,7 @@ class GossipSync:
         full = self._cycles % max(1, self.full_every) == 0
         self._cycles += 1
         steps = plan_cycle_steps(
-            self.table, pairs, dests, self.memory, time.time_ns(), self.step, full=full
+            self.table, pairs, dests, self.memory, self.clock(), self.step, full=full
         )
         while True:
             try:
