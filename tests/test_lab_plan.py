@@ -4,9 +4,12 @@ shape and figure from a synthetic result. No namespaces."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
@@ -306,3 +309,33 @@ def test_cli_knows_the_lab_commands() -> None:
     assert parser.parse_args(["lab", "up", "--proxies", "2"]).proxies == 2
     for action in ("down", "status"):
         assert callable(parser.parse_args(["lab", action]).func)
+
+
+GOLDEN = Path(__file__).parent / "data" / "lab_plans.json"
+GOLDEN_LABS = [(3, 12, 180), (3, 9, 90), (2, 2, 20), (5, 20, 300), (2, 3, 7)]
+
+
+def _plan_doc(plan: scenario.ScenarioPlan) -> dict[str, object]:
+    """What a plan says: its JSON parameters, every flow and the thresholds
+    as both TOML bodies the runner writes."""
+    return {"scenario": plan.name, "summary": plan.summary, **plan.params(),
+            "flows": [asdict(f) for f in plan.flows],
+            "xdp_toml": {p: plan.thresholds.toml(p) for p in ("fair-share", "paper")}}
+
+
+def test_every_scenario_plan_is_byte_for_byte_the_recorded_one() -> None:
+    """The plans recorded before ``lab/`` was split by concern (the
+    golden file): a refactoring of the lab changes no scenario."""
+    golden = json.loads(GOLDEN.read_text())
+    for size in GOLDEN_LABS:
+        lab = topology.plan(*size)
+        for name in sorted(golden_names := {k.split("/")[0] for k in golden["digests"]}):
+            spec = scenario.SCENARIOS[name]
+            for d in (spec.default_duration, 15.0, 10.0):
+                key = f"{name}/{size[0]}x{size[1]}x{size[2]}/{d:g}"
+                doc = json.loads(json.dumps(_plan_doc(spec.build(lab, d))))
+                if key in golden["full"]:
+                    assert doc == golden["full"][key], key
+                text = json.dumps(doc, sort_keys=True).encode()
+                assert hashlib.sha256(text).hexdigest() == golden["digests"][key], key
+    assert golden_names <= set(scenario.SCENARIOS)
