@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from xpro_mesh.cli import build_parser
-from xpro_mesh.lab import metrics, report, scenario, topology
+from xpro_mesh.lab import agents, faults, metrics, report, scenario, supervise, topology
 from xpro_mesh.lab.scenario import ModeResult, ScenarioError, ScenarioResult
 
 
@@ -117,9 +117,9 @@ def test_chaos_crashes_an_agent_restarts_it_then_kills_the_master_for_good() -> 
 
 def test_fault_targets_name_the_processes_a_mode_started(tmp_path) -> None:
     lab = topology.plan(3, 3, 3)
-    assert scenario._fault_process("agent:2", lab) == "agent-xl-p2"
-    assert scenario._fault_process("redis", lab) == "redis"
-    procs = scenario._Processes()
+    assert faults.fault_process("agent:2", lab) == "agent-xl-p2"
+    assert faults.fault_process("redis", lab) == "redis"
+    procs = supervise.Processes()
     log = tmp_path / "a.log"
     first = procs.start("agent-xl-p1", ["sh", "-c", "echo life; exec sleep 30"], log)
 
@@ -131,14 +131,14 @@ def test_fault_targets_name_the_processes_a_mode_started(tmp_path) -> None:
     try:
         lives(1)
         kill = scenario.Fault(1.0, "kill", "agent:1")
-        assert scenario._inject(kill, lab, procs) == "SIGKILL agent-xl-p1"
+        assert faults.inject(kill, lab, procs) == "SIGKILL agent-xl-p1"
         assert first.returncode == -9
         # A target the mode does not run is left alone.
-        assert scenario._inject(scenario.Fault(1.0, "kill", "redis"), lab, procs) is None
+        assert faults.inject(scenario.Fault(1.0, "kill", "redis"), lab, procs) is None
         assert "agent-xl-p1" in procs.killed
         restart = scenario.Fault(2.0, "restart", "agent:1")
-        assert scenario._inject(restart, lab, procs) == "restarted agent-xl-p1"
-        assert scenario._inject(restart, lab, procs) is None  # already running
+        assert faults.inject(restart, lab, procs) == "restarted agent-xl-p1"
+        assert faults.inject(restart, lab, procs) is None  # already running
         (name, second), = procs.procs
         assert name == "agent-xl-p1" and second.poll() is None and second is not first
         assert "agent-xl-p1" not in procs.killed
@@ -177,15 +177,15 @@ class RecordingNetwork:
 
 def test_a_proxy_going_down_kills_its_agent_and_coming_up_restarts_it(tmp_path) -> None:
     lab = topology.plan(3, 3, 3)
-    procs = scenario._Processes()
+    procs = supervise.Processes()
     net = RecordingNetwork()
     procs.start("agent-xl-p1", ["sleep", "30"], tmp_path / "a.log")
     try:
         down = scenario.Fault(1.0, "down", "proxy:1", via=2)
-        done = scenario._inject(down, lab, procs, net)  # type: ignore[arg-type]
+        done = faults.inject(down, lab, procs, net)  # type: ignore[arg-type]
         assert done == "proxy 1 down (SIGKILL agent-xl-p1), its traffic through proxy 2"
         assert net.calls == [("down", 1, 2)] and "agent-xl-p1" in procs.killed
-        done = scenario._inject(scenario.Fault(2.0, "up", "proxy:1"), lab, procs, net)  # type: ignore[arg-type]
+        done = faults.inject(scenario.Fault(2.0, "up", "proxy:1"), lab, procs, net)  # type: ignore[arg-type]
         assert done == "proxy 1 up (restarted agent-xl-p1)"
         assert net.calls[-1] == ("up", 1, None)
         assert procs.procs[0][1].poll() is None
@@ -207,7 +207,7 @@ def test_thresholds_render_as_toml_for_xdp_and_the_agent(tmp_path) -> None:
     assert config.policy == "paper" and config.t_f2 == plan.thresholds.t_f2
     assert config.t_t2 == 500_000_000
     agent = tmp_path / "agent.toml"
-    scenario._write_agent_config(agent, plan, "fair-share")
+    agents.write_agent_config(agent, plan, "fair-share")
     assert tomllib.loads(agent.read_text())["gossip"]["interval"] == scenario.GOSSIP_INTERVAL
     cfg = load_config(agent, {"iface": "c0"}, require_key_file=False)
     assert cfg.thresholds.t_f1 == plan.thresholds.t_f1

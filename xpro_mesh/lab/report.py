@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from xpro_mesh.lab.metrics import ModeMetrics, SeriesPoint
-from xpro_mesh.lab.scenario import MODES, ScenarioResult
+from xpro_mesh.lab.plans import MODES, ScenarioPlan
+from xpro_mesh.lab.results import ScenarioResult
 
 __all__ = ["as_json", "print_table", "render_figure", "write_html", "write_json", "write_png"]
 
@@ -272,30 +273,18 @@ def _steps(
     return [*xs, xs[-1] + step], [*ys, ys[-1]]
 
 
-def render_figure(result: ScenarioResult, fmt: str) -> bytes:
-    """The figure as ``png`` or ``svg`` bytes (matplotlib, Agg).
-
-    Modes that behave alike overlap; each later mode is drawn thinner on top
-    of the earlier ones so that every line stays visible."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plan = result.plan
-    attack = plan.attack_start is not None
-    fig, (ax1, ax2) = plt.subplots(
-        2, 1, figsize=(10, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
-    )
+def _plot_modes(ax1: Any, ax2: Any, result: ScenarioResult) -> tuple[list[Any], float]:
+    """One line per mode on both axes (later modes thinner, on top); the
+    legend handles and the highest rate drawn."""
+    attack = result.plan.attack_start is not None
     n = len(result.modes)
     peak = 0.0
     handles = []
     for i, (name, r) in enumerate(result.modes.items()):
-        colour = MODE_COLOURS.get(name)
         m = r.metrics
-        width = 1.5 + 1.1 * (n - 1 - i)
-        style = {"color": colour, "linewidth": width, "zorder": 2 + i, "alpha": 0.9,
-                 "drawstyle": "steps-post", "solid_capstyle": "butt"}
+        style = {"color": MODE_COLOURS.get(name), "linewidth": 1.5 + 1.1 * (n - 1 - i),
+                 "zorder": 2 + i, "alpha": 0.9, "drawstyle": "steps-post",
+                 "solid_capstyle": "butt"}
         top = m.attack_pps if attack else m.good_pps
         xs, ys = _steps(top)
         (line,) = ax1.plot(xs, ys, label=_legend_label(name, m, attack), **style)
@@ -312,6 +301,11 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
                            label="sent by the bots" if attack else "sent by the clients")
         handles.append(line)
         peak = max([peak, *(p.value or 0.0 for p in offered)])
+    return handles, peak
+
+
+def _mark_timeline(ax1: Any, ax2: Any, plan: ScenarioPlan) -> None:
+    """The attack (or the crowd) shaded, the faults as vertical lines."""
     for ax in (ax1, ax2):
         if plan.attack_start is not None and plan.attack_stop is not None:
             ax.axvspan(plan.attack_start, plan.attack_stop, color="#f2dede", alpha=0.5, zorder=0)
@@ -327,6 +321,10 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
         what = ", ".join(f"{f.action} {f.target}" for f in plan.faults if f.at == at)
         ax1.annotate(what, (at, 1.0), xycoords=("data", "axes fraction"),
                      textcoords="offset points", xytext=(3, -10), fontsize=7.5)
+
+
+def _label_axes(ax1: Any, ax2: Any, plan: ScenarioPlan, peak: float) -> None:
+    attack = plan.attack_start is not None
     t = plan.thresholds
     ax1.axhline(t.t_f2, color="#555555", linestyle="--", linewidth=1)
     ax1.annotate(f"T_F2 {t.t_f2} pps", (0.995, t.t_f2), xycoords=("axes fraction", "data"),
@@ -339,11 +337,31 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
     shaded = "the attack" if attack else "the crowd"
     ax2.set_xlabel(f"seconds (shaded: {shaded})")
     ax2.set_ylim(-3, 103)
+
+
+def render_figure(result: ScenarioResult, fmt: str) -> bytes:
+    """The figure as ``png`` or ``svg`` bytes (matplotlib, Agg).
+
+    Modes that behave alike overlap; each later mode is drawn thinner on top
+    of the earlier ones so that every line stays visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plan = result.plan
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(10, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
+    handles, peak = _plot_modes(ax1, ax2, result)
+    _mark_timeline(ax1, ax2, plan)
+    _label_axes(ax1, ax2, plan, peak)
     fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=8.5, frameon=False,
                bbox_to_anchor=(0.5, 0.955))
+    t = plan.thresholds
     fig.suptitle(
         f"{plan.name}: {len(result.lab.proxies)} proxies, "
-        f"{len(result.lab.bot_addrs())} bot addresses, {len(result.lab.good_addrs())} "
+        f"{_bot_count(result)} bot addresses, {len(result.lab.good_addrs())} "
         f"good clients; T_F1 {t.t_f1} pps, T_F2 {t.t_f2} pps",
         fontsize=11,
     )
@@ -353,6 +371,11 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
     fig.savefig(buf, format=fmt, dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _bot_count(result: ScenarioResult) -> int:
+    """The bot addresses the plan used (spoofed sources, or the lab's)."""
+    return len(result.lab.bot_addrs())
 
 
 def write_png(result: ScenarioResult, path: Path) -> None:

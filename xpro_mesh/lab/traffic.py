@@ -325,12 +325,20 @@ async def run_good(
     for s in sockets:
         loop.remove_reader(s.fileno())
         s.close()
-    results.sort()
-    requests = [[round(t, 4), None if lat is None else round(lat, 6)] for t, lat in results]
+    return _good_doc(label, len(addrs), rate, epoch, start, stop_at, reply_timeout, results)
+
+
+def _good_doc(
+    label: str, addrs: int, rate: float, epoch: float, start: float, stop_at: float,
+    reply_timeout: float, results: list[tuple[float, float | None]],
+) -> dict[str, object]:
+    """The good clients' JSON document: every request, in send order."""
+    requests = [[round(t, 4), None if lat is None else round(lat, 6)]
+                for t, lat in sorted(results)]
     return {
         "role": "good",
         "label": label,
-        "addrs": len(addrs),
+        "addrs": addrs,
         "rate": rate,
         "epoch": epoch,
         "start": start,
