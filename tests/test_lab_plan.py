@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +15,17 @@ from pathlib import Path
 import pytest
 
 from xpro_mesh.cli import build_parser
-from xpro_mesh.lab import agents, faults, metrics, report, scenario, supervise, topology
+from xpro_mesh.lab import (
+    agents,
+    faults,
+    metrics,
+    plans,
+    report,
+    scenario,
+    spoofed,
+    supervise,
+    topology,
+)
 from xpro_mesh.lab.scenario import ModeResult, ScenarioError, ScenarioResult
 
 
@@ -86,7 +97,7 @@ def test_flash_crowd_is_good_traffic_only_and_over_capacity() -> None:
 
 
 def test_every_scenario_builds_for_a_small_lab() -> None:
-    lab = topology.plan(2, 2, 20)
+    lab = topology.plan(3, 3, 20)
     for spec in scenario.SCENARIOS.values():
         plan = spec.build(lab, 10)
         assert plan.flows and plan.duration == 10
@@ -339,3 +350,144 @@ def test_every_scenario_plan_is_byte_for_byte_the_recorded_one() -> None:
                 text = json.dumps(doc, sort_keys=True).encode()
                 assert hashlib.sha256(text).hexdigest() == golden["digests"][key], key
     assert golden_names <= set(scenario.SCENARIOS)
+
+
+def test_botnet_spreads_spoofed_sources_in_a_block_per_proxy_outside_the_lab_24s() -> None:
+    lab = topology.plan(3, 9, 90)
+    plan = scenario.botnet(lab, 30, bots=6900, rate=1.0)
+    blocks = plan.spoofed
+    assert [b.count for b in blocks] == [2300, 2300, 2300]
+    assert [b.cidr for b in blocks] == ["10.128.0.0/14", "10.132.0.0/14", "10.136.0.0/14"]
+    assert [b.ns for b in blocks] == ["xl-b0", "xl-b1", "xl-b2"]  # frames to their own proxy
+    assert blocks[0].first == "10.128.0.1" and blocks[0].last() == "10.128.8.252"
+    lab_24s = {p.client_block.rsplit(".", 2)[0] for p in lab.proxies}
+    assert not any(b.first.rsplit(".", 2)[0] in lab_24s for b in blocks)
+    assert not [f for f in plan.flows if f.role == "bots"]  # no Python senders
+    assert plan.agent_profile == "lan" and plan.pairs_max >= 2 * 2300
+
+
+def test_botnet_t_f2_is_over_every_proxy_alone_and_under_the_mesh() -> None:
+    for proxies, bots in [(3, 2100), (3, 60000), (4, 1001), (5, 20000)]:
+        lab = topology.plan(proxies, 2 * proxies, proxies)
+        plan = scenario.botnet(lab, 30, bots=bots)
+        t = plan.thresholds
+        per_proxy = max(b.pps for b in plan.spoofed)
+        assert per_proxy < t.t_f2 < bots * 1.0
+        assert plan.spoofed[0].rate < t.t_f1  # each source alone is innocent
+        good = [f for f in plan.flows if f.role == "good"]
+        # A bot's gap is under the idle gap T_T1, a good client's over it: each
+        # good request opens a new window (never judged), every bot's runs on.
+        t_t1 = int(t.t_t1.removesuffix("ms")) / 1000
+        assert 1 / plan.spoofed[0].rate < t_t1 < 1 / good[0].rate
+    assert plans.botnet_t_f2(2100.0) == 840  # 0.4, as in distributed
+
+
+def test_botnet_refuses_sizes_it_cannot_address() -> None:
+    lab = topology.plan(3, 3, 3)
+    for kwargs, flag in [({"bots": 2}, "--bots"), ({"bots": 900_000}, "--bots"),
+                         ({"rate": 0.0}, "--rate-per-bot"), ({"proxies": 4}, "--proxies"),
+                         ({"proxies": 2}, "--proxies")]:
+        with pytest.raises(ScenarioError, match=flag):
+            scenario.botnet(lab, 30, **kwargs)  # type: ignore[arg-type]
+
+
+def test_botnet_params_record_the_blocks_and_the_other_plans_do_not_change() -> None:
+    lab = topology.plan(3, 9, 90)
+    params = scenario.botnet(lab, 15, bots=2100).params()
+    spoofed = params["spoofed"]
+    assert spoofed["sources"] == 2100 and spoofed["offered_pps"] == 2100.0  # type: ignore[index]
+    assert params["gossip_interval"] == "500ms"  # the lan profile's round
+    assert "spoofed" not in scenario.distributed(lab, 15).params()
+
+
+def test_trafgen_counts_the_source_through_the_block_and_nft_counts_each_block() -> None:
+    plan = scenario.botnet(topology.plan(3, 3, 3), 30, bots=3000)
+    b = plan.spoofed[1]
+    cfg = spoofed.trafgen_config(b, "02:00:00:00:00:01", "02:00:00:00:00:02", "10.20.0.2", 9000)
+    assert "saddr=dinc(0x0a840001, 0x0a8403e8)" in cfg  # 10.132.0.1 .. 10.132.3.232
+    assert "dport=9000" in cfg and "0x41" in cfg  # the attack tag
+    rules = spoofed.nft_ruleset(plan.spoofed)
+    assert "ip saddr 10.132.0.0/14 counter name b132 drop" in rules
+    assert "hook prerouting priority -300" in rules
+
+
+def test_trafgen_writes_the_frames_the_config_describes(tmp_path) -> None:
+    """The real trafgen, into a pcap file (no network): every source of
+    the block once per cycle, to the victim's port, checksums valid."""
+    import shutil
+    import struct
+
+    if shutil.which("trafgen") is None:
+        pytest.skip("trafgen (netsniff-ng) not installed")
+    import subprocess
+
+    b = scenario.botnet(topology.plan(3, 3, 3), 30, bots=30).spoofed[0]
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(spoofed.trafgen_config(b, "02:00:00:00:00:01", "02:00:00:00:00:02",
+                                          "10.20.0.2", 9000))
+    pcap = tmp_path / "t.pcap"
+    subprocess.run(["trafgen", "--conf", str(cfg), "--dev", str(pcap), "--num", "20"],
+                   check=True, capture_output=True)
+    data, off, sources = pcap.read_bytes(), 24, []
+    while off < len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        frame = data[off + 16: off + 16 + incl]
+        off += 16 + incl
+        sources.append(".".join(str(x) for x in frame[26:30]))
+        assert frame[36:38] == (9000).to_bytes(2, "big") and frame[42:43] == b"A"
+        words = struct.unpack("!10H", frame[14:34])
+        total = sum(words)
+        assert (total & 0xFFFF) + (total >> 16) == 0xFFFF  # the IPv4 header checksum holds
+    assert sources[:10] == [f"10.128.0.{i}" for i in range(1, 11)] and sources[10] == "10.128.0.1"
+
+
+def test_member_transitions_are_read_from_the_agents_log_lines(tmp_path) -> None:
+    log = tmp_path / "agent.log"
+    def line(second: int, msg: str) -> str:
+        return json.dumps({"ts": f"2026-12-01T10:00:{second:02d}.000Z", "level": "info",
+                           "msg": msg})
+
+    log.write_text("\n".join([
+        line(1, "member p1: unknown -> alive"), line(2, "member p1: alive -> suspect"),
+        line(3, "member p1: suspect -> alive"), line(4, "member p2: alive -> suspect"),
+        line(9, "member p2: suspect -> dead"),  # after the traffic: the agents leaving
+    ]) + "\nnot json\n")
+    from datetime import datetime
+
+    t0 = datetime.fromisoformat("2026-12-01T10:00:00+00:00").timestamp()
+    assert agents.member_transitions(log, t0, t0 + 5) == {"alive->suspect": 2,
+                                                         "suspect->alive": 1}
+    assert agents.member_transitions(log)["suspect->dead"] == 1
+
+
+def test_agent_usage_reads_cpu_and_peak_memory_from_proc(tmp_path) -> None:
+    procs = supervise.Processes()
+    procs.start("agent-xl-p0", ["python3", "-c", "x = bytearray(30 << 20); "
+                                "import time; t = time.process_time()\n"
+                                "while time.process_time() - t < 0.3: pass\n"
+                                "time.sleep(30)"], tmp_path / "a.log")
+    usage = agents.Usage()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            usage.sample(procs)
+            figures = usage.as_json().get("xl-p0")
+            if figures and figures["cpu_s"] >= 0.3 and figures["peak_rss_mb"] >= 30:
+                break
+            time.sleep(0.1)
+    finally:
+        procs.stop()
+    assert figures is not None and figures["cpu_s"] >= 0.3 and figures["peak_rss_mb"] >= 30
+
+
+def test_cli_takes_botnet_options_and_other_scenarios_refuse_them() -> None:
+    args = build_parser().parse_args(["lab", "scenario", "botnet", "--bots", "6900",
+                                      "--rate-per-bot", "2", "--proxies", "3"])
+    assert (args.bots, args.rate_per_bot, args.proxies) == (6900, 2.0, 3)
+    from xpro_mesh.lab import runner
+
+    lab = topology.plan(3, 3, 3)
+    if os.geteuid() == 0:
+        with pytest.raises(ScenarioError, match="--bots is an option of scenario botnet"):
+            runner.prepare(lab, "distributed", ["none"], 10, {"bots": 10})
+        assert runner.prepare(lab, "botnet", ["none"], 10, {"bots": 300}).spoofed

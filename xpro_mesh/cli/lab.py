@@ -5,13 +5,15 @@
     xpro-mesh lab down
     xpro-mesh lab scenario NAME --modes none,local,master,gossip[,gossip-paper]
                            [--duration S] [--json-out FILE] [--html FILE] [--png FILE]
+    xpro-mesh lab scenario botnet --bots N [--rate-per-bot PPS] [--proxies P] ...
 
 ``up`` builds the namespaces, bridges, veths, addresses and routes of
 :mod:`xpro_mesh.lab.topology`; ``down`` removes every ``xl-`` namespace and
 everything running in it, also after a crash (a second ``down`` is a no-op).
 ``scenario`` runs the same traffic once per mode on the lab that is up and
 reports, per mode, what reached the victim and what the good clients saw
-(:mod:`xpro_mesh.lab.scenario`).
+(:mod:`xpro_mesh.lab.scenario`); ``botnet``'s bots are spoofed sources sent
+by trafgen and counted at the victim by nftables (docs/lab.md).
 """
 
 from __future__ import annotations
@@ -65,6 +67,12 @@ def register(subparsers: Any) -> None:
     )
     scen.add_argument("--duration", type=float, default=None,
                       help="seconds of traffic per mode (default: the scenario's)")
+    scen.add_argument("--bots", type=int, default=None,
+                      help="botnet: spoofed sources (default 2100)")
+    scen.add_argument("--rate-per-bot", type=float, default=None, metavar="PPS",
+                      help="botnet: packets/s of each source (default 1)")
+    scen.add_argument("--proxies", type=int, default=None,
+                      help="botnet: proxies the sources spread over (default: all of the lab's)")
     scen.add_argument("--json-out", type=Path, help="write the results as JSON")
     scen.add_argument("--html", type=Path, help="write a self-contained HTML report")
     scen.add_argument("--png", type=Path, help="write the figure as PNG")
@@ -169,6 +177,7 @@ def _scenario(args: argparse.Namespace) -> int:
             duration=args.duration,
             workdir=args.workdir,
             progress=not args.quiet,
+            options={"bots": args.bots, "rate": args.rate_per_bot, "proxies": args.proxies},
         )
     except scenario.ScenarioError as exc:
         raise CliError(str(exc)) from None

@@ -8,9 +8,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
+import re
 import secrets
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from xpro_mesh.lab.plans import AGENT_SYNC, GOSSIP_INTERVAL, POLICY, ScenarioError, ScenarioPlan
@@ -20,9 +23,11 @@ from xpro_mesh.lab.topology import REDIS_NS, LabPlan, Proxy
 __all__ = [
     "API_PORT",
     "GOSSIP_PORT",
+    "Usage",
     "agent_argv",
     "agent_available",
     "agent_log",
+    "member_transitions",
     "start_agents",
     "start_redis",
     "write_agent_config",
@@ -149,3 +154,87 @@ def log_entries(log: Path) -> list[dict[str, object]]:
                 entries.append(entry)
     return entries
 
+
+_TRANSITION = re.compile(r"^member (\S+): (\S+) -> (\S+)$")
+
+
+def member_transitions(
+    log: Path, since: float = float("-inf"), until: float = float("inf")
+) -> dict[str, int]:
+    """How often this agent saw a member change state, by ``"from->to"``,
+    read from its log's ``member X: A -> B`` lines logged between ``since``
+    and ``until`` (Unix seconds: the traffic, not the agents' leaving at
+    the end). The agent exposes no transition counters yet; ``unknown ->
+    alive`` is a member first heard of, not a change."""
+    counts: dict[str, int] = {}
+    for entry in log_entries(log):
+        match = _TRANSITION.match(str(entry.get("msg", "")))
+        if not match or match.group(2) == "unknown":
+            continue
+        at = _log_time(entry)
+        if at is None or since <= at <= until:
+            key = f"{match.group(2)}->{match.group(3)}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _log_time(entry: dict[str, object]) -> float | None:
+    """A log line's ``ts`` (ISO 8601, UTC) as Unix seconds."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(entry["ts"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        return None
+
+
+@dataclass
+class Usage:
+    """Agent CPU seconds and peak resident memory, read from /proc while
+    the agents run (a process's figures vanish with it): per process name,
+    per pid (a restarted agent is a second pid)."""
+
+    cpu_s: dict[str, dict[int, float]] = field(default_factory=dict)
+    peak_rss_kb: dict[str, int] = field(default_factory=dict)
+    cpu_at_start: dict[str, float] = field(default_factory=dict)
+
+    def sample(self, procs: Processes) -> None:
+        for name, proc in procs.running("agent"):
+            stat = _proc_stat(proc.pid)
+            if stat is None:
+                continue
+            cpu, hwm = stat
+            self.cpu_s.setdefault(name, {})[proc.pid] = cpu
+            self.peak_rss_kb[name] = max(self.peak_rss_kb.get(name, 0), hwm)
+
+    def mark_start(self) -> None:
+        """The CPU spent so far is set-up, not traffic."""
+        self.cpu_at_start = {n: sum(v.values()) for n, v in self.cpu_s.items()}
+
+    def as_json(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, lives in sorted(self.cpu_s.items()):
+            total = sum(lives.values())
+            out[name.removeprefix("agent-")] = {
+                "cpu_s": round(total, 2),
+                "cpu_s_during_traffic": round(total - self.cpu_at_start.get(name, 0.0), 2),
+                "peak_rss_mb": round(self.peak_rss_kb.get(name, 0) / 1024, 1),
+            }
+        return out
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> tuple[float, int] | None:
+    """(user + system CPU seconds, VmHWM kB) of ``pid``; None once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
+    hwm = next((int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("VmHWM:")), 0)
+    return cpu, hwm

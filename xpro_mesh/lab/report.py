@@ -45,8 +45,8 @@ def _series(points: tuple[SeriesPoint, ...]) -> list[list[float | None]]:
 
 
 def mode_json(m: ModeMetrics, proxies: dict[str, dict[str, int]], wall_s: float,
-              notes: tuple[str, ...]) -> dict[str, Any]:
-    return {
+              notes: tuple[str, ...], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc = {
         "attack_delivered_ratio": _round(m.attack_delivered_ratio),
         "attack_delivered_ratio_after_mitigation": _round(
             m.attack_delivered_ratio_after_mitigation
@@ -85,23 +85,29 @@ def mode_json(m: ModeMetrics, proxies: dict[str, dict[str, int]], wall_s: float,
             "good_success": _series(m.good_success),
         },
     }
+    if extra is not None:
+        doc["botnet"] = extra
+    return doc
 
 
 def as_json(result: ScenarioResult) -> dict[str, Any]:
     """``{"scenario", "params", "modes": {mode: {metrics...}}}`` (issue 5)."""
     lab = result.lab
     params = dict(result.plan.params())
-    params["lab"] = {
+    lab_params: dict[str, int] = {
         "proxies": len(lab.proxies),
         "good_addresses": len(lab.good_addrs()),
         "bot_addresses": len(lab.bot_addrs()),
     }
+    if result.plan.spoofed:
+        lab_params["spoofed_sources"] = _bot_count(result)
+    params["lab"] = lab_params
     params["wall_s"] = result.wall_s
     return {
         "scenario": result.plan.name,
         "params": params,
         "modes": {
-            name: mode_json(r.metrics, r.proxies, r.wall_s, r.notes)
+            name: mode_json(r.metrics, r.proxies, r.wall_s, r.notes, r.extra)
             for name, r in result.modes.items()
         },
     }
@@ -192,6 +198,42 @@ def phase_rows(result: ScenarioResult) -> list[list[str]]:
     return rows
 
 
+BOTNET_HEADERS = (
+    "mode",
+    "offered pps",
+    "achieved pps",
+    "suspicions",
+    "transitions",
+    "agent CPU s (traffic)",
+    "agent peak RSS MB",
+)
+
+
+def botnet_rows(result: ScenarioResult) -> list[list[str]]:
+    """Per mode the sender's offered and achieved rate, the agents' member
+    transitions (alive->suspect counted apart) and their CPU and memory."""
+    rows = []
+    for name, r in result.modes.items():
+        b = r.extra or {}
+        moves: dict[str, int] = {}
+        for per_agent in b.get("member_transitions", {}).values():
+            for k, n in per_agent.items():
+                moves[k] = moves.get(k, 0) + n
+        agents = b.get("agents", {})
+        cpu = " ".join(f"{v['cpu_s_during_traffic']:.1f}" for _, v in sorted(agents.items()))
+        rss = " ".join(f"{v['peak_rss_mb']:.0f}" for _, v in sorted(agents.items()))
+        rows.append([
+            name,
+            f"{b.get('offered_pps', 0):.0f}",
+            f"{b.get('achieved_pps', 0):.0f} ({_pct(b.get('achieved_ratio'))})",
+            str(b.get("suspicions", 0)) if agents else "—",
+            ", ".join(f"{k} {n}" for k, n in sorted(moves.items())) or "—",
+            cpu or "—",
+            rss or "—",
+        ])
+    return rows
+
+
 TABLE_HEADERS = (
     "mode",
     "attack delivered",
@@ -238,6 +280,14 @@ def print_table(result: ScenarioResult) -> None:
         for row in phase_rows(result):
             phases.add_row(*row)
         console.print(phases)
+    if plan.spoofed:
+        spoofed = Table(title="botnet: the sender, the members' states and the agents' cost "
+                              "(per proxy)")
+        for h in BOTNET_HEADERS:
+            spoofed.add_column(h, justify="left" if h in ("mode", "transitions") else "right")
+        for row in botnet_rows(result):
+            spoofed.add_row(*row)
+        console.print(spoofed)
     for name, r in result.modes.items():
         for note in r.notes:
             console.print(f"[yellow]note[/] {name}: {note}")
@@ -375,6 +425,8 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
 
 def _bot_count(result: ScenarioResult) -> int:
     """The bot addresses the plan used (spoofed sources, or the lab's)."""
+    if result.plan.spoofed:
+        return sum(b.count for b in result.plan.spoofed)
     return len(result.lab.bot_addrs())
 
 
@@ -424,7 +476,27 @@ def write_html(result: ScenarioResult, path: Path) -> None:
         faults = html.escape("; ".join(f.describe() for f in plan.faults))
         phase_block = (f"<p>Per phase (faults: {faults}):</p>"
                        f"<table><tr>{ph_head}</tr>{ph_body}</table>")
-    page = f"""<!doctype html>
+    page = _page(result, svg, head, body, modes, params, notes_block, phase_block)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+
+
+def _table_html(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(result: ScenarioResult, svg: str, head: str, body: str, modes: str, params: str,
+          notes_block: str, phase_block: str) -> str:
+    plan = result.plan
+    botnet_block = ""
+    if plan.spoofed:
+        botnet_block = ("<p>The sender, the members' states and the agents' cost "
+                        "(per proxy):</p>" + _table_html(BOTNET_HEADERS, botnet_rows(result)))
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>xpro-mesh lab: {html.escape(plan.name)}</title><style>{_CSS}</style></head>
 <body>
@@ -433,6 +505,7 @@ def write_html(result: ScenarioResult, path: Path) -> None:
 {svg}
 <table><tr>{head}</tr>{body}</table>
 {phase_block}
+{botnet_block}
 <p class="params">Measured at the victim (attack packets counted per source block) and at the
 good clients (request/response within the reply timeout). <i>Time to mitigate</i>: from attack
 start until every proxy's attack stream stays at or below 5 % of what its bots send
@@ -443,5 +516,3 @@ whole attack when it never is). Drops per proxy: the filters' own counters.</p>
 <details><summary>parameters</summary><pre class="params">{params}</pre></details>
 </body></html>
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)

@@ -4,6 +4,7 @@ counters, and the run as a whole (the report's input; plain records)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from xpro_mesh.lab import metrics
 from xpro_mesh.lab.plans import ScenarioPlan
@@ -19,6 +20,7 @@ class ModeResult:
     proxies: dict[str, dict[str, int]]  # per proxy namespace: pass, drop_pair, drop_dest
     wall_s: float
     notes: tuple[str, ...] = ()
+    extra: dict[str, Any] | None = None  # scenario-specific figures (botnet: spoofed, agents)
 
 
 @dataclass(frozen=True, slots=True)

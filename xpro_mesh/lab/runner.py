@@ -17,11 +17,11 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xpro_mesh.lab import agents, metrics
+from xpro_mesh.lab import agents, metrics, spoofed
 from xpro_mesh.lab.faults import Network, inject
 from xpro_mesh.lab.plans import (
     AGENT_SYNC,
@@ -48,6 +48,7 @@ __all__ = ["run", "run_mode"]
 VICTIM_PORT = 9000
 START_SLACK_S = 0.5  # from "everyone is ready" to the epoch
 READY_TIMEOUT_S = 60.0  # traffic processes open their sockets within this
+SENDER_GRACE_S = 0.5  # a sender that lags its count is stopped this long after its end
 OVERRUN_S = 8.0  # traffic still running this long after its end is stopped
 TRAFFIC = [sys.executable, "-m", "xpro_mesh.lab.traffic"]
 
@@ -70,6 +71,10 @@ class ModeRun:
     outs: list[Path] = field(default_factory=list)
     stats: FilterStats | None = None
     epoch: float = 0.0
+    wall_epoch: float = 0.0  # the epoch on the realtime clock (the agents' log times)
+    wall_end: float = 0.0  # the end of the traffic, likewise
+    usage: agents.Usage = field(default_factory=agents.Usage)
+    counters: spoofed.Counters | None = None
 
     def __post_init__(self) -> None:
         self.network = Network(self.lab)
@@ -91,6 +96,12 @@ class ModeRun:
         )
         self.reporter.phase("attaching XDP (bcc compiles)")
         attach_all(self.lab, config)
+
+    def setup_spoofed(self) -> None:
+        """The victim's counters for the spoofed blocks (every mode: the
+        damage baseline too)."""
+        if self.plan.spoofed:
+            spoofed.install(self.lab, self.plan.spoofed)
 
     def start_mesh(self) -> None:
         if self.mode not in AGENT_SYNC:
@@ -137,23 +148,40 @@ class ModeRun:
                 raise ScenarioError(f"traffic processes did not start ({what})")
             time.sleep(0.05)
         self.epoch = time.monotonic() + START_SLACK_S
+        self.wall_epoch = time.time() + START_SLACK_S
         tmp = self.epoch_file.with_suffix(".tmp")
         tmp.write_text(repr(self.epoch))
         tmp.rename(self.epoch_file)
+        self.usage.sample(self.procs)
+        self.usage.mark_start()
+        if self.plan.spoofed:
+            self.counters = spoofed.Counters(self.lab, self.plan.spoofed, self.epoch)
+            self.counters.start()
 
     def events(self) -> list[tuple[float, Callable[[], str | None]]]:
         """What happens at a time after the epoch: the plan's faults (each
-        noted)."""
+        noted), and each spoofed block's sender started and stopped."""
         events: list[tuple[float, Callable[[], str | None]]] = []
         for f in self.plan.faults:
             def fault(f: Fault = f) -> str | None:
                 done = inject(f, self.lab, self.procs, self.network)
                 return done and f"fault at {time.monotonic() - self.epoch:.1f} s: {done}"
             events.append((f.at, fault))
+        senders = spoofed.write_configs(self.plan.spoofed, self.lab, self.moddir, VICTIM_PORT)
+        for lane in (lane for b in self.plan.spoofed for lane in b.lanes(spoofed.LANES)):
+            name = spoofed.sender_name(lane)
+
+            def start(name: str = name) -> None:
+                self.procs.start(name, senders[name], self.moddir / f"{name}.log")
+
+            def stop(name: str = name) -> None:
+                self.procs.stop(lambda n: n == name)
+            events += [(lane.start, start), (lane.stop + SENDER_GRACE_S, stop)]
         return sorted(events, key=lambda e: e[0])
 
     def drive(self) -> None:
-        """Until the traffic ends: events on time, live rates on the bar."""
+        """Until the traffic ends: events on time, live rates on the bar,
+        the agents' CPU and memory sampled."""
         self.reporter.phase("traffic")
         deadline = self.epoch + self.plan.duration + OVERRUN_S
         live = LiveRates(self.stats)
@@ -167,13 +195,20 @@ class ModeRun:
                 note = pending.pop(0)[1]()
                 if note:
                     self.notes.append(note)
+            self.usage.sample(self.procs)
             self.reporter.tick(max(0.0, time.monotonic() - self.epoch), live.line())
 
     def stop_traffic(self) -> dict[str, dict[str, int]]:
         """Stop what overran, note agents that died; the filters' counters."""
+        self.wall_end = time.time()
         for name, _proc in self.procs.running("traffic") + self.procs.running("victim"):
             self.notes.append(f"{name} overran its time and was stopped")
         self.procs.stop(_traffic_or_victim)
+        self.procs.stop(lambda n: n.startswith("trafgen"))
+        if self.counters is not None:
+            self.counters.stop()
+            self.notes.extend(self.counters.errors)
+        self.usage.sample(self.procs)
         for name, proc in self.procs.procs:
             if name.startswith("agent") and proc.poll() is not None \
                     and name not in self.procs.killed:
@@ -187,6 +222,8 @@ class ModeRun:
         self.procs.stop()
         self.network.restore()
         detach_all(self.lab)
+        if self.plan.spoofed:
+            spoofed.remove()
 
 
 @dataclass
@@ -198,12 +235,12 @@ class LiveRates:
     last_t: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        self.last = self.stats.read() if self.stats else {}
+        self.last = self.stats.read(pairs=False) if self.stats else {}
 
     def line(self) -> str:
         if not self.stats:
             return "traffic"
-        cur, now = self.stats.read(), time.monotonic()
+        cur, now = self.stats.read(pairs=False), time.monotonic()
         dt = max(1e-3, now - self.last_t)
 
         def delta(key: str) -> int:
@@ -223,6 +260,40 @@ def _agent_figures(run: ModeRun, proxy_stats: dict[str, dict[str, int]]) -> None
             overloads, complaints = agents.agent_log(f"agent-{p.ns}", log)
             run.notes.extend(complaints)
             proxy_stats.setdefault(p.ns, {})["overload_warnings"] = overloads
+
+
+def botnet_figures(run: ModeRun, bots: Sequence[metrics.BotStream]) -> dict[str, object]:
+    """The botnet scenario's own figures: the sender's offered and achieved
+    rate per block, the agents' member-state transitions (from their logs)
+    and their CPU and peak memory (from /proc)."""
+    blocks: dict[str, dict[str, float | int | None]] = {}
+    for b, stream in zip(run.plan.spoofed, bots, strict=True):
+        sent = stream.sent.total()
+        blocks[str(b.block)] = {
+            "sources": b.count,
+            "offered_pps": b.pps,
+            "achieved_pps": round(sent / max(1e-9, b.stop - b.start), 1),
+            "sent": sent,
+            "trafgen_reported": spoofed.trafgen_reported(run.moddir, b),
+        }
+    transitions = {}
+    for p in run.lab.proxies:
+        log = run.moddir / f"agent-{p.ns}.log"
+        if log.exists():
+            transitions[p.ns] = agents.member_transitions(log, run.wall_epoch, run.wall_end)
+    offered = sum(b.pps for b in run.plan.spoofed)
+    achieved = sum(s.sent.total() / max(1e-9, b.stop - b.start)
+                   for b, s in zip(run.plan.spoofed, bots, strict=True))
+    return {
+        "offered_pps": round(offered, 1),
+        "achieved_pps": round(achieved, 1),
+        "achieved_ratio": round(achieved / offered, 4) if offered else None,
+        "blocks": blocks,
+        "member_transitions": transitions,
+        "suspicions": sum(n for t in transitions.values() for k, n in t.items()
+                          if k.endswith("->suspect")),
+        "agents": run.usage.as_json(),
+    }
 
 
 def _read_results(
@@ -258,6 +329,7 @@ def run_mode(
     run = ModeRun(lab, plan, mode, moddir, reporter)
     try:
         run.setup_filters()
+        run.setup_spoofed()
         run.start_mesh()
         run.stats = FilterStats(lab) if mode != "none" else None
         run.start_clock(run.start_traffic())
@@ -267,19 +339,24 @@ def run_mode(
         run.cleanup()
     _agent_figures(run, proxy_stats)
     victim, bots, goods = _read_results(run)
+    if run.counters is not None:
+        victim = metrics.VictimArrivals(victim.bin_s, run.counters.arrivals(), victim.good)
+        bots = run.counters.bot_streams()
     m = metrics.mode_metrics(
         victim, bots, goods, plan.duration,
         phases=[(ph.label, ph.start, ph.stop) for ph in plan.phases],
     )
     return ModeResult(mode=mode, metrics=m, proxies=proxy_stats,
-                      wall_s=round(time.monotonic() - started, 1), notes=tuple(run.notes))
+                      wall_s=round(time.monotonic() - started, 1), notes=tuple(run.notes),
+                      extra=botnet_figures(run, bots) if plan.spoofed else None)
 
 
 def prepare(
-    lab: LabPlan, name: str, modes: Sequence[str], duration: float | None
+    lab: LabPlan, name: str, modes: Sequence[str], duration: float | None,
+    options: Mapping[str, object] | None = None,
 ) -> ScenarioPlan:
-    """The plan of scenario ``name``, or a one-line ScenarioError saying why
-    it cannot run here."""
+    """The plan of scenario ``name`` (with its ``options``, e.g. botnet's
+    ``bots``), or a one-line ScenarioError saying why it cannot run here."""
     if os.geteuid() != 0:
         raise ScenarioError("lab scenarios need root (network namespaces, XDP)")
     spec = SCENARIOS.get(name)
@@ -288,7 +365,13 @@ def prepare(
     d = spec.default_duration if duration is None else duration
     if d < 5:
         raise ScenarioError(f"--duration: at least 5 s, got {d:g}")
-    plan = spec.build(lab, d)
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(spec.options))
+    if unknown:
+        flag = "--" + unknown[0].replace("_", "-").replace("rate", "rate-per-bot")
+        raise ScenarioError(f"{flag} is an option of scenario botnet only")
+    plan = spec.build(lab, d, **given)
+    _check_tools(plan)
     if any(m in AGENT_SYNC for m in modes) and not agents.agent_available():
         raise ScenarioError(
             "modes master/gossip/gossip-paper need the agent (`xpro-mesh agent`), "
@@ -299,6 +382,14 @@ def prepare(
     return plan
 
 
+def _check_tools(plan: ScenarioPlan) -> None:
+    if plan.spoofed:
+        for tool, package in (("trafgen", "netsniff-ng"), ("nft", "nftables")):
+            if shutil.which(tool) is None:
+                raise ScenarioError(f"scenario {plan.name} needs {tool} "
+                                    f"(apt install {package}; scripts/setup.sh)")
+
+
 def run(
     lab: LabPlan,
     name: str,
@@ -307,9 +398,10 @@ def run(
     duration: float | None = None,
     workdir: Path | None = None,
     progress: bool = True,
+    options: Mapping[str, object] | None = None,
 ) -> ScenarioResult:
     """Run scenario ``name`` on ``lab`` once per mode, in order."""
-    plan = prepare(lab, name, modes, duration)
+    plan = prepare(lab, name, modes, duration, options)
     from xpro_mesh.lab import topology
 
     leftovers = topology.stop_processes([p.ns for p in lab.proxies] + [VICTIM_NS, REDIS_NS]

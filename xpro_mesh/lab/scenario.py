@@ -7,6 +7,7 @@ from the modules that own them:
 * :mod:`~xpro_mesh.lab.supervise` — processes in namespaces, XDP on the proxies;
 * :mod:`~xpro_mesh.lab.agents` — the agents (and Redis) a mode runs;
 * :mod:`~xpro_mesh.lab.faults` — crashes, restarts, a proxy down and back;
+* :mod:`~xpro_mesh.lab.spoofed` — botnet's trafgen senders and nftables counters;
 * :mod:`~xpro_mesh.lab.progress` and :mod:`~xpro_mesh.lab.report` — the
   operator's view while it runs and the reports after.
 """
@@ -29,7 +30,9 @@ from xpro_mesh.lab.plans import (
     ScenarioError,
     ScenarioPlan,
     ScenarioSpec,
+    SpoofedBlock,
     Thresholds,
+    botnet,
     capacity,
     chaos,
     distributed,
@@ -60,7 +63,9 @@ __all__ = [
     "ScenarioPlan",
     "ScenarioResult",
     "ScenarioSpec",
+    "SpoofedBlock",
     "Thresholds",
+    "botnet",
     "capacity",
     "chaos",
     "distributed",

@@ -203,7 +203,10 @@ class FilterStats:
                 with contextlib.suppress(Exception):
                     self.maps[p.ns] = BpfMaps.open(pin_dir)
 
-    def read(self) -> dict[str, dict[str, int]]:
+    def read(self, pairs: bool = True) -> dict[str, dict[str, int]]:
+        """Per proxy its verdict counters and (``pairs``) the pairs in its
+        map: a walk of the whole map, too costly for the live display of a
+        large botnet, where it would take CPU from the agents."""
         out: dict[str, dict[str, int]] = {}
         for ns, maps in self.maps.items():
             with contextlib.suppress(Exception):
@@ -212,8 +215,9 @@ class FilterStats:
                     "pass": counters["pass"],
                     "drop_pair": counters["drop_pair"],
                     "drop_dest": counters["drop_dest"],
-                    "pairs": maps.count_pairs(),
                 }
+                if pairs:
+                    out[ns]["pairs"] = maps.count_pairs()
         return out
 
     def close(self) -> None:
