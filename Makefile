@@ -20,15 +20,15 @@ test-fast: $(SETUP_STAMP) ## pure/unit tests only (seconds)
 test-kernel: $(SETUP_STAMP) ## only tests that load XDP programs or use namespaces
 	$(PY) -m pytest -q -m "kernel or netns"
 
-lint: $(SETUP_STAMP)
+lint: $(SETUP_STAMP) ## ruff (lint and format, both must pass) and mypy (strict where pyproject says)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy xpro_mesh
 
 demo: $(SETUP_STAMP) ## the main job (see README)
 	bash scripts/demo.sh
 
-bench: $(SETUP_STAMP)
+bench: $(SETUP_STAMP) ## the data path: ns/packet ratios, map-sync syscalls at 100k pairs (root)
 	bash scripts/bench.sh
 
 bench-agent: $(SETUP_STAMP) ## the agent: sync cycle at 10k/100k/1M pairs, 5 real agents

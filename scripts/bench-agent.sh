@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make bench-agent: the agent's control plane (BENCHMARKING.md section 3):
+# make bench-agent: the agent's control plane (docs/benchmarking.md section 3):
 # one map-sync cycle at 10k/100k/1M pairs with the kernel's maps (root: the
 # filter attached to lo of a throwaway namespace, removed after) and the
 # in-memory maps; then five real agents on 127.0.0.1: seconds and rounds to
@@ -15,4 +15,4 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "bench-agent.sh: not root, so the kernel maps are left out (memory backend only)" >&2
 fi
 cd "$here"
-exec "$py" -m xpro_mesh.agent.bench "$@"
+exec "$py" -m xpro_mesh bench agent "$@"

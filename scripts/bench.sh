@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make bench: the data path's cost per packet as ratios measured in one run
-# (BENCHMARKING.md section 1), and one map-sync round trip at 100k pairs
+# (docs/benchmarking.md section 1), and one map-sync round trip at 100k pairs
 # (section 3). Loads programs with unpinned maps only; leaves nothing behind.
 #
 #   scripts/bench.sh                      # defaults: repeat 1e6, 5 runs, 100k pairs
@@ -13,4 +13,4 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 cd "$here"
-exec "$py" -m xpro_mesh.datapath.bench --pairs 100000 "$@"
+exec "$py" -m xpro_mesh bench datapath --pairs 100000 "$@"

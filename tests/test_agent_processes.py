@@ -2,7 +2,7 @@
 
 Five agents on 127.0.0.1 with the in-memory data path and the ``local``
 profile, joined through one seed, driven only through their HTTP API and
-signals, as an operator would (:mod:`xpro_mesh.agent.loopback`). Every
+signals, as an operator would (:mod:`xpro_mesh.bench.loopback`). Every
 process is killed in the fixture's finalizer, also when a test fails, and
 every test has a time limit.
 
@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from xpro_mesh.agent.config import local_gossip
-from xpro_mesh.agent.loopback import AgentProcess, HttpError, LoopbackMesh, wait_until
+from xpro_mesh.bench.loopback import AgentProcess, HttpError, LoopbackMesh, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 

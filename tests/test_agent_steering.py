@@ -19,7 +19,8 @@ async def test_an_agent_over_its_threshold_steers_clients_elsewhere() -> None:
     await agent.start()
     try:
         agent.counters.load = Workload(packets_in_per_s=5000, drop_ratio=0.5, loop_lag_ms=0)
-        agent.counters.steering = agent.steering()
+        agent.counters.steering = agent.plan_steering()
+        assert agent.api is not None
         host, port = agent.api.address
         url = f"http://{host}:{port}/v1/steering"
         async with aiohttp.ClientSession() as http, http.get(url) as resp:
@@ -30,9 +31,9 @@ async def test_an_agent_over_its_threshold_steers_clients_elsewhere() -> None:
         assert doc["targets"] == [{"node_id": config.node_id, "addr": None, "weight": 1.0}]
         # Back under the threshold but inside the hysteresis band: still out.
         agent.counters.load = Workload(packets_in_per_s=900, drop_ratio=0, loop_lag_ms=0)
-        assert agent.steering().overloaded == {config.node_id}
+        assert agent.plan_steering().overloaded == {config.node_id}
         agent.counters.load = Workload(packets_in_per_s=100, drop_ratio=0, loop_lag_ms=0)
-        agent.counters.steering = agent.steering()
+        agent.counters.steering = agent.plan_steering()
         assert agent.counters.steering.overloaded == frozenset()
     finally:
         agent.stop.set()

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,21 +33,20 @@ from xpro_mesh.agent.config import (
     Thresholds,
     reload_thresholds,
 )
-from xpro_mesh.agent.mapsync import PLAN_STEP, SyncPlan, plan_destinations, plan_sync_steps
+from xpro_mesh.agent.errors import AgentError
+from xpro_mesh.agent.gossip_sync import FIRST_PULL_ROUNDS, GossipSync
+from xpro_mesh.agent.syncer import LocalOnly, Syncer, SyncReport, run_cycle, run_sync_loop
+from xpro_mesh.api.http import ApiServer
+from xpro_mesh.api.view import Feeder, NodeInfo, PairRecord
 from xpro_mesh.core.dispersion import Steering, plan_steering
 from xpro_mesh.core.gossip_state import GossipState, MergeLimits
-from xpro_mesh.datapath.backend import (
-    MapBackend,
-    OverloadWarning,
-    PairKey,
-    PairOp,
-    PairRecord,
-    Stats,
-)
+from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
 from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
-from xpro_mesh.mesh.membership import Membership, Workload, incarnation_from_wall_clock
-from xpro_mesh.mesh.node import MeshNode, NodeTiming
+from xpro_mesh.mesh.membership import Member, Membership, Workload, incarnation_from_wall_clock
+from xpro_mesh.mesh.node import MeshCounters, MeshNode, NodeTiming
+from xpro_mesh.mesh.state import GossipStateAdapter
+from xpro_mesh.mesh.stream import TcpStreamTransport
 from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, UdpTransport
 
 __all__ = ["Agent", "AgentError", "SyncReport", "open_backend", "xdp_config"]
@@ -61,14 +59,7 @@ EVENT_POLL_S = 0.2  # overload warnings are forwarded at most this late
 CLOCK_SYNC_S = 1.0  # kernel → cluster clock offset refresh
 STEER_HYSTERESIS = 0.2  # an overloaded proxy returns below 80 % of the threshold
 WEBHOOK_QUEUE = 256  # warnings waiting for the webhook; more are dropped (counted)
-SYNC_FAILURE_LOG_S = 10.0  # a sync failing every cycle logs once per this
-FIRST_PULL_ROUNDS = 10  # gossip intervals the first map sync waits for a peer's answer
-FULL_SYNC_EVERY = 60  # map syncs between two full ones (the others skip quiet pairs)
-FULL_SYNC_SHARE = 4  # a full sync when over 1/4 of the kernel's pairs changed anyway
-
-
-class AgentError(Exception):
-    """The agent cannot start; the message is the one line to print."""
+BIND_ATTEMPTS = 10  # bind port 0: free UDP ports tried for one whose number is free for TCP too
 
 
 def xdp_config(thresholds: Thresholds, base: XdpConfig | None = None) -> XdpConfig:
@@ -110,22 +101,6 @@ def open_backend(config: AgentConfig) -> MapBackend:
 
 
 @dataclass(slots=True)
-class SyncReport:
-    """The last map-sync cycle, for /v1/status and /metrics."""
-
-    cycles: int = 0
-    last_duration_s: float = 0.0
-    last_pairs_read: int = 0
-    last_ops: int = 0
-    last_deletes: int = 0
-    last_restarted: int = 0
-    last_full: bool = False
-    full_cycles: int = 0
-    failures: int = 0
-    last_error: str = ""
-
-
-@dataclass(slots=True)
 class AgentCounters:
     warnings: int = 0
     webhook_sent: int = 0
@@ -139,7 +114,12 @@ class AgentCounters:
 
 
 class Agent:
-    """One proxy's agent. ``await Agent(config).run()`` until a signal."""
+    """One proxy's agent. ``await Agent(config).run()`` until a signal.
+
+    It owns the data path, the mesh node, the syncer of its sync mode, the API
+    and the tasks; :meth:`start` makes them and :meth:`shutdown` closes them,
+    each in one place. It is the API's :class:`~xpro_mesh.api.view.AgentView`.
+    """
 
     def __init__(
         self,
@@ -148,7 +128,7 @@ class Agent:
         config_path: Path | None = None,
         backend: MapBackend | None = None,
         api_token: str | None = None,
-        syncer_factory: Callable[[Agent], Any] | None = None,
+        syncer: Syncer | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -164,22 +144,23 @@ class Agent:
             max_pairs=config.limits.max_keys,
         )
         self.node: MeshNode | None = None
+        self.api: ApiServer | None = None
         self.sync = SyncReport()
         self.counters = AgentCounters()
         self.stop = asyncio.Event()
-        self._syncer_factory = syncer_factory
+        self.syncer: Syncer | None = syncer
         self._tasks: list[asyncio.Task[None]] = []
-        self._written_last: dict[Any, PairRecord] = {}  # pairs the last map sync wrote
-        self._kernel_pairs = 0  # pairs the kernel should hold after the last sync
-        self.full_sync_every = FULL_SYNC_EVERY  # 0: every map sync is a full one
-        self.plan_step = PLAN_STEP  # pairs planned between two yields to the loop
-        self._since_full = FULL_SYNC_EVERY
+        self._transport: UdpTransport | None = None
+        self._stream: TcpStreamTransport | None = None
         self._warnings: asyncio.Queue[OverloadWarning] = asyncio.Queue(WEBHOOK_QUEUE)
         self.recent_warnings: list[dict[str, Any]] = []
+        self.failed = False  # a task died: run() exits non-zero
 
     # --- lifecycle -----------------------------------------------------------------
 
     async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT (or a task fails), shut down; the
+        exit status is 0 after a signal, 1 after a failed task."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
@@ -187,7 +168,7 @@ class Agent:
         try:
             await self.start()
             await self.stop.wait()
-            return 0
+            return 1 if self.failed else 0
         finally:
             await self.shutdown()
 
@@ -195,19 +176,17 @@ class Agent:
         """Open the data path, the mesh and the API; start the tasks."""
         if self.backend is None:
             self.backend = await self._blocking(open_backend, self.config)
-        syncer: Any = None
         if self.config.sync is SyncMode.GOSSIP:
             await self._start_mesh()
-        elif self.config.sync is SyncMode.MASTER:
-            from xpro_mesh.agent.master import MasterSync
-
-            factory = self._syncer_factory or MasterSync.for_agent
-            syncer = factory(self)
-        from xpro_mesh.api.http import ApiServer
-
-        self.api = ApiServer(self)
-        await self.api.start()
-        self._spawn(self._sync_loop(syncer), "map-sync")
+        syncer = self.ensure_syncer()
+        self.api = ApiServer(self, self.config.api)
+        try:
+            await self.api.start()
+        except OSError as exc:
+            host, port = self.config.api
+            raise AgentError(f"api {host}:{port}: {exc.strerror or exc}") from None
+        interval_s = self.config.gossip.interval_ns / 1e9
+        self._spawn(run_sync_loop(syncer, self.sync, interval_s, self.stop), "map-sync")
         self._spawn(self._load_loop(), "load")
         self._spawn(self._events_loop(), "events")
         self._spawn(self._clock_loop(), "clock")
@@ -220,6 +199,38 @@ class Agent:
             self.config.backend,
             *self.api.address,
         )
+
+    def ensure_syncer(self) -> Syncer:
+        """The syncer of the configured sync mode, made on first use (after the
+        mesh, whose first pull the gossip syncer waits for, when there is one)."""
+        if self.syncer is None:
+            assert self.backend is not None
+            self.syncer = self._make_syncer(self.backend)
+        return self.syncer
+
+    async def sync_once(self) -> None:
+        """One map-sync cycle now (tests and benchmarks; the loop runs them)."""
+        await run_cycle(self.ensure_syncer(), self.sync)
+
+    def _make_syncer(self, backend: MapBackend) -> Syncer:
+        """The syncer of the configured sync mode (the one place that picks it)."""
+        params = self.thresholds.params()
+        if self.config.sync is SyncMode.MASTER:
+            from xpro_mesh.agent.master import MasterSync
+
+            assert self.config.redis is not None  # load_config insists
+            host, port = self.config.redis
+            return MasterSync(backend, host, port, params)
+        if self.config.sync is SyncMode.GOSSIP:
+            interval_s = self.config.gossip.interval_ns / 1e9
+            return GossipSync(
+                backend,
+                self.state,
+                pulled=self.node.pulled if self.node is not None else None,
+                first_pull_timeout_s=FIRST_PULL_ROUNDS * interval_s,
+                stop=self.stop,
+            )
+        return LocalOnly(params)
 
     async def _start_mesh(self) -> None:
         cfg = self.config
@@ -235,6 +246,7 @@ class Agent:
             fanout=g.fanout,
             max_message_bytes=g.max_message_bytes,
             replay_window_ns=g.replay_window_ns,
+            stream_after_datagrams=g.stream_after,
         )
         # The socket comes first (its port may be chosen by the kernel, and
         # the advertised address follows from it); datagrams that arrive
@@ -245,13 +257,34 @@ class Agent:
             if receiver:
                 receiver[0](data, addr)
 
-        try:
-            # The socket takes any datagram; the node refuses (and counts)
-            # those over gossip.max_message_bytes.
-            transport = await UdpTransport.open(cfg.bind, deliver, max_datagram=UDP_MAX_PAYLOAD)
-        except OSError as exc:
-            raise AgentError(f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}") from None
+        frames: list[Callable[[bytes, tuple[str, int]], None]] = []
+        # Push-pull bulk goes on TCP at the gossip port's number (memberlist's
+        # split). With port 0 the kernel picks a free UDP port, whose number
+        # may be taken for TCP: then pick again.
+        for attempt in range(1 if cfg.bind[1] else BIND_ATTEMPTS):
+            try:
+                # The socket takes any datagram; the node refuses (and counts)
+                # those over gossip.max_message_bytes.
+                transport = await UdpTransport.open(cfg.bind, deliver, max_datagram=UDP_MAX_PAYLOAD)
+            except OSError as exc:
+                raise AgentError(
+                    f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}"
+                ) from None
+            try:
+                stream = await TcpStreamTransport.open(
+                    (cfg.bind[0], transport.local_addr[1]),
+                    lambda frame, peer: frames[0](frame, peer) if frames else None,
+                    g.stream_limits(),
+                )
+                break
+            except OSError as exc:
+                transport.close()
+                if cfg.bind[1] or attempt == BIND_ATTEMPTS - 1:
+                    raise AgentError(
+                        f"bind {cfg.bind[0]}:{transport.local_addr[1]} (tcp): {exc.strerror or exc}"
+                    ) from None
         self._transport = transport
+        self._stream = stream
         advertised = cfg.advertised
         host = advertised[0] if advertised else transport.local_addr[0]
         port = advertised[1] if advertised and advertised[1] else transport.local_addr[1]
@@ -270,15 +303,16 @@ class Agent:
             params=g.membership_params(),
         )
         self.node = MeshNode(
-            state=self.state,
+            state=GossipStateAdapter(self.state),
             membership=membership,
             keyring=keyring,
             timing=timing,
             limits=self.limits,
             rng=rng,
         )
-        self.node.attach(transport)
+        self.node.attach(transport, stream)
         receiver.append(self.node.receive)
+        frames.append(self.node.receive_frame)
         seeds = [p for p in cfg.peers if p != membership.addr]
         self.node.join(seeds)
         self._spawn(self.node.run(self.stop), "mesh")
@@ -293,12 +327,12 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        api = getattr(self, "api", None)
-        if api is not None:
-            await api.stop()
-        transport = getattr(self, "_transport", None)
-        if transport is not None:
-            transport.close()
+        if self.api is not None:
+            await self.api.stop()
+        if self._transport is not None:
+            self._transport.close()
+        if self._stream is not None:
+            await self._stream.close()
         if self.backend is not None:
             with contextlib.suppress(Exception):
                 self.backend.close()
@@ -315,10 +349,64 @@ class Agent:
         exc = task.exception()
         if exc is not None:
             log.error("task %s failed: %r; stopping the agent", task.get_name(), exc)
+            self.failed = True
             self.stop.set()
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    # --- what the API sees (xpro_mesh.api.view.AgentView) ---------------------------
+
+    @property
+    def info(self) -> NodeInfo:
+        c = self.config
+        return NodeInfo(
+            node_id=c.node_id,
+            incarnation=self.incarnation,
+            started_ns=self.started_ns,
+            sync=str(c.sync),
+            backend=str(c.backend),
+            iface=c.iface,
+            steer_threshold=float(c.steer_threshold),
+        )
+
+    def members(self) -> Sequence[Member]:
+        return [] if self.node is None else list(self.node.membership.members())
+
+    def mesh_counters(self) -> MeshCounters | None:
+        return None if self.node is None else self.node.counters
+
+    def sync_status(self) -> SyncReport:
+        return self.sync
+
+    def table_size(self) -> tuple[int, int]:
+        return self.state.num_pairs, len(self.state)
+
+    def top_pairs(self, dst: bytes | None, limit: int) -> tuple[list[PairRecord], int]:
+        views: list[PairRecord] = []
+        for (src, d), v in self.state.pair_views().items():
+            assert isinstance(src, bytes) and isinstance(d, bytes)
+            if dst is None or d == dst:
+                views.append(PairRecord(src, d, v.ts1, v.ts2, v.c, v.origins))
+        views.sort(key=lambda r: -r.c)
+        return views[:limit], len(views)
+
+    def stats(self) -> Stats:
+        return self.counters.stats
+
+    def note_stats(self, stats: Stats) -> None:
+        self.counters.stats = stats
+
+    def load(self) -> Workload | None:
+        return self.counters.load
+
+    def warnings(self) -> int:
+        return self.counters.warnings
+
+    def feeder(self) -> Feeder | None:
+        from xpro_mesh.datapath.memory import MemoryMaps
+
+        return self.backend if isinstance(self.backend, MemoryMaps) else None
 
     # --- configuration ---------------------------------------------------------------
 
@@ -341,204 +429,16 @@ class Agent:
         await self._blocking(
             lambda: backend.set_config(xdp_config(thresholds, backend.get_config()))
         )
-        self.state.set_params(thresholds.params())
+        params = thresholds.params()
+        self.state.set_params(params)
+        if self.syncer is not None:
+            self.syncer.set_params(params)
         self.thresholds = thresholds
         self.config = replace(self.config, thresholds=thresholds)
         self.counters.reloads += 1
         log.info("thresholds now %s", json.dumps(thresholds.as_json()))
 
     # --- loops -------------------------------------------------------------------------
-
-    async def _sync_loop(self, syncer: Any) -> None:
-        interval = self.config.gossip.interval_ns / 1e9
-        if self.config.sync is SyncMode.GOSSIP:
-            await self._await_first_pull(FIRST_PULL_ROUNDS * interval)
-        failing = 0
-        logged_at = 0.0
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                if self.config.sync is SyncMode.GOSSIP:
-                    await self.sync_once()
-                elif syncer is not None:
-                    await syncer.cycle()
-                    self.sync.cycles += 1
-                else:
-                    self.sync.cycles += 1
-                self.sync.last_error = ""
-            except Exception as exc:  # a failed cycle is counted, the next one retries
-                self.sync.failures += 1
-                error = f"{type(exc).__name__}: {exc}"
-                failing += 1
-                now = time.monotonic()
-                # With M_DB gone every cycle fails: log the first failure, a
-                # new error, then one line per SYNC_FAILURE_LOG_S (counted).
-                if error != self.sync.last_error or now - logged_at >= SYNC_FAILURE_LOG_S:
-                    log.warning(
-                        "map sync failed: %s (%d cycles failing in a row)", error, failing
-                    )
-                    logged_at = now
-                self.sync.last_error = error
-            else:
-                if failing:
-                    log.info("map sync works again after %d failed cycles", failing)
-                failing = 0
-            self.sync.last_duration_s = time.monotonic() - started
-            await self._sleep(max(0.0, interval - self.sync.last_duration_s))
-
-    async def _await_first_pull(self, timeout_s: float) -> None:
-        """Hold the first map sync until a peer has answered our digest.
-
-        A restarted node gets the rows of its earlier life back from its peers
-        and adopts them, but only for pairs it has not counted since it started
-        (:meth:`GossipState.merge`). Its kernel maps may have outlived it (pinned
-        maps keep counting while the agent restarts), so a map sync before the
-        first pull would start fresh rows for those pairs and the window counted
-        before the restart would be refused as ``own_origin``, lost. Waiting
-        loses nothing: the kernel keeps the packets in ``dc`` until the sync.
-        A node alone (the first of a new mesh) waits ``timeout_s`` once.
-        """
-        node = self.node
-        if node is None:
-            return
-        started = time.monotonic()
-        pulled = asyncio.ensure_future(node.pulled.wait())
-        stopped = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait(
-                {pulled, stopped}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            pulled.cancel()
-            stopped.cancel()
-        if node.pulled.is_set():
-            log.info(
-                "first map sync after a peer's answer (%.0f ms)", (time.monotonic() - started) * 1e3
-            )
-        elif not self.stop.is_set():
-            log.info(
-                "no peer answered within %.1f s: first map sync without the mesh's rows", timeout_s
-            )
-
-    async def sync_once(self) -> None:
-        """One map-sync cycle (see :mod:`xpro_mesh.agent.mapsync`).
-
-        Incremental when it can be: the kernel is scanned for pairs with new
-        packets (without a Python object per quiet pair), the state names the
-        pairs whose views moved, and only those are planned. A full cycle
-        (every pair read and planned) runs first, every ``full_sync_every``
-        cycles, after new thresholds, when the kernel holds a number of pairs
-        the agent did not expect (an LRU eviction, a pair deleted by hand),
-        after an op that failed, or when a large share of the pairs changed
-        anyway. Both plan the same operations (``tests/test_agent_sync.py``).
-        """
-        with _gc_paused():
-            await self._sync_cycle()
-
-    async def _sync_cycle(self) -> None:
-        backend = self.backend
-        assert backend is not None
-        state = self.state
-        changed = state.take_changed()
-        read = None
-        if (
-            changed is not None
-            and self._since_full < self.full_sync_every
-            and len(changed) * FULL_SYNC_SHARE <= self._kernel_pairs
-            and hasattr(backend, "read_active_pairs")
-        ):
-            changed |= self._written_last.keys()
-            read = await self._incremental_read(backend, changed)
-        if read is None:
-            changed = None
-            pairs = await self._blocking(backend.read_pairs)
-            total = len(pairs)
-        else:
-            pairs, total = read
-        steps = plan_sync_steps(state, pairs, time.time_ns(), changed, self.plan_step)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                plan: SyncPlan = done.value
-                break
-            await asyncio.sleep(0)  # the mesh runs between two steps
-        deleted = 0
-        if plan.deletes:
-            deleted = await self._blocking(backend.delete_pairs, plan.deletes)
-        report = await self._blocking(backend.apply, plan.pair_ops, ())
-        skipped = {*report.restarted, *report.missing}
-        touched = None if changed is None else {pair[1] for pair in changed}
-        dest_ops = plan_destinations(state, plan.pair_ops, skipped, touched)
-        if dest_ops:
-            await self._blocking(backend.apply, (), dest_ops)
-        self._kernel_pairs = total + report.created - deleted
-        self._since_full = self._since_full + 1 if read is not None else 0
-        if report.failed or len(plan.pair_ops) * FULL_SYNC_SHARE > self._kernel_pairs:
-            # Which ops failed is unknown, or most pairs were written: read all next.
-            self._since_full = self.full_sync_every
-            self._written_last = {}
-        else:
-            self._remember_writes(pairs, plan.pair_ops, skipped)
-        self.sync.cycles += 1
-        self.sync.full_cycles += 1 if read is None else 0
-        self.sync.last_full = read is None
-        self.sync.last_pairs_read = len(pairs)
-        self.sync.last_ops = len(plan.pair_ops) + len(dest_ops)
-        self.sync.last_deletes = len(plan.deletes)
-        self.sync.last_restarted = len(report.restarted)
-
-    async def _incremental_read(
-        self, backend: MapBackend, changed: set[Any]
-    ) -> tuple[list[tuple[PairKey, PairRecord]], int] | None:
-        """The kernel records an incremental cycle plans: the pairs with new
-        packets, and those of the changed pairs (what the last cycle wrote is
-        known without asking). None: run a full cycle instead."""
-        active, total = await self._blocking(backend.read_active_pairs)
-        has_pair = self.state.has_pair
-        fresh = sum(1 for key, _ in active if not has_pair((key.src, key.dst)))
-        if total != self._kernel_pairs + fresh or len(changed) * FULL_SYNC_SHARE > total:
-            return None
-        seen = {(key.src, key.dst) for key, _ in active}
-        pairs = list(active)
-        wanted: list[PairKey] = []
-        written = self._written_last
-        for pair in changed:
-            if pair in seen:
-                continue
-            expected = written.get(pair)
-            if expected is not None:
-                pairs.append((PairKey(*pair), expected))
-            else:
-                wanted.append(PairKey(*pair))
-        if len(wanted) * FULL_SYNC_SHARE > total:
-            return None
-        if wanted:
-            pairs += await self._blocking(backend.lookup_pairs, wanted)
-        return pairs, total
-
-    def _remember_writes(
-        self,
-        pairs: list[tuple[PairKey, PairRecord]],
-        ops: tuple[PairOp, ...],
-        skipped: set[PairKey],
-    ) -> None:
-        """What each applied pair op left in the kernel (the backend's apply
-        rules with no packet since): the next incremental cycle re-checks those
-        pairs (their new ts2 can trigger the T_T4 rule) without a lookup. A
-        packet since sets dc, and the scan for new packets finds the pair."""
-        read = {key: rec for key, rec in pairs} if ops else {}
-        written: dict[Any, PairRecord] = {}
-        for op in ops:
-            if op.key in skipped:
-                continue
-            rec = read.get(op.key)
-            if op.expect_ts1 is None or rec is None:
-                after = PairRecord(op.ts1, op.ts2, op.c_delta, 0, 0)
-            else:
-                after = PairRecord(op.ts1, max(rec.ts2, op.ts2), rec.c + op.c_delta, 0, 0)
-            written[(op.key.src, op.key.dst)] = after
-        self._written_last = written
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -568,10 +468,14 @@ class Agent:
             self.counters.stats = stats
             if self.node is not None:
                 self.node.membership.set_load(load, time.monotonic_ns())
-            self.counters.steering = self.steering()
+            self.counters.steering = self.plan_steering()
             prev, prev_t = stats, now
 
     def steering(self) -> Steering:
+        """The steering last planned (by the load loop), or one planned now."""
+        return self.counters.steering or self.plan_steering()
+
+    def plan_steering(self) -> Steering:
         """Where new clients should go, from the live members' published loads
         (and ours); hysteresis keeps an overloaded proxy out until it recovers."""
         loads: dict[str, float] = {}
@@ -641,22 +545,6 @@ class Agent:
         while not self.stop.is_set():
             await self._blocking(backend.sync_clock)
             await self._sleep(CLOCK_SYNC_S)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection during a map sync: it allocates an object
-    or more per pair read and planned, which with a million pairs would
-    trigger collections that walk the whole (long-lived) state again and
-    again. Reference counting still frees everything; cycles wait for the
-    next collection."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _total(stats: Stats) -> int:

@@ -30,14 +30,17 @@ import contextlib
 import secrets
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from xpro_mesh.agent.mapsync import dest_ops_for
-from xpro_mesh.core.algorithm import LocalRecord, MasterRecord, Params, sync_master
+from xpro_mesh.agent.syncer import SyncReport
+from xpro_mesh.core.algorithm import (
+    LocalRecord,
+    MasterRecord,
+    Params,
+    fold_destinations,
+    sync_master,
+)
 from xpro_mesh.datapath.backend import MapBackend, PairKey, PairOp
-
-if TYPE_CHECKING:
-    from xpro_mesh.agent.daemon import Agent
 
 __all__ = ["MasterSync", "plan_master"]
 
@@ -146,13 +149,13 @@ class MasterSync:
         finally:
             self.client.eval(_UNLOCK, 1, LOCK, token)
 
-    @classmethod
-    def for_agent(cls, agent: Agent) -> MasterSync:
-        assert agent.backend is not None and agent.config.redis is not None
-        host, port = agent.config.redis
-        return cls(agent.backend, host, port, agent.thresholds.params())
+    def set_params(self, params: Params) -> None:
+        """New thresholds (SIGHUP, PUT /v1/config): Algorithm 1's window rules
+        (T_T1, T_T4, r) and the M_DB horizon follow the kernel's from the next
+        cycle on."""
+        self.params = params
 
-    async def cycle(self) -> None:
+    async def cycle(self, report: SyncReport | None = None) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.cycle_blocking)
 
     def cycle_blocking(self) -> None:
@@ -183,14 +186,9 @@ class MasterSync:
         if stale:
             self.backend.delete_pairs(stale)
         report = self.backend.apply(ops, ())
-        windows: dict[bytes, tuple[int, int]] = {}
-        for key, lrec in after.items():
-            if key in stale:
-                continue
-            w = windows.get(key.dst)
-            windows[key.dst] = (
-                (lrec.ts1, lrec.ts2) if w is None else (min(w[0], lrec.ts1), max(w[1], lrec.ts2))
-            )
+        gone = set(stale)
+        folds = fold_destinations((k.dst, r) for k, r in after.items() if k not in gone)
+        windows = {dst: (agg.ts1, agg.ts2) for dst, agg in folds.items()}
         skipped = {*report.restarted, *report.missing}
         self.backend.apply((), dest_ops_for(ops, skipped, windows))
         self.cycles += 1

@@ -14,21 +14,18 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import time
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from xpro_mesh.agent.config import ConfigError, Thresholds
+from xpro_mesh.api.view import AgentView
 from xpro_mesh.datapath.backend import PairKey
 from xpro_mesh.datapath.structs import from_addr, to_addr
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from xpro_mesh.agent.daemon import Agent
 
 __all__ = ["ApiServer", "status_document"]
 
@@ -42,11 +39,10 @@ def _addr(raw: object) -> str:
     return str(raw)
 
 
-def peers_document(agent: Agent) -> list[dict[str, Any]]:
-    if agent.node is None:
-        return []
+def peers_document(agent: AgentView) -> list[dict[str, Any]]:
     out = []
-    for m in sorted(agent.node.membership.members(), key=lambda m: m.node_id):
+    me = agent.info.node_id
+    for m in sorted(agent.members(), key=lambda m: m.node_id):
         load = None
         if m.load is not None:
             load = {
@@ -60,45 +56,48 @@ def peers_document(agent: Agent) -> list[dict[str, Any]]:
                 "addr": f"{m.addr[0]}:{m.addr[1]}",
                 "state": str(m.state),
                 "incarnation": m.incarnation,
-                "self": m.node_id == agent.config.node_id,
+                "self": m.node_id == me,
                 "load": load,
             }
         )
     return out
 
 
-def status_document(agent: Agent) -> dict[str, Any]:
-    node = agent.node
-    counters = node.counters if node is not None else None
-    stats = agent.counters.stats
+def status_document(agent: AgentView) -> dict[str, Any]:
+    info = agent.info
+    counters = agent.mesh_counters()
+    stats = agent.stats()
+    sync = agent.sync_status()
+    load = agent.load()
+    pairs, rows = agent.table_size()
     return {
-        "node_id": agent.config.node_id,
-        "incarnation": agent.incarnation,
-        "sync": str(agent.config.sync),
-        "backend": str(agent.config.backend),
-        "iface": agent.config.iface,
-        "uptime_s": round((time.time_ns() - agent.started_ns) / 1e9, 1),
+        "node_id": info.node_id,
+        "incarnation": info.incarnation,
+        "sync": info.sync,
+        "backend": info.backend,
+        "iface": info.iface,
+        "uptime_s": round((time.time_ns() - info.started_ns) / 1e9, 1),
         "peers": peers_document(agent),
         "rounds": counters.rounds if counters else 0,
-        "keys": agent.state.num_pairs,
-        "rows": len(agent.state),
-        "sync_cycles": agent.sync.cycles,
-        "sync_full_cycles": agent.sync.full_cycles,
-        "last_sync_ms": round(agent.sync.last_duration_s * 1000, 2),
-        "last_sync_error": agent.sync.last_error or None,
-        "sync_failures": agent.sync.failures,
+        "keys": pairs,
+        "rows": rows,
+        "sync_cycles": sync.cycles,
+        "sync_full_cycles": sync.full_cycles,
+        "last_sync_ms": round(sync.last_duration_s * 1000, 2),
+        "last_sync_error": sync.last_error or None,
+        "sync_failures": sync.failures,
         "drops": {"drop_pair": stats.drop_pair, "drop_dest": stats.drop_dest},
         "passed": stats.passed,
         "load": None
-        if agent.counters.load is None
+        if load is None
         else {
-            "packets_in_per_s": round(agent.counters.load.packets_in_per_s, 1),
-            "drop_ratio": round(agent.counters.load.drop_ratio, 4),
-            "loop_lag_ms": round(agent.counters.load.loop_lag_ms, 1),
+            "packets_in_per_s": round(load.packets_in_per_s, 1),
+            "drop_ratio": round(load.drop_ratio, 4),
+            "loop_lag_ms": round(load.loop_lag_ms, 1),
         },
         "rejected": dict(counters.rejected) if counters else {},
         "rows_rejected": dict(counters.rows_rejected) if counters else {},
-        "warnings": agent.counters.warnings,
+        "warnings": agent.warnings(),
         "policy": str(agent.thresholds.policy),
     }
 
@@ -106,12 +105,14 @@ def status_document(agent: Agent) -> dict[str, Any]:
 class _Collector:
     """Prometheus metrics read from the agent at scrape time."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentView) -> None:
         self.agent = agent
 
     def collect(self) -> Iterator[Any]:
         a = self.agent
-        stats = a.counters.stats
+        stats = a.stats()
+        sync = a.sync_status()
+        held_pairs, held_rows = a.table_size()
         packets = CounterMetricFamily(
             "xpro_packets", "Packets judged by the XDP filter, by verdict", labels=["verdict"]
         )
@@ -122,28 +123,28 @@ class _Collector:
         yield CounterMetricFamily(
             "xpro_overload_warnings",
             "Overload warnings (Alg. 2 line 15)",
-            value=a.counters.warnings,
+            value=a.warnings(),
         )
-        yield GaugeMetricFamily("xpro_pairs", "Pairs in the mesh state", value=a.state.num_pairs)
-        yield GaugeMetricFamily(
-            "xpro_rows", "Per-origin rows in the mesh state", value=len(a.state)
-        )
-        yield CounterMetricFamily("xpro_sync_cycles", "Map-sync cycles", value=a.sync.cycles)
+        yield GaugeMetricFamily("xpro_pairs", "Pairs in the mesh state", value=held_pairs)
+        yield GaugeMetricFamily("xpro_rows", "Per-origin rows in the mesh state", value=held_rows)
+        yield CounterMetricFamily("xpro_sync_cycles", "Map-sync cycles", value=sync.cycles)
         yield CounterMetricFamily(
-            "xpro_sync_failures", "Map-sync cycles that failed", value=a.sync.failures
+            "xpro_sync_failures", "Map-sync cycles that failed", value=sync.failures
         )
         yield GaugeMetricFamily(
             "xpro_sync_duration_seconds",
             "Duration of the last map-sync cycle",
-            value=a.sync.last_duration_s,
+            value=sync.last_duration_s,
         )
+        load = a.load()
         yield GaugeMetricFamily(
-            "xpro_loop_lag_milliseconds", "Event-loop lag", value=a.counters.loop_lag_ms
+            "xpro_loop_lag_milliseconds",
+            "Event-loop lag",
+            value=load.loop_lag_ms if load is not None else 0.0,
         )
-        node = a.node
-        if node is None:
+        c = a.mesh_counters()
+        if c is None:
             return
-        c = node.counters
         yield CounterMetricFamily("xpro_gossip_rounds", "Anti-entropy rounds", value=c.rounds)
         for name, series, help_ in (
             ("xpro_messages_sent", c.sent, "Mesh messages sent, by kind"),
@@ -172,7 +173,7 @@ class _Collector:
         )
         members = GaugeMetricFamily("xpro_members", "Mesh members by state", labels=["state"])
         counts: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0}
-        for m in node.membership.members():
+        for m in a.members():
             counts[str(m.state)] += 1
         for state, n in counts.items():
             members.add_metric([state], n)
@@ -182,7 +183,7 @@ class _Collector:
 class ApiServer:
     """The aiohttp application and its runner, owned by the agent."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentView, address: tuple[str, int]) -> None:
         self.agent = agent
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(agent))
@@ -201,20 +202,20 @@ class ApiServer:
             ]
         )
         self._runner: web.AppRunner | None = None
-        self.address: tuple[str, int] = agent.config.api
+        self.address: tuple[str, int] = address
 
     async def start(self) -> None:
+        """Listen on ``address``; raises OSError (the runner cleaned up) when it cannot."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        host, port = self.agent.config.api
+        host, port = self.address
         site = web.TCPSite(self._runner, host, port)
         try:
             await site.start()
-        except OSError as exc:
-            from xpro_mesh.agent.daemon import AgentError
-
+        except OSError:
             await self._runner.cleanup()
-            raise AgentError(f"api {host}:{port}: {exc.strerror or exc}") from None
+            self._runner = None
+            raise
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         if sockets:
@@ -241,11 +242,11 @@ class ApiServer:
         """DeDoS dispersion: weights for steering new clients (a resolver, a
         load balancer or the clients themselves use them)."""
         agent = self.agent
-        steering = agent.counters.steering or agent.steering()
+        steering = agent.steering()
         addrs = {p["node_id"]: p["addr"] for p in peers_document(agent)}
         return web.json_response(
             {
-                "threshold_pps": agent.config.steer_threshold,
+                "threshold_pps": agent.info.steer_threshold,
                 "overloaded": sorted(steering.overloaded),
                 "targets": [
                     {"node_id": n, "addr": addrs.get(n), "weight": round(w, 4)}
@@ -268,24 +269,19 @@ class ApiServer:
                 dst = to_addr(ipaddress.ip_address(dst_raw))
             except ValueError:
                 return _error(400, f"dst: not an IP address: {dst_raw!r}")
-        state = self.agent.state
-        out = []
-        for pair, view in state.pair_views().items():
-            src, d = pair
-            if dst is not None and d != dst:
-                continue
-            out.append(
-                {
-                    "src": _addr(src),
-                    "dst": _addr(d),
-                    "ts1": view.ts1,
-                    "ts2": view.ts2,
-                    "c": view.c,
-                    "origins": view.origins,
-                }
-            )
-        out.sort(key=lambda r: -int(str(r["c"])))
-        return web.json_response({"records": out[:limit], "total": len(out)})
+        top, total = self.agent.top_pairs(dst, limit)
+        out = [
+            {
+                "src": _addr(r.src),
+                "dst": _addr(r.dst),
+                "ts1": r.ts1,
+                "ts2": r.ts2,
+                "c": r.c,
+                "origins": r.origins,
+            }
+            for r in top
+        ]
+        return web.json_response({"records": out, "total": total})
 
     async def get_config(self, request: web.Request) -> web.Response:
         return web.json_response({"thresholds": self.agent.thresholds.as_json()})
@@ -320,13 +316,11 @@ class ApiServer:
         return await self.get_config(request)
 
     async def feed(self, request: web.Request) -> web.Response:
-        from xpro_mesh.datapath.memory import MemoryMaps
-
         denied = self._authorised(request)
         if denied is not None:
             return denied
-        backend = self.agent.backend
-        if not isinstance(backend, MemoryMaps):
+        backend = self.agent.feeder()
+        if backend is None:
             return _error(404, "feed exists only with backend = memory")
         try:
             body = await request.json()
@@ -343,7 +337,7 @@ class ApiServer:
                 v = str(backend.feed(src, dst, now + i))
                 verdicts[v] = verdicts.get(v, 0) + 1
             now += count
-        self.agent.counters.stats = backend.read_stats()
+        self.agent.note_stats(backend.read_stats())
         if isinstance(body, list):
             return web.json_response({"verdicts": verdicts, "pairs": len(packets)})
         key = PairKey(packets[0][0], packets[0][1])

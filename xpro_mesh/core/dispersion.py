@@ -5,7 +5,7 @@ Every proxy publishes its workload W on the gossip (packets per second
 arriving at its filter). From the loads it knows, any node computes the same
 steering: a proxy above ``T_W`` is *overloaded* and gets no new clients;
 the others share them in proportion to their spare capacity ``T_W - W``
-(inverse load, as DESIGN.md asks, bounded so an idle proxy is not a black
+(inverse load, docs/design.md "Dispersion", bounded so an idle proxy is not a black
 hole for everything). Hysteresis against oscillation: an overloaded proxy is
 released only once W falls below ``(1 - hysteresis) * T_W``, so a proxy
 that sheds clients does not flap back into service at the first dip.

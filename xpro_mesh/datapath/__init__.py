@@ -7,6 +7,7 @@
 * :mod:`.structs` — ctypes mirrors of ``bpf/xpro.h``;
 * :mod:`.clock` — kernel clock <-> cluster time, the one conversion;
 * :mod:`.config` — thresholds and policy as one validated object;
-* :mod:`.libbpf` — ctypes bindings to libbpf.so.1 (fds, test runs, ring buffer);
-* :mod:`.bench` — ns/packet of the filter against baselines.
+* :mod:`.libbpf` — ctypes bindings to libbpf.so.1 (fds, test runs, ring buffer).
+
+Its benchmark is :mod:`xpro_mesh.bench.datapath`.
 """

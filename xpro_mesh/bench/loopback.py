@@ -1,7 +1,7 @@
 """Real agent processes on loopback: start, query, signal, stop.
 
 The acceptance tests of the agent (``tests/test_agent_processes.py``) and its
-benchmark (:mod:`xpro_mesh.agent.bench`) run ``xpro-mesh agent`` as separate
+benchmark (:mod:`xpro_mesh.bench.agent`) run ``xpro-mesh agent`` as separate
 processes with the in-memory data path, the ``local`` profile and kernel-chosen
 ports on 127.0.0.1, and drive them only through what an operator has: the HTTP
 API and signals. :class:`LoopbackMesh` owns every process it starts and kills

@@ -1,5 +1,6 @@
 """Benchmarks of the data path, as ratios measured in one run
-(``../shared/BENCHMARKING.md``). ``make bench`` runs ``scripts/bench.sh``.
+(``docs/benchmarking.md``): ``xpro-mesh bench datapath``; ``make bench`` runs
+``scripts/bench.sh``.
 
 Kernel cost per packet: BPF_PROG_TEST_RUN runs each program ``repeat``
 times on one frame and reports the mean ns; each run measures, back to
@@ -13,27 +14,28 @@ filter, for each case:
 * drop pair     — a pair over T_F1 (line 15);
 * drop dest     — a destination over T_F2, pair above its fair share (lines 21-23);
 
-in IPv4 and IPv6. Targets: filter <= 3.5x bare drop and <= 1.25x skeleton;
-the figures that miss are named.
+in IPv4 and IPv6. Targets: filter <= 3.5x bare drop and <= 1.25x skeleton
+(ratios of medians); each is printed met or missed.
 
 Control plane (``--pairs N``): one map-sync round trip at N pairs, batch
 reads and the in-kernel apply against the key-by-key syscall loops they
 replace.
 
-    python -m xpro_mesh.datapath.bench [--repeat 1000000] [--runs 5] [--pairs 100000] [--json]
+    xpro-mesh bench datapath [--repeat 1000000] [--runs 5] [--pairs 100000] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes as ct
-import json
-import statistics
+import dataclasses
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from xpro_mesh.bench.stats import Check, Spread, checks_json, dumps, print_checks, ratio
 from xpro_mesh.datapath import clock, libbpf, loader, structs
 from xpro_mesh.datapath.backend import DestOp, PairKey, PairOp
 from xpro_mesh.datapath.bpf_maps import BpfMaps
@@ -48,20 +50,6 @@ FAMILIES = {"ipv4": ("10.0.{}.1", "10.1.{}.1"), "ipv6": ("2001:db8:{}::1", "2001
 
 
 @dataclass(frozen=True, slots=True)
-class Spread:
-    min: int
-    median: float
-    max: int
-
-    @classmethod
-    def of(cls, samples: list[int]) -> Spread:
-        return cls(min(samples), statistics.median(samples), max(samples))
-
-    def __str__(self) -> str:
-        return f"{self.min}/{self.median:g}/{self.max}"
-
-
-@dataclass(frozen=True, slots=True)
 class Figure:
     family: str
     case: str
@@ -71,22 +59,18 @@ class Figure:
 
     @property
     def over_bare(self) -> float:
-        return self.filter.median / self.bare.median
+        return ratio(self.filter, self.bare)
 
     @property
     def over_skeleton(self) -> float:
-        return self.filter.median / self.skeleton.median
+        return ratio(self.filter, self.skeleton)
 
-    def misses(self) -> list[str]:
-        out = []
-        if self.over_bare > TARGET_BARE:
-            out.append(
-                f"{self.family} {self.case}: {self.over_bare:.2f}x bare drop > {TARGET_BARE}x"
-            )
-        if self.over_skeleton > TARGET_SKELETON:
-            ratio = f"{self.over_skeleton:.2f}x skeleton > {TARGET_SKELETON}x"
-            out.append(f"{self.family} {self.case}: {ratio}")
-        return out
+    def checks(self) -> list[Check]:
+        where = f"{self.family} {self.case}: filter"
+        return [
+            Check(f"{where} / bare drop", self.over_bare, TARGET_BARE, "x"),
+            Check(f"{where} / skeleton", self.over_skeleton, TARGET_SKELETON, "x"),
+        ]
 
 
 def _load(vary_src: bool) -> loader.LoadedProgram:
@@ -269,11 +253,7 @@ def _print(figures: list[Figure], control: list[ControlFigure], repeat: int, run
             f"{f.family:6} {f.case:11} {f.bare!s:>14} {f.skeleton!s:>14} {f.filter!s:>14} "
             f"{f.over_bare:6.2f} {f.over_skeleton:6.2f}"
         )
-    misses = [m for f in figures for m in f.misses()]
-    print(f"targets: filter <= {TARGET_BARE}x bare drop, <= {TARGET_SKELETON}x skeleton")
-    print("misses: " + ("none" if not misses else ""))
-    for m in misses:
-        print(f"  {m}")
+    print_checks([c for f in figures for c in f.checks()])
     for c in control:
         if c.batch_s == c.loop_s:
             print(f"{c.what}: {c.pairs} pairs in {c.batch_s:.2f} s")
@@ -284,12 +264,14 @@ def _print(figures: list[Figure], control: list[ControlFigure], repeat: int, run
             )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeat", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--repeat", type=int, default=1_000_000, help="packets per BPF_PROG_TEST_RUN"
+    )
+    parser.add_argument("--runs", type=int, default=5, help="runs of every program and case")
     parser.add_argument(
         "--new-pair-repeat",
         type=int,
@@ -300,25 +282,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pairs", type=int, default=0, help="also measure a map-sync round trip at this many pairs"
     )
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args(argv)
     loader.require_root("the bench")
     figures = packet_figures(args.repeat, args.runs, args.new_pair_repeat)
     control = control_figures(args.pairs) if args.pairs else []
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "packet": [
-                        dict(asdict(f), over_bare=f.over_bare, over_skeleton=f.over_skeleton)
-                        for f in figures
-                    ],
-                    "control": [dict(asdict(c), speedup=c.speedup) for c in control],
-                    "misses": [m for f in figures for m in f.misses()],
-                },
-                default=str,
-            )
-        )
+        document = {
+            "packet": [
+                dataclasses.asdict(fig)
+                | {"over_bare": fig.over_bare, "over_skeleton": fig.over_skeleton}
+                for fig in figures
+            ],
+            "control": [dataclasses.asdict(c) | {"speedup": c.speedup} for c in control],
+            **checks_json([c for fig in figures for c in fig.checks()]),
+        }
+        print(dumps(document))
     else:
         _print(figures, control, args.repeat, args.runs)
     return 0

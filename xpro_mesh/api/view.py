@@ -1,0 +1,121 @@
+"""What the HTTP API sees of an agent: a small read interface plus the two
+actions the API may take (new thresholds, packets fed to a memory data path).
+
+The API depends on this module alone, never on the agent's internals: the
+agent implements :class:`AgentView` (structurally), a test can implement it
+with a dataclass. Types here come from the layers below (core, datapath, mesh)
+or are defined here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from xpro_mesh.agent.config import Thresholds
+from xpro_mesh.core.algorithm import Verdict
+from xpro_mesh.core.dispersion import Steering
+from xpro_mesh.datapath.backend import Stats
+from xpro_mesh.mesh.membership import Member, Workload
+from xpro_mesh.mesh.node import MeshCounters
+
+__all__ = ["AgentView", "Feeder", "NodeInfo", "PairRecord", "SyncStatus"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What does not change while the agent runs."""
+
+    node_id: str
+    incarnation: int
+    started_ns: int  # wall clock, ns
+    sync: str  # gossip | master | none
+    backend: str  # xdp | memory
+    iface: str | None
+    steer_threshold: float  # packets/s above which a proxy is overloaded
+
+
+@dataclass(frozen=True, slots=True)
+class PairRecord:
+    """One pair's mesh-wide view (``GET /v1/records``): addresses as 16 bytes."""
+
+    src: bytes
+    dst: bytes
+    ts1: int
+    ts2: int
+    c: int
+    origins: int
+
+
+class SyncStatus(Protocol):
+    """The sync loop's record (``xpro_mesh.agent.syncer.SyncReport``)."""
+
+    @property
+    def cycles(self) -> int: ...
+    @property
+    def full_cycles(self) -> int: ...
+    @property
+    def last_duration_s(self) -> float: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def last_error(self) -> str: ...
+
+
+class Feeder(Protocol):
+    """A data path that takes packets from userspace (the memory backend)."""
+
+    def feed(self, src: bytes, dst: bytes, now: int) -> Verdict: ...
+
+    def read_stats(self) -> Stats: ...
+
+
+class AgentView(Protocol):
+    """The agent as the API reads and drives it."""
+
+    @property
+    def info(self) -> NodeInfo: ...
+
+    @property
+    def api_token(self) -> str | None: ...
+
+    @property
+    def thresholds(self) -> Thresholds: ...
+
+    def members(self) -> Sequence[Member]:
+        """Every member the mesh knows (none without a mesh), this node included."""
+        ...
+
+    def mesh_counters(self) -> MeshCounters | None: ...
+
+    def sync_status(self) -> SyncStatus: ...
+
+    def table_size(self) -> tuple[int, int]:
+        """(pairs, rows) held in the replicated state."""
+        ...
+
+    def top_pairs(self, dst: bytes | None, limit: int) -> tuple[Sequence[PairRecord], int]:
+        """The ``limit`` mesh-wide pair views with the largest counts (towards
+        ``dst`` only, when given), largest first, and how many pairs matched."""
+        ...
+
+    def stats(self) -> Stats:
+        """The data path's counters as last read."""
+        ...
+
+    def load(self) -> Workload | None: ...
+
+    def warnings(self) -> int: ...
+
+    def steering(self) -> Steering: ...
+
+    def feeder(self) -> Feeder | None:
+        """The memory data path, or None (``POST /v1/feed`` is then 404)."""
+        ...
+
+    def note_stats(self, stats: Stats) -> None:
+        """Fresh data path counters (read by the API after a feed)."""
+        ...
+
+    async def set_thresholds(self, thresholds: Thresholds) -> None: ...

@@ -1,0 +1,34 @@
+"""Benchmarks, apart from the product: ``xpro-mesh bench NAME``.
+
+Each benchmark is a module with ``main(argv, prog) -> int`` that measures,
+prints min/median/max and its targets met or missed (``--json``: one JSON
+document), and leaves nothing behind. :data:`BENCHES` names them for the CLI,
+which imports a module only when it runs (a benchmark may need root, the
+kernel or real agents; ``xpro-mesh --help`` needs none of it).
+
+* :mod:`.stats` — repetitions as min/median/max, ratios, targets, JSON;
+* :mod:`.agent` — the agent's sync cycle and five real agents on loopback;
+* :mod:`.datapath` — the filter's ns/packet against baselines, map-sync syscalls;
+* :mod:`.wire` — the mesh's bytes and codec CPU per changed row, the stream;
+* :mod:`.loopback` — real ``xpro-mesh agent`` processes (the bench and the tests).
+"""
+
+from __future__ import annotations
+
+__all__ = ["BENCHES"]
+
+# name -> (module, one line for --help). A new benchmark adds one line here.
+BENCHES: dict[str, tuple[str, str]] = {
+    "agent": (
+        "xpro_mesh.bench.agent",
+        "the agent: sync cycle at 10k/100k/1M pairs, five real agents on loopback",
+    ),
+    "datapath": (
+        "xpro_mesh.bench.datapath",
+        "the XDP filter: ns per packet against a bare drop and a skeleton (root)",
+    ),
+    "wire": (
+        "xpro_mesh.bench.wire",
+        "the mesh wire: bytes and codec CPU per changed row, 1M rows over the stream",
+    ),
+}
