@@ -40,9 +40,22 @@ def test_distributed_attack_passes_local_filters_and_is_cut_by_gossip(
 ) -> None:
     out = tmp_path / "distributed.json"
     status = main(
-        ["lab", "scenario", "distributed", "--modes", "none,local,gossip", "--duration", "15",
-         "--json-out", str(out), "--png", str(tmp_path / "d.png"),
-         "--html", str(tmp_path / "d.html"), "--quiet"]
+        [
+            "lab",
+            "scenario",
+            "distributed",
+            "--modes",
+            "none,local,gossip",
+            "--duration",
+            "15",
+            "--json-out",
+            str(out),
+            "--png",
+            str(tmp_path / "d.png"),
+            "--html",
+            str(tmp_path / "d.html"),
+            "--quiet",
+        ]
     )
     assert status == 0
     doc = json.loads(out.read_text())
@@ -50,9 +63,15 @@ def test_distributed_attack_passes_local_filters_and_is_cut_by_gossip(
     assert set(doc["modes"]) == {"none", "local", "gossip"}
     assert doc["params"]["lab"] == {"proxies": 3, "good_addresses": 9, "bot_addresses": 90}
     for mode in doc["modes"].values():
-        for key in ("attack_delivered_ratio", "attack_delivered_ratio_after_mitigation",
-                    "good_success_ratio", "good_latency_ms_p50", "good_latency_ms_p99",
-                    "time_to_mitigate_s", "per_proxy"):
+        for key in (
+            "attack_delivered_ratio",
+            "attack_delivered_ratio_after_mitigation",
+            "good_success_ratio",
+            "good_latency_ms_p50",
+            "good_latency_ms_p99",
+            "time_to_mitigate_s",
+            "per_proxy",
+        ):
             assert key in mode
         assert mode["attack_sent"] > 0 and mode["good_requests"] > 0
     none, local, gossip = (doc["modes"][m] for m in ("none", "local", "gossip"))
@@ -96,13 +115,27 @@ def test_chaos_a_crashed_agent_comes_back_and_the_mesh_outlives_the_master(
     out = tmp_path / "chaos.json"
     work = tmp_path / "work"
     status = main(
-        ["lab", "scenario", "chaos", "--modes", "gossip,master", "--duration", "30",
-         "--json-out", str(out), "--workdir", str(work), "--quiet"]
+        [
+            "lab",
+            "scenario",
+            "chaos",
+            "--modes",
+            "gossip,master",
+            "--duration",
+            "30",
+            "--json-out",
+            str(out),
+            "--workdir",
+            str(work),
+            "--quiet",
+        ]
     )
     assert status == 0
     doc = json.loads(out.read_text())
     assert [(f["action"], f["target"]) for f in doc["params"]["faults"]] == [
-        ("kill", "agent:1"), ("restart", "agent:1"), ("kill", "redis")
+        ("kill", "agent:1"),
+        ("restart", "agent:1"),
+        ("kill", "redis"),
     ]
     gossip, master = doc["modes"]["gossip"], doc["modes"]["master"]
     assert any("SIGKILL agent-xl-p1" in n for n in gossip["notes"])
@@ -114,8 +147,7 @@ def test_chaos_a_crashed_agent_comes_back_and_the_mesh_outlives_the_master(
     log = (work / "gossip" / "agent-xl-p1.log").read_text()
     assert log.count("agent p1 up") == 2
     phases = gossip["phases"]
-    assert list(phases) == ["before the crash", "agent of proxy 1 down", "agent back",
-                            "Redis down"]
+    assert list(phases) == ["before the crash", "agent of proxy 1 down", "agent back", "Redis down"]
     # Proxy 1's bots come from 10.10.101.x: its filter, its agent dead,
     # still drops them on the last view it was given.
     assert phases["agent of proxy 1 down"]["attack_delivered_ratio_by_block"]["101"] < 0.05
@@ -134,8 +166,18 @@ def test_failover_a_dead_proxys_clients_move_on_and_the_mesh_keeps_the_attack_cu
 
     out = tmp_path / "failover.json"
     status = main(
-        ["lab", "scenario", "failover", "--modes", "gossip", "--duration", "40",
-         "--json-out", str(out), "--quiet"]
+        [
+            "lab",
+            "scenario",
+            "failover",
+            "--modes",
+            "gossip",
+            "--duration",
+            "40",
+            "--json-out",
+            str(out),
+            "--quiet",
+        ]
     )
     assert status == 0
     gossip = json.loads(out.read_text())["modes"]["gossip"]
@@ -166,9 +208,22 @@ def test_botnet_of_spoofed_sources_passes_local_filters_and_is_cut_by_gossip(
     good clients at least 99 %). Arrivals counted at the victim by nftables."""
     out = tmp_path / "botnet.json"
     status = main(
-        ["lab", "scenario", "botnet", "--bots", "2100", "--modes", "local,gossip",
-         "--duration", "15", "--json-out", str(out), "--html", str(tmp_path / "b.html"),
-         "--quiet"]
+        [
+            "lab",
+            "scenario",
+            "botnet",
+            "--bots",
+            "2100",
+            "--modes",
+            "local,gossip",
+            "--duration",
+            "15",
+            "--json-out",
+            str(out),
+            "--html",
+            str(tmp_path / "b.html"),
+            "--quiet",
+        ]
     )
     assert status == 0
     doc = json.loads(out.read_text())
@@ -190,6 +245,9 @@ def test_botnet_of_spoofed_sources_passes_local_filters_and_is_cut_by_gossip(
     assert "botnet" in (tmp_path / "b.html").read_text()
     st = topology.status()
     assert all(n == 0 for n in st["processes"].values()), st["processes"]
-    nft = subprocess.run(["nsenter", "--net=/var/run/netns/xl-victim", "nft", "list", "tables"],
-                         capture_output=True, text=True).stdout
+    nft = subprocess.run(
+        ["nsenter", "--net=/var/run/netns/xl-victim", "nft", "list", "tables"],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "xl_botnet" not in nft  # the victim's counters are gone with the run

@@ -34,8 +34,7 @@ def test_plan_spreads_clients_and_bots_round_robin_over_proxies() -> None:
     assert [p.ns for p in lab.proxies] == ["xl-p0", "xl-p1", "xl-p2"]
     assert len(lab.good_addrs()) == 12 and len(lab.bot_addrs()) == 180
     per_proxy = {s.ns: len(s.addrs) for s in lab.senders}
-    assert per_proxy == {"xl-c0": 4, "xl-c1": 4, "xl-c2": 4, "xl-b0": 60, "xl-b1": 60,
-                         "xl-b2": 60}
+    assert per_proxy == {"xl-c0": 4, "xl-c1": 4, "xl-c2": 4, "xl-b0": 60, "xl-b1": 60, "xl-b2": 60}
     for s in lab.senders:
         block = lab.proxies[s.proxy].client_block.rsplit(".", 2)[0]
         assert all(a.startswith(block + ".") for a in s.addrs)
@@ -111,7 +110,9 @@ def test_chaos_crashes_an_agent_restarts_it_then_kills_the_master_for_good() -> 
     assert plan.flows == base.flows and plan.thresholds == base.thresholds
     assert plan.attack_start is not None and plan.attack_stop is not None
     assert [(f.action, f.target) for f in plan.faults] == [
-        ("kill", "agent:1"), ("restart", "agent:1"), ("kill", "redis")  # Redis stays dead
+        ("kill", "agent:1"),
+        ("restart", "agent:1"),
+        ("kill", "redis"),  # Redis stays dead
     ]
     times = [f.at for f in plan.faults]
     assert plan.attack_start < times[0] < times[1] < times[2] < plan.attack_stop
@@ -150,7 +151,7 @@ def test_fault_targets_name_the_processes_a_mode_started(tmp_path) -> None:
         restart = scenario.Fault(2.0, "restart", "agent:1")
         assert faults.inject(restart, lab, procs) == "restarted agent-xl-p1"
         assert faults.inject(restart, lab, procs) is None  # already running
-        (name, second), = procs.procs
+        ((name, second),) = procs.procs
         assert name == "agent-xl-p1" and second.poll() is None and second is not first
         assert "agent-xl-p1" not in procs.killed
         lives(2)
@@ -164,7 +165,8 @@ def test_failover_takes_a_whole_proxy_down_mid_attack_and_brings_it_back() -> No
     plan = scenario.failover(lab, 40)
     assert plan.flows == scenario.distributed(lab, 40).flows
     assert [(f.action, f.target, f.via) for f in plan.faults] == [
-        ("down", "proxy:1", 2), ("up", "proxy:1", None)
+        ("down", "proxy:1", 2),
+        ("up", "proxy:1", None),
     ]
     assert plan.attack_start is not None and plan.attack_stop is not None
     assert plan.attack_start < plan.faults[0].at < plan.faults[1].at < plan.attack_stop
@@ -242,18 +244,26 @@ def _synthetic_result() -> ScenarioResult:
     for block in (100, 101):
         bots.append(
             metrics.BotStream.from_json(
-                {"block": block, "start": 2.0, "stop": 9.0,
-                 "sent_bins": {str(k): 20 for k in range(20, 90)}}
+                {
+                    "block": block,
+                    "start": 2.0,
+                    "stop": 9.0,
+                    "sent_bins": {str(k): 20 for k in range(20, 90)},
+                }
             )
         )
         arrivals[str(block)] = {str(k): (20 if k < 30 else 0) for k in range(20, 90)}
     victim = metrics.VictimArrivals.from_json({"bin_s": 0.1, "bins": {"attack": arrivals}})
-    goods = [metrics.GoodRequests.from_json({"label": "regular",
-                                             "requests": [[t / 2, 0.0004] for t in range(20)]})]
+    goods = [
+        metrics.GoodRequests.from_json(
+            {"label": "regular", "requests": [[t / 2, 0.0004] for t in range(20)]}
+        )
+    ]
     m = metrics.mode_metrics(victim, bots, goods, 10)
     modes = {
-        "gossip": ModeResult("gossip", m, {"xl-p0": {"pass": 5, "drop_pair": 0,
-                                                     "drop_dest": 9, "pairs": 3}}, 12.0),
+        "gossip": ModeResult(
+            "gossip", m, {"xl-p0": {"pass": 5, "drop_pair": 0, "drop_dest": 9, "pairs": 3}}, 12.0
+        ),
     }
     return ScenarioResult(plan=plan, lab=lab, modes=modes, wall_s=12.0)
 
@@ -281,13 +291,26 @@ def test_report_has_a_phase_table_for_a_chaos_run(tmp_path) -> None:
     victim = metrics.VictimArrivals.from_json(
         {"bin_s": 0.1, "bins": {"attack": {"100": {str(k): 20 for k in range(40, 60)}}}}
     )
-    bots = [metrics.BotStream.from_json({"block": b, "start": 2.0, "stop": 9.0,
-                                         "sent_bins": {str(k): 20 for k in range(20, 90)}})
-            for b in (100, 101)]
-    m = metrics.mode_metrics(victim, bots, [], 10,
-                             phases=[(p.label, p.start, p.stop) for p in plan.phases])
-    result = ScenarioResult(plan=plan, lab=lab, wall_s=1.0,
-                            modes={"gossip": ModeResult("gossip", m, gossip.proxies, 1.0)})
+    bots = [
+        metrics.BotStream.from_json(
+            {
+                "block": b,
+                "start": 2.0,
+                "stop": 9.0,
+                "sent_bins": {str(k): 20 for k in range(20, 90)},
+            }
+        )
+        for b in (100, 101)
+    ]
+    m = metrics.mode_metrics(
+        victim, bots, [], 10, phases=[(p.label, p.start, p.stop) for p in plan.phases]
+    )
+    result = ScenarioResult(
+        plan=plan,
+        lab=lab,
+        wall_s=1.0,
+        modes={"gossip": ModeResult("gossip", m, gossip.proxies, 1.0)},
+    )
     doc = report.as_json(result)
     phases = doc["modes"]["gossip"]["phases"]
     assert list(phases) == [p.label for p in plan.phases]
@@ -307,15 +330,26 @@ def test_report_figure_and_page_are_self_contained(tmp_path) -> None:
     report.write_html(result, tmp_path / "f.html")
     page = (tmp_path / "f.html").read_text()
     assert "<svg" in page and "gossip" in page
-    assert "src=\"http" not in page and "href=\"http" not in page
+    assert 'src="http' not in page and 'href="http' not in page
     report.write_json(result, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["scenario"] == "distributed"
 
 
 def test_cli_knows_the_lab_commands() -> None:
     parser = build_parser()
-    args = parser.parse_args(["lab", "scenario", "distributed", "--modes", "none,gossip",
-                              "--duration", "12", "--json-out", "x.json"])
+    args = parser.parse_args(
+        [
+            "lab",
+            "scenario",
+            "distributed",
+            "--modes",
+            "none,gossip",
+            "--duration",
+            "12",
+            "--json-out",
+            "x.json",
+        ]
+    )
     assert args.name == "distributed" and args.duration == 12
     assert parser.parse_args(["lab", "up", "--proxies", "2"]).proxies == 2
     for action in ("down", "status"):
@@ -329,9 +363,13 @@ GOLDEN_LABS = [(3, 12, 180), (3, 9, 90), (2, 2, 20), (5, 20, 300), (2, 3, 7)]
 def _plan_doc(plan: scenario.ScenarioPlan) -> dict[str, object]:
     """What a plan says: its JSON parameters, every flow and the thresholds
     as both TOML bodies the runner writes."""
-    return {"scenario": plan.name, "summary": plan.summary, **plan.params(),
-            "flows": [asdict(f) for f in plan.flows],
-            "xdp_toml": {p: plan.thresholds.toml(p) for p in ("fair-share", "paper")}}
+    return {
+        "scenario": plan.name,
+        "summary": plan.summary,
+        **plan.params(),
+        "flows": [asdict(f) for f in plan.flows],
+        "xdp_toml": {p: plan.thresholds.toml(p) for p in ("fair-share", "paper")},
+    }
 
 
 def test_every_scenario_plan_is_byte_for_byte_the_recorded_one() -> None:
@@ -384,9 +422,13 @@ def test_botnet_t_f2_is_over_every_proxy_alone_and_under_the_mesh() -> None:
 
 def test_botnet_refuses_sizes_it_cannot_address() -> None:
     lab = topology.plan(3, 3, 3)
-    for kwargs, flag in [({"bots": 2}, "--bots"), ({"bots": 900_000}, "--bots"),
-                         ({"rate": 0.0}, "--rate-per-bot"), ({"proxies": 4}, "--proxies"),
-                         ({"proxies": 2}, "--proxies")]:
+    for kwargs, flag in [
+        ({"bots": 2}, "--bots"),
+        ({"bots": 900_000}, "--bots"),
+        ({"rate": 0.0}, "--rate-per-bot"),
+        ({"proxies": 4}, "--proxies"),
+        ({"proxies": 2}, "--proxies"),
+    ]:
         with pytest.raises(ScenarioError, match=flag):
             scenario.botnet(lab, 30, **kwargs)  # type: ignore[arg-type]
 
@@ -423,15 +465,19 @@ def test_trafgen_writes_the_frames_the_config_describes(tmp_path) -> None:
 
     b = scenario.botnet(topology.plan(3, 3, 3), 30, bots=30).spoofed[0]
     cfg = tmp_path / "t.cfg"
-    cfg.write_text(spoofed.trafgen_config(b, "02:00:00:00:00:01", "02:00:00:00:00:02",
-                                          "10.20.0.2", 9000))
+    cfg.write_text(
+        spoofed.trafgen_config(b, "02:00:00:00:00:01", "02:00:00:00:00:02", "10.20.0.2", 9000)
+    )
     pcap = tmp_path / "t.pcap"
-    subprocess.run(["trafgen", "--conf", str(cfg), "--dev", str(pcap), "--num", "20"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["trafgen", "--conf", str(cfg), "--dev", str(pcap), "--num", "20"],
+        check=True,
+        capture_output=True,
+    )
     data, off, sources = pcap.read_bytes(), 24, []
     while off < len(data):
         incl = struct.unpack_from("<I", data, off + 8)[0]
-        frame = data[off + 16: off + 16 + incl]
+        frame = data[off + 16 : off + 16 + incl]
         off += 16 + incl
         sources.append(".".join(str(x) for x in frame[26:30]))
         assert frame[36:38] == (9000).to_bytes(2, "big") and frame[42:43] == b"A"
@@ -443,29 +489,45 @@ def test_trafgen_writes_the_frames_the_config_describes(tmp_path) -> None:
 
 def test_member_transitions_are_read_from_the_agents_log_lines(tmp_path) -> None:
     log = tmp_path / "agent.log"
-    def line(second: int, msg: str) -> str:
-        return json.dumps({"ts": f"2026-12-01T10:00:{second:02d}.000Z", "level": "info",
-                           "msg": msg})
 
-    log.write_text("\n".join([
-        line(1, "member p1: unknown -> alive"), line(2, "member p1: alive -> suspect"),
-        line(3, "member p1: suspect -> alive"), line(4, "member p2: alive -> suspect"),
-        line(9, "member p2: suspect -> dead"),  # after the traffic: the agents leaving
-    ]) + "\nnot json\n")
+    def line(second: int, msg: str) -> str:
+        return json.dumps(
+            {"ts": f"2026-12-01T10:00:{second:02d}.000Z", "level": "info", "msg": msg}
+        )
+
+    log.write_text(
+        "\n".join(
+            [
+                line(1, "member p1: unknown -> alive"),
+                line(2, "member p1: alive -> suspect"),
+                line(3, "member p1: suspect -> alive"),
+                line(4, "member p2: alive -> suspect"),
+                line(9, "member p2: suspect -> dead"),  # after the traffic: the agents leaving
+            ]
+        )
+        + "\nnot json\n"
+    )
     from datetime import datetime
 
     t0 = datetime.fromisoformat("2026-12-01T10:00:00+00:00").timestamp()
-    assert agents.member_transitions(log, t0, t0 + 5) == {"alive->suspect": 2,
-                                                         "suspect->alive": 1}
+    assert agents.member_transitions(log, t0, t0 + 5) == {"alive->suspect": 2, "suspect->alive": 1}
     assert agents.member_transitions(log)["suspect->dead"] == 1
 
 
 def test_agent_usage_reads_cpu_and_peak_memory_from_proc(tmp_path) -> None:
     procs = supervise.Processes()
-    procs.start("agent-xl-p0", ["python3", "-c", "x = bytearray(30 << 20); "
-                                "import time; t = time.process_time()\n"
-                                "while time.process_time() - t < 0.3: pass\n"
-                                "time.sleep(30)"], tmp_path / "a.log")
+    procs.start(
+        "agent-xl-p0",
+        [
+            "python3",
+            "-c",
+            "x = bytearray(30 << 20); "
+            "import time; t = time.process_time()\n"
+            "while time.process_time() - t < 0.3: pass\n"
+            "time.sleep(30)",
+        ],
+        tmp_path / "a.log",
+    )
     usage = agents.Usage()
     try:
         deadline = time.monotonic() + 10
@@ -481,8 +543,9 @@ def test_agent_usage_reads_cpu_and_peak_memory_from_proc(tmp_path) -> None:
 
 
 def test_cli_takes_botnet_options_and_other_scenarios_refuse_them() -> None:
-    args = build_parser().parse_args(["lab", "scenario", "botnet", "--bots", "6900",
-                                      "--rate-per-bot", "2", "--proxies", "3"])
+    args = build_parser().parse_args(
+        ["lab", "scenario", "botnet", "--bots", "6900", "--rate-per-bot", "2", "--proxies", "3"]
+    )
     assert (args.bots, args.rate_per_bot, args.proxies) == (6900, 2.0, 3)
     from xpro_mesh.lab import runner
 

@@ -54,13 +54,14 @@ def redis_binary() -> str | None:
 def write_agent_config(path: Path, plan: ScenarioPlan, policy: str) -> None:
     """The agents' TOML: the plan's thresholds, and the lab's gossip round
     unless the plan runs the agents on a named profile's own timers."""
-    gossip = "" if plan.agent_profile != "local" else (
-        f'\n\n[gossip]\ninterval = "{GOSSIP_INTERVAL}"'
+    gossip = (
+        "" if plan.agent_profile != "local" else (f'\n\n[gossip]\ninterval = "{GOSSIP_INTERVAL}"')
     )
     path.write_text(
         "# written by `xpro-mesh lab scenario`\n[thresholds]\n"
         + plan.thresholds.toml(policy)
-        + gossip + "\n"
+        + gossip
+        + "\n"
     )
 
 
@@ -72,16 +73,26 @@ def agent_argv(
     )
     argv = [
         "agent",
-        "--node-id", f"p{proxy.index}",
-        "--backend", "xdp",
-        "--iface", "c0",
-        "--pin-root", pin_root(lab, proxy),
-        "--bind", f"{proxy.service_addr}:{GOSSIP_PORT}",
-        "--api", f"127.0.0.1:{API_PORT}",
-        "--key-file", str(key),
-        "--config", str(config),
-        "--profile", profile,
-        "--sync", AGENT_SYNC[mode],
+        "--node-id",
+        f"p{proxy.index}",
+        "--backend",
+        "xdp",
+        "--iface",
+        "c0",
+        "--pin-root",
+        pin_root(lab, proxy),
+        "--bind",
+        f"{proxy.service_addr}:{GOSSIP_PORT}",
+        "--api",
+        f"127.0.0.1:{API_PORT}",
+        "--key-file",
+        str(key),
+        "--config",
+        str(config),
+        "--profile",
+        profile,
+        "--sync",
+        AGENT_SYNC[mode],
     ]
     if peers:
         argv += ["--peers", peers]
@@ -95,8 +106,20 @@ def start_redis(lab: LabPlan, procs: Processes, moddir: Path) -> None:
     redis = redis_binary() or "redis-server"
     procs.start(
         "redis",
-        in_ns(REDIS_NS, redis, "--bind", lab.redis_addr, "--port", str(REDIS_PORT),
-              "--save", "", "--appendonly", "no", "--protected-mode", "no"),
+        in_ns(
+            REDIS_NS,
+            redis,
+            "--bind",
+            lab.redis_addr,
+            "--port",
+            str(REDIS_PORT),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ),
         moddir / "redis.log",
     )
     if not tcp_ready(lab.proxies[0].ns, lab.redis_addr, REDIS_PORT, 10):
@@ -114,9 +137,11 @@ def start_agents(
     config = moddir / "agent.toml"
     write_agent_config(config, plan, POLICY[mode])
     for p in lab.proxies:
-        procs.start(f"agent-{p.ns}",
-                    agent_argv(lab, p, mode, key, config, plan.agent_profile),
-                    moddir / f"agent-{p.ns}.log")
+        procs.start(
+            f"agent-{p.ns}",
+            agent_argv(lab, p, mode, key, config, plan.agent_profile),
+            moddir / f"agent-{p.ns}.log",
+        )
     time.sleep(AGENT_SETTLE_S)
     for name, proc in procs.procs:
         if proc.poll() is not None:
@@ -235,6 +260,7 @@ def _proc_stat(pid: int) -> tuple[float, int] | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15)
-    hwm = next((int(line.split()[1]) for line in status.splitlines()
-                if line.startswith("VmHWM:")), 0)
+    hwm = next(
+        (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0
+    )
     return cpu, hwm

@@ -48,8 +48,12 @@ MODES: dict[str, str] = {
     "gossip-paper": "gossip with the paper's literal destination rule (policy paper)",
 }
 AGENT_SYNC = {"master": "master", "gossip": "gossip", "gossip-paper": "gossip"}
-POLICY = {"local": "fair-share", "master": "fair-share", "gossip": "fair-share",
-          "gossip-paper": "paper"}
+POLICY = {
+    "local": "fair-share",
+    "master": "fair-share",
+    "gossip": "fair-share",
+    "gossip-paper": "paper",
+}
 
 GOOD_RATE = 2.0  # requests/s of one good client (a device polling its service)
 BOT_RATE = 20.0  # packets/s of one bot in `distributed`: 10x a good client, below T_F1
@@ -92,8 +96,15 @@ class Thresholds:
         )
 
     def as_dict(self) -> dict[str, object]:
-        return {"t_f1": self.t_f1, "t_f2": self.t_f2, "t_t1": self.t_t1, "t_t2": self.t_t2,
-                "t_t3": self.t_t3, "t_t4": self.t_t4, "r": self.r}
+        return {
+            "t_f1": self.t_f1,
+            "t_f2": self.t_f2,
+            "t_t1": self.t_t1,
+            "t_t2": self.t_t2,
+            "t_t3": self.t_t3,
+            "t_t4": self.t_t4,
+            "r": self.r,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +201,15 @@ class SpoofedBlock:
         for i in range(n):
             lo, hi = self.count * i // n, self.count * (i + 1) // n
             offset = round(i / n, 4)
-            runs.append(replace(self, first=_address(_number(self.first) + lo), count=hi - lo,
-                                start=self.start + offset, stop=self.stop + offset))
+            runs.append(
+                replace(
+                    self,
+                    first=_address(_number(self.first) + lo),
+                    count=hi - lo,
+                    start=self.start + offset,
+                    stop=self.stop + offset,
+                )
+            )
         return tuple(runs)
 
 
@@ -226,8 +244,14 @@ class ScenarioPlan:
         for f in self.flows:
             g = groups.setdefault(
                 f.label,
-                {"role": f.role, "addresses": 0, "rate_per_address": f.rate,
-                 "start_s": f.start, "stop_s": f.stop, "proxies": []},
+                {
+                    "role": f.role,
+                    "addresses": 0,
+                    "rate_per_address": f.rate,
+                    "start_s": f.start,
+                    "stop_s": f.stop,
+                    "proxies": [],
+                },
             )
             g["addresses"] = int(str(g["addresses"])) + len(f.addrs)
             proxies = g["proxies"]
@@ -242,10 +266,13 @@ class ScenarioPlan:
             "gossip_interval": gossip_interval(self.agent_profile),
             "groups": groups,
             "notes": self.notes,
-            "faults": [{"at_s": f.at, "action": f.action, "target": f.target, "via": f.via}
-                       for f in self.faults],
-            "phases": [{"label": p.label, "start_s": p.start, "stop_s": p.stop}
-                       for p in self.phases],
+            "faults": [
+                {"at_s": f.at, "action": f.action, "target": f.target, "via": f.via}
+                for f in self.faults
+            ],
+            "phases": [
+                {"label": p.label, "start_s": p.start, "stop_s": p.stop} for p in self.phases
+            ],
         }
         if self.spoofed:
             doc["spoofed"] = self._spoofed_params()
@@ -258,10 +285,21 @@ class ScenarioPlan:
             "offered_pps": round(sum(b.pps for b in self.spoofed), 3),
             "agent_profile": self.agent_profile,
             "pairs_max": self.pairs_max,
-            "blocks": [{"proxy": b.proxy, "block": b.block, "cidr": b.cidr, "first": b.first,
-                        "last": b.last(), "sources": b.count, "offered_pps": b.pps,
-                        "sender_ns": b.ns, "start_s": b.start, "stop_s": b.stop}
-                       for b in self.spoofed],
+            "blocks": [
+                {
+                    "proxy": b.proxy,
+                    "block": b.block,
+                    "cidr": b.cidr,
+                    "first": b.first,
+                    "last": b.last(),
+                    "sources": b.count,
+                    "offered_pps": b.pps,
+                    "sender_ns": b.ns,
+                    "start_s": b.start,
+                    "stop_s": b.stop,
+                }
+                for b in self.spoofed
+            ],
         }
 
 
@@ -284,7 +322,13 @@ def _timeline(duration: float) -> tuple[float, float]:
 
 
 def _flows(
-    lab: LabPlan, source: str, role: str, label: str, rate: float, start: float, stop: float,
+    lab: LabPlan,
+    source: str,
+    role: str,
+    label: str,
+    rate: float,
+    start: float,
+    stop: float,
     limit: int | None = None,
 ) -> list[Flow]:
     flows: list[Flow] = []
@@ -351,10 +395,14 @@ def _regulars_and(
 
 def distributed(lab: LabPlan, duration: float) -> ScenarioPlan:
     return _regulars_and(
-        lab, duration,
+        lab,
+        duration,
         name="distributed",
         summary="hundreds of slow bots spread over every proxy (the paper's case)",
-        t_f2=capacity(lab), role="bots", label="bots", rate=BOT_RATE,
+        t_f2=capacity(lab),
+        role="bots",
+        label="bots",
+        rate=BOT_RATE,
         notes=(
             f"each bot sends {BOT_RATE:g} pps (< T_F1), a good client {GOOD_RATE:g} req/s; "
             f"T_F2 = {CAPACITY_SHARE:g} x the botnet's rate: above one proxy's share, "
@@ -365,11 +413,14 @@ def distributed(lab: LabPlan, duration: float) -> ScenarioPlan:
 
 def low_and_slow(lab: LabPlan, duration: float) -> ScenarioPlan:
     return _regulars_and(
-        lab, duration,
+        lab,
+        duration,
         name="low-and-slow",
         summary="bots no faster than good clients: rates cannot tell them apart",
         t_f2=max(1, round(CAPACITY_SHARE * len(lab.bot_addrs()) * GOOD_RATE)),
-        role="bots", label="bots", rate=GOOD_RATE,
+        role="bots",
+        label="bots",
+        rate=GOOD_RATE,
         notes=(
             f"bots send {GOOD_RATE:g} pps like the good clients; the victim's capacity is "
             f"sized as in distributed ({CAPACITY_SHARE:g} x this botnet's rate), so the mesh "
@@ -380,10 +431,15 @@ def low_and_slow(lab: LabPlan, duration: float) -> ScenarioPlan:
 
 def heavy_hitter(lab: LabPlan, duration: float) -> ScenarioPlan:
     return _regulars_and(
-        lab, duration,
+        lab,
+        duration,
         name="heavy-hitter",
         summary="one source above T_F1 (the pair rule, local to its proxy)",
-        t_f2=capacity(lab), role="bots", label="heavy", rate=HEAVY_RATE, limit=1,
+        t_f2=capacity(lab),
+        role="bots",
+        label="heavy",
+        rate=HEAVY_RATE,
+        limit=1,
         notes=f"one address at {HEAVY_RATE:g} pps = {HEAVY_RATE / T_F1:g} x T_F1",
     )
 
@@ -391,10 +447,15 @@ def heavy_hitter(lab: LabPlan, duration: float) -> ScenarioPlan:
 def flash_crowd(lab: LabPlan, duration: float) -> ScenarioPlan:
     a0, a1 = _timeline(duration)
     return _regulars_and(
-        lab, duration,
+        lab,
+        duration,
         name="flash-crowd",
         summary="many legitimate clients at once: what the rules do to innocent peaks",
-        t_f2=capacity(lab), role="good", label="crowd", rate=CROWD_RATE, attack=False,
+        t_f2=capacity(lab),
+        role="good",
+        label="crowd",
+        rate=CROWD_RATE,
+        attack=False,
         notes=(
             f"the bot addresses act as legitimate clients (request/response) at "
             f"{CROWD_RATE:g} req/s from {a0:g} s to {a1:g} s; every failed request of the "
@@ -526,11 +587,23 @@ def _botnet_blocks(
         senders = [s for s in lab.senders if s.proxy == proxy.index]
         ns = next((s.ns for s in senders if s.role == "bot"), senders[0].ns if senders else "")
         if not ns:
-            raise ScenarioError(f"scenario botnet needs a client or bot namespace behind "
-                                f"proxy {proxy.index} (`lab up` with --bots)")
+            raise ScenarioError(
+                f"scenario botnet needs a client or bot namespace behind "
+                f"proxy {proxy.index} (`lab up` with --bots)"
+            )
         base = 128 + 4 * i
-        blocks.append(SpoofedBlock(proxy.index, ns, f"10.{base}.0.0/{BOTNET_BLOCK_BITS}",
-                                   f"10.{base}.0.1", count, rate, start, stop))
+        blocks.append(
+            SpoofedBlock(
+                proxy.index,
+                ns,
+                f"10.{base}.0.0/{BOTNET_BLOCK_BITS}",
+                f"10.{base}.0.1",
+                count,
+                rate,
+                start,
+                stop,
+            )
+        )
     return tuple(blocks)
 
 
@@ -544,7 +617,10 @@ def _pairs_max(per_proxy: int) -> int:
 
 
 def botnet(
-    lab: LabPlan, duration: float, bots: int = BOTNET_BOTS, rate: float = BOTNET_RATE,
+    lab: LabPlan,
+    duration: float,
+    bots: int = BOTNET_BOTS,
+    rate: float = BOTNET_RATE,
     proxies: int | None = None,
 ) -> ScenarioPlan:
     """Spoofed sources from ``trafgen``, a block of them behind each proxy,
@@ -562,9 +638,14 @@ def botnet(
     return ScenarioPlan(
         name="botnet",
         summary=f"{bots} spoofed sources from trafgen at {rate:g} pps each, over {p} proxies",
-        duration=duration, attack_start=a0, attack_stop=a1,
-        thresholds=Thresholds(t_f1=max(T_F1, math.ceil(5 * rate)), t_f2=t_f2,
-                              t_t1=f"{round(1000 * BOTNET_IDLE / rate)}ms"),
+        duration=duration,
+        attack_start=a0,
+        attack_stop=a1,
+        thresholds=Thresholds(
+            t_f1=max(T_F1, math.ceil(5 * rate)),
+            t_f2=t_f2,
+            t_t1=f"{round(1000 * BOTNET_IDLE / rate)}ms",
+        ),
         flows=tuple(_flows(lab, "good", "good", "regular", good_rate, 0.0, duration)),
         notes=(
             f"each source sends {rate:g} pps (< T_F1); T_F2 = {CAPACITY_SHARE:g} x the "
@@ -583,8 +664,10 @@ def botnet(
 def _check_botnet(lab: LabPlan, bots: int, rate: float, proxies: int) -> None:
     _need(lab, bots=0)
     if not 3 <= proxies <= min(len(lab.proxies), BOTNET_MAX_PROXIES):
-        raise ScenarioError(f"--proxies: between 3 and {min(len(lab.proxies), 32)} "
-                            f"(the lab has {len(lab.proxies)}), got {proxies}")
+        raise ScenarioError(
+            f"--proxies: between 3 and {min(len(lab.proxies), 32)} "
+            f"(the lab has {len(lab.proxies)}), got {proxies}"
+        )
     most = proxies * ((1 << (32 - BOTNET_BLOCK_BITS)) - 2)
     if not proxies <= bots <= most:
         raise ScenarioError(f"--bots: between {proxies} and {most}, got {bots}")
@@ -595,19 +678,38 @@ def _check_botnet(lab: LabPlan, bots: int, rate: float, proxies: int) -> None:
 SCENARIOS: dict[str, ScenarioSpec] = {
     s.name: s
     for s in (
-        ScenarioSpec("distributed", "hundreds of slow bots spread over every proxy "
-                     "(the paper's case)", 30.0, distributed),
+        ScenarioSpec(
+            "distributed",
+            "hundreds of slow bots spread over every proxy (the paper's case)",
+            30.0,
+            distributed,
+        ),
         ScenarioSpec("low-and-slow", "bots no faster than good clients", 30.0, low_and_slow),
         ScenarioSpec("heavy-hitter", "one source above T_F1", 20.0, heavy_hitter),
-        ScenarioSpec("flash-crowd", "many legitimate clients at once (false drops)", 30.0,
-                     flash_crowd),
-        ScenarioSpec("failover", "distributed; mid-attack a whole proxy dies and its "
-                     "clients move to the next one, then it comes back", 40.0, failover),
-        ScenarioSpec("chaos", "distributed; mid-attack a proxy's agent crashes and comes "
-                     "back, then the master dies", 50.0, chaos),
-        ScenarioSpec("botnet", "spoofed sources from trafgen, a large block behind each proxy "
-                     "(--bots, --rate-per-bot, --proxies)", 30.0, botnet,
-                     options=("bots", "rate", "proxies")),
+        ScenarioSpec(
+            "flash-crowd", "many legitimate clients at once (false drops)", 30.0, flash_crowd
+        ),
+        ScenarioSpec(
+            "failover",
+            "distributed; mid-attack a whole proxy dies and its "
+            "clients move to the next one, then it comes back",
+            40.0,
+            failover,
+        ),
+        ScenarioSpec(
+            "chaos",
+            "distributed; mid-attack a proxy's agent crashes and comes back, then the master dies",
+            50.0,
+            chaos,
+        ),
+        ScenarioSpec(
+            "botnet",
+            "spoofed sources from trafgen, a large block behind each proxy "
+            "(--bots, --rate-per-bot, --proxies)",
+            30.0,
+            botnet,
+            options=("bots", "rate", "proxies"),
+        ),
     )
 }
 
@@ -618,7 +720,5 @@ def parse_modes(text: str) -> tuple[str, ...]:
         raise ScenarioError("--modes: name at least one mode")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise ScenarioError(
-            f"--modes: unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}"
-        )
+        raise ScenarioError(f"--modes: unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}")
     return modes

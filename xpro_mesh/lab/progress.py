@@ -78,7 +78,8 @@ class RichReporter(Reporter):
     def mode_done(self, result: ModeResult) -> None:
         if self.task is not None:
             self.progress.update(
-                self.task, completed=self.total,
+                self.task,
+                completed=self.total,
                 description="[green]done[/] " + mode_summary(result),
             )
         self.task = None

@@ -44,8 +44,13 @@ def _series(points: tuple[SeriesPoint, ...]) -> list[list[float | None]]:
     return [[p.t, _round(p.value, 3)] for p in points]
 
 
-def mode_json(m: ModeMetrics, proxies: dict[str, dict[str, int]], wall_s: float,
-              notes: tuple[str, ...], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def mode_json(
+    m: ModeMetrics,
+    proxies: dict[str, dict[str, int]],
+    wall_s: float,
+    notes: tuple[str, ...],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     doc = {
         "attack_delivered_ratio": _round(m.attack_delivered_ratio),
         "attack_delivered_ratio_after_mitigation": _round(
@@ -151,9 +156,9 @@ def table_rows(result: ScenarioResult) -> list[list[str]]:
         )
         groups = ""
         if len(m.good_success_by_group) > 1:
-            groups = " (" + ", ".join(
-                f"{k} {_pct(v)}" for k, v in m.good_success_by_group.items()
-            ) + ")"
+            groups = (
+                " (" + ", ".join(f"{k} {_pct(v)}" for k, v in m.good_success_by_group.items()) + ")"
+            )
         rows.append(
             [
                 name,
@@ -222,15 +227,17 @@ def botnet_rows(result: ScenarioResult) -> list[list[str]]:
         agents = b.get("agents", {})
         cpu = " ".join(f"{v['cpu_s_during_traffic']:.1f}" for _, v in sorted(agents.items()))
         rss = " ".join(f"{v['peak_rss_mb']:.0f}" for _, v in sorted(agents.items()))
-        rows.append([
-            name,
-            f"{b.get('offered_pps', 0):.0f}",
-            f"{b.get('achieved_pps', 0):.0f} ({_pct(b.get('achieved_ratio'))})",
-            str(b.get("suspicions", 0)) if agents else "—",
-            ", ".join(f"{k} {n}" for k, n in sorted(moves.items())) or "—",
-            cpu or "—",
-            rss or "—",
-        ])
+        rows.append(
+            [
+                name,
+                f"{b.get('offered_pps', 0):.0f}",
+                f"{b.get('achieved_pps', 0):.0f} ({_pct(b.get('achieved_ratio'))})",
+                str(b.get("suspicions", 0)) if agents else "—",
+                ", ".join(f"{k} {n}" for k, n in sorted(moves.items())) or "—",
+                cpu or "—",
+                rss or "—",
+            ]
+        )
     return rows
 
 
@@ -272,7 +279,7 @@ def print_table(result: ScenarioResult) -> None:
         faults = "; ".join(f.describe() for f in plan.faults)
         phases = Table(
             title="attack delivered and good success per phase "
-                  "([per proxy] where the proxies differ)",
+            "([per proxy] where the proxies differ)",
             caption=f"faults: {faults}" if faults else None,
         )
         for h in phase_headers(result):
@@ -281,8 +288,9 @@ def print_table(result: ScenarioResult) -> None:
             phases.add_row(*row)
         console.print(phases)
     if plan.spoofed:
-        spoofed = Table(title="botnet: the sender, the members' states and the agents' cost "
-                              "(per proxy)")
+        spoofed = Table(
+            title="botnet: the sender, the members' states and the agents' cost (per proxy)"
+        )
         for h in BOTNET_HEADERS:
             spoofed.add_column(h, justify="left" if h in ("mode", "transitions") else "right")
         for row in botnet_rows(result):
@@ -332,9 +340,14 @@ def _plot_modes(ax1: Any, ax2: Any, result: ScenarioResult) -> tuple[list[Any], 
     handles = []
     for i, (name, r) in enumerate(result.modes.items()):
         m = r.metrics
-        style = {"color": MODE_COLOURS.get(name), "linewidth": 1.5 + 1.1 * (n - 1 - i),
-                 "zorder": 2 + i, "alpha": 0.9, "drawstyle": "steps-post",
-                 "solid_capstyle": "butt"}
+        style = {
+            "color": MODE_COLOURS.get(name),
+            "linewidth": 1.5 + 1.1 * (n - 1 - i),
+            "zorder": 2 + i,
+            "alpha": 0.9,
+            "drawstyle": "steps-post",
+            "solid_capstyle": "butt",
+        }
         top = m.attack_pps if attack else m.good_pps
         xs, ys = _steps(top)
         (line,) = ax1.plot(xs, ys, label=_legend_label(name, m, attack), **style)
@@ -346,9 +359,16 @@ def _plot_modes(ax1: Any, ax2: Any, result: ScenarioResult) -> tuple[list[Any], 
     if first is not None:
         offered = first.metrics.attack_sent_pps if attack else first.metrics.good_sent_pps
         xs, ys = _steps(offered)
-        (line,) = ax1.plot(xs, ys, color="black",
-                           linestyle=":", linewidth=1.2, drawstyle="steps-post", zorder=20,
-                           label="sent by the bots" if attack else "sent by the clients")
+        (line,) = ax1.plot(
+            xs,
+            ys,
+            color="black",
+            linestyle=":",
+            linewidth=1.2,
+            drawstyle="steps-post",
+            zorder=20,
+            label="sent by the bots" if attack else "sent by the clients",
+        )
         handles.append(line)
         peak = max([peak, *(p.value or 0.0 for p in offered)])
     return handles, peak
@@ -369,19 +389,31 @@ def _mark_timeline(ax1: Any, ax2: Any, plan: ScenarioPlan) -> None:
         ax.grid(True, alpha=0.3)
     for at in sorted({f.at for f in plan.faults}):
         what = ", ".join(f"{f.action} {f.target}" for f in plan.faults if f.at == at)
-        ax1.annotate(what, (at, 1.0), xycoords=("data", "axes fraction"),
-                     textcoords="offset points", xytext=(3, -10), fontsize=7.5)
+        ax1.annotate(
+            what,
+            (at, 1.0),
+            xycoords=("data", "axes fraction"),
+            textcoords="offset points",
+            xytext=(3, -10),
+            fontsize=7.5,
+        )
 
 
 def _label_axes(ax1: Any, ax2: Any, plan: ScenarioPlan, peak: float) -> None:
     attack = plan.attack_start is not None
     t = plan.thresholds
     ax1.axhline(t.t_f2, color="#555555", linestyle="--", linewidth=1)
-    ax1.annotate(f"T_F2 {t.t_f2} pps", (0.995, t.t_f2), xycoords=("axes fraction", "data"),
-                 textcoords="offset points", xytext=(0, 4), fontsize=8, color="#555555",
-                 ha="right")
-    ax1.set_ylabel("attack packets/s at the victim" if attack
-                   else "good requests/s at the victim")
+    ax1.annotate(
+        f"T_F2 {t.t_f2} pps",
+        (0.995, t.t_f2),
+        xycoords=("axes fraction", "data"),
+        textcoords="offset points",
+        xytext=(0, 4),
+        fontsize=8,
+        color="#555555",
+        ha="right",
+    )
+    ax1.set_ylabel("attack packets/s at the victim" if attack else "good requests/s at the victim")
     ax1.set_ylim(0, max(peak, t.t_f2) * 1.12 + 1)
     ax2.set_ylabel("good requests answered (%)")
     shaded = "the attack" if attack else "the crowd"
@@ -406,8 +438,14 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
     handles, peak = _plot_modes(ax1, ax2, result)
     _mark_timeline(ax1, ax2, plan)
     _label_axes(ax1, ax2, plan, peak)
-    fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=8.5, frameon=False,
-               bbox_to_anchor=(0.5, 0.955))
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=2,
+        fontsize=8.5,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.955),
+    )
     t = plan.thresholds
     fig.suptitle(
         f"{plan.name}: {len(result.lab.proxies)} proxies, "
@@ -449,7 +487,7 @@ svg { max-width: 100%; height: auto; }
 def write_html(result: ScenarioResult, path: Path) -> None:
     """One file: the figure as inline SVG, the table, the parameters."""
     svg = render_figure(result, "svg").decode()
-    svg = svg[svg.find("<svg"):]
+    svg = svg[svg.find("<svg") :]
     plan = result.plan
     head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADERS)
     body = "".join(
@@ -474,8 +512,9 @@ def write_html(result: ScenarioResult, path: Path) -> None:
             for row in phase_rows(result)
         )
         faults = html.escape("; ".join(f.describe() for f in plan.faults))
-        phase_block = (f"<p>Per phase (faults: {faults}):</p>"
-                       f"<table><tr>{ph_head}</tr>{ph_body}</table>")
+        phase_block = (
+            f"<p>Per phase (faults: {faults}):</p><table><tr>{ph_head}</tr>{ph_body}</table>"
+        )
     page = _page(result, svg, head, body, modes, params, notes_block, phase_block)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
@@ -489,13 +528,23 @@ def _table_html(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> 
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _page(result: ScenarioResult, svg: str, head: str, body: str, modes: str, params: str,
-          notes_block: str, phase_block: str) -> str:
+def _page(
+    result: ScenarioResult,
+    svg: str,
+    head: str,
+    body: str,
+    modes: str,
+    params: str,
+    notes_block: str,
+    phase_block: str,
+) -> str:
     plan = result.plan
     botnet_block = ""
     if plan.spoofed:
-        botnet_block = ("<p>The sender, the members' states and the agents' cost "
-                        "(per proxy):</p>" + _table_html(BOTNET_HEADERS, botnet_rows(result)))
+        botnet_block = (
+            "<p>The sender, the members' states and the agents' cost "
+            "(per proxy):</p>" + _table_html(BOTNET_HEADERS, botnet_rows(result))
+        )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>xpro-mesh lab: {html.escape(plan.name)}</title><style>{_CSS}</style></head>

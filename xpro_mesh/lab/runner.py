@@ -119,20 +119,45 @@ class ModeRun:
         timing = ["--epoch-file", str(self.epoch_file)]
         self.procs.start(
             "victim",
-            in_ns(VICTIM_NS, *TRAFFIC, "victim", "--port", str(VICTIM_PORT), *timing,
-                  "--stop", repr(self.plan.duration + 1.0),
-                  "--out", str(self.moddir / "victim.json"),
-                  "--ready", str(self.moddir / "victim.ready")),
+            in_ns(
+                VICTIM_NS,
+                *TRAFFIC,
+                "victim",
+                "--port",
+                str(VICTIM_PORT),
+                *timing,
+                "--stop",
+                repr(self.plan.duration + 1.0),
+                "--out",
+                str(self.moddir / "victim.json"),
+                "--ready",
+                str(self.moddir / "victim.ready"),
+            ),
             self.moddir / "victim.log",
         )
         target = f"{self.lab.victim_addr}:{VICTIM_PORT}"
         for i, f in enumerate(self.plan.flows):
             out = self.moddir / f"{f.role}-{f.label}-{f.ns}-{i}.json"
             self.outs.append(out)
-            argv = [*TRAFFIC, f.role, "--addrs", ",".join(f.addrs), "--target", target,
-                    "--rate", repr(f.rate), *timing, "--start", repr(f.start),
-                    "--stop", repr(f.stop), "--out", str(out),
-                    "--ready", str(out.with_suffix(".ready"))]
+            argv = [
+                *TRAFFIC,
+                f.role,
+                "--addrs",
+                ",".join(f.addrs),
+                "--target",
+                target,
+                "--rate",
+                repr(f.rate),
+                *timing,
+                "--start",
+                repr(f.start),
+                "--stop",
+                repr(f.stop),
+                "--out",
+                str(out),
+                "--ready",
+                str(out.with_suffix(".ready")),
+            ]
             if f.role == "good":
                 argv += ["--label", f.label]
             self.procs.start(f"traffic-{i}", in_ns(f.ns, *argv), out.with_suffix(".log"))
@@ -163,9 +188,11 @@ class ModeRun:
         noted), and each spoofed block's sender started and stopped."""
         events: list[tuple[float, Callable[[], str | None]]] = []
         for f in self.plan.faults:
+
             def fault(f: Fault = f) -> str | None:
                 done = inject(f, self.lab, self.procs, self.network)
                 return done and f"fault at {time.monotonic() - self.epoch:.1f} s: {done}"
+
             events.append((f.at, fault))
         senders = spoofed.write_configs(self.plan.spoofed, self.lab, self.moddir, VICTIM_PORT)
         for lane in (lane for b in self.plan.spoofed for lane in b.lanes(spoofed.LANES)):
@@ -176,6 +203,7 @@ class ModeRun:
 
             def stop(name: str = name) -> None:
                 self.procs.stop(lambda n: n == name)
+
             events += [(lane.start, start), (lane.stop + SENDER_GRACE_S, stop)]
         return sorted(events, key=lambda e: e[0])
 
@@ -210,8 +238,11 @@ class ModeRun:
             self.notes.extend(self.counters.errors)
         self.usage.sample(self.procs)
         for name, proc in self.procs.procs:
-            if name.startswith("agent") and proc.poll() is not None \
-                    and name not in self.procs.killed:
+            if (
+                name.startswith("agent")
+                and proc.poll() is not None
+                and name not in self.procs.killed
+            ):
                 self.notes.append(f"{name} died during the run (exit {proc.returncode})")
         return self.stats.read() if self.stats else {}
 
@@ -282,16 +313,19 @@ def botnet_figures(run: ModeRun, bots: Sequence[metrics.BotStream]) -> dict[str,
         if log.exists():
             transitions[p.ns] = agents.member_transitions(log, run.wall_epoch, run.wall_end)
     offered = sum(b.pps for b in run.plan.spoofed)
-    achieved = sum(s.sent.total() / max(1e-9, b.stop - b.start)
-                   for b, s in zip(run.plan.spoofed, bots, strict=True))
+    achieved = sum(
+        s.sent.total() / max(1e-9, b.stop - b.start)
+        for b, s in zip(run.plan.spoofed, bots, strict=True)
+    )
     return {
         "offered_pps": round(offered, 1),
         "achieved_pps": round(achieved, 1),
         "achieved_ratio": round(achieved / offered, 4) if offered else None,
         "blocks": blocks,
         "member_transitions": transitions,
-        "suspicions": sum(n for t in transitions.values() for k, n in t.items()
-                          if k.endswith("->suspect")),
+        "suspicions": sum(
+            n for t in transitions.values() for k, n in t.items() if k.endswith("->suspect")
+        ),
         "agents": run.usage.as_json(),
     }
 
@@ -301,16 +335,15 @@ def _read_results(
 ) -> tuple[metrics.VictimArrivals, list[metrics.BotStream], list[metrics.GoodRequests]]:
     victim_path = run.moddir / "victim.json"
     if not victim_path.exists():
-        raise ScenarioError(
-            f"the victim wrote no results ({last_line(run.moddir / 'victim.log')})"
-        )
+        raise ScenarioError(f"the victim wrote no results ({last_line(run.moddir / 'victim.log')})")
     victim = metrics.VictimArrivals.from_json(json.loads(victim_path.read_text()))
     bots: list[metrics.BotStream] = []
     goods: list[metrics.GoodRequests] = []
     for f, out in zip(run.plan.flows, run.outs, strict=True):
         if not out.exists():
-            raise ScenarioError(f"{f.role} in {f.ns} wrote no results "
-                                f"({last_line(out.with_suffix('.log'))})")
+            raise ScenarioError(
+                f"{f.role} in {f.ns} wrote no results ({last_line(out.with_suffix('.log'))})"
+            )
         doc = json.loads(out.read_text())
         if f.role == "bots":
             bots.append(metrics.BotStream.from_json(doc))
@@ -343,16 +376,27 @@ def run_mode(
         victim = metrics.VictimArrivals(victim.bin_s, run.counters.arrivals(), victim.good)
         bots = run.counters.bot_streams()
     m = metrics.mode_metrics(
-        victim, bots, goods, plan.duration,
+        victim,
+        bots,
+        goods,
+        plan.duration,
         phases=[(ph.label, ph.start, ph.stop) for ph in plan.phases],
     )
-    return ModeResult(mode=mode, metrics=m, proxies=proxy_stats,
-                      wall_s=round(time.monotonic() - started, 1), notes=tuple(run.notes),
-                      extra=botnet_figures(run, bots) if plan.spoofed else None)
+    return ModeResult(
+        mode=mode,
+        metrics=m,
+        proxies=proxy_stats,
+        wall_s=round(time.monotonic() - started, 1),
+        notes=tuple(run.notes),
+        extra=botnet_figures(run, bots) if plan.spoofed else None,
+    )
 
 
 def prepare(
-    lab: LabPlan, name: str, modes: Sequence[str], duration: float | None,
+    lab: LabPlan,
+    name: str,
+    modes: Sequence[str],
+    duration: float | None,
     options: Mapping[str, object] | None = None,
 ) -> ScenarioPlan:
     """The plan of scenario ``name`` (with its ``options``, e.g. botnet's
@@ -386,8 +430,9 @@ def _check_tools(plan: ScenarioPlan) -> None:
     if plan.spoofed:
         for tool, package in (("trafgen", "netsniff-ng"), ("nft", "nftables")):
             if shutil.which(tool) is None:
-                raise ScenarioError(f"scenario {plan.name} needs {tool} "
-                                    f"(apt install {package}; scripts/setup.sh)")
+                raise ScenarioError(
+                    f"scenario {plan.name} needs {tool} (apt install {package}; scripts/setup.sh)"
+                )
 
 
 def run(
@@ -404,8 +449,9 @@ def run(
     plan = prepare(lab, name, modes, duration, options)
     from xpro_mesh.lab import topology
 
-    leftovers = topology.stop_processes([p.ns for p in lab.proxies] + [VICTIM_NS, REDIS_NS]
-                                        + [s.ns for s in lab.senders])
+    leftovers = topology.stop_processes(
+        [p.ns for p in lab.proxies] + [VICTIM_NS, REDIS_NS] + [s.ns for s in lab.senders]
+    )
     keep = workdir is not None
     base = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="xpro-lab-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -424,6 +470,10 @@ def run(
         reporter.close()
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
-    return ScenarioResult(plan=plan, lab=lab, modes=results,
-                          wall_s=round(time.monotonic() - started, 1),
-                          workdir=str(base) if keep else None)
+    return ScenarioResult(
+        plan=plan,
+        lab=lab,
+        modes=results,
+        wall_s=round(time.monotonic() - started, 1),
+        workdir=str(base) if keep else None,
+    )

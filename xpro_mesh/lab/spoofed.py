@@ -61,8 +61,7 @@ SAMPLE_S = 0.1
 LANES = 10  # trafgen processes per block (see SpoofedBlock.lanes)
 
 
-def trafgen_config(block: SpoofedBlock, dst_mac: str, src_mac: str, victim: str,
-                   port: int) -> str:
+def trafgen_config(block: SpoofedBlock, dst_mac: str, src_mac: str, victim: str, port: int) -> str:
     """One UDP frame whose source address runs through the block (``dinc``
     over the 32-bit field; trafgen recomputes both checksums)."""
     first = _number(block.first)
@@ -120,14 +119,18 @@ def install(lab: LabPlan, blocks: tuple[SpoofedBlock, ...]) -> None:
 def remove() -> None:
     """Drop the victim's table if it is there (idempotent)."""
     with contextlib.suppress(Exception):
-        subprocess.run(in_ns(VICTIM_NS, "nft", "delete", "table", "ip", TABLE),
-                       capture_output=True, check=False)
+        subprocess.run(
+            in_ns(VICTIM_NS, "nft", "delete", "table", "ip", TABLE),
+            capture_output=True,
+            check=False,
+        )
 
 
 def read_counters() -> dict[int, int]:
     """Packets counted so far per block at the victim."""
-    out = _run(in_ns(VICTIM_NS, "nft", "-j", "list", "counters", "table", "ip", TABLE),
-               "nft list counters")
+    out = _run(
+        in_ns(VICTIM_NS, "nft", "-j", "list", "counters", "table", "ip", TABLE), "nft list counters"
+    )
     counts: dict[int, int] = {}
     for item in json.loads(out).get("nftables", []):
         counter = item.get("counter")
@@ -140,8 +143,9 @@ def sender_name(lane: SpoofedBlock) -> str:
     return f"trafgen-{lane.block}-{lane.first}"
 
 
-def write_configs(blocks: tuple[SpoofedBlock, ...], lab: LabPlan, moddir: Path,
-                  port: int) -> dict[str, list[str]]:
+def write_configs(
+    blocks: tuple[SpoofedBlock, ...], lab: LabPlan, moddir: Path, port: int
+) -> dict[str, list[str]]:
     """Each lane's trafgen config written, and its command line, by sender
     name (before the epoch: reading the MACs takes a namespace switch each,
     too slow to do at a lane's start)."""
@@ -158,12 +162,26 @@ def write_configs(blocks: tuple[SpoofedBlock, ...], lab: LabPlan, moddir: Path,
         for lane in block.lanes(LANES):
             name = sender_name(lane)
             config = moddir / f"{name}.cfg"
-            config.write_text(trafgen_config(lane, mac(proxy.ns, "c0"), mac(lane.ns, "e0"),
-                                             lab.victim_addr, port))
+            config.write_text(
+                trafgen_config(lane, mac(proxy.ns, "c0"), mac(lane.ns, "e0"), lab.victim_addr, port)
+            )
             count = max(1, round(lane.pps * (lane.stop - lane.start)))
-            argvs[name] = in_ns(lane.ns, "trafgen", "--dev", "e0", "--conf", str(config),
-                                "--rate", f"{max(1, round(lane.pps))}pps", "--num", str(count),
-                                "--cpus", "1", "--no-sock-mem", "--notouch-irq")
+            argvs[name] = in_ns(
+                lane.ns,
+                "trafgen",
+                "--dev",
+                "e0",
+                "--conf",
+                str(config),
+                "--rate",
+                f"{max(1, round(lane.pps))}pps",
+                "--num",
+                str(count),
+                "--cpus",
+                "1",
+                "--no-sock-mem",
+                "--notouch-irq",
+            )
     return argvs
 
 
@@ -242,10 +260,14 @@ class Counters:
             bins[k] = bins.get(k, 0) + n
 
     def bot_streams(self) -> list[metrics.BotStream]:
-        return [metrics.BotStream(b.block, b.start, b.stop,
-                                  metrics.BinSeries(dict(self.sent.get(b.block, {}))))
-                for b in self.blocks]
+        return [
+            metrics.BotStream(
+                b.block, b.start, b.stop, metrics.BinSeries(dict(self.sent.get(b.block, {})))
+            )
+            for b in self.blocks
+        ]
 
     def arrivals(self) -> dict[int, metrics.BinSeries]:
-        return {b.block: metrics.BinSeries(dict(self.delivered.get(b.block, {})))
-                for b in self.blocks}
+        return {
+            b.block: metrics.BinSeries(dict(self.delivered.get(b.block, {}))) for b in self.blocks
+        }

@@ -131,8 +131,11 @@ def run_all(commands: Sequence[Sequence[str]], what: str, timeout: float = 120) 
             failures.append(f"timed out: {out.decode(errors='replace').strip()}")
             continue
         if p.returncode != 0:
-            failures.append(out.decode(errors="replace").strip().splitlines()[-1:][0]
-                            if out.strip() else f"exit {p.returncode}")
+            failures.append(
+                out.decode(errors="replace").strip().splitlines()[-1:][0]
+                if out.strip()
+                else f"exit {p.returncode}"
+            )
     if failures:
         raise ScenarioError(f"{what} failed: {failures[0]}")
 
@@ -140,16 +143,30 @@ def run_all(commands: Sequence[Sequence[str]], what: str, timeout: float = 120) 
 def detach_all(lab: LabPlan) -> None:
     with contextlib.suppress(ScenarioError):
         run_all(
-            [cli(p.ns, "xdp", "detach", "--iface", "c0", "--pin-root", pin_root(lab, p))
-             for p in lab.proxies],
+            [
+                cli(p.ns, "xdp", "detach", "--iface", "c0", "--pin-root", pin_root(lab, p))
+                for p in lab.proxies
+            ],
             "xdp detach",
         )
 
 
 def attach_all(lab: LabPlan, config: Path) -> None:
     run_all(
-        [cli(p.ns, "xdp", "attach", "--iface", "c0", "--pin-root", pin_root(lab, p),
-             "--config", str(config)) for p in lab.proxies],
+        [
+            cli(
+                p.ns,
+                "xdp",
+                "attach",
+                "--iface",
+                "c0",
+                "--pin-root",
+                pin_root(lab, p),
+                "--config",
+                str(config),
+            )
+            for p in lab.proxies
+        ],
         "xdp attach",
     )
 

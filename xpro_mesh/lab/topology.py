@@ -364,7 +364,6 @@ def current() -> LabPlan | None:
         return None
 
 
-
 def _xdp_on(ns: str, ifname: str) -> str | None:
     """``"native prog 42"`` for the XDP program on ``ifname`` in ``ns``, if any."""
     out = _nsexec(ns, "ip", "-j", "link", "show", "dev", ifname, check=False)
