@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from xpro_mesh.agent.config import (
     AgentConfig,
     Backend,
@@ -39,13 +41,14 @@ from xpro_mesh.agent.syncer import LocalOnly, Syncer, SyncReport, run_cycle, run
 from xpro_mesh.api.http import ApiServer
 from xpro_mesh.api.view import Feeder, NodeInfo, PairRecord
 from xpro_mesh.core.dispersion import Steering, plan_steering
-from xpro_mesh.core.gossip_state import GossipState, MergeLimits
+from xpro_mesh.core.gossip_state import MergeLimits
+from xpro_mesh.core.table import PairTable
 from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
 from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
 from xpro_mesh.mesh.membership import Member, Membership, Workload, incarnation_from_wall_clock
 from xpro_mesh.mesh.node import MeshCounters, MeshNode, NodeTiming
-from xpro_mesh.mesh.state import GossipStateAdapter
+from xpro_mesh.mesh.state import TableAdapter
 from xpro_mesh.mesh.stream import TcpStreamTransport
 from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, UdpTransport
 
@@ -93,7 +96,7 @@ def open_backend(config: AgentConfig) -> MapBackend:
                 config.iface, config=xdp_config(config.thresholds), pin_root=config.pin_root
             )
             log.info("attached the XDP filter to %s in %s mode", config.iface, result.mode)
-        maps = BpfMaps.open(loader.pin_dir_for(config.pin_root, config.iface))
+        maps = BpfMaps.open(loader.pin_dir_for(config.pin_root, config.iface), recover=True)
         maps.set_config(xdp_config(config.thresholds, maps.get_config()))
         return maps
     except DatapathError as exc:
@@ -137,7 +140,7 @@ class Agent:
         self.started_ns = time.time_ns()
         self.incarnation = incarnation_from_wall_clock(self.started_ns)
         self.thresholds = config.thresholds
-        self.state = GossipState(config.node_id, self.incarnation, config.thresholds.params())
+        self.state = PairTable(config.node_id, self.incarnation, config.thresholds.params())
         self.limits = MergeLimits(
             max_skew_ns=config.max_skew_ns,
             max_rate_pps=config.limits.max_rate,
@@ -303,7 +306,7 @@ class Agent:
             params=g.membership_params(),
         )
         self.node = MeshNode(
-            state=GossipStateAdapter(self.state),
+            state=TableAdapter(self.state),
             membership=membership,
             keyring=keyring,
             timing=timing,
@@ -383,13 +386,26 @@ class Agent:
         return self.state.num_pairs, len(self.state)
 
     def top_pairs(self, dst: bytes | None, limit: int) -> tuple[list[PairRecord], int]:
-        views: list[PairRecord] = []
-        for (src, d), v in self.state.pair_views().items():
-            assert isinstance(src, bytes) and isinstance(d, bytes)
-            if dst is None or d == dst:
-                views.append(PairRecord(src, d, v.ts1, v.ts2, v.c, v.origins))
-        views.sort(key=lambda r: -r.c)
-        return views[:limit], len(views)
+        table = self.state
+        ids = table.live_ids()
+        if dst is not None:
+            wanted = table.destination_ids(np.array([dst], "S16"))[0]
+            ids = ids[table.destination_of(ids) == wanted] if wanted >= 0 else ids[:0]
+        views = table.pair_views(ids)
+        order = np.argsort(-views.c, kind="stable")[:limit]
+        src, d = table.pair_keys(views.ids[order])
+        top = [
+            PairRecord(
+                bytes(s).ljust(16, b"\0"),
+                bytes(x).ljust(16, b"\0"),
+                int(views.ts1[i]),
+                int(views.ts2[i]),
+                views.exact_c()[i] if views.overflow else int(views.c[i]),
+                int(views.origins[i]),
+            )
+            for s, x, i in zip(src, d, order.tolist(), strict=True)
+        ]
+        return top, len(ids)
 
     def stats(self) -> Stats:
         return self.counters.stats
@@ -430,9 +446,9 @@ class Agent:
             lambda: backend.set_config(xdp_config(thresholds, backend.get_config()))
         )
         params = thresholds.params()
-        self.state.set_params(params)
         if self.syncer is not None:
-            self.syncer.set_params(params)
+            self.syncer.set_params(params)  # the gossip syncer sets the table's
+        self.state.set_params(params)
         self.thresholds = thresholds
         self.config = replace(self.config, thresholds=thresholds)
         self.counters.reloads += 1

@@ -573,6 +573,50 @@ class PairTable:
             raise ValueError("record_local: the same pair twice in one call")
         return self._record(ids, ts1, ts2, dc, mark, catch_up)
 
+    def own_rows(self, ids: Ints) -> tuple[Bools, Ints, Ints, Bools]:
+        """For pair ids (-1: not held): whether this origin holds a row, its
+        ts1 and ts2 (0 without one), and whether this process wrote it
+        (scalar ``own_entry`` and ``wrote``)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        held = ids >= 0
+        safe = np.where(held, ids, 0)
+        own = held & self._present[0, safe]
+        ts1 = np.where(own, self._ts1[0, safe], 0)
+        ts2 = np.where(own, self._ts2[0, safe], 0)
+        written = own & self._written[safe]
+        return own, ts1, ts2, written
+
+    def restart_own(self, src: Addresses, dst: Addresses, ts1: Ints, ts2: Ints, c: Ints) -> Ints:
+        """Make ``(ts1, ts2, c)`` this origin's row of each pair under a new
+        version, whatever the row was (scalar ``GossipState.restart_own``:
+        the data path's window is the truth about this origin's packets).
+        Versions are issued in input order; pairs must be distinct. Returns
+        the pair ids."""
+        ts1, ts2, c = (np.asarray(x, dtype=np.int64) for x in (ts1, ts2, c))
+        if not len(src) == len(dst) == len(ts1) == len(ts2) == len(c):
+            raise ValueError("restart_own: columns of different lengths")
+        bad = (ts1 < 0) | (ts1 > ts2) | (c < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"inconsistent window at row {i}: {ts1[i]}..{ts2[i]}, c={c[i]}")
+        ids, created = self._ids_for(src, dst)
+        if _has_duplicates(ids, self._pairs.capacity):
+            self._drop_empty(ids[created])
+            raise ValueError("restart_own: the same pair twice in one call")
+        n = len(ids)
+        if not n:
+            return ids
+        inc, seq0 = self._clock
+        if seq0 + n > INT_MAX:
+            self._drop_empty(ids[created])
+            raise ValueError("restart_own: version sequence exhausted")
+        seq = seq0 + np.arange(1, n + 1, dtype=np.int64)
+        self._clock = (inc, seq0 + n)
+        self._watermark[self._node_id] = self._clock
+        self._written[ids] = True
+        self._store(0, ids, ts1, ts2, c, np.full(n, inc, dtype=np.int64), seq)
+        return ids
+
     def _record(
         self, ids: Ints, ts1: Ints, ts2: Ints, dc: Ints, mark: Ints, catch_up: bool
     ) -> LocalSyncs:

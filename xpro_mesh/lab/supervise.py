@@ -221,9 +221,8 @@ class FilterStats:
                     self.maps[p.ns] = BpfMaps.open(pin_dir)
 
     def read(self, pairs: bool = True) -> dict[str, dict[str, int]]:
-        """Per proxy its verdict counters and (``pairs``) the pairs in its
-        map: a walk of the whole map, too costly for the live display of a
-        large botnet, where it would take CPU from the agents."""
+        """Per proxy its verdict counters and (``pairs``) the pair slots in
+        use (the live display leaves them out: it needs only the rates)."""
         out: dict[str, dict[str, int]] = {}
         for ns, maps in self.maps.items():
             with contextlib.suppress(Exception):
@@ -234,7 +233,7 @@ class FilterStats:
                     "drop_dest": counters["drop_dest"],
                 }
                 if pairs:
-                    out[ns]["pairs"] = maps.count_pairs()
+                    out[ns]["pairs"] = maps.ring_status().pairs_in_use
         return out
 
     def close(self) -> None:

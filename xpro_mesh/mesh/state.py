@@ -25,8 +25,9 @@ from xpro_mesh.core.gossip_state import (
     chunk_delta,
 )
 from xpro_mesh.core.rows import ColumnarDelta, from_delta, to_delta
+from xpro_mesh.core.table import PairTable, TableMergeReport, chunk
 
-__all__ = ["GossipStateAdapter", "ReplicatedState"]
+__all__ = ["GossipStateAdapter", "ReplicatedState", "TableAdapter"]
 
 
 class ReplicatedState(Protocol):
@@ -82,6 +83,42 @@ class GossipStateAdapter:
             return self.state.merge(scalar, now, limits)
         pieces: tuple[Delta, ...] = chunk_delta(scalar, size)
         return _sum(self.state.merge(piece, now, limits) for piece in pieces)
+
+
+class TableAdapter:
+    """:class:`ReplicatedState` over the columnar :class:`PairTable` (what the
+    agent runs). A delta over ``limits.max_entries_per_message`` rows is
+    merged in pieces cut by :func:`~xpro_mesh.core.table.chunk`, as the
+    scalar adapter does; the report counts rows, not pairs (``changed_pairs``
+    stays empty: the agent's planner compares views, it needs no list)."""
+
+    def __init__(self, table: PairTable) -> None:
+        self.table = table
+
+    def digest(self) -> Digest:
+        return self.table.digest()
+
+    def delta_for(self, peer: Digest) -> ColumnarDelta:
+        return self.table.delta_for(peer)
+
+    def full_state(self) -> ColumnarDelta:
+        return self.table.full_state()
+
+    def merge(self, delta: ColumnarDelta, now: int, limits: MergeLimits) -> MergeReport:
+        size = max(1, limits.max_entries_per_message)
+        if delta.rows <= size and len(delta.coverage) <= size:
+            return _report(self.table.merge(delta, now, limits))
+        return _sum(_report(self.table.merge(p, now, limits)) for p in chunk(delta, size))
+
+
+def _report(r: TableMergeReport) -> MergeReport:
+    return MergeReport(
+        accepted=r.accepted,
+        adopted=r.adopted,
+        stale=r.stale,
+        rejected=dict(r.rejected),
+        watermarks_advanced=r.watermarks_advanced,
+    )
 
 
 def _sum(reports: Iterable[MergeReport]) -> MergeReport:
