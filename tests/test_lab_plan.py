@@ -127,7 +127,7 @@ def test_chaos_crashes_an_agent_restarts_it_then_kills_the_master_for_good() -> 
         scenario.chaos(topology.plan(1, 2, 4), 40)
 
 
-def test_fault_targets_name_the_processes_a_mode_started(tmp_path) -> None:
+def test_fault_targets_name_the_processes_a_mode_started(tmp_path: Path) -> None:
     lab = topology.plan(3, 3, 3)
     assert faults.fault_process("agent:2", lab) == "agent-xl-p2"
     assert faults.fault_process("redis", lab) == "redis"
@@ -188,17 +188,17 @@ class RecordingNetwork:
         self.calls.append(("up", index, None))
 
 
-def test_a_proxy_going_down_kills_its_agent_and_coming_up_restarts_it(tmp_path) -> None:
+def test_a_proxy_going_down_kills_its_agent_and_coming_up_restarts_it(tmp_path: Path) -> None:
     lab = topology.plan(3, 3, 3)
     procs = supervise.Processes()
     net = RecordingNetwork()
     procs.start("agent-xl-p1", ["sleep", "30"], tmp_path / "a.log")
     try:
         down = scenario.Fault(1.0, "down", "proxy:1", via=2)
-        done = faults.inject(down, lab, procs, net)  # type: ignore[arg-type]
+        done = faults.inject(down, lab, procs, net)
         assert done == "proxy 1 down (SIGKILL agent-xl-p1), its traffic through proxy 2"
         assert net.calls == [("down", 1, 2)] and "agent-xl-p1" in procs.killed
-        done = faults.inject(scenario.Fault(2.0, "up", "proxy:1"), lab, procs, net)  # type: ignore[arg-type]
+        done = faults.inject(scenario.Fault(2.0, "up", "proxy:1"), lab, procs, net)
         assert done == "proxy 1 up (restarted agent-xl-p1)"
         assert net.calls[-1] == ("up", 1, None)
         assert procs.procs[0][1].poll() is None
@@ -206,7 +206,7 @@ def test_a_proxy_going_down_kills_its_agent_and_coming_up_restarts_it(tmp_path) 
         procs.stop()
 
 
-def test_thresholds_render_as_toml_for_xdp_and_the_agent(tmp_path) -> None:
+def test_thresholds_render_as_toml_for_xdp_and_the_agent(tmp_path: Path) -> None:
     import tomllib
 
     from xpro_mesh.agent.config import load_config
@@ -283,7 +283,7 @@ def test_report_json_has_the_issue_shape() -> None:
     json.dumps(doc)
 
 
-def test_report_has_a_phase_table_for_a_chaos_run(tmp_path) -> None:
+def test_report_has_a_phase_table_for_a_chaos_run(tmp_path: Path) -> None:
     lab = topology.plan(2, 2, 20)
     plan = scenario.chaos(lab, 10)
     base = _synthetic_result()
@@ -323,7 +323,7 @@ def test_report_has_a_phase_table_for_a_chaos_run(tmp_path) -> None:
     report.write_png(result, tmp_path / "c.png")
 
 
-def test_report_figure_and_page_are_self_contained(tmp_path) -> None:
+def test_report_figure_and_page_are_self_contained(tmp_path: Path) -> None:
     result = _synthetic_result()
     report.write_png(result, tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -453,7 +453,7 @@ def test_trafgen_counts_the_source_through_the_block_and_nft_counts_each_block()
     assert "hook prerouting priority -300" in rules
 
 
-def test_trafgen_writes_the_frames_the_config_describes(tmp_path) -> None:
+def test_trafgen_writes_the_frames_the_config_describes(tmp_path: Path) -> None:
     """The real trafgen, into a pcap file (no network): every source of
     the block once per cycle, to the victim's port, checksums valid."""
     import shutil
@@ -487,7 +487,7 @@ def test_trafgen_writes_the_frames_the_config_describes(tmp_path) -> None:
     assert sources[:10] == [f"10.128.0.{i}" for i in range(1, 11)] and sources[10] == "10.128.0.1"
 
 
-def test_member_transitions_are_read_from_the_agents_log_lines(tmp_path) -> None:
+def test_member_transitions_are_read_from_the_agents_log_lines(tmp_path: Path) -> None:
     log = tmp_path / "agent.log"
 
     def line(second: int, msg: str) -> str:
@@ -514,7 +514,7 @@ def test_member_transitions_are_read_from_the_agents_log_lines(tmp_path) -> None
     assert agents.member_transitions(log)["suspect->dead"] == 1
 
 
-def test_agent_usage_reads_cpu_and_peak_memory_from_proc(tmp_path) -> None:
+def test_agent_usage_reads_cpu_and_peak_memory_from_proc(tmp_path: Path) -> None:
     procs = supervise.Processes()
     procs.start(
         "agent-xl-p0",
