@@ -7,7 +7,7 @@
 # gossip-paper), writes the report under out/ and always tears the lab down.
 #
 #   XPRO_DEMO_DURATION=30     seconds of traffic per mode
-#   XPRO_DEMO_SCENARIOS="distributed heavy-hitter low-and-slow flash-crowd chaos failover"
+#   XPRO_DEMO_SCENARIOS="distributed heavy-hitter low-and-slow flash-crowd chaos failover botnet"
 #                             more scenarios (each adds ~3 minutes)
 #   XPRO_DEMO_OUT=out         where the files go
 set -euo pipefail

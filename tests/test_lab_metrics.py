@@ -101,8 +101,12 @@ def test_quiet_only_at_the_very_end_is_not_mitigation() -> None:
 
 
 def test_good_success_and_latency_percentiles() -> None:
-    requests = [[t * 0.5, 0.001] for t in range(96)] + [[48.0, None], [48.5, None], [49, None],
-                                                       [49.5, None]]
+    requests = [[t * 0.5, 0.001] for t in range(96)] + [
+        [48.0, None],
+        [48.5, None],
+        [49, None],
+        [49.5, None],
+    ]
     goods = [GoodRequests.from_json({"label": "regular", "requests": requests})]
     victim = VictimArrivals.from_json(victim_doc({}))
     m = metrics.mode_metrics(victim, [], goods, horizon=50)
@@ -159,9 +163,7 @@ def test_phases_report_each_stretch_and_each_proxys_block_on_its_own() -> None:
     # Block 100 is cut throughout; block 101's proxy leaks everything
     # between 10 s and 15 s (its agent is down) and is cut again after.
     leak = {k: (10 if 100 <= k < 150 else 0) for k in range(50, 250)}
-    victim = VictimArrivals.from_json(
-        victim_doc({100: delivered_until(5, 25, 5.0, 10), 101: leak})
-    )
+    victim = VictimArrivals.from_json(victim_doc({100: delivered_until(5, 25, 5.0, 10), 101: leak}))
     bots = [BotStream.from_json(bot_doc(b, 5, 25, 10)) for b in (100, 101)]
     goods = [GoodRequests("regular", ((9.0, 0.001), (12.0, None), (13.0, 0.001), (20.0, 0.001)))]
     m = metrics.mode_metrics(

@@ -4,14 +4,28 @@ shape and figure from a synthetic result. No namespaces."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import os
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
 from xpro_mesh.cli import build_parser
-from xpro_mesh.lab import metrics, report, scenario, topology
+from xpro_mesh.lab import (
+    agents,
+    faults,
+    metrics,
+    plans,
+    report,
+    scenario,
+    spoofed,
+    supervise,
+    topology,
+)
 from xpro_mesh.lab.scenario import ModeResult, ScenarioError, ScenarioResult
 
 
@@ -20,8 +34,7 @@ def test_plan_spreads_clients_and_bots_round_robin_over_proxies() -> None:
     assert [p.ns for p in lab.proxies] == ["xl-p0", "xl-p1", "xl-p2"]
     assert len(lab.good_addrs()) == 12 and len(lab.bot_addrs()) == 180
     per_proxy = {s.ns: len(s.addrs) for s in lab.senders}
-    assert per_proxy == {"xl-c0": 4, "xl-c1": 4, "xl-c2": 4, "xl-b0": 60, "xl-b1": 60,
-                         "xl-b2": 60}
+    assert per_proxy == {"xl-c0": 4, "xl-c1": 4, "xl-c2": 4, "xl-b0": 60, "xl-b1": 60, "xl-b2": 60}
     for s in lab.senders:
         block = lab.proxies[s.proxy].client_block.rsplit(".", 2)[0]
         assert all(a.startswith(block + ".") for a in s.addrs)
@@ -83,7 +96,7 @@ def test_flash_crowd_is_good_traffic_only_and_over_capacity() -> None:
 
 
 def test_every_scenario_builds_for_a_small_lab() -> None:
-    lab = topology.plan(2, 2, 20)
+    lab = topology.plan(3, 3, 20)
     for spec in scenario.SCENARIOS.values():
         plan = spec.build(lab, 10)
         assert plan.flows and plan.duration == 10
@@ -97,7 +110,9 @@ def test_chaos_crashes_an_agent_restarts_it_then_kills_the_master_for_good() -> 
     assert plan.flows == base.flows and plan.thresholds == base.thresholds
     assert plan.attack_start is not None and plan.attack_stop is not None
     assert [(f.action, f.target) for f in plan.faults] == [
-        ("kill", "agent:1"), ("restart", "agent:1"), ("kill", "redis")  # Redis stays dead
+        ("kill", "agent:1"),
+        ("restart", "agent:1"),
+        ("kill", "redis"),  # Redis stays dead
     ]
     times = [f.at for f in plan.faults]
     assert plan.attack_start < times[0] < times[1] < times[2] < plan.attack_stop
@@ -112,11 +127,11 @@ def test_chaos_crashes_an_agent_restarts_it_then_kills_the_master_for_good() -> 
         scenario.chaos(topology.plan(1, 2, 4), 40)
 
 
-def test_fault_targets_name_the_processes_a_mode_started(tmp_path) -> None:
+def test_fault_targets_name_the_processes_a_mode_started(tmp_path: Path) -> None:
     lab = topology.plan(3, 3, 3)
-    assert scenario._fault_process("agent:2", lab) == "agent-xl-p2"
-    assert scenario._fault_process("redis", lab) == "redis"
-    procs = scenario._Processes()
+    assert faults.fault_process("agent:2", lab) == "agent-xl-p2"
+    assert faults.fault_process("redis", lab) == "redis"
+    procs = supervise.Processes()
     log = tmp_path / "a.log"
     first = procs.start("agent-xl-p1", ["sh", "-c", "echo life; exec sleep 30"], log)
 
@@ -128,15 +143,15 @@ def test_fault_targets_name_the_processes_a_mode_started(tmp_path) -> None:
     try:
         lives(1)
         kill = scenario.Fault(1.0, "kill", "agent:1")
-        assert scenario._inject(kill, lab, procs) == "SIGKILL agent-xl-p1"
+        assert faults.inject(kill, lab, procs) == "SIGKILL agent-xl-p1"
         assert first.returncode == -9
         # A target the mode does not run is left alone.
-        assert scenario._inject(scenario.Fault(1.0, "kill", "redis"), lab, procs) is None
+        assert faults.inject(scenario.Fault(1.0, "kill", "redis"), lab, procs) is None
         assert "agent-xl-p1" in procs.killed
         restart = scenario.Fault(2.0, "restart", "agent:1")
-        assert scenario._inject(restart, lab, procs) == "restarted agent-xl-p1"
-        assert scenario._inject(restart, lab, procs) is None  # already running
-        (name, second), = procs.procs
+        assert faults.inject(restart, lab, procs) == "restarted agent-xl-p1"
+        assert faults.inject(restart, lab, procs) is None  # already running
+        ((name, second),) = procs.procs
         assert name == "agent-xl-p1" and second.poll() is None and second is not first
         assert "agent-xl-p1" not in procs.killed
         lives(2)
@@ -150,7 +165,8 @@ def test_failover_takes_a_whole_proxy_down_mid_attack_and_brings_it_back() -> No
     plan = scenario.failover(lab, 40)
     assert plan.flows == scenario.distributed(lab, 40).flows
     assert [(f.action, f.target, f.via) for f in plan.faults] == [
-        ("down", "proxy:1", 2), ("up", "proxy:1", None)
+        ("down", "proxy:1", 2),
+        ("up", "proxy:1", None),
     ]
     assert plan.attack_start is not None and plan.attack_stop is not None
     assert plan.attack_start < plan.faults[0].at < plan.faults[1].at < plan.attack_stop
@@ -172,17 +188,17 @@ class RecordingNetwork:
         self.calls.append(("up", index, None))
 
 
-def test_a_proxy_going_down_kills_its_agent_and_coming_up_restarts_it(tmp_path) -> None:
+def test_a_proxy_going_down_kills_its_agent_and_coming_up_restarts_it(tmp_path: Path) -> None:
     lab = topology.plan(3, 3, 3)
-    procs = scenario._Processes()
+    procs = supervise.Processes()
     net = RecordingNetwork()
     procs.start("agent-xl-p1", ["sleep", "30"], tmp_path / "a.log")
     try:
         down = scenario.Fault(1.0, "down", "proxy:1", via=2)
-        done = scenario._inject(down, lab, procs, net)  # type: ignore[arg-type]
+        done = faults.inject(down, lab, procs, net)
         assert done == "proxy 1 down (SIGKILL agent-xl-p1), its traffic through proxy 2"
         assert net.calls == [("down", 1, 2)] and "agent-xl-p1" in procs.killed
-        done = scenario._inject(scenario.Fault(2.0, "up", "proxy:1"), lab, procs, net)  # type: ignore[arg-type]
+        done = faults.inject(scenario.Fault(2.0, "up", "proxy:1"), lab, procs, net)
         assert done == "proxy 1 up (restarted agent-xl-p1)"
         assert net.calls[-1] == ("up", 1, None)
         assert procs.procs[0][1].poll() is None
@@ -190,7 +206,7 @@ def test_a_proxy_going_down_kills_its_agent_and_coming_up_restarts_it(tmp_path) 
         procs.stop()
 
 
-def test_thresholds_render_as_toml_for_xdp_and_the_agent(tmp_path) -> None:
+def test_thresholds_render_as_toml_for_xdp_and_the_agent(tmp_path: Path) -> None:
     import tomllib
 
     from xpro_mesh.agent.config import load_config
@@ -204,7 +220,7 @@ def test_thresholds_render_as_toml_for_xdp_and_the_agent(tmp_path) -> None:
     assert config.policy == "paper" and config.t_f2 == plan.thresholds.t_f2
     assert config.t_t2 == 500_000_000
     agent = tmp_path / "agent.toml"
-    scenario._write_agent_config(agent, plan, "fair-share")
+    agents.write_agent_config(agent, plan, "fair-share")
     assert tomllib.loads(agent.read_text())["gossip"]["interval"] == scenario.GOSSIP_INTERVAL
     cfg = load_config(agent, {"iface": "c0"}, require_key_file=False)
     assert cfg.thresholds.t_f1 == plan.thresholds.t_f1
@@ -228,18 +244,26 @@ def _synthetic_result() -> ScenarioResult:
     for block in (100, 101):
         bots.append(
             metrics.BotStream.from_json(
-                {"block": block, "start": 2.0, "stop": 9.0,
-                 "sent_bins": {str(k): 20 for k in range(20, 90)}}
+                {
+                    "block": block,
+                    "start": 2.0,
+                    "stop": 9.0,
+                    "sent_bins": {str(k): 20 for k in range(20, 90)},
+                }
             )
         )
         arrivals[str(block)] = {str(k): (20 if k < 30 else 0) for k in range(20, 90)}
     victim = metrics.VictimArrivals.from_json({"bin_s": 0.1, "bins": {"attack": arrivals}})
-    goods = [metrics.GoodRequests.from_json({"label": "regular",
-                                             "requests": [[t / 2, 0.0004] for t in range(20)]})]
+    goods = [
+        metrics.GoodRequests.from_json(
+            {"label": "regular", "requests": [[t / 2, 0.0004] for t in range(20)]}
+        )
+    ]
     m = metrics.mode_metrics(victim, bots, goods, 10)
     modes = {
-        "gossip": ModeResult("gossip", m, {"xl-p0": {"pass": 5, "drop_pair": 0,
-                                                     "drop_dest": 9, "pairs": 3}}, 12.0),
+        "gossip": ModeResult(
+            "gossip", m, {"xl-p0": {"pass": 5, "drop_pair": 0, "drop_dest": 9, "pairs": 3}}, 12.0
+        ),
     }
     return ScenarioResult(plan=plan, lab=lab, modes=modes, wall_s=12.0)
 
@@ -259,7 +283,7 @@ def test_report_json_has_the_issue_shape() -> None:
     json.dumps(doc)
 
 
-def test_report_has_a_phase_table_for_a_chaos_run(tmp_path) -> None:
+def test_report_has_a_phase_table_for_a_chaos_run(tmp_path: Path) -> None:
     lab = topology.plan(2, 2, 20)
     plan = scenario.chaos(lab, 10)
     base = _synthetic_result()
@@ -267,13 +291,26 @@ def test_report_has_a_phase_table_for_a_chaos_run(tmp_path) -> None:
     victim = metrics.VictimArrivals.from_json(
         {"bin_s": 0.1, "bins": {"attack": {"100": {str(k): 20 for k in range(40, 60)}}}}
     )
-    bots = [metrics.BotStream.from_json({"block": b, "start": 2.0, "stop": 9.0,
-                                         "sent_bins": {str(k): 20 for k in range(20, 90)}})
-            for b in (100, 101)]
-    m = metrics.mode_metrics(victim, bots, [], 10,
-                             phases=[(p.label, p.start, p.stop) for p in plan.phases])
-    result = ScenarioResult(plan=plan, lab=lab, wall_s=1.0,
-                            modes={"gossip": ModeResult("gossip", m, gossip.proxies, 1.0)})
+    bots = [
+        metrics.BotStream.from_json(
+            {
+                "block": b,
+                "start": 2.0,
+                "stop": 9.0,
+                "sent_bins": {str(k): 20 for k in range(20, 90)},
+            }
+        )
+        for b in (100, 101)
+    ]
+    m = metrics.mode_metrics(
+        victim, bots, [], 10, phases=[(p.label, p.start, p.stop) for p in plan.phases]
+    )
+    result = ScenarioResult(
+        plan=plan,
+        lab=lab,
+        wall_s=1.0,
+        modes={"gossip": ModeResult("gossip", m, gossip.proxies, 1.0)},
+    )
     doc = report.as_json(result)
     phases = doc["modes"]["gossip"]["phases"]
     assert list(phases) == [p.label for p in plan.phases]
@@ -286,23 +323,234 @@ def test_report_has_a_phase_table_for_a_chaos_run(tmp_path) -> None:
     report.write_png(result, tmp_path / "c.png")
 
 
-def test_report_figure_and_page_are_self_contained(tmp_path) -> None:
+def test_report_figure_and_page_are_self_contained(tmp_path: Path) -> None:
     result = _synthetic_result()
     report.write_png(result, tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report.write_html(result, tmp_path / "f.html")
     page = (tmp_path / "f.html").read_text()
     assert "<svg" in page and "gossip" in page
-    assert "src=\"http" not in page and "href=\"http" not in page
+    assert 'src="http' not in page and 'href="http' not in page
     report.write_json(result, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["scenario"] == "distributed"
 
 
 def test_cli_knows_the_lab_commands() -> None:
     parser = build_parser()
-    args = parser.parse_args(["lab", "scenario", "distributed", "--modes", "none,gossip",
-                              "--duration", "12", "--json-out", "x.json"])
+    args = parser.parse_args(
+        [
+            "lab",
+            "scenario",
+            "distributed",
+            "--modes",
+            "none,gossip",
+            "--duration",
+            "12",
+            "--json-out",
+            "x.json",
+        ]
+    )
     assert args.name == "distributed" and args.duration == 12
     assert parser.parse_args(["lab", "up", "--proxies", "2"]).proxies == 2
     for action in ("down", "status"):
         assert callable(parser.parse_args(["lab", action]).func)
+
+
+GOLDEN = Path(__file__).parent / "data" / "lab_plans.json"
+GOLDEN_LABS = [(3, 12, 180), (3, 9, 90), (2, 2, 20), (5, 20, 300), (2, 3, 7)]
+
+
+def _plan_doc(plan: scenario.ScenarioPlan) -> dict[str, object]:
+    """What a plan says: its JSON parameters, every flow and the thresholds
+    as both TOML bodies the runner writes."""
+    return {
+        "scenario": plan.name,
+        "summary": plan.summary,
+        **plan.params(),
+        "flows": [asdict(f) for f in plan.flows],
+        "xdp_toml": {p: plan.thresholds.toml(p) for p in ("fair-share", "paper")},
+    }
+
+
+def test_every_scenario_plan_is_byte_for_byte_the_recorded_one() -> None:
+    """The plans recorded before ``lab/`` was split by concern (the
+    golden file): a refactoring of the lab changes no scenario."""
+    golden = json.loads(GOLDEN.read_text())
+    for size in GOLDEN_LABS:
+        lab = topology.plan(*size)
+        for name in sorted(golden_names := {k.split("/")[0] for k in golden["digests"]}):
+            spec = scenario.SCENARIOS[name]
+            for d in (spec.default_duration, 15.0, 10.0):
+                key = f"{name}/{size[0]}x{size[1]}x{size[2]}/{d:g}"
+                doc = json.loads(json.dumps(_plan_doc(spec.build(lab, d))))
+                if key in golden["full"]:
+                    assert doc == golden["full"][key], key
+                text = json.dumps(doc, sort_keys=True).encode()
+                assert hashlib.sha256(text).hexdigest() == golden["digests"][key], key
+    assert golden_names <= set(scenario.SCENARIOS)
+
+
+def test_botnet_spreads_spoofed_sources_in_a_block_per_proxy_outside_the_lab_24s() -> None:
+    lab = topology.plan(3, 9, 90)
+    plan = scenario.botnet(lab, 30, bots=6900, rate=1.0)
+    blocks = plan.spoofed
+    assert [b.count for b in blocks] == [2300, 2300, 2300]
+    assert [b.cidr for b in blocks] == ["10.128.0.0/14", "10.132.0.0/14", "10.136.0.0/14"]
+    assert [b.ns for b in blocks] == ["xl-b0", "xl-b1", "xl-b2"]  # frames to their own proxy
+    assert blocks[0].first == "10.128.0.1" and blocks[0].last() == "10.128.8.252"
+    lab_24s = {p.client_block.rsplit(".", 2)[0] for p in lab.proxies}
+    assert not any(b.first.rsplit(".", 2)[0] in lab_24s for b in blocks)
+    assert not [f for f in plan.flows if f.role == "bots"]  # no Python senders
+    assert plan.agent_profile == "lan" and plan.pairs_max >= 2 * 2300
+
+
+def test_botnet_t_f2_is_over_every_proxy_alone_and_under_the_mesh() -> None:
+    for proxies, bots in [(3, 2100), (3, 60000), (4, 1001), (5, 20000)]:
+        lab = topology.plan(proxies, 2 * proxies, proxies)
+        plan = scenario.botnet(lab, 30, bots=bots)
+        t = plan.thresholds
+        per_proxy = max(b.pps for b in plan.spoofed)
+        assert per_proxy < t.t_f2 < bots * 1.0
+        assert plan.spoofed[0].rate < t.t_f1  # each source alone is innocent
+        good = [f for f in plan.flows if f.role == "good"]
+        # A bot's gap is under the idle gap T_T1, a good client's over it: each
+        # good request opens a new window (never judged), every bot's runs on.
+        t_t1 = int(t.t_t1.removesuffix("ms")) / 1000
+        assert 1 / plan.spoofed[0].rate < t_t1 < 1 / good[0].rate
+    assert plans.botnet_t_f2(2100.0) == 840  # 0.4, as in distributed
+
+
+def test_botnet_refuses_sizes_it_cannot_address() -> None:
+    lab = topology.plan(3, 3, 3)
+    for kwargs, flag in [
+        ({"bots": 2}, "--bots"),
+        ({"bots": 900_000}, "--bots"),
+        ({"rate": 0.0}, "--rate-per-bot"),
+        ({"proxies": 4}, "--proxies"),
+        ({"proxies": 2}, "--proxies"),
+    ]:
+        with pytest.raises(ScenarioError, match=flag):
+            scenario.botnet(lab, 30, **kwargs)  # type: ignore[arg-type]
+
+
+def test_botnet_params_record_the_blocks_and_the_other_plans_do_not_change() -> None:
+    lab = topology.plan(3, 9, 90)
+    params = scenario.botnet(lab, 15, bots=2100).params()
+    spoofed = params["spoofed"]
+    assert spoofed["sources"] == 2100 and spoofed["offered_pps"] == 2100.0  # type: ignore[index]
+    assert params["gossip_interval"] == "500ms"  # the lan profile's round
+    assert "spoofed" not in scenario.distributed(lab, 15).params()
+
+
+def test_trafgen_counts_the_source_through_the_block_and_nft_counts_each_block() -> None:
+    plan = scenario.botnet(topology.plan(3, 3, 3), 30, bots=3000)
+    b = plan.spoofed[1]
+    cfg = spoofed.trafgen_config(b, "02:00:00:00:00:01", "02:00:00:00:00:02", "10.20.0.2", 9000)
+    assert "saddr=dinc(0x0a840001, 0x0a8403e8)" in cfg  # 10.132.0.1 .. 10.132.3.232
+    assert "dport=9000" in cfg and "0x41" in cfg  # the attack tag
+    rules = spoofed.nft_ruleset(plan.spoofed)
+    assert "ip saddr 10.132.0.0/14 counter name b132 drop" in rules
+    assert "hook prerouting priority -300" in rules
+
+
+def test_trafgen_writes_the_frames_the_config_describes(tmp_path: Path) -> None:
+    """The real trafgen, into a pcap file (no network): every source of
+    the block once per cycle, to the victim's port, checksums valid."""
+    import shutil
+    import struct
+
+    if shutil.which("trafgen") is None:
+        pytest.skip("trafgen (netsniff-ng) not installed")
+    import subprocess
+
+    b = scenario.botnet(topology.plan(3, 3, 3), 30, bots=30).spoofed[0]
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(
+        spoofed.trafgen_config(b, "02:00:00:00:00:01", "02:00:00:00:00:02", "10.20.0.2", 9000)
+    )
+    pcap = tmp_path / "t.pcap"
+    subprocess.run(
+        ["trafgen", "--conf", str(cfg), "--dev", str(pcap), "--num", "20"],
+        check=True,
+        capture_output=True,
+    )
+    data, off, sources = pcap.read_bytes(), 24, []
+    while off < len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        frame = data[off + 16 : off + 16 + incl]
+        off += 16 + incl
+        sources.append(".".join(str(x) for x in frame[26:30]))
+        assert frame[36:38] == (9000).to_bytes(2, "big") and frame[42:43] == b"A"
+        words = struct.unpack("!10H", frame[14:34])
+        total = sum(words)
+        assert (total & 0xFFFF) + (total >> 16) == 0xFFFF  # the IPv4 header checksum holds
+    assert sources[:10] == [f"10.128.0.{i}" for i in range(1, 11)] and sources[10] == "10.128.0.1"
+
+
+def test_member_transitions_are_read_from_the_agents_log_lines(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+
+    def line(second: int, msg: str) -> str:
+        return json.dumps(
+            {"ts": f"2026-12-01T10:00:{second:02d}.000Z", "level": "info", "msg": msg}
+        )
+
+    log.write_text(
+        "\n".join(
+            [
+                line(1, "member p1: unknown -> alive"),
+                line(2, "member p1: alive -> suspect"),
+                line(3, "member p1: suspect -> alive"),
+                line(4, "member p2: alive -> suspect"),
+                line(9, "member p2: suspect -> dead"),  # after the traffic: the agents leaving
+            ]
+        )
+        + "\nnot json\n"
+    )
+    from datetime import datetime
+
+    t0 = datetime.fromisoformat("2026-12-01T10:00:00+00:00").timestamp()
+    assert agents.member_transitions(log, t0, t0 + 5) == {"alive->suspect": 2, "suspect->alive": 1}
+    assert agents.member_transitions(log)["suspect->dead"] == 1
+
+
+def test_agent_usage_reads_cpu_and_peak_memory_from_proc(tmp_path: Path) -> None:
+    procs = supervise.Processes()
+    procs.start(
+        "agent-xl-p0",
+        [
+            "python3",
+            "-c",
+            "x = bytearray(30 << 20); "
+            "import time; t = time.process_time()\n"
+            "while time.process_time() - t < 0.3: pass\n"
+            "time.sleep(30)",
+        ],
+        tmp_path / "a.log",
+    )
+    usage = agents.Usage()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            usage.sample(procs)
+            figures = usage.as_json().get("xl-p0")
+            if figures and figures["cpu_s"] >= 0.3 and figures["peak_rss_mb"] >= 30:
+                break
+            time.sleep(0.1)
+    finally:
+        procs.stop()
+    assert figures is not None and figures["cpu_s"] >= 0.3 and figures["peak_rss_mb"] >= 30
+
+
+def test_cli_takes_botnet_options_and_other_scenarios_refuse_them() -> None:
+    args = build_parser().parse_args(
+        ["lab", "scenario", "botnet", "--bots", "6900", "--rate-per-bot", "2", "--proxies", "3"]
+    )
+    assert (args.bots, args.rate_per_bot, args.proxies) == (6900, 2.0, 3)
+    from xpro_mesh.lab import runner
+
+    lab = topology.plan(3, 3, 3)
+    if os.geteuid() == 0:
+        with pytest.raises(ScenarioError, match="--bots is an option of scenario botnet"):
+            runner.prepare(lab, "distributed", ["none"], 10, {"bots": 10})
+        assert runner.prepare(lab, "botnet", ["none"], 10, {"bots": 300}).spoofed

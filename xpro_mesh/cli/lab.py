@@ -5,13 +5,15 @@
     xpro-mesh lab down
     xpro-mesh lab scenario NAME --modes none,local,master,gossip[,gossip-paper]
                            [--duration S] [--json-out FILE] [--html FILE] [--png FILE]
+    xpro-mesh lab scenario botnet --bots N [--rate-per-bot PPS] [--proxies P] ...
 
 ``up`` builds the namespaces, bridges, veths, addresses and routes of
 :mod:`xpro_mesh.lab.topology`; ``down`` removes every ``xl-`` namespace and
 everything running in it, also after a crash (a second ``down`` is a no-op).
 ``scenario`` runs the same traffic once per mode on the lab that is up and
 reports, per mode, what reached the victim and what the good clients saw
-(:mod:`xpro_mesh.lab.scenario`).
+(:mod:`xpro_mesh.lab.scenario`); ``botnet``'s bots are spoofed sources sent
+by trafgen and counted at the victim by nftables (docs/lab.md).
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def register(subparsers: Any) -> None:
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(func=_status)
 
+    _add_scenario(sub)
+
+
+def _add_scenario(sub: Any) -> None:
     from xpro_mesh.lab.scenario import MODES, SCENARIOS
 
     scen = sub.add_parser(
@@ -56,20 +62,48 @@ def register(subparsers: Any) -> None:
         description=_scenario_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    scen.add_argument("name", choices=sorted(SCENARIOS), metavar="NAME",
-                      help=f"one of {', '.join(sorted(SCENARIOS))}")
+    scen.add_argument(
+        "name",
+        choices=sorted(SCENARIOS),
+        metavar="NAME",
+        help=f"one of {', '.join(sorted(SCENARIOS))}",
+    )
     scen.add_argument(
         "--modes",
         default="none,local,gossip",
         help=f"comma-separated, from {','.join(MODES)} (default none,local,gossip)",
     )
-    scen.add_argument("--duration", type=float, default=None,
-                      help="seconds of traffic per mode (default: the scenario's)")
+    scen.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of traffic per mode (default: the scenario's)",
+    )
+    scen.add_argument(
+        "--bots", type=int, default=None, help="botnet: spoofed sources (default 2100)"
+    )
+    scen.add_argument(
+        "--rate-per-bot",
+        type=float,
+        default=None,
+        metavar="PPS",
+        help="botnet: packets/s of each source (default 1)",
+    )
+    scen.add_argument(
+        "--proxies",
+        type=int,
+        default=None,
+        help="botnet: proxies the sources spread over (default: all of the lab's)",
+    )
     scen.add_argument("--json-out", type=Path, help="write the results as JSON")
     scen.add_argument("--html", type=Path, help="write a self-contained HTML report")
     scen.add_argument("--png", type=Path, help="write the figure as PNG")
-    scen.add_argument("--workdir", type=Path, default=None,
-                      help="keep the raw per-process JSON here (default: a temporary dir)")
+    scen.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the raw per-process JSON here (default: a temporary dir)",
+    )
     scen.add_argument("--quiet", action="store_true", help="no progress display")
     scen.set_defaults(func=_scenario)
 
@@ -133,8 +167,10 @@ def _status(args: argparse.Namespace) -> int:
         print("lab: down")
         return 0
     if not report["up"]:
-        print(f"lab: {len(report['namespaces'])} namespaces left over (no state file); "
-              "run `xpro-mesh lab down`")
+        print(
+            f"lab: {len(report['namespaces'])} namespaces left over (no state file); "
+            "run `xpro-mesh lab down`"
+        )
         return 1
     print(
         f"lab: up — {len(report['proxies'])} proxies, {report['good_addrs']} good client "
@@ -169,6 +205,7 @@ def _scenario(args: argparse.Namespace) -> int:
             duration=args.duration,
             workdir=args.workdir,
             progress=not args.quiet,
+            options={"bots": args.bots, "rate": args.rate_per_bot, "proxies": args.proxies},
         )
     except scenario.ScenarioError as exc:
         raise CliError(str(exc)) from None

@@ -112,9 +112,7 @@ class GoodRequests:
         assert isinstance(raw, Sequence)
         return cls(
             label=str(doc.get("label", "good")),
-            requests=tuple(
-                (float(t), None if lat is None else float(lat)) for t, lat in raw
-            ),
+            requests=tuple((float(t), None if lat is None else float(lat)) for t, lat in raw),
         )
 
 
@@ -372,10 +370,6 @@ def mode_metrics(
         attack_sent_pps=_series([b.sent for b in bots], victim.bin_s, horizon, SERIES_S),
         good_success=good_series(goods, horizon),
         good_pps=_series(victim.good.values(), victim.bin_s, horizon, SERIES_S),
-        good_sent_pps=_series(
-            [_send_bins(goods, victim.bin_s)], victim.bin_s, horizon, SERIES_S
-        ),
-        phases={
-            label: phase_metrics(victim, bots, goods, t0, t1) for label, t0, t1 in phases
-        },
+        good_sent_pps=_series([_send_bins(goods, victim.bin_s)], victim.bin_s, horizon, SERIES_S),
+        phases={label: phase_metrics(victim, bots, goods, t0, t1) for label, t0, t1 in phases},
     )

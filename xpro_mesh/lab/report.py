@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from xpro_mesh.lab.metrics import ModeMetrics, SeriesPoint
-from xpro_mesh.lab.scenario import MODES, ScenarioResult
+from xpro_mesh.lab.plans import MODES, ScenarioPlan
+from xpro_mesh.lab.results import ScenarioResult
 
 __all__ = ["as_json", "print_table", "render_figure", "write_html", "write_json", "write_png"]
 
@@ -43,9 +44,14 @@ def _series(points: tuple[SeriesPoint, ...]) -> list[list[float | None]]:
     return [[p.t, _round(p.value, 3)] for p in points]
 
 
-def mode_json(m: ModeMetrics, proxies: dict[str, dict[str, int]], wall_s: float,
-              notes: tuple[str, ...]) -> dict[str, Any]:
-    return {
+def mode_json(
+    m: ModeMetrics,
+    proxies: dict[str, dict[str, int]],
+    wall_s: float,
+    notes: tuple[str, ...],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    doc = {
         "attack_delivered_ratio": _round(m.attack_delivered_ratio),
         "attack_delivered_ratio_after_mitigation": _round(
             m.attack_delivered_ratio_after_mitigation
@@ -84,23 +90,29 @@ def mode_json(m: ModeMetrics, proxies: dict[str, dict[str, int]], wall_s: float,
             "good_success": _series(m.good_success),
         },
     }
+    if extra is not None:
+        doc["botnet"] = extra
+    return doc
 
 
 def as_json(result: ScenarioResult) -> dict[str, Any]:
     """``{"scenario", "params", "modes": {mode: {metrics...}}}`` (issue 5)."""
     lab = result.lab
     params = dict(result.plan.params())
-    params["lab"] = {
+    lab_params: dict[str, int] = {
         "proxies": len(lab.proxies),
         "good_addresses": len(lab.good_addrs()),
         "bot_addresses": len(lab.bot_addrs()),
     }
+    if result.plan.spoofed:
+        lab_params["spoofed_sources"] = _bot_count(result)
+    params["lab"] = lab_params
     params["wall_s"] = result.wall_s
     return {
         "scenario": result.plan.name,
         "params": params,
         "modes": {
-            name: mode_json(r.metrics, r.proxies, r.wall_s, r.notes)
+            name: mode_json(r.metrics, r.proxies, r.wall_s, r.notes, r.extra)
             for name, r in result.modes.items()
         },
     }
@@ -144,9 +156,9 @@ def table_rows(result: ScenarioResult) -> list[list[str]]:
         )
         groups = ""
         if len(m.good_success_by_group) > 1:
-            groups = " (" + ", ".join(
-                f"{k} {_pct(v)}" for k, v in m.good_success_by_group.items()
-            ) + ")"
+            groups = (
+                " (" + ", ".join(f"{k} {_pct(v)}" for k, v in m.good_success_by_group.items()) + ")"
+            )
         rows.append(
             [
                 name,
@@ -191,6 +203,44 @@ def phase_rows(result: ScenarioResult) -> list[list[str]]:
     return rows
 
 
+BOTNET_HEADERS = (
+    "mode",
+    "offered pps",
+    "achieved pps",
+    "suspicions",
+    "transitions",
+    "agent CPU s (traffic)",
+    "agent peak RSS MB",
+)
+
+
+def botnet_rows(result: ScenarioResult) -> list[list[str]]:
+    """Per mode the sender's offered and achieved rate, the agents' member
+    transitions (alive->suspect counted apart) and their CPU and memory."""
+    rows = []
+    for name, r in result.modes.items():
+        b = r.extra or {}
+        moves: dict[str, int] = {}
+        for per_agent in b.get("member_transitions", {}).values():
+            for k, n in per_agent.items():
+                moves[k] = moves.get(k, 0) + n
+        agents = b.get("agents", {})
+        cpu = " ".join(f"{v['cpu_s_during_traffic']:.1f}" for _, v in sorted(agents.items()))
+        rss = " ".join(f"{v['peak_rss_mb']:.0f}" for _, v in sorted(agents.items()))
+        rows.append(
+            [
+                name,
+                f"{b.get('offered_pps', 0):.0f}",
+                f"{b.get('achieved_pps', 0):.0f} ({_pct(b.get('achieved_ratio'))})",
+                str(b.get("suspicions", 0)) if agents else "—",
+                ", ".join(f"{k} {n}" for k, n in sorted(moves.items())) or "—",
+                cpu or "—",
+                rss or "—",
+            ]
+        )
+    return rows
+
+
 TABLE_HEADERS = (
     "mode",
     "attack delivered",
@@ -229,7 +279,7 @@ def print_table(result: ScenarioResult) -> None:
         faults = "; ".join(f.describe() for f in plan.faults)
         phases = Table(
             title="attack delivered and good success per phase "
-                  "([per proxy] where the proxies differ)",
+            "([per proxy] where the proxies differ)",
             caption=f"faults: {faults}" if faults else None,
         )
         for h in phase_headers(result):
@@ -237,6 +287,15 @@ def print_table(result: ScenarioResult) -> None:
         for row in phase_rows(result):
             phases.add_row(*row)
         console.print(phases)
+    if plan.spoofed:
+        spoofed = Table(
+            title="botnet: the sender, the members' states and the agents' cost (per proxy)"
+        )
+        for h in BOTNET_HEADERS:
+            spoofed.add_column(h, justify="left" if h in ("mode", "transitions") else "right")
+        for row in botnet_rows(result):
+            spoofed.add_row(*row)
+        console.print(spoofed)
     for name, r in result.modes.items():
         for note in r.notes:
             console.print(f"[yellow]note[/] {name}: {note}")
@@ -272,30 +331,23 @@ def _steps(
     return [*xs, xs[-1] + step], [*ys, ys[-1]]
 
 
-def render_figure(result: ScenarioResult, fmt: str) -> bytes:
-    """The figure as ``png`` or ``svg`` bytes (matplotlib, Agg).
-
-    Modes that behave alike overlap; each later mode is drawn thinner on top
-    of the earlier ones so that every line stays visible."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plan = result.plan
-    attack = plan.attack_start is not None
-    fig, (ax1, ax2) = plt.subplots(
-        2, 1, figsize=(10, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
-    )
+def _plot_modes(ax1: Any, ax2: Any, result: ScenarioResult) -> tuple[list[Any], float]:
+    """One line per mode on both axes (later modes thinner, on top); the
+    legend handles and the highest rate drawn."""
+    attack = result.plan.attack_start is not None
     n = len(result.modes)
     peak = 0.0
     handles = []
     for i, (name, r) in enumerate(result.modes.items()):
-        colour = MODE_COLOURS.get(name)
         m = r.metrics
-        width = 1.5 + 1.1 * (n - 1 - i)
-        style = {"color": colour, "linewidth": width, "zorder": 2 + i, "alpha": 0.9,
-                 "drawstyle": "steps-post", "solid_capstyle": "butt"}
+        style = {
+            "color": MODE_COLOURS.get(name),
+            "linewidth": 1.5 + 1.1 * (n - 1 - i),
+            "zorder": 2 + i,
+            "alpha": 0.9,
+            "drawstyle": "steps-post",
+            "solid_capstyle": "butt",
+        }
         top = m.attack_pps if attack else m.good_pps
         xs, ys = _steps(top)
         (line,) = ax1.plot(xs, ys, label=_legend_label(name, m, attack), **style)
@@ -307,11 +359,23 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
     if first is not None:
         offered = first.metrics.attack_sent_pps if attack else first.metrics.good_sent_pps
         xs, ys = _steps(offered)
-        (line,) = ax1.plot(xs, ys, color="black",
-                           linestyle=":", linewidth=1.2, drawstyle="steps-post", zorder=20,
-                           label="sent by the bots" if attack else "sent by the clients")
+        (line,) = ax1.plot(
+            xs,
+            ys,
+            color="black",
+            linestyle=":",
+            linewidth=1.2,
+            drawstyle="steps-post",
+            zorder=20,
+            label="sent by the bots" if attack else "sent by the clients",
+        )
         handles.append(line)
         peak = max([peak, *(p.value or 0.0 for p in offered)])
+    return handles, peak
+
+
+def _mark_timeline(ax1: Any, ax2: Any, plan: ScenarioPlan) -> None:
+    """The attack (or the crowd) shaded, the faults as vertical lines."""
     for ax in (ax1, ax2):
         if plan.attack_start is not None and plan.attack_stop is not None:
             ax.axvspan(plan.attack_start, plan.attack_stop, color="#f2dede", alpha=0.5, zorder=0)
@@ -325,25 +389,67 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
         ax.grid(True, alpha=0.3)
     for at in sorted({f.at for f in plan.faults}):
         what = ", ".join(f"{f.action} {f.target}" for f in plan.faults if f.at == at)
-        ax1.annotate(what, (at, 1.0), xycoords=("data", "axes fraction"),
-                     textcoords="offset points", xytext=(3, -10), fontsize=7.5)
+        ax1.annotate(
+            what,
+            (at, 1.0),
+            xycoords=("data", "axes fraction"),
+            textcoords="offset points",
+            xytext=(3, -10),
+            fontsize=7.5,
+        )
+
+
+def _label_axes(ax1: Any, ax2: Any, plan: ScenarioPlan, peak: float) -> None:
+    attack = plan.attack_start is not None
     t = plan.thresholds
     ax1.axhline(t.t_f2, color="#555555", linestyle="--", linewidth=1)
-    ax1.annotate(f"T_F2 {t.t_f2} pps", (0.995, t.t_f2), xycoords=("axes fraction", "data"),
-                 textcoords="offset points", xytext=(0, 4), fontsize=8, color="#555555",
-                 ha="right")
-    ax1.set_ylabel("attack packets/s at the victim" if attack
-                   else "good requests/s at the victim")
+    ax1.annotate(
+        f"T_F2 {t.t_f2} pps",
+        (0.995, t.t_f2),
+        xycoords=("axes fraction", "data"),
+        textcoords="offset points",
+        xytext=(0, 4),
+        fontsize=8,
+        color="#555555",
+        ha="right",
+    )
+    ax1.set_ylabel("attack packets/s at the victim" if attack else "good requests/s at the victim")
     ax1.set_ylim(0, max(peak, t.t_f2) * 1.12 + 1)
     ax2.set_ylabel("good requests answered (%)")
     shaded = "the attack" if attack else "the crowd"
     ax2.set_xlabel(f"seconds (shaded: {shaded})")
     ax2.set_ylim(-3, 103)
-    fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=8.5, frameon=False,
-               bbox_to_anchor=(0.5, 0.955))
+
+
+def render_figure(result: ScenarioResult, fmt: str) -> bytes:
+    """The figure as ``png`` or ``svg`` bytes (matplotlib, Agg).
+
+    Modes that behave alike overlap; each later mode is drawn thinner on top
+    of the earlier ones so that every line stays visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plan = result.plan
+    fig, (ax1, ax2) = plt.subplots(
+        2, 1, figsize=(10, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
+    handles, peak = _plot_modes(ax1, ax2, result)
+    _mark_timeline(ax1, ax2, plan)
+    _label_axes(ax1, ax2, plan, peak)
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=2,
+        fontsize=8.5,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.955),
+    )
+    t = plan.thresholds
     fig.suptitle(
         f"{plan.name}: {len(result.lab.proxies)} proxies, "
-        f"{len(result.lab.bot_addrs())} bot addresses, {len(result.lab.good_addrs())} "
+        f"{_bot_count(result)} bot addresses, {len(result.lab.good_addrs())} "
         f"good clients; T_F1 {t.t_f1} pps, T_F2 {t.t_f2} pps",
         fontsize=11,
     )
@@ -353,6 +459,13 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
     fig.savefig(buf, format=fmt, dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _bot_count(result: ScenarioResult) -> int:
+    """The bot addresses the plan used (spoofed sources, or the lab's)."""
+    if result.plan.spoofed:
+        return sum(b.count for b in result.plan.spoofed)
+    return len(result.lab.bot_addrs())
 
 
 def write_png(result: ScenarioResult, path: Path) -> None:
@@ -374,7 +487,7 @@ svg { max-width: 100%; height: auto; }
 def write_html(result: ScenarioResult, path: Path) -> None:
     """One file: the figure as inline SVG, the table, the parameters."""
     svg = render_figure(result, "svg").decode()
-    svg = svg[svg.find("<svg"):]
+    svg = svg[svg.find("<svg") :]
     plan = result.plan
     head = "".join(f"<th>{html.escape(h)}</th>" for h in TABLE_HEADERS)
     body = "".join(
@@ -399,9 +512,40 @@ def write_html(result: ScenarioResult, path: Path) -> None:
             for row in phase_rows(result)
         )
         faults = html.escape("; ".join(f.describe() for f in plan.faults))
-        phase_block = (f"<p>Per phase (faults: {faults}):</p>"
-                       f"<table><tr>{ph_head}</tr>{ph_body}</table>")
-    page = f"""<!doctype html>
+        phase_block = (
+            f"<p>Per phase (faults: {faults}):</p><table><tr>{ph_head}</tr>{ph_body}</table>"
+        )
+    page = _page(result, svg, head, body, modes, params, notes_block, phase_block)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)
+
+
+def _table_html(headers: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _page(
+    result: ScenarioResult,
+    svg: str,
+    head: str,
+    body: str,
+    modes: str,
+    params: str,
+    notes_block: str,
+    phase_block: str,
+) -> str:
+    plan = result.plan
+    botnet_block = ""
+    if plan.spoofed:
+        botnet_block = (
+            "<p>The sender, the members' states and the agents' cost "
+            "(per proxy):</p>" + _table_html(BOTNET_HEADERS, botnet_rows(result))
+        )
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>xpro-mesh lab: {html.escape(plan.name)}</title><style>{_CSS}</style></head>
 <body>
@@ -410,6 +554,7 @@ def write_html(result: ScenarioResult, path: Path) -> None:
 {svg}
 <table><tr>{head}</tr>{body}</table>
 {phase_block}
+{botnet_block}
 <p class="params">Measured at the victim (attack packets counted per source block) and at the
 good clients (request/response within the reply timeout). <i>Time to mitigate</i>: from attack
 start until every proxy's attack stream stays at or below 5 % of what its bots send
@@ -420,5 +565,3 @@ whole attack when it never is). Drops per proxy: the filters' own counters.</p>
 <details><summary>parameters</summary><pre class="params">{params}</pre></details>
 </body></html>
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page)

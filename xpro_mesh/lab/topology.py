@@ -164,7 +164,7 @@ def build(lab: LabPlan, progress: object = None) -> None:
     (run ``lab down`` first); on a failure half-way it tears down what it
     made, so a failed ``lab up`` leaves nothing behind.
     """
-    from pyroute2 import NetNS, netns
+    from pyroute2 import netns
 
     existing = [n for n in netns.listnetns() if n.startswith(PREFIX)]
     if existing:
@@ -175,56 +175,9 @@ def build(lab: LabPlan, progress: object = None) -> None:
     try:
         for name in lab.namespaces():
             netns.create(name)
-        with NetNS(SWITCH_NS) as sw:
-            for br in ("br-c", "br-s"):
-                sw.link("add", ifname=br, kind="bridge")
-                sw.link("set", index=sw.link_lookup(ifname=br)[0], state="up")
-
-            def wire(port: str, ns: str, ifname: str, bridge: str) -> None:
-                sw.link("add", ifname=port, kind="veth", peer={"ifname": ifname, "net_ns_fd": ns})
-                idx = sw.link_lookup(ifname=port)[0]
-                sw.link("set", index=idx, master=sw.link_lookup(ifname=bridge)[0], state="up")
-
-            for p in lab.proxies:
-                wire(f"p{p.index}c", p.ns, "c0", "br-c")
-                wire(f"p{p.index}s", p.ns, "s0", "br-s")
-            wire("vic", VICTIM_NS, "v0", "br-s")
-            wire("rds", REDIS_NS, "r0", "br-s")
-            for s in lab.senders:
-                wire(s.ns.removeprefix(PREFIX), s.ns, "e0", "br-c")
-
-        def up(ns: str, ifname: str, addrs: list[tuple[str, int]]) -> None:
-            with NetNS(ns) as n:
-                lo = n.link_lookup(ifname="lo")[0]
-                n.link("set", index=lo, state="up")
-                idx = n.link_lookup(ifname=ifname)[0]
-                for addr, plen in addrs:
-                    n.addr("add", index=idx, address=addr, prefixlen=plen)
-                n.link("set", index=idx, state="up")
-
-        for p in lab.proxies:
-            up(p.ns, "c0", [(p.client_addr, 16)])
-            up(p.ns, "s0", [(p.service_addr, 16)])
-            sysctl(p.ns, "net.ipv4.ip_forward", "1")
-            for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"):
-                sysctl(p.ns, key, "0")
-            # Proxies do not tell clients about the direct path to the
-            # victim's segment (both are on-link for them).
-            sysctl(p.ns, "net.ipv4.conf.all.send_redirects", "0")
-        up(VICTIM_NS, "v0", [(lab.victim_addr, 16)])
-        up(REDIS_NS, "r0", [(lab.redis_addr, 16)])
-        with NetNS(VICTIM_NS) as v:
-            for p in lab.proxies:
-                v.route("add", dst=p.client_block, gateway=p.service_addr)
-        for s in lab.senders:
-            # Senders' addresses are /32s on their one link; everything else
-            # (the victim included) goes through their proxy.
-            up(s.ns, "e0", [(a, 32) for a in s.addrs])
-            proxy = lab.proxies[s.proxy]
-            with NetNS(s.ns) as n:
-                idx = n.link_lookup(ifname="e0")[0]
-                n.route("add", dst="10.10.0.0/16", oif=idx, scope=253)
-                n.route("add", dst="0.0.0.0/0", gateway=proxy.client_addr)
+        _wire_switch(lab)
+        _address_proxies(lab)
+        _address_senders(lab)
         STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
         STATE_FILE.write_text(lab.to_json())
     except Exception as exc:
@@ -232,6 +185,77 @@ def build(lab: LabPlan, progress: object = None) -> None:
         if isinstance(exc, LabError):
             raise
         raise LabError(f"lab up failed and was rolled back: {exc}") from exc
+
+
+def _wire_switch(lab: LabPlan) -> None:
+    """The two bridges in the switch namespace and one veth per namespace
+    into them (clients, bots and proxies' c0 on br-c; s0, victim, Redis on br-s)."""
+    from pyroute2 import NetNS
+
+    with NetNS(SWITCH_NS) as sw:
+        for br in ("br-c", "br-s"):
+            sw.link("add", ifname=br, kind="bridge")
+            sw.link("set", index=sw.link_lookup(ifname=br)[0], state="up")
+
+        def wire(port: str, ns: str, ifname: str, bridge: str) -> None:
+            sw.link("add", ifname=port, kind="veth", peer={"ifname": ifname, "net_ns_fd": ns})
+            idx = sw.link_lookup(ifname=port)[0]
+            sw.link("set", index=idx, master=sw.link_lookup(ifname=bridge)[0], state="up")
+
+        for p in lab.proxies:
+            wire(f"p{p.index}c", p.ns, "c0", "br-c")
+            wire(f"p{p.index}s", p.ns, "s0", "br-s")
+        wire("vic", VICTIM_NS, "v0", "br-s")
+        wire("rds", REDIS_NS, "r0", "br-s")
+        for s in lab.senders:
+            wire(s.ns.removeprefix(PREFIX), s.ns, "e0", "br-c")
+
+
+def _link_up(ns: str, ifname: str, addrs: list[tuple[str, int]]) -> None:
+    from pyroute2 import NetNS
+
+    with NetNS(ns) as n:
+        lo = n.link_lookup(ifname="lo")[0]
+        n.link("set", index=lo, state="up")
+        idx = n.link_lookup(ifname=ifname)[0]
+        for addr, plen in addrs:
+            n.addr("add", index=idx, address=addr, prefixlen=plen)
+        n.link("set", index=idx, state="up")
+
+
+def _address_proxies(lab: LabPlan) -> None:
+    """Proxies forward with reverse-path filtering off; the victim routes
+    each proxy's client block back through it."""
+    from pyroute2 import NetNS
+
+    for p in lab.proxies:
+        _link_up(p.ns, "c0", [(p.client_addr, 16)])
+        _link_up(p.ns, "s0", [(p.service_addr, 16)])
+        sysctl(p.ns, "net.ipv4.ip_forward", "1")
+        for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"):
+            sysctl(p.ns, key, "0")
+        # Proxies do not tell clients about the direct path to the
+        # victim's segment (both are on-link for them).
+        sysctl(p.ns, "net.ipv4.conf.all.send_redirects", "0")
+    _link_up(VICTIM_NS, "v0", [(lab.victim_addr, 16)])
+    _link_up(REDIS_NS, "r0", [(lab.redis_addr, 16)])
+    with NetNS(VICTIM_NS) as v:
+        for p in lab.proxies:
+            v.route("add", dst=p.client_block, gateway=p.service_addr)
+
+
+def _address_senders(lab: LabPlan) -> None:
+    """Senders' addresses are /32s on their one link; everything else (the
+    victim included) goes through their proxy."""
+    from pyroute2 import NetNS
+
+    for s in lab.senders:
+        _link_up(s.ns, "e0", [(a, 32) for a in s.addrs])
+        proxy = lab.proxies[s.proxy]
+        with NetNS(s.ns) as n:
+            idx = n.link_lookup(ifname="e0")[0]
+            n.route("add", dst="10.10.0.0/16", oif=idx, scope=253)
+            n.route("add", dst="0.0.0.0/0", gateway=proxy.client_addr)
 
 
 def route_block_through(lab: LabPlan, block_of: int, through: int) -> None:
@@ -338,7 +362,6 @@ def current() -> LabPlan | None:
         return LabPlan.from_json(STATE_FILE.read_text())
     except (FileNotFoundError, KeyError, ValueError):
         return None
-
 
 
 def _xdp_on(ns: str, ifname: str) -> str | None:

@@ -302,9 +302,7 @@ async def run_good(
             _tag, seq, sent_at = HEADER.unpack_from(data)
             if outstanding.pop((idx, seq), None) is not None:
                 latency = time.monotonic() - sent_at
-                results.append(
-                    (sent_at - epoch, latency if latency <= reply_timeout else None)
-                )
+                results.append((sent_at - epoch, latency if latency <= reply_timeout else None))
 
     for i, s in enumerate(sockets):
         loop.add_reader(s.fileno(), on_readable, i)
@@ -325,12 +323,25 @@ async def run_good(
     for s in sockets:
         loop.remove_reader(s.fileno())
         s.close()
-    results.sort()
-    requests = [[round(t, 4), None if lat is None else round(lat, 6)] for t, lat in results]
+    return _good_doc(label, len(addrs), rate, epoch, start, stop_at, reply_timeout, results)
+
+
+def _good_doc(
+    label: str,
+    addrs: int,
+    rate: float,
+    epoch: float,
+    start: float,
+    stop_at: float,
+    reply_timeout: float,
+    results: list[tuple[float, float | None]],
+) -> dict[str, object]:
+    """The good clients' JSON document: every request, in send order."""
+    requests = [[round(t, 4), None if lat is None else round(lat, 6)] for t, lat in sorted(results)]
     return {
         "role": "good",
         "label": label,
-        "addrs": len(addrs),
+        "addrs": addrs,
         "rate": rate,
         "epoch": epoch,
         "start": start,
@@ -340,7 +351,7 @@ async def run_good(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m xpro_mesh.lab.traffic")
     sub = parser.add_subparsers(dest="role", required=True)
     v = sub.add_parser("victim")
@@ -356,18 +367,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             s.add_argument("--timeout", type=float, default=0.5, help="reply timeout (s)")
             s.add_argument("--label", default="good", help="group name in the report")
     for s in sub.choices.values():
-        s.add_argument("--epoch", type=float, default=None,
-                       help="CLOCK_MONOTONIC seconds all offsets count from (default: now)")
-        s.add_argument("--epoch-file", type=Path, default=None,
-                       help="wait for the epoch to be written to this file")
+        s.add_argument(
+            "--epoch",
+            type=float,
+            default=None,
+            help="CLOCK_MONOTONIC seconds all offsets count from (default: now)",
+        )
+        s.add_argument(
+            "--epoch-file",
+            type=Path,
+            default=None,
+            help="wait for the epoch to be written to this file",
+        )
         s.add_argument("--stop", type=float, required=True, help="seconds after the epoch")
         s.add_argument("--out", type=Path, required=True)
-        s.add_argument("--ready", type=Path, default=None,
-                       help="write this file once the sockets are open")
-    args = parser.parse_args(argv)
+        s.add_argument(
+            "--ready", type=Path, default=None, help="write this file once the sockets are open"
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     epoch: float | Path = (
-        args.epoch_file if args.epoch_file is not None
-        else time.monotonic() if args.epoch is None else args.epoch
+        args.epoch_file
+        if args.epoch_file is not None
+        else time.monotonic()
+        if args.epoch is None
+        else args.epoch
     )
     if args.role == "victim":
         doc = asyncio.run(run_victim(args.host, args.port, epoch, args.stop, args.ready))
@@ -381,8 +408,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             doc = asyncio.run(
-                run_good(addrs, target, args.rate, epoch, args.start, args.stop,
-                         args.timeout, args.label, args.ready)
+                run_good(
+                    addrs,
+                    target,
+                    args.rate,
+                    epoch,
+                    args.start,
+                    args.stop,
+                    args.timeout,
+                    args.label,
+                    args.ready,
+                )
             )
     args.out.write_text(json.dumps(doc))
     return 0

@@ -1,0 +1,479 @@
+"""Running a scenario: its plan carried out once per mode, in order.
+
+Each mode starts from fresh filter state (every XDP program detached, and
+attached anew where the mode filters), runs the agents the mode needs, the
+victim and the traffic processes on one timeline (the epoch, written once
+every process has its sockets open), injects the plan's faults on time,
+and stops every process it started in a ``finally``, also on Ctrl-C. The
+figures come from what the victim and the clients wrote
+(:mod:`xpro_mesh.lab.metrics`), never from the filters' counters alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xpro_mesh.lab import agents, metrics, spoofed
+from xpro_mesh.lab.faults import Network, inject
+from xpro_mesh.lab.plans import (
+    AGENT_SYNC,
+    POLICY,
+    SCENARIOS,
+    Fault,
+    ScenarioError,
+    ScenarioPlan,
+)
+from xpro_mesh.lab.progress import Reporter, RichReporter
+from xpro_mesh.lab.results import ModeResult, ScenarioResult
+from xpro_mesh.lab.supervise import (
+    FilterStats,
+    Processes,
+    attach_all,
+    detach_all,
+    in_ns,
+    last_line,
+)
+from xpro_mesh.lab.topology import REDIS_NS, VICTIM_NS, LabPlan
+
+__all__ = ["run", "run_mode"]
+
+VICTIM_PORT = 9000
+START_SLACK_S = 0.5  # from "everyone is ready" to the epoch
+READY_TIMEOUT_S = 60.0  # traffic processes open their sockets within this
+SENDER_GRACE_S = 0.5  # a sender that lags its count is stopped this long after its end
+OVERRUN_S = 8.0  # traffic still running this long after its end is stopped
+TRAFFIC = [sys.executable, "-m", "xpro_mesh.lab.traffic"]
+
+
+def _traffic_or_victim(name: str) -> bool:
+    return name.startswith("traffic") or name == "victim"
+
+
+@dataclass
+class ModeRun:
+    """One mode of one plan being carried out: what it started and noted."""
+
+    lab: LabPlan
+    plan: ScenarioPlan
+    mode: str
+    moddir: Path
+    reporter: Reporter
+    procs: Processes = field(default_factory=Processes)
+    notes: list[str] = field(default_factory=list)
+    outs: list[Path] = field(default_factory=list)
+    stats: FilterStats | None = None
+    epoch: float = 0.0
+    wall_epoch: float = 0.0  # the epoch on the realtime clock (the agents' log times)
+    wall_end: float = 0.0  # the end of the traffic, likewise
+    usage: agents.Usage = field(default_factory=agents.Usage)
+    counters: spoofed.Counters | None = None
+
+    def __post_init__(self) -> None:
+        self.network = Network(self.lab)
+
+    @property
+    def epoch_file(self) -> Path:
+        return self.moddir / "epoch"
+
+    def setup_filters(self) -> None:
+        """Detach every filter; attach the plan's where the mode filters."""
+        self.reporter.phase("resetting filters")
+        detach_all(self.lab)
+        if self.mode == "none":
+            return
+        config = self.moddir / "xdp.toml"
+        config.write_text(
+            self.plan.thresholds.toml(POLICY[self.mode])
+            + f"\npairs_max = {self.plan.pairs_max}\ndests_max = 4096\n"
+        )
+        self.reporter.phase("attaching XDP (bcc compiles)")
+        attach_all(self.lab, config)
+
+    def setup_spoofed(self) -> None:
+        """The victim's counters for the spoofed blocks (every mode: the
+        damage baseline too)."""
+        if self.plan.spoofed:
+            spoofed.install(self.lab, self.plan.spoofed)
+
+    def start_mesh(self) -> None:
+        if self.mode not in AGENT_SYNC:
+            return
+        if self.mode == "master":
+            self.reporter.phase("starting redis-server (M_DB)")
+            agents.start_redis(self.lab, self.procs, self.moddir)
+        self.reporter.phase("starting agents")
+        agents.start_agents(self.lab, self.plan, self.mode, self.procs, self.moddir)
+
+    def start_traffic(self) -> list[Path]:
+        """The victim and one process per flow; the files each writes
+        ``--ready`` to once its sockets are open."""
+        self.reporter.phase("starting traffic")
+        timing = ["--epoch-file", str(self.epoch_file)]
+        self.procs.start(
+            "victim",
+            in_ns(
+                VICTIM_NS,
+                *TRAFFIC,
+                "victim",
+                "--port",
+                str(VICTIM_PORT),
+                *timing,
+                "--stop",
+                repr(self.plan.duration + 1.0),
+                "--out",
+                str(self.moddir / "victim.json"),
+                "--ready",
+                str(self.moddir / "victim.ready"),
+            ),
+            self.moddir / "victim.log",
+        )
+        target = f"{self.lab.victim_addr}:{VICTIM_PORT}"
+        for i, f in enumerate(self.plan.flows):
+            out = self.moddir / f"{f.role}-{f.label}-{f.ns}-{i}.json"
+            self.outs.append(out)
+            argv = [
+                *TRAFFIC,
+                f.role,
+                "--addrs",
+                ",".join(f.addrs),
+                "--target",
+                target,
+                "--rate",
+                repr(f.rate),
+                *timing,
+                "--start",
+                repr(f.start),
+                "--stop",
+                repr(f.stop),
+                "--out",
+                str(out),
+                "--ready",
+                str(out.with_suffix(".ready")),
+            ]
+            if f.role == "good":
+                argv += ["--label", f.label]
+            self.procs.start(f"traffic-{i}", in_ns(f.ns, *argv), out.with_suffix(".log"))
+        return [self.moddir / "victim.ready", *(o.with_suffix(".ready") for o in self.outs)]
+
+    def start_clock(self, readies: Sequence[Path]) -> None:
+        """Everyone starts together once everyone has its sockets open."""
+        give_up = time.monotonic() + READY_TIMEOUT_S
+        while not all(r.exists() for r in readies):
+            dead = [n for n, p in self.procs.procs if p.poll() is not None]
+            if dead or time.monotonic() > give_up:
+                what = f"{dead[0]} exited" if dead else "timed out"
+                raise ScenarioError(f"traffic processes did not start ({what})")
+            time.sleep(0.05)
+        self.epoch = time.monotonic() + START_SLACK_S
+        self.wall_epoch = time.time() + START_SLACK_S
+        tmp = self.epoch_file.with_suffix(".tmp")
+        tmp.write_text(repr(self.epoch))
+        tmp.rename(self.epoch_file)
+        self.usage.sample(self.procs)
+        self.usage.mark_start()
+        if self.plan.spoofed:
+            self.counters = spoofed.Counters(self.lab, self.plan.spoofed, self.epoch)
+            self.counters.start()
+
+    def events(self) -> list[tuple[float, Callable[[], str | None]]]:
+        """What happens at a time after the epoch: the plan's faults (each
+        noted), and each spoofed block's sender started and stopped."""
+        events: list[tuple[float, Callable[[], str | None]]] = []
+        for f in self.plan.faults:
+
+            def fault(f: Fault = f) -> str | None:
+                done = inject(f, self.lab, self.procs, self.network)
+                return done and f"fault at {time.monotonic() - self.epoch:.1f} s: {done}"
+
+            events.append((f.at, fault))
+        senders = spoofed.write_configs(self.plan.spoofed, self.lab, self.moddir, VICTIM_PORT)
+        for lane in (lane for b in self.plan.spoofed for lane in b.lanes(spoofed.LANES)):
+            name = spoofed.sender_name(lane)
+
+            def start(name: str = name) -> None:
+                self.procs.start(name, senders[name], self.moddir / f"{name}.log")
+
+            def stop(name: str = name) -> None:
+                self.procs.stop(lambda n: n == name)
+
+            events += [(lane.start, start), (lane.stop + SENDER_GRACE_S, stop)]
+        return sorted(events, key=lambda e: e[0])
+
+    def drive(self) -> None:
+        """Until the traffic ends: events on time, live rates on the bar,
+        the agents' CPU and memory sampled."""
+        self.reporter.phase("traffic")
+        deadline = self.epoch + self.plan.duration + OVERRUN_S
+        live = LiveRates(self.stats)
+        pending = self.events()
+        while self.procs.running("traffic") or self.procs.running("victim"):
+            if time.monotonic() > deadline:
+                break
+            wake = self.epoch + pending[0][0] if pending else time.monotonic() + 0.5
+            time.sleep(max(0.0, min(0.5, wake - time.monotonic())))
+            while pending and time.monotonic() >= self.epoch + pending[0][0]:
+                note = pending.pop(0)[1]()
+                if note:
+                    self.notes.append(note)
+            self.usage.sample(self.procs)
+            self.reporter.tick(max(0.0, time.monotonic() - self.epoch), live.line())
+
+    def stop_traffic(self) -> dict[str, dict[str, int]]:
+        """Stop what overran, note agents that died; the filters' counters."""
+        self.wall_end = time.time()
+        for name, _proc in self.procs.running("traffic") + self.procs.running("victim"):
+            self.notes.append(f"{name} overran its time and was stopped")
+        self.procs.stop(_traffic_or_victim)
+        self.procs.stop(lambda n: n.startswith("trafgen"))
+        if self.counters is not None:
+            self.counters.stop()
+            self.notes.extend(self.counters.errors)
+        self.usage.sample(self.procs)
+        for name, proc in self.procs.procs:
+            if (
+                name.startswith("agent")
+                and proc.poll() is not None
+                and name not in self.procs.killed
+            ):
+                self.notes.append(f"{name} died during the run (exit {proc.returncode})")
+        return self.stats.read() if self.stats else {}
+
+    def cleanup(self) -> None:
+        if self.stats is not None:
+            self.stats.close()
+        self.reporter.phase("stopping")
+        self.procs.stop()
+        self.network.restore()
+        detach_all(self.lab)
+        if self.plan.spoofed:
+            spoofed.remove()
+
+
+@dataclass
+class LiveRates:
+    """Packets/s passed and dropped by all filters since the last line."""
+
+    stats: FilterStats | None
+    last: dict[str, dict[str, int]] = field(default_factory=dict)
+    last_t: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.last = self.stats.read(pairs=False) if self.stats else {}
+
+    def line(self) -> str:
+        if not self.stats:
+            return "traffic"
+        cur, now = self.stats.read(pairs=False), time.monotonic()
+        dt = max(1e-3, now - self.last_t)
+
+        def delta(key: str) -> int:
+            return sum(c[key] - self.last.get(n, {}).get(key, 0) for n, c in cur.items())
+
+        passed, dropped = delta("pass"), delta("drop_pair") + delta("drop_dest")
+        self.last, self.last_t = cur, now
+        return f"filters: pass {passed / dt:6.0f}/s  drop {dropped / dt:6.0f}/s"
+
+
+def _agent_figures(run: ModeRun, proxy_stats: dict[str, dict[str, int]]) -> None:
+    """Per proxy the overload warnings its agent logged; other complaints
+    become notes."""
+    for p in run.lab.proxies:
+        log = run.moddir / f"agent-{p.ns}.log"
+        if run.mode in AGENT_SYNC and log.exists():
+            overloads, complaints = agents.agent_log(f"agent-{p.ns}", log)
+            run.notes.extend(complaints)
+            proxy_stats.setdefault(p.ns, {})["overload_warnings"] = overloads
+
+
+def botnet_figures(run: ModeRun, bots: Sequence[metrics.BotStream]) -> dict[str, object]:
+    """The botnet scenario's own figures: the sender's offered and achieved
+    rate per block, the agents' member-state transitions (from their logs)
+    and their CPU and peak memory (from /proc)."""
+    blocks: dict[str, dict[str, float | int | None]] = {}
+    for b, stream in zip(run.plan.spoofed, bots, strict=True):
+        sent = stream.sent.total()
+        blocks[str(b.block)] = {
+            "sources": b.count,
+            "offered_pps": b.pps,
+            "achieved_pps": round(sent / max(1e-9, b.stop - b.start), 1),
+            "sent": sent,
+            "trafgen_reported": spoofed.trafgen_reported(run.moddir, b),
+        }
+    transitions = {}
+    for p in run.lab.proxies:
+        log = run.moddir / f"agent-{p.ns}.log"
+        if log.exists():
+            transitions[p.ns] = agents.member_transitions(log, run.wall_epoch, run.wall_end)
+    offered = sum(b.pps for b in run.plan.spoofed)
+    achieved = sum(
+        s.sent.total() / max(1e-9, b.stop - b.start)
+        for b, s in zip(run.plan.spoofed, bots, strict=True)
+    )
+    return {
+        "offered_pps": round(offered, 1),
+        "achieved_pps": round(achieved, 1),
+        "achieved_ratio": round(achieved / offered, 4) if offered else None,
+        "blocks": blocks,
+        "member_transitions": transitions,
+        "suspicions": sum(
+            n for t in transitions.values() for k, n in t.items() if k.endswith("->suspect")
+        ),
+        "agents": run.usage.as_json(),
+    }
+
+
+def _read_results(
+    run: ModeRun,
+) -> tuple[metrics.VictimArrivals, list[metrics.BotStream], list[metrics.GoodRequests]]:
+    victim_path = run.moddir / "victim.json"
+    if not victim_path.exists():
+        raise ScenarioError(f"the victim wrote no results ({last_line(run.moddir / 'victim.log')})")
+    victim = metrics.VictimArrivals.from_json(json.loads(victim_path.read_text()))
+    bots: list[metrics.BotStream] = []
+    goods: list[metrics.GoodRequests] = []
+    for f, out in zip(run.plan.flows, run.outs, strict=True):
+        if not out.exists():
+            raise ScenarioError(
+                f"{f.role} in {f.ns} wrote no results ({last_line(out.with_suffix('.log'))})"
+            )
+        doc = json.loads(out.read_text())
+        if f.role == "bots":
+            bots.append(metrics.BotStream.from_json(doc))
+        else:
+            goods.append(metrics.GoodRequests.from_json(doc))
+    return victim, bots, goods
+
+
+def run_mode(
+    lab: LabPlan, plan: ScenarioPlan, mode: str, workdir: Path, reporter: Reporter
+) -> ModeResult:
+    """Carry ``plan`` out once in ``mode``; everything started is stopped."""
+    started = time.monotonic()
+    moddir = workdir / mode
+    moddir.mkdir(parents=True, exist_ok=True)
+    run = ModeRun(lab, plan, mode, moddir, reporter)
+    try:
+        run.setup_filters()
+        run.setup_spoofed()
+        run.start_mesh()
+        run.stats = FilterStats(lab) if mode != "none" else None
+        run.start_clock(run.start_traffic())
+        run.drive()
+        proxy_stats = run.stop_traffic()
+    finally:
+        run.cleanup()
+    _agent_figures(run, proxy_stats)
+    victim, bots, goods = _read_results(run)
+    if run.counters is not None:
+        victim = metrics.VictimArrivals(victim.bin_s, run.counters.arrivals(), victim.good)
+        bots = run.counters.bot_streams()
+    m = metrics.mode_metrics(
+        victim,
+        bots,
+        goods,
+        plan.duration,
+        phases=[(ph.label, ph.start, ph.stop) for ph in plan.phases],
+    )
+    return ModeResult(
+        mode=mode,
+        metrics=m,
+        proxies=proxy_stats,
+        wall_s=round(time.monotonic() - started, 1),
+        notes=tuple(run.notes),
+        extra=botnet_figures(run, bots) if plan.spoofed else None,
+    )
+
+
+def prepare(
+    lab: LabPlan,
+    name: str,
+    modes: Sequence[str],
+    duration: float | None,
+    options: Mapping[str, object] | None = None,
+) -> ScenarioPlan:
+    """The plan of scenario ``name`` (with its ``options``, e.g. botnet's
+    ``bots``), or a one-line ScenarioError saying why it cannot run here."""
+    if os.geteuid() != 0:
+        raise ScenarioError("lab scenarios need root (network namespaces, XDP)")
+    spec = SCENARIOS.get(name)
+    if spec is None:
+        raise ScenarioError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    d = spec.default_duration if duration is None else duration
+    if d < 5:
+        raise ScenarioError(f"--duration: at least 5 s, got {d:g}")
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(spec.options))
+    if unknown:
+        flag = "--" + unknown[0].replace("_", "-").replace("rate", "rate-per-bot")
+        raise ScenarioError(f"{flag} is an option of scenario botnet only")
+    plan = spec.build(lab, d, **given)
+    _check_tools(plan)
+    if any(m in AGENT_SYNC for m in modes) and not agents.agent_available():
+        raise ScenarioError(
+            "modes master/gossip/gossip-paper need the agent (`xpro-mesh agent`), "
+            "which this build does not have yet"
+        )
+    if "master" in modes and agents.redis_binary() is None:
+        raise ScenarioError("mode master needs redis-server (apt install redis-server)")
+    return plan
+
+
+def _check_tools(plan: ScenarioPlan) -> None:
+    if plan.spoofed:
+        for tool, package in (("trafgen", "netsniff-ng"), ("nft", "nftables")):
+            if shutil.which(tool) is None:
+                raise ScenarioError(
+                    f"scenario {plan.name} needs {tool} (apt install {package}; scripts/setup.sh)"
+                )
+
+
+def run(
+    lab: LabPlan,
+    name: str,
+    modes: Sequence[str],
+    *,
+    duration: float | None = None,
+    workdir: Path | None = None,
+    progress: bool = True,
+    options: Mapping[str, object] | None = None,
+) -> ScenarioResult:
+    """Run scenario ``name`` on ``lab`` once per mode, in order."""
+    plan = prepare(lab, name, modes, duration, options)
+    from xpro_mesh.lab import topology
+
+    leftovers = topology.stop_processes(
+        [p.ns for p in lab.proxies] + [VICTIM_NS, REDIS_NS] + [s.ns for s in lab.senders]
+    )
+    keep = workdir is not None
+    base = workdir if workdir is not None else Path(tempfile.mkdtemp(prefix="xpro-lab-"))
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "plan.json").write_text(json.dumps({"scenario": name, **plan.params()}, indent=2))
+    reporter: Reporter = RichReporter() if progress else Reporter()
+    if leftovers:
+        print(f"stopped {leftovers} processes left in the lab by an earlier run", file=sys.stderr)
+    started = time.monotonic()
+    results: dict[str, ModeResult] = {}
+    try:
+        for i, mode in enumerate(modes):
+            reporter.mode_started(mode, i, len(modes), plan.duration)
+            results[mode] = run_mode(lab, plan, mode, base, reporter)
+            reporter.mode_done(results[mode])
+    finally:
+        reporter.close()
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
+    return ScenarioResult(
+        plan=plan,
+        lab=lab,
+        modes=results,
+        wall_s=round(time.monotonic() - started, 1),
+        workdir=str(base) if keep else None,
+    )
