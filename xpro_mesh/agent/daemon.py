@@ -39,7 +39,7 @@ from xpro_mesh.agent.load import Dispersal, Measured, ProxyEntry, run_load_loop
 from xpro_mesh.agent.syncer import LocalOnly, Syncer, SyncReport, run_cycle, run_sync_loop
 from xpro_mesh.api.http import ApiServer
 from xpro_mesh.api.view import Feeder, NodeInfo, PairRecord
-from xpro_mesh.core.dispersion import Steering
+from xpro_mesh.core.dispersion import Dispersion, Steering
 from xpro_mesh.core.gossip_state import GossipState, MergeLimits
 from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
 from xpro_mesh.datapath.config import XdpConfig
@@ -452,6 +452,9 @@ class Agent:
 
     def measured_here(self) -> Measured | None:
         return self.dispersal.measured
+
+    def dispersion(self) -> Dispersion:
+        return self.dispersal.state
 
     async def _events_loop(self) -> None:
         """Overload warnings (Algorithm 2 line 15) → structured log (+ webhook)."""

@@ -7,8 +7,9 @@ gossip address; its host is the proxy's), ``host``, ``weight`` (summing to 1),
 hot | overloaded). It is computed from the gossiped loads by the same rules
 on every node, so once the gossip has converged any live proxy gives the same
 list. ``here`` is this node's own measurement, which is not gossiped (agent
-CPU, host softirq CPU) and differs by node; ``xpro_mesh.client`` reads only
-``proxies``.
+CPU, host softirq CPU), and ``changes`` counts this node's weight changes
+(additions, removals, departures of dead proxies); both differ by node.
+``xpro_mesh.client`` reads only ``proxies``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = ["proxies_document", "routes"]
 def proxies_document(agent: AgentView) -> dict[str, Any]:
     info = agent.info
     measured = agent.measured_here()
+    state = agent.dispersion()
     here = None
     if measured is not None:
         here = {
@@ -49,6 +51,11 @@ def proxies_document(agent: AgentView) -> dict[str, Any]:
             for p in agent.proxies()
         ],
         "here": here,
+        "changes": {
+            "additions": state.additions,
+            "removals": state.removals,
+            "departures": state.departures,
+        },
     }
 
 

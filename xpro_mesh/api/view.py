@@ -16,7 +16,7 @@ from typing import Protocol
 from xpro_mesh.agent.config import Thresholds
 from xpro_mesh.agent.load import Measured, ProxyEntry
 from xpro_mesh.core.algorithm import Verdict
-from xpro_mesh.core.dispersion import Steering
+from xpro_mesh.core.dispersion import Dispersion, Steering
 from xpro_mesh.datapath.backend import Stats
 from xpro_mesh.mesh.membership import Member, Workload
 from xpro_mesh.mesh.node import MeshCounters
@@ -113,6 +113,10 @@ class AgentView(Protocol):
 
     def proxies(self) -> Sequence[ProxyEntry]:
         """The live proxies with their dispersion weights (``GET /v1/proxies``)."""
+        ...
+
+    def dispersion(self) -> Dispersion:
+        """The dispersion rules' state on this node (weights, change counts)."""
         ...
 
     def measured_here(self) -> Measured | None:
