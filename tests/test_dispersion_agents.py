@@ -19,6 +19,7 @@ import random
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,10 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
 def proxies(agent: AgentProcess) -> list[dict[str, object]]:
     doc = agent.get("/v1/proxies")
     return list(doc["proxies"])
+
+
+def max_mean(occ: dict[str, float]) -> float:
+    return max(occ.values()) / (sum(occ.values()) / len(occ))
 
 
 def weights(agent: AgentProcess) -> dict[str, float]:
@@ -222,4 +227,133 @@ async def _failover_run(cluster: Cluster, interval_s: float, n_clients: int) -> 
         "failover_max_s": round(max(failover, default=0), 3),
         "bound_s": configs[0].failover_bound_s(interval_s),
         "loop_lag_max_s": round(lag[0], 3),
+    }
+
+
+@pytest.mark.timeout(300)
+def test_good_load_concentrated_on_one_proxy_spreads_without_oscillating(
+    cluster: Cluster,
+) -> None:
+    """The overload scenario on loopback: good clients all on proxy-0 (over
+    T_W), then either left there or following ``xpro_mesh.client``. With
+    dispersion the gossiped occupancies end within 1.3 of their mean, the
+    weights change a bounded number of times, and the clients fare no worse."""
+    without = asyncio.run(_overload_run(cluster, dispersion=False, after_s=10.0))
+    with_ = asyncio.run(_overload_run(cluster, dispersion=True, after_s=25.0))
+    print(json.dumps({"without": without, "with": with_}))
+    assert without["max_mean_load_ratio_before"] > 1.3  # the load was concentrated
+    assert with_["max_mean_load_ratio_after"] <= 1.3
+    assert with_["rebalance_s"] is not None
+    # One addition and at most one shift back per node over the run.
+    assert with_["weight_changes_max_per_node"] <= 3
+    assert with_["good_success"] >= without["good_success"]
+
+
+async def _overload_run(cluster: Cluster, dispersion: bool, after_s: float) -> dict[str, object]:
+    token = cluster.mesh.token
+    seeds = tuple((h, cluster.api_port) for h in cluster.hosts)
+    # 3000 packets/s in all, 1.5 × one proxy's capacity; many clients, so
+    # that their count per proxy follows the weights (max/mean of 240 clients
+    # over 3 equal weights is about 1.1).
+    n_clients, interval_s, packets = 240, 2.0, 25
+    clients = [
+        ProxyClient(
+            ClientConfig(
+                seeds=seeds,
+                client_id=f"dev-{i}",
+                api_port=cluster.api_port,
+                refresh_s=5.0,
+                timeout_s=1.0,
+            )
+        )
+        for i in range(n_clients)
+    ]
+    await asyncio.gather(*(c.start() for c in clients))
+    home = next(p for p in clients[0].proxies if p.node_id == cluster.agents[0].node_id)
+    following = asyncio.Event()
+    stop = asyncio.Event()
+    phase = [0]  # 0: before the switch, 1: after
+    sent = [0, 0]
+    ok = [0, 0]
+    latencies: list[float] = []
+
+    async def device(i: int) -> None:
+        c = clients[i]
+        await asyncio.sleep(interval_s * i / n_clients)  # spread the clients over the interval
+        while not stop.is_set():
+            t = time.monotonic()
+            ph = phase[0]
+            sent[ph] += 1
+            src = f"10.3.{i // 250}.{i % 250 + 1}"
+            try:
+                if following.is_set():
+                    await c.request(lambda p, src=src: feed(c.session, token, p, src, packets))
+                else:
+                    await asyncio.wait_for(feed(c.session, token, home, src, packets), 1.0)
+                ok[ph] += 1
+                if ph:
+                    latencies.append(time.monotonic() - t)
+            except (NoProxyAnswered, TimeoutError, OSError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - t)))
+
+    async def occupancies(session: aiohttp.ClientSession) -> dict[str, float] | None:
+        async with session.get(f"http://{seeds[2][0]}:{seeds[2][1]}/v1/proxies") as resp:
+            doc = await resp.json()
+        occ = {str(p["node_id"]): float(p["occupancy"]) for p in doc["proxies"]}
+        return occ if len(occ) == N and sum(occ.values()) > 0 else None
+
+    async def changes(session: aiohttp.ClientSession) -> list[int]:
+        out = []
+        for h, port in seeds:
+            async with session.get(f"http://{h}:{port}/v1/proxies") as resp:
+                doc = await resp.json()
+            out.append(int(doc["changes"]["additions"]) + int(doc["changes"]["removals"]))
+        return out
+
+    tasks = [asyncio.create_task(device(i)) for i in range(n_clients)]
+    samples: list[tuple[float, dict[str, float]]] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            changes_start = await changes(session)
+            await asyncio.sleep(4.0)
+            before = await occupancies(session)
+            phase[0] = 1
+            if dispersion:
+                following.set()
+            t_switch = time.monotonic()
+            while time.monotonic() - t_switch < after_s:
+                await asyncio.sleep(0.5)
+                occ = await occupancies(session)
+                if occ is not None:
+                    samples.append((time.monotonic() - t_switch, occ))
+            changes_end = await changes(session)
+            async with session.get(f"http://{seeds[0][0]}:{seeds[0][1]}/v1/proxies") as resp:
+                doc_end = await resp.json()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for c in clients:
+            await c.close()
+    rebalance = next((t for t, occ in samples if max_mean(occ) <= 1.3), None)
+    tail = [occ for t, occ in samples if t >= after_s - 5.0]
+    # Each proxy's occupancy averaged over the last 5 s (one window is noisy).
+    settled = {n: sum(o[n] for o in tail) / len(tail) for n in tail[0]} if tail else None
+    lat = sorted(latencies)
+    per_node = [b - a for a, b in zip(changes_start, changes_end, strict=True)]
+    return {
+        "dispersion": dispersion,
+        "max_mean_load_ratio_before": round(max_mean(before), 3) if before else None,
+        "max_mean_load_ratio_after": round(max_mean(settled), 3) if settled else None,
+        "occupancy_after": settled,
+        "weights_end": {p["node_id"]: p["weight"] for p in doc_end["proxies"]},
+        "clients_end": dict(Counter(c.current.node_id for c in clients if c.current)),
+        "failovers": sum(c.failovers for c in clients),
+        "rebalance_s": None if rebalance is None else round(rebalance, 2),
+        "weight_changes": per_node,
+        "weight_changes_max_per_node": max(per_node),
+        "good_success_before": round(ok[0] / sent[0], 4) if sent[0] else None,
+        "good_success": round(ok[1] / sent[1], 4) if sent[1] else None,
+        "good_latency_ms_median": round(1000 * lat[len(lat) // 2], 1) if lat else None,
+        "good_latency_ms_p95": round(1000 * lat[int(len(lat) * 0.95)], 1) if lat else None,
     }
