@@ -20,9 +20,9 @@ test-fast: $(SETUP_STAMP) ## pure/unit tests only (seconds)
 test-kernel: $(SETUP_STAMP) ## only tests that load XDP programs or use namespaces
 	$(PY) -m pytest -q -m "kernel or netns"
 
-lint: $(SETUP_STAMP)
+lint: $(SETUP_STAMP) ## ruff (lint and format, both must pass) and mypy (strict where pyproject says)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy xpro_mesh
 
 demo: $(SETUP_STAMP) ## the main job (see README)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The README's test command runs this: lint, types, then every test tier.
+# The README's test command runs this: lint (as make lint), types, then every test tier.
 # pytest's exit 5 ("no tests collected") is a failure here, never a pass.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 py=${XPRO_VENV:-$here/.venv}/bin/python
 "$py" -m ruff check . || exit 1
+"$py" -m ruff format --check . || exit 1
 "$py" -m mypy xpro_mesh || exit 1
 "$py" -m pytest "$@"
 rc=$?

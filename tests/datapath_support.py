@@ -6,7 +6,7 @@ from __future__ import annotations
 import ctypes as ct
 import random
 from collections import Counter
-from collections.abc import Callable, Hashable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 from xpro_mesh.core.algorithm import (
@@ -24,7 +24,7 @@ from xpro_mesh.datapath.config import Policy
 MS = 10**6
 BASE_TIME = 1_700_000_000 * 10**9  # cluster time of the first packet (2023, ns)
 
-Table = MutableMapping[tuple[Hashable, Hashable], LocalRecord]
+Table = MutableMapping[tuple[str, str], LocalRecord]  # addresses as text
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ def random_trace(rng: random.Random, p: Params, policy: Policy, n: int) -> list[
     pairs = _pairs(rng)
     weights = [w for _, _, w in pairs]
     base_gap = rng.uniform(0.08, 0.2) * MS
-    table: dict[tuple[Hashable, Hashable], LocalRecord] = {}
+    table: dict[tuple[str, str], LocalRecord] = {}
     model = model_for(policy)
     now = BASE_TIME
     trace: list[Packet] = []
@@ -115,7 +115,7 @@ def random_trace(rng: random.Random, p: Params, policy: Policy, n: int) -> list[
 
 
 def replay_model(trace: list[Packet], p: Params, policy: Policy) -> tuple[list[Verdict], Table]:
-    table: dict[tuple[Hashable, Hashable], LocalRecord] = {}
+    table: dict[tuple[str, str], LocalRecord] = {}
     model = model_for(policy)
     return [model(table, pk.src, pk.dst, pk.now, p) for pk in trace], table
 

@@ -28,6 +28,7 @@ async def test_records_are_the_largest_views_first_per_destination() -> None:
         agent.state.record_local((key.src, key.dst), LocalCount(now, now + S, 10 * (i + 1), 0))
     await agent.start()
     try:
+        assert agent.api is not None
         host, port = agent.api.address
         base = f"http://{host}:{port}/v1/records"
         async with aiohttp.ClientSession() as http:

@@ -53,6 +53,7 @@ def attacker() -> Iterator[socket.socket]:
 
 
 async def api_get(agent: Agent, path: str) -> tuple[int, str]:
+    assert agent.api is not None
     host, port = agent.api.address
     async with aiohttp.ClientSession() as http, http.get(f"http://{host}:{port}{path}") as resp:
         return resp.status, await resp.text()

@@ -28,6 +28,7 @@ async def test_one_agent_serves_itself_with_its_measured_occupancy() -> None:
     try:
         feeder = agent.feeder()
         assert feeder is not None
+        assert agent.api is not None
         host, port = agent.api.address
         async with aiohttp.ClientSession() as http:
             # ~2000 packets/s for a little over a window: twice the capacity.

@@ -19,7 +19,10 @@ import pytest
 
 from xpro_mesh.agent.config import load_config
 from xpro_mesh.agent.daemon import Agent, xdp_config
+from xpro_mesh.agent.gossip_sync import GossipSync
+from xpro_mesh.agent.syncer import SyncReport
 from xpro_mesh.core.gossip_state import ZERO_VERSION, Coverage, Delta, OriginEntry, PairEntry
+from xpro_mesh.core.params import Params
 from xpro_mesh.datapath.backend import PairKey
 from xpro_mesh.datapath.memory import MemoryMaps
 
@@ -128,7 +131,7 @@ async def test_aged_out_rows_leave_the_kernel(full_every: int) -> None:
     assert agent.state.merge(delta, now).accepted == 1
     await agent.sync_once()
     await agent.sync_once()
-    assert PairKey(*pair) in kernel(maps)  # type: ignore[arg-type]
+    assert PairKey(*pair) in kernel(maps)
     await asyncio.sleep(0.6)  # past the horizon, T_T1 + T_T4
     await agent.sync_once()  # ages the row out
     await agent.sync_once()  # (incremental: plans it one cycle later)
@@ -142,7 +145,9 @@ async def test_rows_merged_while_a_cycle_plans_reach_the_kernel_next_cycle() -> 
     sync would leave it."""
     inc, inc_maps = make_agent(full_every=10**9)
     full, full_maps = make_agent(full_every=0)
-    inc.plan_step = 2
+    syncer = inc.ensure_syncer()
+    assert isinstance(syncer, GossipSync)
+    syncer.plan_step = 2  # yields between every two pairs planned
     now = time.time_ns()
     for i in range(12):
         for maps in (inc_maps, full_maps):
@@ -182,12 +187,15 @@ async def test_a_sync_failing_every_cycle_is_counted_each_time_and_logged_once(
             self.calls = 0
             self.ten = asyncio.Event()
 
-        async def cycle(self, report: object) -> None:
+        async def cycle(self, report: SyncReport) -> None:
             self.calls += 1
             if self.calls >= 10:
                 self.ten.set()
             if self.calls <= 8:
                 raise ConnectionError("Error 111 connecting to 10.20.0.3:6379")
+
+        def set_params(self, params: Params) -> None:
+            pass
 
     syncer = FlakyMaster()
     config = load_config(

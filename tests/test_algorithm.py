@@ -205,7 +205,7 @@ def test_first_packet_of_a_pair_opens_a_window_and_passes() -> None:
 
 def test_verdict_values_are_the_contract_strings() -> None:
     assert [v.value for v in Verdict] == ["pass", "drop_pair", "drop_dest"]
-    assert Verdict.DROP_PAIR == "drop_pair"
+    assert isinstance(Verdict.DROP_PAIR, str) and Verdict("drop_pair") is Verdict.DROP_PAIR
 
 
 def test_idle_pair_restarts_its_window_and_is_marked() -> None:
@@ -331,3 +331,18 @@ def test_filter_packet_equals_a_literal_transcription(
         got = filter_packet(model, src, dst, now, p)
         assert got.value == _literal_algorithm_2(literal, src, dst, now, p)
     assert {k: [v.ts1, v.ts2, v.c, v.dc, v.mark] for k, v in model.items()} == literal
+
+
+def test_one_fold_of_a_destination_for_the_table_the_mesh_and_the_master() -> None:
+    from xpro_mesh.core.algorithm import fold_destination, fold_destinations
+
+    table = {
+        ("a", "d"): LocalRecord(ts1=4, ts2=9, c=5, dc=0, mark=0),
+        ("b", "d"): LocalRecord(ts1=2, ts2=6, c=2, dc=1, mark=0),
+        ("a", "e"): LocalRecord(ts1=1, ts2=3, c=8, dc=0, mark=0),
+    }
+    folds = fold_destinations((dst, rec) for (_src, dst), rec in table.items())
+    assert folds == {d: destination_aggregate(table, d) for d in ("d", "e")}
+    assert folds["d"] == fold_destination([table[("a", "d")], table[("b", "d")]])
+    assert (folds["d"].clients, folds["e"].clients) == (2, 1)  # n(D)
+    assert fold_destination([]) is None and fold_destinations([]) == {}

@@ -119,3 +119,8 @@ def test_datapath_bench_reports_both_ratios_of_every_case() -> None:
     assert len(doc["checks"]) == 2 * len(cases)
     for f in doc["packet"]:
         assert f["over_bare"] == f["filter"]["median"] / f["bare"]["median"]
+
+
+def test_a_large_figure_is_printed_whole_not_in_exponent_form() -> None:
+    assert Check("cycle", 4843.2, 500, "ms").line() == "cycle: 4843 ms (target <= 500 ms) MISSED"
+    assert Check("cycle", 12.06, 100, "ms").line() == "cycle: 12.1 ms (target <= 100 ms) met"

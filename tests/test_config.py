@@ -202,11 +202,12 @@ def test_advertised_address_is_the_bind_unless_it_is_a_wildcard() -> None:
     [
         (
             {"gossip.interval": "fast"},
-            'gossip.interval: expected a duration like "500ms", got "fast"',
+            'gossip.interval: expected a duration like "500ms" or "1m30s", got "fast"',
         ),
         (
             {"gossip.interval": "500"},
-            'gossip.interval: expected a duration like "500ms", got "500"',
+            'gossip.interval: expected a duration with a unit like "500ms" or "5s" '
+            '(a bare number is refused), got "500"',
         ),
         ({"gossip.interval": "0s"}, "gossip.interval: must be longer than 0s"),
         ({"gossip.fanout": "three"}, 'gossip.fanout: expected a whole number, got "three"'),
@@ -279,11 +280,17 @@ def test_bad_flag_values_are_one_line_naming_the_key(
     [
         (
             "[gossip]\ninterval = 500\n",
-            'gossip.interval: expected a duration like "500ms", got 500',
+            'gossip.interval: expected a duration with a unit like "500ms" or "5s" '
+            "(a bare number is refused), got 500",
+        ),
+        (
+            "[thresholds]\nt_t1 = 5\n",
+            'thresholds.t_t1: expected a duration with a unit like "500ms" or "5s" '
+            "(a bare number is refused), got 5",
         ),
         (
             "[gossip]\ninterval = true\n",
-            'gossip.interval: expected a duration like "500ms", got true',
+            'gossip.interval: expected a duration like "500ms" or "1m30s", got true',
         ),
         ("[thresholds]\nr = 2.5\n", "thresholds.r: expected a whole number, got 2.5"),
         ("[thresholds]\nt_f1 = -5\n", "thresholds.t_f1: expected a rate like 1000"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Sequence
 
 import pytest
 from datapath_support import BASE_TIME, MS, Packet, random_params
@@ -146,7 +147,7 @@ def test_deleting_a_pair_takes_it_out_of_its_destination(
     assert maps.read_stats().apply_deleted == 1  # type: ignore[attr-defined]
 
 
-def _sorted(items: list[tuple[object, object]]) -> list[tuple[object, object]]:
+def _sorted(items: Sequence[tuple[object, object]]) -> list[tuple[object, object]]:
     return sorted(items, key=lambda kv: repr(kv[0]))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from datapath_support import run_cli
 
-from xpro_mesh.datapath import loader
+from xpro_mesh.datapath import libbpf, loader
 
 BPF_RUN = Path("/run/xpro/bpf")
 
@@ -81,7 +81,7 @@ def test_verifier_rejection_is_one_line_with_the_log_saved(
     log = Path(err.rsplit(" ", 1)[1])
     assert log.parent == tmp_path
     assert "invalid access to packet" in log.read_text()
-    assert loader.libbpf.xdp_query(1) == (0, 0)  # lo untouched
+    assert libbpf.xdp_query(1) == (0, 0)  # lo untouched
 
 
 @pytest.mark.kernel

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from xpro_mesh.core.algorithm import Params
+from xpro_mesh.core.params import DEFAULTS
 from xpro_mesh.datapath.config import (
     ClockSource,
     ConfigError,
@@ -28,8 +29,7 @@ from xpro_mesh.datapath.config import (
         ("100ns", 100),
         ("1.5s", 1_500_000_000),
         ("2m", 120 * 10**9),
-        ("42", 42),
-        (42, 42),
+        ("42ns", 42),
     ],
 )
 def test_durations_accept_human_units_and_store_ns(text: object, ns: int) -> None:
@@ -48,6 +48,38 @@ def test_rates_are_packets_per_second(text: object, pps: int) -> None:
 def test_bad_durations_name_the_key(bad: object) -> None:
     with pytest.raises(ConfigError, match=r"^t_t2: "):
         parse_duration("t_t2", bad)
+
+
+@pytest.mark.parametrize("bare", [42, "42", " 42 "])
+def test_a_bare_number_is_not_a_duration_here_either(bare: object) -> None:
+    with pytest.raises(ConfigError, match=r"^t_t1: .*\(a bare number is refused\)"):
+        parse_duration("t_t1", bare)
+
+
+def test_the_defaults_are_the_cores_thresholds() -> None:
+    assert XdpConfig().params == DEFAULTS
+    assert (XdpConfig().t_t1, XdpConfig().t_t4, XdpConfig().t_f2) == (5 * 10**9, 10 * 10**9, 1000)
+
+
+@pytest.mark.parametrize(
+    ("assignments", "message"),
+    [
+        (["t_t2=20s"], r"^t_t2: must not exceed t_t4 \(10s\)"),
+        (["t_t4=500ms"], r"^t_t2: must not exceed t_t4 \(500ms\)"),
+        (["t_t1=0s"], r"^t_t1: must be longer than 0s"),
+        (["t_f2=0"], r"^t_f2: must be at least 1/s"),
+    ],
+)
+def test_an_operators_thresholds_are_checked_as_the_agent_checks_them(
+    assignments: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        XdpConfig().with_assignments(assignments)
+
+
+def test_a_value_not_set_is_not_judged_again() -> None:
+    odd = XdpConfig(t_t2=0)  # a test program's map may hold one
+    assert odd.with_assignments(["t_f1=5"]).t_f1 == 5
 
 
 def test_defaults_are_valid_and_fair_share() -> None:

@@ -4,7 +4,7 @@ packet by packet, and its apply keeps every packet counted after the read."""
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable
+from collections.abc import MutableMapping
 
 from datapath_support import BASE_TIME, MS, model_for, random_params, random_trace, replay_model
 from hypothesis import given, settings
@@ -20,7 +20,7 @@ DESTS = {4: ["10.0.1.1", "10.0.1.2"], 6: ["2001:db8:1::1"]}
 
 
 def _check_against_model(
-    memory: MemoryMaps, table: dict[tuple[Hashable, Hashable], LocalRecord]
+    memory: MemoryMaps, table: MutableMapping[tuple[str, str], LocalRecord]
 ) -> None:
     assert dict(memory.read_pairs()) == {PairKey.of(s, d): r for (s, d), r in table.items()}
     assert dict(memory.read_destinations()) == {
@@ -58,7 +58,7 @@ def test_feed_is_the_reference_model(
         t_t1=t_t1 * MS, t_t2=t_t2 * MS, t_t3=t_t3 * MS, t_t4=100 * MS, t_f1=t_f1, t_f2=t_f2, r=2
     )
     memory = MemoryMaps(XdpConfig.from_params(p, policy=policy))
-    table: dict[tuple[Hashable, Hashable], LocalRecord] = {}
+    table: dict[tuple[str, str], LocalRecord] = {}
     model = model_for(policy)
     now = BASE_TIME
     for src_i, dst_i, gap in steps:

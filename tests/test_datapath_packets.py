@@ -4,7 +4,9 @@ and which counter says so. Run through BPF_PROG_TEST_RUN on the test build."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -41,7 +43,7 @@ class Case:
     action: int
     counter: str
     key: PairKey | None = None  # the pair the program must have keyed
-    preset: object = None
+    preset: Callable[[], tuple[list[PairOp], list[DestOp]]] | None = None  # map state first
 
 
 CASES = [
@@ -146,31 +148,31 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.description)
-def test_packet_table(case: Case, xdp_test_program: object, kernel_maps: object) -> None:
+def test_packet_table(case: Case, xdp_test_program: Any, kernel_maps: Any) -> None:
     maps = kernel_maps
     maps.set_config(
         XdpConfig(
             t_t2=S,
             t_t3=S,
             t_f1=100,
-            t_f2=10_000,  # type: ignore[attr-defined]
+            t_f2=10_000,
             policy=Policy.FAIR_SHARE,
         )
     )
-    maps.write_clock(offset=0, test_now=NOW)  # type: ignore[attr-defined]
+    maps.write_clock(offset=0, test_now=NOW)
     if case.preset is not None:
-        pair_ops, dest_ops = case.preset()  # type: ignore[operator]
-        maps.apply(pair_ops, dest_ops)  # type: ignore[attr-defined]
-    before = maps.read_stats().as_dict()  # type: ignore[attr-defined]
-    run = libbpf.prog_test_run(xdp_test_program.filter_fd, case.frame)  # type: ignore[attr-defined]
-    after = maps.read_stats()  # type: ignore[attr-defined]
+        pair_ops, dest_ops = case.preset()
+        maps.apply(pair_ops, dest_ops)
+    before = maps.read_stats().as_dict()
+    run = libbpf.prog_test_run(xdp_test_program.filter_fd, case.frame)
+    after = maps.read_stats()
     assert run.retval == case.action
     changed = {k: v - before[k] for k, v in after.as_dict().items() if v != before[k]}
     counter = "pass" if case.counter == "passed" else case.counter
     assert changed.get(counter) == 1, changed
     assert run.data_out[: len(case.frame)] == case.frame  # the filter never rewrites
     if case.key is not None:
-        assert case.key in dict(maps.read_pairs())  # type: ignore[attr-defined]
+        assert case.key in dict(maps.read_pairs())
 
 
 def test_a_destination_over_t_f2_drops_every_client_under_the_paper_policy(

@@ -132,5 +132,7 @@ def test_the_numpy_view_of_a_pair_matches_the_c_struct() -> None:
     from xpro_mesh.datapath.bpf_maps import _PAIR_DTYPE
 
     assert _PAIR_DTYPE.itemsize == ct.sizeof(structs.XproPair)
+    layout = _PAIR_DTYPE.fields
+    assert layout is not None
     for name in ("ts1", "ts2", "c", "dc", "warn_ts", "mark", "flags"):
-        assert _PAIR_DTYPE.fields[name][1] == getattr(structs.XproPair, name).offset, name
+        assert layout[name][1] == getattr(structs.XproPair, name).offset, name

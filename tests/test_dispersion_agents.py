@@ -14,6 +14,7 @@ end, also on failure.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import signal
@@ -23,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -106,7 +108,9 @@ def weights(agent: AgentProcess) -> dict[str, float]:
     return {str(p["node_id"]): float(str(p["weight"])) for p in proxies(agent)}
 
 
-async def feed(session: aiohttp.ClientSession, token: str, proxy: Proxy, src: str, n: int) -> None:
+async def feed(
+    session: aiohttp.ClientSession, token: str, proxy: Proxy, *, src: str, n: int
+) -> None:
     body = {"src": src, "dst": DST, "count": n}
     headers = {"Authorization": f"Bearer {token}"}
     async with session.post(f"{proxy.url}/v1/feed", json=body, headers=headers) as resp:
@@ -180,7 +184,7 @@ async def _failover_run(cluster: Cluster, interval_s: float, n_clients: int) -> 
             t = time.monotonic()
             try:
                 _, proxy = await c.request(
-                    lambda p, i=i: feed(c.session, token, p, f"10.2.0.{i + 1}", 1)
+                    functools.partial(feed, c.session, token, src=f"10.2.0.{i + 1}", n=1)
                 )
                 served[i].append((time.monotonic(), proxy.node_id))
             except NoProxyAnswered:
@@ -249,7 +253,7 @@ def test_good_load_concentrated_on_one_proxy_spreads_without_oscillating(
     assert with_["good_success"] >= without["good_success"]
 
 
-async def _overload_run(cluster: Cluster, dispersion: bool, after_s: float) -> dict[str, object]:
+async def _overload_run(cluster: Cluster, dispersion: bool, after_s: float) -> dict[str, Any]:
     token = cluster.mesh.token
     seeds = tuple((h, cluster.api_port) for h in cluster.hosts)
     # 3000 packets/s in all, 1.5 × one proxy's capacity; many clients, so
@@ -287,9 +291,9 @@ async def _overload_run(cluster: Cluster, dispersion: bool, after_s: float) -> d
             src = f"10.3.{i // 250}.{i % 250 + 1}"
             try:
                 if following.is_set():
-                    await c.request(lambda p, src=src: feed(c.session, token, p, src, packets))
+                    await c.request(functools.partial(feed, c.session, token, src=src, n=packets))
                 else:
-                    await asyncio.wait_for(feed(c.session, token, home, src, packets), 1.0)
+                    await asyncio.wait_for(feed(c.session, token, home, src=src, n=packets), 1.0)
                 ok[ph] += 1
                 if ph:
                     latencies.append(time.monotonic() - t)

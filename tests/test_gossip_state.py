@@ -1,4 +1,4 @@
-"""Specification of the masterless merge (DESIGN.md, "Records and merging
+"""Specification of the masterless merge (docs/design.md, "Records and merging
 without a master"): fidelity to Algorithm 1, exact counts under loss,
 duplication and reordering, convergence in O(log N) rounds, safety against
 peers; and the view, expiry and restart rules they rest on."""
@@ -230,7 +230,7 @@ def test_destination_view_folds_its_pairs_and_counts_them_for_fair_share() -> No
     for s in (a, b):
         view = s.destination_view(DESTS[0])
         assert view is not None
-        assert (view.ts1, view.ts2, view.c, view.pairs) == (T0, T0 + 3 * S, 12, 2)
+        assert (view.ts1, view.ts2, view.c, view.clients) == (T0, T0 + 3 * S, 12, 2)
         assert s.destination_views()[DESTS[1]].c == 100
     assert a.destination_view("nobody") is None
     assert fold_destination([]) is None
@@ -414,8 +414,8 @@ def test_counts_are_exact_after_loss_duplication_and_reordering(
         elif kind == "sync":
             mesh[x % n].sync()
         elif kind == "send":  # x asks y: y's delta for x's digest, in small chunks
-            a, b = mesh[x % n].state, mesh[y % n].state
-            in_flight += [(x % n, c) for c in chunk_delta(b.delta_for(a.digest()), z)]
+            asker, giver = mesh[x % n].state, mesh[y % n].state
+            in_flight += [(x % n, c) for c in chunk_delta(giver.delta_for(asker.digest()), z)]
             sent += in_flight
         elif in_flight and kind == "deliver":
             receiver, chunk = in_flight[x % len(in_flight)]

@@ -4,6 +4,8 @@ clients saw. Pure: no namespaces, no processes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from xpro_mesh.lab import metrics
@@ -12,7 +14,9 @@ from xpro_mesh.lab.metrics import BinSeries, BotStream, GoodRequests, VictimArri
 BIN = 0.1
 
 
-def victim_doc(attack: dict[int, dict[int, int]], good: dict[int, dict[int, int]] | None = None):
+def victim_doc(
+    attack: dict[int, dict[int, int]], good: dict[int, dict[int, int]] | None = None
+) -> dict[str, Any]:
     return {
         "role": "victim",
         "bin_s": BIN,
@@ -34,7 +38,9 @@ def bot_doc(block: int, start: float, stop: float, per_bin: int) -> dict[str, ob
     }
 
 
-def delivered_until(start: float, stop: float, cut: float, per_bin: int, leak: int = 0):
+def delivered_until(
+    start: float, stop: float, cut: float, per_bin: int, leak: int = 0
+) -> dict[int, int]:
     """Every packet arrives before ``cut``, ``leak`` per bin after it."""
     return {
         k: (per_bin if k * BIN < cut - 1e-9 else leak)

@@ -66,7 +66,7 @@ def test_corrupted_messages_are_refused_or_still_well_typed(
     result = decode(bytes(raw))
     if isinstance(result, Delta):
         for pe in result.entries:
-            assert all(len(a) == ADDRESS_BYTES for a in pe.pair)
+            assert all(isinstance(a, bytes) and len(a) == ADDRESS_BYTES for a in pe.pair)
             assert all(0 <= x < 2**64 for x in (pe.entry.ts1, pe.entry.ts2, pe.entry.c))
 
 

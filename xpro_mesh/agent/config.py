@@ -16,10 +16,12 @@ The profile is chosen the same way (``profile = "local"`` in the file,
 * ``local``: every agent on one host (loopback tests, the lab), fast timers;
 * ``wan``: proxies across sites, slow and lossy links.
 
-Units are for humans: durations ``"250us" "500ms" "2s" "1m30s" "1h"``, rates
-``1000`` (packets/s) ``"1000/s" "2k pps" "6000/min"``, sizes ``1400`` ``"60kB"``
-``"64KiB"``. Fields ending in ``_ns`` are nanoseconds and are spelled without
-the suffix in the file (``max_skew_ns`` is ``max_skew``).
+Units are for humans (:mod:`xpro_mesh.units`, one rule for the whole
+project): durations need a unit, ``"250us" "500ms" "2s" "1m30s" "1h"`` (a bare
+number is refused); rates are packets/s, ``1000`` ``"1000/s" "2k pps"
+"6000/min"``; sizes ``1400`` ``"60kB"`` ``"64KiB"``. Fields ending in ``_ns``
+are nanoseconds and are spelled without the suffix in the file
+(``max_skew_ns`` is ``max_skew``).
 
 A TOML file looks like::
 
@@ -58,11 +60,11 @@ from pathlib import Path
 from typing import Any
 
 from xpro_mesh import units
-from xpro_mesh.algorithm import Params
 from xpro_mesh.core.dispersion import DispersionParams
-from xpro_mesh.datapath.config import Policy
+from xpro_mesh.core.params import Params, Policy, operational_problems
 from xpro_mesh.mesh.membership import MembershipParams, detection_time_bound_ns
 from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, Address
+from xpro_mesh.units import ConfigError
 
 __all__ = [
     "AgentConfig",
@@ -92,16 +94,6 @@ US = 1_000
 MS = 1_000_000
 S = 1_000_000_000
 MIN_MESSAGE_BYTES = 512  # room for the envelope (<= 323 bytes) and a useful payload
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; ``str()`` is the one line
-    to print: ``<key>: <problem>``."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
 
 
 class Backend(enum.StrEnum):
@@ -137,45 +129,24 @@ class _Bad(Exception):
     """A parser's complaint; the builder adds the key."""
 
 
-def _show(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, dict):
-        return "a table"
-    return repr(value)
+_show = units.show
 
 
 def parse_duration(value: object) -> int:
-    """``"500ms"`` → 500_000_000 ns. Bare numbers are refused: a unit-less
-    ``interval = 500`` is the mistake this check exists to catch."""
-    if not isinstance(value, str):
-        raise _Bad(f'expected a duration like "500ms", got {_show(value)}')
+    """``"500ms"`` → 500_000_000 ns (:func:`xpro_mesh.units.parse_duration_ns`:
+    a bare number is refused)."""
     try:
         return units.parse_duration_ns(value)
-    except ValueError:
-        raise _Bad(f'expected a duration like "500ms", got {_show(value)}') from None
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
 
 
 def parse_rate(value: object) -> int:
-    """Packets per second: ``1000``, ``"1000/s"``, ``"2k pps"``, ``"6000/min"``;
-    whole packets per second only, as the kernel compares integers."""
-    expected = f'expected a rate like 1000, "1000/s" or "2k pps", got {_show(value)}'
-    if isinstance(value, bool):
-        raise _Bad(expected)
-    if isinstance(value, int):
-        if value < 0:
-            raise _Bad(expected)
-        return value
-    if not isinstance(value, str):
-        raise _Bad(expected)
+    """Packets per second (:func:`xpro_mesh.units.parse_rate_pps`)."""
     try:
         return units.parse_rate_pps(value)
     except ValueError as exc:
-        raise _Bad(str(exc).replace(repr(value), _show(value))) from None
+        raise _Bad(str(exc)) from None
 
 
 format_duration = units.format_duration
@@ -318,54 +289,31 @@ def _require(ok: bool, key: str, problem: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Thresholds:
-    """The paper's thresholds (Algorithm 1 and 2) and the destination policy.
-
-    Defaults suit a service that sees a few hundred clients; they are the
-    first thing an operator tunes. Durations are ns, rates packets/s.
-    """
-
-    # idle gap after which a pair's window restarts
-    t_t1: int = field(default=5 * S, metadata=_parse(parse_duration))
-    # shortest pair window judged against T_F1
-    t_t2: int = field(default=1 * S, metadata=_parse(parse_duration))
-    # shortest destination window judged against T_F2
-    t_t3: int = field(default=1 * S, metadata=_parse(parse_duration))
-    # longest window before it is divided by r
-    t_t4: int = field(default=10 * S, metadata=_parse(parse_duration))
-    # packets/s allowed per (client, destination) pair
-    t_f1: int = field(default=100, metadata=_parse(parse_rate))
-    # packets/s allowed per destination, summed over all clients and proxies
-    t_f2: int = field(default=1000, metadata=_parse(parse_rate))
-    # frequency division factor, an integer >= 2
-    r: int = field(default=2, metadata=_parse(_count))
-    # which packets to drop while a destination is over T_F2
-    policy: Policy = field(default=Policy.FAIR_SHARE, metadata=_parse(_choice(Policy)))
+class Thresholds(Params):
+    """The ``[thresholds]`` section: the core's record (its fields, defaults
+    and the reason for each: :class:`~xpro_mesh.core.params.Params`), checked
+    as an operator's configuration, each problem naming its dotted key."""
 
     def __post_init__(self) -> None:
-        for name in ("t_t1", "t_t2", "t_t3", "t_t4"):
-            _require(getattr(self, name) > 0, f"thresholds.{name}", "must be longer than 0s")
-        for name in ("t_t2", "t_t3"):
-            _require(
-                getattr(self, name) <= self.t_t4,
-                f"thresholds.{name}",
-                f"must not exceed thresholds.t_t4 ({format_duration(self.t_t4)}): a window that "
-                f"long is divided by r before it is ever judged, got "
-                f"{format_duration(getattr(self, name))}",
-            )
-        for name in ("t_f1", "t_f2"):
-            _require(getattr(self, name) >= 1, f"thresholds.{name}", "must be at least 1/s")
-        _require(self.r >= 2, "thresholds.r", f"must be an integer >= 2, got {self.r}")
-
-    def as_json(self) -> dict[str, int | str]:
-        """What ``GET /v1/config`` shows and a reload logs: ns, packets/s, the
-        policy's name."""
-        return {**dataclasses.asdict(self.params()), "policy": str(self.policy)}
+        for key, problem in operational_problems(self, "thresholds."):
+            raise ConfigError(key, problem)
+        if self.r < 2:
+            raise ConfigError("thresholds.r", f"must be an integer >= 2, got {self.r}")
+        Params.__post_init__(self)
 
     def params(self) -> Params:
-        """The algorithm core's :class:`~xpro_mesh.algorithm.Params` (the
-        policy is chosen by which filter function the caller uses)."""
+        """The core's :class:`~xpro_mesh.core.params.Params` itself (a Thresholds
+        compares unequal to it, being of another class)."""
         return Params.of(self)
+
+
+# How a threshold is written, by the unit the core gives it.
+_THRESHOLD_PARSERS: dict[str, Parser] = {
+    "duration": parse_duration,
+    "rate": parse_rate,
+    "count": _count,
+    "policy": _choice(Policy),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,9 +590,9 @@ _PROFILE_GOSSIP: dict[Profile, Callable[[], GossipConfig]] = {
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Bounds on what the agent accepts from peers (DESIGN.md, safety against
-    peers): a buggy or compromised key holder cannot exhaust memory or
-    inject absurd counts."""
+    """Bounds on what the agent accepts from peers (docs/design.md, "Safety
+    against peers"): a buggy or compromised key holder cannot exhaust memory
+    or inject absurd counts (docs/threat-model.md says what it still can)."""
 
     # pair entries accepted from one origin (a peer's own counts)
     max_keys: int = field(default=1_000_000, metadata=_parse(_count))
@@ -766,11 +714,8 @@ def _build_schema() -> dict[str, tuple[str | None, str, Parser]]:
     for top in dataclasses.fields(AgentConfig):
         if top.name in _SECTIONS:
             for inner in dataclasses.fields(_SECTIONS[top.name]):
-                schema[f"{top.name}.{_key(inner.name)}"] = (
-                    top.name,
-                    inner.name,
-                    inner.metadata["parse"],
-                )
+                parse = inner.metadata.get("parse") or _THRESHOLD_PARSERS[inner.metadata["unit"]]
+                schema[f"{top.name}.{_key(inner.name)}"] = (top.name, inner.name, parse)
         else:
             schema[_key(top.name)] = (None, top.name, top.metadata["parse"])
     return schema

@@ -33,7 +33,13 @@ from collections.abc import Iterator
 
 from xpro_mesh.agent.mapsync import dest_ops_for
 from xpro_mesh.agent.syncer import SyncReport
-from xpro_mesh.core.algorithm import LocalRecord, MasterRecord, Params, sync_master
+from xpro_mesh.core.algorithm import (
+    LocalRecord,
+    MasterRecord,
+    Params,
+    fold_destinations,
+    sync_master,
+)
 from xpro_mesh.datapath.backend import MapBackend, PairKey, PairOp
 
 __all__ = ["MasterSync", "plan_master"]
@@ -180,14 +186,9 @@ class MasterSync:
         if stale:
             self.backend.delete_pairs(stale)
         report = self.backend.apply(ops, ())
-        windows: dict[bytes, tuple[int, int]] = {}
-        for key, lrec in after.items():
-            if key in stale:
-                continue
-            w = windows.get(key.dst)
-            windows[key.dst] = (
-                (lrec.ts1, lrec.ts2) if w is None else (min(w[0], lrec.ts1), max(w[1], lrec.ts2))
-            )
+        gone = set(stale)
+        folds = fold_destinations((k.dst, r) for k, r in after.items() if k not in gone)
+        windows = {dst: (agg.ts1, agg.ts2) for dst, agg in folds.items()}
         skipped = {*report.restarted, *report.missing}
         self.backend.apply((), dest_ops_for(ops, skipped, windows))
         self.cycles += 1

@@ -80,7 +80,8 @@ class Check:
         op = "<=" if self.bound == "at_most" else ">="
         unit = self.unit if self.unit in ("", "x", "%") else f" {self.unit}"
         verdict = "met" if self.met else "MISSED"
-        return f"{self.what}: {self.value:.3g}{unit} (target {op} {self.target:g}{unit}) {verdict}"
+        value = f"{self.value:.0f}" if abs(self.value) >= 100 else f"{self.value:.3g}"
+        return f"{self.what}: {value}{unit} (target {op} {self.target:g}{unit}) {verdict}"
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -18,9 +18,9 @@ into the filter's maps every gossip interval. Values come from the profile's
 defaults, then --config FILE (TOML), then these flags.
 
 examples:
-  xpro-mesh keygen > /etc/xpro/cluster.key
+  xpro-mesh keygen > /etc/xpro-mesh/cluster.key
   xpro-mesh agent --iface eth1 --bind 10.0.0.1:7946 --peers 10.0.0.2:7946,10.0.0.3:7946 \\
-      --key-file /etc/xpro/cluster.key --config /etc/xpro/agent.toml
+      --key-file /etc/xpro-mesh/cluster.key --config /etc/xpro-mesh/agent.toml
   xpro-mesh agent --backend memory --bind 127.0.0.1:0 --api 127.0.0.1:0 \\
       --key-file k --profile local          # no kernel program: the in-memory data path
 """

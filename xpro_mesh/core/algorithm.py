@@ -18,21 +18,27 @@ No I/O, no clock: time is an argument.
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable, MutableMapping
+from collections.abc import Hashable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
-NS_PER_S = 10**9
+from xpro_mesh.core.params import DEFAULTS, NS_PER_S, Params, Policy
 
 __all__ = [
+    "DEFAULTS",
     "NS_PER_S",
     "DestinationAggregate",
     "LocalRecord",
     "MasterRecord",
     "Params",
+    "Policy",
     "Verdict",
+    "Window",
     "destination_aggregate",
     "filter_packet",
     "filter_packet_fair_share",
+    "fold_destination",
+    "fold_destinations",
     "rate_exceeds",
     "sync_master",
 ]
@@ -44,48 +50,6 @@ class Verdict(enum.StrEnum):
     PASS = "pass"
     DROP_PAIR = "drop_pair"  # line 15: the (i, D) pair is over T_F1
     DROP_DEST = "drop_dest"  # lines 21-23: destination D is over T_F2
-
-
-_PARAM_NAMES = ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "r")
-
-
-@dataclass(frozen=True, slots=True)
-class Params:
-    """The paper's thresholds.
-
-    t_t1: idle time after which a pair's window restarts (Alg. 2) and after
-          which a restarted local window replaces the master's (Alg. 1 line 5).
-    t_t2: the shortest pair window over which T_F1 is judged (Alg. 2).
-    t_t3: the shortest destination window over which T_F2 is judged (Alg. 2).
-    t_t4: the longest window before it is divided by r (Alg. 1 lines 13-23).
-    t_f1: packets/s allowed per (client, destination) pair.
-    t_f2: packets/s allowed per destination, over all clients.
-    r:    frequency division factor, an integer >= 2.
-    """
-
-    t_t1: int
-    t_t2: int
-    t_t3: int
-    t_t4: int
-    t_f1: int
-    t_f2: int
-    r: int
-
-    def __post_init__(self) -> None:
-        for name in _PARAM_NAMES:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an integer, got {value!r}")
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if self.r < 2:
-            raise ValueError(f"r must be an integer >= 2, got {self.r}")
-
-    @classmethod
-    def of(cls, source: object) -> Params:
-        """The thresholds of any object holding them under the same names (the
-        agent's and the data path's configurations)."""
-        return cls(**{name: getattr(source, name) for name in _PARAM_NAMES})
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,11 +168,24 @@ def _count_packet(record: LocalRecord | None, now: int, p: Params) -> LocalRecor
     return replace(record, ts2=now, c=record.c + 1, dc=record.dc + 1)
 
 
+class Window(Protocol):
+    """A counted window: a pair's L_DB record, or its mesh-wide view."""
+
+    @property
+    def ts1(self) -> int: ...
+    @property
+    def ts2(self) -> int: ...
+    @property
+    def c(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DestinationAggregate:
     """Lines 18-20 for one destination D: the earliest start, the latest end
-    and the summed count of every client's window towards D, and how many
-    clients that is (n(D), for the fair-share policy)."""
+    and the summed count of every client's window towards D, and ``clients``,
+    how many windows that is: n(D) of the fair-share policy. The same record
+    for one proxy's table (:func:`destination_aggregate`), the mesh's view
+    (``GossipState.destination_view``) and the kernel's aggregate."""
 
     ts1: int
     ts2: int
@@ -216,29 +193,51 @@ class DestinationAggregate:
     clients: int
 
 
-def destination_aggregate(
-    table: MutableMapping[tuple[Hashable, Hashable], LocalRecord], dst: Hashable
-) -> DestinationAggregate | None:
-    """Min ts1, max ts2 and the sum of c_i + dc_i over all clients of ``dst``.
+def fold_destination(windows: Iterable[Window]) -> DestinationAggregate | None:
+    """Lines 18-20 over ``windows``, the clients' windows towards one D: min
+    ts1, max ts2, sum c and n(D); None when there are none.
 
-    ``c_i + dc_i`` of the paper is the local ``c'_i`` here: after a sync
-    c' = c and dc' = 0, and every packet increments both. The kernel keeps
-    this aggregate incrementally; the model recomputes it.
-    """
+    ``c_i + dc_i`` of the paper is the local ``c'_i``: after a sync c' = c and
+    dc' = 0, and every packet increments both, so summing c is the rule."""
     ts1: int | None = None
     ts2 = 0
     total = 0
     clients = 0
-    for (_src, d), rec in table.items():
-        if d != dst:
-            continue
-        ts1 = rec.ts1 if ts1 is None else min(ts1, rec.ts1)
-        ts2 = max(ts2, rec.ts2)
-        total += rec.c
+    for w in windows:
+        ts1 = w.ts1 if ts1 is None else min(ts1, w.ts1)
+        ts2 = max(ts2, w.ts2)
+        total += w.c
         clients += 1
     if ts1 is None:
         return None
     return DestinationAggregate(ts1=ts1, ts2=ts2, c=total, clients=clients)
+
+
+S = TypeVar("S", bound=Hashable)  # a client's key, opaque to the model
+D = TypeVar("D", bound=Hashable)  # a destination's key
+
+
+def fold_destinations(
+    windows: Iterable[tuple[D, Window]],
+) -> dict[D, DestinationAggregate]:
+    """:func:`fold_destination` of every destination, from ``(D, window)`` pairs."""
+    by_destination: dict[D, list[Window]] = {}
+    for dst, w in windows:
+        by_destination.setdefault(dst, []).append(w)
+    out: dict[D, DestinationAggregate] = {}
+    for dst, ws in by_destination.items():
+        agg = fold_destination(ws)
+        assert agg is not None
+        out[dst] = agg
+    return out
+
+
+def destination_aggregate(
+    table: Mapping[tuple[S, D], LocalRecord], dst: D
+) -> DestinationAggregate | None:
+    """:func:`fold_destination` of the clients of ``dst`` in one L_DB. The
+    kernel keeps this aggregate incrementally; the model recomputes it."""
+    return fold_destination(rec for (_src, d), rec in table.items() if d == dst)
 
 
 def _pair_over_limit(rec: LocalRecord, p: Params) -> bool:
@@ -252,9 +251,9 @@ def _destination_over_limit(agg: DestinationAggregate, p: Params) -> bool:
 
 
 def filter_packet(
-    table: MutableMapping[tuple[Hashable, Hashable], LocalRecord],
-    src: Hashable,
-    dst: Hashable,
+    table: MutableMapping[tuple[S, D], LocalRecord],
+    src: S,
+    dst: D,
     now: int,
     p: Params,
 ) -> Verdict:
@@ -276,14 +275,14 @@ def filter_packet(
 
 
 def filter_packet_fair_share(
-    table: MutableMapping[tuple[Hashable, Hashable], LocalRecord],
-    src: Hashable,
-    dst: Hashable,
+    table: MutableMapping[tuple[S, D], LocalRecord],
+    src: S,
+    dst: D,
     now: int,
     p: Params,
     clients: int | None = None,
 ) -> Verdict:
-    """Algorithm 2 with the ``fair-share`` destination policy (DESIGN.md).
+    """Algorithm 2 with the ``fair-share`` destination policy (docs/design.md).
 
     Identical to :func:`filter_packet` up to line 21. While D is over T_F2,
     only the pairs whose own rate exceeds D's fair share ``T_F2 / n(D)`` are

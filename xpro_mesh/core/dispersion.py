@@ -35,8 +35,10 @@ stale loads (clients still moving) give the same target again instead of an
 over-reaction. ``s_i / W_i`` needs no memory: it is ``(1 - drop_ratio) ·
 traffic / W`` up to a factor common to all proxies, so an idle proxy weighs
 ``1 - drop_ratio`` and a proxy carrying only attack traffic almost nothing.
-A proxy over ``T_W`` is weighted down further by ``T_W / W``: its true demand
-is above what it can count, and passed bots look like good clients.
+A proxy over ``T_W`` and over the mean is weighted down further by
+``sqrt(max(T_W, mean) / W)``: its true demand is above what it can count,
+and passed bots look like good clients. (A full ``1 / W`` penalty would be
+the literal rule again and oscillate; the square root converges.)
 Dead proxies are absent (the caller passes the live ones).
 
 The DeDoS rules (when the weights change)

@@ -1,7 +1,7 @@
 """The replicated pair table without a master: per-origin entries, their merge,
 and the deterministic fold that every node computes from them.
 
-DESIGN.md, "Records and merging without a master". The paper's master M_DB is
+docs/design.md, "Records and merging without a master". The paper's master M_DB is
 one copy that every proxy read-modify-writes; here every proxy (an *origin*)
 owns its own row per (client, destination) pair and nobody else ever changes
 it:
@@ -48,13 +48,21 @@ import enum
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from xpro_mesh.core.algorithm import NS_PER_S, LocalRecord, MasterRecord, Params, sync_master
+from xpro_mesh.core.algorithm import (
+    NS_PER_S,
+    DestinationAggregate,
+    LocalRecord,
+    MasterRecord,
+    Params,
+    fold_destination,
+    sync_master,
+)
 
 __all__ = [
     "ZERO_VERSION",
     "Coverage",
     "Delta",
-    "DestinationView",
+    "DestinationAggregate",
     "Digest",
     "ExpiryReport",
     "GossipState",
@@ -179,18 +187,6 @@ class PairView:
     origins: int
 
 
-@dataclass(frozen=True, slots=True)
-class DestinationView:
-    """The mesh-wide aggregate of a destination D (Alg. 2 lines 18-20 over all
-    proxies): fold of its pairs' views; ``pairs`` is n(D) for the fair-share
-    policy. The agent re-bases the kernel's per-destination aggregate with it."""
-
-    ts1: int
-    ts2: int
-    c: int
-    pairs: int
-
-
 class Rejection(enum.StrEnum):
     """Why a row offered by a peer was refused; the agent counts them."""
 
@@ -288,22 +284,6 @@ def fold_pair(entries: Iterable[OriginEntry], t_t1: int) -> PairView | None:
     return PairView(ts1=ts1, ts2=newest, c=total, origins=live)
 
 
-def fold_destination(views: Iterable[PairView]) -> DestinationView | None:
-    """Lines 18-20 over the mesh: min ts1, max ts2, sum c and n(D)."""
-    ts1: int | None = None
-    ts2 = 0
-    total = 0
-    pairs = 0
-    for v in views:
-        ts1 = v.ts1 if ts1 is None else min(ts1, v.ts1)
-        ts2 = max(ts2, v.ts2)
-        total += v.c
-        pairs += 1
-    if ts1 is None:
-        return None
-    return DestinationView(ts1=ts1, ts2=ts2, c=total, pairs=pairs)
-
-
 def chunk_delta(delta: Delta, max_items: int) -> tuple[Delta, ...]:
     """Cut a delta into chunks of at most ``max_items`` rows and at most
     ``max_items`` claims each, safe to deliver independently.
@@ -394,8 +374,7 @@ class GossipState:
         self._written: set[Pair] = set()  # own pairs counted by this process
         self._adopted_from: dict[Pair, Version] = {}  # earlier-incarnation source
         self._views: dict[Pair, PairView] = {}
-        self._dest_views: dict[Hashable, DestinationView] = {}
-        self._revision = 0
+        self._dest_views: dict[Hashable, DestinationAggregate] = {}
         # Pairs whose rows changed since the last take_changed(); None: all.
         self._changed: set[Pair] | None = None
         # No row has a ts2 below this (a lower bound): expire() skips its scan
@@ -424,11 +403,6 @@ class GossipState:
     def clock(self) -> Version:
         """The latest version this node issued (or had to jump to)."""
         return self._clock
-
-    @property
-    def revision(self) -> int:
-        """Grows whenever rows or the digest change (lets callers cache)."""
-        return self._revision
 
     def __len__(self) -> int:
         """Rows held, over all pairs and origins."""
@@ -474,13 +448,12 @@ class GossipState:
         re-bases its ``c'`` to the view's count, its ``ts1'`` to the view's
         start (the earliest of every origin's rows) and its ``ts2'`` to the
         view's end (moved on by other proxies' packets). Taken as this
-        origin's own, they import other origins' windows into its row: a
-        proxy that took over a client (its old proxy died) got that proxy's
-        start, so each sync halved what it counted (lines 22-23, then 13-17),
-        and a proxy that stopped seeing a client kept its row alive for ever
-        on the view's end with a count halved to 0 and a start dragging the
-        view's window back (the lab's ``failover`` scenario let 90 % of the
-        moved bots through). So the window is the origin's own: its row's
+        origin's own, they would import other origins' windows into its row:
+        a proxy taking over a client would inherit the other proxy's start
+        and halve what it counted at each sync (lines 22-23, then 13-17), and
+        a proxy that stopped seeing a client would keep its row alive on the
+        view's end, its count halved towards 0 and its start dragging the
+        view's window back. So the window is the origin's own: its row's
         start (the kernel's after a restart, mark' = 1); for a first row, the
         view's end, the last packet seen anywhere before this proxy's first;
         ``ts2'`` the kernel's only when the kernel counted packets here. With
@@ -568,7 +541,7 @@ class GossipState:
             views[pair] = view
         return views
 
-    def destination_view(self, destination: Hashable) -> DestinationView | None:
+    def destination_view(self, destination: Hashable) -> DestinationAggregate | None:
         view = self._dest_views.get(destination)
         if view is None:
             pairs = self._by_destination.get(destination)
@@ -581,8 +554,8 @@ class GossipState:
             self._dest_views[destination] = view
         return view
 
-    def destination_views(self) -> dict[Hashable, DestinationView]:
-        views: dict[Hashable, DestinationView] = {}
+    def destination_views(self) -> dict[Hashable, DestinationAggregate]:
+        views: dict[Hashable, DestinationAggregate] = {}
         for destination in self._by_destination:
             view = self.destination_view(destination)
             assert view is not None
@@ -597,7 +570,6 @@ class GossipState:
         self._views.clear()
         self._dest_views.clear()
         self._changed = None
-        self._revision += 1
 
     # --- anti-entropy --------------------------------------------------------
 
@@ -728,8 +700,6 @@ class GossipState:
                 continue
             self._watermark[origin] = cov.upto
             advanced += 1
-        if advanced:
-            self._revision += 1
         return MergeReport(
             accepted=accepted,
             adopted=adopted,
@@ -748,7 +718,6 @@ class GossipState:
             if held is not None:
                 self._store(PairEntry(pair, self._node_id, _restamp(held, self._next_version())))
             self._watermark[self._node_id] = self._clock
-            self._revision += 1
             return Rejection.OWN_CONFLICT
         if e.version[0] < self._incarnation:
             if pair in self._written:
@@ -788,7 +757,6 @@ class GossipState:
         for origin in [o for o in self._watermark if o not in self._by_origin]:
             if origin != self._node_id:
                 del self._watermark[origin]
-                self._revision += 1
         return ExpiryReport(dropped=dropped, changed_pairs=frozenset(changed))
 
     # --- storage -------------------------------------------------------------
@@ -820,7 +788,6 @@ class GossipState:
         self._dest_views.pop(pair[1], None)
         if self._changed is not None:
             self._changed.add(pair)
-        self._revision += 1
 
     def _remove(self, pair: Pair, origin: str) -> None:
         rows = self._rows[pair]
@@ -844,7 +811,6 @@ class GossipState:
         self._dest_views.pop(pair[1], None)
         if self._changed is not None:
             self._changed.add(pair)
-        self._revision += 1
 
 
 def _check(

@@ -2,7 +2,7 @@
 synchronous push-pull rounds with message loss, until every node's views
 equal the ground truth.
 
-What it measures is DESIGN.md's properties 2 and 3 at a size no lab can
+What it measures is properties 2 and 3 of docs/design.md at a size no lab can
 reach: how many rounds until all nodes agree (and agree with the truth, to
 the packet), and what that costs in messages and bytes. Byte counts come from
 a ``size_of`` function the caller passes (the CLI passes the wire encoder's),

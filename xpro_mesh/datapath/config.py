@@ -1,20 +1,21 @@
 """The XDP program's configuration: thresholds, destination policy, clock
 and warning limits, as one typed, validated object.
 
-Sources, in order: defaults here <- a TOML file (``xdp attach --config``)
-<- ``KEY=VALUE`` assignments (``xdp set``). Durations are stored in ns and
-accept human units (``"1s"``, ``"500ms"``, ``"250us"``, ``"100ns"``,
-``"2m"``); rates are packets per second (``100``, ``"10k"``). Errors name
-the key.
+Sources, in order: defaults (the thresholds': the core's
+:data:`~xpro_mesh.core.params.DEFAULTS`) <- a TOML file (``xdp attach
+--config``) <- ``KEY=VALUE`` assignments (``xdp set``). Durations are stored
+in ns and need a unit (``"1s"``, ``"500ms"``, ``"250us"``, ``"100ns"``,
+``"2m"``; a bare number is refused); rates are packets per second (``100``,
+``"10k"``), as everywhere (:mod:`xpro_mesh.units`). Errors name the key.
 
 TOML, flat or under an ``[xdp]`` table::
 
-    t_t1 = "10s"     # idle time after which a pair's window restarts
+    t_t1 = "5s"      # idle time after which a pair's window restarts
     t_t2 = "1s"      # shortest pair window judged against t_f1
     t_t3 = "1s"      # shortest destination window judged against t_f2
-    t_t4 = "60s"     # longest window before decay by r (agent)
+    t_t4 = "10s"     # longest window before decay by r (agent)
     t_f1 = 100       # packets/s per (client, destination)
-    t_f2 = "10k"     # packets/s per destination, all clients, all proxies
+    t_f2 = 1000      # packets/s per destination, all clients, all proxies
     r = 2            # frequency division factor
     policy = "fair-share"   # or "paper"
     clock = "coarse"        # or "precise"
@@ -28,14 +29,15 @@ from __future__ import annotations
 
 import enum
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from xpro_mesh import units
-from xpro_mesh.core.algorithm import NS_PER_S, Params
+from xpro_mesh.core.params import DEFAULTS, NS_PER_S, Params, Policy, operational_problems
 from xpro_mesh.datapath import structs
+from xpro_mesh.units import ConfigError
 
 __all__ = [
     "ClockSource",
@@ -48,18 +50,7 @@ __all__ = [
     "parse_rate",
 ]
 
-_MAX_S64 = 2**63 - 1
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the key."""
-
-
-class Policy(enum.StrEnum):
-    """The destination rule (DESIGN.md, "The destination rule")."""
-
-    FAIR_SHARE = "fair-share"  # the default: only the pairs above T_F2 / n(D)
-    PAPER = "paper"  # lines 21-23 literally: every packet to D while D is over T_F2
+_MAX_S64 = units.MAX_S64
 
 
 class ClockSource(enum.StrEnum):
@@ -69,55 +60,30 @@ class ClockSource(enum.StrEnum):
     PRECISE = "precise"  # bpf_ktime_get_ns(): ~30 ns, ns resolution
 
 
-def _parse_quantity(
-    key: str,
-    value: object,
-    what: str,
-    from_text: Callable[[str], int],
-    hint: str = "",
-    unit: str = "",
-) -> int:
-    """An int as it is, or a string through ``from_text``; a bool, another
-    type or a value outside the kernel's s64 is one ConfigError naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ConfigError(f"{key}: expected {what}, got {value!r}")
-    if isinstance(value, int):
-        number = value
-    else:
-        try:
-            number = from_text(value)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}{hint}") from None
-    if not 0 <= number <= _MAX_S64:
-        raise ConfigError(f"{key}: {number}{unit} is out of range")
-    return number
-
-
-def _duration_text(text: str) -> int:
-    text = text.strip()
-    return int(text) if text.isdigit() else units.parse_duration_ns(text)
-
-
 def parse_duration(key: str, value: object) -> int:
-    """ns from an int (ns) or a string with a unit; a bare number is ns."""
-    return _parse_quantity(
-        key, value, "a duration", _duration_text, " (e.g. 1s, 500ms, 100ns)", unit=" ns"
-    )
+    """ns from a string with a unit (:func:`xpro_mesh.units.parse_duration_ns`)."""
+    try:
+        return units.parse_duration_ns(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def parse_rate(key: str, value: object) -> int:
     """packets/s from an int or a string like ``"10k"``."""
-    return _parse_quantity(key, value, "packets per second", units.parse_rate_pps)
+    try:
+        return units.parse_rate_pps(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
 
 
 def _parse_int(key: str, value: object) -> int:
     if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(key, f"expected an integer, got {value!r}")
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
-    raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    raise ConfigError(key, f"expected an integer, got {value!r}")
 
 
 def _parse_enum(key: str, value: object, kind: type[enum.Enum]) -> Any:
@@ -125,7 +91,7 @@ def _parse_enum(key: str, value: object, kind: type[enum.Enum]) -> Any:
         return kind(value)
     except ValueError:
         choices = ", ".join(str(m.value) for m in kind)
-        raise ConfigError(f"{key}: {value!r} is not one of {choices}") from None
+        raise ConfigError(key, f"{value!r} is not one of {choices}") from None
 
 
 # The integer fields, range-checked here and copied into the kernel's struct.
@@ -136,21 +102,22 @@ _INT_FIELDS = ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "r", "warn_interv
 class XdpConfig:
     """Everything the kernel program reads from its config map.
 
-    t_t1..t_t4 in ns, t_f1/t_f2 in packets/s, as :class:`Params` of the core
-    (whose docstring explains each); r is carried for the agent. The rest is
+    The thresholds and the policy are the core's :class:`Params` (whose
+    docstring explains each), with its defaults; r is carried for the agent
+    (the kernel never divides). The rest is
     the data path's own: the destination policy, the kernel clock, and the
     overload-warning limits (per pair: one per ``warn_interval``; per CPU:
     ``warn_per_cpu`` a second).
     """
 
-    t_t1: int = 10 * NS_PER_S
-    t_t2: int = 1 * NS_PER_S
-    t_t3: int = 1 * NS_PER_S
-    t_t4: int = 60 * NS_PER_S
-    t_f1: int = 100
-    t_f2: int = 10_000
-    r: int = 2
-    policy: Policy = Policy.FAIR_SHARE
+    t_t1: int = DEFAULTS.t_t1
+    t_t2: int = DEFAULTS.t_t2
+    t_t3: int = DEFAULTS.t_t3
+    t_t4: int = DEFAULTS.t_t4
+    t_f1: int = DEFAULTS.t_f1
+    t_f2: int = DEFAULTS.t_f2
+    r: int = DEFAULTS.r
+    policy: Policy = DEFAULTS.policy
     clock: ClockSource = ClockSource.COARSE
     warn_interval: int = 1 * NS_PER_S
     warn_per_cpu: int = 100
@@ -159,15 +126,15 @@ class XdpConfig:
         for name in _INT_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{name}: must be an integer, got {value!r}")
+                raise ConfigError(name, f"must be an integer, got {value!r}")
             if not 0 <= value <= _MAX_S64:
-                raise ConfigError(f"{name}: {value} is out of range 0..2^63-1")
+                raise ConfigError(name, f"{value} is out of range 0..2^63-1")
         if self.r < 2:
-            raise ConfigError(f"r: must be an integer >= 2, got {self.r}")
+            raise ConfigError("r", f"must be an integer >= 2, got {self.r}")
         if not isinstance(self.policy, Policy):
-            raise ConfigError(f"policy: {self.policy!r} is not a Policy")
+            raise ConfigError("policy", f"{self.policy!r} is not a Policy")
         if not isinstance(self.clock, ClockSource):
-            raise ConfigError(f"clock: {self.clock!r} is not a ClockSource")
+            raise ConfigError("clock", f"{self.clock!r} is not a ClockSource")
 
     # -- conversions -------------------------------------------------------
 
@@ -178,7 +145,8 @@ class XdpConfig:
 
     @classmethod
     def from_params(cls, p: Params, **rest: Any) -> XdpConfig:
-        return cls(**asdict(p), **rest)
+        """The thresholds and policy of ``p``; ``rest`` sets any field (policy too)."""
+        return cls(**{f.name: getattr(p, f.name) for f in fields(p)} | rest)
 
     def to_struct(self) -> structs.XproConfig:
         c = structs.XproConfig()
@@ -224,14 +192,22 @@ class XdpConfig:
     # -- updates -----------------------------------------------------------
 
     def updated(self, values: Mapping[str, object]) -> XdpConfig:
-        """A copy with ``values`` (strings or typed) parsed and validated."""
+        """A copy with ``values`` (as an operator writes them) parsed and
+        checked, also against the rules of an operator's thresholds
+        (:func:`~xpro_mesh.core.params.operational_problems`)."""
         known = {f.name for f in fields(self)}
         changes: dict[str, Any] = {}
         for key, raw in values.items():
             if key not in known:
-                raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(known))})")
+                raise ConfigError(key, f"unknown key (known: {', '.join(sorted(known))})")
             changes[key] = _parse_value(key, raw)
-        return replace(self, **changes)
+        config = replace(self, **changes)
+        # Refuse what these values break; a key not set here and not judged
+        # against one set here (t_t2 and t_t3 against t_t4) keeps the map's value.
+        for key, problem in operational_problems(config.params):
+            if key in changes or (key in ("t_t2", "t_t3") and "t_t4" in changes):
+                raise ConfigError(key, problem)
+        return config
 
     def with_assignments(self, assignments: list[str]) -> XdpConfig:
         """``xdp set`` arguments: ``KEY=VALUE`` strings."""
@@ -239,7 +215,7 @@ class XdpConfig:
         for item in assignments:
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise ConfigError(f"{item!r}: expected KEY=VALUE")
+                raise ConfigError(repr(item), "expected KEY=VALUE")
             values[key.strip()] = value.strip()
         return self.updated(values)
 
@@ -255,7 +231,7 @@ def _parse_value(key: str, raw: object) -> Any:
         return _parse_enum(key, raw, Policy)
     if key == "clock":
         return _parse_enum(key, raw, ClockSource)
-    raise ConfigError(f"{key}: unknown key")
+    raise ConfigError(key, "unknown key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +246,7 @@ class MapSizes:
         for name in ("pairs_max", "dests_max"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1 << 28:
-                raise ConfigError(f"{name}: must be an integer in 1..2^28, got {value!r}")
+                raise ConfigError(name, f"must be an integer in 1..2^28, got {value!r}")
 
 
 def load_config_file(path: str | Path) -> tuple[XdpConfig, MapSizes]:
@@ -279,16 +255,16 @@ def load_config_file(path: str | Path) -> tuple[XdpConfig, MapSizes]:
     try:
         data = tomllib.loads(p.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file") from None
+        raise ConfigError(str(p), "no such file") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{p}: {exc}") from None
+        raise ConfigError(str(p), str(exc)) from None
     table = data.get("xdp", data)
     if not isinstance(table, dict):
-        raise ConfigError(f"{p}: [xdp] must be a table")
+        raise ConfigError(str(p), "[xdp] must be a table")
     sizes_raw = {k: table.pop(k) for k in ("pairs_max", "dests_max") if k in table}
     try:
         sizes = MapSizes(**{k: _parse_int(k, v) for k, v in sizes_raw.items()})
         config = XdpConfig().updated(table)
     except ConfigError as exc:
-        raise ConfigError(f"{p}: {exc}") from None
+        raise ConfigError(str(p), str(exc)) from None
     return config, sizes
