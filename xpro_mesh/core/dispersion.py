@@ -35,6 +35,9 @@ stale loads (clients still moving) give the same target again instead of an
 over-reaction. ``s_i / W_i`` needs no memory: it is ``(1 - drop_ratio) ·
 traffic / W`` up to a factor common to all proxies, so an idle proxy weighs
 ``1 - drop_ratio`` and a proxy carrying only attack traffic almost nothing.
+Occupancies under ``act_level`` (40 %) count as 40 % in that ratio: below
+DeDoS's level nothing tells proxies apart, and the few milliseconds of loop
+lag an idle agent shows on a busy host do not halve its weight.
 A proxy over ``T_W`` and over the mean is weighted down further by
 ``sqrt(max(T_W, mean) / W)``: its true demand is above what it can count,
 and passed bots look like good clients. (A full ``1 / W`` penalty would be
@@ -87,7 +90,6 @@ __all__ = [
 ]
 
 _S = 1_000_000_000
-FLOOR = 0.05  # occupancy below which a proxy counts as idle (no 0/0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +185,7 @@ def target_weights(loads: Mapping[str, ProxyLoad], params: DispersionParams) -> 
     for node in sorted(loads):
         o = occ[node]
         good = 1.0 - min(1.0, max(0.0, loads[node].drop_ratio))
-        w = good * max(o.traffic, FLOOR) / max(o.total, FLOOR)
+        w = good * max(o.traffic, params.act_level) / max(o.total, params.act_level)
         if o.total > bar:
             w *= math.sqrt(bar / o.total)
         raw[node] = w
@@ -295,10 +297,10 @@ def plan(
             last_addition_ns=now_ns,
             additions=state.additions + 1,
         )
-    back = {n for n in moved if target[n] > current[n] and n in state.shed}
+    back = {n for n in moved if target[n] > current[n]}
     if (
         back
-        and back <= settled
+        and all(n in calm and now_ns - calm[n] >= params.calm_ns for n in back)
         and _since(state.last_addition_ns, now_ns, params.hold_after_addition_ns)
         and _since(state.last_removal_ns, now_ns, params.removal_spacing_ns)
     ):
