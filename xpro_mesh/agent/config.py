@@ -533,8 +533,9 @@ def lan_dispersion() -> DispersionConfig:
         publish_interval_ns=1 * S,
         # a proxy calm for 10 s takes clients back
         calm_ns=10 * S,
-        # at most one change a second: clients refresh every few seconds
-        min_change_ns=1 * S,
+        # above the clients' time to follow (their refresh, 5 s by default, plus
+        # the window): the rules never act on a half-finished move
+        min_change_ns=6 * S,
         # 10 %: a weight moves only when it changes by more than a tenth
         deadband=0.1,
     )
@@ -553,6 +554,8 @@ def local_dispersion() -> DispersionConfig:
         publish_interval_ns=500 * MS,
         # short enough for a test to see a shift back
         calm_ns=5 * S,
+        # clients on loopback refresh every second or two
+        min_change_ns=3 * S,
     )
 
 
@@ -566,7 +569,8 @@ def wan_dispersion() -> DispersionConfig:
         publish_interval_ns=2 * S,
         # clients across sites are costly to move: wait longer before moving back
         calm_ns=30 * S,
-        min_change_ns=2 * S,
+        # clients across sites refresh less often
+        min_change_ns=12 * S,
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections import deque
@@ -40,6 +41,8 @@ from xpro_mesh.core.dispersion import (
 )
 from xpro_mesh.datapath.backend import Stats
 from xpro_mesh.mesh.membership import Member, Workload
+
+log = logging.getLogger("xpro_mesh.agent")
 
 __all__ = ["Dispersal", "LoadMeter", "LoadSample", "Measured", "ProxyEntry", "run_load_loop"]
 
@@ -161,7 +164,16 @@ class Dispersal:
             for n, m in self.members.items()
             if m.load is not None
         }
-        self.state = plan(self.state, self.loads, now_ns, self.params)
+        before = self.state
+        self.state = plan(before, self.loads, now_ns, self.params)
+        if self.state.changes != before.changes:
+            kind = "addition" if self.state.additions != before.additions else "removal"
+            log.info(
+                "dispersion %s: weights %s, occupancy %s",
+                kind,
+                {n: round(w, 3) for n, w in self.state.weights.items()},
+                {n: round(occupancy(x, self.params).total, 3) for n, x in self.loads.items()},
+            )
 
     def steering(self) -> Steering:
         return steering(self.state, self.loads, self.params)
