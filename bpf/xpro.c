@@ -1,23 +1,31 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * xpro.c - Algorithm 2 of X-Pro (Al Atiiq & Gehrmann) in XDP, loaded by bcc
- * (xpro_mesh/datapath/loader.py). Two programs share the maps:
+ * xpro.c - Algorithm 2 of X-Pro (Al Atiiq & Gehrmann) in XDP, data path v2,
+ * loaded by bcc (xpro_mesh/datapath/loader.py). One program, xpro_filter,
+ * attached to the client-facing interface: one verdict per frame (every
+ * IPv4/IPv6 packet, any transport; the rest passes).
  *
- *   xpro_filter  attached to the client-facing interface: one verdict per
- *                frame (every IPv4/IPv6 packet, any transport; the rest
- *                passes).
- *   xpro_apply   never attached: the agent runs it with BPF_PROG_TEST_RUN
- *                to re-base records with atomics ("Write-back" below).
+ * The contract with the agent is docs/kernel-agent-contract.md; the structs
+ * are in xpro.h. The Python twin of this file's packet rule is
+ * xpro_mesh/datapath/memory.py (MemoryMaps.feed); without agent views it
+ * equals the reference model xpro_mesh/core/algorithm.py (filter_packet:
+ * policy "paper", filter_packet_fair_share: policy "fair-share"), and the
+ * differential test demands the kernel equal the twin, verdict by verdict
+ * and slot by slot, with views, expiries and slot recycling interleaved.
+ * Integers as there: a rate test c / (ts2 - ts1) > T_F is
+ * c * 10^9 > T_F * (ts2 - ts1), done here in 128 bits.
  *
- * The reference is xpro_mesh/core/algorithm.py (filter_packet: policy
- * "paper", filter_packet_fair_share: policy "fair-share"). Integers as
- * there: a rate test c / (ts2 - ts1) > T_F is c * 10^9 > T_F * (ts2 - ts1),
- * done here in 128 bits so it never overflows where Python does not.
+ * Maps: pair_index (hash: pair key -> slot), pair_slots (mmapable array of
+ * struct xpro_slot), dest_index (hash: address -> destination slot),
+ * dest_slots (mmapable array of struct xpro_dslot), pair_free / dest_free /
+ * ring_ctl (the free rings), spares (per-CPU), config, clock, stats, events.
+ * The fast path is one hash lookup (pair_index); the pair slot names its
+ * destination slot, so the rest are array lookups.
  *
  * Build macros (set by the loader):
  *   XPRO_PIN_DIR      pin every map under this bpffs directory (reuse if pinned)
- *   XPRO_PAIRS_MAX    pair map size (LRU), default 1M
- *   XPRO_DESTS_MAX    destination map size (LRU), default 64K
+ *   XPRO_PAIRS_MAX    pair slots, default 1M;  XPRO_PAIR_RING its ring (2^k >= it)
+ *   XPRO_DESTS_MAX    destination slots, default 64K; XPRO_DEST_RING
  *   XPRO_TEST_CLOCK   tests only: the kernel clock reading is clock.test_now,
  *                     and the verdict of the last packet is left in
  *                     clock.test_verdict. Nothing else differs.
@@ -30,66 +38,57 @@
  * bpf_ktime_get_ns()) and adds clock.offset, which the loader/agent keeps
  * equal to CLOCK_REALTIME - CLOCK_MONOTONIC, so records hold cluster time
  * (xpro_mesh/datapath/clock.py is the one place that converts). The coarse
- * clock ticks once a jiffy (4 ms at HZ=250) and lags the precise one by at
- * most a jiffy: window lengths are off by at most one jiffy, a relative
- * error of jiffy / T_T2 on the pair rule (0.4 % at T_T2 = 1 s); the loader
- * warns when a threshold is shorter than 100 jiffies.
+ * clock ticks once a jiffy (4 ms at HZ=250): window lengths are off by at
+ * most one jiffy (0.4 % at T_T2 = 1 s); the loader warns when a threshold
+ * is shorter than 100 jiffies.
+ *
+ * Judging with the agent's view. A pair slot's agent half is valid while
+ * v_gen == gen (read before and after the v_* fields: the agent writes
+ * v_gen = 0, the fields, then v_gen). Valid: the pair is judged with count
+ * c + v_adj and window v_ts1 .. max(ts2, v_ts2), and the idle test (lines
+ * 4-7) uses max(ts2, v_ts2); otherwise with the local window alone.
+ * Destinations likewise (count c + v_adj, clients n + v_nadj). Sums
+ * saturate at 2^63 - 1 (a peer can send absurd views; the agent bounds
+ * them, this keeps the arithmetic defined).
  *
  * Concurrency. Several CPUs update one pair and one destination.
- *   - Counts are exact: c, dc of a pair and c, n of a destination change
- *     only by atomic add (__sync_fetch_and_add) or atomic exchange; the
- *     value a packet judges is the one its own atomic returned.
- *   - The idle restart (lines 4-7) is claimed by one CPU with a
- *     compare-and-swap on ts2; the winner exchanges c and dc with 1 and
- *     adds 1 - old c to its destination, so a destination's c stays equal to
- *     the sum of its pairs' c exactly. A packet of the same pair on another
- *     CPU in the few ns between the claim and the exchange is counted in the
- *     old window and discarded with it: at most (CPUs - 1) packets per
- *     restart, and a restart needs T_T1 of silence first.
- *   - ts2 of a pair is a plain store of the packet's clock reading; under
- *     concurrency it may end up older than another CPU's reading by the time
- *     between a clock read and the store (well under a microsecond; zero
- *     with the coarse clock unless a tick falls in between). ts2 of a
- *     destination only moves forward. ts1 is written by the restart winner.
- *   - The destination's ts1 order (below) is changed only under a per
- *     destination lock (compare-and-swap on dest.lock with a bounded spin).
- *     A CPU that cannot take it in XPRO_LOCK_SPINS tries skips the order
- *     update and counts stats.lock_busy: that pair's ts1 is then missing from
- *     the order until its next restart or the agent's next write-back.
- *   - The config is read field by field; a threshold change is seen by the
- *     next packet on every CPU.
+ *   - gen is a sequence lock. A CPU claims an idle restart with a
+ *     compare-and-swap of gen from even g to g + 1, re-initialises the
+ *     window (ts1 = ts2 = now, c exchanged with 1, the old count's
+ *     difference added to the destination), then stores g + 2. A slot being
+ *     allocated keeps an odd gen until its key is in pair_index and linked.
+ *     A CPU meeting an odd gen counts its packet (atomic add) without a view
+ *     and never restarts. A packet on another CPU between the claim and the
+ *     exchange is counted in the old window and discarded with it: at most
+ *     (CPUs - 1) packets per restart, and a restart needs T_T1 of silence.
+ *   - Counts are exact: c of a pair, c and n of a destination change only
+ *     by atomic add or exchange; the value a packet judges is the one its
+ *     own atomic returned. A destination's c is the sum of its linked
+ *     pairs' c (expired pairs included: the agent re-bases absolutely).
+ *   - ts2 is a plain store of the packet's clock reading (a pair) or moves
+ *     forward only (a destination).
+ *   - The ts1 order (below) changes only under the destination's lock (a
+ *     compare-and-swap with a bounded spin); a CPU that cannot take it
+ *     skips the update and counts stats.lock_busy.
+ *   - Slots come from the free rings (a compare-and-swap on head; the agent
+ *     owns tail) or the CPU's spare: a slot taken for a new key that
+ *     another CPU inserted first (stats.insert_races).
+ *   - The config is read field by field; a change is seen by the next
+ *     packet on every CPU.
  *
  * Exactness (destination min ts1). Line 18 takes the min of ts1 over all
  * clients of D. Each pair's ts1 only ever becomes "now" (a new pair, an idle
  * restart), so the pairs of D ordered by ts1 are the pairs in the order they
- * last (re)started: a queue where a restart moves a pair to the tail. The
- * program keeps that queue as a doubly linked list threaded through the pair
- * map (pair.prev/next name the neighbours' source addresses; dest.head and
- * dest.tail the ends). The head holds the minimum; when the head restarts,
- * the new minimum is the new head's ts1: O(1), at most four lookups, only
- * on the rare restart path (bcc 0.26 cannot emit the callbacks that
- * bpf_for_each_map_elem or bpf_loop need, and a scan of 1M pairs per
- * restart would be a DoS lever anyway). With one CPU, no eviction and a
- * monotone clock the aggregate equals the model's exactly; the
- * differential test checks every record. It is not exact when (a) the LRU
- * evicts a pair of D or D itself, (b) the lock is busy (above), (c) the
- * agent sets a ts1 out of order; each case is repaired by the agent's next
- * write-back of D. (b) is counted in stats.lock_busy; a broken link met in
- * (a) sets XPRO_DEST_DIRTY; evictions show in `xpro-mesh xdp stats`.
- *
- * Write-back. Userspace map writes replace whole values, so a re-base
- * written from userspace would erase the packets counted between the
- * agent's read and its write. Instead the agent fills apply_ops and runs
- * xpro_apply through BPF_PROG_TEST_RUN; each op is applied in the kernel
- * with atomics: for a pair dc -= acked_dc, c += c_delta, ts1 = ts1,
- * ts2 = max(ts2, ts2), mark = 0, skipped (status RESTARTED) when the window
- * restarted since the read (ts1 no longer the one read; checked and set by
- * one compare-and-swap); for a destination c += c_delta, n += n_delta,
- * ts1 = ts1, ts2 = max. The deltas leave alone what the kernel counted
- * between the read and the apply, so those packets survive. The one race left: a restart claimed on another CPU in the
- * nanoseconds between an op's compare-and-swap on ts1 and its adds puts
- * that op's deltas into the new window (needs T_T1 of silence first, and a
- * packet landing within ns of the apply of that very pair).
+ * last (re)started: a queue where a restart moves a pair to the tail, kept
+ * as a doubly linked list of slot numbers (slot.prev/next, dslot.head/tail).
+ * The head holds the minimum; when the head restarts, the new minimum is
+ * the new head's ts1: O(1) (bcc 0.26 cannot emit the callbacks bpf_loop
+ * needs, and a scan per restart would be a DoS lever). With one CPU and a
+ * monotone clock the aggregate equals the model's exactly. A reused pair
+ * slot leaves its old destination's order first. Not exact when the lock
+ * was busy or a pair was relinked to a new slot of its destination
+ * (XPRO_DEST_DIRTY); with an agent, the destination is judged on the
+ * agent's absolute view anyway.
  */
 #include <uapi/linux/bpf.h>
 #include "xpro.h"
@@ -98,32 +97,50 @@
 #ifndef XPRO_PAIRS_MAX
 #define XPRO_PAIRS_MAX 1048576
 #endif
+#ifndef XPRO_PAIR_RING
+#define XPRO_PAIR_RING 1048576
+#endif
 #ifndef XPRO_DESTS_MAX
 #define XPRO_DESTS_MAX 65536
+#endif
+#ifndef XPRO_DEST_RING
+#define XPRO_DEST_RING 65536
 #endif
 #ifndef XPRO_EVENTS_BYTES
 #define XPRO_EVENTS_BYTES (256 * 1024)
 #endif
-/* Tries for a destination lock: packet path, apply path (retried by userspace). */
 #define XPRO_LOCK_SPINS 256
-#define XPRO_APPLY_LOCK_SPINS 32
+#define XPRO_RING_TRIES 16
 #define XPRO_NS_PER_S 1000000000ULL
+#define XPRO_S64_MAX 0x7fffffffffffffffLL
+
+#define XPRO_READ(x) (*(volatile typeof(x) *)&(x))
+#define xpro_barrier() asm volatile("" ::: "memory")
 
 #ifdef XPRO_PIN_DIR
 #define XPRO_MAP(_type, _k, _v, _name, _max) \
 	BPF_TABLE_PINNED(_type, _k, _v, _name, _max, XPRO_PIN_DIR "/" #_name)
+#define XPRO_MAP_F(_type, _k, _v, _name, _max, _flags) \
+	BPF_TABLE_PINNED(_type, _k, _v, _name, _max, XPRO_PIN_DIR "/" #_name, _flags)
 #define XPRO_RINGBUF_SECTION "maps/ringbuf:" XPRO_PIN_DIR "/events"
 #else
 #define XPRO_MAP(_type, _k, _v, _name, _max) BPF_TABLE(_type, _k, _v, _name, _max)
+#define XPRO_MAP_F(_type, _k, _v, _name, _max, _flags) \
+	BPF_F_TABLE(_type, _k, _v, _name, _max, _flags)
 #define XPRO_RINGBUF_SECTION "maps/ringbuf"
 #endif
 
-XPRO_MAP("lru_hash", struct xpro_pair_key, struct xpro_pair, pairs, XPRO_PAIRS_MAX);
-XPRO_MAP("lru_hash", struct xpro_addr, struct xpro_dest, dests, XPRO_DESTS_MAX);
+XPRO_MAP("hash", struct xpro_pair_key, __u32, pair_index, XPRO_PAIRS_MAX);
+XPRO_MAP_F("array", __u32, struct xpro_slot, pair_slots, XPRO_PAIRS_MAX, BPF_F_MMAPABLE);
+XPRO_MAP("hash", struct xpro_addr, __u32, dest_index, XPRO_DESTS_MAX);
+XPRO_MAP_F("array", __u32, struct xpro_dslot, dest_slots, XPRO_DESTS_MAX, BPF_F_MMAPABLE);
+XPRO_MAP_F("array", __u32, __u64, pair_free, XPRO_PAIR_RING, BPF_F_MMAPABLE);
+XPRO_MAP_F("array", __u32, __u64, dest_free, XPRO_DEST_RING, BPF_F_MMAPABLE);
+XPRO_MAP_F("array", __u32, struct xpro_ring, ring_ctl, 2, BPF_F_MMAPABLE);
+XPRO_MAP("percpu_array", __u32, struct xpro_spare, spares, 1);
 XPRO_MAP("array", __u32, struct xpro_config, config, 1);
 XPRO_MAP("array", __u32, struct xpro_clock, clock, 1);
 XPRO_MAP("percpu_array", __u32, struct xpro_stats, stats, 1);
-XPRO_MAP("array", __u32, struct xpro_op, apply_ops, XPRO_APPLY_BATCH);
 
 /* BPF_RINGBUF_OUTPUT with an optional pin (bcc has no pinned variant). */
 struct events_table_t {
@@ -189,146 +206,275 @@ static __always_inline __u64 xpro_now(const struct xpro_config *cfg, struct xpro
 	return raw + (__u64)clk->offset;
 }
 
+/* a + b for b of any sign and a >= 0, saturating at 2^63 - 1. */
+static __always_inline __s64 xpro_add_sat(__s64 a, __s64 b)
+{
+	if (b > 0 && a > XPRO_S64_MAX - b)
+		return XPRO_S64_MAX;
+	return a + b;
+}
+
+/* The even gen a slot has (or will have, once initialised) in this life. */
+static __always_inline __u32 xpro_live_gen32(__u64 gen)
+{
+	return (__u32)((gen + 1) & ~1ULL);
+}
+
+/* ---- slots --------------------------------------------------------------- */
+
+static __always_inline struct xpro_slot *xpro_slot_at(__u32 s)
+{
+	return pair_slots.lookup(&s);
+}
+
+static __always_inline struct xpro_dslot *xpro_dslot_at(__u32 s)
+{
+	return dest_slots.lookup(&s);
+}
+
+/* Take a slot number from a free ring: read ring[head], then advance head
+ * by compare-and-swap (tail is the agent's; a lap is impossible: the ring
+ * holds at most every slot once). XPRO_NO_SLOT when empty or contended. */
+static __always_inline __u32 xpro_take_pair_slot(void)
+{
+	__u32 idx = XPRO_RING_PAIRS;
+	struct xpro_ring *r = ring_ctl.lookup(&idx);
+
+	if (!r)
+		return XPRO_NO_SLOT;
+	for (int i = 0; i < XPRO_RING_TRIES; i++) {
+		__u64 h = XPRO_READ(r->head);
+		__u64 t = XPRO_READ(r->tail);
+
+		if ((__s64)(t - h) <= 0)
+			return XPRO_NO_SLOT;
+		__u32 pos = (__u32)(h & (XPRO_PAIR_RING - 1));
+		__u64 *e = pair_free.lookup(&pos);
+
+		if (!e)
+			return XPRO_NO_SLOT;
+		__u64 s = XPRO_READ(*e);
+
+		if (__sync_val_compare_and_swap(&r->head, h, h + 1) == h)
+			return s < XPRO_PAIRS_MAX ? (__u32)s : XPRO_NO_SLOT;
+	}
+	return XPRO_NO_SLOT;
+}
+
+static __always_inline __u32 xpro_take_dest_slot(void)
+{
+	__u32 idx = XPRO_RING_DESTS;
+	struct xpro_ring *r = ring_ctl.lookup(&idx);
+
+	if (!r)
+		return XPRO_NO_SLOT;
+	for (int i = 0; i < XPRO_RING_TRIES; i++) {
+		__u64 h = XPRO_READ(r->head);
+		__u64 t = XPRO_READ(r->tail);
+
+		if ((__s64)(t - h) <= 0)
+			return XPRO_NO_SLOT;
+		__u32 pos = (__u32)(h & (XPRO_DEST_RING - 1));
+		__u64 *e = dest_free.lookup(&pos);
+
+		if (!e)
+			return XPRO_NO_SLOT;
+		__u64 s = XPRO_READ(*e);
+
+		if (__sync_val_compare_and_swap(&r->head, h, h + 1) == h)
+			return s < XPRO_DESTS_MAX ? (__u32)s : XPRO_NO_SLOT;
+	}
+	return XPRO_NO_SLOT;
+}
+
 /* ---- the destination's ts1 order --------------------------------------- */
 
-static __always_inline int xpro_lock(struct xpro_dest *d, int spins)
+static __always_inline int xpro_lock(struct xpro_dslot *d)
 {
-	for (int i = 0; i < spins; i++)
+	for (int i = 0; i < XPRO_LOCK_SPINS; i++)
 		if (__sync_val_compare_and_swap(&d->lock, 0, 1) == 0)
 			return 1;
 	return 0;
 }
 
-static __always_inline void xpro_unlock(struct xpro_dest *d)
+static __always_inline void xpro_unlock(struct xpro_dslot *d)
 {
 	__sync_lock_test_and_set(&d->lock, 0);
 }
 
-static __always_inline struct xpro_pair *xpro_pair_of(const struct xpro_addr *src,
-						       const struct xpro_addr *dst)
+/* Put pair slot s (p) at the tail of d's order. Lock held. */
+static __always_inline void xpro_list_append(struct xpro_dslot *d, struct xpro_slot *p, __u32 s)
 {
-	struct xpro_pair_key k;
+	__u32 tail = d->tail;
 
-	k.src = *src;
-	k.dst = *dst;
-	return pairs.lookup(&k);
-}
-
-/* Put pair p (key) at the tail of its destination's order. Lock held. */
-static __always_inline void xpro_list_append(struct xpro_dest *d, struct xpro_pair *p,
-					     const struct xpro_pair_key *key)
-{
-	p->flags &= ~(XPRO_PAIR_HAS_PREV | XPRO_PAIR_HAS_NEXT);
-	if (!(d->flags & XPRO_DEST_HAS_LIST)) {
-		d->head = key->src;
-		d->tail = key->src;
-		d->flags |= XPRO_DEST_HAS_LIST;
+	p->prev = XPRO_NO_SLOT;
+	p->next = XPRO_NO_SLOT;
+	p->flags |= XPRO_SLOT_LINKED;
+	if (tail == XPRO_NO_SLOT) {
+		d->head = s;
+		d->tail = s;
 		return;
 	}
-	struct xpro_addr tail = d->tail;
+	struct xpro_slot *t = xpro_slot_at(tail);
 
-	if (xpro_addr_eq(&tail, &key->src)) {
-		/* A re-created pair the order still names (eviction): keep it last. */
+	if (t)
+		t->next = s;
+	else
 		d->flags |= XPRO_DEST_DIRTY;
-		return;
-	}
-	struct xpro_pair *t = xpro_pair_of(&tail, &key->dst);
-
-	if (t) {
-		t->next = key->src;
-		t->flags |= XPRO_PAIR_HAS_NEXT;
-	} else {
-		d->flags |= XPRO_DEST_DIRTY;
-	}
 	p->prev = tail;
-	p->flags |= XPRO_PAIR_HAS_PREV;
-	d->tail = key->src;
+	d->tail = s;
 }
 
-/* Take pair p (key) out of its destination's order. Lock held. A neighbour
- * is only rewritten when it still points back at p, so stale links (after
- * an eviction) cannot damage the rest of the order. */
-static __always_inline void xpro_list_unlink(struct xpro_dest *d, struct xpro_pair *p,
-					     const struct xpro_pair_key *key)
+/* Take pair slot s (p) out of d's order. Lock held. A neighbour is only
+ * rewritten when it still points back at s. */
+static __always_inline void xpro_list_unlink(struct xpro_dslot *d, struct xpro_slot *p, __u32 s)
 {
-	__u32 f = p->flags;
-	struct xpro_addr prev = p->prev;
-	struct xpro_addr next = p->next;
-	int listed = d->flags & XPRO_DEST_HAS_LIST;
+	__u32 prev = p->prev, next = p->next;
 
-	if (listed && xpro_addr_eq(&d->head, &key->src)) {
-		if (f & XPRO_PAIR_HAS_NEXT)
-			d->head = next;
+	if (d->head == s) {
+		d->head = next;
+	} else if (prev != XPRO_NO_SLOT) {
+		struct xpro_slot *q = xpro_slot_at(prev);
+
+		if (q && q->next == s)
+			q->next = next;
 		else
-			d->flags &= ~XPRO_DEST_HAS_LIST;
-	} else if (f & XPRO_PAIR_HAS_PREV) {
-		struct xpro_pair *q = xpro_pair_of(&prev, &key->dst);
-
-		if (q && (q->flags & XPRO_PAIR_HAS_NEXT) && xpro_addr_eq(&q->next, &key->src)) {
-			if (f & XPRO_PAIR_HAS_NEXT)
-				q->next = next;
-			else
-				q->flags &= ~XPRO_PAIR_HAS_NEXT;
-		} else {
 			d->flags |= XPRO_DEST_DIRTY;
-		}
 	}
-	if (listed && xpro_addr_eq(&d->tail, &key->src)) {
-		if (f & XPRO_PAIR_HAS_PREV)
-			d->tail = prev;
+	if (d->tail == s) {
+		d->tail = prev;
+	} else if (next != XPRO_NO_SLOT) {
+		struct xpro_slot *q = xpro_slot_at(next);
+
+		if (q && q->prev == s)
+			q->prev = prev;
 		else
-			d->flags &= ~XPRO_DEST_HAS_LIST;
-	} else if (f & XPRO_PAIR_HAS_NEXT) {
-		struct xpro_pair *q = xpro_pair_of(&next, &key->dst);
-
-		if (q && (q->flags & XPRO_PAIR_HAS_PREV) && xpro_addr_eq(&q->prev, &key->src)) {
-			if (f & XPRO_PAIR_HAS_PREV)
-				q->prev = prev;
-			else
-				q->flags &= ~XPRO_PAIR_HAS_PREV;
-		} else {
 			d->flags |= XPRO_DEST_DIRTY;
-		}
 	}
-	p->flags = f & ~(XPRO_PAIR_HAS_PREV | XPRO_PAIR_HAS_NEXT);
+	p->prev = XPRO_NO_SLOT;
+	p->next = XPRO_NO_SLOT;
+	p->flags &= ~XPRO_SLOT_LINKED;
 }
 
-/* d.ts1 = ts1 of the head of the order (the smallest). Lock held. */
-static __always_inline void xpro_ts1_from_head(struct xpro_dest *d, const struct xpro_pair *p,
-					       const struct xpro_pair_key *key)
+/* d.ts1 = ts1 of the head of the order (the smallest). Lock held; s/p is
+ * the pair being changed (its slot may be the head). */
+static __always_inline void xpro_ts1_from_head(struct xpro_dslot *d, struct xpro_slot *p, __u32 s)
 {
-	if (!(d->flags & XPRO_DEST_HAS_LIST))
+	__u32 head = d->head;
+
+	if (head == XPRO_NO_SLOT)
 		return;
-	if (xpro_addr_eq(&d->head, &key->src)) {
+	if (head == s) {
 		d->ts1 = p->ts1;
 		return;
 	}
-	struct xpro_addr head = d->head;
-	struct xpro_pair *h = xpro_pair_of(&head, &key->dst);
+	struct xpro_slot *h = xpro_slot_at(head);
 
 	if (h)
 		d->ts1 = h->ts1;
-	else
-		d->flags |= XPRO_DEST_DIRTY;
 }
 
-/* ---- bench baselines (xpro_mesh/datapath/bench.py; only with -DXPRO_BENCH) */
+/* A pair slot taken back from the ring leaves its old destination's order
+ * (if that destination still lives in the same slot generation). Its count
+ * stays in the old aggregate: see "A destination slot" in the contract. */
+static __always_inline void xpro_unlink_old(struct xpro_stats *st, struct xpro_slot *p, __u32 s)
+{
+	if (!(p->flags & XPRO_SLOT_LINKED))
+		return;
+	struct xpro_dslot *od = xpro_dslot_at(p->dslot);
+
+	if (!od || xpro_live_gen32(od->gen) != p->dgen) {
+		p->flags &= ~XPRO_SLOT_LINKED;
+		return;
+	}
+	if (!xpro_lock(od)) {
+		st->lock_busy++;
+		od->flags |= XPRO_DEST_DIRTY;
+		p->flags &= ~XPRO_SLOT_LINKED;
+		return;
+	}
+	__u64 old_ts1 = p->ts1;
+
+	xpro_list_unlink(od, p, s);
+	if (old_ts1 == od->ts1)
+		xpro_ts1_from_head(od, p, s);
+	xpro_unlock(od);
+}
+
+/* The destination slot of dst, allocated (gen odd, initialised, indexed,
+ * gen even) when dst is new. XPRO_NO_SLOT when none is free. */
+static __always_inline __u32 xpro_resolve_dest(struct xpro_stats *st, const struct xpro_addr *dst,
+					       __u64 now)
+{
+	__u32 *found = dest_index.lookup((struct xpro_addr *)dst);
+
+	if (found)
+		return *found;
+	__u32 zero = 0, ds;
+	struct xpro_spare *sp = spares.lookup(&zero);
+
+	if (!sp)
+		return XPRO_NO_SLOT;
+	int spare = sp->dest != 0;
+
+	if (spare) {
+		ds = sp->dest - 1;
+		sp->dest = 0;
+	} else {
+		ds = xpro_take_dest_slot();
+	}
+	struct xpro_dslot *d = ds == XPRO_NO_SLOT ? 0 : xpro_dslot_at(ds);
+
+	if (!d) {
+		st->dest_full++;
+		return XPRO_NO_SLOT;
+	}
+	__u64 godd = d->gen | 1;
+
+	d->gen = godd;
+	xpro_barrier();
+	d->ts1 = now;
+	d->ts2 = now;
+	d->c = 0;
+	d->n = 0;
+	d->dst = *dst;
+	d->lock = 0;
+	d->head = XPRO_NO_SLOT;
+	d->tail = XPRO_NO_SLOT;
+	d->flags = 0;
+	xpro_barrier();
+	if (dest_index.insert((struct xpro_addr *)dst, &ds) != 0) {
+		sp->dest = ds + 1; /* keep it (gen odd) for this CPU's next new destination */
+		st->insert_races++;
+		found = dest_index.lookup((struct xpro_addr *)dst);
+		if (!found) {
+			st->dest_full++;
+			return XPRO_NO_SLOT;
+		}
+		return *found;
+	}
+	st->new_dests++;
+	xpro_barrier();
+	d->gen = godd + 1;
+	return ds;
+}
+
+/* ---- bench baselines (xpro_mesh bench; only with -DXPRO_BENCH) ---------- */
 
 #ifdef XPRO_BENCH
-XPRO_MAP("percpu_array", __u32, __u64, bench_seq, 1);
+XPRO_MAP("array", __u32, __u64, bench_seq, 1); /* shared: a run may change CPU */
 
 /* -DXPRO_BENCH_VARY_SRC: a new source address every packet, so that
- * BPF_PROG_TEST_RUN's repeat measures the new-pair path. */
+ * BPF_PROG_TEST_RUN's repeat measures the new-pair path (and fills the
+ * slot arrays fast for the agent I/O bench). */
 static __always_inline void xpro_bench_vary(struct xpro_pair_key *key)
 {
 #ifdef XPRO_BENCH_VARY_SRC
 	__u32 zero = 0;
 	__u64 *seq = bench_seq.lookup(&zero);
 
-	if (seq) {
-		*seq += 1;
-		key->src.w[1] ^= (__u32)*seq;
-	}
+	if (seq)
+		key->src.w[1] ^= (__u32)__sync_fetch_and_add(seq, 1) + 1;
 #endif
 }
 
@@ -337,7 +483,9 @@ int bench_drop(struct xdp_md *ctx)
 	return XDP_DROP;
 }
 
-/* The floor of Algorithm 2: parse, one clock read, the two lookups. */
+/* The floor of Algorithm 2 in v2: parse, one clock read, the one hash
+ * lookup (pair_index) and the two array lookups (the pair's slot and the
+ * destination slot it names). */
 int bench_skeleton(struct xdp_md *ctx)
 {
 	struct xpro_pair_key key;
@@ -346,21 +494,53 @@ int bench_skeleton(struct xdp_md *ctx)
 		return XDP_PASS;
 	xpro_bench_vary(&key);
 	__u64 now = bpf_ktime_get_coarse_ns();
-	struct xpro_pair *p = pairs.lookup(&key);
-	struct xpro_dest *d = dests.lookup(&key.dst);
+	__u32 *s = pair_index.lookup(&key);
 
-	return p && d && now ? XDP_DROP : XDP_PASS;
+	if (!s)
+		return XDP_PASS;
+	struct xpro_slot *p = xpro_slot_at(*s);
+
+	if (!p)
+		return XDP_PASS;
+	struct xpro_dslot *d = xpro_dslot_at(p->dslot);
+
+	return d && now ? XDP_DROP : XDP_PASS;
+}
+
+/* The skeleton plus the two atomic adds exact counting across CPUs needs
+ * (the pair's c and its destination's c): what the filter cannot go below
+ * without giving up exact counts. */
+int bench_atomics(struct xdp_md *ctx)
+{
+	struct xpro_pair_key key;
+
+	if (xpro_parse(ctx, &key) != XPRO_PARSE_IP)
+		return XDP_PASS;
+	xpro_bench_vary(&key);
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u32 *s = pair_index.lookup(&key);
+
+	if (!s)
+		return XDP_PASS;
+	struct xpro_slot *p = xpro_slot_at(*s);
+
+	if (!p)
+		return XDP_PASS;
+	struct xpro_dslot *d = xpro_dslot_at(p->dslot);
+
+	if (!d)
+		return XDP_PASS;
+	__s64 c = __sync_fetch_and_add(&p->c, 1);
+	__s64 dc = __sync_fetch_and_add(&d->c, 1);
+
+	return c + dc > 0 && now ? XDP_DROP : XDP_PASS;
 }
 #endif
 
 /* ---- the filter --------------------------------------------------------- */
 
-#define XPRO_EV_EXTEND 0 /* line 10-11: the packet extends the window */
-#define XPRO_EV_NEW 1    /* a pair never seen */
-#define XPRO_EV_RESET 2  /* lines 4-7: idle longer than T_T1, window restarts */
-
 static __always_inline void xpro_warn(const struct xpro_config *cfg, struct xpro_stats *st,
-				      struct xpro_pair *p, const struct xpro_pair_key *key,
+				      struct xpro_slot *p, const struct xpro_pair_key *key,
 				      __u64 now, __u64 ts1, __s64 c)
 {
 	__u64 last = p->warn_ts;
@@ -401,50 +581,116 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 				      struct xpro_pair_key *key, __u64 now)
 {
 	__s64 t_t1 = (__s64)cfg->t_t1, t_t2 = (__s64)cfg->t_t2, t_t3 = (__s64)cfg->t_t3;
-	struct xpro_pair *p = pairs.lookup(key);
-	int event = XPRO_EV_EXTEND;
-	__s64 c_now, dest_delta = 1;
-	__u64 ts1, old_ts1 = 0;
+	__u32 *found = pair_index.lookup(key);
+	struct xpro_slot *p;
+	struct xpro_dslot *d = 0;
+	__u32 s;
+	__u64 godd = 0;
+	int created = 0;
 
-	/* Lines 1-13: open, restart or extend the pair's window; count the packet. */
-	if (!p) {
-		struct xpro_pair fresh = {};
+	if (found) {
+		s = *found;
+	} else {
+		/* A new pair: a slot from this CPU's spare or the free ring. */
+		__u32 zero = 0;
+		struct xpro_spare *sp = spares.lookup(&zero);
 
-		fresh.ts1 = now;
-		fresh.ts2 = now;
-		fresh.c = 1;
-		fresh.dc = 1;
-		if (pairs.insert(key, &fresh) == 0) {
-			event = XPRO_EV_NEW;
-			st->new_pairs++;
+		if (!sp)
+			return XPRO_VERDICT_PASS;
+		int spare = sp->pair != 0;
+
+		if (spare) {
+			s = sp->pair - 1;
+			sp->pair = 0;
+		} else {
+			s = xpro_take_pair_slot();
 		}
-		/* else another CPU created it first: count into theirs. */
-		p = pairs.lookup(key);
+		p = s == XPRO_NO_SLOT ? 0 : xpro_slot_at(s);
 		if (!p) {
 			st->pair_full++;
 			return XPRO_VERDICT_PASS;
 		}
+		if (!spare)
+			xpro_unlink_old(st, p, s);
+		godd = p->gen | 1;
+		p->gen = godd;
+		xpro_barrier();
+		p->ts1 = now;
+		p->ts2 = now;
+		p->c = 1;
+		p->key = *key;
+		p->warn_ts = 0;
+		p->prev = XPRO_NO_SLOT;
+		p->next = XPRO_NO_SLOT;
+		p->flags = 0;
+		__u32 ds = xpro_resolve_dest(st, &key->dst, now);
+
+		d = ds == XPRO_NO_SLOT ? 0 : xpro_dslot_at(ds);
+		p->dslot = d ? ds : XPRO_NO_SLOT;
+		p->dgen = d ? xpro_live_gen32(d->gen) : 0;
+		xpro_barrier();
+		if (pair_index.insert(key, &s) != 0) {
+			/* Another CPU inserted this key first: count into its slot and
+			 * keep ours (gen still odd) for this CPU's next new pair. */
+			sp->pair = s + 1;
+			st->insert_races++;
+			found = pair_index.lookup(key);
+			if (!found) {
+				st->pair_full++;
+				return XPRO_VERDICT_PASS;
+			}
+			s = *found;
+			d = 0;
+		} else {
+			created = 1;
+			st->new_pairs++;
+		}
 	}
-	if (event == XPRO_EV_NEW) {
+	p = xpro_slot_at(s);
+	if (!p)
+		return XPRO_VERDICT_PASS;
+
+	/* Lines 1-13 on the combined record: open, restart or extend the pair's
+	 * window; count the packet. */
+	__u64 g = XPRO_READ(p->gen);
+	int view = 0, reset = 0;
+	__s64 vadj = 0, c_now, dest_delta = 1;
+	__u64 vts1 = 0, vts2 = 0, ts1, old_ts1 = 0;
+
+	if (created) {
 		c_now = 1;
 		ts1 = now;
 	} else {
-		__u64 seen = p->ts2;
+		if (!(g & 1)) {
+			__u64 vg = XPRO_READ(p->v_gen);
 
-		if ((__s64)(now - seen) > t_t1 &&
-		    __sync_val_compare_and_swap(&p->ts2, seen, now) == seen) {
-			event = XPRO_EV_RESET;
+			xpro_barrier();
+			vadj = XPRO_READ(p->v_adj);
+			vts1 = XPRO_READ(p->v_ts1);
+			vts2 = XPRO_READ(p->v_ts2);
+			xpro_barrier();
+			view = vg == g && XPRO_READ(p->v_gen) == g;
+		}
+		__u64 last = p->ts2;
+
+		if (view && (__s64)(vts2 - last) > 0)
+			last = vts2;
+		if (!(g & 1) && (__s64)(now - last) > t_t1 &&
+		    __sync_val_compare_and_swap(&p->gen, g, g + 1) == g) {
+			/* Lines 4-7: idle past T_T1, the window restarts here. */
+			reset = 1;
+			view = 0;
 			old_ts1 = p->ts1;
 			p->ts1 = now;
-			p->mark = 1;
+			p->ts2 = now;
 			dest_delta = 1 - __sync_lock_test_and_set(&p->c, 1);
-			__sync_lock_test_and_set(&p->dc, 1);
+			xpro_barrier();
+			p->gen = g + 2;
 			c_now = 1;
 			ts1 = now;
 			st->resets++;
 		} else {
 			c_now = __sync_fetch_and_add(&p->c, 1) + 1;
-			__sync_fetch_and_add(&p->dc, 1);
 			p->ts2 = now;
 			ts1 = p->ts1;
 		}
@@ -452,82 +698,137 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 
 	/* Lines 18-20, incrementally: D's aggregate takes this packet too,
 	 * whatever the verdict (the model counts dropped packets). */
-	struct xpro_dest *d = dests.lookup(&key->dst);
-	__s64 dest_c = 0;
+	__u32 ds = p->dslot;
 
-	if (!d) {
-		struct xpro_dest fresh = {};
-
-		fresh.ts1 = ts1;
-		fresh.ts2 = now;
-		fresh.c = c_now;
-		fresh.n = 1;
-		fresh.head = key->src;
-		fresh.tail = key->src;
-		fresh.flags = XPRO_DEST_HAS_LIST;
-		if (dests.insert(&key->dst, &fresh) == 0) {
-			p->flags &= ~(XPRO_PAIR_HAS_PREV | XPRO_PAIR_HAS_NEXT);
-			event = -1; /* the aggregate is this pair alone */
-		}
-		d = dests.lookup(&key->dst);
-		if (!d)
-			st->dest_full++;
+	if (!d && ds != XPRO_NO_SLOT) {
+		d = xpro_dslot_at(ds);
+		if (d && xpro_live_gen32(d->gen) != p->dgen)
+			d = 0; /* the destination slot was recycled under this pair */
 	}
-	if (d && event == -1) {
-		dest_c = c_now;
-	} else if (d) {
-		dest_c = __sync_fetch_and_add(&d->c, dest_delta) + dest_delta;
-		if ((__s64)(now - d->ts2) > 0)
-			d->ts2 = now;
-		if (event == XPRO_EV_NEW) {
-			__sync_fetch_and_add(&d->n, 1);
-			if (xpro_lock(d, XPRO_LOCK_SPINS)) {
-				if ((__s64)(d->ts1 - now) > 0)
-					d->ts1 = now;
-				xpro_list_append(d, p, key);
+	if (!d && !created) {
+		/* Link the pair to the live slot of its destination (its slot was
+		 * recycled, or none was free when the pair was created). */
+		__u32 nds = xpro_resolve_dest(st, &key->dst, now);
+
+		d = nds == XPRO_NO_SLOT ? 0 : xpro_dslot_at(nds);
+		/* dslot and dgen are one 64-bit word: claimed together (one CPU relinks). */
+		__u64 *link = (__u64 *)&p->dslot;
+		__u64 seen = XPRO_READ(*link);
+
+		if (d && (__u32)seen == ds &&
+		    __sync_val_compare_and_swap(link, seen,
+						(__u64)nds | ((__u64)xpro_live_gen32(d->gen) << 32)) == seen) {
+			if (xpro_lock(d)) {
+				xpro_list_append(d, p, s);
+				if ((__s64)(d->ts1 - p->ts1) > 0)
+					d->ts1 = p->ts1;
+				d->flags |= XPRO_DEST_DIRTY;
 				xpro_unlock(d);
 			} else {
 				st->lock_busy++;
 			}
-		} else if (event == XPRO_EV_RESET) {
-			if (xpro_lock(d, XPRO_LOCK_SPINS)) {
-				if (!((d->flags & XPRO_DEST_HAS_LIST) &&
-				      xpro_addr_eq(&d->tail, &key->src))) {
-					xpro_list_unlink(d, p, key);
-					xpro_list_append(d, p, key);
-				}
-				if (old_ts1 == d->ts1)
-					xpro_ts1_from_head(d, p, key);
+			__sync_fetch_and_add(&d->n, 1);
+			dest_delta = c_now;
+			st->relinks++;
+		}
+	}
+	__s64 dest_c = 0;
+
+	if (d) {
+		dest_c = __sync_fetch_and_add(&d->c, dest_delta) + dest_delta;
+		if ((__s64)(now - d->ts2) > 0)
+			d->ts2 = now;
+		if (created) {
+			if (xpro_lock(d)) {
+				if ((__s64)(d->ts1 - now) > 0)
+					d->ts1 = now;
+				xpro_list_append(d, p, s);
 				xpro_unlock(d);
 			} else {
 				st->lock_busy++;
+			}
+			__sync_fetch_and_add(&d->n, 1);
+		} else if (reset) {
+			if (xpro_lock(d)) {
+				if (d->tail != s) {
+					if (p->flags & XPRO_SLOT_LINKED)
+						xpro_list_unlink(d, p, s);
+					xpro_list_append(d, p, s);
+				}
+				if (old_ts1 == d->ts1)
+					xpro_ts1_from_head(d, p, s);
+				xpro_unlock(d);
+			} else {
+				st->lock_busy++;
+			}
+		}
+	}
+	if (created) {
+		xpro_barrier();
+		p->gen = godd + 1; /* live: readers and views may use it now */
+	}
+
+	/* The judged records: the local window, combined with the agent's
+	 * view where it is valid. */
+	__s64 jc = c_now;
+	__u64 jts1 = ts1, jts2 = now;
+
+	if (view) {
+		jc = xpro_add_sat(c_now, vadj);
+		jts1 = vts1;
+		if ((__s64)(vts2 - now) > 0)
+			jts2 = vts2;
+		st->pair_views++;
+	}
+	__s64 jdc = dest_c, jn = 0;
+	__u64 jdts1 = 0, jdts2 = 0;
+
+	if (d) {
+		__u64 dg = XPRO_READ(d->gen);
+
+		jn = d->n;
+		jdts1 = d->ts1;
+		jdts2 = d->ts2;
+		if (!(dg & 1)) {
+			__u64 vg = XPRO_READ(d->v_gen);
+
+			xpro_barrier();
+			__s64 a = XPRO_READ(d->v_adj), na = XPRO_READ(d->v_nadj);
+			__u64 t1 = XPRO_READ(d->v_ts1), t2 = XPRO_READ(d->v_ts2);
+
+			xpro_barrier();
+			if (vg == dg && XPRO_READ(d->v_gen) == dg) {
+				jdc = xpro_add_sat(dest_c, a);
+				jn = xpro_add_sat(jn, na);
+				jdts1 = t1;
+				if ((__s64)(t2 - jdts2) > 0)
+					jdts2 = t2;
+				st->dest_views++;
 			}
 		}
 	}
 
 	/* Line 14-15: the pair's own rate. */
-	__s64 pair_window = (__s64)(now - ts1);
+	__s64 pair_window = (__s64)(jts2 - jts1);
 
-	if (pair_window > t_t2 && xpro_rate_over(c_now, 1, cfg->t_f1, (__u64)pair_window)) {
-		xpro_warn(cfg, st, p, key, now, ts1, c_now);
+	if (pair_window > t_t2 && xpro_rate_over(jc, 1, cfg->t_f1, (__u64)pair_window)) {
+		xpro_warn(cfg, st, p, key, now, jts1, jc);
 		return XPRO_VERDICT_DROP_PAIR;
 	}
 	if (!d)
 		return XPRO_VERDICT_PASS;
 
 	/* Lines 21-23: D's rate over all its clients. */
-	__s64 dest_window = (__s64)(d->ts2 - d->ts1);
+	__s64 dest_window = (__s64)(jdts2 - jdts1);
 
-	if (!(dest_window > t_t3 && xpro_rate_over(dest_c, 1, cfg->t_f2, (__u64)dest_window)))
+	if (!(dest_window > t_t3 && xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)))
 		return XPRO_VERDICT_PASS;
 	if (cfg->policy == XPRO_POLICY_PAPER)
 		return XPRO_VERDICT_DROP_DEST;
 	/* fair-share: only a pair above T_F2 / n(D). */
-	__s64 n = d->n;
-
-	if (n < 1)
-		n = 1;
-	if (pair_window > t_t2 && xpro_rate_over(c_now, n, cfg->t_f2, (__u64)pair_window))
+	if (jn < 1)
+		jn = 1;
+	if (pair_window > t_t2 && xpro_rate_over(jc, jn, cfg->t_f2, (__u64)pair_window))
 		return XPRO_VERDICT_DROP_DEST;
 	return XPRO_VERDICT_PASS;
 }
@@ -571,141 +872,4 @@ int xpro_filter(struct xdp_md *ctx)
 #endif
 	return verdict == XPRO_VERDICT_DROP_PAIR || verdict == XPRO_VERDICT_DROP_DEST ? XDP_DROP
 										      : XDP_PASS;
-}
-
-/* ---- write-back --------------------------------------------------------- */
-
-static __always_inline __u32 xpro_apply_dest(struct xpro_op *op)
-{
-	struct xpro_dest *d = dests.lookup(&op->key.dst);
-
-	if (!d) {
-		struct xpro_dest fresh = {};
-
-		fresh.ts1 = op->ts1;
-		fresh.ts2 = op->ts2;
-		fresh.c = op->c_delta;
-		fresh.n = op->n_delta;
-		if (dests.insert(&op->key.dst, &fresh) == 0)
-			return XPRO_STATUS_CREATED;
-		d = dests.lookup(&op->key.dst);
-		if (!d)
-			return XPRO_STATUS_FAILED;
-	}
-	if (!xpro_lock(d, XPRO_APPLY_LOCK_SPINS))
-		return XPRO_STATUS_PENDING; /* userspace retries */
-	__sync_fetch_and_add(&d->c, op->c_delta);
-	__sync_fetch_and_add(&d->n, op->n_delta);
-	if ((__s64)(op->ts2 - d->ts2) > 0)
-		d->ts2 = op->ts2;
-	d->ts1 = op->ts1;
-	xpro_unlock(d);
-	return XPRO_STATUS_APPLIED;
-}
-
-static __always_inline __u32 xpro_apply_pair(struct xpro_op *op, struct xpro_stats *st)
-{
-	struct xpro_pair *p = pairs.lookup(&op->key);
-
-	if (!p) {
-		if (!(op->flags & XPRO_OP_CREATE))
-			return XPRO_STATUS_MISSING;
-		/* Lines 26-28 of Algorithm 1: adopt a pair counted elsewhere. */
-		struct xpro_dest *d = dests.lookup(&op->key.dst);
-
-		if (d && !xpro_lock(d, XPRO_APPLY_LOCK_SPINS))
-			return XPRO_STATUS_PENDING;
-		struct xpro_pair fresh = {};
-		__u32 status = XPRO_STATUS_FAILED;
-
-		fresh.ts1 = op->ts1;
-		fresh.ts2 = op->ts2;
-		fresh.c = op->c_delta;
-		fresh.dc = -op->acked_dc;
-		if (pairs.insert(&op->key, &fresh) == 0) {
-			p = pairs.lookup(&op->key);
-			if (p && d)
-				xpro_list_append(d, p, &op->key);
-			st->apply_created++;
-			status = XPRO_STATUS_CREATED;
-		} else if (pairs.lookup(&op->key)) {
-			status = XPRO_STATUS_PENDING; /* a packet created it just now: retry */
-		}
-		if (d)
-			xpro_unlock(d);
-		return status;
-	}
-	if (op->flags & XPRO_OP_EXPECT) {
-		if (__sync_val_compare_and_swap(&p->ts1, op->expect_ts1, op->ts1) != op->expect_ts1)
-			return XPRO_STATUS_RESTARTED;
-	} else {
-		p->ts1 = op->ts1;
-	}
-	__sync_fetch_and_add(&p->dc, -op->acked_dc);
-	__sync_fetch_and_add(&p->c, op->c_delta);
-	if ((__s64)(op->ts2 - p->ts2) > 0)
-		p->ts2 = op->ts2;
-	p->mark = 0;
-	return XPRO_STATUS_APPLIED;
-}
-
-static __always_inline __u32 xpro_apply_delete(struct xpro_op *op, struct xpro_stats *st)
-{
-	struct xpro_pair *p = pairs.lookup(&op->key);
-
-	if (!p)
-		return XPRO_STATUS_MISSING;
-	struct xpro_dest *d = dests.lookup(&op->key.dst);
-
-	if (d) {
-		if (!xpro_lock(d, XPRO_APPLY_LOCK_SPINS))
-			return XPRO_STATUS_PENDING;
-		xpro_list_unlink(d, p, &op->key);
-		__sync_fetch_and_add(&d->c, -p->c);
-		__sync_fetch_and_add(&d->n, -1);
-		if (p->ts1 == d->ts1)
-			xpro_ts1_from_head(d, p, &op->key);
-		pairs.delete(&op->key);
-		xpro_unlock(d);
-	} else {
-		pairs.delete(&op->key);
-	}
-	st->apply_deleted++;
-	return XPRO_STATUS_APPLIED;
-}
-
-/* Run with BPF_PROG_TEST_RUN; the frame's first 4 bytes hold the number of
- * ops filled in apply_ops. Each op's status is written back in place. */
-int xpro_apply(struct xdp_md *ctx)
-{
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	__u32 *countp = data;
-	__u32 zero = 0;
-
-	if ((void *)(countp + 1) > end)
-		return XDP_ABORTED;
-	__u32 count = *countp;
-	struct xpro_stats *st = stats.lookup(&zero);
-
-	if (!st)
-		return XDP_ABORTED;
-	for (__u32 i = 0; i < XPRO_APPLY_BATCH; i++) {
-		if (i >= count)
-			break;
-		__u32 idx = i;
-		struct xpro_op *op = apply_ops.lookup(&idx);
-
-		if (!op)
-			break;
-		if (op->status != XPRO_STATUS_PENDING)
-			continue;
-		if (op->kind == XPRO_OP_DEST)
-			op->status = xpro_apply_dest(op);
-		else if (op->kind == XPRO_OP_PAIR)
-			op->status = xpro_apply_pair(op, st);
-		else if (op->kind == XPRO_OP_DELETE)
-			op->status = xpro_apply_delete(op, st);
-	}
-	return XDP_PASS;
 }

@@ -8,7 +8,8 @@
  * Rules for this file: fixed-width types only, every struct a multiple of
  * 8 bytes with explicit padding, no bitfields, no pointers. Times are
  * nanoseconds of the cluster time base (xpro_mesh/datapath/clock.py);
- * counts are signed 64-bit (the agent re-bases them with signed deltas).
+ * counts are signed 64-bit. Slots are array elements named by number, so
+ * the mmapped arrays and the program agree on them without pointers.
  */
 #ifndef XPRO_H
 #define XPRO_H
@@ -23,50 +24,116 @@ struct xpro_addr {
 	};
 };
 
-/* Key of the pair map: (client i, destination D). */
+/* Key of pair_index: (client i, destination D). */
 struct xpro_pair_key {
 	struct xpro_addr src;
 	struct xpro_addr dst;
 };
 
-/* xpro_pair.flags */
-#define XPRO_PAIR_HAS_PREV 0x1 /* prev names an older pair of the same D */
-#define XPRO_PAIR_HAS_NEXT 0x2 /* next names a newer pair of the same D */
+/* A slot number of pair_slots or dest_slots; XPRO_NO_SLOT: none (ends of
+ * the ts1 order, a pair without a destination). */
+#define XPRO_NO_SLOT 0xffffffffU
 
-/* Value of the pair map: the L_DB entry of Algorithm 2 (ts1', ts2', c',
- * dc', mark') plus the pair's place in its destination's ts1 order (a
- * doubly linked list threaded through the pair map by source address, so
- * the destination's min ts1 survives its holder's window restart in O(1);
- * see "Exactness" in xpro.c). */
-struct xpro_pair {
-	__u64 ts1;     /* window start */
-	__u64 ts2;     /* last packet */
-	__s64 c;       /* packets in the window, mesh-wide as of the last sync plus local since */
-	__s64 dc;      /* packets counted here since the last sync */
-	__u64 warn_ts; /* last overload warning sent for this pair, 0 = never */
-	__u32 mark;    /* 1: window restarted by the idle rule since the last sync */
-	__u32 flags;   /* XPRO_PAIR_HAS_* */
-	struct xpro_addr prev; /* source of the next older pair of this destination */
-	struct xpro_addr next; /* source of the next newer pair of this destination */
+/* Agent half, v_gen: the slot was expired by the agent (never a live gen,
+ * which is even and at least 2). */
+#define XPRO_VGEN_NONE 0
+
+/*
+ * One pair slot of pair_slots (an mmapable array, 128 bytes, two cache
+ * lines). docs/kernel-agent-contract.md is the contract; in short:
+ *
+ * Kernel half (only the XDP program writes it):
+ *   gen     per-slot sequence lock and the window's identity: odd while the
+ *           kernel (re)initialises the slot (allocation, idle restart) or
+ *           while the slot is a CPU's spare; even and >= 2 when live. It
+ *           only grows: a slot's next life or window has a new gen.
+ *   ts1, ts2, c   the local window (Algorithm 2 ts1', ts2', c'): packets
+ *           counted HERE since ts1. No dc: the agent's delta is c - c read.
+ *   key     the pair; dslot/dgen its destination slot and that slot's gen
+ *           (low 32 bits) when linked; prev/next the ts1 order (slot numbers).
+ * Agent half (only the agent writes it): the mesh's view of the window
+ *   whose gen is v_gen. Valid while v_gen == gen: judged count c + v_adj,
+ *   window v_ts1 .. max(ts2, v_ts2).
+ */
+struct xpro_slot {
+	/* kernel half, line 1: written by every packet */
+	__u64 gen;
+	__u64 ts1;
+	__u64 ts2;
+	__s64 c;
+	struct xpro_pair_key key;
+	/* kernel half, line 2: written on allocation, restart, warning */
+	__u64 warn_ts;  /* last overload warning sent for this pair, 0 = never */
+	__u32 dslot;    /* destination slot, XPRO_NO_SLOT when none */
+	__u32 dgen;     /* low 32 bits of dest_slots[dslot].gen when linked */
+	__u32 prev;     /* next older pair of the same destination (ts1 order) */
+	__u32 next;     /* next newer pair of the same destination */
+	__u32 flags;    /* XPRO_SLOT_* */
+	__u32 reserved; /* kernel-owned, zero: room for an admission state (issue 11) */
+	/* agent half */
+	__u64 v_gen;
+	__s64 v_adj;    /* mesh count at the agent's read - c at that read */
+	__u64 v_ts1;
+	__u64 v_ts2;
 };
 
-/* xpro_dest.flags */
-#define XPRO_DEST_HAS_LIST 0x1 /* head and tail are valid */
-#define XPRO_DEST_DIRTY 0x2    /* the ts1 order missed an update (lock contention, eviction) */
+/* xpro_slot.flags / xpro_dslot.flags */
+#define XPRO_SLOT_LINKED 0x1 /* pair: in its destination's ts1 order */
+#define XPRO_DEST_DIRTY 0x2  /* dest: the ts1 order missed an update (lock busy, relink) */
 
-/* Value of the destination map: lines 18-20 of Algorithm 2 kept
- * incrementally: min ts1, max ts2 and sum of c over the clients of D, and
- * n(D), the number of clients (local count, or the mesh's after a sync). */
-struct xpro_dest {
+/*
+ * One destination slot of dest_slots (mmapable, 128 bytes). Kernel half:
+ * the local aggregate of lines 18-20 over the pairs linked to it: ts1 the
+ * exact min ts1 (head of the ts1 order), ts2 the max, c the sum of the
+ * pairs' c, n the pairs linked since allocation. Agent half: the mesh's
+ * view, valid while v_gen == gen: count c + v_adj, clients n + v_nadj,
+ * window v_ts1 .. max(ts2, v_ts2). The agent re-bases it absolutely every
+ * cycle (v_adj = mesh count - c read), so it cannot drift.
+ */
+struct xpro_dslot {
+	/* kernel half */
+	__u64 gen;
 	__u64 ts1;
 	__u64 ts2;
 	__s64 c;
 	__s64 n;
-	__u64 lock;  /* 0 free, 1 held: guards head, tail, ts1 and the pairs' prev/next */
-	__u32 flags; /* XPRO_DEST_* */
-	__u32 pad;
-	struct xpro_addr head; /* source of the pair with the smallest ts1 */
-	struct xpro_addr tail; /* source of the pair (re)started last */
+	struct xpro_addr dst;
+	__u64 lock;     /* 0 free, 1 held: guards head, tail, ts1 and the pairs' links */
+	__u32 head;     /* the pair with the smallest ts1 */
+	__u32 tail;     /* the pair (re)started last */
+	__u32 flags;    /* XPRO_DEST_* */
+	__u32 reserved; /* kernel-owned, zero: room (issue 11) */
+	/* agent half */
+	__u64 v_gen;
+	__s64 v_adj;
+	__s64 v_nadj;
+	__u64 v_ts1;
+	__u64 v_ts2;
+	__u64 v_reserved; /* agent-owned, zero: room (issue 11) */
+};
+
+/* The free rings: pair_free / dest_free hold slot numbers (one __u64 each,
+ * the array element size), ring_ctl[XPRO_RING_PAIRS / XPRO_RING_DESTS] the
+ * positions. head: the kernel takes ring[head % size] and advances it by a
+ * compare-and-swap; tail: the agent (or the loader's initial fill) writes
+ * ring[tail % size], then advances tail. Free slots: tail - head. Each on
+ * its own cache line. */
+#define XPRO_RING_PAIRS 0
+#define XPRO_RING_DESTS 1
+
+struct xpro_ring {
+	__u64 head;      /* kernel */
+	__u64 size;      /* ring entries (a power of two), set by the loader */
+	__u64 pad1[6];
+	__u64 tail;      /* agent */
+	__u64 pad2[7];
+};
+
+/* The per-CPU spares: a slot a CPU took from a ring but could not use
+ * (another CPU inserted the same key first), kept for its next new key. */
+struct xpro_spare {
+	__u32 pair;  /* slot + 1; 0: none (a per-CPU array starts zeroed) */
+	__u32 dest;  /* slot + 1; 0: none */
 };
 
 #define XPRO_CONFIG_VERSION 1
@@ -120,7 +187,7 @@ struct xpro_stats {
 	__u64 pass;                /* IP packets passed by the filter */
 	__u64 drop_pair;           /* dropped by the pair rule (line 15) */
 	__u64 drop_dest;           /* dropped by the destination rule (lines 21-23) */
-	__u64 new_pairs;           /* pairs created by packets */
+	__u64 new_pairs;           /* pair slots taken by new pairs */
 	__u64 resets;              /* pair windows restarted by the idle rule */
 	__u64 warnings;            /* overload warnings put on the ring buffer */
 	__u64 warnings_suppressed; /* warnings over the per-CPU budget */
@@ -128,11 +195,14 @@ struct xpro_stats {
 	__u64 not_ip;              /* non-IP frames passed untouched */
 	__u64 malformed;           /* truncated or bad IP headers, passed */
 	__u64 unconfigured;        /* passed because no config was written */
-	__u64 pair_full;           /* pair insert failed, packet passed */
-	__u64 dest_full;           /* destination insert failed */
+	__u64 pair_full;           /* no free pair slot (or index full): packet passed uncounted */
+	__u64 dest_full;           /* no free destination slot: pair judged without one */
 	__u64 lock_busy;           /* ts1-order update skipped, lock not taken */
-	__u64 apply_created;       /* pairs created by the apply program */
-	__u64 apply_deleted;       /* pairs deleted by the apply program */
+	__u64 new_dests;           /* destination slots taken */
+	__u64 insert_races;        /* a new key inserted by another CPU first: slot kept as spare */
+	__u64 pair_views;          /* packets judged with a valid pair view */
+	__u64 dest_views;          /* packets judged with a valid destination view */
+	__u64 relinks;             /* pairs moved to a new slot of their destination */
 	__u64 warn_window;         /* limiter: second (cluster time) of the budget */
 	__u64 warn_in_window;      /* limiter: warnings sent in that second */
 };
@@ -145,41 +215,6 @@ struct xpro_event {
 	__u64 ts2;
 	__s64 c;
 	__u64 suppressed; /* warnings this CPU had suppressed when it sent this one */
-};
-
-/* Apply program (agent write-back), see xpro.c "Write-back". */
-#define XPRO_APPLY_BATCH 128
-
-#define XPRO_OP_NONE 0
-#define XPRO_OP_DEST 1   /* re-base a destination aggregate (create if absent) */
-#define XPRO_OP_PAIR 2   /* re-base a pair */
-#define XPRO_OP_DELETE 3 /* delete a pair, taking it out of its destination */
-
-/* xpro_op.flags */
-#define XPRO_OP_EXPECT 0x1 /* pair ops: skip unless ts1 == expect_ts1 (no restart since the read) */
-#define XPRO_OP_CREATE 0x2 /* pair ops: create the pair when it is absent */
-
-/* xpro_op.status, written back by the apply program */
-#define XPRO_STATUS_PENDING 0
-#define XPRO_STATUS_APPLIED 1
-#define XPRO_STATUS_CREATED 2
-#define XPRO_STATUS_RESTARTED 3 /* skipped: the window restarted since the read */
-#define XPRO_STATUS_MISSING 4   /* skipped: no such pair */
-#define XPRO_STATUS_FAILED 5    /* map full */
-
-/* One entry of the apply_ops array. */
-struct xpro_op {
-	__u32 kind;   /* XPRO_OP_* */
-	__u32 flags;  /* XPRO_OP_EXPECT | XPRO_OP_CREATE */
-	__u32 status; /* XPRO_STATUS_* (out) */
-	__u32 pad;
-	struct xpro_pair_key key; /* dest ops use key.dst only */
-	__u64 expect_ts1; /* pair: ts1 as read */
-	__s64 acked_dc;   /* pair: dc -= acked_dc (the dc the agent read and merged) */
-	__s64 c_delta;    /* pair and dest: c += c_delta */
-	__s64 n_delta;    /* dest: n += n_delta */
-	__u64 ts1;        /* pair and dest: ts1 = ts1 */
-	__u64 ts2;        /* pair and dest: ts2 = max(ts2, ts2) */
 };
 
 #endif /* XPRO_H */

@@ -2,7 +2,9 @@
 
 Kernel tier (``@pytest.mark.kernel``): ``xdp_test_program`` builds
 bpf/xpro.c once per session with the test clock seam (-DXPRO_TEST_CLOCK)
-and unpinned maps; ``kernel_maps`` hands each test its maps emptied.
+and unpinned maps; ``kernel_maps`` hands each test its maps as fresh
+(``xdp_small_program``/``small_kernel_maps``: 12 pair slots and 3
+destination slots; ``xdp_clock_program``: the real clock).
 
 Namespace tier (``@pytest.mark.netns``): ``netns`` makes uniquely named
 network namespaces (pyroute2's fixture model) and always removes them, with
@@ -48,6 +50,59 @@ def xdp_test_program() -> Iterator[object]:
         yield prog
     finally:
         prog.close()
+
+
+SMALL_SIZES = (12, 3)  # pair slots, destination slots of xdp_small_program
+
+
+@pytest.fixture(scope="session")
+def xdp_small_program() -> Iterator[object]:
+    """bpf/xpro.c with 12 pair slots and 3 destination slots (test clock):
+    free rings that run out within a test."""
+    _require_root()
+    from xpro_mesh.datapath import loader
+    from xpro_mesh.datapath.config import MapSizes
+
+    pairs_max, dests_max = SMALL_SIZES
+    prog = loader.load(
+        loader.BuildOptions(sizes=MapSizes(pairs_max, dests_max), test_clock=True),
+        log_tag="xpro-tests-small",
+    )
+    try:
+        yield prog
+    finally:
+        prog.close()
+
+
+@pytest.fixture(scope="session")
+def xdp_clock_program() -> Iterator[object]:
+    """bpf/xpro.c as attached (the real clock), maps unpinned: for tests of
+    concurrency, where time must move within one BPF_PROG_TEST_RUN."""
+    _require_root()
+    from xpro_mesh.datapath import loader
+    from xpro_mesh.datapath.config import MapSizes
+
+    prog = loader.load(
+        loader.BuildOptions(sizes=MapSizes(pairs_max=1 << 12, dests_max=1 << 6)),
+        log_tag="xpro-tests-clock",
+    )
+    try:
+        yield prog
+    finally:
+        prog.close()
+
+
+@pytest.fixture
+def small_kernel_maps(xdp_small_program: object) -> Iterator[object]:
+    """The small program's maps, as fresh."""
+    from datapath_support import clear_maps
+
+    maps = xdp_small_program.maps()  # type: ignore[attr-defined]
+    clear_maps(maps)
+    try:
+        yield maps
+    finally:
+        maps.close()
 
 
 @pytest.fixture

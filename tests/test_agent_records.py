@@ -4,10 +4,10 @@ by destination and bounded by ``limit``."""
 from __future__ import annotations
 
 import aiohttp
+import numpy as np
 
 from xpro_mesh.agent.config import load_config
 from xpro_mesh.agent.daemon import Agent
-from xpro_mesh.core.gossip_state import LocalCount
 from xpro_mesh.datapath.backend import PairKey
 
 S = 10**9
@@ -21,11 +21,19 @@ async def test_records_are_the_largest_views_first_per_destination() -> None:
     )
     agent = Agent(config)
     now = 1_800_000_000 * S
-    for i, (src, dst) in enumerate(
-        [("10.1.0.1", "10.2.0.1"), ("10.1.0.2", "10.2.0.1"), ("10.1.0.3", "10.2.0.2")]
-    ):
-        key = PairKey.of(src, dst)
-        agent.state.record_local((key.src, key.dst), LocalCount(now, now + S, 10 * (i + 1), 0))
+    keys = [
+        PairKey.of(s, d)
+        for s, d in [("10.1.0.1", "10.2.0.1"), ("10.1.0.2", "10.2.0.1"), ("10.1.0.3", "10.2.0.2")]
+    ]
+    n = len(keys)
+    agent.state.record_local(
+        np.array([k.src for k in keys], "S16"),
+        np.array([k.dst for k in keys], "S16"),
+        np.full(n, now),
+        np.full(n, now + S),
+        np.array([10, 20, 30]),
+        np.zeros(n, np.int64),
+    )
     await agent.start()
     try:
         assert agent.api is not None
@@ -44,8 +52,14 @@ async def test_records_are_the_largest_views_first_per_destination() -> None:
                 doc = await resp.json()
             assert doc["total"] == 2
             assert doc["records"] == [
-                {"src": "10.1.0.2", "dst": "10.2.0.1", "ts1": now, "ts2": now + S, "c": 20,
-                 "origins": 1}
+                {
+                    "src": "10.1.0.2",
+                    "dst": "10.2.0.1",
+                    "ts1": now,
+                    "ts2": now + S,
+                    "c": 20,
+                    "origins": 1,
+                }
             ]
             async with http.get(base, params={"limit": "0"}) as resp:
                 assert resp.status == 400

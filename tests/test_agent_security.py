@@ -22,7 +22,7 @@ from agent_support import counts, eventually, feed, gossip_addr, start_agent, st
 from prometheus_client.parser import text_string_to_metric_families
 
 from xpro_mesh.agent.daemon import Agent
-from xpro_mesh.core.gossip_state import Delta
+from xpro_mesh.core.rows import ColumnarDelta
 from xpro_mesh.mesh import auth, wire
 from xpro_mesh.mesh.membership import MemberState, MemberUpdate
 from xpro_mesh.mesh.messages import Ping
@@ -107,7 +107,7 @@ async def test_forged_malformed_oversized_and_replayed_datagrams_are_counted_and
             ("bad_magic", b"\x00garbage, not an envelope" * 3),
             ("truncated", genuine[:20]),
             ("malformed", sealed(b"\xc1 not msgpack at all", counter=3)),
-            ("malformed", sealed(wire.encode(Delta())[:-1] + b"\xc1", counter=4)),
+            ("malformed", sealed(wire.encode(ColumnarDelta())[:-1] + b"\xc1", counter=4)),
             ("oversized", sealed(b"\x00" * 61_000, counter=5)),
             ("stale", sealed(ping, counter=6, at=now - 60 * S)),
         ]

@@ -1,12 +1,12 @@
-"""The incremental map sync plans what the full one plans.
+"""The agent's map sync over the v2 data path, as a whole: views written
+only when they move equal views written every cycle; pairs and destinations
+whose rows aged out leave the kernel; a failing sync is counted and logged
+once. (The plan itself: ``tests/test_mapsync.py``.)
 
 Two agents (not started: only their map-sync cycle runs) over two in-memory
 data paths get the same packets and the same rows from the mesh, step by
-step; one syncs incrementally (quiet pairs skipped), the other reads and
-plans every pair every cycle. After every cycle their kernels and their
-views must be identical. Plus the cases where the incremental sync must fall
-back to a full one: a pair gone from the kernel behind the agent's back (an
-LRU eviction), and rows aged out of the state.
+step; one writes only the views that moved, the other every view, every
+cycle. After every cycle the agent halves of their kernels must be equal.
 """
 
 from __future__ import annotations
@@ -15,22 +15,24 @@ import asyncio
 import random
 import time
 
+import numpy as np
 import pytest
 
 from xpro_mesh.agent.config import load_config
 from xpro_mesh.agent.daemon import Agent, xdp_config
 from xpro_mesh.agent.gossip_sync import GossipSync
 from xpro_mesh.agent.syncer import SyncReport
-from xpro_mesh.core.gossip_state import ZERO_VERSION, Coverage, Delta, OriginEntry, PairEntry
-from xpro_mesh.core.params import Params
-from xpro_mesh.datapath.backend import PairKey
+from xpro_mesh.core.algorithm import Params
+from xpro_mesh.core.gossip_state import Coverage, Delta, OriginEntry, PairEntry
+from xpro_mesh.core.rows import from_delta
 from xpro_mesh.datapath.memory import MemoryMaps
 
 S = 10**9
 MS = 10**6
+AGENT_HALF = ["v_gen", "v_adj", "v_ts1", "v_ts2"]
 
 
-def make_agent(full_every: int, **thresholds: str) -> tuple[Agent, MemoryMaps]:
+def make_agent(**thresholds: str) -> tuple[Agent, MemoryMaps, GossipSync]:
     overrides: dict[str, object] = {
         "backend": "memory",
         "node_id": "me",
@@ -41,16 +43,16 @@ def make_agent(full_every: int, **thresholds: str) -> tuple[Agent, MemoryMaps]:
     config = load_config(None, overrides, require_key_file=False)
     maps = MemoryMaps(xdp_config(config.thresholds))
     agent = Agent(config, backend=maps)
-    agent.ensure_syncer().full_sync_every = full_every  # type: ignore[attr-defined]
-    return agent, maps
+    syncer = agent.ensure_syncer()
+    assert isinstance(syncer, GossipSync)
+    return agent, maps, syncer
 
 
-def kernel(maps: MemoryMaps) -> dict[PairKey, tuple[int, int, int, int, int]]:
-    return {k: (r.ts1, r.ts2, r.c, r.dc, r.mark) for k, r in maps.read_pairs()}
-
-
-def destinations(maps: MemoryMaps) -> dict[bytes, tuple[int, int, int, int]]:
-    return {d: (a.ts1, a.ts2, a.c, a.clients) for d, a in maps.read_destinations()}
+def held_rows(agent: Agent) -> set[tuple[object, str, int, int, int]]:
+    """Every row without its version (the two agents' incarnations differ)."""
+    return {
+        (pe.pair, pe.origin, pe.entry.ts1, pe.entry.ts2, pe.entry.c) for pe in agent.state.entries()
+    }
 
 
 def addr(i: int) -> bytes:
@@ -61,24 +63,21 @@ DSTS = [b"\0" * 10 + b"\xff\xff" + bytes((10, 9, 0, d)) for d in range(1, 4)]
 
 
 @pytest.mark.parametrize("seed", range(6))
-async def test_incremental_sync_plans_what_the_full_sync_plans(seed: int) -> None:
+async def test_views_written_when_they_move_equal_views_written_every_cycle(seed: int) -> None:
     rng = random.Random(seed)
-    inc, inc_maps = make_agent(full_every=10**9)
-    full, full_maps = make_agent(full_every=0)
+    lazy, lazy_maps, _ = make_agent()
+    eager, eager_maps, eager_sync = make_agent()
     versions: dict[str, int] = {"remote-a": 0, "remote-b": 0}
     base = time.time_ns() - 2 * S
-    incremental_cycles = 0
+    skipped = 0
     for step in range(60):
         t = base + step * 20 * MS
-        # Packets counted by this proxy.
-        for _ in range(rng.randint(0, 6)):
+        for _ in range(rng.randint(0, 6)):  # packets counted by this proxy
             src, dst = addr(rng.randrange(40)), rng.choice(DSTS)
-            n = rng.randint(1, 5)
-            for i in range(n):
-                inc_maps.feed(src, dst, t + i)
-                full_maps.feed(src, dst, t + i)
-        # Rows from the mesh: new pairs and newer versions of known ones.
-        if rng.random() < 0.6:
+            for i in range(rng.randint(1, 5)):
+                lazy_maps.feed(src, dst, t + i)
+                eager_maps.feed(src, dst, t + i)
+        if rng.random() < 0.6:  # rows from the mesh: new pairs, newer versions
             origin = rng.choice(sorted(versions))
             rows = []
             for _ in range(rng.randint(1, 5)):
@@ -90,90 +89,33 @@ async def test_incremental_sync_plans_what_the_full_sync_plans(seed: int) -> Non
                 )
             after = (1, versions[origin] - len(rows))
             delta = Delta(tuple(rows), (Coverage(origin, after, (1, versions[origin])),))
-            inc.state.merge(delta, t)
-            full.state.merge(delta, t)
-        await inc.sync_once()
-        await full.sync_once()
-        incremental_cycles += 0 if inc.sync.last_full else 1
-        assert kernel(inc_maps) == kernel(full_maps), f"step {step}"
-        assert destinations(inc_maps) == destinations(full_maps), f"step {step}"
-        assert inc.state.pair_views() == full.state.pair_views()
-    assert full.sync.full_cycles == 60
-    assert incremental_cycles > 20  # the comparison exercised the incremental path
+            lazy.state.merge(from_delta(delta), t)
+            eager.state.merge(from_delta(delta), t)
+        await lazy.sync_once()
+        eager_sync.memory.forget_views()
+        await eager.sync_once()
+        skipped += lazy.sync.last_pairs_read - lazy.sync.last_ops
+        assert np.array_equal(
+            lazy_maps.pair_slots[AGENT_HALF], eager_maps.pair_slots[AGENT_HALF]
+        ), f"step {step}"
+        assert np.array_equal(lazy_maps.dest_slots, eager_maps.dest_slots), f"step {step}"
+        assert held_rows(lazy) == held_rows(eager)
+    assert skipped > 20  # the comparison exercised views left alone
 
 
-async def test_a_pair_evicted_behind_the_agents_back_is_recreated() -> None:
-    agent, maps = make_agent(full_every=10**9)
+async def test_pairs_and_destinations_whose_rows_aged_out_leave_the_kernel() -> None:
+    agent, maps, _ = make_agent(t_t1="200ms", t_t2="1ms", t_t3="1ms", t_t4="300ms")
     now = time.time_ns()
-    for i in range(10):
-        maps.feed(addr(i), DSTS[0], now + i)
+    maps.feed(addr(1), DSTS[0], now)
     await agent.sync_once()
-    await agent.sync_once()
-    await agent.sync_once()
-    assert not agent.sync.last_full
-    before = kernel(maps)
-    gone = next(iter(before))
-    maps.delete_pairs([gone])  # as an LRU eviction would
-    await agent.sync_once()
-    assert agent.sync.last_full
-    assert set(kernel(maps)) == set(before)
-
-
-@pytest.mark.parametrize("full_every", [0, 10**9])
-async def test_aged_out_rows_leave_the_kernel(full_every: int) -> None:
-    agent, maps = make_agent(full_every, t_t1="200ms", t_t2="1ms", t_t3="1ms", t_t4="300ms")
-    now = time.time_ns()
-    pair = (addr(1), DSTS[0])
-    delta = Delta(
-        (PairEntry(pair, "remote", OriginEntry(now - 10 * MS, now, 3, (1, 1))),),
-        (Coverage("remote", ZERO_VERSION, (1, 1)),),
-    )
-    assert agent.state.merge(delta, now).accepted == 1
-    await agent.sync_once()
-    await agent.sync_once()
-    assert PairKey(*pair) in kernel(maps)
+    assert maps.lookup_pair(addr(1), DSTS[0]) is not None
     await asyncio.sleep(0.6)  # past the horizon, T_T1 + T_T4
-    await agent.sync_once()  # ages the row out
-    await agent.sync_once()  # (incremental: plans it one cycle later)
-    assert kernel(maps) == {}
+    await agent.sync_once()  # ages the row out: the key leaves the index
+    await agent.sync_once()  # the destination no pair names goes too
+    assert maps.lookup_pair(addr(1), DSTS[0]) is None
+    assert maps.lookup_dest(DSTS[0]) is None
     assert agent.state.num_pairs == 0
-
-
-async def test_rows_merged_while_a_cycle_plans_reach_the_kernel_next_cycle() -> None:
-    """The agent yields to the mesh while it plans; what the mesh merges
-    meanwhile is planned by the next cycle, and the kernel ends as a full
-    sync would leave it."""
-    inc, inc_maps = make_agent(full_every=10**9)
-    full, full_maps = make_agent(full_every=0)
-    syncer = inc.ensure_syncer()
-    assert isinstance(syncer, GossipSync)
-    syncer.plan_step = 2  # yields between every two pairs planned
-    now = time.time_ns()
-    for i in range(12):
-        for maps in (inc_maps, full_maps):
-            maps.feed(addr(i), DSTS[i % 3], now + i)
-    for agent in (inc, full):
-        await agent.sync_once()
-        await agent.sync_once()
-    for i in range(0, 12, 2):  # new packets: the next cycle plans these pairs
-        for maps in (inc_maps, full_maps):
-            maps.feed(addr(i), DSTS[i % 3], now + 100 + i)
-    rows = tuple(
-        PairEntry((addr(i), DSTS[0]), "remote", OriginEntry(now - S, now, 9, (1, n + 1)))
-        for n, i in enumerate((0, 30, 31))
-    )
-    delta = Delta(rows, (Coverage("remote", ZERO_VERSION, (1, len(rows))),))
-
-    async def merge_midway() -> None:
-        await asyncio.sleep(0)  # the cycle has started planning
-        assert inc.state.merge(delta, now).accepted == len(rows)
-
-    await asyncio.gather(inc.sync_once(), merge_midway())
-    assert full.state.merge(delta, now).accepted == len(rows)
-    await full.sync_once()
-    await inc.sync_once()
-    assert kernel(inc_maps) == kernel(full_maps)
-    assert destinations(inc_maps) == destinations(full_maps)
+    assert maps.ring_status().pairs_in_use == 0
 
 
 async def test_a_sync_failing_every_cycle_is_counted_each_time_and_logged_once(
@@ -200,12 +142,18 @@ async def test_a_sync_failing_every_cycle_is_counted_each_time_and_logged_once(
     syncer = FlakyMaster()
     config = load_config(
         None,
-        {"backend": "memory", "profile": "local", "node_id": "m", "sync": "master",
-         "redis": "10.20.0.3:6379", "api": "127.0.0.1:0", "gossip.interval": "20ms"},
+        {
+            "backend": "memory",
+            "profile": "local",
+            "node_id": "m",
+            "sync": "master",
+            "redis": "10.20.0.3:6379",
+            "api": "127.0.0.1:0",
+            "gossip.interval": "20ms",
+        },
         require_key_file=False,
     )
-    agent = Agent(config, backend=MemoryMaps(xdp_config(config.thresholds)),
-                  syncer=syncer)
+    agent = Agent(config, backend=MemoryMaps(xdp_config(config.thresholds)), syncer=syncer)
     caplog.set_level("INFO", logger="xpro_mesh.agent")
     await agent.start()
     try:

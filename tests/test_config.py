@@ -114,8 +114,8 @@ def test_profiles_trade_speed_for_tolerance() -> None:
 
 
 def test_detection_time_bounds_of_the_profiles_for_five_nodes() -> None:
-    assert lan_gossip().detection_time_bound_ns(5) == 13_500 * MS
-    assert local_gossip().detection_time_bound_ns(5) == 2_500 * MS
+    assert lan_gossip().detection_time_bound_ns(5) == 15_000 * MS
+    assert local_gossip().detection_time_bound_ns(5) == 2_800 * MS
 
 
 def test_thresholds_give_the_algorithm_params() -> None:

@@ -71,7 +71,6 @@ def test_verifier_rejection_is_one_line_with_the_log_saved(
         "#include <uapi/linux/bpf.h>\n"
         "int xpro_filter(struct xdp_md *ctx)\n"
         "{ return *(unsigned char *)(long)ctx->data; } /* no bounds check */\n"
-        "int xpro_apply(struct xdp_md *ctx) { return XDP_PASS; }\n"
     )
     monkeypatch.setattr(loader, "SOURCE", bad)
     monkeypatch.setattr(loader, "_log_dir", lambda: tmp_path)

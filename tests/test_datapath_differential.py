@@ -1,22 +1,27 @@
-"""The kernel program equals the reference model, packet by packet.
+"""The kernel program equals its Python twin, packet by packet and slot by
+slot, with the agent writing views, expiring pairs and destinations and
+slots being recycled in between; and the twin without views is Algorithm 2.
 
 bpf/xpro.c is built with the test clock seam (-DXPRO_TEST_CLOCK: the clock
 reading comes from the clock map; nothing else differs) and driven through
-BPF_PROG_TEST_RUN on random traces: many sources and destinations, IPv4 and
-IPv6, gaps at and around T_T1, T_T2 and T_T3, both rules firing, both
-policies. Every verdict and every final pair and destination record must
-equal :func:`filter_packet` (policy paper) or
-:func:`filter_packet_fair_share` (fair-share) on the same trace. The maps
-are sized so that nothing is evicted (the model has no eviction).
+BPF_PROG_TEST_RUN on random traces (many sources and destinations, IPv4
+and IPv6, gaps at and around T_T1, T_T2 and T_T3, both rules firing, both
+policies). :class:`MemoryMaps` takes the same packets and the same agent
+calls. Every verdict, every slot (kernel half and agent half), the free
+rings and the counters must be equal. Two sizes: maps larger than the
+trace, and maps smaller than it (free rings exhausted, slots and
+destination slots reused, pairs relinked).
 """
 
 from __future__ import annotations
 
-import ctypes as ct
 import random
 
+import numpy as np
 import pytest
+from conftest import SMALL_SIZES
 from datapath_support import (
+    KernelDriver,
     Packet,
     coverage,
     random_params,
@@ -26,106 +31,234 @@ from datapath_support import (
 
 from xpro_mesh.core.algorithm import (
     DestinationAggregate,
-    LocalRecord,
     Params,
     Verdict,
     destination_aggregate,
 )
-from xpro_mesh.datapath import libbpf, structs
-from xpro_mesh.datapath.backend import PairKey
-from xpro_mesh.datapath.config import Policy, XdpConfig
-from xpro_mesh.datapath.frames import ip_frame
-
-pytestmark = pytest.mark.kernel
+from xpro_mesh.datapath.bpf_maps import BpfMaps
+from xpro_mesh.datapath.config import MapSizes, Policy, XdpConfig
+from xpro_mesh.datapath.memory import MemoryMaps
+from xpro_mesh.datapath.structs import from_addr, to_addr
 
 PACKETS = 2500
 SEEDS = (1, 2, 4, 5)
-_VERDICT = {
-    structs.XPRO_VERDICT_PASS: Verdict.PASS,
-    structs.XPRO_VERDICT_DROP_PAIR: Verdict.DROP_PAIR,
-    structs.XPRO_VERDICT_DROP_DEST: Verdict.DROP_DEST,
-}
+SMALL = MapSizes(*SMALL_SIZES)  # xdp_small_program's
+LARGE = MapSizes(pairs_max=1 << 16, dests_max=1 << 12)  # the session program's
 
 
-class KernelDriver:
-    """Feeds packets to the loaded test program at given cluster times."""
-
-    def __init__(self, prog: object, maps: object) -> None:
-        self.filter_fd = prog.filter_fd  # type: ignore[attr-defined]
-        self.clock_fd = maps.map_fd("clock")  # type: ignore[attr-defined]
-        self._zero = ct.c_uint32(0)
-        self._clock = structs.XproClock()
-        self._frames: dict[tuple[str, str], bytes] = {}
-
-    def feed(self, pk: Packet) -> Verdict:
-        self._clock.offset = 0
-        self._clock.test_now = pk.now
-        self._clock.test_verdict = 99
-        libbpf.map_update_elem(self.clock_fd, self._zero, self._clock)
-        frame = self._frames.get((pk.src, pk.dst))
-        if frame is None:
-            frame = self._frames[(pk.src, pk.dst)] = ip_frame(pk.src, pk.dst)
-        run = libbpf.prog_test_run(self.filter_fd, frame)
-        libbpf.map_lookup_elem(self.clock_fd, self._zero, self._clock)
-        verdict = _VERDICT[self._clock.test_verdict]
-        assert run.retval == (
-            1 if verdict is Verdict.DROP_PAIR or verdict is Verdict.DROP_DEST else 2
-        )  # XDP_DROP / XDP_PASS
-        return verdict
+def _config(p: Params, policy: Policy) -> XdpConfig:
+    return XdpConfig.from_params(p, policy=policy, warn_interval=10**6, warn_per_cpu=1000)
 
 
-def _configure(maps: object, p: Params, policy: Policy) -> None:
-    maps.set_config(  # type: ignore[attr-defined]
-        XdpConfig.from_params(p, policy=policy, warn_interval=10**6, warn_per_cpu=1000)
+def _diff(name: str, a: np.ndarray, b: np.ndarray) -> str:
+    bad = np.flatnonzero(a != b)
+    if bad.size == 0:
+        return ""
+    i = int(bad[0])
+    fields = [f for f in a.dtype.names or () if a[f][i] != b[f][i]]
+    return (
+        f"{name}[{i}] differs in {fields}: kernel "
+        f"{[a[f][i] for f in fields]}, twin {[b[f][i] for f in fields]}"
     )
 
 
+def assert_same_state(kernel: BpfMaps, twin: MemoryMaps, where: str) -> None:
+    """Every slot (both halves), the rings and the counters are equal."""
+    hp, hd = twin.pairs_high_water(), twin.dests_high_water()
+    assert (kernel.pairs_high_water(), kernel.dests_high_water()) == (hp, hd), where
+    problems = [
+        _diff("pair_slots", kernel.pair_slots[:hp], twin.pair_slots[:hp]),
+        _diff("dest_slots", kernel.dest_slots[:hd], twin.dest_slots[:hd]),
+    ]
+    problems = [p for p in problems if p]
+    assert not problems, f"{where}: " + "; ".join(problems)
+    for k_ring, t_ring in zip(kernel._rings, twin._rings, strict=True):
+        assert np.array_equal(k_ring, t_ring), where
+    assert kernel._ctl.tobytes() == twin._ctl.tobytes(), where
+    assert kernel.read_stats() == twin.read_stats(), where
+    assert kernel.ring_status() == twin.ring_status(), where
+
+
+class Agent:
+    """Random agent calls, the same on both backends: views (valid, stale,
+    huge), view clears, expiries of idle pairs and of destinations."""
+
+    def __init__(self, rng: random.Random, p: Params) -> None:
+        self.rng = rng
+        self.p = p
+        self.expired = 0
+
+    def cycle(self, kernel: BpfMaps, twin: MemoryMaps, now: int) -> None:
+        rng, p = self.rng, self.p
+        k_pairs, t_pairs = kernel.read_pairs(), twin.read_pairs()
+        assert np.array_equal(k_pairs.slots, t_pairs.slots)
+        assert k_pairs.rows.tobytes() == t_pairs.rows.tobytes()
+        keys = kernel.pair_keys(k_pairs.slots).tobytes()
+        assert keys == twin.pair_keys(t_pairs.slots).tobytes()
+        k_dests, t_dests = kernel.read_dests(), twin.read_dests()
+        assert np.array_equal(k_dests.slots, t_dests.slots)
+        assert k_dests.rows.tobytes() == t_dests.rows.tobytes()
+        assert kernel.poll_events() == twin.poll_events()
+        rows, slots = t_pairs.rows, t_pairs.slots
+        backends = (kernel, twin)
+
+        if len(slots):
+            pick = np.array(sorted(rng.sample(range(len(slots)), rng.randint(0, len(slots)))))
+            if pick.size:
+                sel = rows[pick]
+                gen = sel["gen"].copy()
+                stale = np.array([rng.random() < 0.1 for _ in pick])
+                gen[stale] -= 2
+                c = sel["c"].astype(np.int64)
+                adj = np.array(
+                    [
+                        rng.choice([0, rng.randint(-int(ci), 40), rng.randint(0, 4000), 2**62])
+                        for ci in c
+                    ],
+                    np.int64,
+                )
+                ts1 = np.array(
+                    [rng.choice([int(t), int(t) - rng.randint(0, p.t_t1)]) for t in sel["ts1"]],
+                    np.uint64,
+                )
+                ts2 = np.array(
+                    [rng.choice([int(t), now, now + rng.randint(0, p.t_t2)]) for t in sel["ts2"]],
+                    np.uint64,
+                )
+                for b in backends:
+                    b.write_pair_views(slots[pick], gen, adj, ts1, ts2)
+            if rng.random() < 0.2:
+                clear = slots[: rng.randint(0, len(slots))]
+                for b in backends:
+                    b.clear_pair_views(clear)
+
+        drows, dslots = t_dests.rows, t_dests.slots
+        if len(dslots) and rng.random() < 0.8:
+            n = len(dslots)
+            adj = np.array([rng.randint(-int(c), 3000) for c in drows["c"]], np.int64)
+            nadj = np.array([rng.randint(-int(k), 30) for k in drows["n"]], np.int64)
+            ts1 = np.array(
+                [int(t) - rng.choice([0, rng.randint(0, p.t_t3 * 3)]) for t in drows["ts1"]],
+                np.uint64,
+            )
+            ts2 = np.array([rng.choice([int(t), now]) for t in drows["ts2"]], np.uint64)
+            gen = drows["gen"].copy()
+            if rng.random() < 0.2:
+                gen[rng.randrange(n)] += 2  # a view for a gen that is not there
+            for b in backends:
+                b.write_dest_views(dslots, gen, adj, nadj, ts1, ts2)
+
+        # Expire pairs idle past T_T1 here (a packet would restart them).
+        idle = np.flatnonzero(now - rows["ts2"].astype(np.int64) > p.t_t1)
+        chosen = [i for i in idle.tolist() if rng.random() < 0.6]
+        gens = rows["gen"][chosen].copy()
+        if len(chosen) and rng.random() < 0.2:
+            gens[0] += 2  # the window changed since the read: must be kept
+        got = [b.expire_pairs(slots[chosen], gens) for b in backends]
+        assert got[0] == got[1]
+        self.expired += got[0]
+        if len(dslots) and rng.random() < 0.5:
+            dchosen = [i for i in range(len(dslots)) if rng.random() < 0.5]
+            got = [b.expire_dests(dslots[dchosen], drows["gen"][dchosen]) for b in backends]
+            assert got[0] == got[1]
+
+
+def _run(
+    seed: int, policy: Policy, kernel_maps: BpfMaps, prog: object, sizes: MapSizes
+) -> tuple[Agent, list[Verdict]]:
+    rng = random.Random(seed)
+    p = random_params(rng)
+    trace = random_trace(rng, p, policy, PACKETS)
+    config = _config(p, policy)
+    kernel_maps.set_config(config)
+    twin = MemoryMaps(config, sizes)
+    kernel = KernelDriver(prog, kernel_maps)
+    agent = Agent(rng, p)
+    verdicts = []
+    next_cycle = rng.randint(5, 60)
+    for i, pk in enumerate(trace):
+        got = kernel.feed(pk.src, pk.dst, pk.now)
+        want = twin.feed(pk.src, pk.dst, pk.now)
+        assert got is want, f"packet {i} {pk}: kernel {got}, twin {want} (params {p})"
+        verdicts.append(got)
+        if i == next_cycle:
+            agent.cycle(kernel_maps, twin, pk.now)
+            assert_same_state(kernel_maps, twin, f"after the agent cycle at packet {i}")
+            next_cycle = i + rng.randint(5, 120)
+    assert_same_state(kernel_maps, twin, "at the end")
+    return agent, verdicts
+
+
+@pytest.mark.kernel
 @pytest.mark.parametrize("policy", [Policy.PAPER, Policy.FAIR_SHARE], ids=str)
 @pytest.mark.parametrize("seed", SEEDS)
-def test_kernel_verdicts_and_records_equal_the_model(
-    seed: int, policy: Policy, xdp_test_program: object, kernel_maps: object
+def test_kernel_equals_twin_with_views_expiries_and_recycling(
+    seed: int, policy: Policy, xdp_test_program: object, kernel_maps: BpfMaps
 ) -> None:
+    agent, _verdicts = _run(seed, policy, kernel_maps, xdp_test_program, LARGE)
+    stats = kernel_maps.read_stats()
+    # The run was worth it: both rules, restarts, views used, slots expired.
+    assert stats.drop_pair and stats.drop_dest and stats.passed and stats.resets, stats
+    assert stats.pair_views and stats.dest_views and agent.expired, (stats, agent.expired)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("policy", [Policy.PAPER, Policy.FAIR_SHARE], ids=str)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kernel_equals_twin_when_slots_run_out(
+    seed: int, policy: Policy, xdp_small_program: object, small_kernel_maps: BpfMaps
+) -> None:
+    agent, _verdicts = _run(seed, policy, small_kernel_maps, xdp_small_program, SMALL)
+    stats = small_kernel_maps.read_stats()
+    status = small_kernel_maps.ring_status()
+    # Exhaustion is counted, never a crash; freed slots were taken again.
+    assert stats.pair_full and stats.dest_full, stats
+    assert stats.new_pairs > SMALL.pairs_max and agent.expired, (stats, status)
+
+
+@pytest.mark.parametrize("policy", [Policy.PAPER, Policy.FAIR_SHARE], ids=str)
+@pytest.mark.parametrize("seed", (*SEEDS, 7, 8, 9))
+def test_twin_without_views_is_algorithm_2(seed: int, policy: Policy) -> None:
+    """No agent: the twin's verdicts and windows are the reference model's,
+    and every destination slot holds lines 18-20 over its pairs."""
     rng = random.Random(seed)
     p = random_params(rng)
     trace = random_trace(rng, p, policy, PACKETS)
     expected, table = replay_model(trace, p, policy)
-    _configure(kernel_maps, p, policy)
-    kernel = KernelDriver(xdp_test_program, kernel_maps)
-
-    for i, (pk, want) in enumerate(zip(trace, expected, strict=True)):
-        got = kernel.feed(pk)
-        assert got is want, f"packet {i} {pk}: kernel {got}, model {want} (params {p})"
-
-    pairs = dict(kernel_maps.read_pairs())  # type: ignore[attr-defined]
-    model_pairs = {PairKey.of(s, d): rec for (s, d), rec in table.items()}
-    assert pairs == model_pairs
-
-    dests = dict(kernel_maps.read_destinations())  # type: ignore[attr-defined]
-    model_dests = {
-        PairKey.of(d, d).dst: destination_aggregate(table, d) for d in {d for _s, d in table}
+    twin = MemoryMaps(_config(p, policy))
+    got = [twin.feed(pk.src, pk.dst, pk.now) for pk in trace]
+    assert got == expected
+    read = twin.read_pairs()
+    keys = twin.pair_keys(read.slots)
+    windows = {
+        (str(from_addr(bytes(k["src"]))), str(from_addr(bytes(k["dst"])))): (
+            int(r["ts1"]),
+            int(r["ts2"]),
+            int(r["c"]),
+        )
+        for k, r in zip(keys, read.rows, strict=True)
     }
-    assert dests == model_dests
-
-    # The run was worth it: every rule and the idle restart happened.
+    assert windows == {k: (r.ts1, r.ts2, r.c) for k, r in table.items()}
+    dests = {
+        str(from_addr(bytes(r["dst"]))): DestinationAggregate(
+            int(r["ts1"]), int(r["ts2"]), int(r["c"]), int(r["n"])
+        )
+        for r in twin.read_dests().rows
+    }
+    assert dests == {d: destination_aggregate(table, d) for d in {d for _s, d in table}}
     cov = coverage(expected, table)
-    assert cov["drop_pair"] and cov["drop_dest"] and cov["pass"] and cov["marked"], cov
-    stats = kernel_maps.read_stats()  # type: ignore[attr-defined]
-    assert (stats.passed, stats.drop_pair, stats.drop_dest) == (
-        cov["pass"],
-        cov["drop_pair"],
-        cov["drop_dest"],
-    )
-    assert stats.new_pairs == len(table)
+    assert cov["drop_pair"] and cov["drop_dest"] and cov["marked"], cov
 
 
+@pytest.mark.kernel
 def test_min_ts1_follows_the_next_oldest_pair_when_its_holder_restarts(
-    xdp_test_program: object, kernel_maps: object
+    xdp_test_program: object, kernel_maps: BpfMaps
 ) -> None:
     """The case the ts1 order exists for: three clients of D started at
     t0 < t1 < t2; the oldest goes idle past T_T1 and restarts, so D's
     window must start at t1 (not t0, not the restart time)."""
     p = Params(t_t1=50_000_000, t_t2=10**6, t_t3=10**6, t_t4=10**9, t_f1=10**9, t_f2=10**9, r=2)
-    _configure(kernel_maps, p, Policy.PAPER)
+    kernel_maps.set_config(_config(p, Policy.PAPER))
     kernel = KernelDriver(xdp_test_program, kernel_maps)
     t0 = 1_700_000_000 * 10**9
     d = "192.0.2.1"
@@ -138,10 +271,16 @@ def test_min_ts1_follows_the_next_oldest_pair_when_its_holder_restarts(
         Packet("198.51.100.1", d, t0 + 60_000_001),  # idle 60 ms > T_T1: restarts
     ]
     for pk in trace:
-        kernel.feed(pk)
-    ((_dst, agg),) = kernel_maps.read_destinations()  # type: ignore[attr-defined]
-    assert agg == DestinationAggregate(ts1=t0 + 10_000_000, ts2=t0 + 60_000_001, c=5, clients=3)
-    records = dict(kernel_maps.read_pairs())  # type: ignore[attr-defined]
-    assert records[PairKey.of("198.51.100.1", d)] == LocalRecord(
-        ts1=t0 + 60_000_001, ts2=t0 + 60_000_001, c=1, dc=1, mark=1
+        kernel.feed(pk.src, pk.dst, pk.now)
+    (row,) = kernel_maps.read_dests().rows
+    assert (int(row["ts1"]), int(row["ts2"]), int(row["c"]), int(row["n"])) == (
+        t0 + 10_000_000,
+        t0 + 60_000_001,
+        5,
+        3,
     )
+    slot = kernel_maps.lookup_pair("198.51.100.1", d)
+    assert slot is not None
+    first = kernel_maps.pair_slots[slot]
+    assert (int(first["ts1"]), int(first["c"]), int(first["gen"])) == (t0 + 60_000_001, 1, 4)
+    assert bytes(row["dst"]) == to_addr(d)

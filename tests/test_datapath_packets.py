@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from xpro_mesh.datapath import libbpf
-from xpro_mesh.datapath.backend import DestOp, PairKey, PairOp
+from xpro_mesh.datapath.backend import PairKey
+from xpro_mesh.datapath.bpf_maps import BpfMaps
 from xpro_mesh.datapath.config import Policy, XdpConfig
 from xpro_mesh.datapath.frames import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ethernet, ipv4, ipv6
 
@@ -25,15 +26,18 @@ _ARP = ethernet(ETH_P_ARP, bytes(28))
 _V4 = ipv4("10.0.0.1", "10.0.0.2")
 
 
-def _over_limit_pair() -> tuple[list[PairOp], list[DestOp]]:
-    """10.9.0.1 -> 10.9.0.2 has sent 10^6 packets in the last 10 s."""
-    key = PairKey.of("10.9.0.1", "10.9.0.2")
-    return [PairOp(key, None, 0, 10**6, NOW - 10 * S, NOW - 1)], []
+def _over_limit_pair(maps: BpfMaps, fd: int) -> None:
+    """The agent's view of 10.9.0.1 -> 10.9.0.2: 10^6 packets in the last 10 s."""
+    libbpf.prog_test_run(fd, ipv4("10.9.0.1", "10.9.0.2"))
+    read = maps.read_pairs()
+    maps.write_pair_views(read.slots, read.rows["gen"], [10**6], [NOW - 10 * S], [NOW - 1])
 
 
-def _over_limit_destination() -> tuple[list[PairOp], list[DestOp]]:
-    """10.9.0.4 has received 10^7 packets in 10 s from the mesh."""
-    return [], [DestOp(PairKey.of("10.9.0.4", "10.9.0.4").dst, 10**7, 5, NOW - 10 * S, NOW - 1)]
+def _over_limit_destination(maps: BpfMaps, fd: int) -> None:
+    """The agent's view of 10.9.0.4: 10^7 packets in 10 s from 5 clients."""
+    libbpf.prog_test_run(fd, ipv4("10.9.0.9", "10.9.0.4"))
+    read = maps.read_dests()
+    maps.write_dest_views(read.slots, read.rows["gen"], [10**7], [4], [NOW - 10 * S], [NOW - 1])
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class Case:
     action: int
     counter: str
     key: PairKey | None = None  # the pair the program must have keyed
-    preset: Callable[[], tuple[list[PairOp], list[DestOp]]] | None = None  # map state first
+    preset: Callable[[BpfMaps, int], None] | None = None  # map state first (agent views)
 
 
 CASES = [
@@ -161,8 +165,7 @@ def test_packet_table(case: Case, xdp_test_program: Any, kernel_maps: Any) -> No
     )
     maps.write_clock(offset=0, test_now=NOW)
     if case.preset is not None:
-        pair_ops, dest_ops = case.preset()
-        maps.apply(pair_ops, dest_ops)
+        case.preset(maps, xdp_test_program.filter_fd)
     before = maps.read_stats().as_dict()
     run = libbpf.prog_test_run(xdp_test_program.filter_fd, case.frame)
     after = maps.read_stats()
@@ -172,7 +175,7 @@ def test_packet_table(case: Case, xdp_test_program: Any, kernel_maps: Any) -> No
     assert changed.get(counter) == 1, changed
     assert run.data_out[: len(case.frame)] == case.frame  # the filter never rewrites
     if case.key is not None:
-        assert case.key in dict(maps.read_pairs())
+        assert maps.lookup_pair(case.key.src, case.key.dst) is not None
 
 
 def test_a_destination_over_t_f2_drops_every_client_under_the_paper_policy(
@@ -181,7 +184,7 @@ def test_a_destination_over_t_f2_drops_every_client_under_the_paper_policy(
     maps = kernel_maps
     maps.set_config(XdpConfig(t_f1=100, t_f2=10_000, policy=Policy.PAPER))  # type: ignore[attr-defined]
     maps.write_clock(offset=0, test_now=NOW)  # type: ignore[attr-defined]
-    maps.apply(*_over_limit_destination())  # type: ignore[attr-defined]
+    _over_limit_destination(maps, xdp_test_program.filter_fd)  # type: ignore[arg-type, attr-defined]
     run = libbpf.prog_test_run(xdp_test_program.filter_fd, ipv4("10.9.0.3", "10.9.0.4"))  # type: ignore[attr-defined]
     assert run.retval == XDP_DROP
     assert maps.read_stats().drop_dest == 1  # type: ignore[attr-defined]
@@ -193,4 +196,5 @@ def test_nothing_is_judged_before_a_config_is_written(
     run = libbpf.prog_test_run(xdp_test_program.filter_fd, _V4)  # type: ignore[attr-defined]
     assert run.retval == XDP_PASS
     assert kernel_maps.read_stats().unconfigured == 1  # type: ignore[attr-defined]
-    assert kernel_maps.count_pairs() == 0  # type: ignore[attr-defined]
+    assert kernel_maps.read_pairs().slots.size == 0  # type: ignore[attr-defined]
+    assert kernel_maps.ring_status().pairs_high_water == 0  # type: ignore[attr-defined]

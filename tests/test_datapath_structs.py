@@ -10,11 +10,14 @@ from __future__ import annotations
 import ctypes as ct
 import ipaddress
 import struct
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
-from xpro_mesh.datapath import bpf_maps, libbpf, structs
+from xpro_mesh.datapath import libbpf, structs
 from xpro_mesh.datapath.structs import from_addr, to_addr
 
 
@@ -69,49 +72,37 @@ def test_ctypes_mirrors_match_the_c_header(root: None, tmp_path: Path) -> None:
     assert not mismatches, "\n".join(mismatches)
 
 
-def test_bulk_decoders_cover_whole_structs() -> None:
-    assert structs.PAIR_RECORD.size == ct.sizeof(structs.XproPair)
-    assert structs.DEST_RECORD.size == ct.sizeof(structs.XproDest)
-    assert bpf_maps._OP.size == ct.sizeof(structs.XproOp)
+@pytest.mark.parametrize("cname", list(structs.DTYPE_MIRRORS))
+def test_numpy_dtypes_lay_every_field_where_the_ctypes_mirror_does(cname: str) -> None:
+    """The agent reads the mmapped slot arrays through these dtypes; the
+    ctypes mirrors are checked against the header above, so field by field
+    equality here makes the dtypes true to the C."""
+    dtype, mirror, renames = structs.DTYPE_MIRRORS[cname]
+    assert dtype.itemsize == ct.sizeof(mirror)
+    assert dtype.isalignedstruct
+    flat: dict[str, tuple[int, int]] = {}
+    for fname, ftype, *_ in mirror._fields_:
+        offset = getattr(mirror, fname).offset
+        sub = getattr(ftype, "_fields_", None)
+        if sub is not None and not issubclass(ftype, ct.Union):
+            for sname, stype, *_ in sub:
+                flat[f"{fname}.{sname}"] = (offset + getattr(ftype, sname).offset, ct.sizeof(stype))
+        else:
+            flat[fname] = (offset, ct.sizeof(ftype))
+    names = dtype.names or ()
+    fields: Mapping[str, Any] = dtype.fields or {}
+    assert len(names) == len(flat), (names, list(flat))
+    for name in names:
+        field_dtype, offset = fields[name][:2]
+        assert (offset, field_dtype.itemsize) == flat[renames.get(name, name)], name
 
 
-def test_bulk_pair_decoder_reads_the_fields_ctypes_writes() -> None:
-    rec = structs.XproPair(ts1=1, ts2=2, c=-3, dc=4, warn_ts=5, mark=1, flags=3)
-    assert structs.PAIR_RECORD.unpack(bytes(rec)) == (1, 2, -3, 4, 5, 1, 3)
-    dest = structs.XproDest(ts1=7, ts2=8, c=9, n=10, lock=0, flags=1)
-    assert structs.DEST_RECORD.unpack(bytes(dest)) == (7, 8, 9, 10, 0, 1)
-
-
-def test_op_packer_writes_the_fields_ctypes_reads() -> None:
-    raw = bpf_maps._op_bytes(
-        structs.XPRO_OP_PAIR,
-        structs.XPRO_OP_EXPECT,
-        to_addr("10.0.0.1"),
-        to_addr("::1"),
-        11,
-        12,
-        -13,
-        14,
-        15,
-        16,
-    )
-    op = structs.XproOp.from_buffer_copy(raw)
-    assert (op.kind, op.flags, op.status) == (structs.XPRO_OP_PAIR, structs.XPRO_OP_EXPECT, 0)
-    assert bytes(op.key.src.b) == to_addr("10.0.0.1")
-    assert bytes(op.key.dst.b) == to_addr("::1")
-    assert (op.expect_ts1, op.acked_dc, op.c_delta, op.n_delta, op.ts1, op.ts2) == (
-        11,
-        12,
-        -13,
-        14,
-        15,
-        16,
-    )
-
-
-def test_op_packer_refuses_values_the_kernel_cannot_hold() -> None:
-    with pytest.raises(ValueError, match="64-bit"):
-        bpf_maps._op_bytes(structs.XPRO_OP_PAIR, 0, bytes(16), bytes(16), 0, 0, 2**63, 0, 0, 0)
+def test_slot_dtypes_round_trip_what_ctypes_writes() -> None:
+    slot = structs.XproSlot(gen=2, ts1=3, ts2=4, c=-5, dslot=6, dgen=7, v_gen=2, v_adj=-8)
+    slot.key = structs.pair_key_struct(to_addr("10.0.0.1"), to_addr("::1"))
+    row = np.frombuffer(bytes(slot), structs.PAIR_SLOT_DTYPE)[0]
+    assert (row["gen"], row["c"], row["dslot"], row["dgen"], row["v_adj"]) == (2, -5, 6, 7, -8)
+    assert bytes(row["src"]) == to_addr("10.0.0.1") and bytes(row["dst"]) == to_addr("::1")
 
 
 def test_ipv4_is_keyed_v4_mapped_and_ipv6_as_is() -> None:
@@ -124,15 +115,15 @@ def test_ipv4_is_keyed_v4_mapped_and_ipv6_as_is() -> None:
         to_addr(b"\x01\x02")
 
 
-def test_the_numpy_view_of_a_pair_matches_the_c_struct() -> None:
-    """BpfMaps scans the pair map with numpy (read_active_pairs): its dtype
-    must lay the fields where struct xpro_pair has them."""
-    import ctypes as ct
+def test_view_writes_address_the_agent_half_by_word() -> None:
+    """The view writers store 64-bit words from v_gen on: the agent half
+    must be v_gen then the view's fields, in that order, to the struct's end."""
+    from xpro_mesh.datapath import slots
 
-    from xpro_mesh.datapath.bpf_maps import _PAIR_DTYPE
-
-    assert _PAIR_DTYPE.itemsize == ct.sizeof(structs.XproPair)
-    layout = _PAIR_DTYPE.fields
-    assert layout is not None
-    for name in ("ts1", "ts2", "c", "dc", "warn_ts", "mark", "flags"):
-        assert layout[name][1] == getattr(structs.XproPair, name).offset, name
+    pair = [f for f, *_ in structs.XproSlot._fields_]
+    assert pair[pair.index("v_gen") :] == ["v_gen", "v_adj", "v_ts1", "v_ts2"]
+    assert structs.XproSlot.v_gen.offset == slots._PAIR_V_GEN * 8
+    dest = [f for f, *_ in structs.XproDslot._fields_]
+    agent_half = ["v_gen", "v_adj", "v_nadj", "v_ts1", "v_ts2", "v_reserved"]
+    assert dest[dest.index("v_gen") :] == agent_half
+    assert structs.XproDslot.v_gen.offset == slots._DEST_V_GEN * 8

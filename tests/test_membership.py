@@ -16,11 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xpro_mesh.mesh.membership import (
     Action,
     Address,
     ForwardAck,
+    ForwardNack,
     IndirectProbe,
     MemberChanged,
     Membership,
@@ -30,8 +33,10 @@ from xpro_mesh.mesh.membership import (
     Probe,
     SyncState,
     Workload,
+    _Suspicion,
     detection_time_bound_ns,
     incarnation_from_wall_clock,
+    remaining_suspicion_ns,
     suspicion_timeout_ns,
 )
 
@@ -109,11 +114,11 @@ def test_suspicion_timeout_is_mult_log10_n_probe_intervals_with_a_floor_of_one()
 
 
 def test_detection_bound_for_five_nodes_is_the_documented_number() -> None:
-    assert detection_time_bound_ns(LAN, 5, 500 * MS, 3) == 13_500 * MS
+    assert detection_time_bound_ns(LAN, 5, 500 * MS, 3) == 15_000 * MS
     local = MembershipParams(
         probe_interval_ns=200 * MS, probe_timeout_ns=100 * MS, suspicion_mult=3
     )
-    assert detection_time_bound_ns(local, 5, 100 * MS, 3) == 2_500 * MS
+    assert detection_time_bound_ns(local, 5, 100 * MS, 3) == 2_800 * MS
 
 
 def test_incarnation_from_a_later_wall_clock_is_higher() -> None:
@@ -275,9 +280,101 @@ def test_unanswered_probe_asks_helpers_then_suspects_then_declares_dead() -> Non
         if isinstance(x, IndirectProbe)
     )
     assert (probe.node_id, ALIVE, SUSPECT) in changes(a.tick(2 * S))
-    deadline = 2 * S + a.suspicion_timeout_ns()
+    # Lifeguard: with nobody confirming, the suspicion runs its longest.
+    deadline = 2 * S + LAN.suspicion_max_mult * a.suspicion_timeout_ns()
     assert (probe.node_id, SUSPECT, DEAD) not in changes(a.tick(deadline - 1))
     assert (probe.node_id, SUSPECT, DEAD) in changes(a.tick(deadline))
+
+
+def suspected_by_a(a: Membership) -> tuple[str, int]:
+    """Let a's first probe fail (no acks, no nacks); its target and when."""
+    probe = next(x for x in a.tick(S) if isinstance(x, Probe))
+    a.tick(S + LAN.probe_timeout_ns)
+    assert (probe.node_id, ALIVE, SUSPECT) in changes(a.tick(2 * S))
+    return probe.node_id, 2 * S
+
+
+def test_independent_confirmations_shrink_the_suspicion_to_its_minimum() -> None:
+    a = three_peers()  # a, b, c, d: k = suspicion_mult - 2 = 2 confirmations wanted
+    target, since = suspected_by_a(a)
+    low = a.suspicion_timeout_ns()
+    high = LAN.suspicion_max_mult * low
+    others = [m for m in ("b", "c", "d") if m != target]
+    suspect = MemberUpdate(target, addr(9), 1, SUSPECT, source=others[0])
+    a.on_update([suspect, suspect], since + 1)  # the same suspector counts once
+    assert a.stats.confirmations == 1
+    one = remaining_suspicion_ns(1, 2, low, high)
+    assert low < one < high
+    assert changes(a.tick(since + one - 1)) == []
+    a.on_update([replace(suspect, source=others[1])], since + 2)
+    assert a.stats.confirmations == 2
+    assert (target, SUSPECT, DEAD) in changes(a.tick(since + low))
+
+
+def test_suspicion_timeout_follows_lifeguards_formula() -> None:
+    low, high = 4 * S, 24 * S
+    assert remaining_suspicion_ns(0, 2, low, high) == high
+    assert remaining_suspicion_ns(2, 2, low, high) == low
+    assert remaining_suspicion_ns(5, 2, low, high) == low
+    assert remaining_suspicion_ns(0, 0, low, high) == low  # none expected: the minimum
+    series = [remaining_suspicion_ns(n, 4, low, high) for n in range(5)]
+    assert series == sorted(series, reverse=True) and series[-1] == low
+
+
+def test_a_small_mesh_expects_no_confirmations_and_waits_the_minimum() -> None:
+    a = node("a", 1)
+    a.on_update([alive("b", 2), alive("c", 3)], 0)  # N = 3: N - 2 < k = 2
+    target, since = suspected_by_a(a)
+    low = a.suspicion_timeout_ns()
+    assert changes(a.tick(since + low - 1)) == []
+    assert (target, SUSPECT, DEAD) in changes(a.tick(since + low))
+
+
+def test_failed_probes_without_nacks_raise_local_health_and_stretch_the_interval() -> None:
+    a = three_peers()
+    assert a.health == 0 and a.probe_interval_ns() == LAN.probe_interval_ns
+    suspected_by_a(a)
+    # Two helpers asked, neither nacked: two points, the interval triples.
+    assert a.health == 2
+    assert a.probe_interval_ns() == 3 * LAN.probe_interval_ns
+    for _ in range(20):
+        a._health(1)
+    assert a.health == LAN.awareness_max - 1  # capped
+
+
+def test_nacks_from_every_helper_leave_local_health_alone() -> None:
+    a = three_peers()
+    probe = next(x for x in a.tick(S) if isinstance(x, Probe))
+    indirect = [x for x in a.tick(S + LAN.probe_timeout_ns) if isinstance(x, IndirectProbe)]
+    for _ in indirect:
+        a.on_nack(probe.seq, S + 600 * MS)
+    assert a.stats.nacks_received == len(indirect)
+    assert (probe.node_id, ALIVE, SUSPECT) in changes(a.tick(2 * S))
+    assert a.health == 0  # the helpers answered: the target is the problem, not us
+
+
+def test_answered_probes_lower_local_health() -> None:
+    a = three_peers()
+    a._health(3)
+    probe = next(x for x in a.tick(S) if isinstance(x, Probe))
+    a.on_ack(probe.seq, S + MS)
+    assert a.health == 2
+
+
+def test_refuting_a_suspicion_of_ourselves_raises_local_health() -> None:
+    a = three_peers()
+    a.on_update([MemberUpdate("a", addr(1), a.incarnation, SUSPECT, source="b")], S)
+    assert a.stats.refutations == 1 and a.health == 1
+
+
+def test_a_helper_whose_target_stays_silent_sends_a_nack() -> None:
+    h = node("h", 5)
+    h.on_update([alive("a", 1), alive("t", 6)], 0)
+    probes = h.on_ping_request("a", addr(1), 77, "t", addr(6), S)
+    assert len(probes) == 1 and isinstance(probes[0], Probe)
+    nacks = [x for x in h.tick(S + LAN.probe_timeout_ns) if isinstance(x, ForwardNack)]
+    assert nacks == [ForwardNack(77, "a", addr(1))]
+    assert h.stats.nacks_sent == 1
 
 
 def test_ack_forwarded_by_a_helper_saves_the_target() -> None:
@@ -373,6 +470,7 @@ class Cluster:
         self.order = itertools.count()
         self.events: list[tuple[int, str, MemberChanged]] = []
         self.next_gossip = 0
+        self.lag: dict[Address, int] = {}  # an overloaded node reads its socket this late
 
     def addr_of(self, node_id: str) -> Address:
         return addr(self.index.setdefault(node_id, len(self.index) + 1))
@@ -398,7 +496,7 @@ class Cluster:
     def send(self, dst: Address, kind: str, **body: object) -> None:
         if self.rng.random() < self.loss:
             return
-        delay = self.rng.randint(1, 5) * MS
+        delay = self.rng.randint(1, 5) * MS + self.lag.get(dst, 0)
         heapq.heappush(self.net, _Packet(self.now + delay, next(self.order), dst, kind, body))
 
     def perform(self, m: Membership, actions: list[Action]) -> None:
@@ -410,6 +508,8 @@ class Cluster:
                 self.send(action.addr, "sync", src=m.addr, state=m.local_state(), reply=False)
                 continue
             piggyback = [m.self_update(), *m.updates_to_piggyback(8)]
+            if isinstance(action, Probe) and (buddy := m.buddy(action.node_id)) is not None:
+                piggyback.append(buddy)
             if isinstance(action, Probe):
                 self.send(
                     action.addr,
@@ -432,6 +532,8 @@ class Cluster:
                 )
             elif isinstance(action, ForwardAck):
                 self.send(action.addr, "ack", seq=action.seq, updates=piggyback)
+            elif isinstance(action, ForwardNack):
+                self.send(action.addr, "nack", seq=action.seq, updates=piggyback)
 
     def deliver(self, packet: _Packet) -> None:
         receivers = [n for n in self.up if self.nodes[n].addr == packet.dst]
@@ -451,6 +553,8 @@ class Cluster:
             self.send(body["src"], "ack", seq=body["seq"], updates=piggyback)  # type: ignore[arg-type]
         elif packet.kind == "ack":
             actions += m.on_ack(body["seq"], self.now)  # type: ignore[arg-type]
+        elif packet.kind == "nack":
+            actions += m.on_nack(body["seq"], self.now)  # type: ignore[arg-type]
         elif packet.kind == "ping_req":
             actions += m.on_ping_request(
                 body["src_id"],
@@ -647,3 +751,77 @@ def test_dead_node_is_forgotten_after_the_retention_time() -> None:
         )
         is not None
     )
+
+
+# --- Lifeguard: a node slowed by its own load ---------------------------------------
+
+LOCAL = MembershipParams(
+    probe_interval_ns=200 * MS, probe_timeout_ns=100 * MS, suspicion_mult=3, indirect_checks=2
+)
+NO_LIFEGUARD = replace(LOCAL, awareness_max=1, suspicion_max_mult=1)
+
+
+def overloaded_run(params: MembershipParams, seed: int) -> tuple[int, int, int]:
+    """Five nodes; "slow" reads its socket 400 ms late (a flood of datagrams in
+    front of the acks) while its timers run on time, for 30 s. Returns
+    (suspicions raised by slow, deaths of healthy members anywhere, deaths of
+    slow anywhere)."""
+    cluster = Cluster(seed=seed, params=params, gossip_interval_ns=100 * MS)
+    names = ["slow", "b", "c", "d", "e"]
+    for name in names:
+        cluster.start(name, seeds=["b"] if name != "b" else [])
+    assert cluster.run_until(lambda: cluster.live_view_is(set(names)), 20 * S) is not None
+    start = len(cluster.events)
+    before = cluster.nodes["slow"].stats.suspicions_raised
+    cluster.lag[cluster.nodes["slow"].addr] = 400 * MS
+    cluster.run(30 * S)
+    raised = cluster.nodes["slow"].stats.suspicions_raised - before
+    dead = [e.node_id for _, _, e in cluster.events[start:] if e.current is DEAD]
+    return raised, sum(1 for n in dead if n != "slow"), dead.count("slow")
+
+
+def test_an_overloaded_node_stops_accusing_its_healthy_peers() -> None:
+    with_lifeguard = [overloaded_run(LOCAL, seed) for seed in range(5)]
+    without = [overloaded_run(NO_LIFEGUARD, seed) for seed in range(5)]
+    # Local health stretches the slow node's probe interval past its own lag,
+    # and its lone suspicions (nobody confirms them) last long enough to be
+    # refuted: no healthy member dies, and the slow node hardly accuses anyone.
+    assert all(healthy == 0 for _, healthy, _ in with_lifeguard), with_lifeguard
+    assert all(raised <= 8 for raised, _, _ in with_lifeguard), with_lifeguard
+    # The same load without local health and confirmations: the slow node
+    # accuses its peers all along, and some healthy members die of it.
+    assert sum(r for r, _, _ in without) >= 10 * sum(r for r, _, _ in with_lifeguard)
+    assert sum(healthy for _, healthy, _ in without) > 0
+    # (The slow node itself, answering two probe intervals late, is found
+    # unresponsive by every prober independently: their confirmations make
+    # its suspicion short, Lifeguard or not. Keeping the loop responsive is
+    # the stream's and the worker thread's job, not the detector's.)
+
+
+def test_a_ping_to_a_suspect_carries_the_suspicion_buddy_system() -> None:
+    a = three_peers()
+    target, _since = suspected_by_a(a)
+    buddy = a.buddy(target)
+    assert buddy is not None and buddy.state is SUSPECT and buddy.source == "a"
+    assert a.buddy("c" if target != "c" else "b") is None  # alive: nothing to carry
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 5),
+    st.lists(st.sampled_from(["b", "c", "d", "e", "f", "g", "a"]), max_size=12),
+)
+def test_confirmations_only_ever_shorten_a_suspicion_within_its_bounds(
+    k: int, sources: list[str]
+) -> None:
+    low, high = 4 * S, 24 * S
+    suspicion = _Suspicion(0, k, low, high, {"a"}, high if k >= 1 else low)
+    deadlines = [suspicion.deadline_ns]
+    for source in sources:
+        suspicion.confirm(source)
+        deadlines.append(suspicion.deadline_ns)
+    assert all(later <= earlier for earlier, later in itertools.pairwise(deadlines))
+    assert all(low <= d <= high for d in deadlines)
+    assert len(suspicion.confirmations) - 1 <= k  # the first suspector is not a confirmation
+    if len(set(sources) - {"a"}) >= k:
+        assert suspicion.deadline_ns == low  # k independent confirmations: the minimum

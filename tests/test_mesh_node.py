@@ -13,6 +13,8 @@ from xpro_mesh.core.gossip_state import GossipState, LocalCount, MergeLimits
 from xpro_mesh.mesh import auth
 from xpro_mesh.mesh.membership import Membership, MemberState
 from xpro_mesh.mesh.node import MeshNode, NodeTiming
+from xpro_mesh.mesh.state import GossipStateAdapter
+from xpro_mesh.mesh.stream import MemoryStreams
 from xpro_mesh.mesh.transport import MemoryNetwork
 
 S = 10**9
@@ -25,26 +27,45 @@ def client(i: int) -> bytes:
     return b"\x00" * 10 + b"\xff\xff" + bytes([10, 10, 100, i])
 
 
+def table(node: MeshNode) -> GossipState:
+    """The scalar table behind a node's adapter."""
+    assert isinstance(node.state, GossipStateAdapter)
+    return node.state.state
+
+
 def make_node(
-    net: MemoryNetwork, name: str, port: int, keyring: auth.Keyring = KEYRING
+    net: MemoryNetwork,
+    name: str,
+    port: int,
+    keyring: auth.Keyring = KEYRING,
+    streams: MemoryStreams | None = None,
+    max_message_bytes: int | None = None,
 ) -> MeshNode:
     cfg = local_gossip()
     addr = ("10.20.0.1", port)
     now = time.monotonic_ns()
     membership = Membership(
-        name, addr, incarnation=int(time.time() * 1000), now_ns=now,
-        rng=random.Random(port), params=cfg.membership_params(),
+        name,
+        addr,
+        incarnation=int(time.time() * 1000),
+        now_ns=now,
+        rng=random.Random(port),
+        params=cfg.membership_params(),
     )
     node = MeshNode(
-        state=GossipState(name, incarnation=membership.incarnation, params=P),
+        state=GossipStateAdapter(GossipState(name, incarnation=membership.incarnation, params=P)),
         membership=membership,
         keyring=keyring,
-        timing=NodeTiming(interval_ns=cfg.interval_ns, fanout=cfg.fanout,
-                          max_message_bytes=cfg.max_message_bytes),
+        timing=NodeTiming(
+            interval_ns=cfg.interval_ns,
+            fanout=cfg.fanout,
+            max_message_bytes=max_message_bytes or cfg.max_message_bytes,
+        ),
         limits=MergeLimits(),
         rng=random.Random(port + 1),
     )
-    node.attach(net.attach(addr, node.receive))
+    stream = streams.attach(addr, node.receive_frame) if streams is not None else None
+    node.attach(net.attach(addr, node.receive), stream)
     return node
 
 
@@ -69,10 +90,10 @@ async def test_five_nodes_join_from_one_seed_and_agree_on_exact_counts() -> None
         await run_until(lambda: all(n.membership.num_live() == 5 for n in nodes), 10)
         now = time.time_ns()
         for i, n in enumerate(nodes):
-            n.state.record_local((client(7), VICTIM), LocalCount(now, now + i, dc=10 + i, mark=0))
+            table(n).record_local((client(7), VICTIM), LocalCount(now, now + i, dc=10 + i, mark=0))
         await run_until(
             lambda: all(
-                (v := n.state.pair_view((client(7), VICTIM))) is not None and v.c == 60
+                (v := table(n).pair_view((client(7), VICTIM))) is not None and v.c == 60
                 for n in nodes
             ),
             10,
@@ -117,3 +138,42 @@ async def test_messages_under_another_cluster_key_are_rejected_and_counted() -> 
     await asyncio.sleep(0.05)
     assert a.counters.rejected["unknown_key"] >= 1
     assert a.membership.member("x") is None
+
+
+def bot(i: int) -> bytes:
+    return b"\x00" * 10 + b"\xff\xff" + bytes([44, 1]) + i.to_bytes(2, "big")
+
+
+async def test_a_large_delta_travels_on_the_stream_in_a_few_frames() -> None:
+    net = MemoryNetwork(rng=random.Random(4))
+    streams = MemoryStreams()
+    a = make_node(net, "s0", 7300, streams=streams, max_message_bytes=1_400)
+    b = make_node(net, "s1", 7301, streams=streams, max_message_bytes=1_400)
+    now = time.time_ns()
+    for i in range(3_000):
+        table(a).record_local((bot(i), VICTIM), LocalCount(now, now + i, dc=1 + i % 3, mark=0))
+    stop = asyncio.Event()
+    b.join([("10.20.0.1", 7300)])
+    tasks = [asyncio.create_task(n.run(stop)) for n in (a, b)]
+    try:
+        await run_until(lambda: len(table(b).pair_views()) == 3_000, 10)
+        assert table(b).pair_view((bot(2_999), VICTIM)) == table(a).pair_view((bot(2_999), VICTIM))
+        assert a.counters.streams_sent >= 1
+        assert a.counters.sent["delta"] < 10  # frames, not hundreds of datagrams
+        assert b.counters.rows_accepted == 3_000
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_stream_frames_under_another_key_or_replayed_are_refused() -> None:
+    net = MemoryNetwork(rng=random.Random(5))
+    streams = MemoryStreams()
+    a = make_node(net, "r0", 7400, streams=streams)
+    datagram = auth.seal(KEYRING, "x", 1, 0, time.time_ns(), b"payload")
+    a.receive_frame(datagram, ("10.20.0.1", 9))  # a datagram's magic on the stream
+    assert a.counters.rejected["bad_magic"] == 1
+    frame = auth.seal(KEYRING, "x", 1, 0, time.time_ns(), b"\xc1", magic=auth.STREAM_MAGIC)
+    a.receive_frame(frame, ("10.20.0.1", 9))
+    a.receive_frame(frame, ("10.20.0.1", 9))
+    assert a.counters.rejected["malformed"] == 1 and a.counters.rejected["replay"] == 1

@@ -63,6 +63,7 @@ from xpro_mesh import units
 from xpro_mesh.core.dispersion import DispersionParams
 from xpro_mesh.core.params import Params, Policy, operational_problems
 from xpro_mesh.mesh.membership import MembershipParams, detection_time_bound_ns
+from xpro_mesh.mesh.stream import StreamLimits
 from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, Address
 from xpro_mesh.units import ConfigError
 
@@ -94,6 +95,7 @@ US = 1_000
 MS = 1_000_000
 S = 1_000_000_000
 MIN_MESSAGE_BYTES = 512  # room for the envelope (<= 323 bytes) and a useful payload
+MIN_FRAME_BYTES = 64 * 1024  # a stream frame smaller than a datagram would defeat it
 
 
 class Backend(enum.StrEnum):
@@ -332,6 +334,11 @@ class GossipConfig:
     max_message_bytes: int = field(metadata=_parse(_size))
     replay_window_ns: int = field(metadata=_parse(parse_duration))
     dead_retention_ns: int = field(metadata=_parse(parse_duration))
+    stream_after: int = field(metadata=_parse(_count))
+    stream_frame_bytes: int = field(metadata=_parse(_size))
+    stream_max_bytes: int = field(metadata=_parse(_size))
+    stream_connections: int = field(metadata=_parse(_count))
+    stream_timeout_ns: int = field(metadata=_parse(parse_duration))
 
     def __post_init__(self) -> None:
         for name in (
@@ -341,9 +348,10 @@ class GossipConfig:
             "probe_timeout_ns",
             "replay_window_ns",
             "dead_retention_ns",
+            "stream_timeout_ns",
         ):
             _require(getattr(self, name) > 0, f"gossip.{_key(name)}", "must be longer than 0s")
-        for name in ("fanout", "suspicion_mult", "retransmit_mult"):
+        for name in ("fanout", "suspicion_mult", "retransmit_mult", "stream_connections"):
             _require(getattr(self, name) >= 1, f"gossip.{name}", "must be at least 1")
         _require(
             self.probe_timeout_ns < self.probe_interval_ns,
@@ -357,6 +365,23 @@ class GossipConfig:
             "gossip.max_message_bytes",
             f"must be {MIN_MESSAGE_BYTES}..{UDP_MAX_PAYLOAD} bytes (one UDP datagram), "
             f"got {self.max_message_bytes}",
+        )
+        _require(
+            MIN_FRAME_BYTES <= self.stream_frame_bytes <= self.stream_max_bytes,
+            "gossip.stream_frame_bytes",
+            f"must be {MIN_FRAME_BYTES} bytes..gossip.stream_max_bytes "
+            f"({self.stream_max_bytes}), got {self.stream_frame_bytes}",
+        )
+
+    def stream_limits(self) -> StreamLimits:
+        """Bounds of the push-pull stream (:mod:`xpro_mesh.mesh.stream`)."""
+        timeout = self.stream_timeout_ns / 1e9
+        return StreamLimits(
+            max_frame_bytes=self.stream_frame_bytes,
+            max_stream_bytes=self.stream_max_bytes,
+            max_streams=self.stream_connections,
+            connect_timeout_s=timeout,
+            io_timeout_s=timeout,
         )
 
     def membership_params(self) -> MembershipParams:
@@ -402,6 +427,16 @@ def lan_gossip() -> GossipConfig:
         replay_window_ns=30 * S,
         # remember the dead: refutes stale rumours, holds a little memory
         dead_retention_ns=30 * S,
+        # a delta needing more datagrams goes on the TCP stream: keeps bulk out of the probes' way
+        stream_after=4,
+        # one stream frame (~300k changed rows): fewer writes, more memory per frame
+        stream_frame_bytes=4 * 1024 * 1024,
+        # one push-pull stream in all (a full table of 1M pairs x 3 origins fits)
+        stream_max_bytes=128 * 1024 * 1024,
+        # inbound streams at once: more peers served together, more memory
+        stream_connections=8,
+        # connect and per-frame read/write: a LAN round trip and a busy peer's lag
+        stream_timeout_ns=5 * S,
     )
 
 
@@ -431,6 +466,16 @@ def local_gossip() -> GossipConfig:
         replay_window_ns=10 * S,
         # restarts in tests come back quickly
         dead_retention_ns=10 * S,
+        # loopback datagrams are large (60 kB): only big deltas need the stream
+        stream_after=4,
+        # as lan
+        stream_frame_bytes=4 * 1024 * 1024,
+        # as lan
+        stream_max_bytes=128 * 1024 * 1024,
+        # every agent of a test on one host
+        stream_connections=8,
+        # loopback is fast; a stalled test agent gets the rest
+        stream_timeout_ns=2 * S,
     )
 
 
@@ -459,6 +504,16 @@ def wan_gossip() -> GossipConfig:
         replay_window_ns=60 * S,
         # slower news: remember the dead longer
         dead_retention_ns=60 * S,
+        # datagrams are small here: move bulk to the stream early
+        stream_after=4,
+        # smaller frames: a lost connection costs less to redo
+        stream_frame_bytes=1024 * 1024,
+        # as lan
+        stream_max_bytes=128 * 1024 * 1024,
+        # fewer sites, fewer peers at once
+        stream_connections=4,
+        # WAN round trips and a congested path
+        stream_timeout_ns=15 * S,
     )
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from xpro_mesh.agent.config import (
     AgentConfig,
     Backend,
@@ -40,7 +42,8 @@ from xpro_mesh.agent.syncer import LocalOnly, Syncer, SyncReport, run_cycle, run
 from xpro_mesh.api.http import ApiServer
 from xpro_mesh.api.view import Feeder, NodeInfo, PairRecord
 from xpro_mesh.core.dispersion import Dispersion, Steering
-from xpro_mesh.core.gossip_state import GossipState, MergeLimits
+from xpro_mesh.core.gossip_state import MergeLimits
+from xpro_mesh.core.table import PairTable
 from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
 from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
@@ -52,6 +55,8 @@ from xpro_mesh.mesh.membership import (
     incarnation_from_wall_clock,
 )
 from xpro_mesh.mesh.node import MeshCounters, MeshNode, NodeTiming
+from xpro_mesh.mesh.state import TableAdapter
+from xpro_mesh.mesh.stream import TcpStreamTransport
 from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, UdpTransport
 
 __all__ = ["Agent", "AgentError", "SyncReport", "open_backend", "xdp_config"]
@@ -62,6 +67,7 @@ T = TypeVar("T")
 EVENT_POLL_S = 0.2  # overload warnings are forwarded at most this late
 CLOCK_SYNC_S = 1.0  # kernel → cluster clock offset refresh
 WEBHOOK_QUEUE = 256  # warnings waiting for the webhook; more are dropped (counted)
+BIND_ATTEMPTS = 10  # bind port 0: free UDP ports tried for one whose number is free for TCP too
 
 
 def xdp_config(thresholds: Thresholds, base: XdpConfig | None = None) -> XdpConfig:
@@ -95,7 +101,7 @@ def open_backend(config: AgentConfig) -> MapBackend:
                 config.iface, config=xdp_config(config.thresholds), pin_root=config.pin_root
             )
             log.info("attached the XDP filter to %s in %s mode", config.iface, result.mode)
-        maps = BpfMaps.open(loader.pin_dir_for(config.pin_root, config.iface))
+        maps = BpfMaps.open(loader.pin_dir_for(config.pin_root, config.iface), recover=True)
         maps.set_config(xdp_config(config.thresholds, maps.get_config()))
         return maps
     except DatapathError as exc:
@@ -138,7 +144,7 @@ class Agent:
         self.started_ns = time.time_ns()
         self.incarnation = incarnation_from_wall_clock(self.started_ns)
         self.thresholds = config.thresholds
-        self.state = GossipState(config.node_id, self.incarnation, config.thresholds.params())
+        self.state = PairTable(config.node_id, self.incarnation, config.thresholds.params())
         self.limits = MergeLimits(
             max_skew_ns=config.max_skew_ns,
             max_rate_pps=config.limits.max_rate,
@@ -152,6 +158,7 @@ class Agent:
         self.syncer: Syncer | None = syncer
         self._tasks: list[asyncio.Task[None]] = []
         self._transport: UdpTransport | None = None
+        self._stream: TcpStreamTransport | None = None
         self._warnings: asyncio.Queue[OverloadWarning] = asyncio.Queue(WEBHOOK_QUEUE)
         self.recent_warnings: list[dict[str, Any]] = []
         self.dispersal = Dispersal(config.dispersion)
@@ -247,6 +254,7 @@ class Agent:
             fanout=g.fanout,
             max_message_bytes=g.max_message_bytes,
             replay_window_ns=g.replay_window_ns,
+            stream_after_datagrams=g.stream_after,
         )
         # The socket comes first (its port may be chosen by the kernel, and
         # the advertised address follows from it); datagrams that arrive
@@ -257,13 +265,34 @@ class Agent:
             if receiver:
                 receiver[0](data, addr)
 
-        try:
-            # The socket takes any datagram; the node refuses (and counts)
-            # those over gossip.max_message_bytes.
-            transport = await UdpTransport.open(cfg.bind, deliver, max_datagram=UDP_MAX_PAYLOAD)
-        except OSError as exc:
-            raise AgentError(f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}") from None
+        frames: list[Callable[[bytes, tuple[str, int]], None]] = []
+        # Push-pull bulk goes on TCP at the gossip port's number (memberlist's
+        # split). With port 0 the kernel picks a free UDP port, whose number
+        # may be taken for TCP: then pick again.
+        for attempt in range(1 if cfg.bind[1] else BIND_ATTEMPTS):
+            try:
+                # The socket takes any datagram; the node refuses (and counts)
+                # those over gossip.max_message_bytes.
+                transport = await UdpTransport.open(cfg.bind, deliver, max_datagram=UDP_MAX_PAYLOAD)
+            except OSError as exc:
+                raise AgentError(
+                    f"bind {cfg.bind[0]}:{cfg.bind[1]}: {exc.strerror or exc}"
+                ) from None
+            try:
+                stream = await TcpStreamTransport.open(
+                    (cfg.bind[0], transport.local_addr[1]),
+                    lambda frame, peer: frames[0](frame, peer) if frames else None,
+                    g.stream_limits(),
+                )
+                break
+            except OSError as exc:
+                transport.close()
+                if cfg.bind[1] or attempt == BIND_ATTEMPTS - 1:
+                    raise AgentError(
+                        f"bind {cfg.bind[0]}:{transport.local_addr[1]} (tcp): {exc.strerror or exc}"
+                    ) from None
         self._transport = transport
+        self._stream = stream
         advertised = cfg.advertised
         host = advertised[0] if advertised else transport.local_addr[0]
         port = advertised[1] if advertised and advertised[1] else transport.local_addr[1]
@@ -282,15 +311,16 @@ class Agent:
             params=g.membership_params(),
         )
         self.node = MeshNode(
-            state=self.state,
+            state=TableAdapter(self.state),
             membership=membership,
             keyring=keyring,
             timing=timing,
             limits=self.limits,
             rng=rng,
         )
-        self.node.attach(transport)
+        self.node.attach(transport, stream)
         receiver.append(self.node.receive)
+        frames.append(self.node.receive_frame)
         seeds = [p for p in cfg.peers if p != membership.addr]
         self.node.join(seeds)
         self._spawn(self.node.run(self.stop), "mesh")
@@ -309,6 +339,8 @@ class Agent:
             await self.api.stop()
         if self._transport is not None:
             self._transport.close()
+        if self._stream is not None:
+            await self._stream.close()
         if self.backend is not None:
             with contextlib.suppress(Exception):
                 self.backend.close()
@@ -359,13 +391,26 @@ class Agent:
         return self.state.num_pairs, len(self.state)
 
     def top_pairs(self, dst: bytes | None, limit: int) -> tuple[list[PairRecord], int]:
-        views: list[PairRecord] = []
-        for (src, d), v in self.state.pair_views().items():
-            assert isinstance(src, bytes) and isinstance(d, bytes)
-            if dst is None or d == dst:
-                views.append(PairRecord(src, d, v.ts1, v.ts2, v.c, v.origins))
-        views.sort(key=lambda r: -r.c)
-        return views[:limit], len(views)
+        table = self.state
+        ids = table.live_ids()
+        if dst is not None:
+            wanted = table.destination_ids(np.array([dst], "S16"))[0]
+            ids = ids[table.destination_of(ids) == wanted] if wanted >= 0 else ids[:0]
+        views = table.pair_views(ids)
+        order = np.argsort(-views.c, kind="stable")[:limit]
+        src, d = table.pair_keys(views.ids[order])
+        top = [
+            PairRecord(
+                bytes(s).ljust(16, b"\0"),
+                bytes(x).ljust(16, b"\0"),
+                int(views.ts1[i]),
+                int(views.ts2[i]),
+                views.exact_c()[i] if views.overflow else int(views.c[i]),
+                int(views.origins[i]),
+            )
+            for s, x, i in zip(src, d, order.tolist(), strict=True)
+        ]
+        return top, len(ids)
 
     def stats(self) -> Stats:
         return self.counters.stats
@@ -406,9 +451,9 @@ class Agent:
             lambda: backend.set_config(xdp_config(thresholds, backend.get_config()))
         )
         params = thresholds.params()
-        self.state.set_params(params)
         if self.syncer is not None:
-            self.syncer.set_params(params)
+            self.syncer.set_params(params)  # the gossip syncer sets the table's
+        self.state.set_params(params)
         self.thresholds = thresholds
         self.config = replace(self.config, thresholds=thresholds)
         self.counters.reloads += 1

@@ -1,56 +1,193 @@
-"""One map-sync cycle, as a pure plan: what the kernel counted → this origin's
-rows → the mesh-wide view → the operations that re-base the kernel's maps.
+"""One map-sync cycle as a plan (data path v2, docs/kernel-agent-contract.md):
+what the kernel counted → this origin's rows → the mesh-wide views → the
+views written into the agent's half of each slot.
 
 Katran's habit: compute *what to change* (here) apart from *changing it*
-(:meth:`~xpro_mesh.datapath.backend.MapBackend.apply`, the one writer). The
-plan never writes records: it sends deltas computed from what it read, so
-packets the kernel counts between the read and the write are kept
-(``dc -= acked_dc``, ``c += merged - c_read``; see the backend docstring).
+(the backend's ``write_*``/``expire_*``, run by the syncer). One writer per
+field: the kernel owns the local window of each slot (``gen``, ``ts1``,
+``ts2``, ``c``), the agent owns the view (``v_*``), so the plan never
+touches a count the kernel keeps, and a packet counted between the read and
+the write is judged with the view at once (``c + v_adj``) and folded into
+this origin's row at the next cycle (``c - c read``).
 
-Per pair read from the kernel (the paper's L_DB record ts1', ts2', c', dc',
-mark') the origin runs Algorithm 1 against its own row
-(:meth:`GossipState.record_local`); the kernel's pair then gets the mesh-wide
-view of the pair (the sum over origins) so Algorithm 2's pair rule sees every
-proxy's packets, and pairs counted only elsewhere are created (Alg. 1 lines
-26-28) so a client that moves to this proxy keeps its rate. Each destination's
-aggregate follows its pairs (lines 18-20 over all proxies; ``n(D)`` feeds
-the fair-share policy). Pairs whose rows all aged out
-are deleted.
+This module is the scalar reference: a loop over slots with
+:class:`~xpro_mesh.core.gossip_state.GossipState`, readable line by line.
+The agent runs the vectorised planner, which a differential test holds to
+this one.
+
+What the planner remembers of a slot between cycles (:class:`SlotMemory`)
+is the ``gen`` and ``c`` it last read. The same ``gen`` is the same window:
+this origin counted ``c - c read`` more packets in it. A new ``gen`` is a new
+window (a new pair in the slot, or Algorithm 2's idle restart: "mark", Alg. 1
+line 5), and every packet in it is new to the rows. A process that starts
+afresh remembers nothing. A kernel window that began by the last packet of
+the row it holds from its earlier life (a pinned map that outlived the
+agent) counted every packet of that row and the ones since: the window is
+taken as the row (:meth:`GossipState.restart_own`), so it is neither lost
+(with no peer to answer) nor counted twice (with peers that hand back the
+earlier life's rows). A window that began later (a kernel that is new since)
+holds none of them: it is synced into the row by Algorithm 1 like a
+restarted window.
+
+The memory is updated together with the rows, during planning, not after
+the writes: a write that fails leaves stale views (the kernel judges by
+them, or locally) that the next cycle rewrites, never a packet folded twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Generator, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from xpro_mesh.core.gossip_state import GossipState, LocalCount, LocalSync, Pair
-from xpro_mesh.datapath.backend import DestOp, PairKey, PairOp, PairRecord
+from xpro_mesh.datapath.backend import DestRead, MapBackend
 
 __all__ = [
-    "PLAN_STEP",
-    "SyncPlan",
-    "dest_ops_for",
-    "plan_destinations",
-    "plan_sync",
-    "plan_sync_steps",
+    "MAX_CATCH_UP",
+    "CyclePlan",
+    "DestViews",
+    "PairViews",
+    "SlotMemory",
+    "SlotRead",
+    "plan_cycle",
+    "read_slots",
 ]
 
-PLAN_STEP = 2_000  # pairs planned between two yields to the event loop (~10-30 ms)
+MAX_CATCH_UP = 64  # halvings replayed at most for one pair in one cycle
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+U32 = npt.NDArray[np.uint32]
+
+
+@dataclass(slots=True)
+class SlotMemory:
+    """Per pair slot, as columns indexed by slot number: the ``gen`` and ``c``
+    the planner last read (``gen`` 0: never read by this process), and the
+    view it last wrote (so a cycle writes only views that moved)."""
+
+    gen: U64
+    c: I64
+    key_gen: U64  # the gen each slot's cached key was gathered for
+    src: npt.NDArray[np.bytes_]  # the cached key of each slot (S16)
+    dst: npt.NDArray[np.bytes_]
+    w_gen: U64
+    w_adj: I64
+    w_ts1: U64
+    w_ts2: U64
+    d_gen: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
+    d_adj: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+    d_nadj: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+    d_ts1: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
+    d_ts2: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
+
+    @classmethod
+    def for_slots(cls, pairs_max: int, dests_max: int) -> SlotMemory:
+        def u(n: int) -> U64:
+            return np.zeros(n, np.uint64)
+
+        def i(n: int) -> I64:
+            return np.zeros(n, np.int64)
+
+        def a(n: int) -> npt.NDArray[np.bytes_]:
+            return np.zeros(n, "S16")
+
+        return cls(
+            u(pairs_max), i(pairs_max), u(pairs_max), a(pairs_max), a(pairs_max),
+            u(pairs_max), i(pairs_max), u(pairs_max), u(pairs_max),
+            u(dests_max), i(dests_max), i(dests_max), u(dests_max), u(dests_max),
+        )  # fmt: skip
+
+    def forget_views(self) -> None:
+        """Make the next cycle write every view (after new thresholds, or when
+        a write may not have happened)."""
+        self.w_gen[:] = 0
+        self.d_gen[:] = 0
 
 
 @dataclass(frozen=True, slots=True)
-class SyncPlan:
-    """The pair operations of one cycle and what they stand for. Deletes go
-    first (the kernel takes deleted pairs out of their destinations), then the
-    pair ops, then :func:`plan_destinations` for the ops that ran."""
+class SlotRead:
+    """Every live pair slot as read for one cycle, column by column: the
+    kernel's window (``gen``, ``ts1``, ``ts2``, ``c``) and the slot's pair."""
 
-    pair_ops: tuple[PairOp, ...]
-    deletes: tuple[PairKey, ...]
-    own_changed: int  # own rows that got a new version (have news to gossip)
-    expired: int  # rows aged out of the state this cycle
+    slots: U32
+    gen: U64
+    ts1: I64
+    ts2: I64
+    c: I64
+    src: npt.NDArray[np.bytes_]
+    dst: npt.NDArray[np.bytes_]
+
+    def __len__(self) -> int:
+        return len(self.slots)
 
 
-MAX_CATCH_UP = 64  # halvings replayed at most for one pair in one cycle
+def read_slots(backend: MapBackend, memory: SlotMemory) -> SlotRead:
+    """Read every live pair slot; keys are gathered only for slots whose gen
+    is new since the keys were last gathered (a slot's key never changes
+    while it lives; a recycled slot has a new gen), the rest come from
+    ``memory``'s cache: a million quiet slots cost no gather."""
+    read = backend.read_pairs()
+    slots = read.slots
+    rows = read.rows
+    gen = rows["gen"].astype(np.uint64)
+    new = np.flatnonzero(memory.key_gen[slots] != gen)
+    if len(new):
+        keys = backend.pair_keys(slots[new])
+        at = slots[new]
+        memory.src[at] = np.ascontiguousarray(keys["src"]).view("S16").reshape(-1)
+        memory.dst[at] = np.ascontiguousarray(keys["dst"]).view("S16").reshape(-1)
+        memory.key_gen[at] = gen[new]
+    return SlotRead(
+        slots=slots,
+        gen=gen,
+        ts1=rows["ts1"].astype(np.int64),
+        ts2=rows["ts2"].astype(np.int64),
+        c=rows["c"].astype(np.int64),
+        src=memory.src[slots],
+        dst=memory.dst[slots],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PairViews:
+    """Arguments of :meth:`MapBackend.write_pair_views`."""
+
+    slots: U32
+    gen: U64
+    adj: I64
+    ts1: U64
+    ts2: U64
+
+
+@dataclass(frozen=True, slots=True)
+class DestViews:
+    """Arguments of :meth:`MapBackend.write_dest_views`."""
+
+    dslots: U32
+    gen: U64
+    adj: I64
+    nadj: I64
+    ts1: U64
+    ts2: U64
+
+
+@dataclass(frozen=True, slots=True)
+class CyclePlan:
+    """What one cycle writes and retires, in the backend's order: pair views,
+    destination views, expired pairs, then expired destinations."""
+
+    pair_views: PairViews
+    dest_views: DestViews
+    expire_slots: U32
+    expire_gens: U64
+    expire_dslots: U32
+    expire_dgens: U64
+    own_changed: int  # own rows that got a new version (news to gossip)
+    expired_rows: int  # rows aged out of the state this cycle
 
 
 def _sync_own(
@@ -64,12 +201,11 @@ def _sync_own(
 
     The paper syncs every interval, and each sync shrinks a window that grew
     past T_T4 once (lines 13-17), so a window never outgrows T_T4 by more than
-    an interval. An agent that was down (a crash, a restart) or whose cycle
-    ran long finds windows many times T_T4 long: left to one halving a cycle,
-    their rows would dilute the destination's rate for several cycles
-    (Algorithm 2 line 19 divides the summed counts by the widest window), and
-    the filter could pass an attack it was dropping. Each replayed step is a
-    sync without new packets, as Algorithm 1 defines it: the pair's rate is
+    an interval. An agent that was down, or whose cycle ran long, finds
+    windows many times T_T4 long: left to one halving a cycle, their rows
+    would dilute the destination's rate for several cycles (Algorithm 2 line
+    19 divides the summed counts by the widest window). Each replayed step is
+    a sync without new packets, as Algorithm 1 defines it: the pair's rate is
     kept, only the window is brought back within T_T4.
     """
     synced = record_local(pair, counted)
@@ -85,178 +221,151 @@ def _sync_own(
         changed = True
     return changed
 
-def plan_sync(
-    state: GossipState,
-    pairs: Sequence[tuple[PairKey, PairRecord]],
-    now: int,
-    changed: Collection[Pair] | None = None,
-) -> SyncPlan:
-    """Fold the kernel's counts into ``state`` and plan the kernel's re-base
-    (:func:`plan_sync_steps` run to the end)."""
-    steps = plan_sync_steps(state, pairs, now, changed)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            plan: SyncPlan = done.value
-            return plan
 
+def _own_step(
+    state: GossipState, pair: Pair, seen: bool, kts1: int, kts2: int, dc: int, kc: int
+) -> LocalCount | tuple[int, int, int] | None:
+    """What to do with this origin's row of ``pair`` given the kernel's window:
+    a :class:`LocalCount` for Algorithm 1, a window ``(ts1, ts2, c)`` to take
+    as the row (:meth:`GossipState.restart_own`), or None (nothing to do).
 
-def plan_sync_steps(
-    state: GossipState,
-    pairs: Sequence[tuple[PairKey, PairRecord]],
-    now: int,
-    changed: Collection[Pair] | None = None,
-    step: int = PLAN_STEP,
-) -> Generator[None, None, SyncPlan]:
-    """Fold the kernel's counts into ``state`` and plan the kernel's re-base;
-    a generator that yields after every ``step`` pairs and returns the plan.
-
-    The agent runs it on its event loop and lets the mesh run at each yield,
-    so a cycle over a million pairs never stalls probes and gossip for
-    seconds. Rows the mesh merges meanwhile are marked changed in ``state``
-    (:meth:`GossipState.take_changed`): the next cycle plans them again, so
-    an op planned from a view that moved before it was applied is repaired
-    one cycle later, as if the rows had arrived after this cycle.
-
-    ``changed`` None: ``pairs`` is every pair in the kernel, and every pair
-    of the state is planned. Otherwise the cycle is incremental: ``changed``
-    holds the pairs whose views may differ from what the kernel was given
-    (:meth:`GossipState.take_changed`, plus the pairs written last cycle), and
-    ``pairs`` the kernel's records of the pairs with new packets (dc or mark
-    set) and of the changed pairs it holds; a changed pair absent from
-    ``pairs`` is absent from the kernel. Every other kernel pair holds what
-    the agent last wrote and its view has not moved since: the full plan
-    would leave it alone too. Rows aged out by this cycle's expiry are
-    planned in the next one.
-
-    Mutates ``state`` (this origin's rows, expiry); pure otherwise.
+    ``seen``: the slot's window is the one read last cycle, and ``dc`` packets
+    were counted in it since. Otherwise the window is new to this process.
     """
-    p = state.params
-    t_t4 = p.t_t4
-    own_changed = 0
+    own = state.own_entry(pair)
+    if seen:
+        if own is None:
+            # Our row aged out while the slot stayed: the packets since are
+            # a new row starting at the first of them we can place.
+            return LocalCount(ts1=kts2, ts2=kts2, dc=dc, mark=0) if dc > 0 else None
+        if dc > 0:
+            return LocalCount(ts1=min(own.ts1, kts2), ts2=kts2, dc=dc, mark=0)
+        if own.ts2 - own.ts1 > state.params.t_t4:
+            return LocalCount(ts1=own.ts1, ts2=own.ts2, dc=0, mark=0)  # lines 13-17
+        return None
+    if own is not None and (state.wrote(pair) or kts1 > own.ts2):
+        # Algorithm 2 restarted the window (lines 4-7), or the kernel is new
+        # since the row was counted (its window starts after the row's last
+        # packet): mark' = 1, and the kernel's c holds only packets the row
+        # does not.
+        return LocalCount(ts1=kts1, ts2=kts2, dc=kc, mark=1)
+    if own is not None:
+        # The earlier life's row, counted by this kernel's window (which began
+        # by its last packet): the window holds all of it and more.
+        return (kts1, kts2, kc)
+    return LocalCount(ts1=kts1, ts2=kts2, dc=kc, mark=0)  # lines 31-33
+
+
+def plan_cycle(
+    state: GossipState,
+    pairs: SlotRead,
+    dests: DestRead,
+    memory: SlotMemory,
+    now: int,
+) -> CyclePlan:
+    """Fold what the kernel counted into this origin's rows, age rows out,
+    and plan the views (scalar reference; mutates ``state`` and ``memory``).
+
+    Every read slot is synced as the paper syncs every L_DB entry each
+    interval: a slot without new packets can still have its row shrunk past
+    T_T4 (lines 13-17). A slot whose pair has no row left anywhere is retired;
+    so is a destination no row names.
+    """
+    t_t4 = state.params.t_t4
     record_local = state.record_local
-    own_count = state.own_count
-    for n, (key, rec) in enumerate(pairs, 1):
-        if n % step == 0:
-            yield
-        # This origin's own window, not the view the kernel holds
-        # (GossipState.own_count); None: nothing here can change our row.
-        # Skipping those keeps a cycle over a million quiet pairs cheap.
-        counted = own_count((key.src, key.dst), rec)
-        if counted is not None and _sync_own(record_local, (key.src, key.dst), counted, t_t4):
+    own_changed = 0
+    keys: list[Pair] = []
+    for i, slot in enumerate(pairs.slots.tolist()):
+        pair = (bytes(pairs.src[i]).ljust(16, b"\0"), bytes(pairs.dst[i]).ljust(16, b"\0"))
+        keys.append(pair)
+        gen, kts1, kts2, kc = (
+            int(pairs.gen[i]),
+            int(pairs.ts1[i]),
+            int(pairs.ts2[i]),
+            int(pairs.c[i]),
+        )
+        seen = int(memory.gen[slot]) == gen
+        dc = max(0, kc - int(memory.c[slot])) if seen else kc
+        step = _own_step(state, pair, seen, kts1, kts2, dc, kc)
+        memory.gen[slot] = gen
+        memory.c[slot] = kc
+        if isinstance(step, LocalCount):
+            if _sync_own(record_local, pair, step, t_t4):
+                own_changed += 1
+        elif step is not None:
+            ts1, ts2, c = step
+            state.restart_own(pair, ts1, ts2, c)
+            _sync_own(record_local, pair, LocalCount(ts1, ts2, 0, 0), t_t4)
             own_changed += 1
     expired = state.expire(now).dropped
 
-    pair_view = state.pair_view
-    in_kernel: set[Pair] = set()
-    pair_ops: list[PairOp] = []
-    deletes: list[PairKey] = []
-    for n, (key, rec) in enumerate(pairs, 1):
-        if n % step == 0:
-            yield
-        pair = (key.src, key.dst)
-        in_kernel.add(pair)
-        view = pair_view(pair)
+    pv: list[tuple[int, int, int, int, int]] = []
+    gone: list[tuple[int, int]] = []
+    for i, slot in enumerate(pairs.slots.tolist()):
+        gen, kc = int(pairs.gen[i]), int(pairs.c[i])
+        view = state.pair_view(keys[i])
         if view is None:
-            deletes.append(key)
-        elif (
-            rec.dc > 0
-            or rec.mark != 0
-            or rec.c != view.c
-            or rec.ts1 != view.ts1
-            or view.ts2 > rec.ts2
-        ):
-            pair_ops.append(
-                PairOp(
-                    key=key,
-                    expect_ts1=rec.ts1,
-                    acked_dc=rec.dc,
-                    c_delta=view.c - rec.c,
-                    ts1=view.ts1,
-                    ts2=view.ts2,
-                )
-            )
-    candidates = list(state.pairs()) if changed is None else list(changed)
-    for n, remote in enumerate(candidates, 1):
-        if n % step == 0:
-            yield
-        if remote in in_kernel:
+            gone.append((slot, gen))
             continue
-        view = pair_view(remote)
-        if view is None:
-            continue
-        src, dst = remote
-        assert isinstance(src, bytes) and isinstance(dst, bytes)
-        pair_ops.append(
-            PairOp(
-                key=PairKey(src, dst),
-                expect_ts1=None,
-                acked_dc=0,
-                c_delta=view.c,
-                ts1=view.ts1,
-                ts2=view.ts2,
-            )
+        wanted = (gen, view.c - kc, view.ts1, view.ts2)
+        held = (
+            int(memory.w_gen[slot]),
+            int(memory.w_adj[slot]),
+            int(memory.w_ts1[slot]),
+            int(memory.w_ts2[slot]),
         )
+        if wanted != held:
+            memory.w_gen[slot], memory.w_adj[slot], memory.w_ts1[slot], memory.w_ts2[slot] = wanted
+            pv.append((slot, *wanted))
 
-    return SyncPlan(
-        pair_ops=tuple(pair_ops),
-        deletes=tuple(deletes),
+    dv: list[tuple[int, int, int, int, int, int]] = []
+    dgone: list[tuple[int, int]] = []
+    for i, dslot in enumerate(dests.slots.tolist()):
+        drow = dests.rows[i]
+        gen = int(drow["gen"])
+        dview = state.destination_view(bytes(drow["dst"]))
+        if dview is None:
+            dgone.append((dslot, gen))
+            continue
+        wanted_d = (
+            gen,
+            dview.c - int(drow["c"]),
+            dview.clients - int(drow["n"]),
+            dview.ts1,
+            dview.ts2,
+        )
+        held_d = (
+            int(memory.d_gen[dslot]),
+            int(memory.d_adj[dslot]),
+            int(memory.d_nadj[dslot]),
+            int(memory.d_ts1[dslot]),
+            int(memory.d_ts2[dslot]),
+        )
+        if wanted_d != held_d:
+            (
+                memory.d_gen[dslot],
+                memory.d_adj[dslot],
+                memory.d_nadj[dslot],
+                memory.d_ts1[dslot],
+                memory.d_ts2[dslot],
+            ) = wanted_d
+            dv.append((dslot, *wanted_d))
+
+    return CyclePlan(
+        pair_views=PairViews(*_columns(pv, (np.uint32, np.uint64, np.int64, np.uint64, np.uint64))),
+        dest_views=DestViews(
+            *_columns(dv, (np.uint32, np.uint64, np.int64, np.int64, np.uint64, np.uint64))
+        ),
+        expire_slots=np.array([s for s, _ in gone], np.uint32),
+        expire_gens=np.array([g for _, g in gone], np.uint64),
+        expire_dslots=np.array([s for s, _ in dgone], np.uint32),
+        expire_dgens=np.array([g for _, g in dgone], np.uint64),
         own_changed=own_changed,
-        expired=expired,
+        expired_rows=expired,
     )
 
 
-def dest_ops_for(
-    applied: Sequence[PairOp],
-    skipped: Collection[PairKey],
-    windows: Mapping[bytes, tuple[int, int]],
-) -> tuple[DestOp, ...]:
-    """Re-base the destination aggregates by the pair operations that ran.
-
-    The kernel keeps each destination's c equal to the sum of its pairs' c
-    (every packet adds to both; restarts and deletes subtract), so moving a
-    destination by the sum of its applied pair deltas lands it exactly on the
-    mesh view plus whatever arrived since the read: nothing counted between
-    the read and the write is lost. Pairs created by the agent are added to
-    n(D). ``windows`` gives each destination's mesh-wide (ts1, ts2). An LRU
-    eviction breaks the kernel's invariant; that drift is not repaired here.
-    """
-    c_delta: dict[bytes, int] = {}
-    n_delta: dict[bytes, int] = {}
-    for op in applied:
-        if op.key in skipped:
-            continue
-        dst = op.key.dst
-        c_delta[dst] = c_delta.get(dst, 0) + op.c_delta
-        if op.expect_ts1 is None:
-            n_delta[dst] = n_delta.get(dst, 0) + 1
-    ops: list[DestOp] = []
-    for dst, (ts1, ts2) in windows.items():
-        ops.append(DestOp(dst, c_delta.get(dst, 0), n_delta.get(dst, 0), ts1, ts2))
-    return tuple(ops)
-
-
-def plan_destinations(
-    state: GossipState,
-    applied: Sequence[PairOp],
-    skipped: Collection[PairKey],
-    only: Collection[Hashable] | None = None,
-) -> tuple[DestOp, ...]:
-    """:func:`dest_ops_for` with the mesh-wide destination windows of ``state``:
-    of every destination, or (incremental cycles) of those in ``only`` and
-    those of the applied ops."""
-    windows: dict[bytes, tuple[int, int]] = {}
-    if only is None:
-        views = state.destination_views()
-    else:
-        wanted = {*only, *(op.key.dst for op in applied)}
-        views = {}
-        for dst in wanted:
-            view = state.destination_view(dst)
-            if view is not None:
-                views[dst] = view
-    for dst, view in views.items():
-        assert isinstance(dst, bytes)
-        windows[dst] = (view.ts1, view.ts2)
-    return dest_ops_for(applied, skipped, windows)
+def _columns(rows: Sequence[tuple[int, ...]], dtypes: tuple[type, ...]) -> list[np.ndarray]:
+    if not rows:
+        return [np.zeros(0, d) for d in dtypes]
+    return [np.array(col, d) for col, d in zip(zip(*rows, strict=True), dtypes, strict=True)]

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from xpro_mesh.cli.errors import CliError
 from xpro_mesh.core.gossip_state import Delta, Digest
+from xpro_mesh.core.rows import from_delta
 from xpro_mesh.core.simulator import Simulation, SimulationConfig, SimulationResult
 from xpro_mesh.mesh.wire import encode
 
@@ -146,7 +147,7 @@ def _config(args: argparse.Namespace) -> SimulationConfig:
 
 
 def _wire_size(message: Digest | Delta) -> int:
-    return len(encode(message))
+    return len(encode(from_delta(message) if isinstance(message, Delta) else message))
 
 
 def _as_json(result: SimulationResult, elapsed: float) -> dict[str, Any]:

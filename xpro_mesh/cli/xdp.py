@@ -119,23 +119,24 @@ def _open(args: argparse.Namespace, what: str) -> Any:
 
 
 def stats_report(args: argparse.Namespace) -> dict[str, Any]:
-    """What ``xdp stats`` prints: counters, sizes, mode and config."""
+    """What ``xdp stats`` prints: counters, slot usage and free rings, mode
+    and config."""
+    import numpy as np
+
     from xpro_mesh.datapath import loader, structs
 
     with _open(args, "xdp stats") as maps:
         counters = maps.read_stats().as_dict()
-        pairs = maps.count_pairs()
-        dest_flags = maps.read_dest_flags()
+        ring = maps.ring_status()
+        pairs = int(maps.read_pairs().slots.size)
+        dests = maps.read_dests()
         config = maps.get_config().as_dict()
-        pairs_max = maps.pairs_max
+    out_of_order = int(np.count_nonzero(dests.rows["flags"] & structs.XPRO_DEST_DIRTY))
     try:
         st = loader.status(args.iface, pin_root=args.pin_root)
         mode, prog_id = st.mode, st.prog_id
     except DatapathError:
         mode, prog_id = None, 0
-    evictions = (
-        counters["new_pairs"] + counters["apply_created"] - counters["apply_deleted"] - pairs
-    )
     return {
         "iface": args.iface,
         "mode": mode,
@@ -143,12 +144,13 @@ def stats_report(args: argparse.Namespace) -> dict[str, Any]:
         "pin_dir": str(loader.pin_dir_for(args.pin_root, args.iface)),
         **counters,
         "pairs": pairs,
-        "pairs_max": pairs_max,
-        "destinations": len(dest_flags),
-        "destinations_out_of_order": sum(
-            1 for f in dest_flags.values() if f & structs.XPRO_DEST_DIRTY
-        ),
-        "evictions": max(0, evictions),
+        "pairs_max": ring.pairs_max,
+        "pairs_free": ring.pairs_free,
+        "pairs_high_water": ring.pairs_high_water,
+        "destinations": int(dests.slots.size),
+        "destinations_max": ring.dests_max,
+        "destinations_free": ring.dests_free,
+        "destinations_out_of_order": out_of_order,
         "config": config,
     }
 
@@ -168,9 +170,19 @@ def _stats(args: argparse.Namespace) -> int:
         f"  pass {report['pass']}  drop_pair {report['drop_pair']}  drop_dest {report['drop_dest']}"
     )
     print(
-        f"  pairs {report['pairs']}/{report['pairs_max']}  destinations "
-        f"{report['destinations']}  new {report['new_pairs']}  resets {report['resets']}  "
-        f"evictions {report['evictions']}"
+        f"  pairs {report['pairs']}/{report['pairs_max']} (free slots {report['pairs_free']}, "
+        f"high water {report['pairs_high_water']})  destinations "
+        f"{report['destinations']}/{report['destinations_max']} "
+        f"(free {report['destinations_free']})"
+    )
+    print(
+        f"  new pairs {report['new_pairs']}  resets {report['resets']}  "
+        f"no free slot {report['pair_full']}  no free destination slot {report['dest_full']}  "
+        f"insert races {report['insert_races']}"
+    )
+    print(
+        f"  judged with the mesh's view: pairs {report['pair_views']}  "
+        f"destinations {report['dest_views']}"
     )
     print(
         f"  warnings {report['warnings']}  suppressed {report['warnings_suppressed']}  "

@@ -515,6 +515,25 @@ class GossipState:
         self._store(PairEntry(pair, self._node_id, row))
         return LocalSync(pair, row, written_back, changed=True)
 
+    def wrote(self, pair: Pair) -> bool:
+        """Whether this process has written its own row of ``pair`` (a row it
+        holds otherwise came from an earlier life of this node)."""
+        return pair in self._written
+
+    def restart_own(self, pair: Pair, ts1: int, ts2: int, c: int) -> LocalSync:
+        """Make ``(ts1, ts2, c)`` this origin's row of ``pair`` under a new
+        version, whatever the row was: the window the data path counted is
+        the truth about this origin's packets (a restarted agent finds the
+        kernel's window, which already holds every packet the row of its
+        earlier life counted; folding it into that row would count them
+        twice)."""
+        if ts1 < 0 or ts1 > ts2 or c < 0:
+            raise ValueError(f"inconsistent window for {pair!r}: {ts1}..{ts2}, c={c}")
+        self._written.add(pair)
+        row = OriginEntry(ts1, ts2, c, self._next_version())
+        self._store(PairEntry(pair, self._node_id, row))
+        return LocalSync(pair, row, LocalRecord(ts1=ts1, ts2=ts2, c=c, dc=0, mark=0), True)
+
     def _next_version(self) -> Version:
         self._clock = (self._clock[0], self._clock[1] + 1)
         self._watermark[self._node_id] = self._clock

@@ -1,67 +1,89 @@
-"""The map backend: what the agent reads from and writes to the data path.
+"""The map backend (data path v2): what the agent reads from and writes to
+the data path. ``docs/kernel-agent-contract.md`` is the contract; this is
+its Python face.
 
-One interface, :class:`MapBackend`, two implementations:
+One interface, :class:`MapBackend`, two implementations with the same
+numpy arrays underneath:
 
-* :class:`xpro_mesh.datapath.bpf_maps.BpfMaps` — the live BPF maps of an
-  attached program (pinned, opened by fd; bcc is only needed to build them);
-* :class:`xpro_mesh.datapath.memory.MemoryMaps` — pure Python with the same
-  semantics, plus ``feed(src, dst, now)`` to push packets through the
-  reference model, so the agent and the lab run without a kernel.
+* :class:`xpro_mesh.datapath.bpf_maps.BpfMaps` — the live maps of an
+  attached program; the two slot arrays are mmapped
+  (``BPF_F_MMAPABLE``), so a read or a write of a million slots is a
+  memory operation, not a syscall;
+* :class:`xpro_mesh.datapath.memory.MemoryMaps` — the same arrays in plain
+  memory, plus ``feed(src, dst, now)`` running the kernel's packet rule in
+  Python, so the agent, the lab and tests run without a kernel.
 
-Every method may block (syscalls over up to a million entries): the async
-agent calls them in an executor. One writer per backend (one agent per
-interface); reads may run concurrently with packets.
+One writer per field. Every slot has a kernel half (the local window the
+XDP program counts: ``gen``, ``ts1``, ``ts2``, ``c`` ...) and an agent half
+(the mesh's view: ``v_gen``, ``v_adj``, ``v_ts1``, ``v_ts2``; for
+destinations also ``v_nadj``). The agent only ever writes its half, through
+:meth:`MapBackend.write_pair_views` / :meth:`MapBackend.write_dest_views`,
+so no packet counted between its read and its write is lost, and it never
+has to tell its own count apart from a view it wrote.
 
-Write-back without losing packets. Between the agent's ``read_pairs()`` and
-its write-back the kernel keeps counting. Whole-value writes would erase
-those packets, so the agent never writes records: it sends *operations*
-computed from what it read (a pure ``plan(read, merged) -> ops``), and
-``apply`` executes each one atomically in the kernel:
+The agent's cycle, in this order (why: "Reading consistently" in the
+contract)::
 
-=============  ==========================================================
-``PairOp``     skip if the window restarted since the read (``ts1`` is no
-               longer ``expect_ts1``); else ``dc -= acked_dc``,
-               ``c += c_delta``, ``ts1 = ts1``, ``ts2 = max(ts2, ts2)``,
-               ``mark = 0``. ``expect_ts1=None``: the pair was absent when
-               read; it is created as ``(ts1, ts2, c_delta, 0, 0)``, or, if a
-               packet created it since, the deltas are added to it.
-``DestOp``     ``c += c_delta``, ``n += n_delta``, ``ts1 = ts1``,
-               ``ts2 = max(ts2, ts2)``; created when absent.
-=============  ==========================================================
+    pairs = backend.read_pairs()          # 1. pair slots (seqlock-checked copy)
+    dests = backend.read_dests()          # 2. then destination slots
+    ...                                   # Algorithm 1, merge, fold (agent)
+    backend.write_pair_views(...)         # 3. the pairs' views
+    backend.write_dest_views(...)         # 4. the destinations', absolutely
+    backend.expire_pairs(idle, gens)      # 5. once per cycle, also when empty
+    backend.expire_dests(idle, gens)
 
-With ``acked_dc`` = the dc read and ``c_delta`` = merged c − c read, the
-pair ends with ``c = merged + k`` and ``dc = k`` where k is what arrived
-after the read: nothing lost, nothing counted twice (Algorithm 1 lines
-24-25 with the in-flight packets kept). Pair ops do not touch destination
-aggregates; send a ``DestOp`` for each destination the merge changed
-(deltas against what ``read_destinations()`` returned).
+Identity. A slot's ``gen`` is even and >= 2 while the slot holds a live
+window; it changes whenever the window changes identity (a new pair in the
+slot, an idle restart), so ``(slot, gen)`` names one window. A pair the
+agent read with ``gen`` g that reads again with g is the same window: its
+own-origin count grew by ``c - c_read``. A new gen is "mark" (Algorithm 1
+line 5): a new window. Destinations likewise (their gen changes only when
+the slot is given to a new destination).
+
+Blocking: the reads copy up to ~128 MB and the writes scatter into it; the
+async agent calls them in an executor. One writer per backend (one agent
+per interface); the XDP program runs concurrently on every CPU.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from xpro_mesh.core.algorithm import DestinationAggregate, LocalRecord
+import numpy as np
+import numpy.typing as npt
+
 from xpro_mesh.datapath.config import XdpConfig
-from xpro_mesh.datapath.structs import STATS_FIELDS, from_addr, to_addr
+from xpro_mesh.datapath.structs import (
+    DEST_SLOT_DTYPE,
+    PAIR_KEY_DTYPE,
+    PAIR_READ_DTYPE,
+    PAIR_SLOT_DTYPE,
+    STATS_FIELDS,
+    from_addr,
+    to_addr,
+)
 
 __all__ = [
-    "ApplyReport",
-    "DestOp",
+    "DEST_SLOT_DTYPE",
+    "PAIR_KEY_DTYPE",
+    "PAIR_READ_DTYPE",
+    "PAIR_SLOT_DTYPE",
+    "DestRead",
     "MapBackend",
     "OverloadWarning",
+    "PairDeltas",
     "PairKey",
-    "PairOp",
-    "PairRecord",
+    "PairRead",
+    "RingStatus",
     "Stats",
     "address",
+    "pair_deltas",
 ]
 
-PairRecord = LocalRecord
-"""A pair map entry as the agent sees it: ts1, ts2, c, dc, mark (L_DB)."""
+Slots = npt.NDArray[np.uint32]
+"""Slot numbers (``np.uint32``), one per row."""
 
 
 def address(ip: str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
@@ -104,38 +126,107 @@ class PairKey:
 
 
 @dataclass(frozen=True, slots=True)
-class PairOp:
-    """Re-base one pair (see the module docstring for the kernel's steps)."""
+class PairRead:
+    """A consistent copy of every live pair slot's window, taken by
+    :meth:`MapBackend.read_pairs`.
 
-    key: PairKey
-    expect_ts1: int | None  # ts1 as read; None: the pair was absent when read
-    acked_dc: int  # the dc read, now accounted for by the merge
-    c_delta: int  # merged c - c read
-    ts1: int  # merged window start
-    ts2: int  # merged window end (the kernel keeps the later of the two)
+    ``slots[i]`` is the slot number of ``rows[i]``, in slot order; ``rows``
+    has dtype :data:`PAIR_READ_DTYPE`: ``gen``, ``ts1``, ``ts2``, ``c`` (the
+    first 32 bytes of ``struct xpro_slot``: what packets write; copying only
+    them is one pass over memory, ~30 ms at 1M slots here). Each row is
+    consistent: ``gen`` was even and unchanged across the copy. ``c`` may be
+    a few packets behind ``ts2`` (packets land between the field copies); the
+    next read sees them, once. Keys and destination slots of slots not seen
+    before: :meth:`MapBackend.pair_keys`.
+    """
 
-
-@dataclass(frozen=True, slots=True)
-class DestOp:
-    """Re-base one destination aggregate (created when absent)."""
-
-    dst: bytes
-    c_delta: int  # merged sum of c - c read
-    n_delta: int  # merged n(D) - n read
-    ts1: int  # merged earliest start
-    ts2: int  # merged latest end (the kernel keeps the later of the two)
+    slots: Slots
+    rows: np.ndarray
+    high_water: int  # slots [0, high_water) were looked at
+    retried: int = 0  # rows copied again because a packet was (re)initialising them
 
 
 @dataclass(frozen=True, slots=True)
-class ApplyReport:
-    """What ``apply`` did. Skipped pairs keep their kernel state; re-read them
-    and plan again next round."""
+class PairDeltas:
+    """What changed between two reads, per slot of the later one (in its
+    order): ``new_window`` when the slot's window is not the one read
+    before (a new pair, or a restart: Algorithm 1's "mark"), and ``delta``,
+    the packets this proxy counted since the earlier read (the whole ``c``
+    of a new window). Summing ``delta`` over reads counts every packet once,
+    provided reads come faster than T_T1 (a restart needs T_T1 of silence,
+    so no packet of the old window falls between the last read and it)."""
 
-    applied: int = 0
-    created: int = 0
-    restarted: tuple[PairKey, ...] = ()
-    missing: tuple[PairKey, ...] = ()
-    failed: int = 0
+    slots: Slots
+    new_window: npt.NDArray[np.bool_]
+    delta: npt.NDArray[np.int64]
+
+    def changed(self) -> npt.NDArray[np.bool_]:
+        """The rows with something to sync: a new window or new packets."""
+        grew: npt.NDArray[np.bool_] = self.delta != 0
+        return self.new_window | grew
+
+
+def pair_deltas(before: PairRead | None, now: PairRead) -> PairDeltas:
+    """Vectorised over the reads (both in slot order): one gather of the
+    earlier gens and counts by slot number, one comparison."""
+    c_now: npt.NDArray[np.int64] = now.rows["c"]
+    if before is None:
+        return PairDeltas(now.slots, np.ones(now.slots.size, np.bool_), c_now.copy())
+    if np.array_equal(before.slots, now.slots):  # the usual cycle: the same live slots
+        gen_before = before.rows["gen"]
+        c_before = before.rows["c"]
+    else:
+        size = max(before.high_water, now.high_water)
+        gen_dense = np.zeros(size, np.uint64)
+        c_dense = np.zeros(size, np.int64)
+        gen_dense[before.slots] = before.rows["gen"]
+        c_dense[before.slots] = before.rows["c"]
+        gen_before = gen_dense[now.slots]
+        c_before = c_dense[now.slots]
+    same: npt.NDArray[np.bool_] = gen_before == now.rows["gen"]
+    new_window = ~same
+    delta: npt.NDArray[np.int64] = c_now - c_before
+    np.copyto(delta, c_now, where=new_window)
+    return PairDeltas(now.slots, new_window, delta)
+
+
+@dataclass(frozen=True, slots=True)
+class DestRead:
+    """A consistent copy of every live destination slot (dtype
+    :data:`DEST_SLOT_DTYPE`), as :class:`PairRead`. ``c`` and ``n`` are the
+    local aggregate over the pairs linked to the slot; they include pairs
+    the agent has expired (the kernel never subtracts them), which is why
+    destination views are re-based absolutely: ``v_adj = mesh c - c read``.
+    """
+
+    slots: Slots
+    rows: np.ndarray
+    high_water: int
+    retried: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RingStatus:
+    """Slot usage and the free rings (``xpro-mesh xdp stats``)."""
+
+    pairs_max: int
+    pairs_free: int  # on the free ring (kernel can take them)
+    pairs_high_water: int  # slots ever handed out: reads scan [0, high_water)
+    pairs_pending: int  # expired, back on the ring at the next expire_pairs call
+    dests_max: int
+    dests_free: int
+    dests_high_water: int
+    dests_pending: int
+    late_packets: int = 0  # counted into a slot after it was expired (see expire_pairs)
+    recovered: int = 0  # leaked slots put back on the ring when this backend opened
+
+    @property
+    def pairs_in_use(self) -> int:
+        return self.pairs_max - self.pairs_free - self.pairs_pending
+
+    @property
+    def dests_in_use(self) -> int:
+        return self.dests_max - self.dests_free - self.dests_pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +247,11 @@ class Stats:
     pair_full: int = 0
     dest_full: int = 0
     lock_busy: int = 0
-    apply_created: int = 0
-    apply_deleted: int = 0
+    new_dests: int = 0
+    insert_races: int = 0
+    pair_views: int = 0
+    dest_views: int = 0
+    relinks: int = 0
 
     @classmethod
     def from_counters(cls, counters: dict[str, int]) -> Stats:
@@ -174,9 +268,9 @@ class OverloadWarning:
 
     src: bytes
     dst: bytes
-    ts1: int  # the pair's window start
+    ts1: int  # the judged window start
     ts2: int  # the packet that tripped the rule
-    c: int  # the pair's count then
+    c: int  # the judged count then
     suppressed: int  # warnings the emitting CPU suppressed so far (budget)
 
     @property
@@ -191,39 +285,138 @@ class OverloadWarning:
 
 @runtime_checkable
 class MapBackend(Protocol):
-    """The data path as the agent sees it. All calls may block."""
+    """The data path as the agent sees it (v2). All calls may block.
 
-    def read_pairs(self) -> list[tuple[PairKey, PairRecord]]:
-        """Every pair record (a consistent copy per entry, not of the map)."""
+    Array arguments are numpy arrays of equal length (any integer dtype that
+    converts exactly; times and gens as ``np.uint64`` or non-negative
+    ``np.int64``, ``adj`` as ``np.int64``); a length mismatch or a slot out
+    of range raises :class:`ValueError` before anything is written.
+    """
+
+    @property
+    def pairs_max(self) -> int:
+        """Pair slots in the array (fixed when the maps were created)."""
         ...
 
-    def read_active_pairs(self) -> tuple[list[tuple[PairKey, PairRecord]], int]:
-        """The pairs with packets since the last sync (dc or mark set), and how
-        many pairs the map holds: every other pair holds what the agent last
-        wrote, so an incremental sync need not look at it."""
+    @property
+    def dests_max(self) -> int: ...
+
+    @property
+    def pair_slots(self) -> np.ndarray:
+        """The live pair slot array (dtype :data:`PAIR_SLOT_DTYPE`, length
+        ``pairs_max``), shared with the kernel: fields change under the
+        reader. For diagnostics and vectorised peeks; take rows through
+        :meth:`read_pairs` and write only through the ``write_*`` methods.
+        Valid until :meth:`close`."""
         ...
 
-    def lookup_pairs(self, keys: Sequence[PairKey]) -> list[tuple[PairKey, PairRecord]]:
-        """The records of those of ``keys`` that the map holds."""
+    @property
+    def dest_slots(self) -> np.ndarray:
+        """The live destination slot array (:data:`DEST_SLOT_DTYPE`)."""
         ...
 
-    def read_destinations(self) -> list[tuple[bytes, DestinationAggregate]]:
-        """Every destination aggregate: min ts1, max ts2, sum c, n(D)."""
+    def pairs_high_water(self) -> int:
+        """Slots ``[0, n)`` have ever been handed out; no live pair lies
+        beyond (the loader fills the ring in slot order)."""
         ...
 
-    def count_pairs(self) -> int: ...
+    def dests_high_water(self) -> int: ...
 
-    def apply(
-        self, pair_ops: Sequence[PairOp] = (), dest_ops: Sequence[DestOp] = ()
-    ) -> ApplyReport:
-        """Execute the ops atomically per entry, destinations first."""
+    def read_pairs(self) -> PairRead:
+        """Every live pair slot's window, consistently (the seqlock re-read is
+        done vectorised, a chunk of slots at a time: copy gens, copy the
+        words, copy gens again; the rows whose gen moved are copied again, a
+        few rounds; a slot a CPU keeps re-initialising for all rounds, or
+        odd, is left out and shows next cycle).
+        Slots the agent expired are left out. Read pairs before
+        destinations (:meth:`read_dests`)."""
         ...
 
-    def delete_pairs(self, keys: Sequence[PairKey]) -> int:
-        """Remove pairs (aged out) and take them out of their destination
-        (c -= pair c, n -= 1, ts1 from the next oldest pair). Returns how
-        many existed."""
+    def pair_keys(self, slots: npt.ArrayLike) -> np.ndarray:
+        """``src``, ``dst``, ``dslot``, ``dgen`` of those slots (dtype
+        :data:`PAIR_KEY_DTYPE`). They are written before a slot goes live
+        and never change while it lives (a restart keeps them), so a gather
+        for the slots whose gen is new since the last read needs no seqlock.
+        ``dslot`` is ``XPRO_NO_SLOT`` when no destination slot was free."""
         ...
+
+    def read_dests(self) -> DestRead:
+        """Every live destination slot, consistently (as :meth:`read_pairs`).
+        Call it after :meth:`read_pairs`: a packet counted between the two
+        reads is then missing from the destination view for one cycle,
+        never counted twice."""
+        ...
+
+    def write_pair_views(
+        self,
+        slots: npt.ArrayLike,
+        gen: npt.ArrayLike,
+        adj: npt.ArrayLike,
+        ts1: npt.ArrayLike,
+        ts2: npt.ArrayLike,
+    ) -> None:
+        """Write the mesh's view of the windows read as ``(slots, gen)``.
+
+        ``adj = mesh count - c read`` (what the other origins add, after
+        the Algorithm 1 window rules), ``ts1``/``ts2`` the mesh window. The
+        kernel then judges the pair with count ``c + adj`` (every packet
+        since the read included), window ``ts1 .. max(ts2 local, ts2)``,
+        for as long as the slot's gen is ``gen``; a restart or a new pair
+        in the slot makes the view invalid at once (judged locally until
+        the next write). Write order, one vectorised store each over the
+        batch: ``v_gen = 0``, then ``v_adj``, ``v_ts1``, ``v_ts2``, then
+        ``v_gen = gen``; a stop in between leaves views invalid (judged
+        locally), never wrong. Slots must be ones :meth:`read_pairs`
+        returned (their ``gen`` as read)."""
+        ...
+
+    def clear_pair_views(self, slots: npt.ArrayLike) -> None:
+        """``v_gen = 0``: judge those pairs on the local window alone."""
+        ...
+
+    def write_dest_views(
+        self,
+        dslots: npt.ArrayLike,
+        gen: npt.ArrayLike,
+        adj: npt.ArrayLike,
+        nadj: npt.ArrayLike,
+        ts1: npt.ArrayLike,
+        ts2: npt.ArrayLike,
+    ) -> None:
+        """Write destination views, absolutely: ``adj = mesh sum c - c read``,
+        ``nadj = mesh n(D) - n read`` (from :meth:`read_dests`), ``ts1`` /
+        ``ts2`` the mesh's min start and max end. Judged: count ``c + adj``,
+        clients ``n + nadj``, window ``ts1 .. max(ts2 local, ts2)`` while
+        the slot's gen is ``gen``. Same write order as pair views. Because
+        each write replaces the last (no deltas are added), an eviction, an
+        expiry or a missed cycle cannot leave a drift."""
+        ...
+
+    def clear_dest_views(self, dslots: npt.ArrayLike) -> None: ...
+
+    def expire_pairs(self, slots: npt.ArrayLike, gens: npt.ArrayLike) -> int:
+        """Retire idle pairs; call once per cycle, also with nothing to expire.
+
+        First the slots expired by the previous call go back on the free
+        ring (a full cycle has passed: no XDP program still holds them).
+        Then, of ``slots``, those whose gen is still ``gens`` (no packet
+        restarted them since the agent read them) have their keys deleted
+        from ``pair_index`` in one batch, ``v_gen`` cleared, and are queued
+        for the next call. Returns how many were expired. A packet of the
+        same pair after the delete takes a new slot (a new window). A packet
+        that looked the key up just before the delete and counts into the
+        old slot is counted in ``RingStatus.late_packets`` when the slot is
+        recycled (a race of microseconds on a pair idle for a whole
+        cycle)."""
+        ...
+
+    def expire_dests(self, dslots: npt.ArrayLike, gens: npt.ArrayLike) -> int:
+        """As :meth:`expire_pairs` for destinations (``dest_index``). A
+        destination is kept when a live pair slot still names it (expire
+        its pairs first, in this or an earlier cycle)."""
+        ...
+
+    def ring_status(self) -> RingStatus: ...
 
     def get_config(self) -> XdpConfig: ...
 
@@ -243,4 +436,9 @@ class MapBackend(Protocol):
         """Overload warnings since the last poll (waits up to ``timeout_ms``)."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Unmap the arrays and close the maps. Slots expired but not yet
+        recycled stay off the ring; the next agent's backend, opened with
+        ``BpfMaps.open(pin_dir, recover=True)``, finds them (not in the
+        index, not free) and recycles them."""
+        ...

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cache
 
 __all__ = [
+    "BPF_F_MMAPABLE",
     "XDP_FLAGS_DRV_MODE",
     "XDP_FLAGS_SKB_MODE",
     "XDP_FLAGS_UPDATE_IF_NOEXIST",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 BPF_ANY = 0
+BPF_F_MMAPABLE = 1 << 10
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 

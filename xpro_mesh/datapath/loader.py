@@ -1,15 +1,16 @@
 """Build, load, pin, attach and detach the XDP program. The only module that
 imports bcc (lazily: importing this module does not need it).
 
-bcc compiles ``bpf/xpro.c`` and loads its two programs. With a pin
-directory, bcc creates each map pinned there, or reuses the live one already
-pinned, so a restarted loader keeps the state. The programs are pinned
-beside the maps (``prog_filter``, ``prog_apply``) so that
-:meth:`BpfMaps.open` reaches the whole data path without compiling.
-Attach, detach and query go through libbpf (netlink).
+bcc compiles ``bpf/xpro.c`` and loads the filter. With a pin directory,
+bcc creates each map pinned there, or reuses the live one already pinned,
+so a restarted loader keeps the state. Maps made fresh get their free
+rings filled with every slot (a ring whose ``size`` is still 0 is fresh).
+The program is pinned beside the maps (``prog_filter``). Attach, detach and
+query go through libbpf (netlink).
 
-Pin layout: ``<pin_root>/<iface>/{pairs,dests,config,clock,stats,apply_ops,
-events,prog_filter,prog_apply}``; default pin root ``/sys/fs/bpf/xpro``.
+Pin layout: ``<pin_root>/<iface>/{pair_index,pair_slots,dest_index,
+dest_slots,pair_free,dest_free,ring_ctl,spares,config,clock,stats,events,
+prog_filter}``; default pin root ``/sys/fs/bpf/xpro``.
 ``ip netns exec`` remounts /sys, so the lab uses a bpffs mounted outside
 it (``/run/xpro/bpf/<ns>``).
 """
@@ -38,6 +39,7 @@ from xpro_mesh.datapath.errors import (
     NotRootError,
     VerifierError,
 )
+from xpro_mesh.datapath.slots import ring_size_for
 
 __all__ = [
     "BPF_DIR",
@@ -60,7 +62,9 @@ __all__ = [
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 SOURCE = BPF_DIR / "xpro.c"
 DEFAULT_PIN_ROOT = Path("/sys/fs/bpf/xpro")
-PROGRAMS = ("xpro_filter", "xpro_apply")
+PROGRAMS = ("xpro_filter",)
+# Pins of data path v1, removed by detach so an upgrade leaves nothing behind.
+LEGACY_PINS = ("pairs", "dests", "apply_ops", "prog_apply")
 MODES = ("native", "generic", "auto")
 
 
@@ -78,6 +82,8 @@ class BuildOptions:
             f"-I{BPF_DIR}",
             f"-DXPRO_PAIRS_MAX={self.sizes.pairs_max}",
             f"-DXPRO_DESTS_MAX={self.sizes.dests_max}",
+            f"-DXPRO_PAIR_RING={ring_size_for(self.sizes.pairs_max)}",
+            f"-DXPRO_DEST_RING={ring_size_for(self.sizes.dests_max)}",
             "-Wno-unused-function",
         ]
         if self.pin_dir is not None:
@@ -167,18 +173,22 @@ def compile_programs(
 
 
 class LoadedProgram:
-    """Both programs of bpf/xpro.c loaded in this process, with their maps."""
+    """The filter of bpf/xpro.c loaded in this process, with its maps."""
 
     def __init__(self, bpf: Any, prog_fds: dict[str, int]) -> None:
         self._bpf = bpf
         self.prog_fds = dict(prog_fds)
         self.filter_fd = prog_fds["xpro_filter"]
-        self.apply_fd = prog_fds["xpro_apply"]
         self.map_fds = {name: int(bpf[name.encode()].map_fd) for name in MAP_LAYOUT}
+        self.filled_rings = False
+        with self.maps() as maps:
+            if int(maps.ring_ctl_size()) == 0:
+                maps.fill_rings()
+                self.filled_rings = True
 
-    def maps(self) -> BpfMaps:
+    def maps(self, *, recover: bool = False) -> BpfMaps:
         """A backend over these maps (valid while this object is open)."""
-        return BpfMaps(self.map_fds, self.apply_fd, owns_fds=False)
+        return BpfMaps(self.map_fds, owns_fds=False, recover=recover)
 
     def close(self) -> None:
         if self._bpf is not None:
@@ -195,7 +205,7 @@ class LoadedProgram:
 def load(
     options: BuildOptions, *, log_tag: str = "xpro", extra_programs: Sequence[str] = ()
 ) -> LoadedProgram:
-    """Compile bpf/xpro.c and load both programs (maps pinned if asked);
+    """Compile bpf/xpro.c and load the filter (maps pinned if asked);
     ``extra_programs`` (e.g. the bench baselines) are loaded too."""
     bpf, fds = compile_programs(
         SOURCE, options.cflags(), (*PROGRAMS, *extra_programs), log_tag=log_tag
@@ -263,9 +273,9 @@ def _private_mount_namespace() -> bool:
         return False
 
 
-def _pinned_pairs_max(pin_dir: Path) -> int | None:
-    """The live pair map's size when pinned (and check every pinned layout)."""
-    pairs_max = None
+def _pinned_sizes(pin_dir: Path) -> MapSizes | None:
+    """The live slot arrays' sizes when pinned (and check every pinned layout)."""
+    found: dict[str, int] = {}
     for name, (key_size, value_size) in MAP_LAYOUT.items():
         path = pin_dir / name
         if name == "events" or not path.exists():
@@ -281,9 +291,10 @@ def _pinned_pairs_max(pin_dir: Path) -> int | None:
                 f"{info.value_size}, expected {key_size}/{value_size}); run `xpro-mesh xdp "
                 f"detach` first"
             )
-        if name == "pairs":
-            pairs_max = info.max_entries
-    return pairs_max
+        found[name] = info.max_entries
+    if "pair_slots" not in found or "dest_slots" not in found:
+        return None
+    return MapSizes(pairs_max=found["pair_slots"], dests_max=found["dest_slots"])
 
 
 def _ifindex(iface: str) -> int:
@@ -367,11 +378,14 @@ def attach(
         notes.append(note)
     pin_dir.mkdir(parents=True, exist_ok=True)
     try:
-        live_pairs = _pinned_pairs_max(pin_dir)
+        live = _pinned_sizes(pin_dir)
         sizes = sizes or MapSizes()
-        if live_pairs is not None and live_pairs != sizes.pairs_max:
-            notes.append(f"keeping the live pair map of {live_pairs} entries")
-            sizes = MapSizes(pairs_max=live_pairs, dests_max=sizes.dests_max)
+        if live is not None and live != sizes:
+            notes.append(
+                f"keeping the live maps of {live.pairs_max} pair and {live.dests_max} "
+                "destination slots"
+            )
+            sizes = live
         prog = load(BuildOptions(pin_dir=pin_dir, sizes=sizes), log_tag=f"xpro-{iface}")
     except BaseException:
         for d in reversed(made):  # leave no empty directories behind
@@ -385,7 +399,7 @@ def attach(
         maps.sync_clock()
         live_config = maps.get_config()
         notes += _clock_notes(live_config)
-        for pin_name, fd in zip(PROG_PINS, (prog.filter_fd, prog.apply_fd), strict=True):
+        for pin_name, fd in zip(PROG_PINS, (prog.filter_fd,), strict=True):
             path = pin_dir / pin_name
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -394,9 +408,7 @@ def attach(
         prog_id = libbpf.prog_id(prog.filter_fd)
     finally:
         prog.close()
-    return AttachResult(
-        iface, used, prog_id, pin_dir, live_pairs is not None, live_config, tuple(notes)
-    )
+    return AttachResult(iface, used, prog_id, pin_dir, live is not None, live_config, tuple(notes))
 
 
 def _attach_fd(ifindex: int, iface: str, fd: int, mode: str) -> str:
@@ -440,7 +452,7 @@ def detach(iface: str, *, pin_root: Path = DEFAULT_PIN_ROOT) -> DetachResult:
             detached.append("generic")
     pin_dir = pin_dir_for(pin_root, iface)
     removed = 0
-    for name in (*MAP_LAYOUT, *PROG_PINS):
+    for name in (*MAP_LAYOUT, *PROG_PINS, *LEGACY_PINS):
         try:
             (pin_dir / name).unlink()
             removed += 1
@@ -459,4 +471,4 @@ def status(iface: str, *, pin_root: Path = DEFAULT_PIN_ROOT) -> XdpStatus:
     drv, skb = _attached(ifindex)
     mode = "native" if drv else "generic" if skb else None
     pin_dir = pin_dir_for(pin_root, iface)
-    return XdpStatus(iface, mode, drv or skb, pin_dir, (pin_dir / "pairs").exists())
+    return XdpStatus(iface, mode, drv or skb, pin_dir, (pin_dir / "pair_slots").exists())

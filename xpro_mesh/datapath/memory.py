@@ -1,159 +1,405 @@
-"""MemoryMaps: the map backend in pure Python, with the kernel program's
-semantics, so the agent, the lab and tests run without a kernel.
+"""MemoryMaps: the v2 map backend in plain memory, with the kernel program's
+packet rule in Python, so the agent, the lab and tests run without a kernel.
 
-``feed(src, dst, now)`` is the XDP program's per-packet step: Algorithm 2
-(:func:`xpro_mesh.core.algorithm.filter_packet` for policy ``paper``,
+The slot arrays, free rings and ring positions are the same numpy arrays
+(same dtypes) the BPF backend maps from the kernel; the agent-side calls
+are literally the same code (:class:`~xpro_mesh.datapath.slots.SlotArrays`).
+``feed(src, dst, now)`` is ``bpf/xpro.c``'s ``xpro_judge`` line for line on
+one CPU: the pair's window combined with a valid agent view, slot
+allocation from the ring, the destination's ts1 order by slot numbers, the
+old slot unlinked when reused, relinking when a destination slot was
+recycled, warnings and their limits. Without views it is Algorithm 2
+exactly (:func:`xpro_mesh.core.algorithm.filter_packet` for ``paper``,
 :func:`~xpro_mesh.core.algorithm.filter_packet_fair_share` for
-``fair-share``) over incrementally kept destination aggregates, exactly as
-``bpf/xpro.c`` keeps them, including the per-destination ts1 order and the
-overload-warning limits. Tests prove the three agree: this against the core
-model (pure, property-based), the kernel against the model (differential,
-BPF_PROG_TEST_RUN), and the kernel against this under apply ops.
+``fair-share``): a property test demands it; the differential test demands
+the kernel equal this, slot by slot, with views and expiries interleaved.
 
-One CPU, no eviction, no lock contention: the cases where the kernel is
-not exact (see xpro.c) do not arise here.
+One CPU: the insert race and the spare it leaves happen only when the index
+is full; the lock is never busy.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
 
-from xpro_mesh.core.algorithm import NS_PER_S, DestinationAggregate, LocalRecord, Verdict
-from xpro_mesh.datapath.backend import (
-    ApplyReport,
-    DestOp,
-    OverloadWarning,
-    PairKey,
-    PairOp,
-    PairRecord,
-    Stats,
+import numpy as np
+import numpy.typing as npt
+
+from xpro_mesh.core.algorithm import NS_PER_S, Verdict
+from xpro_mesh.datapath.backend import OverloadWarning, Stats
+from xpro_mesh.datapath.config import MapSizes, Policy, XdpConfig
+from xpro_mesh.datapath.slots import SlotArrays, ring_size_for
+from xpro_mesh.datapath.structs import (
+    DEST_SLOT_DTYPE,
+    PAIR_SLOT_DTYPE,
+    RING_DTYPE,
+    STATS_FIELDS,
+    XPRO_DEST_DIRTY,
+    XPRO_NO_SLOT,
+    XPRO_RING_DESTS,
+    XPRO_RING_PAIRS,
+    XPRO_SLOT_LINKED,
+    to_addr,
 )
-from xpro_mesh.datapath.config import Policy, XdpConfig
-from xpro_mesh.datapath.structs import STATS_FIELDS, to_addr
 
 __all__ = ["MemoryMaps"]
 
 EVENTS_CAPACITY = 4096  # about what the kernel's 256 KiB ring buffer holds
+S64_MAX = 2**63 - 1
+NO = XPRO_NO_SLOT
+_NOT_LINKED = np.uint32(~XPRO_SLOT_LINKED & 0xFFFFFFFF)
 
 
-@dataclass(slots=True)
-class _Pair:
-    ts1: int
-    ts2: int
-    c: int
-    dc: int
-    mark: int = 0
-    warn_ts: int = 0
+def add_sat(a: int, b: int) -> int:
+    """``xpro_add_sat``: a + b saturating at 2^63 - 1 (a >= 0)."""
+    return S64_MAX if b > 0 and a > S64_MAX - b else a + b
 
 
-@dataclass(slots=True)
-class _Dest:
-    ts1: int
-    ts2: int
-    c: int
-    n: int
+def rate_over(c: int, n: int, limit: int, window: int) -> bool:
+    """``xpro_rate_over``: c * 10^9 * n > limit * window, n clamped to 2^32 - 1."""
+    if c <= 0:
+        return False
+    return c * NS_PER_S * min(max(n, 1), 0xFFFFFFFF) > limit * window
 
 
-class MemoryMaps:
+def live_gen32(gen: int) -> int:
+    return ((gen + 1) & ~1) & 0xFFFFFFFF
+
+
+class MemoryMaps(SlotArrays):
     """The :class:`~xpro_mesh.datapath.backend.MapBackend` in memory."""
 
-    def __init__(self, config: XdpConfig | None = None) -> None:
+    def __init__(self, config: XdpConfig | None = None, sizes: MapSizes | None = None) -> None:
+        sizes = sizes or MapSizes()  # as the kernel's defaults; pages are touched lazily
+        super().__init__(
+            np.zeros(sizes.pairs_max, PAIR_SLOT_DTYPE),
+            np.zeros(sizes.dests_max, DEST_SLOT_DTYPE),
+            np.zeros(ring_size_for(sizes.pairs_max), np.uint64),
+            np.zeros(ring_size_for(sizes.dests_max), np.uint64),
+            np.zeros(2, RING_DTYPE),
+        )
+        self.fill_rings()
+        # Field views, made once: the packet rule reads and writes through them.
+        self._pf = {name: self._pairs[name] for name in PAIR_SLOT_DTYPE.names or ()}
+        self._df = {name: self._dests[name] for name in DEST_SLOT_DTYPE.names or ()}
         self._config = config or XdpConfig()
-        self._pairs: dict[PairKey, _Pair] = {}
-        self._dests: dict[bytes, _Dest] = {}
-        # Per destination: its pairs' sources in ts1 order (the kernel's list).
-        self._order: dict[bytes, dict[bytes, None]] = {}
+        self._pair_index: dict[bytes, int] = {}
+        self._dest_index: dict[bytes, int] = {}
+        self._spare_pair: int | None = None
+        self._spare_dest: int | None = None
         self._stats = dict.fromkeys(STATS_FIELDS, 0)
         self._events: list[OverloadWarning] = []
         self._warn_window = 0
         self._warn_in_window = 0
         self._lock = threading.RLock()
 
-    # -- the packet path ---------------------------------------------------
+    # -- the index (what is not memory in the kernel) -------------------------
+
+    def _delete_pair_keys(self, keys: bytes, count: int) -> int:
+        with self._lock:
+            return sum(
+                self._pair_index.pop(keys[i * 32 : i * 32 + 32], None) is not None
+                for i in range(count)
+            )
+
+    def _delete_dest_keys(self, keys: bytes, count: int) -> int:
+        with self._lock:
+            return sum(
+                self._dest_index.pop(keys[i * 16 : i * 16 + 16], None) is not None
+                for i in range(count)
+            )
+
+    def _indexed_slots(self) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]:
+        with self._lock:
+            return (
+                np.fromiter(self._pair_index.values(), np.uint32, len(self._pair_index)),
+                np.fromiter(self._dest_index.values(), np.uint32, len(self._dest_index)),
+            )
+
+    def reopen(self) -> MemoryMaps:
+        """A new backend on the same maps, as ``BpfMaps.open`` gives an agent
+        that restarted: the kernel's side (arrays, index, counters) shared,
+        the agent's side (expired slots, pending recycles) lost and then
+        recovered. Use the returned object from then on, not this one."""
+        new = copy.copy(self)
+        SlotArrays.__init__(new, self._pairs, self._dests, *self._rings, self._ctl)
+        new.recover()
+        return new
+
+    def lookup_pair(self, src: str | bytes, dst: str | bytes) -> int | None:
+        """The slot ``pair_index`` names for the pair (None: not indexed)."""
+        with self._lock:
+            return self._pair_index.get(to_addr(src) + to_addr(dst))
+
+    def lookup_dest(self, dst: str | bytes) -> int | None:
+        with self._lock:
+            return self._dest_index.get(to_addr(dst))
+
+    # -- the packet path ------------------------------------------------------
 
     def feed(self, src: str | bytes, dst: str | bytes, now: int) -> Verdict:
         """One packet from ``src`` to ``dst`` at cluster time ``now``."""
-        key = PairKey(to_addr(src), to_addr(dst))
+        key = to_addr(src) + to_addr(dst)
         with self._lock:
             verdict = self._judge(key, now)
             self._stats[_STAT[verdict]] += 1
             return verdict
 
-    def _judge(self, key: PairKey, now: int) -> Verdict:
+    def _take(self, which: int) -> int | None:
+        ctl = self._ctl[which : which + 1]
+        head, tail = int(ctl["head"][0]), int(ctl["tail"][0])
+        if tail - head <= 0:
+            return None
+        ring = self._rings[which]
+        slot = int(ring[head & (len(ring) - 1)])
+        ctl["head"] = head + 1
+        limit = len(self._pairs) if which == XPRO_RING_PAIRS else len(self._dests)
+        return slot if slot < limit else None
+
+    # The ts1 order, as xpro_list_append / _unlink / xpro_ts1_from_head.
+    def _append(self, ds: int, s: int) -> None:
+        P, D = self._pf, self._df
+        tail = int(D["tail"][ds])
+        P["prev"][s] = NO
+        P["next"][s] = NO
+        P["flags"][s] |= XPRO_SLOT_LINKED
+        if tail == NO:
+            D["head"][ds] = s
+            D["tail"][ds] = s
+            return
+        P["next"][tail] = s
+        P["prev"][s] = tail
+        D["tail"][ds] = s
+
+    def _unlink(self, ds: int, s: int) -> None:
+        P, D = self._pf, self._df
+        prev, nxt = int(P["prev"][s]), int(P["next"][s])
+        if int(D["head"][ds]) == s:
+            D["head"][ds] = nxt
+        elif prev != NO:
+            if int(P["next"][prev]) == s:
+                P["next"][prev] = nxt
+            else:
+                D["flags"][ds] |= XPRO_DEST_DIRTY
+        if int(D["tail"][ds]) == s:
+            D["tail"][ds] = prev
+        elif nxt != NO:
+            if int(P["prev"][nxt]) == s:
+                P["prev"][nxt] = prev
+            else:
+                D["flags"][ds] |= XPRO_DEST_DIRTY
+        P["prev"][s] = NO
+        P["next"][s] = NO
+        P["flags"][s] &= _NOT_LINKED
+
+    def _ts1_from_head(self, ds: int) -> None:
+        head = int(self._df["head"][ds])
+        if head != NO:
+            self._df["ts1"][ds] = self._pf["ts1"][head]
+
+    def _unlink_old(self, s: int) -> None:
+        P, D = self._pf, self._df
+        if not int(P["flags"][s]) & XPRO_SLOT_LINKED:
+            return
+        ods = int(P["dslot"][s])
+        if ods >= len(self._dests) or live_gen32(int(D["gen"][ods])) != int(P["dgen"][s]):
+            P["flags"][s] &= _NOT_LINKED
+            return
+        old_ts1 = int(P["ts1"][s])
+        self._unlink(ods, s)
+        if old_ts1 == int(D["ts1"][ods]):
+            self._ts1_from_head(ods)
+
+    def _resolve_dest(self, dst: bytes, now: int) -> int | None:
+        found = self._dest_index.get(dst)
+        if found is not None:
+            return found
+        if self._spare_dest is not None:
+            ds: int | None = self._spare_dest
+            self._spare_dest = None
+        else:
+            ds = self._take(XPRO_RING_DESTS)
+        if ds is None:
+            self._stats["dest_full"] += 1
+            return None
+        D = self._df
+        godd = int(D["gen"][ds]) | 1
+        D["gen"][ds] = godd
+        D["ts1"][ds] = now
+        D["ts2"][ds] = now
+        D["c"][ds] = 0
+        D["n"][ds] = 0
+        D["dst"][ds] = np.void(dst)
+        D["lock"][ds] = 0
+        D["head"][ds] = NO
+        D["tail"][ds] = NO
+        D["flags"][ds] = 0
+        if len(self._dest_index) >= len(self._dests):
+            self._spare_dest = ds
+            self._stats["insert_races"] += 1
+            self._stats["dest_full"] += 1
+            return None
+        self._dest_index[dst] = ds
+        self._stats["new_dests"] += 1
+        D["gen"][ds] = godd + 1
+        return ds
+
+    def _judge(self, key: bytes, now: int) -> Verdict:
         cfg = self._config
-        event = "extend"
+        st = self._stats
+        P, D = self._pf, self._df
+        dst = key[16:]
+        created = False
+        d: int | None = None
+        godd = 0
+        s = self._pair_index.get(key)
+        if s is None:
+            spare = self._spare_pair is not None
+            if spare:
+                s = self._spare_pair
+                self._spare_pair = None
+            else:
+                s = self._take(XPRO_RING_PAIRS)
+            if s is None:
+                st["pair_full"] += 1
+                return Verdict.PASS
+            if not spare:
+                self._unlink_old(s)
+            godd = int(P["gen"][s]) | 1
+            P["gen"][s] = godd
+            P["ts1"][s] = now
+            P["ts2"][s] = now
+            P["c"][s] = 1
+            P["src"][s] = np.void(key[:16])
+            P["dst"][s] = np.void(dst)
+            P["warn_ts"][s] = 0
+            P["prev"][s] = NO
+            P["next"][s] = NO
+            P["flags"][s] = 0
+            d = self._resolve_dest(dst, now)
+            P["dslot"][s] = NO if d is None else d
+            P["dgen"][s] = 0 if d is None else live_gen32(int(D["gen"][d]))
+            if len(self._pair_index) >= len(self._pairs):
+                self._spare_pair = s
+                st["insert_races"] += 1
+                st["pair_full"] += 1
+                return Verdict.PASS
+            self._pair_index[key] = s
+            created = True
+            st["new_pairs"] += 1
+
+        # Lines 1-13 on the combined record.
+        g = int(P["gen"][s])
+        view = reset = False
+        vadj = vts1 = vts2 = 0
         dest_delta = 1
         old_ts1 = 0
-        p = self._pairs.get(key)
-        # Algorithm 2 lines 1-13.
-        if p is None:
-            p = _Pair(ts1=now, ts2=now, c=1, dc=1)
-            self._pairs[key] = p
-            self._stats["new_pairs"] += 1
-            event = "new"
-        elif now - p.ts2 > cfg.t_t1:
-            event = "reset"
-            old_ts1 = p.ts1
-            dest_delta = 1 - p.c
-            p.ts1, p.ts2, p.c, p.dc, p.mark = now, now, 1, 1, 1
-            self._stats["resets"] += 1
+        if created:
+            c_now, ts1 = 1, now
         else:
-            p.c += 1
-            p.dc += 1
-            p.ts2 = now
-        c_now, ts1 = p.c, p.ts1
+            if not g & 1:
+                view = int(P["v_gen"][s]) == g
+                vadj, vts1, vts2 = int(P["v_adj"][s]), int(P["v_ts1"][s]), int(P["v_ts2"][s])
+            last = int(P["ts2"][s])
+            if view and vts2 > last:
+                last = vts2
+            if not g & 1 and now - last > cfg.t_t1:
+                reset, view = True, False
+                old_ts1 = int(P["ts1"][s])
+                P["gen"][s] = g + 1
+                P["ts1"][s] = now
+                P["ts2"][s] = now
+                dest_delta = 1 - int(P["c"][s])
+                P["c"][s] = 1
+                P["gen"][s] = g + 2
+                c_now, ts1 = 1, now
+                st["resets"] += 1
+            else:
+                c_now = int(P["c"][s]) + 1
+                P["c"][s] = c_now
+                P["ts2"][s] = now
+                ts1 = int(P["ts1"][s])
 
         # Lines 18-20, incrementally.
-        order = self._order.setdefault(key.dst, {})
-        d = self._dests.get(key.dst)
-        if d is None:
-            d = _Dest(ts1=ts1, ts2=now, c=c_now, n=1)
-            self._dests[key.dst] = d
-            order.clear()
-            order[key.src] = None
-        else:
-            d.c += dest_delta
-            d.ts2 = max(d.ts2, now)
-            if event == "new":
-                d.n += 1
-                d.ts1 = min(d.ts1, now)
-                order.pop(key.src, None)
-                order[key.src] = None
-            elif event == "reset":
-                if not order or next(reversed(order)) != key.src:
-                    order.pop(key.src, None)
-                    order[key.src] = None
-                if old_ts1 == d.ts1:
-                    self._ts1_from_head(d, key.dst)
+        ds = int(P["dslot"][s])
+        if d is None and ds != NO:
+            d = ds if live_gen32(int(D["gen"][ds])) == int(P["dgen"][s]) else None
+        if d is None and not created:
+            d = self._resolve_dest(dst, now)
+            if d is not None:
+                P["dslot"][s] = d
+                P["dgen"][s] = live_gen32(int(D["gen"][d]))
+                self._append(d, s)
+                if int(D["ts1"][d]) > int(P["ts1"][s]):
+                    D["ts1"][d] = P["ts1"][s]
+                D["flags"][d] |= XPRO_DEST_DIRTY
+                D["n"][d] += 1
+                dest_delta = c_now
+                st["relinks"] += 1
+        dest_c = 0
+        if d is not None:
+            dest_c = int(D["c"][d]) + dest_delta
+            D["c"][d] = dest_c
+            if now > int(D["ts2"][d]):
+                D["ts2"][d] = now
+            if created:
+                if int(D["ts1"][d]) > now:
+                    D["ts1"][d] = now
+                self._append(d, s)
+                D["n"][d] += 1
+            elif reset:
+                if int(D["tail"][d]) != s:
+                    if int(P["flags"][s]) & XPRO_SLOT_LINKED:
+                        self._unlink(d, s)
+                    self._append(d, s)
+                if old_ts1 == int(D["ts1"][d]):
+                    self._ts1_from_head(d)
+        if created:
+            P["gen"][s] = godd + 1
+
+        # The judged records.
+        jc, jts1, jts2 = c_now, ts1, now
+        if view:
+            jc = add_sat(c_now, vadj)
+            jts1 = vts1
+            jts2 = max(now, vts2)
+            st["pair_views"] += 1
+        jdc, jn, jdts1, jdts2 = dest_c, 0, 0, 0
+        if d is not None:
+            dg = int(D["gen"][d])
+            jn, jdts1, jdts2 = int(D["n"][d]), int(D["ts1"][d]), int(D["ts2"][d])
+            if not dg & 1 and int(D["v_gen"][d]) == dg:
+                jdc = add_sat(dest_c, int(D["v_adj"][d]))
+                jn = add_sat(jn, int(D["v_nadj"][d]))
+                jdts1 = int(D["v_ts1"][d])
+                jdts2 = max(jdts2, int(D["v_ts2"][d]))
+                st["dest_views"] += 1
 
         # Lines 14-15.
-        window = now - ts1
-        if window > cfg.t_t2 and c_now * NS_PER_S > cfg.t_f1 * window:
-            self._warn(p, key, now, ts1, c_now)
+        window = jts2 - jts1
+        if window > cfg.t_t2 and rate_over(jc, 1, cfg.t_f1, window):
+            self._warn(s, key, now, jts1, jc)
             return Verdict.DROP_PAIR
+        if d is None:
+            return Verdict.PASS
         # Lines 21-23.
-        dest_window = d.ts2 - d.ts1
-        if not (dest_window > cfg.t_t3 and d.c * NS_PER_S > cfg.t_f2 * dest_window):
+        dest_window = jdts2 - jdts1
+        if not (dest_window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, dest_window)):
             return Verdict.PASS
         if cfg.policy is Policy.PAPER:
             return Verdict.DROP_DEST
-        n = max(1, d.n)
-        if window > cfg.t_t2 and c_now * NS_PER_S * n > cfg.t_f2 * window:
+        if window > cfg.t_t2 and rate_over(jc, max(1, jn), cfg.t_f2, window):
             return Verdict.DROP_DEST
         return Verdict.PASS
 
-    def _ts1_from_head(self, d: _Dest, dst: bytes) -> None:
-        order = self._order.get(dst)
-        if order:
-            d.ts1 = self._pairs[PairKey(next(iter(order)), dst)].ts1
-
-    def _warn(self, p: _Pair, key: PairKey, now: int, ts1: int, c: int) -> None:
+    def _warn(self, s: int, key: bytes, now: int, ts1: int, c: int) -> None:
         cfg = self._config
-        if p.warn_ts != 0 and now - p.warn_ts < cfg.warn_interval:
+        P = self._pf
+        last = int(P["warn_ts"][s])
+        if last != 0 and now - last < cfg.warn_interval:
             return
-        p.warn_ts = now
+        P["warn_ts"][s] = now
         second = now // NS_PER_S
         if self._warn_window != second:
             self._warn_window, self._warn_in_window = second, 0
@@ -165,110 +411,11 @@ class MemoryMaps:
             self._stats["events_lost"] += 1
             return
         self._events.append(
-            OverloadWarning(key.src, key.dst, ts1, now, c, self._stats["warnings_suppressed"])
+            OverloadWarning(key[:16], key[16:], ts1, now, c, self._stats["warnings_suppressed"])
         )
         self._stats["warnings"] += 1
 
-    # -- the backend interface ----------------------------------------------
-
-    def read_pairs(self) -> list[tuple[PairKey, PairRecord]]:
-        with self._lock:
-            return [
-                (k, LocalRecord(ts1=p.ts1, ts2=p.ts2, c=p.c, dc=p.dc, mark=p.mark))
-                for k, p in self._pairs.items()
-            ]
-
-    def read_active_pairs(self) -> tuple[list[tuple[PairKey, PairRecord]], int]:
-        with self._lock:
-            active = [
-                (k, LocalRecord(ts1=p.ts1, ts2=p.ts2, c=p.c, dc=p.dc, mark=p.mark))
-                for k, p in self._pairs.items()
-                if p.dc or p.mark
-            ]
-            return active, len(self._pairs)
-
-    def lookup_pairs(self, keys: Sequence[PairKey]) -> list[tuple[PairKey, PairRecord]]:
-        out = []
-        with self._lock:
-            for k in keys:
-                p = self._pairs.get(k)
-                if p is not None:
-                    out.append((k, LocalRecord(ts1=p.ts1, ts2=p.ts2, c=p.c, dc=p.dc, mark=p.mark)))
-        return out
-
-    def read_destinations(self) -> list[tuple[bytes, DestinationAggregate]]:
-        with self._lock:
-            return [
-                (dst, DestinationAggregate(ts1=d.ts1, ts2=d.ts2, c=d.c, clients=d.n))
-                for dst, d in self._dests.items()
-            ]
-
-    def count_pairs(self) -> int:
-        with self._lock:
-            return len(self._pairs)
-
-    def apply(
-        self, pair_ops: Sequence[PairOp] = (), dest_ops: Sequence[DestOp] = ()
-    ) -> ApplyReport:
-        applied = created = 0
-        restarted: list[PairKey] = []
-        missing: list[PairKey] = []
-        with self._lock:
-            for op in dest_ops:
-                d = self._dests.get(op.dst)
-                if d is None:
-                    self._dests[op.dst] = _Dest(ts1=op.ts1, ts2=op.ts2, c=op.c_delta, n=op.n_delta)
-                    self._order[op.dst] = {}
-                    created += 1
-                    continue
-                d.c += op.c_delta
-                d.n += op.n_delta
-                d.ts2 = max(d.ts2, op.ts2)
-                d.ts1 = op.ts1
-                applied += 1
-            for pop in pair_ops:
-                p = self._pairs.get(pop.key)
-                if p is None:
-                    if pop.expect_ts1 is not None:
-                        missing.append(pop.key)
-                        continue
-                    self._pairs[pop.key] = _Pair(
-                        ts1=pop.ts1, ts2=pop.ts2, c=pop.c_delta, dc=-pop.acked_dc
-                    )
-                    if pop.key.dst in self._dests:
-                        self._order.setdefault(pop.key.dst, {})[pop.key.src] = None
-                    self._stats["apply_created"] += 1
-                    created += 1
-                    continue
-                if pop.expect_ts1 is not None and p.ts1 != pop.expect_ts1:
-                    restarted.append(pop.key)
-                    continue
-                p.ts1 = pop.ts1
-                p.dc -= pop.acked_dc
-                p.c += pop.c_delta
-                p.ts2 = max(p.ts2, pop.ts2)
-                p.mark = 0
-                applied += 1
-        return ApplyReport(applied, created, tuple(restarted), tuple(missing), 0)
-
-    def delete_pairs(self, keys: Sequence[PairKey]) -> int:
-        deleted = 0
-        with self._lock:
-            for key in keys:
-                p = self._pairs.get(key)
-                if p is None:
-                    continue
-                d = self._dests.get(key.dst)
-                if d is not None:
-                    self._order.get(key.dst, {}).pop(key.src, None)
-                    d.c -= p.c
-                    d.n -= 1
-                    if p.ts1 == d.ts1:
-                        self._ts1_from_head(d, key.dst)
-                del self._pairs[key]
-                self._stats["apply_deleted"] += 1
-                deleted += 1
-        return deleted
+    # -- the rest of the backend interface ------------------------------------
 
     def get_config(self) -> XdpConfig:
         return self._config
@@ -292,6 +439,12 @@ class MemoryMaps:
 
     def close(self) -> None:
         pass
+
+    def __enter__(self) -> MemoryMaps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _STAT = {Verdict.PASS: "pass", Verdict.DROP_PAIR: "drop_pair", Verdict.DROP_DEST: "drop_dest"}

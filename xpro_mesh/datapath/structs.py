@@ -1,31 +1,41 @@
-"""ctypes mirrors of ``bpf/xpro.h``: the one place Python knows the layout of
-the maps the XDP program shares with userspace.
+"""ctypes and numpy mirrors of ``bpf/xpro.h``: the one place Python knows
+the layout of the maps the XDP program shares with userspace.
 
-Each class quotes its C struct. ``tests/test_datapath_structs.py`` compiles a
-probe against the header and checks every size, offset and constant here.
-Also here: the 16-byte address form of the keys (IPv4 v4-mapped) and fast
-bulk decoders for map dumps.
+Each ctypes class quotes its C struct; ``tests/test_datapath_structs.py``
+compiles a probe against the header and checks every size, offset and
+constant here, and checks the numpy structured dtypes (what the agent uses
+on the mmapped slot arrays, STYLE 13) field by field against the ctypes
+classes. Also here: the 16-byte address form of the keys (IPv4 v4-mapped).
 """
 
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 import ipaddress
-import struct
 from typing import Final
+
+import numpy as np
 
 __all__ = [
     "CONSTANTS",
+    "DEST_SLOT_DTYPE",
+    "DTYPE_MIRRORS",
     "MIRRORS",
-    "PAIR_RECORD",
+    "PAIR_KEY_DTYPE",
+    "PAIR_READ_DTYPE",
+    "PAIR_SLOT_DTYPE",
+    "RING_DTYPE",
+    "STATS_FIELDS",
     "XproAddr",
     "XproClock",
     "XproConfig",
-    "XproDest",
+    "XproDslot",
     "XproEvent",
-    "XproOp",
-    "XproPair",
     "XproPairKey",
+    "XproRing",
+    "XproSlot",
+    "XproSpare",
     "XproStats",
     "from_addr",
     "to_addr",
@@ -34,10 +44,12 @@ __all__ = [
 u8, u32, u64, s64 = ct.c_uint8, ct.c_uint32, ct.c_uint64, ct.c_int64
 
 # Constants of xpro.h (checked against the header by the struct test).
-XPRO_PAIR_HAS_PREV: Final = 0x1
-XPRO_PAIR_HAS_NEXT: Final = 0x2
-XPRO_DEST_HAS_LIST: Final = 0x1
+XPRO_NO_SLOT: Final = 0xFFFFFFFF
+XPRO_VGEN_NONE: Final = 0
+XPRO_SLOT_LINKED: Final = 0x1
 XPRO_DEST_DIRTY: Final = 0x2
+XPRO_RING_PAIRS: Final = 0
+XPRO_RING_DESTS: Final = 1
 XPRO_CONFIG_VERSION: Final = 1
 XPRO_POLICY_PAPER: Final = 0
 XPRO_POLICY_FAIR_SHARE: Final = 1
@@ -49,19 +61,6 @@ XPRO_VERDICT_DROP_DEST: Final = 2
 XPRO_VERDICT_NOT_IP: Final = 3
 XPRO_VERDICT_MALFORMED: Final = 4
 XPRO_VERDICT_UNCONFIGURED: Final = 5
-XPRO_APPLY_BATCH: Final = 128
-XPRO_OP_NONE: Final = 0
-XPRO_OP_DEST: Final = 1
-XPRO_OP_PAIR: Final = 2
-XPRO_OP_DELETE: Final = 3
-XPRO_OP_EXPECT: Final = 0x1
-XPRO_OP_CREATE: Final = 0x2
-XPRO_STATUS_PENDING: Final = 0
-XPRO_STATUS_APPLIED: Final = 1
-XPRO_STATUS_CREATED: Final = 2
-XPRO_STATUS_RESTARTED: Final = 3
-XPRO_STATUS_MISSING: Final = 4
-XPRO_STATUS_FAILED: Final = 5
 
 CONSTANTS: Final[dict[str, int]] = {
     name: value for name, value in globals().items() if name.startswith("XPRO_")
@@ -82,39 +81,76 @@ class XproPairKey(ct.Structure):
     _fields_ = [("src", XproAddr), ("dst", XproAddr)]
 
 
-class XproPair(ct.Structure):
-    """struct xpro_pair { __u64 ts1; __u64 ts2; __s64 c; __s64 dc;
-    __u64 warn_ts; __u32 mark; __u32 flags; struct xpro_addr prev;
-    struct xpro_addr next; };"""
+class XproSlot(ct.Structure):
+    """struct xpro_slot { __u64 gen; __u64 ts1; __u64 ts2; __s64 c;
+    struct xpro_pair_key key; __u64 warn_ts; __u32 dslot; __u32 dgen;
+    __u32 prev; __u32 next; __u32 flags; __u32 reserved;
+    __u64 v_gen; __s64 v_adj; __u64 v_ts1; __u64 v_ts2; };"""
 
     _fields_ = [
+        ("gen", u64),
         ("ts1", u64),
         ("ts2", u64),
         ("c", s64),
-        ("dc", s64),
+        ("key", XproPairKey),
         ("warn_ts", u64),
-        ("mark", u32),
+        ("dslot", u32),
+        ("dgen", u32),
+        ("prev", u32),
+        ("next", u32),
         ("flags", u32),
-        ("prev", XproAddr),
-        ("next", XproAddr),
+        ("reserved", u32),
+        ("v_gen", u64),
+        ("v_adj", s64),
+        ("v_ts1", u64),
+        ("v_ts2", u64),
     ]
 
 
-class XproDest(ct.Structure):
-    """struct xpro_dest { __u64 ts1; __u64 ts2; __s64 c; __s64 n; __u64 lock;
-    __u32 flags; __u32 pad; struct xpro_addr head; struct xpro_addr tail; };"""
+class XproDslot(ct.Structure):
+    """struct xpro_dslot { __u64 gen; __u64 ts1; __u64 ts2; __s64 c; __s64 n;
+    struct xpro_addr dst; __u64 lock; __u32 head; __u32 tail; __u32 flags;
+    __u32 reserved; __u64 v_gen; __s64 v_adj; __s64 v_nadj; __u64 v_ts1;
+    __u64 v_ts2; __u64 v_reserved; };"""
 
     _fields_ = [
+        ("gen", u64),
         ("ts1", u64),
         ("ts2", u64),
         ("c", s64),
         ("n", s64),
+        ("dst", XproAddr),
         ("lock", u64),
+        ("head", u32),
+        ("tail", u32),
         ("flags", u32),
-        ("pad", u32),
-        ("head", XproAddr),
-        ("tail", XproAddr),
+        ("reserved", u32),
+        ("v_gen", u64),
+        ("v_adj", s64),
+        ("v_nadj", s64),
+        ("v_ts1", u64),
+        ("v_ts2", u64),
+        ("v_reserved", u64),
     ]
+
+
+class XproRing(ct.Structure):
+    """struct xpro_ring { __u64 head; __u64 size; __u64 pad1[6]; __u64 tail;
+    __u64 pad2[7]; };"""
+
+    _fields_ = [
+        ("head", u64),
+        ("size", u64),
+        ("pad1", u64 * 6),
+        ("tail", u64),
+        ("pad2", u64 * 7),
+    ]
+
+
+class XproSpare(ct.Structure):
+    """struct xpro_spare { __u32 pair; __u32 dest; };  (per CPU)"""
+
+    _fields_ = [("pair", u32), ("dest", u32)]
 
 
 class XproConfig(ct.Structure):
@@ -160,16 +196,20 @@ STATS_FIELDS: Final = (
     "pair_full",
     "dest_full",
     "lock_busy",
-    "apply_created",
-    "apply_deleted",
+    "new_dests",
+    "insert_races",
+    "pair_views",
+    "dest_views",
+    "relinks",
 )
 
 
 class XproStats(ct.Structure):
     """struct xpro_stats { __u64 pass, drop_pair, drop_dest, new_pairs, resets,
     warnings, warnings_suppressed, events_lost, not_ip, malformed,
-    unconfigured, pair_full, dest_full, lock_busy, apply_created,
-    apply_deleted; __u64 warn_window, warn_in_window; };  (per CPU)"""
+    unconfigured, pair_full, dest_full, lock_busy, new_dests, insert_races,
+    pair_views, dest_views, relinks; __u64 warn_window, warn_in_window; };
+    (per CPU)"""
 
     _fields_ = [(name, u64) for name in STATS_FIELDS] + [
         ("warn_window", u64),
@@ -191,44 +231,90 @@ class XproEvent(ct.Structure):
     ]
 
 
-class XproOp(ct.Structure):
-    """struct xpro_op { __u32 kind; __u32 flags; __u32 status; __u32 pad;
-    struct xpro_pair_key key; __u64 expect_ts1; __s64 acked_dc;
-    __s64 c_delta; __s64 n_delta; __u64 ts1; __u64 ts2; };"""
-
-    _fields_ = [
-        ("kind", u32),
-        ("flags", u32),
-        ("status", u32),
-        ("pad", u32),
-        ("key", XproPairKey),
-        ("expect_ts1", u64),
-        ("acked_dc", s64),
-        ("c_delta", s64),
-        ("n_delta", s64),
-        ("ts1", u64),
-        ("ts2", u64),
-    ]
-
-
 # C struct name -> mirror; the struct test walks this.
 MIRRORS: Final[dict[str, type[ct.Structure] | type[ct.Union]]] = {
     "xpro_addr": XproAddr,
     "xpro_pair_key": XproPairKey,
-    "xpro_pair": XproPair,
-    "xpro_dest": XproDest,
+    "xpro_slot": XproSlot,
+    "xpro_dslot": XproDslot,
+    "xpro_ring": XproRing,
+    "xpro_spare": XproSpare,
     "xpro_config": XproConfig,
     "xpro_clock": XproClock,
     "xpro_stats": XproStats,
     "xpro_event": XproEvent,
-    "xpro_op": XproOp,
 }
 
-# Bulk decoders for map dumps (struct.iter_unpack is ~10x faster than ctypes
-# attribute access over a million entries). Same layout as the classes above.
-PAIR_RECORD: Final = struct.Struct("<QQqqQII32x")  # ts1 ts2 c dc warn_ts mark flags
-DEST_RECORD: Final = struct.Struct("<QQqqQI4x32x")  # ts1 ts2 c n lock flags (pad)
-OP_STATUS: Final = struct.Struct("<III")  # kind flags status (head of xpro_op)
+# numpy mirrors of the slot structs: the agent reads and writes the mmapped
+# arrays through these (STYLE 13). Same names (the key flattened to src and
+# dst), offsets and widths as the ctypes classes above.
+PAIR_SLOT_DTYPE: Final = np.dtype(
+    [
+        ("gen", "<u8"),
+        ("ts1", "<u8"),
+        ("ts2", "<u8"),
+        ("c", "<i8"),
+        ("src", "V16"),
+        ("dst", "V16"),
+        ("warn_ts", "<u8"),
+        ("dslot", "<u4"),
+        ("dgen", "<u4"),
+        ("prev", "<u4"),
+        ("next", "<u4"),
+        ("flags", "<u4"),
+        ("reserved", "<u4"),
+        ("v_gen", "<u8"),
+        ("v_adj", "<i8"),
+        ("v_ts1", "<u8"),
+        ("v_ts2", "<u8"),
+    ],
+    align=True,
+)
+DEST_SLOT_DTYPE: Final = np.dtype(
+    [
+        ("gen", "<u8"),
+        ("ts1", "<u8"),
+        ("ts2", "<u8"),
+        ("c", "<i8"),
+        ("n", "<i8"),
+        ("dst", "V16"),
+        ("lock", "<u8"),
+        ("head", "<u4"),
+        ("tail", "<u4"),
+        ("flags", "<u4"),
+        ("reserved", "<u4"),
+        ("v_gen", "<u8"),
+        ("v_adj", "<i8"),
+        ("v_nadj", "<i8"),
+        ("v_ts1", "<u8"),
+        ("v_ts2", "<u8"),
+        ("v_reserved", "<u8"),
+    ],
+    align=True,
+)
+# What read_pairs copies of each pair slot: its first 32 bytes (the hot
+# fields every packet writes, one pass over memory), and what pair_keys
+# gathers for the slots the agent has not seen yet (stable while live).
+PAIR_READ_DTYPE: Final = np.dtype([("gen", "<u8"), ("ts1", "<u8"), ("ts2", "<u8"), ("c", "<i8")])
+PAIR_KEY_DTYPE: Final = np.dtype(
+    [("src", "V16"), ("dst", "V16"), ("dslot", "<u4"), ("dgen", "<u4")]
+)
+RING_DTYPE: Final = np.dtype(
+    [
+        ("head", "<u8"),
+        ("size", "<u8"),
+        ("pad1", "<u8", (6,)),
+        ("tail", "<u8"),
+        ("pad2", "<u8", (7,)),
+    ],
+    align=True,
+)
+# C struct name -> (dtype, ctypes mirror, {numpy field: ctypes field path}).
+DTYPE_MIRRORS: Final = {
+    "xpro_slot": (PAIR_SLOT_DTYPE, XproSlot, {"src": "key.src", "dst": "key.dst"}),
+    "xpro_dslot": (DEST_SLOT_DTYPE, XproDslot, {}),
+    "xpro_ring": (RING_DTYPE, XproRing, {}),
+}
 
 
 def to_addr(ip: str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
@@ -239,10 +325,22 @@ def to_addr(ip: str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
         if len(ip) == 4:
             return b"\0" * 10 + b"\xff\xff" + ip
         raise ValueError(f"an address is 4 or 16 bytes, got {len(ip)}")
-    addr = ipaddress.ip_address(ip)
+    if isinstance(ip, str):
+        return _text_addr(ip)
+    return _ip_addr(ip)
+
+
+def _ip_addr(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
     if isinstance(addr, ipaddress.IPv4Address):
         return b"\0" * 10 + b"\xff\xff" + addr.packed
     return addr.packed
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _text_addr(text: str) -> bytes:
+    """Parsing dominates a packet of the memory twin: the lab and the
+    tests name the same few thousand addresses again and again."""
+    return _ip_addr(ipaddress.ip_address(text))
 
 
 def from_addr(raw: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

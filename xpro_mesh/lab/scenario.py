@@ -655,7 +655,7 @@ class _Stats:
                     "pass": counters["pass"],
                     "drop_pair": counters["drop_pair"],
                     "drop_dest": counters["drop_dest"],
-                    "pairs": maps.count_pairs(),
+                    "pairs": maps.ring_status().pairs_in_use,
                 }
         return out
 

@@ -84,6 +84,7 @@ __all__ = [
     "KEY_BYTES",
     "MAC_BYTES",
     "MAGIC",
+    "STREAM_MAGIC",
     "KeyFileError",
     "Keyring",
     "Opened",
@@ -102,6 +103,10 @@ __all__ = [
 ]
 
 MAGIC = b"XM"
+STREAM_MAGIC = b"XS"
+"""Frames on the stream (:mod:`xpro_mesh.mesh.stream`) carry their own magic,
+so a datagram captured off the wire cannot be replayed as a stream frame (the
+two channels keep separate replay windows) nor the other way round."""
 FORMAT_VERSION = 1
 KEY_BYTES = 32
 KEY_ID_BYTES = 8
@@ -265,6 +270,7 @@ def seal(
     payload: bytes,
     *,
     max_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+    magic: bytes = MAGIC,
 ) -> bytes:
     """Wrap ``payload`` in an authenticated envelope under the primary key.
 
@@ -287,7 +293,7 @@ def seal(
     key = keyring.primary
     body = b"".join(
         (
-            _PREFIX.pack(MAGIC, FORMAT_VERSION, key_id(key), len(sender)),
+            _PREFIX.pack(magic, FORMAT_VERSION, key_id(key), len(sender)),
             sender,
             _COUNTERS.pack(incarnation, counter, now_ns),
             payload,
@@ -300,7 +306,7 @@ class Sealer:
     """One node's sending side: its keyring, id and boot incarnation, and the
     datagram counter that must never repeat within that incarnation."""
 
-    __slots__ = ("counter", "incarnation", "keyring", "max_bytes", "sender_id")
+    __slots__ = ("counter", "incarnation", "keyring", "magic", "max_bytes", "sender_id")
 
     def __init__(
         self,
@@ -309,11 +315,13 @@ class Sealer:
         incarnation: int,
         *,
         max_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+        magic: bytes = MAGIC,
     ) -> None:
         self.keyring = keyring
         self.sender_id = sender_id
         self.incarnation = incarnation
         self.max_bytes = max_bytes
+        self.magic = magic
         self.counter = 0
 
     def seal(self, now_ns: int, payload: bytes) -> bytes:
@@ -325,6 +333,7 @@ class Sealer:
             now_ns,
             payload,
             max_bytes=self.max_bytes,
+            magic=self.magic,
         )
         self.counter += 1
         return datagram
@@ -424,6 +433,7 @@ def open_(
     replay_guard: ReplayGuard,
     *,
     max_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+    magic: bytes = MAGIC,
 ) -> Opened | Rejected:
     """Verify and unwrap one datagram. Never raises on any input.
 
@@ -434,8 +444,8 @@ def open_(
         return Rejected(Reason.OVERSIZED)
     if len(datagram) < _PREFIX.size:
         return Rejected(Reason.TRUNCATED)
-    magic, version, kid, sender_len = _PREFIX.unpack_from(datagram)
-    if magic != MAGIC or version != FORMAT_VERSION or sender_len == 0:
+    found_magic, version, kid, sender_len = _PREFIX.unpack_from(datagram)
+    if found_magic != magic or version != FORMAT_VERSION or sender_len == 0:
         return Rejected(Reason.BAD_MAGIC)
     body_end = len(datagram) - MAC_BYTES
     counters_at = _PREFIX.size + sender_len

@@ -17,10 +17,31 @@ HashiCorp memberlist (``state.go``):
   ``suspicion_timeout = suspicion_mult · max(1, log10(N)) · probe_interval``
   (memberlist ``suspicionTimeout``; the ``max(1, ·)`` is the floor that keeps
   small clusters from flapping). A node that hears it is suspected refutes by
-  gossiping *alive* with a higher incarnation. Lifeguard's refinements
-  (Dadgar et al., DSN 2018: a suspicion timeout that shrinks with independent
-  confirmations, and local-health awareness) are not implemented; the
-  timeout here is Lifeguard's lower bound, fixed.
+  gossiping *alive* with a higher incarnation.
+* **Lifeguard** (Dadgar, Phillips, Currey, "Lifeguard: Local Health Awareness
+  for More Accurate Failure Detection", DSN 2018; memberlist ``awareness.go``
+  and ``suspicion.go``), so that a node made slow by its own load (a busy
+  event loop, a flood of datagrams) does not condemn healthy peers, and
+  healthy peers give it time:
+
+  - *local health* (:attr:`Membership.health`, 0..``awareness_max - 1``):
+    raised by one for every probe of ours that fails with no nack from its
+    helpers (by one per missing nack when helpers were asked), and for every
+    refutation of a rumour about ourselves; lowered by one for every probe
+    answered. The probe interval (so the wait for indirect acks) is scaled
+    by ``health + 1``; the direct ack timeout is not (waiting longer does
+    not get a datagram through; memberlist reasons the same);
+  - *nacks*: a ping-req helper that gets no ack from the target within the
+    probe timeout answers the asker ``nack`` (:class:`ForwardNack`), so a
+    prober that hears neither ack nor nack knows the problem is likely its own;
+  - *buddy system*: a ping to a suspect member carries the suspicion
+    (:meth:`Membership.buddy`), so a live member refutes at its next probe;
+  - *suspicion confirmations*: a suspicion starts at ``suspicion_max_mult ·
+    S(N)`` when ``k = suspicion_mult - 2`` independent confirmations are
+    possible (``N - 2 >= k``), and shrinks towards ``S(N)`` as other
+    suspectors confirm it: ``max - log(n+1)/log(k+1) · (max - min)`` after n
+    confirmations (memberlist ``remainingSuspicionTime``). A member record
+    carries the suspector (``source``) so confirmations are counted once each.
 * **Dissemination** (SWIM §4.1): updates ride on messages sent anyway, each
   retransmitted ``retransmit_mult · ⌈log10(N + 1)⌉`` times
   (:class:`~xpro_mesh.mesh.broadcast.TransmitLimitedQueue`); a periodic
@@ -68,17 +89,21 @@ the first to expire gossips *dead*). T_first_probe averages
 prober visits the dead member once in every round of its shuffled list, so
 two visits are at most ``2(N-1)-1`` probes apart. :func:`detection_time_bound_ns`
 is the figure the tests hold the simulation to:
-``(2N-2)·P + S(N) + (⌈log_f N⌉ + 1)·G`` with gossip interval G and fan-out
+``(2N-2)·P + S(N) + 2·(⌈log_f N⌉ + 1)·G`` with gossip interval G and fan-out
 f. Its first two terms are worst cases of the probe schedule; the last is
-the usual spread of infection-style gossip, not a guarantee, and a lost
-message or a late event loop adds to all of them.
+the usual spread of infection-style gossip, twice: with Lifeguard a
+suspicion lasts ``suspicion_max_mult·S(N)`` until ``k`` other probers
+confirm it, each of whom has probed the dead member within ``(2N-2)·P`` and
+gossiped its suspicion, after which the timer is back at S(N) from its start
+(or fires at once). Not a guarantee: a lost message or a late event loop
+adds to all of them.
 
 For N = 5 (``S = mult·P`` since ``log10 5 < 1``):
 
 * ``lan``   (P = 1 s, mult 4, G = 500 ms, f = 3): typically ≈ 6 s;
-  bound 8 + 4 + 1.5 = 13.5 s;
+  bound 8 + 4 + 3 = 15 s;
 * ``local`` (P = 200 ms, mult 3, G = 100 ms, f = 3): typically ≈ 1 s;
-  bound 1.6 + 0.6 + 0.3 = 2.5 s.
+  bound 1.6 + 0.6 + 0.6 = 2.8 s.
 
 (In 100 simulated 5-node clusters, ``tests/test_membership.py`` harness,
 no loss: ``lan`` mean 5.9 s, worst 7.6 s; ``local`` mean 1.0 s, worst 1.4 s.
@@ -91,12 +116,16 @@ This module never touches a socket or a clock: every input carries
 ``time.monotonic_ns``) and returns :data:`Action` values for the host to
 perform:
 
-* :class:`Probe` → send ``ping(seq, target node id)`` to ``addr``. A node that
+* :class:`Probe` → send ``ping(seq, target node id)`` to ``addr``, with
+  :meth:`Membership.buddy` among its updates when there is one. A node that
   receives a ping naming *itself* answers ``ack(seq)``; the answer to an ack
   is :meth:`Membership.on_ack`.
 * :class:`IndirectProbe` → send ``ping-req(seq, target id, target addr)`` to
   ``via``; the receiver calls :meth:`Membership.on_ping_request`.
 * :class:`ForwardAck` → send ``ack(seq)`` to the node that asked.
+* :class:`ForwardNack` → send ``nack(seq)`` to the node that asked: the
+  target did not answer us in time; the asker passes it to
+  :meth:`Membership.on_nack`.
 * :class:`SyncState` → push-pull: send :meth:`Membership.local_state` to
   ``addr`` and ask for the peer's; both sides feed what they receive to
   :meth:`Membership.merge_state`.
@@ -126,7 +155,9 @@ from xpro_mesh.mesh.broadcast import TransmitLimitedQueue
 __all__ = [
     "Action",
     "Address",
+    "DetectorStats",
     "ForwardAck",
+    "ForwardNack",
     "IndirectProbe",
     "Member",
     "MemberChanged",
@@ -139,6 +170,7 @@ __all__ = [
     "Workload",
     "detection_time_bound_ns",
     "incarnation_from_wall_clock",
+    "remaining_suspicion_ns",
     "suspicion_timeout_ns",
 ]
 
@@ -208,11 +240,17 @@ class MemberUpdate:
     incarnation: int
     state: MemberState
     load: Workload | None = None
+    source: str | None = None  # who suspected / declared dead (Lifeguard confirmations)
 
     def __post_init__(self) -> None:
         _check_identity(self.node_id, self.addr, self.incarnation)
         if not isinstance(self.state, MemberState):
             raise ValueError(f"state must be a MemberState, got {self.state!r}")
+        if self.source is not None and (
+            not isinstance(self.source, str)
+            or not 1 <= len(self.source.encode()) <= MAX_NODE_ID_BYTES
+        ):
+            raise ValueError(f"source must be a node id, got {self.source!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +282,8 @@ class MembershipParams:
     dead_retention_ns: int = 30 * _S
     max_members: int = 4096
     max_relays: int = 1024
+    awareness_max: int = 8  # local health multiplier cap (memberlist AwarenessMaxMultiplier)
+    suspicion_max_mult: int = 6  # longest suspicion, times S(N) (SuspicionMaxTimeoutMult)
 
     def __post_init__(self) -> None:
         for name in (
@@ -255,6 +295,8 @@ class MembershipParams:
             "dead_retention_ns",
             "max_members",
             "max_relays",
+            "awareness_max",
+            "suspicion_max_mult",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -283,13 +325,13 @@ def detection_time_bound_ns(
 ) -> int:
     """Upper bound, without message loss, from a member's crash until every
     live node holds it dead (module docstring): ``(2N-2)·P + S(N) +
-    (⌈log_f N⌉ + 1)·G``."""
+    2·(⌈log_f N⌉ + 1)·G``."""
     n = max(2, num_nodes)
     rounds = math.ceil(math.log(n, max(2, fanout))) + 1
     return (
         (2 * n - 2) * params.probe_interval_ns
         + suspicion_timeout_ns(params, n)
-        + rounds * gossip_interval_ns
+        + 2 * rounds * gossip_interval_ns
     )
 
 
@@ -327,6 +369,16 @@ class ForwardAck:
 
 
 @dataclass(frozen=True, slots=True)
+class ForwardNack:
+    """Send ``nack(seq)`` to ``addr``: the target of a ping-req did not answer
+    us within the probe timeout (Lifeguard)."""
+
+    seq: int
+    node_id: str
+    addr: Address
+
+
+@dataclass(frozen=True, slots=True)
 class SyncState:
     """Push-pull: exchange full member lists with ``addr`` (``node_id`` is
     None for a seed known only by address)."""
@@ -346,7 +398,21 @@ class MemberChanged:
     incarnation: int
 
 
-Action = Probe | IndirectProbe | ForwardAck | SyncState | MemberChanged
+Action = Probe | IndirectProbe | ForwardAck | ForwardNack | SyncState | MemberChanged
+
+
+@dataclass(slots=True)
+class DetectorStats:
+    """What the failure detector did (the node exports them)."""
+
+    probes: int = 0
+    probes_failed: int = 0  # no ack, direct or indirect, within the (scaled) interval
+    nacks_received: int = 0
+    nacks_sent: int = 0
+    suspicions_raised: int = 0  # by our own failed probes
+    confirmations: int = 0  # independent suspectors counted for a suspicion we hold
+    refutations: int = 0  # rumours about ourselves out-ranked
+    deaths_declared: int = 0  # suspicions of ours that ran out
 
 
 @dataclass(slots=True)
@@ -356,6 +422,43 @@ class _ProbeInFlight:
     started_ns: int
     deadline_ns: int  # end of the current phase
     indirect: bool  # False: waiting for the direct ack; True: for any ack
+    interval_ns: int  # the probe interval scaled by local health when it started
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Suspicion:
+    """A suspicion timer that shrinks with confirmations (memberlist
+    ``suspicion.go``); ``confirmations`` holds the suspectors counted."""
+
+    start_ns: int
+    k: int
+    min_ns: int
+    max_ns: int
+    confirmations: set[str]
+    deadline_ns: int
+
+    def confirm(self, source: str) -> bool:
+        """Count ``source``; True if it was a new confirmation (re-gossip it)."""
+        if len(self.confirmations) - 1 >= self.k or source in self.confirmations:
+            return False
+        self.confirmations.add(source)
+        self.deadline_ns = self.start_ns + remaining_suspicion_ns(
+            len(self.confirmations) - 1, self.k, self.min_ns, self.max_ns
+        )
+        return True
+
+
+def remaining_suspicion_ns(n: int, k: int, min_ns: int, max_ns: int) -> int:
+    """The suspicion timeout after ``n`` of ``k`` wanted confirmations:
+    ``max - log(n+1)/log(k+1) · (max - min)``, never below ``min``, whole ms
+    (memberlist ``remainingSuspicionTime``)."""
+    if k < 1:
+        return min_ns
+    frac = math.log(n + 1) / math.log(k + 1)
+    raw = max_ns - frac * (max_ns - min_ns)
+    return max(min_ns, math.floor(raw / _MS) * _MS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,8 +505,10 @@ class Membership:
         self._next_push_pull_ns = now_ns + self.params.push_pull_interval_ns
         self._next_join_ns: int | None = None
         self._seeds: tuple[Address, ...] = ()
-        self._suspicion_deadline: dict[str, int] = {}
+        self._suspicions: dict[str, _Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
+        self.health = 0  # Lifeguard's local health score: 0 is healthy
+        self.stats = DetectorStats()
         self._seq = rng.randrange(_SEQ_MOD)
         self._left = False
         self.refused_members = 0  # alive rumours dropped because max_members was reached
@@ -465,7 +570,7 @@ class Membership:
             deadlines.append(self._probe.deadline_ns)
         if self._next_join_ns is not None:
             deadlines.append(self._next_join_ns)
-        deadlines.extend(self._suspicion_deadline.values())
+        deadlines.extend(s.deadline_ns for s in self._suspicions.values())
         deadlines.extend(r.expires_ns for r in self._relays.values())
         deadlines.extend(
             m.state_since_ns + self.params.dead_retention_ns
@@ -495,11 +600,15 @@ class Membership:
             actions += self.on_probe_timeout(probe.seq, now_ns)
         if self._probe is None and now_ns >= self._next_probe_ns:
             actions += self._start_probe(now_ns)
-            self._next_probe_ns += self.params.probe_interval_ns
+            self._next_probe_ns += self.probe_interval_ns()
             if self._next_probe_ns <= now_ns:
-                self._next_probe_ns = now_ns + self.params.probe_interval_ns
+                self._next_probe_ns = now_ns + self.probe_interval_ns()
         for seq in [s for s, r in self._relays.items() if now_ns >= r.expires_ns]:
-            del self._relays[seq]
+            relay = self._relays.pop(seq)
+            self.stats.nacks_sent += 1
+            actions.append(
+                ForwardNack(relay.requester_seq, relay.requester_id, relay.requester_addr)
+            )
         actions += self._expire_suspicions(now_ns)
         actions += self._forget_dead(now_ns)
         actions += self._sync_if_due(now_ns)
@@ -509,11 +618,37 @@ class Membership:
         """An ack arrived (direct, or forwarded by a ping-req helper)."""
         if self._probe is not None and self._probe.seq == seq:
             self._probe = None
+            self._health(-1)
             return []
         relay = self._relays.pop(seq, None)
         if relay is not None:
             return [ForwardAck(relay.requester_seq, relay.requester_id, relay.requester_addr)]
         return []
+
+    def on_nack(self, seq: int, now_ns: int) -> list[Action]:
+        """A ping-req helper reports that the target did not answer it."""
+        probe = self._probe
+        if probe is not None and probe.seq == seq and probe.indirect:
+            probe.nacks = min(probe.expected_nacks, probe.nacks + 1)
+            self.stats.nacks_received += 1
+        return []
+
+    def buddy(self, node_id: str) -> MemberUpdate | None:
+        """Lifeguard's buddy system (memberlist ``probeNode``): a ping to a
+        member we hold as suspect carries that suspicion, so the member hears
+        it from the prober itself and refutes at once, instead of waiting for
+        gossip to reach it (which may take a push-pull interval)."""
+        member = self._members.get(node_id)
+        if member is None or member.state is not MemberState.SUSPECT:
+            return None
+        return replace(member.as_update(), source=self.node_id)
+
+    def probe_interval_ns(self) -> int:
+        """The probe interval scaled by local health (Lifeguard)."""
+        return self.params.probe_interval_ns * (self.health + 1)
+
+    def _health(self, delta: int) -> None:
+        self.health = max(0, min(self.params.awareness_max - 1, self.health + delta))
 
     def on_probe_timeout(self, seq: int, now_ns: int) -> list[Action]:
         """The current phase of probe ``seq`` timed out: after the direct
@@ -532,7 +667,7 @@ class Membership:
             # not condemn its peers for its own delay).
             probe.indirect = True
             probe.deadline_ns = max(
-                probe.started_ns + self.params.probe_interval_ns,
+                probe.started_ns + probe.interval_ns,
                 now_ns + self.params.probe_timeout_ns,
             )
             helpers = [
@@ -541,14 +676,28 @@ class Membership:
                 if m.node_id not in (self.node_id, target.node_id) and m.state is MemberState.ALIVE
             ]
             chosen = self._rng.sample(helpers, min(self.params.indirect_checks, len(helpers)))
+            probe.expected_nacks = len(chosen)
             return [
                 IndirectProbe(seq, m.node_id, m.addr, target.node_id, target.addr) for m in chosen
             ]
         self._probe = None
-        return self._apply(
-            MemberUpdate(target.node_id, target.addr, target.incarnation, MemberState.SUSPECT),
+        self.stats.probes_failed += 1
+        # Lifeguard: helpers that did not even nack point at our own health.
+        missing = probe.expected_nacks - probe.nacks
+        self._health(missing if probe.expected_nacks else 1)
+        actions = self._apply(
+            MemberUpdate(
+                target.node_id,
+                target.addr,
+                target.incarnation,
+                MemberState.SUSPECT,
+                source=self.node_id,
+            ),
             now_ns,
         )
+        if actions:
+            self.stats.suspicions_raised += 1
+        return actions
 
     def on_ping_request(
         self,
@@ -616,8 +765,14 @@ class Membership:
             return []
         seq = self._next_seq()
         self._probe = _ProbeInFlight(
-            seq, target.node_id, now_ns, now_ns + self.params.probe_timeout_ns, indirect=False
+            seq,
+            target.node_id,
+            now_ns,
+            now_ns + self.params.probe_timeout_ns,
+            indirect=False,
+            interval_ns=self.probe_interval_ns(),
         )
+        self.stats.probes += 1
         return [Probe(seq, target.node_id, target.addr)]
 
     def _next_probe_target(self) -> Member | None:
@@ -643,12 +798,19 @@ class Membership:
 
     def _expire_suspicions(self, now_ns: int) -> list[Action]:
         actions: list[Action] = []
-        for node_id, deadline in list(self._suspicion_deadline.items()):
-            if now_ns < deadline:
+        for node_id, suspicion in list(self._suspicions.items()):
+            if now_ns < suspicion.deadline_ns:
                 continue
             member = self._members[node_id]
+            self.stats.deaths_declared += 1
             actions += self._apply(
-                MemberUpdate(member.node_id, member.addr, member.incarnation, MemberState.DEAD),
+                MemberUpdate(
+                    member.node_id,
+                    member.addr,
+                    member.incarnation,
+                    MemberState.DEAD,
+                    source=self.node_id,
+                ),
                 now_ns,
             )
         return actions
@@ -685,6 +847,8 @@ class Membership:
     def _refute(self, heard_incarnation: int, now_ns: int) -> None:
         """SWIM §4.2: out-rank the rumour about us with a higher incarnation."""
         me = self._members[self.node_id]
+        self.stats.refutations += 1
+        self._health(1)  # Lifeguard: being suspected says we may be the slow one
         self._set_self(
             replace(
                 me,
@@ -712,7 +876,7 @@ class Membership:
             return []
         elif update.state is MemberState.SUSPECT:
             if known.state is not MemberState.ALIVE:
-                return []
+                return self._confirm(update)
         elif known.state is MemberState.DEAD:
             return []
         return self._set(known, update, now_ns)
@@ -727,13 +891,40 @@ class Membership:
         self._members[update.node_id] = member
         if update.state is MemberState.SUSPECT:
             if changed:
-                self._suspicion_deadline[update.node_id] = now_ns + self.suspicion_timeout_ns()
+                self._suspicions[update.node_id] = self._new_suspicion(update, now_ns)
         else:
-            self._suspicion_deadline.pop(update.node_id, None)
-        self._queue.enqueue(update.node_id, member.as_update())
+            self._suspicions.pop(update.node_id, None)
+        gossip = member.as_update()
+        if update.state is not MemberState.ALIVE:
+            gossip = replace(gossip, source=update.source)
+        self._queue.enqueue(update.node_id, gossip)
         if not changed:
             return []
         return [MemberChanged(update.node_id, previous, update.state, update.incarnation)]
+
+    def _new_suspicion(self, update: MemberUpdate, now_ns: int) -> _Suspicion:
+        """memberlist ``suspectNode``: wait for ``k = suspicion_mult - 2``
+        confirmations when the mesh has that many other members, else none."""
+        n = self.num_live()
+        k = self.params.suspicion_mult - 2
+        if n - 2 < k:
+            k = 0
+        low = suspicion_timeout_ns(self.params, n)
+        high = self.params.suspicion_max_mult * low
+        suspectors = {update.source or self.node_id}
+        deadline = now_ns + (high if k >= 1 else low)
+        return _Suspicion(now_ns, k, low, high, suspectors, deadline)
+
+    def _confirm(self, update: MemberUpdate) -> list[Action]:
+        """Another suspector of a member already suspect: shrink the timer
+        and pass the confirmation on (memberlist re-broadcasts it)."""
+        suspicion = self._suspicions.get(update.node_id)
+        if suspicion is None or update.source is None or update.state is not MemberState.SUSPECT:
+            return []
+        if suspicion.confirm(update.source):
+            self.stats.confirmations += 1
+            self._queue.enqueue(update.node_id, update)
+        return []
 
     def _apply_about_self(self, update: MemberUpdate, now_ns: int) -> None:
         if self._left:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from xpro_mesh.core.gossip_state import Digest
 from xpro_mesh.mesh.membership import Address, MemberUpdate
 
-__all__ = ["Ack", "Members", "Ping", "PingReq", "Sync"]
+__all__ = ["Ack", "Members", "Nack", "Ping", "PingReq", "Sync"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +30,17 @@ class Ping:
 @dataclass(frozen=True, slots=True)
 class Ack:
     """The answer to a ping (or a forwarded one, for a ping-req)."""
+
+    seq: int
+    sender: MemberUpdate
+    updates: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """A ping-req helper's "I asked, the target did not answer in time"
+    (Lifeguard): the asker learns its helper is reachable, so a probe that
+    fails with its nacks in is the target's fault, not the asker's."""
 
     seq: int
     sender: MemberUpdate

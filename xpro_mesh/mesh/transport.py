@@ -8,14 +8,16 @@ datagram endpoint in the agent, :class:`MemoryTransport` on a
 :class:`MemoryNetwork` in tests, where loss, duplication, reordering,
 latency and partitions are dialled in and drawn from a seeded rng.
 
-There is no stream (TCP) side: the mesh's full-state sync to a joining node
-is chunked by the caller into datagrams under :attr:`Transport.max_datagram`
-(:func:`xpro_mesh.mesh.auth.payload_budget` gives the payload room after the
-envelope), and every chunk stands alone, so a lost chunk costs only its own
-records until the next round.
+This is the best-effort half; bulk state goes on the reliable half,
+:mod:`xpro_mesh.mesh.stream`. A delta small enough for datagrams is cut by
+the caller (:func:`xpro_mesh.mesh.wire.chunk_rows`) to the payload room
+under :attr:`Transport.max_datagram` that
+:func:`xpro_mesh.mesh.auth.payload_budget` leaves after the envelope, and
+every chunk stands alone, so a lost chunk costs only its own rows until the
+next round.
 
 The size limit is a trade. The default, 60 000 bytes, is one packet on
-loopback (its MTU is 65 536) and lets a full sync go out in few datagrams; on
+loopback (its MTU is 65 536) and lets a delta go out in few datagrams; on
 an Ethernet link (MTU 1500) the same datagram leaves as ~41 IP fragments and
 the loss of any one loses all of it, so the ``lan`` profile uses 1 400 bytes
 (one frame, no fragmentation, more datagrams for the same state) and ``wan``

@@ -23,17 +23,27 @@ IPv4-mapped; origin names are UTF-8, 1..255 bytes):
 ``members`` ``{"sender": M, "members": [M, ...], "reply": bool}``
 
 where a member record M is ``[node_id, host, port, incarnation, state,
-load]``, ``state`` one of ``alive|suspect|dead`` and ``load`` nil or
-``[packets_in_per_s, drop_ratio, loop_lag_ms]``.
+load, source]``, ``state`` one of ``alive|suspect|dead``, ``load`` nil or
+``[packets_in_per_s, drop_ratio, loop_lag_ms]`` and ``source`` nil or the
+node id that suspected the member (Lifeguard counts independent suspectors).
 
-``delta``   ``{"origins": [str, ...],
-              "entries": [[src, dst, origin_index, ts1, ts2, c, incarnation, seq], ...],
-              "coverage": [[origin_index, after_inc, after_seq, upto_inc, upto_seq], ...]}``
+``nack``    ``{"seq": u32, "sender": M, "updates": [M, ...]}`` (a ping-req helper
+            got no ack from the target in time: Lifeguard's nack, which tells
+            the asker that the helper, at least, is reachable)
 
-A delta names each origin once and refers to it by index, which keeps a row at
-about 50 bytes (at most :data:`MAX_ENTRY_BYTES`). The decoder checks types,
-sizes and index ranges only; whether a row is plausible (clock skew, rates,
-table size) is :meth:`xpro_mesh.core.gossip_state.GossipState.merge`'s job.
+``delta``   ``{"rows": bin}``: a :class:`~xpro_mesh.core.rows.ColumnarDelta` in
+            the columnar encoding of :mod:`xpro_mesh.mesh.columns` (origins
+            named once, addresses packed per destination, columns
+            frame-of-reference coded: about 8-16 bytes a changed IPv4 row).
+
+The decoder checks types, sizes, ranges and index bounds only; whether a row
+is plausible (clock skew, rates, table size) is the merge's job
+(:meth:`xpro_mesh.core.gossip_state.GossipState.merge`).
+
+Format 2 (this one) replaced format 1's msgpack row lists (50-86 bytes a row)
+with the columnar delta, and added ``nack`` and a member record's suspector;
+nodes of the two formats do not understand each other (``unsupported format
+version``), so a mesh is upgraded all at once.
 """
 
 from __future__ import annotations
@@ -41,46 +51,44 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import msgpack
+import numpy as np
+import numpy.typing as npt
 
-from xpro_mesh.core.gossip_state import (
-    Coverage,
-    Delta,
-    Digest,
-    OriginEntry,
-    PairEntry,
-    Version,
+from xpro_mesh.core.gossip_state import Coverage, Digest, Version
+from xpro_mesh.core.rows import ColumnarDelta, RowBatch
+from xpro_mesh.mesh.columns import (
+    MAX_ORIGIN_BYTES,
+    ColumnsInvalid,
+    ColumnsLimits,
+    decode_rows,
+    encode_rows,
 )
 from xpro_mesh.mesh.membership import MemberState, MemberUpdate, Workload
-from xpro_mesh.mesh.messages import Ack, Members, Ping, PingReq, Sync
+from xpro_mesh.mesh.messages import Ack, Members, Nack, Ping, PingReq, Sync
 
 __all__ = [
-    "ADDRESS_BYTES",
+    "DEFAULT_LIMITS",
     "FORMAT_VERSION",
-    "MAX_ENTRY_BYTES",
+    "MAX_UPDATES",
     "Kind",
     "Message",
     "WireError",
     "WireLimits",
+    "chunk_rows",
     "decode",
     "encode",
-    "entries_per_payload",
+    "encoded_size",
     "kind_of",
 ]
 
-FORMAT_VERSION = 1
-ADDRESS_BYTES = 16
-MAX_ORIGIN_BYTES = 255
+FORMAT_VERSION = 2
 _U64 = 2**64
-
-# Worst case of one delta row: an array header (1), two 16-byte bin fields
-# (2 + 16 each), an origin index (up to 3) and five u64 (9 each).
-MAX_ENTRY_BYTES = 1 + 2 * (2 + ADDRESS_BYTES) + 3 + 5 * 9
-# Worst case of the envelope, the origin table entry and a claim per row.
-_MAX_ORIGIN_OVERHEAD = 3 + MAX_ORIGIN_BYTES + 1 + 3 + 4 * 9
-_MAX_FRAME_BYTES = 64
+_FRAME_BYTES = 32  # msgpack's frame around a delta's bytes: {"v", "kind", "body": {"rows"}}
+_ESTIMATE_ABOVE_ROWS = 100_000
+_TYPICAL_ROW_BYTES = 10  # a changed IPv4 row is 7-14 bytes (docs/mesh.md)
 
 
 class Kind(enum.StrEnum):
@@ -90,21 +98,23 @@ class Kind(enum.StrEnum):
     DELTA = "delta"
     PING = "ping"
     ACK = "ack"
+    NACK = "nack"
     PING_REQ = "ping_req"
     MEMBERS = "members"
     SYNC = "sync"
 
 
-Message = Digest | Delta | Ping | Ack | PingReq | Members | Sync
+Message = Digest | ColumnarDelta | Ping | Ack | Nack | PingReq | Members | Sync
 
 MAX_UPDATES = 64  # membership updates in one message (piggyback or push-pull part)
 
 
 @dataclass(frozen=True, slots=True)
 class WireLimits:
-    """Sizes a decoder accepts before looking at content."""
+    """Sizes a decoder accepts before looking at content. The defaults suit
+    datagrams; the stream passes larger ones (its frame size)."""
 
-    max_message_bytes: int = 1 << 20  # push-pull may go over a stream, not one datagram
+    max_message_bytes: int = 1 << 20
     max_entries: int = 65_536  # rows in one delta
     max_origins: int = 4_096  # origins named in one message
 
@@ -119,19 +129,12 @@ class WireError:
     reason: str
 
 
-def entries_per_payload(payload_bytes: int) -> int:
-    """How many delta rows always fit a payload of this size, whatever their
-    origins (what the sender passes to :func:`chunk_delta` as ``max_items``)."""
-    per_row = MAX_ENTRY_BYTES + _MAX_ORIGIN_OVERHEAD
-    return max(1, (payload_bytes - _MAX_FRAME_BYTES) // per_row)
-
-
 # --- encoding ----------------------------------------------------------------
 
 
 def encode(message: Message) -> bytes:
     """msgpack bytes for one message. Raises ``ValueError`` for a message this
-    node should never build (e.g. a pair that is not two 16-byte addresses)."""
+    node should never build (e.g. a value outside 0..2^63-1 in a row)."""
     kind = kind_of(message)
     body = _ENCODERS[kind](message)
     packed: bytes = msgpack.packb({"v": FORMAT_VERSION, "kind": kind.value, "body": body})
@@ -153,40 +156,208 @@ def _digest_body(digest: Digest) -> dict[str, Any]:
     }
 
 
-def _delta_body(delta: Delta) -> dict[str, Any]:
-    # Origins are indexed in sorted order so that equal deltas encode to equal
-    # bytes whatever order their rows come in.
-    names = sorted({pe.origin for pe in delta.entries} | {c.origin for c in delta.coverage})
-    for name in names:
-        if not name or len(name) > MAX_ORIGIN_BYTES // 4:
-            _origin_name(name)
-    index = {name: i for i, name in enumerate(names)}
-    entries = []
-    for pe in delta.entries:
-        pair = pe.pair
-        if len(pair) != 2:
-            _bad_pair(pair)
-        src, dst = pair
-        if type(src) is not bytes or type(dst) is not bytes:
-            _bad_pair(pair)
-        if len(src) != ADDRESS_BYTES or len(dst) != ADDRESS_BYTES:
-            _bad_pair(pair)
-        e = pe.entry
-        entries.append([src, dst, index[pe.origin], e.ts1, e.ts2, e.c, e.version[0], e.version[1]])
-    coverage = [
-        [index[c.origin], c.after[0], c.after[1], c.upto[0], c.upto[1]] for c in delta.coverage
-    ]
-    return {"origins": names, "entries": entries, "coverage": coverage}
-
-
-def _bad_pair(pair: object) -> NoReturn:
-    raise ValueError(f"a pair on the wire is two {ADDRESS_BYTES}-byte addresses, got {pair!r}")
+def _delta_body(delta: ColumnarDelta) -> dict[str, Any]:
+    return {"rows": encode_rows(delta)}
 
 
 def _origin_name(name: str) -> str:
     if not 1 <= len(name.encode()) <= MAX_ORIGIN_BYTES:
         raise ValueError(f"origin names are 1..{MAX_ORIGIN_BYTES} UTF-8 bytes, got {name!r}")
     return name
+
+
+# --- chunking ------------------------------------------------------------------
+
+
+def encoded_size(delta: ColumnarDelta) -> int:
+    """Bytes of ``delta`` as one message (before the envelope)."""
+    return _size(delta)
+
+
+def chunk_rows(
+    delta: ColumnarDelta, budget_bytes: int, *, whole_bytes: int | None = None
+) -> list[ColumnarDelta]:
+    """Cut ``delta`` into messages of at most ``budget_bytes`` encoded bytes
+    each, every one filled close to the budget, safe to deliver independently.
+
+    Rows go in version order per origin, so each message holds a contiguous
+    run of an origin's versions and its claim covers exactly that run (the
+    rule of :func:`xpro_mesh.core.gossip_state.chunk_delta`, by bytes instead
+    of rows): ``(end of the run in the previous message, end of this run]``,
+    the run holding the origin's last claimed row closing the claim at its
+    ``upto``. Where a cut splits the rows of one version of an origin (rows
+    sharing a version, which :class:`GossipState` never issues), that
+    origin's claims stop there, so the receiver asks again rather than skip
+    rows. Claims with no rows travel where there is room.
+
+    ``whole_bytes`` is :func:`encoded_size` of ``delta`` when the caller has
+    it already. Raises ``ValueError`` if a single row does not fit the budget.
+    """
+    if budget_bytes < 1:
+        raise ValueError("budget_bytes must be >= 1")
+    if whole_bytes is None and delta.rows > _ESTIMATE_ABOVE_ROWS:
+        # Encoding a huge delta whole only to learn its size costs a full
+        # encode; start from a typical row size instead, _fill corrects it.
+        whole = delta.rows * _TYPICAL_ROW_BYTES
+    else:
+        whole = _size(delta) if whole_bytes is None else whole_bytes
+        if whole <= budget_bytes:
+            return [delta]
+    runs = [_sorted_by_version(b) for b in delta.batches if len(b)]
+    offsets = np.cumsum([0, *(len(b) for b in runs)])
+    total = int(offsets[-1])
+    claims = {c.origin: c for c in delta.coverage}
+    state = _Claims(claims, runs)
+    chunks: list[ColumnarDelta] = []
+    guess = max(1, int(total * budget_bytes * 0.95 / whole))
+    pos = 0
+    while pos < total:
+        take, chunk = _fill(runs, offsets, pos, guess, budget_bytes, state)
+        chunks.append(chunk)
+        pos += take
+        guess = take
+    rowless = [c for o, c in claims.items() if o not in state.closing]
+    for cov in rowless:
+        for i, chunk in enumerate(chunks):
+            bigger = ColumnarDelta(chunk.batches, (*chunk.coverage, cov))
+            if _size(bigger) <= budget_bytes:
+                chunks[i] = bigger
+                break
+        else:
+            chunks.append(ColumnarDelta((), (cov,)))
+    return chunks
+
+
+def _size(delta: ColumnarDelta) -> int:
+    return len(encode_rows(delta)) + _FRAME_BYTES
+
+
+def _sorted_by_version(b: RowBatch) -> RowBatch:
+    order = np.lexsort((b.seq, b.inc))
+    return _take(b, order)
+
+
+def _take(b: RowBatch, index: npt.NDArray[np.int64] | slice) -> RowBatch:
+    return RowBatch(
+        b.origin,
+        b.src[index],
+        b.dst[index],
+        b.ts1[index],
+        b.ts2[index],
+        b.c[index],
+        b.inc[index],
+        b.seq[index],
+    )
+
+
+class _Claims:
+    """Where each origin's claim stands while its rows are cut into chunks."""
+
+    def __init__(self, claims: dict[str, Coverage], runs: list[RowBatch]) -> None:
+        self.claims = claims
+        self.start: dict[str, Version] = {o: c.after for o, c in claims.items()}
+        self.closing: dict[str, int] = {}  # origin -> index of its last claimed row
+        self.first: dict[str, int] = {}  # origin -> index of its first claimed row
+        self.broken: set[str] = set()
+        for b in runs:
+            cov = claims.get(b.origin)
+            if cov is None:
+                continue
+            inside = np.flatnonzero(_above(b, cov.after) & ~_above(b, cov.upto))
+            if len(inside):
+                self.first[b.origin] = int(inside[0])
+                self.closing[b.origin] = int(inside[-1])
+
+    def claim(self, b: RowBatch, lo: int, hi: int) -> Coverage | None:
+        """The claim for rows ``lo..hi`` of ``b`` in one chunk,
+        or None; advances the origin's start when the claim is made."""
+        origin = b.origin
+        if origin not in self.closing or origin in self.broken:
+            return None
+        first, last = self.first[origin], self.closing[origin]
+        if hi <= first or lo > last:
+            return None
+        if hi > last:
+            cov = Coverage(origin, self.start[origin], self.claims[origin].upto)
+        else:
+            v = (int(b.inc[hi - 1]), int(b.seq[hi - 1]))
+            nxt = (int(b.inc[hi]), int(b.seq[hi]))
+            if nxt == v:
+                self.broken.add(origin)  # one version split over two chunks
+                return None
+            cov = Coverage(origin, self.start[origin], v)
+        self.start[origin] = cov.upto
+        return cov
+
+    def snapshot(self) -> tuple[dict[str, Version], set[str]]:
+        return dict(self.start), set(self.broken)
+
+    def restore(self, snap: tuple[dict[str, Version], set[str]]) -> None:
+        self.start, self.broken = dict(snap[0]), set(snap[1])
+
+
+def _above(b: RowBatch, v: Version) -> npt.NDArray[np.bool_]:
+    """Rows whose version ``(inc, seq)`` is above ``v``, lexicographically."""
+    above: npt.NDArray[np.bool_] = (b.inc > v[0]) | ((b.inc == v[0]) & (b.seq > v[1]))
+    return above
+
+
+def _fill(
+    runs: list[RowBatch],
+    offsets: npt.NDArray[np.int64],
+    pos: int,
+    guess: int,
+    budget: int,
+    state: _Claims,
+) -> tuple[int, ColumnarDelta]:
+    """The longest run of rows from ``pos`` (searched from ``guess``) whose
+    chunk fits ``budget``; a few encodes, each size steering the next guess."""
+    remaining = int(offsets[-1]) - pos
+    best: tuple[int, ColumnarDelta] | None = None
+    kept = state.snapshot()
+    lo_fail = remaining + 1  # smallest count known not to fit
+    take = max(1, min(guess, remaining))
+    for _ in range(8):
+        before = state.snapshot()
+        chunk = _build(runs, offsets, pos, take, state)
+        size = _size(chunk)
+        after = state.snapshot()
+        state.restore(before)
+        if size <= budget:
+            if best is None or take > best[0]:
+                best, kept = (take, chunk), after
+            if take == remaining or size >= 0.92 * budget or take + 1 >= lo_fail:
+                break
+            take = min(remaining, lo_fail - 1, max(take + 1, int(take * budget * 0.97 / size)))
+        else:
+            lo_fail = min(lo_fail, take)
+            if take == 1:
+                raise ValueError(f"one row does not fit a {budget}-byte message")
+            take = max(1, min(take - 1, int(take * budget * 0.97 / size)))
+            if best is not None and take <= best[0]:
+                break
+    if best is None:
+        raise ValueError(f"no rows fit a {budget}-byte message")
+    state.restore(kept)
+    return best
+
+
+def _build(
+    runs: list[RowBatch], offsets: npt.NDArray[np.int64], pos: int, take: int, state: _Claims
+) -> ColumnarDelta:
+    batches: list[RowBatch] = []
+    claims: list[Coverage] = []
+    end = pos + take
+    for i, b in enumerate(runs):
+        lo = max(pos, int(offsets[i])) - int(offsets[i])
+        hi = min(end, int(offsets[i + 1])) - int(offsets[i])
+        if hi <= lo:
+            continue
+        batches.append(_take(b, slice(lo, hi)))
+        cov = state.claim(b, lo, hi)
+        if cov is not None:
+            claims.append(cov)
+    return ColumnarDelta(tuple(batches), tuple(claims))
 
 
 # --- decoding ----------------------------------------------------------------
@@ -210,8 +381,8 @@ def decode(data: bytes, limits: WireLimits = DEFAULT_LIMITS) -> Message | WireEr
             strict_map_key=True,
             use_list=True,
             max_str_len=MAX_ORIGIN_BYTES,
-            max_bin_len=ADDRESS_BYTES,
-            max_array_len=max(limits.max_entries, limits.max_origins) + 8,
+            max_bin_len=limits.max_message_bytes,
+            max_array_len=max(limits.max_origins, MAX_UPDATES) + 8,
             max_map_len=16,
             max_ext_len=0,
         )
@@ -231,7 +402,7 @@ def decode(data: bytes, limits: WireLimits = DEFAULT_LIMITS) -> Message | WireEr
         if not isinstance(body, dict):
             raise _Invalid("body is not a map")
         return decoder(body, limits)
-    except _Invalid as exc:
+    except (_Invalid, ColumnsInvalid) as exc:
         return WireError(str(exc))
     except Exception as exc:  # a decoder bug must not take the agent down either
         return WireError(f"invalid: {type(exc).__name__}")
@@ -247,31 +418,27 @@ def _decode_digest(body: dict[str, Any], limits: WireLimits) -> Digest:
     return Digest(sender=sender, versions=versions)
 
 
-def _decode_delta(body: dict[str, Any], limits: WireLimits) -> Delta:
-    origins = [_name(o) for o in _list(body.get("origins"), limits.max_origins, "origins")]
-    entries: list[PairEntry] = []
-    for row in _list(body.get("entries"), limits.max_entries, "entries"):
-        src, dst, oi, ts1, ts2, c, inc, seq = _fields(row, 8, "entry")
-        entry = OriginEntry(ts1=_u64(ts1), ts2=_u64(ts2), c=_u64(c), version=(_u64(inc), _u64(seq)))
-        entries.append(PairEntry((_address(src), _address(dst)), _index(origins, oi), entry))
-    coverage: list[Coverage] = []
-    for row in _list(body.get("coverage"), limits.max_origins, "coverage"):
-        oi, a_inc, a_seq, u_inc, u_seq = _fields(row, 5, "coverage")
-        coverage.append(
-            Coverage(
-                _index(origins, oi),
-                after=(_u64(a_inc), _u64(a_seq)),
-                upto=(_u64(u_inc), _u64(u_seq)),
-            )
-        )
-    return Delta(entries=tuple(entries), coverage=tuple(coverage))
+def _decode_delta(body: dict[str, Any], limits: WireLimits) -> ColumnarDelta:
+    rows = body.get("rows")
+    if not isinstance(rows, bytes):
+        raise _Invalid("delta rows are not bytes")
+    return decode_rows(
+        rows,
+        ColumnsLimits(
+            max_rows=limits.max_entries,
+            max_origins=limits.max_origins,
+            max_claims=limits.max_origins,
+        ),
+    )
 
 
 def _member(u: MemberUpdate) -> list[Any]:
-    load = None if u.load is None else [
-        float(u.load.packets_in_per_s), float(u.load.drop_ratio), float(u.load.loop_lag_ms)
-    ]
-    return [u.node_id, u.addr[0], u.addr[1], u.incarnation, u.state.value, load]
+    load = (
+        None
+        if u.load is None
+        else [float(u.load.packets_in_per_s), float(u.load.drop_ratio), float(u.load.loop_lag_ms)]
+    )
+    return [u.node_id, u.addr[0], u.addr[1], u.incarnation, u.state.value, load, u.source]
 
 
 def _members(updates: tuple[MemberUpdate, ...]) -> list[list[Any]]:
@@ -279,17 +446,27 @@ def _members(updates: tuple[MemberUpdate, ...]) -> list[list[Any]]:
 
 
 def _ping_body(m: Ping) -> dict[str, Any]:
-    return {"seq": m.seq, "target": m.target_id, "sender": _member(m.sender),
-            "updates": _members(m.updates)}
+    return {
+        "seq": m.seq,
+        "target": m.target_id,
+        "sender": _member(m.sender),
+        "updates": _members(m.updates),
+    }
 
 
-def _ack_body(m: Ack) -> dict[str, Any]:
+def _ack_body(m: Ack | Nack) -> dict[str, Any]:
     return {"seq": m.seq, "sender": _member(m.sender), "updates": _members(m.updates)}
 
 
 def _ping_req_body(m: PingReq) -> dict[str, Any]:
-    return {"seq": m.seq, "target": m.target_id, "host": m.target_addr[0],
-            "port": m.target_addr[1], "sender": _member(m.sender), "updates": _members(m.updates)}
+    return {
+        "seq": m.seq,
+        "target": m.target_id,
+        "host": m.target_addr[0],
+        "port": m.target_addr[1],
+        "sender": _member(m.sender),
+        "updates": _members(m.updates),
+    }
 
 
 def _members_body(m: Members) -> dict[str, Any]:
@@ -297,12 +474,16 @@ def _members_body(m: Members) -> dict[str, Any]:
 
 
 def _sync_body(m: Sync) -> dict[str, Any]:
-    return {"digest": _digest_body(m.digest), "reply": m.reply, "sender": _member(m.sender),
-            "updates": _members(m.updates)}
+    return {
+        "digest": _digest_body(m.digest),
+        "reply": m.reply,
+        "sender": _member(m.sender),
+        "updates": _members(m.updates),
+    }
 
 
 def _decode_member(row: object) -> MemberUpdate:
-    node_id, host, port, inc, state, load = _fields(row, 6, "member")
+    node_id, host, port, inc, state, load, source = _fields(row, 7, "member")
     if not isinstance(state, str) or state not in {s.value for s in MemberState}:
         raise _Invalid(f"member state {state!r}")
     if not isinstance(host, str) or type(port) is not int:
@@ -316,8 +497,11 @@ def _decode_member(row: object) -> MemberUpdate:
             workload = Workload(float(figures[0]), float(figures[1]), float(figures[2]))
         except ValueError as exc:
             raise _Invalid(f"load: {exc}") from None
+    suspector = None if source is None else _name(source)
     try:
-        return MemberUpdate(_name(node_id), (host, port), _u64(inc), MemberState(state), workload)
+        return MemberUpdate(
+            _name(node_id), (host, port), _u64(inc), MemberState(state), workload, suspector
+        )
     except ValueError as exc:
         raise _Invalid(f"member: {exc}") from None
 
@@ -339,42 +523,70 @@ def _bool(value: object) -> bool:
 
 
 def _decode_ping(body: dict[str, Any], limits: WireLimits) -> Ping:
-    return Ping(_seq(body.get("seq")), _name(body.get("target")),
-                _decode_member(body.get("sender")), _decode_members(body.get("updates")))
+    return Ping(
+        _seq(body.get("seq")),
+        _name(body.get("target")),
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("updates")),
+    )
 
 
 def _decode_ack(body: dict[str, Any], limits: WireLimits) -> Ack:
-    return Ack(_seq(body.get("seq")), _decode_member(body.get("sender")),
-               _decode_members(body.get("updates")))
+    return Ack(
+        _seq(body.get("seq")),
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("updates")),
+    )
+
+
+def _decode_nack(body: dict[str, Any], limits: WireLimits) -> Nack:
+    return Nack(
+        _seq(body.get("seq")),
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("updates")),
+    )
 
 
 def _decode_ping_req(body: dict[str, Any], limits: WireLimits) -> PingReq:
     host, port = body.get("host"), body.get("port")
     if not isinstance(host, str) or not host or type(port) is not int or not 0 < port < 65536:
         raise _Invalid("ping_req target address")
-    return PingReq(_seq(body.get("seq")), _name(body.get("target")), (host, port),
-                   _decode_member(body.get("sender")), _decode_members(body.get("updates")))
+    return PingReq(
+        _seq(body.get("seq")),
+        _name(body.get("target")),
+        (host, port),
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("updates")),
+    )
 
 
 def _decode_members_msg(body: dict[str, Any], limits: WireLimits) -> Members:
-    return Members(_decode_member(body.get("sender")), _decode_members(body.get("members")),
-                   _bool(body.get("reply")))
+    return Members(
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("members")),
+        _bool(body.get("reply")),
+    )
 
 
 def _decode_sync(body: dict[str, Any], limits: WireLimits) -> Sync:
     digest = body.get("digest")
     if not isinstance(digest, dict):
         raise _Invalid("sync digest is not a map")
-    return Sync(_decode_digest(digest, limits), _bool(body.get("reply")),
-                _decode_member(body.get("sender")), _decode_members(body.get("updates")))
+    return Sync(
+        _decode_digest(digest, limits),
+        _bool(body.get("reply")),
+        _decode_member(body.get("sender")),
+        _decode_members(body.get("updates")),
+    )
 
 
 # A new message type: a Kind, a dataclass in Message, and one entry in each table.
 _KINDS: dict[type, Kind] = {
     Digest: Kind.DIGEST,
-    Delta: Kind.DELTA,
+    ColumnarDelta: Kind.DELTA,
     Ping: Kind.PING,
     Ack: Kind.ACK,
+    Nack: Kind.NACK,
     PingReq: Kind.PING_REQ,
     Members: Kind.MEMBERS,
     Sync: Kind.SYNC,
@@ -384,6 +596,7 @@ _ENCODERS: dict[Kind, Callable[[Any], dict[str, Any]]] = {
     Kind.DELTA: _delta_body,
     Kind.PING: _ping_body,
     Kind.ACK: _ack_body,
+    Kind.NACK: _ack_body,
     Kind.PING_REQ: _ping_req_body,
     Kind.MEMBERS: _members_body,
     Kind.SYNC: _sync_body,
@@ -393,6 +606,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any], WireLimits], Message]] = {
     Kind.DELTA.value: _decode_delta,
     Kind.PING.value: _decode_ping,
     Kind.ACK.value: _decode_ack,
+    Kind.NACK.value: _decode_nack,
     Kind.PING_REQ.value: _decode_ping_req,
     Kind.MEMBERS.value: _decode_members_msg,
     Kind.SYNC.value: _decode_sync,
@@ -423,15 +637,3 @@ def _name(value: object) -> str:
     if not isinstance(value, str) or not 1 <= len(value.encode()) <= MAX_ORIGIN_BYTES:
         raise _Invalid("origin name is not 1..255 bytes of UTF-8")
     return value
-
-
-def _address(value: object) -> bytes:
-    if not isinstance(value, bytes) or len(value) != ADDRESS_BYTES:
-        raise _Invalid(f"address is not {ADDRESS_BYTES} bytes")
-    return value
-
-
-def _index(origins: list[str], value: object) -> str:
-    if type(value) is not int or not 0 <= value < len(origins):
-        raise _Invalid(f"origin index {value!r} out of range")
-    return origins[value]

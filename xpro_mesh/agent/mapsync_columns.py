@@ -1,0 +1,257 @@
+"""The map-sync cycle over columns: :func:`xpro_mesh.agent.mapsync.plan_cycle`
+for a million slots, with the columnar table (:mod:`xpro_mesh.core.table`)
+in place of :class:`~xpro_mesh.core.gossip_state.GossipState`.
+
+Same plan, step for step (``tests/test_mapsync_columns.py`` runs both on the
+same reads and demands the same views, retirements and rows): this origin's
+rows from the kernel's windows (Algorithm 1 with the catch-up), expiry, the
+pair views of every read slot, the destination views of every read
+destination, each written only when it moved. Every step is a handful of
+numpy calls over the whole read; no Python runs per slot.
+
+One difference the test allows for: versions. The scalar planner issues a
+new version slot by slot; here the rows synced by Algorithm 1 get theirs
+first, then the windows taken whole (``restart_own``). Both issue one
+version per change, so digests and deltas agree in everything but the order
+of sequence numbers within a cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+import numpy.typing as npt
+
+from xpro_mesh.agent.mapsync import CyclePlan, DestViews, PairViews, SlotMemory, SlotRead
+from xpro_mesh.core.table import PairTable
+from xpro_mesh.datapath.backend import DestRead
+
+__all__ = ["STEP", "plan_cycle_columns", "plan_cycle_steps"]
+
+I64 = npt.NDArray[np.int64]
+
+
+def _addresses(field: np.ndarray) -> npt.NDArray[np.bytes_]:
+    """A ``V16`` column of slot rows as the table's ``S16`` keys."""
+    return np.ascontiguousarray(field).view("S16").reshape(-1)
+
+
+STEP = 65_536  # slots planned between two yields to the event loop (~10-30 ms)
+
+
+def plan_cycle_columns(
+    table: PairTable,
+    pairs: SlotRead,
+    dests: DestRead,
+    memory: SlotMemory,
+    now: int,
+) -> CyclePlan:
+    """:func:`~xpro_mesh.agent.mapsync.plan_cycle`, vectorised (mutates
+    ``table`` and ``memory``): :func:`plan_cycle_steps` run to the end."""
+    steps = plan_cycle_steps(table, pairs, dests, memory, now)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            plan: CyclePlan = done.value
+            return plan
+
+
+def plan_cycle_steps(
+    table: PairTable,
+    pairs: SlotRead,
+    dests: DestRead,
+    memory: SlotMemory,
+    now: int,
+    step: int = STEP,
+) -> Generator[None, None, CyclePlan]:
+    """The plan as a generator that yields after every ``step`` slots, so the
+    agent's event loop answers probes and merges rows between two chunks.
+
+    Rows merged between two chunks are safe: each chunk's rows and views are
+    those of the table at that chunk; a view that moves after its chunk is
+    written by the next cycle (views are compared with what was written, not
+    with what changed)."""
+    n = len(pairs)
+    slots = pairs.slots.astype(np.int64)
+    src, dst, gen, kts1, kts2, kc = pairs.src, pairs.dst, pairs.gen, pairs.ts1, pairs.ts2, pairs.c
+
+    own_changed = 0
+    for lo in range(0, n, step):
+        c = slice(lo, min(n, lo + step))
+        s = slots[c]
+        seen = memory.gen[s] == gen[c]
+        dc = np.where(seen, np.maximum(kc[c] - memory.c[s], 0), kc[c])
+        memory.gen[s] = gen[c]
+        memory.c[s] = kc[c]
+        own_changed += _sync_own_rows(table, src[c], dst[c], seen, kts1[c], kts2[c], dc, kc[c])
+        yield
+    expired = table.expire(now).dropped
+
+    chunks: list[PairViews] = []
+    gone_parts: list[npt.NDArray[np.int64]] = []
+    for lo in range(0, n, step):
+        c = slice(lo, min(n, lo + step))
+        views, gone = _pair_views(table, src[c], dst[c], slots[c], gen[c], kc[c], memory)
+        chunks.append(views)
+        gone_parts.append(np.flatnonzero(gone) + lo)
+        yield
+    gone_at = np.concatenate(gone_parts) if gone_parts else np.zeros(0, np.int64)
+
+    dv, d_gone_slots, d_gone_gens = _dest_views(table, dests, memory)
+    return CyclePlan(
+        pair_views=_concat(chunks),
+        dest_views=dv,
+        expire_slots=slots[gone_at].astype(np.uint32),
+        expire_gens=gen[gone_at],
+        expire_dslots=d_gone_slots,
+        expire_dgens=d_gone_gens,
+        own_changed=own_changed,
+        expired_rows=expired,
+    )
+
+
+def _pair_views(
+    table: PairTable,
+    src: npt.NDArray[np.bytes_],
+    dst: npt.NDArray[np.bytes_],
+    slots: I64,
+    gen: npt.NDArray[np.uint64],
+    kc: I64,
+    memory: SlotMemory,
+) -> tuple[PairViews, npt.NDArray[np.bool_]]:
+    """The views of read slots that moved since written (recorded in
+    ``memory``), and which slots' pairs are held nowhere any more."""
+    ids = table.pair_ids(src, dst)
+    held = ids >= 0
+    views = table.pair_views(ids[held])
+    h = np.flatnonzero(held)
+    w_slots = slots[h]
+    w_gen = gen[h]
+    w_adj = views.c - kc[h]  # the table holds counts past 2^63 - 1 at it
+    w_ts1 = views.ts1.astype(np.uint64)
+    w_ts2 = views.ts2.astype(np.uint64)
+    moved = (
+        (memory.w_gen[w_slots] != w_gen)
+        | (memory.w_adj[w_slots] != w_adj)
+        | (memory.w_ts1[w_slots] != w_ts1)
+        | (memory.w_ts2[w_slots] != w_ts2)
+    )
+    m = np.flatnonzero(moved)
+    pv = PairViews(
+        slots=w_slots[m].astype(np.uint32),
+        gen=w_gen[m],
+        adj=w_adj[m],
+        ts1=w_ts1[m],
+        ts2=w_ts2[m],
+    )
+    memory.w_gen[pv.slots] = pv.gen
+    memory.w_adj[pv.slots] = pv.adj
+    memory.w_ts1[pv.slots] = pv.ts1
+    memory.w_ts2[pv.slots] = pv.ts2
+    return pv, ~held
+
+
+def _concat(chunks: list[PairViews]) -> PairViews:
+    if not chunks:
+        z = np.zeros(0, np.uint64)
+        return PairViews(np.zeros(0, np.uint32), z, np.zeros(0, np.int64), z.copy(), z.copy())
+    return PairViews(
+        slots=np.concatenate([v.slots for v in chunks]),
+        gen=np.concatenate([v.gen for v in chunks]),
+        adj=np.concatenate([v.adj for v in chunks]),
+        ts1=np.concatenate([v.ts1 for v in chunks]),
+        ts2=np.concatenate([v.ts2 for v in chunks]),
+    )
+
+
+def _sync_own_rows(
+    table: PairTable,
+    src: npt.NDArray[np.bytes_],
+    dst: npt.NDArray[np.bytes_],
+    seen: npt.NDArray[np.bool_],
+    kts1: I64,
+    kts2: I64,
+    dc: I64,
+    kc: I64,
+) -> int:
+    """The scalar ``_own_step`` and ``_sync_own`` over every read slot: how
+    many own rows changed."""
+    ids = table.pair_ids(src, dst)
+    own, o_ts1, o_ts2, written = table.own_rows(ids)
+    t_t4 = table.params.t_t4
+    busy = dc > 0
+    # seen, no own row: the packets since are a new row at the latest of them
+    fresh_seen = seen & ~own & busy
+    # seen, own row: Algorithm 1 with the row's start; or the T_T4 shrink alone
+    more = seen & own & busy
+    shrink = seen & own & ~busy & (o_ts2 - o_ts1 > t_t4)
+    # a new window: Algorithm 2 restarted it (mark), or a first row
+    restarted = ~seen & own & (written | (kts1 > o_ts2))
+    first = ~seen & ~own
+    taken = ~seen & own & ~written & (kts1 <= o_ts2)  # counted by this window: take it
+
+    sync = fresh_seen | more | shrink | restarted | first
+    i = np.flatnonzero(sync)
+    ts1 = np.select(
+        [fresh_seen[i], more[i], shrink[i]],
+        [kts2[i], np.minimum(o_ts1[i], kts2[i]), o_ts1[i]],
+        default=kts1[i],
+    )
+    ts2 = np.where(shrink[i], o_ts2[i], kts2[i])
+    count = np.where(restarted[i] | first[i], kc[i], dc[i])
+    mark = restarted[i].astype(np.int64)
+    changed = 0
+    if len(i):
+        synced = table.record_local(src[i], dst[i], ts1, ts2, count, mark, catch_up=True)
+        changed += int(synced.changed.sum())
+    t = np.flatnonzero(taken)
+    if len(t):
+        table.restart_own(src[t], dst[t], kts1[t], kts2[t], kc[t])
+        zero = np.zeros(len(t), np.int64)
+        table.record_local(src[t], dst[t], kts1[t], kts2[t], zero, zero, catch_up=True)
+        changed += len(t)
+    return changed
+
+
+def _dest_views(
+    table: PairTable, dests: DestRead, memory: SlotMemory
+) -> tuple[DestViews, npt.NDArray[np.uint32], npt.NDArray[np.uint64]]:
+    drows = dests.rows
+    dslots = dests.slots.astype(np.int64)
+    dgen = drows["gen"].astype(np.uint64)
+    dids = table.destination_ids(_addresses(drows["dst"]))
+    views = table.destination_views(dids[dids >= 0])
+    # destination_views leaves out destinations without pairs: match by id
+    position = np.full(max(int(dids.max(initial=-1)) + 1, 1), -1, np.int64)
+    position[views.ids] = np.arange(len(views.ids))
+    at = np.where(dids >= 0, position[np.maximum(dids, 0)], -1)
+    held = at >= 0
+    h = np.flatnonzero(held)
+    a = at[h]
+    c = views.c
+    s = dslots[h]
+    g = dgen[h]
+    adj = c[a] - drows["c"].astype(np.int64)[h]
+    nadj = views.clients[a] - drows["n"].astype(np.int64)[h]
+    ts1 = views.ts1[a].astype(np.uint64)
+    ts2 = views.ts2[a].astype(np.uint64)
+    moved = (
+        (memory.d_gen[s] != g)
+        | (memory.d_adj[s] != adj)
+        | (memory.d_nadj[s] != nadj)
+        | (memory.d_ts1[s] != ts1)
+        | (memory.d_ts2[s] != ts2)
+    )
+    m = np.flatnonzero(moved)
+    dv = DestViews(
+        dslots=s[m].astype(np.uint32), gen=g[m], adj=adj[m], nadj=nadj[m], ts1=ts1[m], ts2=ts2[m]
+    )
+    memory.d_gen[dv.dslots] = dv.gen
+    memory.d_adj[dv.dslots] = dv.adj
+    memory.d_nadj[dv.dslots] = dv.nadj
+    memory.d_ts1[dv.dslots] = dv.ts1
+    memory.d_ts2[dv.dslots] = dv.ts2
+    gone = ~held
+    return dv, dslots[gone].astype(np.uint32), dgen[gone]

@@ -1,0 +1,298 @@
+"""Dense integer ids for fixed-width keys, looked up and created in bulk.
+
+The columnar table (:mod:`xpro_mesh.core.table`) keeps every pair's fields in
+arrays indexed by a *pair id*; this module maps keys to those ids for whole
+arrays of keys at once. A key is ``words`` unsigned 64-bit words: a pair
+(two 16-byte addresses) is 4 words, a destination 2. IPv4-mapped addresses
+need no special case: every key is hashed and compared as its words.
+
+Layout: an open-addressing hash table with linear probing (``_slots``: slot ->
+id, ``EMPTY`` or ``TOMBSTONE``), its size a power of two at most a quarter
+full (linear probing then stays near one probe per key),
+the home slot the top bits of a multiplicative hash; the keys themselves live
+once, per id, in ``_keys`` (id -> words), where the table's rows read them.
+Every operation runs *probe rounds*: each round handles all keys still
+unresolved with a few vectorised gathers and compares, so a million keys cost
+a few dozen numpy calls, not a million Python steps.
+
+Invariants:
+
+* a live id's key is in exactly one slot, reachable from its home slot
+  without crossing an ``EMPTY`` slot (tombstones keep chains intact);
+* ids are dense: a removed id goes on a free stack and is handed out again
+  (last freed, first reused) before any fresh id;
+* :meth:`KeyIndex.get_or_create` is idempotent within one call: equal keys
+  in one call get one id (two keys claiming one empty slot in a round: one
+  wins, the other sees the winner next round and matches it if equal).
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["EMPTY", "TOMBSTONE", "KeyIndex", "address_words", "pair_words"]
+
+Ints = npt.NDArray[np.int64]
+Words = npt.NDArray[np.uint64]
+Bools = npt.NDArray[np.bool_]
+
+EMPTY = -1
+TOMBSTONE = -2
+
+_MIX = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93],
+    dtype=np.uint64,
+)
+_FINAL = np.uint64(0xFF51AFD7ED558CCD)
+
+
+def address_words(addresses: npt.NDArray[np.bytes_]) -> Words:
+    """16-byte addresses (``S16``) as an ``(n, 2)`` array of their two words."""
+    a = np.ascontiguousarray(addresses, dtype="S16")
+    return a.view(np.uint64).reshape(-1, 2)
+
+
+def pair_words(src: npt.NDArray[np.bytes_], dst: npt.NDArray[np.bytes_]) -> Words:
+    """(client, destination) pairs as an ``(n, 4)`` array: client words, then
+    destination words."""
+    out = np.empty((len(src), 4), dtype=np.uint64)
+    out[:, :2] = address_words(src)
+    out[:, 2:] = address_words(dst)
+    return out
+
+
+class KeyIndex:
+    """Keys of ``words`` u64 words to dense ids ``0 .. capacity-1``."""
+
+    def __init__(self, words: int, capacity: int = 1024) -> None:
+        if not 1 <= words <= len(_MIX):
+            raise ValueError(f"words must be 1..{len(_MIX)}, got {words}")
+        self._words = words
+        self._keys: Words = np.zeros((max(capacity, 16), words), dtype=np.uint64)
+        self._slot_of: Ints = np.full(len(self._keys), EMPTY, dtype=np.int64)
+        self._live: Bools = np.zeros(len(self._keys), dtype=np.bool_)
+        self._fresh = 0  # ids below this have been handed out at least once
+        self._free: list[Ints] = []  # stacks of freed ids, reused first
+        self._free_count = 0
+        self._count = 0
+        self._tombstones = 0
+        self._bits = 0
+        self._slots: Ints = np.zeros(0, dtype=np.int64)
+        self._resize_slots(4 * max(capacity, 16))
+
+    # --- inspection ------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def capacity(self) -> int:
+        """Ids are below this; the caller's per-id columns must be this long."""
+        return len(self._keys)
+
+    @property
+    def live(self) -> Bools:
+        """Read-only mask over ids: True where the id holds a key."""
+        view = self._live.view()
+        view.flags.writeable = False
+        return view
+
+    def keys_of(self, ids: Ints) -> Words:
+        """The keys of live ``ids`` (``(n, words)``)."""
+        return self._keys[ids]
+
+    def nbytes(self) -> int:
+        return int(
+            self._keys.nbytes + self._slot_of.nbytes + self._live.nbytes + self._slots.nbytes
+        )
+
+    # --- bulk operations -------------------------------------------------------
+
+    def lookup(self, keys: Words) -> Ints:
+        """The id of each key, ``EMPTY`` (-1) for keys not held."""
+        keys = self._check(keys)
+        n = len(keys)
+        found = np.full(n, EMPTY, dtype=np.int64)
+        slot = self._home(keys)
+        mask = np.int64(len(self._slots) - 1)
+        pending: Ints | None = None  # None: every row (the first round)
+        while pending is None or len(pending):
+            s = slot if pending is None else slot[pending]
+            want = keys if pending is None else keys[pending]
+            held = self._slots[s]
+            match = self._equal(held, want)
+            rows = np.arange(n, dtype=np.int64) if pending is None else pending
+            found[rows[match]] = held[match]
+            rows = rows[~match & (held != EMPTY)]
+            slot[rows] = (slot[rows] + 1) & mask
+            pending = rows
+        return found
+
+    def _equal(self, held: Ints, want: Words) -> Bools:
+        """Row by row: whether slot content ``held`` is an id whose key is ``want``."""
+        rows = self._keys.view(f"V{8 * self._words}").ravel()
+        stored = np.take(rows, np.maximum(held, 0)).view(np.uint64).reshape(-1, self._words)
+        match = held >= 0
+        for w in range(self._words):
+            match &= stored[:, w] == want[:, w]
+        return match
+
+    def get_or_create(self, keys: Words) -> tuple[Ints, Bools]:
+        """The id of each key, creating ids for keys not held; and which rows
+        of ``keys`` created their id (one row of each group of equal keys)."""
+        keys = self._check(keys)
+        n = len(keys)
+        ids = self.lookup(keys)
+        created = np.zeros(n, dtype=np.bool_)
+        missing = np.flatnonzero(ids == EMPTY)
+        if not len(missing):
+            return ids, created
+        self._reserve(len(missing))
+        want = keys[missing]
+        new_ids, first = self._insert(want)
+        ids[missing] = new_ids
+        created[missing[first]] = True
+        return ids, created
+
+    def remove(self, ids: Ints) -> None:
+        """Forget the keys of live ``ids`` (distinct); their ids are reused."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return
+        if not self._live[ids].all():
+            raise ValueError("remove: an id is not live")
+        self._slots[self._slot_of[ids]] = TOMBSTONE
+        self._slot_of[ids] = EMPTY
+        self._live[ids] = False
+        self._keys[ids] = 0
+        self._free.append(ids[::-1].copy())
+        self._free_count += len(ids)
+        self._count -= len(ids)
+        self._tombstones += len(ids)
+
+    # --- internals -------------------------------------------------------------
+
+    def _check(self, keys: Words) -> Words:
+        keys = np.ascontiguousarray(keys, dtype=np.uint64)
+        if keys.ndim != 2 or keys.shape[1] != self._words:
+            raise ValueError(f"keys must have shape (n, {self._words}), got {keys.shape}")
+        return keys
+
+    def _home(self, keys: Words) -> Ints:
+        h = keys[:, 0] * _MIX[0]
+        for w in range(1, self._words):
+            h ^= keys[:, w] * _MIX[w]
+        h ^= h >> np.uint64(29)
+        h *= _FINAL
+        h ^= h >> np.uint64(32)
+        home: Ints = (h >> np.uint64(64 - self._bits)).astype(np.int64)
+        return home
+
+    def _reserve(self, extra: int) -> None:
+        """Room for ``extra`` more ids and slots, growing amortised (x2)."""
+        need = self._count + extra
+        fresh_needed = max(0, extra - self._free_count)
+        if self._fresh + fresh_needed > len(self._keys):
+            cap = len(self._keys)
+            while cap < self._fresh + fresh_needed:
+                cap *= 2
+            grow = cap - len(self._keys)
+            self._keys = np.concatenate([self._keys, np.zeros((grow, self._words), np.uint64)])
+            self._slot_of = np.concatenate([self._slot_of, np.full(grow, EMPTY, np.int64)])
+            self._live = np.concatenate([self._live, np.zeros(grow, np.bool_)])
+        if 4 * (need + self._tombstones) > len(self._slots):
+            size = len(self._slots)
+            while 4 * need > size:
+                size *= 2
+            self._resize_slots(size)
+
+    def _resize_slots(self, size: int) -> None:
+        self._bits = max(4, (size - 1).bit_length())
+        self._slots = np.full(1 << self._bits, EMPTY, dtype=np.int64)
+        self._tombstones = 0
+        ids = np.flatnonzero(self._live)
+        if len(ids):
+            self._place(self._keys[ids], ids)
+
+    def _take_ids(self, n: int) -> Ints:
+        out: list[Ints] = []
+        while n and self._free:
+            top = self._free[-1]
+            k = min(n, len(top))
+            out.append(top[len(top) - k :])
+            if k == len(top):
+                self._free.pop()
+            else:
+                self._free[-1] = top[: len(top) - k]
+            self._free_count -= k
+            n -= k
+        if n:
+            out.append(np.arange(self._fresh, self._fresh + n, dtype=np.int64))
+            self._fresh += n
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+    def _insert(self, keys: Words) -> tuple[Ints, Bools]:
+        """Place keys none of which is held; equal keys share one id.
+        Returns each row's id and which rows made theirs."""
+        n = len(keys)
+        ids = np.full(n, EMPTY, dtype=np.int64)
+        first = np.zeros(n, dtype=np.bool_)
+        slot = self._home(keys)
+        pending = np.arange(n, dtype=np.int64)
+        mask = np.int64(len(self._slots) - 1)
+        claim = np.full(len(self._slots), EMPTY, dtype=np.int64)
+        while len(pending):
+            s = slot[pending]
+            held = self._slots[s]
+            # A key placed by an earlier round of this call (an equal key won).
+            occupied = held >= 0
+            match = self._equal(held, keys[pending])
+            ids[pending[match]] = held[match]
+            free = ~occupied
+            claimers = pending[free]
+            cs = s[free]
+            claim[cs] = claimers  # one claimer per slot wins, whichever numpy keeps
+            won = claim[cs] == claimers
+            winners = claimers[won]
+            ws = cs[won]
+            new = self._take_ids(len(winners))
+            self._tombstones -= int(np.count_nonzero(self._slots[ws] == TOMBSTONE))
+            self._slots[ws] = new
+            self._keys[new] = keys[winners]
+            self._slot_of[new] = ws
+            self._live[new] = True
+            self._count += len(new)
+            ids[winners] = new
+            first[winners] = True
+            claim[cs] = EMPTY
+            # Losers retry the same slot (the winner may be their equal);
+            # keys that met a different key move on.
+            lost = claimers[~won]
+            moved = pending[occupied & ~match]
+            slot[moved] = (slot[moved] + 1) & mask
+            pending = np.concatenate([lost, moved])
+        return ids, first
+
+    def _place(self, keys: Words, ids: Ints) -> None:
+        """Rebuild: put distinct live keys back under their ids."""
+        slot = self._home(keys)
+        pending = np.arange(len(keys), dtype=np.int64)
+        mask = np.int64(len(self._slots) - 1)
+        claim = np.full(len(self._slots), EMPTY, dtype=np.int64)
+        while len(pending):
+            s = slot[pending]
+            free = self._slots[s] == EMPTY
+            claimers = pending[free]
+            cs = s[free]
+            claim[cs] = claimers
+            won = claim[cs] == claimers
+            self._slots[cs[won]] = ids[claimers[won]]
+            self._slot_of[ids[claimers[won]]] = cs[won]
+            claim[cs] = EMPTY
+            lost = claimers[~won]
+            moved = pending[~free]
+            slot[moved] = (slot[moved] + 1) & mask
+            pending = np.concatenate([lost, moved])
