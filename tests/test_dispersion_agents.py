@@ -271,8 +271,9 @@ def test_good_load_concentrated_on_one_proxy_spreads_without_oscillating(
 async def _overload_run(cluster: Cluster, dispersion: bool, after_s: float) -> dict[str, Any]:
     token = cluster.mesh.token
     seeds = tuple((h, cluster.api_port) for h in cluster.hosts)
-    # 600 packets/s in all, 1.2 × one proxy's capacity; many clients, so that their count per proxy follows the
-    # weights (max/mean of 120 clients over 3 equal weights is about 1.15).
+    # 600 packets/s in all, 1.2 × one proxy's capacity; many clients, so that
+    # their count per proxy follows the weights (120 clients over 3 equal
+    # weights land 33 / 40 / 47 here: max/mean 1.175).
     n_clients, interval_s, packets = 120, 2.0, 10
     clients = [
         ProxyClient(
