@@ -247,9 +247,9 @@ def test_good_load_concentrated_on_one_proxy_spreads_without_oscillating(
 
     Asserted: the load was concentrated; every node had moved weight off the
     loaded proxy before the clients followed; the clients then sit where the
-    weights say (max/mean of clients per proxy <= 1.3); no node changed its
-    weights more often than ``min_change`` allows; the good clients fared no
-    worse. The measured occupancies (the issue's figures) are printed with
+    weights say (each proxy's share of clients within 0.15 of its weight); no
+    node changed its weights more often than ``min_change`` allows; the good
+    clients fared no worse. The measured occupancies (the issue's figures) are printed with
     their target, not asserted: on one shared host the proxies' loop lag is
     the host's, and their occupancies move with it."""
     without = asyncio.run(_overload_run(cluster, dispersion=False, after_s=10.0))
@@ -260,9 +260,10 @@ def test_good_load_concentrated_on_one_proxy_spreads_without_oscillating(
     assert without["max_mean_load_ratio_before"] > 1.3  # the load was concentrated
     loaded = cluster.agents[0].node_id
     assert all(w[loaded] < 1 / 3 for w in with_["weights_at_switch"].values())
-    counts = with_["clients_end"]
-    assert len(counts) == N
-    assert max(counts.values()) <= 1.3 * sum(counts.values()) / N
+    # The clients are where the weights say (3.5 sigma of 120 draws: 0.15).
+    counts, w_end = with_["clients_end"], with_["weights_end"]
+    for node, weight in w_end.items():
+        assert abs(counts.get(node, 0) / sum(counts.values()) - weight) <= 0.15
     for run in (without, with_):
         assert run["weight_changes_max_per_node"] <= run["duration_s"] / MIN_CHANGE_S + 1
     assert with_["good_success"] >= without["good_success"] - 0.01

@@ -262,12 +262,9 @@ def plan(
             weights.update({n: target[n] for n in joined})
         state = replace(state, weights=dict(sorted(weights.items())))
         if joined and previous.weights:
-            state = replace(
-                state,
-                last_addition_ns=now_ns,
-                last_change_ns=now_ns,
-                additions=state.additions + 1,
-            )
+            # Capacity added: no shift back for a while, but an overload
+            # elsewhere may still be acted on at once (no min_change).
+            state = replace(state, last_addition_ns=now_ns, additions=state.additions + 1)
         return state
 
     current = state.weights
