@@ -61,7 +61,7 @@ class Twin:
         self.s_maps.feed(src, dst, now)
         self.c_maps.feed(src, dst, now)
 
-    def cycle(self, now: int, step: int) -> None:
+    def cycle(self, now: int, step: int, full: bool = False) -> None:
         s_plan = plan_cycle(
             self.scalar,
             read_slots(self.s_maps, self.s_mem),

@@ -290,3 +290,22 @@ def test_chunks_equal_the_scalar_chunking() -> None:
     whole = peer.full_state()
     for size in (1, 3, 4, 16):
         assert [to_delta(c) for c in chunk(whole, size)] == list(chunk_delta(to_delta(whole), size))
+
+
+def test_table_bench_prints_every_figure_with_its_target_as_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from xpro_mesh.bench.table import main
+
+    assert main(["--pairs", "300", "--reps", "1", "--scalar-max", "300", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (result,) = doc["results"]
+    assert result["pairs"] == 300 and result["rows"] == 900
+    assert result["busy_shape"]["own_changed"] == 300 and result["busy_shape"]["delta_rows"] == 300
+    assert {c["what"].split(" at ")[0] for c in doc["checks"]} == {
+        "busy cycle",
+        "memory per (pair, origin) row",
+    }
+    assert len(doc["missed"]) == sum(not c["met"] for c in doc["checks"])

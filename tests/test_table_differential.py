@@ -35,7 +35,7 @@ from xpro_mesh.core.gossip_state import (
     PairEntry,
     chunk_delta,
 )
-from xpro_mesh.core.rows import INT_MAX, ColumnarDelta, from_delta, to_delta
+from xpro_mesh.core.rows import INT_MAX, ColumnarDelta, RowBatch, from_delta, to_delta
 from xpro_mesh.core.table import MAX_CATCH_UP, PairTable, chunk
 
 S = 10**9
@@ -58,6 +58,7 @@ PAIRS: tuple[Pair, ...] = tuple((c, d) for c in CLIENTS for d in DESTS)
 ME = "me"
 PEERS = ("p1", "p2")
 ORIGINS = (ME, *PEERS, "evil", "")
+FIELDS = ("src", "dst", "ts1", "ts2", "c", "inc", "seq")
 
 
 class Twin:
@@ -95,6 +96,13 @@ class Twin:
         ids = table.pair_ids(*columns(some))
         held = ids >= 0
         assert held.tolist() == [ref.has_pair(p) for p in some]
+        own, ts1, ts2, wrote = table.own_rows(ids)
+        for i, p in enumerate(some):
+            entry = ref.own_entry(p)
+            assert bool(own[i]) == (entry is not None)
+            if entry is not None:
+                assert (int(ts1[i]), int(ts2[i])) == (entry.ts1, entry.ts2)
+                assert bool(wrote[i]) == ref.wrote(p)
         part = table.pair_views(ids[held])
         for p, c in zip(table.pairs_of(part.ids), part.exact_c(), strict=True):
             assert got[p][2] == c
@@ -198,6 +206,19 @@ class Twin:
         counts = [w for w in want if w is not None]
         self.apply_counts([pairs[i] for i in index], counts, catch_up=True)
 
+    def restart_own(self, data: st.DataObject) -> None:
+        """The data path's windows become this origin's rows (a restarted agent)."""
+        pairs = data.draw(st.lists(st.sampled_from(PAIRS), max_size=6, unique=True), "pairs")
+        windows = []
+        for p in pairs:
+            lc = data.draw(local_counts(self), "window")
+            windows.append((lc.ts1, lc.ts2, lc.dc))
+            self.ref.restart_own(p, lc.ts1, lc.ts2, lc.dc)
+        ids = self.table.restart_own(
+            *columns(pairs), *(ints(w[k] for w in windows) for k in range(3))
+        )
+        assert self.table.pairs_of(ids) == pairs
+
     def peer_counts(self, data: st.DataObject) -> None:
         peer = self.peers[data.draw(st.sampled_from(PEERS), "peer")]
         for p in data.draw(st.lists(st.sampled_from(PAIRS), max_size=6, unique=True), "pairs"):
@@ -238,6 +259,17 @@ class Twin:
         rows = data.draw(st.lists(hostile_rows(self), max_size=12), "rows")
         claims = data.draw(st.lists(claims_for(self), max_size=3), "claims")
         delta = from_delta(Delta(entries=tuple(rows), coverage=tuple(claims)))
+        # Empty batches and two batches of one origin (a sender may split them).
+        empty = data.draw(st.lists(st.sampled_from(ORIGINS), max_size=2), "empty batches")
+        batches = [*delta.batches, *(RowBatch.empty(o) for o in empty)]
+        if batches and data.draw(st.booleans(), "split a batch"):
+            b = batches.pop(0)
+            half = len(b) // 2
+            batches += [
+                RowBatch(b.origin, *(getattr(b, f)[part] for f in FIELDS))
+                for part in (slice(0, half), slice(half, None))
+            ]
+        delta = ColumnarDelta(tuple(batches), delta.coverage)
         self.deliver(delta, data.draw(limit_choices, "limits"))
 
     def deliver(self, delta: ColumnarDelta, limits: MergeLimits | None) -> None:
@@ -474,7 +506,7 @@ limit_choices = st.one_of(
 
 OPERATIONS = (
     "local_counts", "kernel_cycle", "peer_counts", "peer_counts", "peer_learns", "pull", "pull",
-    "hostile", "hostile", "restart", "advance", "advance", "new_params", "heavy",
+    "hostile", "hostile", "restart", "advance", "advance", "new_params", "heavy", "restart_own",
 )  # fmt: skip
 
 

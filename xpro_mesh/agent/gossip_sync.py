@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from xpro_mesh.agent.mapsync import CyclePlan, SlotMemory, read_slots
-from xpro_mesh.agent.mapsync_columns import STEP, plan_cycle_steps
+from xpro_mesh.agent.mapsync_columns import FULL_EVERY, STEP, plan_cycle_steps
 from xpro_mesh.agent.syncer import SyncReport
 from xpro_mesh.core.algorithm import Params
 from xpro_mesh.core.table import PairTable
@@ -49,6 +49,8 @@ class GossipSync:
         self.table = table
         self.memory = SlotMemory.for_slots(backend.pairs_max, backend.dests_max)
         self.step = STEP  # slots planned between two yields to the loop
+        self.full_every = FULL_EVERY  # cycles between two that plan every slot
+        self._cycles = 0
         self._pulled = pulled
         self._first_pull_timeout_s = first_pull_timeout_s
         self._stop = stop
@@ -97,7 +99,11 @@ class GossipSync:
         backend = self.backend
         pairs = await _blocking(read_slots, backend, self.memory)
         dests = await _blocking(backend.read_dests)
-        steps = plan_cycle_steps(self.table, pairs, dests, self.memory, time.time_ns(), self.step)
+        full = self._cycles % max(1, self.full_every) == 0
+        self._cycles += 1
+        steps = plan_cycle_steps(
+            self.table, pairs, dests, self.memory, time.time_ns(), self.step, full=full
+        )
         while True:
             try:
                 next(steps)
@@ -106,8 +112,8 @@ class GossipSync:
                 break
             await asyncio.sleep(0)  # the mesh runs between two chunks
         await _blocking(write_plan, backend, plan, self.memory)
-        report.full_cycles += 1
-        report.last_full = True
+        report.full_cycles += 1 if full else 0
+        report.last_full = full
         report.last_pairs_read = len(pairs)
         report.last_ops = len(plan.pair_views.slots) + len(plan.dest_views.dslots)
         report.last_deletes = len(plan.expire_slots)

@@ -83,6 +83,50 @@ class SlotMemory:
     d_nadj: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
     d_ts1: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
     d_ts2: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
+    plan_all: bool = False  # the next cycle plans every slot (forget_views)
+    d_retry: npt.NDArray[np.bytes_] = field(default_factory=lambda: np.zeros(0, "S16"))
+    """Destinations whose retirement the last cycle planned (the backend may
+    put it off while a pair slot names them): planned again next cycle."""
+    slot_of_pid: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Per table pair id, the slot whose view was last planned for it (-1:
+    none): lets a cycle find the slots of the pairs a merge changed."""
+
+    pid_of_slot: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Per slot, the table's pair id last seen for it; valid while
+    ``slot_of_pid`` names the slot back (an expiry that frees the id breaks it)."""
+
+    def cached_ids(self, slots: I64) -> I64:
+        """The table's pair id of each slot's pair, where known (-1: look it up)."""
+        slots = np.asarray(slots, np.int64)
+        if len(self.pid_of_slot) == 0:
+            return np.full(len(slots), -1, np.int64)
+        pid = self.pid_of_slot[slots]
+        back = self.slots_of(np.maximum(pid, 0))
+        return np.where((pid >= 0) & (back == slots), pid, -1)
+
+    def slots_of(self, ids: I64) -> I64:
+        """The slot of each pair id (-1: none known)."""
+        ids = np.asarray(ids, np.int64)
+        known = ids < len(self.slot_of_pid)
+        out = np.full(len(ids), -1, np.int64)
+        out[known] = self.slot_of_pid[ids[known]]
+        return out
+
+    def place(self, ids: I64, slots: I64) -> None:
+        """Pair ``ids[i]`` is in slot ``slots[i]`` (ids >= 0)."""
+        if len(ids) and int(ids.max()) >= len(self.slot_of_pid):
+            grown = np.full(max(int(ids.max()) + 1, 2 * len(self.slot_of_pid)), -1, np.int64)
+            grown[: len(self.slot_of_pid)] = self.slot_of_pid
+            self.slot_of_pid = grown
+        self.slot_of_pid[ids] = slots
+        if len(self.pid_of_slot) == 0:
+            self.pid_of_slot = np.full(len(self.gen), -1, np.int64)
+        self.pid_of_slot[slots] = ids
+
+    def forget_pids(self, ids: I64) -> None:
+        """The table no longer holds these pair ids (they may be reused)."""
+        ids = np.asarray(ids, np.int64)
+        self.slot_of_pid[ids[ids < len(self.slot_of_pid)]] = -1
 
     @classmethod
     def for_slots(cls, pairs_max: int, dests_max: int) -> SlotMemory:
@@ -101,11 +145,19 @@ class SlotMemory:
             u(dests_max), i(dests_max), i(dests_max), u(dests_max), u(dests_max),
         )  # fmt: skip
 
+    def nbytes(self) -> int:
+        """Memory held by the columns."""
+        return sum(
+            v.nbytes for v in (getattr(self, f) for f in self.__dataclass_fields__)
+            if isinstance(v, np.ndarray)
+        )
+
     def forget_views(self) -> None:
-        """Make the next cycle write every view (after new thresholds, or when
-        a write may not have happened)."""
+        """Make the next cycle plan every slot and write every view (after new
+        thresholds, or when a write may not have happened)."""
         self.w_gen[:] = 0
         self.d_gen[:] = 0
+        self.plan_all = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from xpro_mesh.agent.mapsync import CyclePlan, DestViews, PairViews, SlotMemory,
 from xpro_mesh.core.table import PairTable
 from xpro_mesh.datapath.backend import DestRead
 
-__all__ = ["STEP", "plan_cycle_columns", "plan_cycle_steps"]
+__all__ = ["FULL_EVERY", "STEP", "plan_cycle_columns", "plan_cycle_steps"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -58,6 +58,10 @@ def plan_cycle_columns(
             return plan
 
 
+FULL_EVERY = 60  # an incremental cycle plans only what moved; every this many, all
+INCREMENTAL_SHARE = 4  # a cycle where over 1/4 of the slots moved plans them all
+
+
 def plan_cycle_steps(
     table: PairTable,
     pairs: SlotRead,
@@ -65,41 +69,88 @@ def plan_cycle_steps(
     memory: SlotMemory,
     now: int,
     step: int = STEP,
+    full: bool = True,
 ) -> Generator[None, None, CyclePlan]:
     """The plan as a generator that yields after every ``step`` slots, so the
     agent's event loop answers probes and merges rows between two chunks.
 
+    ``full``: every read slot is planned, as the scalar reference does.
+    Otherwise only what can have moved: slots with new packets or a new
+    window, slots of the pairs whose rows changed (merges, this cycle's own
+    rows and expiry: :meth:`PairTable.take_changed`), and the destinations
+    of those; every other slot's view is the one written before, unchanged,
+    so the plan is the same (``tests/test_mapsync_columns.py`` runs both).
+    The table saying "everything changed" (new thresholds) makes it full.
+
     Rows merged between two chunks are safe: each chunk's rows and views are
-    those of the table at that chunk; a view that moves after its chunk is
-    written by the next cycle (views are compared with what was written, not
-    with what changed)."""
+    those of the table at that chunk; a merge after the views were taken is
+    in the next cycle's ``take_changed``."""
     n = len(pairs)
     slots = pairs.slots.astype(np.int64)
     src, dst, gen, kts1, kts2, kc = pairs.src, pairs.dst, pairs.gen, pairs.ts1, pairs.ts2, pairs.c
+    seen = memory.gen[slots] == gen
+    dc = np.where(seen, np.maximum(kc - memory.c[slots], 0), kc)
+    memory.gen[slots] = gen
+    memory.c[slots] = kc
+    merged = table.take_changed()
+    full = full or merged is None or memory.plan_all
+    memory.plan_all = False
+    if not full:
+        assert merged is not None
+        busy = np.flatnonzero(~seen | (dc > 0))
+        # Most slots moved anyway (an attack): planning all costs the same and
+        # needs no bookkeeping of what moved.
+        full = (len(busy) + len(merged.ids)) * INCREMENTAL_SHARE > n
+        if not full:
+            plan_at = np.union1d(busy, _positions(slots, memory.slots_of(merged.ids)))
+    if full:
+        plan_at = np.arange(n)
 
     own_changed = 0
-    for lo in range(0, n, step):
-        c = slice(lo, min(n, lo + step))
-        s = slots[c]
-        seen = memory.gen[s] == gen[c]
-        dc = np.where(seen, np.maximum(kc[c] - memory.c[s], 0), kc[c])
-        memory.gen[s] = gen[c]
-        memory.c[s] = kc[c]
-        own_changed += _sync_own_rows(table, src[c], dst[c], seen, kts1[c], kts2[c], dc, kc[c])
+    for lo in range(0, len(plan_at), step):
+        at = plan_at[lo : lo + step]
+        own_changed += _sync_own_rows(
+            table, memory, slots[at], src[at], dst[at], seen[at], kts1[at], kts2[at], dc[at], kc[at]
+        )
         yield
-    expired = table.expire(now).dropped
+    expiry = table.expire(now)
+    gone_slots = memory.slots_of(expiry.removed_ids)
+    memory.forget_pids(expiry.removed_ids)
+    touched: list[I64] = []  # destinations (ids) whose views may have moved
+    if full:
+        view_at = plan_at
+    else:
+        assert merged is not None
+        moved = table.take_changed()
+        assert moved is not None  # only set_params makes it None, and not mid-cycle
+        view_at = np.union1d(
+            np.union1d(plan_at, _positions(slots, memory.slots_of(moved.ids))),
+            _positions(slots, gone_slots),
+        )
+        for changed in (merged, moved):  # pairs held here or not, kept or gone
+            touched.append(table.destination_of(changed.ids))
+            touched.append(table.destination_ids(changed.removed_dst))
 
     chunks: list[PairViews] = []
     gone_parts: list[npt.NDArray[np.int64]] = []
-    for lo in range(0, n, step):
-        c = slice(lo, min(n, lo + step))
-        views, gone = _pair_views(table, src[c], dst[c], slots[c], gen[c], kc[c], memory)
+    for lo in range(0, len(view_at), step):
+        at = view_at[lo : lo + step]
+        views, gone, held_ids = _pair_views(
+            table, src[at], dst[at], slots[at], gen[at], kc[at], memory
+        )
         chunks.append(views)
-        gone_parts.append(np.flatnonzero(gone) + lo)
+        touched.append(table.destination_of(held_ids))
+        gone_parts.append(at[gone])
         yield
     gone_at = np.concatenate(gone_parts) if gone_parts else np.zeros(0, np.int64)
 
-    dv, d_gone_slots, d_gone_gens = _dest_views(table, dests, memory)
+    # Destinations to plan: those of the planned slots, and those whose
+    # retirement the backend put off (a pair slot still named them).
+    wanted = None
+    if not full:
+        touched.append(table.destination_ids(memory.d_retry))
+        wanted = np.unique(np.concatenate(touched))
+    dv, d_gone_slots, d_gone_gens = _dest_views(table, dests, memory, wanted)
     return CyclePlan(
         pair_views=_concat(chunks),
         dest_views=dv,
@@ -108,8 +159,34 @@ def plan_cycle_steps(
         expire_dslots=d_gone_slots,
         expire_dgens=d_gone_gens,
         own_changed=own_changed,
-        expired_rows=expired,
+        expired_rows=expiry.dropped,
     )
+
+
+def _ids(
+    table: PairTable,
+    memory: SlotMemory,
+    slots: I64,
+    src: npt.NDArray[np.bytes_],
+    dst: npt.NDArray[np.bytes_],
+) -> I64:
+    """The table's pair id of each slot's pair (-1: not held): from the
+    memory's cache, looked up by key where the cache does not know it."""
+    ids = memory.cached_ids(slots)
+    missing = np.flatnonzero(ids < 0)
+    if len(missing):
+        ids[missing] = table.pair_ids(src[missing], dst[missing])
+    return ids
+
+
+def _positions(slots: I64, wanted: I64) -> I64:
+    """Positions in the read (sorted by slot) of the ``wanted`` slots it holds."""
+    wanted = np.unique(wanted[wanted >= 0])
+    at = np.searchsorted(slots, wanted)
+    ok = at < len(slots)
+    at, wanted = at[ok], wanted[ok]
+    found: I64 = at[slots[at] == wanted]
+    return found
 
 
 def _pair_views(
@@ -120,11 +197,13 @@ def _pair_views(
     gen: npt.NDArray[np.uint64],
     kc: I64,
     memory: SlotMemory,
-) -> tuple[PairViews, npt.NDArray[np.bool_]]:
+) -> tuple[PairViews, npt.NDArray[np.bool_], I64]:
     """The views of read slots that moved since written (recorded in
-    ``memory``), and which slots' pairs are held nowhere any more."""
-    ids = table.pair_ids(src, dst)
+    ``memory``), which slots' pairs are held nowhere any more, and the pair
+    ids of those held."""
+    ids = _ids(table, memory, slots, src, dst)
     held = ids >= 0
+    memory.place(ids[held], slots[held])
     views = table.pair_views(ids[held])
     h = np.flatnonzero(held)
     w_slots = slots[h]
@@ -150,7 +229,7 @@ def _pair_views(
     memory.w_adj[pv.slots] = pv.adj
     memory.w_ts1[pv.slots] = pv.ts1
     memory.w_ts2[pv.slots] = pv.ts2
-    return pv, ~held
+    return pv, ~held, ids[held]
 
 
 def _concat(chunks: list[PairViews]) -> PairViews:
@@ -168,6 +247,8 @@ def _concat(chunks: list[PairViews]) -> PairViews:
 
 def _sync_own_rows(
     table: PairTable,
+    memory: SlotMemory,
+    slots: I64,
     src: npt.NDArray[np.bytes_],
     dst: npt.NDArray[np.bytes_],
     seen: npt.NDArray[np.bool_],
@@ -177,8 +258,9 @@ def _sync_own_rows(
     kc: I64,
 ) -> int:
     """The scalar ``_own_step`` and ``_sync_own`` over every read slot: how
-    many own rows changed."""
-    ids = table.pair_ids(src, dst)
+    many own rows changed. Pair ids come from ``memory`` where it knows
+    them (a key lookup per slot per cycle would cost as much as the rest)."""
+    ids = _ids(table, memory, slots, src, dst)
     own, o_ts1, o_ts2, written = table.own_rows(ids)
     t_t4 = table.params.t_t4
     busy = dc > 0
@@ -203,9 +285,18 @@ def _sync_own_rows(
     count = np.where(restarted[i] | first[i], kc[i], dc[i])
     mark = restarted[i].astype(np.int64)
     changed = 0
-    if len(i):
-        synced = table.record_local(src[i], dst[i], ts1, ts2, count, mark, catch_up=True)
+    known = ids[i] >= 0
+    k, u = np.flatnonzero(known), np.flatnonzero(~known)
+    if len(k):
+        synced = table.record_local_ids(ids[i][k], ts1[k], ts2[k], count[k], mark[k], catch_up=True)
         changed += int(synced.changed.sum())
+    if len(u):
+        at = i[u]
+        synced = table.record_local(
+            src[at], dst[at], ts1[u], ts2[u], count[u], mark[u], catch_up=True
+        )
+        changed += int(synced.changed.sum())
+        memory.place(synced.ids, slots[at])
     t = np.flatnonzero(taken)
     if len(t):
         table.restart_own(src[t], dst[t], kts1[t], kts2[t], kc[t])
@@ -216,12 +307,21 @@ def _sync_own_rows(
 
 
 def _dest_views(
-    table: PairTable, dests: DestRead, memory: SlotMemory
+    table: PairTable,
+    dests: DestRead,
+    memory: SlotMemory,
+    wanted: I64 | None = None,
 ) -> tuple[DestViews, npt.NDArray[np.uint32], npt.NDArray[np.uint64]]:
+    """The views of the read destinations (of the destination ids in
+    ``wanted`` only, and those the table no longer holds, when given) that
+    moved since written, and which destinations no pair names any more."""
     drows = dests.rows
     dslots = dests.slots.astype(np.int64)
-    dgen = drows["gen"].astype(np.uint64)
     dids = table.destination_ids(_addresses(drows["dst"]))
+    if wanted is not None:
+        keep = (dids < 0) | np.isin(dids, wanted)
+        drows, dslots, dids = drows[keep], dslots[keep], dids[keep]
+    dgen = drows["gen"].astype(np.uint64)
     views = table.destination_views(dids[dids >= 0])
     # destination_views leaves out destinations without pairs: match by id
     position = np.full(max(int(dids.max(initial=-1)) + 1, 1), -1, np.int64)
@@ -254,4 +354,5 @@ def _dest_views(
     memory.d_ts1[dv.dslots] = dv.ts1
     memory.d_ts2[dv.dslots] = dv.ts2
     gone = ~held
+    memory.d_retry = _addresses(drows["dst"])[gone]
     return dv, dslots[gone].astype(np.uint32), dgen[gone]

@@ -175,9 +175,7 @@ async def _cycles(backend_name: str, backend: MapBackend, n: int, reps: int) -> 
     if agent.sync.failures:
         raise RuntimeError(f"bench: a sync cycle failed: {agent.sync.last_error}")
     rows = len(table)
-    held = table.nbytes() + sum(
-        getattr(syncer.memory, name).nbytes for name in syncer.memory.__dataclass_fields__
-    )
+    held = table.nbytes() + syncer.memory.nbytes()
     out = []
     for kind in ("fill", "quiet", "busy"):
         ss = samples[kind]

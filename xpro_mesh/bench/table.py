@@ -14,6 +14,8 @@ heaviest reading of "three origins": 3 rows per pair).
   :meth:`~PairTable.take_changed`, the view of every changed pair and of every
   destination, and the delta of every changed own row for a peer.
 * **quiet cycle**: the same steps with nothing changed.
+* **messages**: the peers' rows merged as 4096-row messages (the default
+  ``MergeLimits.max_entries_per_message``) instead of one message each.
 * **scalar**: :class:`~xpro_mesh.core.gossip_state.GossipState` doing the same
   busy cycle on the same input (10k and 100k; the ratio of medians).
 * **memory** per (pair, origin) row: ``tracemalloc`` over building the table
@@ -49,7 +51,7 @@ from xpro_mesh.core.algorithm import NS_PER_S, Params
 from xpro_mesh.core.gossip_state import Digest, GossipState, LocalCount
 from xpro_mesh.core.keys import KeyIndex, pair_words
 from xpro_mesh.core.rows import ColumnarDelta
-from xpro_mesh.core.table import PairTable
+from xpro_mesh.core.table import PairTable, chunk
 
 __all__ = ["main"]
 
@@ -62,6 +64,7 @@ ORIGINS = ("proxy-a", "proxy-b", "proxy-c")  # this proxy first
 BUSY_NS_PER_PAIR = 1_000  # DESIGN.md "Scale": ~1 us of agent CPU per active pair per cycle
 QUIET_S_AT_1M = 0.050  # issue 9: a quiet cycle <= 50 ms at 1M pairs
 BYTES_PER_ROW = 300
+MESSAGE_ROWS = 4096  # MergeLimits.max_entries_per_message's default
 
 
 def workload(n: int, seed: int = 9) -> tuple[npt.NDArray[np.bytes_], npt.NDArray[np.bytes_]]:
@@ -251,9 +254,16 @@ def measure_table(n: int, reps: int) -> dict[str, Any]:
         wall, cpu = timed(lambda: quiet_cycle(mesh))
         quiet_wall.append(wall)
         quiet_cpu.append(cpu)
+    # The peers' rows as 4096-row messages (MergeLimits' default bound).
+    mesh.now += INTERVAL
+    deltas = mesh.peer_deltas(counts_at(n, T0 - S, mesh.now, 99))
+    messages = [piece for d in deltas for piece in chunk(d, MESSAGE_ROWS)]
+    merge_messages = timed(lambda: [mesh.me.merge(m, mesh.now) for m in messages])[1]
     return {
         "pairs": n,
         "rows": rows,
+        "merge_cpu_in_messages": merge_messages,
+        "messages": len(messages),
         "busy_wall": Spread.of(busy_wall),
         "busy_cpu": Spread.of(busy_cpu),
         "busy_cpu_own_by_keys": Spread.of(keys_cpu),
@@ -381,6 +391,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             f"(wall {r['busy_wall'].fmt(1e3)}), {per_pair:.0f} ns/pair; quiet cpu "
             f"{r['quiet_cpu'].fmt(1e3, 1)} ms; {r['bytes_per_row_traced']:.0f} B/row traced, "
             f"{r['bytes_per_row_arrays']:.0f} B/row in arrays"
+        )
+        say(
+            f"{'':>9} merge of both peers' {2 * n} rows as {r['messages']} messages of "
+            f"<= {MESSAGE_ROWS} rows: {r['merge_cpu_in_messages'] * 1e3:.0f} ms cpu"
         )
         say(
             f"{'':>9} busy cpu with own pairs looked up by key (no id cache): "

@@ -81,6 +81,7 @@ class KeyIndex:
         self._tombstones = 0
         self._bits = 0
         self._slots: Ints = np.zeros(0, dtype=np.int64)
+        self._claim: Ints = np.zeros(0, dtype=np.int64)
         self._resize_slots(4 * max(capacity, 16))
 
     # --- inspection ------------------------------------------------------------
@@ -105,9 +106,8 @@ class KeyIndex:
         return self._keys[ids]
 
     def nbytes(self) -> int:
-        return int(
-            self._keys.nbytes + self._slot_of.nbytes + self._live.nbytes + self._slots.nbytes
-        )
+        arrays = (self._keys, self._slot_of, self._live, self._slots, self._claim)
+        return sum(a.nbytes for a in arrays)
 
     # --- bulk operations -------------------------------------------------------
 
@@ -212,6 +212,8 @@ class KeyIndex:
     def _resize_slots(self, size: int) -> None:
         self._bits = max(4, (size - 1).bit_length())
         self._slots = np.full(1 << self._bits, EMPTY, dtype=np.int64)
+        # Claims of one probe round, by slot; EMPTY again after every round.
+        self._claim = np.full(1 << self._bits, EMPTY, dtype=np.int64)
         self._tombstones = 0
         ids = np.flatnonzero(self._live)
         if len(ids):
@@ -243,7 +245,7 @@ class KeyIndex:
         slot = self._home(keys)
         pending = np.arange(n, dtype=np.int64)
         mask = np.int64(len(self._slots) - 1)
-        claim = np.full(len(self._slots), EMPTY, dtype=np.int64)
+        claim = self._claim
         while len(pending):
             s = slot[pending]
             held = self._slots[s]
@@ -281,7 +283,7 @@ class KeyIndex:
         slot = self._home(keys)
         pending = np.arange(len(keys), dtype=np.int64)
         mask = np.int64(len(self._slots) - 1)
-        claim = np.full(len(self._slots), EMPTY, dtype=np.int64)
+        claim = self._claim
         while len(pending):
             s = slot[pending]
             free = self._slots[s] == EMPTY

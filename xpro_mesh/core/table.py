@@ -32,7 +32,11 @@ API (what the agent calls; every array argument is a column of equal length)
 -----------------------------------------------------------------------------
 * :meth:`PairTable.own_count` / :meth:`PairTable.record_local` (optionally
   ``catch_up=True``: the replayed packet-less syncs of
-  ``agent.mapsync._sync_own``): this origin's rows by Algorithm 1.
+  ``agent.mapsync._sync_own``): this origin's rows by Algorithm 1;
+  :meth:`PairTable.record_local_ids` the same by pair id (no key lookups: the
+  adapter keeps each kernel slot's id and forgets ``TableExpiry.removed_ids``);
+  :meth:`PairTable.own_rows`, :meth:`PairTable.restart_own` for a restarted
+  agent.
 * :meth:`PairTable.merge` (a :class:`~xpro_mesh.core.rows.ColumnarDelta`),
   :meth:`PairTable.digest`, :meth:`PairTable.delta_for`,
   :meth:`PairTable.full_state`, :func:`chunk`: anti-entropy.
@@ -369,6 +373,7 @@ class PairTable:
         self._adopt_inc = np.full(cap, -1, dtype=np.int64)
         self._adopt_seq = np.full(cap, -1, dtype=np.int64)
         self._changed = np.zeros(cap, dtype=np.bool_)
+        self._scratch = np.zeros(cap, dtype=np.int64)  # _has_duplicates' work space
         self._all_changed = True  # take_changed() returns None next
         self._removed: list[npt.NDArray[np.uint64]] = []  # keys of changed pairs gone
         self._dest_pairs = np.zeros(self._dests.capacity, dtype=np.int64)
@@ -462,7 +467,7 @@ class PairTable:
         arrays = (
             self._dest, self._nrows, self._written, self._adopt_inc, self._adopt_seq,
             self._changed, self._dest_pairs, self._ts1, self._ts2, self._c, self._inc,
-            self._seq, self._present,
+            self._seq, self._present, self._scratch,
         )  # fmt: skip
         return sum(a.nbytes for a in arrays) + self._pairs.nbytes() + self._dests.nbytes()
 
@@ -544,7 +549,7 @@ class PairTable:
         ts1, ts2, dc, mark = _counts(len(src), ts1, ts2, dc, mark)
         ids, created = self._ids_for(src, dst)
         try:
-            if _has_duplicates(ids, self._pairs.capacity):
+            if _has_duplicates(ids, self._scratch):
                 raise ValueError("record_local: the same pair twice in one call")
             return self._record(ids, ts1, ts2, dc, mark, catch_up)
         finally:
@@ -569,7 +574,7 @@ class PairTable:
             ids.min() < 0 or ids.max() >= len(self._nrows) or (self._nrows[ids] == 0).any()
         ):
             raise ValueError("record_local_ids: an id that is not a pair held")
-        if _has_duplicates(ids, self._pairs.capacity):
+        if _has_duplicates(ids, self._scratch):
             raise ValueError("record_local: the same pair twice in one call")
         return self._record(ids, ts1, ts2, dc, mark, catch_up)
 
@@ -600,7 +605,7 @@ class PairTable:
             i = int(np.argmax(bad))
             raise ValueError(f"inconsistent window at row {i}: {ts1[i]}..{ts2[i]}, c={c[i]}")
         ids, created = self._ids_for(src, dst)
-        if _has_duplicates(ids, self._pairs.capacity):
+        if _has_duplicates(ids, self._scratch):
             self._drop_empty(ids[created])
             raise ValueError("restart_own: the same pair twice in one call")
         n = len(ids)
@@ -912,7 +917,7 @@ class PairTable:
                     for i in range(n):  # the clock moves row by row: one at a time
                         self._merge_rows(b, ids, reason, np.arange(i, i + 1), lim, tally)
                     return
-            for seg in _segments(ids, self._pairs.capacity):
+            for seg in _segments(ids, self._scratch):
                 self._merge_rows(b, ids, reason, seg, lim, tally)
         finally:
             self._drop_empty(ids[created])
@@ -1065,7 +1070,12 @@ class PairTable:
     # --- storage ---------------------------------------------------------------------
 
     def _distinct(self, ids: Ints) -> Ints:
-        """``ids`` sorted, each once (a mask over the id space: no sort)."""
+        """``ids`` sorted, each once (many: a mask over the id space, no sort)."""
+        if 16 * len(ids) < len(self._nrows):  # few: sort (np.unique hashes, slower)
+            ordered = np.sort(ids)
+            keep = np.ones(len(ordered), dtype=np.bool_)
+            keep[1:] = ordered[1:] != ordered[:-1]
+            return ordered[keep]
         seen = np.zeros(self._pairs.capacity, dtype=np.bool_)
         seen[ids] = True
         return np.flatnonzero(seen)
@@ -1095,7 +1105,15 @@ class PairTable:
         self._fit()
         if created.any():
             new = ids[created]
-            dids, _ = self._dests.get_or_create(words[created][:, 2:])
+            dwords = np.ascontiguousarray(words[created][:, 2:])
+            dids = self._dests.lookup(dwords)
+            unknown = dids == EMPTY
+            if unknown.any():
+                # Many new pairs share few destinations: create each once, so
+                # the index reserves room for the destinations, not the pairs.
+                fresh = np.unique(dwords[unknown].view("V16").ravel())
+                self._dests.get_or_create(fresh.view(np.uint64).reshape(-1, 2))
+                dids[unknown] = self._dests.lookup(dwords[unknown])
             if len(self._dest_pairs) < self._dests.capacity:
                 grow = self._dests.capacity - len(self._dest_pairs)
                 self._dest_pairs = np.concatenate([self._dest_pairs, np.zeros(grow, np.int64)])
@@ -1121,6 +1139,7 @@ class PairTable:
         self._adopt_inc = more(self._adopt_inc, -1)  # type: ignore[assignment]
         self._adopt_seq = more(self._adopt_seq, -1)  # type: ignore[assignment]
         self._changed = more(self._changed)  # type: ignore[assignment]
+        self._scratch = more(self._scratch)  # type: ignore[assignment]
         for name in ("_ts1", "_ts2", "_c", "_inc", "_seq", "_present"):
             setattr(self, name, more(getattr(self, name)))
 
@@ -1232,20 +1251,22 @@ def _check(
     return code
 
 
-def _has_duplicates(ids: Ints, capacity: int) -> bool:
+def _has_duplicates(ids: Ints, scratch: Ints) -> bool:
+    """Whether an id occurs twice (``scratch``: any int64 array over the id
+    space, overwritten; kept by the table so no call faults in fresh pages)."""
     if len(ids) < 2:
         return False
-    last = np.empty(capacity, dtype=np.int64)
+    last = scratch
     order = np.arange(len(ids), dtype=np.int64)
     last[ids] = order
     return bool((last[ids] != order).any())
 
 
-def _segments(ids: Ints, capacity: int) -> Iterator[Ints]:
+def _segments(ids: Ints, scratch: Ints) -> Iterator[Ints]:
     """Cut rows into runs, in order, with no id twice in a run (greedy), so
     a run merged at once equals its rows merged one by one."""
     n = len(ids)
-    if not _has_duplicates(ids, capacity):
+    if not _has_duplicates(ids, scratch):
         yield np.arange(n, dtype=np.int64)
         return
     order = np.argsort(ids, kind="stable")
