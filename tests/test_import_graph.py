@@ -23,6 +23,7 @@ LAYERS = {
     "agent": 2,
     "api": 2,
     "lab": 3,
+    "client": 3,  # what devices run: imports nothing from the agent
     "bench": 3,
     "cli": 4,
     "__main__": 5,

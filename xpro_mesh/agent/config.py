@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from xpro_mesh import units
+from xpro_mesh.core.dispersion import DispersionParams
 from xpro_mesh.core.params import Params, Policy, operational_problems
 from xpro_mesh.mesh.membership import MembershipParams, detection_time_bound_ns
 from xpro_mesh.mesh.stream import StreamLimits
@@ -70,6 +71,7 @@ __all__ = [
     "AgentConfig",
     "Backend",
     "ConfigError",
+    "DispersionConfig",
     "GossipConfig",
     "Limits",
     "LogLevel",
@@ -163,6 +165,27 @@ def _size(value: object) -> int:
     if isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
         return int(match.group(1)) * _SIZE_MULT[match.group(2)]
     raise _Bad(expected)
+
+
+def _fraction(value: object) -> float:
+    """An occupancy or share: ``0.8`` or ``"80%"`` (0 < x <= 10)."""
+    expected = f'expected a fraction like 0.8 or "80%", got {_show(value)}'
+    if isinstance(value, bool):
+        raise _Bad(expected)
+    number: float
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise _Bad(expected) from None
+    else:
+        raise _Bad(expected)
+    if not 0 < number <= 10:
+        raise _Bad(expected)
+    return number
 
 
 def _count(value: object) -> int:
@@ -494,6 +517,129 @@ def wan_gossip() -> GossipConfig:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DispersionConfig:
+    """DeDoS dispersion (docs/dispersion.md): how W is measured and when the
+    weights of ``GET /v1/proxies`` change. Durations are ns. DeDoS's own
+    figures (act over 40 %, type >= 50 %, no removal within 20 s of an
+    addition nor 5 s of a removal) are the core's and not configurable."""
+
+    # packets/s one proxy judges at occupancy 1 (W = packets in / capacity)
+    capacity: int = field(metadata=_parse(parse_rate))
+    # T_W: occupancy above which a proxy is overloaded and weighted down
+    t_w: float = field(metadata=_parse(_fraction))
+    # event-loop lag that counts as a full agent (W >= lag / lag_budget)
+    lag_budget_ns: int = field(metadata=_parse(parse_duration))
+    # DeDoS: statistics read and rules applied every 100 ms
+    stats_interval_ns: int = field(metadata=_parse(parse_duration))
+    # rates are measured over this window (smooths bursts, delays reaction)
+    window_ns: int = field(metadata=_parse(parse_duration))
+    # W is gossiped this often (each publication bumps the incarnation)
+    publish_interval_ns: int = field(metadata=_parse(parse_duration))
+    # no shift back until the proxy was under T_W this long
+    calm_ns: int = field(metadata=_parse(parse_duration))
+    # minimum spacing between two weight changes
+    min_change_ns: int = field(metadata=_parse(parse_duration))
+    # relative weight change below which nothing moves (noise moves no client)
+    deadband: float = field(metadata=_parse(_fraction))
+
+    def __post_init__(self) -> None:
+        _require(self.capacity >= 1, "dispersion.capacity", "must be at least 1/s")
+        _require(
+            0.4 < self.t_w <= 10,
+            "dispersion.t_w",
+            f"must be over 0.4 (DeDoS acts from 40 %), got {self.t_w}",
+        )
+        for name in ("lag_budget_ns", "stats_interval_ns", "window_ns", "publish_interval_ns"):
+            _require(getattr(self, name) > 0, f"dispersion.{_key(name)}", "must be longer than 0s")
+        _require(
+            self.window_ns >= self.stats_interval_ns,
+            "dispersion.window",
+            f"must be at least dispersion.stats_interval "
+            f"({format_duration(self.stats_interval_ns)}), got {format_duration(self.window_ns)}",
+        )
+        _require(self.deadband < 1, "dispersion.deadband", f"must be below 1, got {self.deadband}")
+
+    def params(self) -> DispersionParams:
+        """The core's rules with these values (:mod:`xpro_mesh.core.dispersion`)."""
+        return DispersionParams(
+            capacity_pps=float(self.capacity),
+            lag_budget_ms=self.lag_budget_ns / MS,
+            t_w=self.t_w,
+            calm_ns=self.calm_ns,
+            min_change_ns=self.min_change_ns,
+            deadband=self.deadband,
+        )
+
+
+def lan_dispersion() -> DispersionConfig:
+    return DispersionConfig(
+        # one core of XDP at ~100 ns a packet, with room for the kernel's own work
+        capacity=1_000_000,
+        # 80 %: weighted down before the NIC queues overflow
+        t_w=0.8,
+        # under the lan probe timeout (500 ms): a loop this late starts failing probes
+        lag_budget_ns=250 * MS,
+        # DeDoS's figure
+        stats_interval_ns=100 * MS,
+        # one second of counters: bursts of a few ms do not move clients
+        window_ns=1 * S,
+        # one gossiped update a second per node
+        publish_interval_ns=1 * S,
+        # a proxy calm for 10 s takes clients back
+        calm_ns=10 * S,
+        # above the clients' time to follow (their refresh, 5 s by default, plus
+        # the window): the rules never act on a half-finished move
+        min_change_ns=6 * S,
+        # 10 %: a weight moves only when it changes by more than a tenth
+        deadband=0.1,
+    )
+
+
+def local_dispersion() -> DispersionConfig:
+    return replace_dispersion(
+        lan_dispersion(),
+        # loopback agents judge packets fed through the API: a few thousand a second
+        capacity=5_000,
+        # the local probe timeout is 100 ms
+        lag_budget_ns=100 * MS,
+        # rates over half a second: tests see a move within a second or two
+        window_ns=500 * MS,
+        # as the window
+        publish_interval_ns=500 * MS,
+        # short enough for a test to see a shift back
+        calm_ns=5 * S,
+        # clients on loopback refresh every second or two
+        min_change_ns=3 * S,
+    )
+
+
+def wan_dispersion() -> DispersionConfig:
+    return replace_dispersion(
+        lan_dispersion(),
+        # the wan probe timeout is 3 s
+        lag_budget_ns=1 * S,
+        # gossip is slower across sites: publish less often, smooth longer
+        window_ns=2 * S,
+        publish_interval_ns=2 * S,
+        # clients across sites are costly to move: wait longer before moving back
+        calm_ns=30 * S,
+        # clients across sites refresh less often
+        min_change_ns=12 * S,
+    )
+
+
+def replace_dispersion(base: DispersionConfig, **changes: Any) -> DispersionConfig:
+    return dataclasses.replace(base, **changes)
+
+
+_PROFILE_DISPERSION: dict[Profile, Callable[[], DispersionConfig]] = {
+    Profile.LAN: lan_dispersion,
+    Profile.LOCAL: local_dispersion,
+    Profile.WAN: wan_dispersion,
+}
+
+
 _PROFILE_GOSSIP: dict[Profile, Callable[[], GossipConfig]] = {
     Profile.LAN: lan_gossip,
     Profile.LOCAL: local_gossip,
@@ -560,9 +706,6 @@ class AgentConfig:
     # bpffs directory of the pinned maps
     pin_root: Path = field(default=Path("/sys/fs/bpf/xpro"), metadata=_parse(_path))
     log_level: LogLevel = field(default=LogLevel.INFO, metadata=_parse(_choice(LogLevel)))
-    # dispersion (DeDoS): a proxy whose packets/s in exceed this is overloaded
-    # and new clients are steered to peers with spare capacity (GET /v1/steering)
-    steer_threshold: int = field(default=100_000, metadata=_parse(parse_rate))
     # overload warnings are also POSTed here (optional)
     webhook_url: str | None = field(default=None, metadata=_parse(_url))
     # how far ahead of our clock a peer's record timestamps may be: the clock
@@ -571,6 +714,7 @@ class AgentConfig:
     limits: Limits = field(default_factory=Limits)
     thresholds: Thresholds = field(default_factory=Thresholds)
     gossip: GossipConfig = field(default_factory=lan_gossip)
+    dispersion: DispersionConfig = field(default_factory=lan_dispersion)
 
     def __post_init__(self) -> None:
         _require(
@@ -602,7 +746,12 @@ def defaults(profile: Profile | str = Profile.LAN) -> AgentConfig:
     """The configuration of a profile before any file or flag."""
     chosen = Profile(profile)
     bind = ("127.0.0.1", 7946) if chosen is Profile.LOCAL else ("0.0.0.0", 7946)
-    return AgentConfig(profile=chosen, bind=bind, gossip=_PROFILE_GOSSIP[chosen]())
+    return AgentConfig(
+        profile=chosen,
+        bind=bind,
+        gossip=_PROFILE_GOSSIP[chosen](),
+        dispersion=_PROFILE_DISPERSION[chosen](),
+    )
 
 
 # --- building ------------------------------------------------------------------------
@@ -611,6 +760,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "limits": Limits,
     "thresholds": Thresholds,
     "gossip": GossipConfig,
+    "dispersion": DispersionConfig,
 }
 
 

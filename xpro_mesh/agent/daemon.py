@@ -37,16 +37,23 @@ from xpro_mesh.agent.config import (
 )
 from xpro_mesh.agent.errors import AgentError
 from xpro_mesh.agent.gossip_sync import FIRST_PULL_ROUNDS, GossipSync
+from xpro_mesh.agent.load import Dispersal, Measured, ProxyEntry, run_load_loop
 from xpro_mesh.agent.syncer import LocalOnly, Syncer, SyncReport, run_cycle, run_sync_loop
 from xpro_mesh.api.http import ApiServer
 from xpro_mesh.api.view import Feeder, NodeInfo, PairRecord
-from xpro_mesh.core.dispersion import Steering, plan_steering
+from xpro_mesh.core.dispersion import Dispersion, Steering
 from xpro_mesh.core.gossip_state import MergeLimits
 from xpro_mesh.core.table import PairTable
 from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
 from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
-from xpro_mesh.mesh.membership import Member, Membership, Workload, incarnation_from_wall_clock
+from xpro_mesh.mesh.membership import (
+    Member,
+    Membership,
+    MemberState,
+    Workload,
+    incarnation_from_wall_clock,
+)
 from xpro_mesh.mesh.node import MeshCounters, MeshNode, NodeTiming
 from xpro_mesh.mesh.state import TableAdapter
 from xpro_mesh.mesh.stream import TcpStreamTransport
@@ -57,10 +64,8 @@ __all__ = ["Agent", "AgentError", "SyncReport", "open_backend", "xdp_config"]
 log = logging.getLogger("xpro_mesh.agent")
 T = TypeVar("T")
 
-LOAD_INTERVAL_S = 2.0  # how often the workload W is measured and published
 EVENT_POLL_S = 0.2  # overload warnings are forwarded at most this late
 CLOCK_SYNC_S = 1.0  # kernel → cluster clock offset refresh
-STEER_HYSTERESIS = 0.2  # an overloaded proxy returns below 80 % of the threshold
 WEBHOOK_QUEUE = 256  # warnings waiting for the webhook; more are dropped (counted)
 BIND_ATTEMPTS = 10  # bind port 0: free UDP ports tried for one whose number is free for TCP too
 
@@ -112,7 +117,6 @@ class AgentCounters:
     reload_errors: int = 0
     loop_lag_ms: float = 0.0
     load: Workload | None = None
-    steering: Steering | None = None
     stats: Stats = field(default_factory=Stats)
 
 
@@ -157,6 +161,7 @@ class Agent:
         self._stream: TcpStreamTransport | None = None
         self._warnings: asyncio.Queue[OverloadWarning] = asyncio.Queue(WEBHOOK_QUEUE)
         self.recent_warnings: list[dict[str, Any]] = []
+        self.dispersal = Dispersal(config.dispersion)
         self.failed = False  # a task died: run() exits non-zero
 
     # --- lifecycle -----------------------------------------------------------------
@@ -370,7 +375,7 @@ class Agent:
             sync=str(c.sync),
             backend=str(c.backend),
             iface=c.iface,
-            steer_threshold=float(c.steer_threshold),
+            steer_threshold=c.dispersion.t_w * c.dispersion.capacity,
         )
 
     def members(self) -> Sequence[Member]:
@@ -461,48 +466,40 @@ class Agent:
             await asyncio.wait_for(self.stop.wait(), timeout=seconds)
 
     async def _load_loop(self) -> None:
-        """Measure W (packets/s in, drop ratio, loop lag) and publish it."""
+        """W measured and published, the dispersion rules stepped (agent/load.py)."""
         assert self.backend is not None
         backend = self.backend
-        prev = await self._blocking(backend.read_stats)
-        prev_t = time.monotonic()
-        while not self.stop.is_set():
-            expected = time.monotonic() + LOAD_INTERVAL_S
-            await self._sleep(LOAD_INTERVAL_S)
-            lag_ms = max(0.0, (time.monotonic() - expected) * 1000)
+
+        async def read_stats() -> Stats:
             stats = await self._blocking(backend.read_stats)
-            now = time.monotonic()
-            seen = _total(stats) - _total(prev)
-            dropped = (stats.drop_pair + stats.drop_dest) - (prev.drop_pair + prev.drop_dest)
-            load = Workload(
-                packets_in_per_s=max(0.0, seen / max(now - prev_t, 1e-3)),
-                drop_ratio=min(1.0, max(0.0, dropped / seen)) if seen > 0 else 0.0,
-                loop_lag_ms=lag_ms,
-            )
-            self.counters.load = load
-            self.counters.loop_lag_ms = lag_ms
             self.counters.stats = stats
-            if self.node is not None:
-                self.node.membership.set_load(load, time.monotonic_ns())
-            self.counters.steering = self.plan_steering()
-            prev, prev_t = stats, now
+            return stats
+
+        await run_load_loop(self.dispersal, read_stats, self._publish_load, self._live, self.stop)
+
+    def _publish_load(self, load: Workload) -> None:
+        self.counters.load = load
+        self.counters.loop_lag_ms = load.loop_lag_ms
+        if self.node is not None:
+            self.node.membership.set_load(load, time.monotonic_ns())
+
+    def _live(self) -> list[Member]:
+        if self.node is not None:
+            return self.node.membership.live_members()
+        addr = self.api.address if self.api is not None else ("127.0.0.1", 1)
+        return [Member(self.config.node_id, addr, 0, MemberState.ALIVE, 0, self.counters.load)]
 
     def steering(self) -> Steering:
-        """The steering last planned (by the load loop), or one planned now."""
-        return self.counters.steering or self.plan_steering()
+        return self.dispersal.steering()
 
-    def plan_steering(self) -> Steering:
-        """Where new clients should go, from the live members' published loads
-        (and ours); hysteresis keeps an overloaded proxy out until it recovers."""
-        loads: dict[str, float] = {}
-        if self.node is not None:
-            for m in self.node.membership.live_members():
-                if m.load is not None:
-                    loads[m.node_id] = m.load.packets_in_per_s
-        if self.counters.load is not None:
-            loads[self.config.node_id] = self.counters.load.packets_in_per_s
-        previous = self.counters.steering.overloaded if self.counters.steering else frozenset()
-        return plan_steering(loads, float(self.config.steer_threshold), STEER_HYSTERESIS, previous)
+    def proxies(self) -> list[ProxyEntry]:
+        return self.dispersal.proxies()
+
+    def measured_here(self) -> Measured | None:
+        return self.dispersal.measured
+
+    def dispersion(self) -> Dispersion:
+        return self.dispersal.state
 
     async def _events_loop(self) -> None:
         """Overload warnings (Algorithm 2 line 15) → structured log (+ webhook)."""
@@ -561,7 +558,3 @@ class Agent:
         while not self.stop.is_set():
             await self._blocking(backend.sync_clock)
             await self._sleep(CLOCK_SYNC_S)
-
-
-def _total(stats: Stats) -> int:
-    return stats.passed + stats.drop_pair + stats.drop_dest

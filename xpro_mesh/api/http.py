@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from xpro_mesh.agent.config import ConfigError, Thresholds
+from xpro_mesh.api import proxies
 from xpro_mesh.api.view import AgentView
 from xpro_mesh.datapath.backend import PairKey
 from xpro_mesh.datapath.structs import from_addr, to_addr
@@ -199,6 +200,7 @@ class ApiServer:
                 web.put("/v1/config", self.put_config),
                 web.post("/v1/feed", self.feed),
                 web.get("/metrics", self.metrics),
+                *proxies.routes(agent),
             ]
         )
         self._runner: web.AppRunner | None = None

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from xpro_mesh.agent.config import Thresholds
+from xpro_mesh.agent.load import Measured, ProxyEntry
 from xpro_mesh.core.algorithm import Verdict
-from xpro_mesh.core.dispersion import Steering
+from xpro_mesh.core.dispersion import Dispersion, Steering
 from xpro_mesh.datapath.backend import Stats
 from xpro_mesh.mesh.membership import Member, Workload
 from xpro_mesh.mesh.node import MeshCounters
@@ -33,7 +34,7 @@ class NodeInfo:
     sync: str  # gossip | master | none
     backend: str  # xdp | memory
     iface: str | None
-    steer_threshold: float  # packets/s above which a proxy is overloaded
+    steer_threshold: float  # packets/s above which a proxy is overloaded (T_W × capacity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,18 @@ class AgentView(Protocol):
     def warnings(self) -> int: ...
 
     def steering(self) -> Steering: ...
+
+    def proxies(self) -> Sequence[ProxyEntry]:
+        """The live proxies with their dispersion weights (``GET /v1/proxies``)."""
+        ...
+
+    def dispersion(self) -> Dispersion:
+        """The dispersion rules' state on this node (weights, change counts)."""
+        ...
+
+    def measured_here(self) -> Measured | None:
+        """This node's own load window, with the figures that are not gossiped."""
+        ...
 
     def feeder(self) -> Feeder | None:
         """The memory data path, or None (``POST /v1/feed`` is then 404)."""
