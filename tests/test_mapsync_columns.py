@@ -52,8 +52,12 @@ class Twin:
         self.params = params
         self.scalar = GossipState("me", incarnation, params)
         self.table = PairTable("me", incarnation, params)
-        self.s_maps = twin.s_maps if twin else MemoryMaps(XdpConfig.from_params(params), SIZES)
-        self.c_maps = twin.c_maps if twin else MemoryMaps(XdpConfig.from_params(params), SIZES)
+        self.s_maps: MemoryMaps = (
+            twin.s_maps if twin else MemoryMaps(XdpConfig.from_params(params), SIZES)
+        )
+        self.c_maps: MemoryMaps = (
+            twin.c_maps if twin else MemoryMaps(XdpConfig.from_params(params), SIZES)
+        )
         self.s_mem = SlotMemory.for_slots(SIZES.pairs_max, SIZES.dests_max)
         self.c_mem = SlotMemory.for_slots(SIZES.pairs_max, SIZES.dests_max)
 

@@ -557,12 +557,12 @@ class Cluster:
             actions += m.on_nack(body["seq"], self.now)  # type: ignore[arg-type]
         elif packet.kind == "ping_req":
             actions += m.on_ping_request(
-                body["src_id"],
-                body["src"],
-                body["seq"],
-                body["target"],
-                body["target_addr"],
-                self.now,  # type: ignore[arg-type]
+                body["src_id"],  # type: ignore[arg-type]
+                body["src"],  # type: ignore[arg-type]
+                body["seq"],  # type: ignore[arg-type]
+                body["target"],  # type: ignore[arg-type]
+                body["target_addr"],  # type: ignore[arg-type]
+                self.now,
             )
         self.perform(m, actions)
 
@@ -675,8 +675,8 @@ def test_falsely_suspected_live_node_refutes_and_is_never_declared_dead() -> Non
     took = cluster.run_until(
         lambda: (
             cluster.state_everywhere("n03") == {ALIVE}
-            and all(cluster.nodes[n].member("n03").incarnation > before for n in cluster.up)
-        ),  # type: ignore[union-attr]
+            and all(cluster.nodes[n].member("n03").incarnation > before for n in cluster.up)  # type: ignore[union-attr]
+        ),
         suspicion_timeout_ns(LAN, 6),
     )
     assert took is not None
@@ -695,9 +695,11 @@ def test_restarted_node_with_a_higher_incarnation_is_alive_again_everywhere() ->
         lambda: (
             cluster.live_view_is(set(cluster.nodes))
             and all(
-                cluster.nodes[n].member("n04").incarnation == reborn.incarnation for n in cluster.up
+                cluster.nodes[n].member("n04").incarnation  # type: ignore[union-attr]
+                == reborn.incarnation
+                for n in cluster.up
             )
-        ),  # type: ignore[union-attr]
+        ),
         10 * S,
     )
     assert took is not None
@@ -713,8 +715,8 @@ def test_quick_restart_before_detection_confuses_nobody() -> None:
     reborn = cluster.start("n02", seeds=["n00"])
     took = cluster.run_until(
         lambda: all(
-            cluster.nodes[n].member("n02").incarnation == reborn.incarnation for n in cluster.up
-        ),  # type: ignore[union-attr]
+            cluster.nodes[n].member("n02").incarnation == reborn.incarnation for n in cluster.up  # type: ignore[union-attr]
+        ),
         5 * S,
     )
     assert took is not None
@@ -732,8 +734,8 @@ def test_restart_with_a_clock_that_went_backwards_refutes_its_old_life() -> None
         cluster.run_until(
             lambda: (
                 cluster.live_view_is(set(cluster.nodes))
-                and all(cluster.nodes[n].member("n01").incarnation > old for n in cluster.up)
-            ),  # type: ignore[union-attr]
+                and all(cluster.nodes[n].member("n01").incarnation > old for n in cluster.up)  # type: ignore[union-attr]
+            ),
             10 * S,
         )
         is not None

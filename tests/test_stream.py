@@ -139,7 +139,9 @@ async def test_two_nodes_on_real_sockets_move_a_large_delta_over_tcp() -> None:
     params = Params(t_t1=5 * s, t_t2=s, t_t3=s, t_t4=60 * s, t_f1=100, t_f2=1000, r=2)
     keyring = auth.Keyring([bytes(range(32))])
     cfg = local_gossip()
-    tables, nodes, closers = [], [], []
+    tables: list[GossipState] = []
+    nodes: list[MeshNode] = []
+    closers: list[tuple[UdpTransport, TcpStreamTransport]] = []
     for i in range(2):
         table = GossipState(f"t{i}", 1, params)
 

@@ -164,13 +164,15 @@ class Twin:
             else:
                 r = self.ref.record_local(p, lc)
                 expected.append((r.entry, r.local, r.changed))
-        fields = (ints(getattr(lc, f) for lc in counts) for f in ("ts1", "ts2", "dc", "mark"))
+        ts1, ts2, dc, mark = (
+            ints(getattr(lc, f) for lc in counts) for f in ("ts1", "ts2", "dc", "mark")
+        )
         ids = self.table.pair_ids(*columns(pairs))
         if by_id and (ids >= 0).all():  # the adapter's path: ids kept from earlier cycles
-            got = self.table.record_local_ids(ids, *fields, catch_up=catch_up)
+            got = self.table.record_local_ids(ids, ts1, ts2, dc, mark, catch_up=catch_up)
             event("record_local by id")
         else:
-            got = self.table.record_local(*columns(pairs), *fields, catch_up=catch_up)
+            got = self.table.record_local(*columns(pairs), ts1, ts2, dc, mark, catch_up=catch_up)
         for i, (entry, local, changed) in enumerate(expected):
             assert entry is not None
             assert (int(got.ts1[i]), int(got.ts2[i]), int(got.c[i])) == (
@@ -258,11 +260,11 @@ class Twin:
         """Rows made up to break every rule, under tight limits too."""
         rows = data.draw(st.lists(hostile_rows(self), max_size=12), "rows")
         claims = data.draw(st.lists(claims_for(self), max_size=3), "claims")
-        delta = from_delta(Delta(entries=tuple(rows), coverage=tuple(claims)))
+        delta = from_delta(Delta(entries=tuple(rows), coverage=tuple(claims)))  # type: ignore[arg-type]
         # Empty batches and two batches of one origin (a sender may split them).
         empty = data.draw(st.lists(st.sampled_from(ORIGINS), max_size=2), "empty batches")
         batches = [*delta.batches, *(RowBatch.empty(o) for o in empty)]
-        if batches and data.draw(st.booleans(), "split a batch"):
+        if batches and data.draw(st.booleans(), "split a batch"):  # type: ignore[arg-type]
             b = batches.pop(0)
             half = len(b) // 2
             batches += [
