@@ -24,6 +24,7 @@ lint: $(SETUP_STAMP) ## ruff (lint and format, both must pass) and mypy (strict 
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy xpro_mesh
+	$(VENV)/bin/mypy tests
 
 demo: $(SETUP_STAMP) ## the main job (see README)
 	bash scripts/demo.sh

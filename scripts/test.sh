@@ -8,6 +8,7 @@ py=${XPRO_VENV:-$here/.venv}/bin/python
 "$py" -m ruff check . || exit 1
 "$py" -m ruff format --check . || exit 1
 "$py" -m mypy xpro_mesh || exit 1
+"$py" -m mypy tests || exit 1
 "$py" -m pytest "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then echo "test.sh: pytest collected no tests" >&2; exit 1; fi

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from xpro_mesh.cli import build_parser
+from xpro_mesh.core.params import Policy
 from xpro_mesh.lab import (
     agents,
     faults,
@@ -215,7 +216,7 @@ def test_thresholds_render_as_toml_for_xdp_and_the_agent(tmp_path: Path) -> None
     lab = topology.plan(3, 12, 180)
     plan = scenario.distributed(lab, 30)
     xdp = tmp_path / "xdp.toml"
-    xdp.write_text(plan.thresholds.toml("paper"))
+    xdp.write_text(plan.thresholds.as_toml(Policy.PAPER))
     config, _sizes = load_config_file(xdp)
     assert config.policy == "paper" and config.t_f2 == plan.thresholds.t_f2
     assert config.t_t2 == 500_000_000
@@ -368,7 +369,7 @@ def _plan_doc(plan: scenario.ScenarioPlan) -> dict[str, object]:
         "summary": plan.summary,
         **plan.params(),
         "flows": [asdict(f) for f in plan.flows],
-        "xdp_toml": {p: plan.thresholds.toml(p) for p in ("fair-share", "paper")},
+        "xdp_toml": {p: plan.thresholds.as_toml(Policy(p)) for p in ("fair-share", "paper")},
     }
 
 
@@ -415,7 +416,7 @@ def test_botnet_t_f2_is_over_every_proxy_alone_and_under_the_mesh() -> None:
         good = [f for f in plan.flows if f.role == "good"]
         # A bot's gap is under the idle gap T_T1, a good client's over it: each
         # good request opens a new window (never judged), every bot's runs on.
-        t_t1 = int(t.t_t1.removesuffix("ms")) / 1000
+        t_t1 = t.t_t1 / 10**9
         assert 1 / plan.spoofed[0].rate < t_t1 < 1 / good[0].rate
     assert plans.botnet_t_f2(2100.0) == 840  # 0.4, as in distributed
 

@@ -36,8 +36,19 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     if not Path(REDIS).exists():
         pytest.fail("redis-server is not installed (scripts/setup.sh installs it)")
     proc = subprocess.Popen(
-        [REDIS, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
+        [
+            REDIS,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10

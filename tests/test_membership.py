@@ -715,7 +715,9 @@ def test_quick_restart_before_detection_confuses_nobody() -> None:
     reborn = cluster.start("n02", seeds=["n00"])
     took = cluster.run_until(
         lambda: all(
-            cluster.nodes[n].member("n02").incarnation == reborn.incarnation for n in cluster.up  # type: ignore[union-attr]
+            cluster.nodes[n].member("n02").incarnation  # type: ignore[union-attr]
+            == reborn.incarnation
+            for n in cluster.up
         ),
         5 * S,
     )

@@ -148,7 +148,8 @@ class SlotMemory:
     def nbytes(self) -> int:
         """Memory held by the columns."""
         return sum(
-            v.nbytes for v in (getattr(self, f) for f in self.__dataclass_fields__)
+            v.nbytes
+            for v in (getattr(self, f) for f in self.__dataclass_fields__)
             if isinstance(v, np.ndarray)
         )
 

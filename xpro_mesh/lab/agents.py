@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xpro_mesh.core.params import Policy
 from xpro_mesh.lab.plans import AGENT_SYNC, GOSSIP_INTERVAL, POLICY, ScenarioError, ScenarioPlan
 from xpro_mesh.lab.supervise import Processes, cli, in_ns, last_line, pin_root, tcp_ready
 from xpro_mesh.lab.topology import REDIS_NS, LabPlan, Proxy
@@ -59,7 +60,7 @@ def write_agent_config(path: Path, plan: ScenarioPlan, policy: str) -> None:
     )
     path.write_text(
         "# written by `xpro-mesh lab scenario`\n[thresholds]\n"
-        + plan.thresholds.toml(policy)
+        + plan.thresholds.as_toml(Policy(policy))
         + gossip
         + "\n"
     )

@@ -22,9 +22,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from xpro_mesh.core.params import DEFAULTS, NS_PER_S, Params
 from xpro_mesh.lab.topology import LabPlan
+from xpro_mesh.units import format_duration
 
 __all__ = [
+    "LAB_WINDOWS",
     "MODES",
     "SCENARIOS",
     "Fault",
@@ -34,9 +37,9 @@ __all__ = [
     "ScenarioPlan",
     "ScenarioSpec",
     "SpoofedBlock",
-    "Thresholds",
     "botnet",
     "capacity",
+    "lab_thresholds",
     "parse_modes",
 ]
 
@@ -68,43 +71,31 @@ class ScenarioError(Exception):
     """A scenario cannot run; the message is one line for the operator."""
 
 
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """The filter's thresholds for one scenario (the paper's names)."""
+LAB_WINDOWS = replace(
+    DEFAULTS, t_t1=3 * NS_PER_S, t_t2=NS_PER_S // 2, t_t3=NS_PER_S, t_t4=2 * NS_PER_S
+)
+"""The core's thresholds with the lab's short windows (see the module doc);
+each scenario sets T_F1 and T_F2 (:func:`lab_thresholds`)."""
 
-    t_f1: int
-    t_f2: int
-    t_t1: str = "3s"  # idle gap that restarts a pair's window
-    t_t2: str = "500ms"  # shortest pair window judged
-    t_t3: str = "1s"  # shortest destination window judged
-    t_t4: str = "2s"  # window length past which the agents divide it by r
-    r: int = 2
 
-    def toml(self, policy: str) -> str:
-        """The ``[thresholds]`` body (also a valid flat ``xdp attach`` config)."""
-        return "\n".join(
-            [
-                f't_t1 = "{self.t_t1}"',
-                f't_t2 = "{self.t_t2}"',
-                f't_t3 = "{self.t_t3}"',
-                f't_t4 = "{self.t_t4}"',
-                f"t_f1 = {self.t_f1}",
-                f"t_f2 = {self.t_f2}",
-                f"r = {self.r}",
-                f'policy = "{policy}"',
-            ]
-        )
+def lab_thresholds(t_f1: int, t_f2: int, t_t1: int | None = None) -> Params:
+    """A scenario's thresholds: the lab's windows (T_T1 ``t_t1`` ns when
+    given), its T_F1 and T_F2."""
+    t = replace(LAB_WINDOWS, t_f1=t_f1, t_f2=t_f2)
+    return t if t_t1 is None else replace(t, t_t1=t_t1)
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "t_f1": self.t_f1,
-            "t_f2": self.t_f2,
-            "t_t1": self.t_t1,
-            "t_t2": self.t_t2,
-            "t_t3": self.t_t3,
-            "t_t4": self.t_t4,
-            "r": self.r,
-        }
+
+def thresholds_record(t: Params) -> dict[str, object]:
+    """The thresholds as a plan records them (durations as written)."""
+    return {
+        "t_f1": t.t_f1,
+        "t_f2": t.t_f2,
+        "t_t1": format_duration(t.t_t1),
+        "t_t2": format_duration(t.t_t2),
+        "t_t3": format_duration(t.t_t3),
+        "t_t4": format_duration(t.t_t4),
+        "r": t.r,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +220,7 @@ class ScenarioPlan:
     duration: float
     attack_start: float | None
     attack_stop: float | None
-    thresholds: Thresholds
+    thresholds: Params
     flows: tuple[Flow, ...]
     notes: str = ""
     faults: tuple[Fault, ...] = ()
@@ -262,7 +253,7 @@ class ScenarioPlan:
             "duration_s": self.duration,
             "attack_start_s": self.attack_start,
             "attack_stop_s": self.attack_stop,
-            "thresholds": self.thresholds.as_dict(),
+            "thresholds": thresholds_record(self.thresholds),
             "gossip_interval": gossip_interval(self.agent_profile),
             "groups": groups,
             "notes": self.notes,
@@ -384,7 +375,7 @@ def _regulars_and(
         duration=duration,
         attack_start=a0 if attack else None,
         attack_stop=a1 if attack else None,
-        thresholds=Thresholds(t_f1=T_F1, t_f2=t_f2),
+        thresholds=lab_thresholds(T_F1, t_f2),
         flows=tuple(
             _flows(lab, "good", "good", "regular", GOOD_RATE, 0.0, duration)
             + _flows(lab, "bot", role, label, rate, a0, a1, limit=limit)
@@ -641,10 +632,10 @@ def botnet(
         duration=duration,
         attack_start=a0,
         attack_stop=a1,
-        thresholds=Thresholds(
-            t_f1=max(T_F1, math.ceil(5 * rate)),
-            t_f2=t_f2,
-            t_t1=f"{round(1000 * BOTNET_IDLE / rate)}ms",
+        thresholds=lab_thresholds(
+            max(T_F1, math.ceil(5 * rate)),
+            t_f2,
+            t_t1=round(1000 * BOTNET_IDLE / rate) * 10**6,
         ),
         flows=tuple(_flows(lab, "good", "good", "regular", good_rate, 0.0, duration)),
         notes=(

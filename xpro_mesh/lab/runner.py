@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xpro_mesh.core.params import Policy
 from xpro_mesh.lab import agents, metrics, spoofed
 from xpro_mesh.lab.faults import Network, inject
 from xpro_mesh.lab.plans import (
@@ -91,7 +92,7 @@ class ModeRun:
             return
         config = self.moddir / "xdp.toml"
         config.write_text(
-            self.plan.thresholds.toml(POLICY[self.mode])
+            self.plan.thresholds.as_toml(Policy(POLICY[self.mode]))
             + f"\npairs_max = {self.plan.pairs_max}\ndests_max = 4096\n"
         )
         self.reporter.phase("attaching XDP (bcc compiles)")
