@@ -29,7 +29,7 @@ lint: $(SETUP_STAMP) ## ruff (lint and format, both must pass) and mypy (strict 
 demo: $(SETUP_STAMP) ## the main job (see README)
 	bash scripts/demo.sh
 
-bench: $(SETUP_STAMP) ## the data path: ns/packet ratios, map-sync syscalls at 100k pairs (root)
+bench: $(SETUP_STAMP) ## the data path: ns/packet ratios, the agent's slot I/O at 100k pairs (root)
 	bash scripts/bench.sh
 
 bench-agent: $(SETUP_STAMP) ## the agent: sync cycle at 10k/100k/1M pairs, 5 real agents

@@ -1,16 +1,18 @@
 """Benchmarks of the agent (``docs/benchmarking.md`` section 3):
 ``xpro-mesh bench agent``; ``make bench-agent`` runs ``scripts/bench-agent.sh``.
 
-1. **Map-sync cycle** at N pairs: wall and CPU time of one
-   :meth:`Agent.sync_once` (read every pair, fold the kernel's counts into
-   this origin's rows, plan, apply, re-base the destinations), with the real
-   kernel maps (:class:`BpfMaps` on the filter attached to ``lo`` of a
-   throwaway network namespace, pins under ``/run/xpro/bpf``) and with
-   :class:`MemoryMaps`. The pair map is filled through the apply path: the
-   state holds N rows of a remote origin and the first cycle creates the
-   pairs (*fill*). Then *quiet* cycles (nothing changed) and *busy* cycles
-   (every pair counted 5 new packets since the last sync: an apply op adds
-   them to ``c`` and ``dc`` as the kernel would, outside the timing).
+1. **Map-sync cycle** at N pairs with 3 origins: wall and CPU time of one
+   :meth:`Agent.sync_once` (read every slot, fold the kernel's windows into
+   this origin's rows, plan the views, write the ones that moved) on the
+   kernel's real maps (the filter loaded with the bench build, not attached,
+   its mmapped slot arrays filled through ``BPF_PROG_TEST_RUN`` with one new
+   spoofed source a packet, all to one victim) and on :class:`MemoryMaps`.
+   Two peers' tables count the same N pairs. *fill*: every slot new; *quiet*:
+   nothing changed; *busy*: every pair counted ``BUSY_PACKETS`` more here
+   (written into the kernel half by the bench, as packets would; outside the
+   timing) and at both peers, whose changed rows are merged first (timed
+   apart as *merge*). Also memory per (pair, origin) row and wire bytes per
+   changed row of a peer's delta.
 2. **Convergence** of 5 real agents (``xpro-mesh agent`` processes, memory
    backend, ``local`` profile, loopback): after a burst of packets fed on
    every node, the seconds and gossip rounds until every node's
@@ -22,10 +24,10 @@
    while N rows change every round.
 
 CPU time is the whole process's (``time.process_time``: user and system,
-every thread; the kernel's apply program runs in our syscalls). Figures are
-min/median/max over the repetitions. Targets: a sync cycle's median within
-the ``local`` gossip interval (and, if not, within the ``lan`` one: the cycle
-must end before the next round), the worst detection within its bound; each
+every thread). Figures are min/median/max over the repetitions. Targets
+(DESIGN's scale budget): busy cycle plus merge <= 1 us of CPU per active
+pair, quiet cycle <= 50 ms of CPU, <= 300 B per (pair, origin) row, <= 16 B
+per changed IPv4 row on the wire; the worst detection within its bound. Each
 is printed met or missed.
 
     xpro-mesh bench agent [--pairs 10000,100000,1000000]
