@@ -1,11 +1,12 @@
-"""What the mesh node needs from the replicated pair table, and today's
-implementation of it over the scalar :class:`~xpro_mesh.core.gossip_state.GossipState`.
+"""What the mesh node needs from the replicated pair table, and its two
+implementations: over the columnar :class:`~xpro_mesh.core.table.PairTable`
+(what the agent runs) and over the scalar
+:class:`~xpro_mesh.core.gossip_state.GossipState` (the reference, in tests).
 
 Why a seam: the node only moves rows (push-pull anti-entropy); what the rows
 mean is the table's business. A node talks to :class:`ReplicatedState` with
 columns (:class:`~xpro_mesh.core.rows.ColumnarDelta`), the form the wire
-carries, so a columnar table plugs in without the node changing, and the
-scalar table stays behind :class:`GossipStateAdapter` as the reference.
+carries, so either table plugs in without the node changing.
 """
 
 from __future__ import annotations
