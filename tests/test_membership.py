@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from xpro_mesh.mesh.membership import (
     Action,
     Address,
+    Announce,
     ForwardAck,
     ForwardNack,
     IndirectProbe,
@@ -66,6 +67,26 @@ def alive(node_id: str, i: int, inc: int = 1, load: Workload | None = None) -> M
 
 def changes(actions: list[Action]) -> list[tuple[str, MemberState | None, MemberState | None]]:
     return [(a.node_id, a.previous, a.current) for a in actions if isinstance(a, MemberChanged)]
+
+
+def test_a_node_whose_own_suspicion_runs_out_tells_every_live_member_at_once() -> None:
+    """Gossip carries a death only a few times; the node that declares it
+    also sends it to each live member directly, so none waits out a
+    suspicion of its own (up to suspicion_max_mult · S(N) unconfirmed)."""
+    a = node("a", 1)
+    a.on_update([alive("b", 2), alive("c", 3), alive("d", 4)], 0)
+    a.on_update([MemberUpdate("b", addr(2), 1, SUSPECT)], 0)
+    actions = a.tick(10**6 * S)  # long past any suspicion timeout
+    assert ("b", SUSPECT, DEAD) in changes(actions)
+    announced = [x for x in actions if isinstance(x, Announce)]
+    assert len(announced) == 1
+    assert announced[0].update.node_id == "b" and announced[0].update.state is DEAD
+    assert sorted(announced[0].addrs) == [addr(3), addr(4)]
+    # A death learnt from a peer is not announced again.
+    c = node("c", 3)
+    c.on_update([alive("b", 2), alive("d", 4)], 0)
+    assert not [x for x in c.on_update([MemberUpdate("b", addr(2), 1, DEAD)], 1)
+                if isinstance(x, Announce)]  # fmt: skip
 
 
 # --- records ---------------------------------------------------------------------
@@ -506,6 +527,10 @@ class Cluster:
                 continue
             if isinstance(action, SyncState):
                 self.send(action.addr, "sync", src=m.addr, state=m.local_state(), reply=False)
+                continue
+            if isinstance(action, Announce):
+                for addr in action.addrs:
+                    self.send(addr, "announce", updates=[m.self_update(), action.update])
                 continue
             piggyback = [m.self_update(), *m.updates_to_piggyback(8)]
             if isinstance(action, Probe) and (buddy := m.buddy(action.node_id)) is not None:

@@ -155,6 +155,7 @@ from xpro_mesh.mesh.broadcast import TransmitLimitedQueue
 __all__ = [
     "Action",
     "Address",
+    "Announce",
     "DetectorStats",
     "ForwardAck",
     "ForwardNack",
@@ -398,7 +399,20 @@ class MemberChanged:
     incarnation: int
 
 
-Action = Probe | IndirectProbe | ForwardAck | ForwardNack | SyncState | MemberChanged
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Send ``update`` to every member at ``addrs`` at once: this node's own
+    suspicion of a member ran out and it declared the member dead. Gossip
+    spreads the news too, but only a few times per update (retransmit limit),
+    and a member that misses every copy would otherwise wait out a suspicion
+    of its own, up to ``suspicion_max_mult · S(N)`` without confirmations,
+    well past the detection bound. One message per member per declaration."""
+
+    update: MemberUpdate
+    addrs: tuple[Address, ...]
+
+
+Action = Probe | IndirectProbe | ForwardAck | ForwardNack | SyncState | MemberChanged | Announce
 
 
 @dataclass(slots=True)
@@ -803,16 +817,23 @@ class Membership:
                 continue
             member = self._members[node_id]
             self.stats.deaths_declared += 1
-            actions += self._apply(
-                MemberUpdate(
-                    member.node_id,
-                    member.addr,
-                    member.incarnation,
-                    MemberState.DEAD,
-                    source=self.node_id,
-                ),
-                now_ns,
+            dead = MemberUpdate(
+                member.node_id,
+                member.addr,
+                member.incarnation,
+                MemberState.DEAD,
+                source=self.node_id,
             )
+            changed = self._apply(dead, now_ns)
+            actions += changed
+            if changed:
+                others = tuple(
+                    m.addr
+                    for m in self._members.values()
+                    if m.state is not MemberState.DEAD and m.node_id != self.node_id
+                )
+                if others:
+                    actions.append(Announce(dead, others))
         return actions
 
     def _forget_dead(self, now_ns: int) -> list[Action]:

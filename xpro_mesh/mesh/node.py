@@ -38,6 +38,7 @@ from xpro_mesh.mesh import auth, wire
 from xpro_mesh.mesh.membership import (
     Action,
     Address,
+    Announce,
     ForwardAck,
     ForwardNack,
     IndirectProbe,
@@ -300,6 +301,10 @@ class MeshNode:
                 self._send(Nack(action.seq, self._self_update(), self._piggyback()), action.addr)
             elif isinstance(action, SyncState):
                 self._send_members(action.addr, reply=True)
+            elif isinstance(action, Announce):
+                me = self._self_update()
+                for addr in action.addrs:
+                    self._send(Members(me, (action.update,), False), addr)
             elif isinstance(action, MemberChanged):
                 before = action.previous or "unknown"
                 after = action.current or "forgotten"
