@@ -461,7 +461,7 @@ def test_trafgen_writes_the_frames_the_config_describes(tmp_path: Path) -> None:
     import struct
 
     if shutil.which("trafgen") is None:
-        pytest.skip("trafgen (netsniff-ng) not installed")
+        pytest.fail("trafgen (netsniff-ng) is not installed: scripts/setup.sh installs it")
     import subprocess
 
     b = scenario.botnet(topology.plan(3, 3, 3), 30, bots=30).spoofed[0]
