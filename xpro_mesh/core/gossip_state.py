@@ -567,7 +567,8 @@ class GossipState:
             if not pairs:
                 return None
             view = fold_destination(
-                v for v in (self.pair_view(pair) for pair in pairs) if v is not None
+                (v for v in (self.pair_view(pair) for pair in pairs) if v is not None),
+                established_under=self._params,  # n(D): established pairs only (issue 11)
             )
             assert view is not None
             self._dest_views[destination] = view

@@ -17,6 +17,9 @@ TOML, flat or under an ``[xdp]`` table::
     t_f1 = 100       # packets/s per (client, destination)
     t_f2 = 1000      # packets/s per destination, all clients, all proxies
     r = 2            # frequency division factor
+    admit_k = 4      # fair-share: packets (and a window over t_t2) of an established pair
+    admit_rate = 100 # fair-share: young-pair packets/s a destination over t_f2 admits
+    admit_burst = 10 # fair-share: that budget's depth, packets (at most 4000)
     policy = "fair-share"   # or "paper"
     clock = "coarse"        # or "precise"
     warn_interval = "1s"    # between two overload warnings of one pair
@@ -35,7 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from xpro_mesh import units
-from xpro_mesh.core.params import DEFAULTS, NS_PER_S, Params, Policy, operational_problems
+from xpro_mesh.core.params import (
+    ADMIT_BURST_MAX,
+    ADMIT_RATE_MAX,
+    DEFAULTS,
+    NS_PER_S,
+    Params,
+    Policy,
+    operational_problems,
+)
 from xpro_mesh.datapath import structs
 from xpro_mesh.units import ConfigError
 
@@ -95,7 +106,20 @@ def _parse_enum(key: str, value: object, kind: type[enum.Enum]) -> Any:
 
 
 # The integer fields, range-checked here and copied into the kernel's struct.
-_INT_FIELDS = ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "r", "warn_interval", "warn_per_cpu")
+_INT_FIELDS = (
+    "t_t1",
+    "t_t2",
+    "t_t3",
+    "t_t4",
+    "t_f1",
+    "t_f2",
+    "r",
+    "warn_interval",
+    "warn_per_cpu",
+    "admit_k",
+    "admit_rate",
+    "admit_burst",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +141,9 @@ class XdpConfig:
     t_f1: int = DEFAULTS.t_f1
     t_f2: int = DEFAULTS.t_f2
     r: int = DEFAULTS.r
+    admit_k: int = DEFAULTS.admit_k
+    admit_rate: int = DEFAULTS.admit_rate
+    admit_burst: int = DEFAULTS.admit_burst
     policy: Policy = DEFAULTS.policy
     clock: ClockSource = ClockSource.COARSE
     warn_interval: int = 1 * NS_PER_S
@@ -131,6 +158,14 @@ class XdpConfig:
                 raise ConfigError(name, f"{value} is out of range 0..2^63-1")
         if self.r < 2:
             raise ConfigError("r", f"must be an integer >= 2, got {self.r}")
+        if self.admit_burst > ADMIT_BURST_MAX:
+            raise ConfigError(
+                "admit_burst", f"must be at most {ADMIT_BURST_MAX}, got {self.admit_burst}"
+            )
+        if self.admit_rate > ADMIT_RATE_MAX:
+            raise ConfigError(
+                "admit_rate", f"must be at most {ADMIT_RATE_MAX}/s, got {self.admit_rate}"
+            )
         if not isinstance(self.policy, Policy):
             raise ConfigError("policy", f"{self.policy!r} is not a Policy")
         if not isinstance(self.clock, ClockSource):
@@ -175,6 +210,9 @@ class XdpConfig:
             t_f1=c.t_f1,
             t_f2=c.t_f2,
             r=max(2, c.r),
+            admit_k=c.admit_k,
+            admit_rate=min(c.admit_rate, ADMIT_RATE_MAX),
+            admit_burst=min(c.admit_burst, ADMIT_BURST_MAX),
             policy=Policy.PAPER if c.policy == structs.XPRO_POLICY_PAPER else Policy.FAIR_SHARE,
             clock=(
                 ClockSource.PRECISE if c.clock == structs.XPRO_CLOCK_PRECISE else ClockSource.COARSE
@@ -223,9 +261,9 @@ class XdpConfig:
 def _parse_value(key: str, raw: object) -> Any:
     if key in ("t_t1", "t_t2", "t_t3", "t_t4", "warn_interval"):
         return parse_duration(key, raw)
-    if key in ("t_f1", "t_f2"):
+    if key in ("t_f1", "t_f2", "admit_rate"):
         return parse_rate(key, raw)
-    if key in ("r", "warn_per_cpu"):
+    if key in ("r", "warn_per_cpu", "admit_k", "admit_burst"):
         return _parse_int(key, raw)
     if key == "policy":
         return _parse_enum(key, raw, Policy)
