@@ -19,7 +19,13 @@ import pytest
 from conftest import SMALL_SIZES
 from datapath_support import BASE_TIME, KernelDriver, Packet
 
-from xpro_mesh.core.algorithm import Params, Verdict, filter_packet_fair_share
+from xpro_mesh.core.algorithm import (
+    AdmissionBudget,
+    LocalRecord,
+    Params,
+    Verdict,
+    filter_packet_fair_share,
+)
 from xpro_mesh.datapath.config import MapSizes, Policy, XdpConfig
 from xpro_mesh.datapath.memory import MemoryMaps
 
@@ -66,8 +72,8 @@ def shares(trace: list[Packet], verdicts: list[Verdict], after: int) -> tuple[fl
 
 
 def _model(trace: list[Packet]) -> list[Verdict]:
-    table: dict = {}
-    budgets: dict = {}
+    table: dict[tuple[str, str], LocalRecord] = {}
+    budgets: dict[str, AdmissionBudget] = {}
     return [
         filter_packet_fair_share(table, pk.src, pk.dst, pk.now, P, budgets=budgets) for pk in trace
     ]

@@ -217,7 +217,8 @@ class XproStats(ct.Structure):
     """struct xpro_stats { __u64 pass, drop_pair, drop_dest, new_pairs, resets,
     warnings, warnings_suppressed, events_lost, not_ip, malformed,
     unconfigured, pair_full, dest_full, lock_busy, new_dests, insert_races,
-    pair_views, dest_views, relinks, admitted, drop_admit, probation_drops; __u64 warn_window, warn_in_window; };
+    pair_views, dest_views, relinks, admitted, drop_admit, probation_drops;
+    __u64 warn_window, warn_in_window; };
     (per CPU)"""
 
     _fields_ = [(name, u64) for name in STATS_FIELDS] + [
