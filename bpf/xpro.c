@@ -1066,6 +1066,9 @@ int xpro_filter(struct xdp_md *ctx)
 	if (parsed == XPRO_PARSE_NOT_IP) {
 		st->not_ip++;
 		verdict = XPRO_VERDICT_NOT_IP;
+	} else if (parsed == XPRO_PARSE_UNPARSED) {
+		st->unparsed++;
+		verdict = XPRO_VERDICT_UNPARSED;
 	} else if (parsed != XPRO_PARSE_IP) {
 		st->malformed++;
 		verdict = XPRO_VERDICT_MALFORMED;
@@ -1084,6 +1087,8 @@ int xpro_filter(struct xdp_md *ctx)
 #ifdef XPRO_TEST_CLOCK
 	clk->test_verdict = verdict;
 #endif
+	if (verdict == XPRO_VERDICT_UNPARSED)
+		return cfg->version != 0 && cfg->unparsed == XPRO_UNPARSED_DROP ? XDP_DROP : XDP_PASS;
 	return verdict == XPRO_VERDICT_DROP_PAIR || verdict == XPRO_VERDICT_DROP_DEST ? XDP_DROP
 										      : XDP_PASS;
 }

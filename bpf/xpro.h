@@ -174,7 +174,7 @@ struct xpro_config {
 	__u32 policy;         /* XPRO_POLICY_* */
 	__u32 clock;          /* XPRO_CLOCK_* */
 	__u32 version;        /* XPRO_CONFIG_VERSION once written; 0: pass everything */
-	__u32 pad;
+	__u32 unparsed;       /* XPRO_UNPARSED_*: what to do with a carrier not parsed */
 };
 
 /* The clock map's one entry, apart from the config so that the loader's
@@ -193,6 +193,11 @@ struct xpro_clock {
 #define XPRO_VERDICT_NOT_IP 3
 #define XPRO_VERDICT_MALFORMED 4
 #define XPRO_VERDICT_UNCONFIGURED 5
+#define XPRO_VERDICT_UNPARSED 6 /* deep VLAN stack, MPLS, PPPoE: config.unparsed */
+
+/* xpro_config.unparsed */
+#define XPRO_UNPARSED_PASS 0
+#define XPRO_UNPARSED_DROP 1
 
 /* The per-CPU stats array's one entry. Counters only grow; userspace sums
  * the CPUs. The last two fields are the per-CPU warning limiter's state. */
@@ -219,6 +224,7 @@ struct xpro_stats {
 	__u64 admitted;            /* young pairs' packets passed through the admission budget */
 	__u64 drop_admit;          /* young pairs' packets dropped, budget empty (also in drop_dest) */
 	__u64 probation_drops;     /* of which new pairs dropped before a slot was taken */
+	__u64 unparsed;            /* carriers not parsed (> 8 VLAN tags, MPLS, PPPoE) */
 	__u64 warn_window;         /* limiter: second (cluster time) of the budget */
 	__u64 warn_in_window;      /* limiter: warnings sent in that second */
 };

@@ -24,6 +24,7 @@ TOML, flat or under an ``[xdp]`` table::
     clock = "coarse"        # or "precise"
     warn_interval = "1s"    # between two overload warnings of one pair
     warn_per_cpu = 100      # overload warnings per second per CPU, at most
+    unparsed = "pass"       # or "drop": > 8 VLAN tags, MPLS, PPPoE (counted either way)
     pairs_max = 1048576     # map sizes: used when the maps are created
     dests_max = 65536
 """
@@ -55,6 +56,7 @@ __all__ = [
     "ConfigError",
     "MapSizes",
     "Policy",
+    "Unparsed",
     "XdpConfig",
     "load_config_file",
     "parse_duration",
@@ -62,6 +64,14 @@ __all__ = [
 ]
 
 _MAX_S64 = units.MAX_S64
+
+
+class Unparsed(enum.StrEnum):
+    """What the program does with an IP carrier it cannot parse (more than
+    8 VLAN tags, MPLS, PPPoE session): counted either way (``unparsed``)."""
+
+    PASS = "pass"
+    DROP = "drop"
 
 
 class ClockSource(enum.StrEnum):
@@ -148,6 +158,7 @@ class XdpConfig:
     clock: ClockSource = ClockSource.COARSE
     warn_interval: int = 1 * NS_PER_S
     warn_per_cpu: int = 100
+    unparsed: Unparsed = Unparsed.PASS
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -168,6 +179,8 @@ class XdpConfig:
             )
         if not isinstance(self.policy, Policy):
             raise ConfigError("policy", f"{self.policy!r} is not a Policy")
+        if not isinstance(self.unparsed, Unparsed):
+            raise ConfigError("unparsed", f"{self.unparsed!r} is not pass or drop")
         if not isinstance(self.clock, ClockSource):
             raise ConfigError("clock", f"{self.clock!r} is not a ClockSource")
 
@@ -197,6 +210,11 @@ class XdpConfig:
             if self.clock is ClockSource.PRECISE
             else structs.XPRO_CLOCK_COARSE
         )
+        c.unparsed = (
+            structs.XPRO_UNPARSED_DROP
+            if self.unparsed is Unparsed.DROP
+            else structs.XPRO_UNPARSED_PASS
+        )
         c.version = structs.XPRO_CONFIG_VERSION
         return c
 
@@ -219,6 +237,7 @@ class XdpConfig:
             ),
             warn_interval=c.warn_interval,
             warn_per_cpu=c.warn_per_cpu,
+            unparsed=Unparsed.DROP if c.unparsed == structs.XPRO_UNPARSED_DROP else Unparsed.PASS,
         )
 
     def as_dict(self) -> dict[str, int | str]:
@@ -269,6 +288,8 @@ def _parse_value(key: str, raw: object) -> Any:
         return _parse_enum(key, raw, Policy)
     if key == "clock":
         return _parse_enum(key, raw, ClockSource)
+    if key == "unparsed":
+        return _parse_enum(key, raw, Unparsed)
     raise ConfigError(key, "unknown key")
 
 

@@ -63,6 +63,9 @@ XPRO_VERDICT_DROP_DEST: Final = 2
 XPRO_VERDICT_NOT_IP: Final = 3
 XPRO_VERDICT_MALFORMED: Final = 4
 XPRO_VERDICT_UNCONFIGURED: Final = 5
+XPRO_VERDICT_UNPARSED: Final = 6
+XPRO_UNPARSED_PASS: Final = 0
+XPRO_UNPARSED_DROP: Final = 1
 
 CONSTANTS: Final[dict[str, int]] = {
     name: value for name, value in globals().items() if name.startswith("XPRO_")
@@ -159,7 +162,7 @@ class XproConfig(ct.Structure):
     """struct xpro_config { __u64 t_t1, t_t2, t_t3, t_t4, t_f1, t_f2, r;
     __u64 warn_interval; __u64 warn_per_cpu; __u64 admit_k, admit_rate,
     admit_burst; __u32 policy; __u32 clock;
-    __u32 version; __u32 pad; };"""
+    __u32 version; __u32 unparsed; };"""
 
     _fields_ = [
         ("t_t1", u64),
@@ -177,7 +180,7 @@ class XproConfig(ct.Structure):
         ("policy", u32),
         ("clock", u32),
         ("version", u32),
-        ("pad", u32),
+        ("unparsed", u32),
     ]
 
 
@@ -210,6 +213,7 @@ STATS_FIELDS: Final = (
     "admitted",
     "drop_admit",
     "probation_drops",
+    "unparsed",
 )
 
 
@@ -217,7 +221,7 @@ class XproStats(ct.Structure):
     """struct xpro_stats { __u64 pass, drop_pair, drop_dest, new_pairs, resets,
     warnings, warnings_suppressed, events_lost, not_ip, malformed,
     unconfigured, pair_full, dest_full, lock_busy, new_dests, insert_races,
-    pair_views, dest_views, relinks, admitted, drop_admit, probation_drops;
+    pair_views, dest_views, relinks, admitted, drop_admit, probation_drops, unparsed;
     __u64 warn_window, warn_in_window; };
     (per CPU)"""
 
