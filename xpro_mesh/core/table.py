@@ -361,6 +361,9 @@ class PairTable:
         self._horizon = horizon
         self._clock: Version = (incarnation, 0)
         self._floor: int | None = None
+        # per origin slot: at most the least ts2 of its rows (expire skips
+        # a slot whose bound is not below the floor: a quiet cycle scans none)
+        self._oldest: dict[int, int] = {}
         self._watermark: dict[str, Version] = {}
 
         self._pairs = KeyIndex(4, capacity)
@@ -758,23 +761,36 @@ class PairTable:
         return PairViews(ids, ts1, newest, c, origins, overflow)
 
     def destination_views(
-        self, dest_ids: Ints | None = None, pair_views: PairViews | None = None
+        self,
+        dest_ids: Ints | None = None,
+        pair_views: PairViews | None = None,
+        known: PairViews | None = None,
     ) -> DestinationViews:
         """Destination views (scalar ``fold_destination`` of the pair views)
         of every destination, or of ``dest_ids``: grouped by destination id
         with ``np.minimum.at`` / ``np.maximum.at`` / ``np.add.at``.
         ``pair_views``: :meth:`pair_views` of every live pair, already computed
-        this cycle (with ``dest_ids`` None), so they are not folded twice."""
+        this cycle (with ``dest_ids`` None), so they are not folded twice.
+        ``known``: views of some live pairs, as :meth:`pair_views` gives them
+        now; only the other pairs of the destinations are folded here (the
+        map sync has just computed the views of every pair its kernel holds,
+        and a victim's million pairs are not folded twice)."""
         if pair_views is not None and dest_ids is None:
-            live = pair_views.ids
             views = pair_views
+        elif dest_ids is not None and len(dest_ids) == 0:
+            return self._no_destinations()
         else:
             live = self.live_ids()
+            wanted = None
             if dest_ids is not None:
                 wanted = np.zeros(self._dests.capacity, dtype=np.bool_)
                 wanted[dest_ids] = True
                 live = live[wanted[self._dest[live]]]
-            views = self.pair_views(live)
+            if known is not None and not known.overflow and len(known.ids):
+                views = self._with_known(live, known, wanted)
+            else:
+                views = self.pair_views(live)
+        live = views.ids
         d = self._dest[live]
         cap = self._dests.capacity
         ts1 = np.full(cap, INT_MAX, dtype=np.int64)
@@ -804,6 +820,34 @@ class PairTable:
                 c, overflow = _join(hs[out], ls[out])
         dst = _addresses(self._dests.keys_of(out))
         return DestinationViews(out, dst, ts1[out], ts2[out], c, pairs[out], overflow)
+
+    def _with_known(self, live: Ints, known: PairViews, wanted: Bools | None) -> PairViews:
+        """The views of ``live``: ``known``'s where it has them (those of
+        wanted destinations), folded here for the rest. Order is not kept:
+        a destination's fold does not depend on it."""
+        keep = self._nrows[known.ids] > 0  # a merge between two chunks may drop one
+        if wanted is not None:
+            keep &= wanted[self._dest[known.ids]]
+        every = bool(keep.all())
+        have = np.zeros(len(self._nrows), dtype=np.bool_)
+        have[known.ids if every else known.ids[keep]] = True
+        rest = self.pair_views(live[~have[live]])
+        if rest.overflow:
+            return self.pair_views(live)
+        if every and not len(rest.ids):
+            return known
+        return PairViews(
+            np.concatenate([known.ids[keep], rest.ids]),
+            np.concatenate([known.ts1[keep], rest.ts1]),
+            np.concatenate([known.ts2[keep], rest.ts2]),
+            np.concatenate([known.c[keep], rest.c]),
+            np.concatenate([known.origins[keep], rest.origins]),
+        )
+
+    def _no_destinations(self) -> DestinationViews:
+        z = np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=ADDRESS_DTYPE)
+        return DestinationViews(z, empty, z.copy(), z.copy(), z.copy(), z.copy())
 
     def destination_ids(self, dst: Addresses) -> Ints:
         """The id of each destination held, -1 otherwise."""
@@ -1050,11 +1094,18 @@ class PairTable:
         for origin, o in list(self._slot.items()):
             if not self._rows_of[o]:
                 continue
-            ids = np.flatnonzero(self._present[o] & _lt(self._ts2[o], floor))
+            if self._oldest.get(o, INT_MIN) >= floor:
+                continue  # no row of this origin is older than the floor
+            ts2 = self._ts2[o]
+            present = self._present[o]
+            old = present & _lt(ts2, floor)
+            ids = np.flatnonzero(old)
             if len(ids):
                 dropped += len(ids)
                 touched.append(ids)
                 self._unstore(origin, o, ids)
+            if self._rows_of[o]:
+                self._oldest[o] = int(ts2[present].min())
         for origin in [o for o in self._watermark if o != self._node_id]:
             if origin not in self._slot or not self._rows_of[self._slot[origin]]:
                 del self._watermark[origin]
@@ -1096,6 +1147,7 @@ class PairTable:
                 setattr(self, name, np.concatenate([a, np.zeros_like(a)]))
         self._names[o] = origin
         self._slot[origin] = o
+        self._oldest.pop(o, None)
         return o
 
     def _ids_for(self, src: Addresses, dst: Addresses) -> tuple[Ints, Bools]:
@@ -1162,6 +1214,9 @@ class PairTable:
         self._inc[o, ids] = inc
         self._seq[o, ids] = seq
         self._changed[ids] = True
+        least = int(ts2.min())
+        if least < self._oldest.get(o, INT_MAX):
+            self._oldest[o] = least
         top_inc = int(inc.max())
         top = (top_inc, int(seq[inc == top_inc].max()))
         origin = self._names[o]
