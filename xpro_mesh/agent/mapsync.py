@@ -37,7 +37,7 @@ them, or locally) that the next cycle rewrites, never a packet folded twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
@@ -202,11 +202,11 @@ class SlotRead:
         else:
             by_slot[self.slots] = values
 
-    def src_at(self, at: npt.ArrayLike) -> npt.NDArray[np.bytes_]:
+    def src_at(self, at: I64) -> npt.NDArray[np.bytes_]:
         """The sources of the read's positions ``at``."""
         return self.by_slot_src[self.slots[at]]
 
-    def dst_at(self, at: npt.ArrayLike) -> npt.NDArray[np.bytes_]:
+    def dst_at(self, at: I64) -> npt.NDArray[np.bytes_]:
         return self.by_slot_dst[self.slots[at]]
 
     @property
@@ -284,6 +284,23 @@ class CyclePlan:
     expire_dgens: U64
     own_changed: int  # own rows that got a new version (news to gossip)
     expired_rows: int  # rows aged out of the state this cycle
+
+    def with_expiries_of(self, earlier: Sequence[CyclePlan]) -> CyclePlan:
+        """This plan retiring the slots ``earlier`` plans retired too (a
+        refresh between two cycles defers its retirements to the next
+        cycle's write: the backend recycles a retired slot one call later,
+        and calls once per cycle leave a cycle for any XDP program still
+        holding it). A slot restarted since keeps its new gen and stays."""
+        if not earlier:
+            return self
+        plans = [*earlier, self]
+        return replace(
+            self,
+            expire_slots=np.concatenate([p.expire_slots for p in plans]),
+            expire_gens=np.concatenate([p.expire_gens for p in plans]),
+            expire_dslots=np.concatenate([p.expire_dslots for p in plans]),
+            expire_dgens=np.concatenate([p.expire_dgens for p in plans]),
+        )
 
 
 def _sync_own(

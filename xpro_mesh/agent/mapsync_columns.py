@@ -92,13 +92,13 @@ def plan_cycle_steps(
     # Only the slots whose gen or count differ from the last read can be new
     # or busy (a million quiet slots: two compares, no copies).
     old_gen, old_c = pairs.of(memory.gen), pairs.of(memory.c)
-    moved = np.flatnonzero((old_gen != gen) | (old_c != kc))
+    read_moved = np.flatnonzero((old_gen != gen) | (old_c != kc))
     seen = np.ones(n, dtype=np.bool_)
     dc = np.zeros(n, dtype=np.int64)
-    m_gen, m_c, m_slots = gen[moved], kc[moved], slots[moved]
+    m_gen, m_c, m_slots = gen[read_moved], kc[read_moved], slots[read_moved]
     m_seen = memory.gen[m_slots] == m_gen
-    seen[moved] = m_seen
-    dc[moved] = np.where(m_seen, np.maximum(m_c - memory.c[m_slots], 0), m_c)
+    seen[read_moved] = m_seen
+    dc[read_moved] = np.where(m_seen, np.maximum(m_c - memory.c[m_slots], 0), m_c)
     memory.gen[m_slots] = m_gen
     memory.c[m_slots] = m_c
     merged = table.take_changed()

@@ -994,9 +994,13 @@ class PairTable:
             stale = held
         tally.stale += int(np.count_nonzero(stale))
         fresh = ~stale
-        for code, why in _REASON.items():
-            tally.reject(why, int(np.count_nonzero(fresh & (reason == code))), origin)
-        ok = fresh & (reason == _OK)
+        refused = reason != _OK
+        if refused.any():  # most batches have no refused row: one pass, not one per reason
+            for code, why in _REASON.items():
+                tally.reject(why, int(np.count_nonzero(fresh & (reason == code))), origin)
+            ok = fresh & ~refused
+        else:
+            ok = fresh
         if o is None and self._origins_with_rows() >= lim.max_origins:
             tally.reject(Rejection.TOO_MANY_ORIGINS, int(np.count_nonzero(ok)), origin)
             return
