@@ -62,7 +62,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from xpro_mesh.core.algorithm import NS_PER_S, Params
+from xpro_mesh.core.algorithm import (
+    NS_PER_S,
+    RATE_MAX,
+    RATE_SCALE,
+    Params,
+    destination_rate_floor,
+)
 from xpro_mesh.core.gossip_state import (
     ZERO_VERSION,
     Coverage,
@@ -250,6 +256,28 @@ def _lt(col: Ints, x: int) -> Bools:
     if x <= INT_MIN:
         return np.zeros(len(col), dtype=np.bool_)
     return col < x
+
+
+def _rate_starts(
+    views: PairViews, d: Ints, cap: int, out: Ints, ts1: Ints, ts2: Ints, c: Ints, floor: int
+) -> Ints:
+    """Scalar ``fold_destination(..., rate_floor=floor)``'s ts1 for the
+    destinations ``out`` (``d``: each view's destination id; ``c`` the
+    destinations' saturated counts): ``window_rate`` and ``rate_start`` in
+    the same float64 operations, so the integers agree bit for bit."""
+    length = np.maximum(views.ts2 - views.ts1, max(floor, 1))
+    r = np.floor(views.c.astype(np.float64) * RATE_SCALE / length.astype(np.float64))
+    per_pair = np.minimum(r, float(RATE_MAX)).astype(np.int64)
+    rates = np.zeros(cap, dtype=np.int64)
+    np.add.at(rates, d, per_pair)
+    rate = rates[out]
+    has = rate > 0
+    span = np.floor(c.astype(np.float64) * RATE_SCALE / np.maximum(rate, 1).astype(np.float64))
+    exact = span < float(1 << 62)  # integer-valued floats below 2^62 convert exactly
+    whole = np.full(len(out), INT_MAX, dtype=np.int64)
+    whole[exact] = span[exact].astype(np.int64)
+    start: Ints = np.where(has, ts2 - np.minimum(whole, ts2), ts1)
+    return start
 
 
 def _eq(col: Ints, x: int) -> Bools:
@@ -819,7 +847,11 @@ class PairTable:
                 np.add.at(ls, d, lo)
                 c, overflow = _join(hs[out], ls[out])
         dst = _addresses(self._dests.keys_of(out))
-        return DestinationViews(out, dst, ts1[out], ts2[out], c, pairs[out], overflow)
+        start = ts1[out]
+        floor = destination_rate_floor(self._params)
+        if floor is not None:
+            start = _rate_starts(views, d, cap, out, start, ts2[out], c, floor)
+        return DestinationViews(out, dst, start, ts2[out], c, pairs[out], overflow)
 
     def _with_known(self, live: Ints, known: PairViews, wanted: Bools | None) -> PairViews:
         """The views of ``live``: ``known``'s where it has them (those of
