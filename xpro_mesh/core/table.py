@@ -1063,8 +1063,14 @@ class PairTable:
             return
         if o is None:
             o = self._new_slot(origin)
-        s = ids[store]
-        self._store(o, s, cols[0][store], cols[1][store], cols[2][store], inc[store], seq[store])
+        if len(store) == len(ids):  # the usual batch: every row taken, no gathers
+            s = ids
+            self._store(o, s, cols[0], cols[1], cols[2], inc, seq)
+        else:
+            s = ids[store]
+            self._store(
+                o, s, cols[0][store], cols[1][store], cols[2][store], inc[store], seq[store]
+            )
         tally.accepted += len(store)
         tally.changed.append(s)
 
