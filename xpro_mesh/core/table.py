@@ -171,7 +171,8 @@ class PairViews:
 class DestinationViews:
     """Destination views (scalar ``fold_destination``): per destination id
     ``ids`` with address ``dst``: min ts1, max ts2, sum c (saturating, exact
-    in ``overflow``), n(D) = ``clients``."""
+    in ``overflow``), n(D) = ``clients``: the established pairs
+    (:func:`~xpro_mesh.core.algorithm.is_established`)."""
 
     ids: Ints
     dst: Addresses
@@ -844,6 +845,10 @@ class PairTable:
         np.minimum.at(ts1, d, views.ts1)
         np.maximum.at(ts2, d, views.ts2)
         pairs = np.bincount(d, minlength=cap).astype(np.int64)
+        # n(D) counts only established pairs (algorithm.is_established, issue 11).
+        p = self._params
+        established = (views.c >= p.admit_k) & (views.ts2 - views.ts1 > p.t_t2)
+        clients = np.bincount(d[established], minlength=cap).astype(np.int64)
         out = np.flatnonzero(pairs) if dest_ids is None else np.asarray(dest_ids, np.int64)
         out = out[pairs[out] > 0]
         if views.overflow:  # a pair's own sum past 2^63: sum exactly in Python
@@ -869,7 +874,7 @@ class PairTable:
         floor = destination_rate_floor(self._params)
         if floor is not None:
             start = _rate_starts(views, d, cap, out, start, ts2[out], c, floor)
-        return DestinationViews(out, dst, start, ts2[out], c, pairs[out], overflow)
+        return DestinationViews(out, dst, start, ts2[out], c, clients[out], overflow)
 
     def _with_known(self, live: Ints, known: PairViews, wanted: Bools | None) -> PairViews:
         """The views of ``live``: ``known``'s where it has them (those of
