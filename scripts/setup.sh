@@ -103,9 +103,11 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys; sys.exit(
 fi
 stamp=$venv/.xpro-installed
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
-  say "pip install -e .[${extras}]"
+  target=$here
+  [ -z "$extras" ] || target="${here}[${extras}]"
+  say "pip install -e .${extras:+[$extras]}"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e "${here}[${extras}]"
+  "$venv/bin/python" -m pip install -q -e "$target"
   touch "$stamp"
 else
   say "python packages up to date"

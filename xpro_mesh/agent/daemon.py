@@ -44,7 +44,7 @@ from xpro_mesh.api.view import Feeder, NodeInfo, PairRecord
 from xpro_mesh.core.dispersion import Dispersion, Steering
 from xpro_mesh.core.gossip_state import MergeLimits
 from xpro_mesh.core.table import PairTable
-from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
+from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, RingStatus, Stats
 from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
 from xpro_mesh.mesh.membership import (
@@ -386,6 +386,10 @@ class Agent:
 
     def sync_status(self) -> SyncReport:
         return self.sync
+
+    def ring_status(self) -> RingStatus | None:
+        """The filter's slot usage (map fill for /metrics), None before the maps open."""
+        return self.backend.ring_status() if self.backend is not None else None
 
     def table_size(self) -> tuple[int, int]:
         return self.state.num_pairs, len(self.state)

@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from xpro_mesh.agent.histogram import DurationHistogram
 from xpro_mesh.core.algorithm import Params
 
 __all__ = [
@@ -50,6 +51,9 @@ class SyncReport:
     full_cycles: int = 0
     failures: int = 0
     last_error: str = ""
+    # Every cycle's duration, and the pair slots expired over all cycles.
+    durations: DurationHistogram = field(default_factory=DurationHistogram)
+    deletes_total: int = 0
 
 
 class Syncer(Protocol):
@@ -77,6 +81,7 @@ async def run_cycle(syncer: Syncer, report: SyncReport) -> None:
     """One cycle, counted when it completes (raises what the cycle raised)."""
     await syncer.cycle(report)
     report.cycles += 1
+    report.deletes_total += report.last_deletes
 
 
 async def run_sync_loop(
@@ -105,6 +110,7 @@ async def run_sync_loop(
                 log.info("map sync works again after %d failed cycles", failing)
             failing = 0
         report.last_duration_s = time.monotonic() - started
+        report.durations.observe(report.last_duration_s)
         pause = max(0.0, interval_s - report.last_duration_s)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=pause)

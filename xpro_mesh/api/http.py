@@ -14,16 +14,14 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import generate_latest
 
 from xpro_mesh.agent.config import ConfigError, Thresholds
-from xpro_mesh.api import proxies
+from xpro_mesh.api import metrics, proxies
 from xpro_mesh.api.view import AgentView
 from xpro_mesh.datapath.backend import PairKey
 from xpro_mesh.datapath.structs import from_addr, to_addr
@@ -103,91 +101,12 @@ def status_document(agent: AgentView) -> dict[str, Any]:
     }
 
 
-class _Collector:
-    """Prometheus metrics read from the agent at scrape time."""
-
-    def __init__(self, agent: AgentView) -> None:
-        self.agent = agent
-
-    def collect(self) -> Iterator[Any]:
-        a = self.agent
-        stats = a.stats()
-        sync = a.sync_status()
-        held_pairs, held_rows = a.table_size()
-        packets = CounterMetricFamily(
-            "xpro_packets", "Packets judged by the XDP filter, by verdict", labels=["verdict"]
-        )
-        packets.add_metric(["pass"], stats.passed)
-        packets.add_metric(["drop_pair"], stats.drop_pair)
-        packets.add_metric(["drop_dest"], stats.drop_dest)
-        yield packets
-        yield CounterMetricFamily(
-            "xpro_overload_warnings",
-            "Overload warnings (Alg. 2 line 15)",
-            value=a.warnings(),
-        )
-        yield GaugeMetricFamily("xpro_pairs", "Pairs in the mesh state", value=held_pairs)
-        yield GaugeMetricFamily("xpro_rows", "Per-origin rows in the mesh state", value=held_rows)
-        yield CounterMetricFamily("xpro_sync_cycles", "Map-sync cycles", value=sync.cycles)
-        yield CounterMetricFamily(
-            "xpro_sync_failures", "Map-sync cycles that failed", value=sync.failures
-        )
-        yield GaugeMetricFamily(
-            "xpro_sync_duration_seconds",
-            "Duration of the last map-sync cycle",
-            value=sync.last_duration_s,
-        )
-        load = a.load()
-        yield GaugeMetricFamily(
-            "xpro_loop_lag_milliseconds",
-            "Event-loop lag",
-            value=load.loop_lag_ms if load is not None else 0.0,
-        )
-        c = a.mesh_counters()
-        if c is None:
-            return
-        yield CounterMetricFamily("xpro_gossip_rounds", "Anti-entropy rounds", value=c.rounds)
-        for name, series, help_ in (
-            ("xpro_messages_sent", c.sent, "Mesh messages sent, by kind"),
-            ("xpro_messages_received", c.received, "Mesh messages received, by kind"),
-            ("xpro_bytes_sent", c.sent_bytes, "Mesh bytes sent, by kind"),
-            ("xpro_bytes_received", c.received_bytes, "Mesh bytes received, by kind"),
-        ):
-            fam = CounterMetricFamily(name, help_, labels=["kind"])
-            for kind, n in sorted(series.items()):
-                fam.add_metric([str(kind)], n)
-            yield fam
-        rejected = CounterMetricFamily(
-            "xpro_messages_rejected", "Datagrams dropped unread, by reason", labels=["reason"]
-        )
-        for reason, n in sorted(c.rejected.items()):
-            rejected.add_metric([reason], n)
-        yield rejected
-        rows = CounterMetricFamily(
-            "xpro_rows_rejected", "Rows from peers refused, by reason", labels=["reason"]
-        )
-        for reason, n in sorted(c.rows_rejected.items()):
-            rows.add_metric([reason], n)
-        yield rows
-        yield CounterMetricFamily(
-            "xpro_rows_accepted", "Rows merged from peers", value=c.rows_accepted
-        )
-        members = GaugeMetricFamily("xpro_members", "Mesh members by state", labels=["state"])
-        counts: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0}
-        for m in a.members():
-            counts[str(m.state)] += 1
-        for state, n in counts.items():
-            members.add_metric([state], n)
-        yield members
-
-
 class ApiServer:
     """The aiohttp application and its runner, owned by the agent."""
 
     def __init__(self, agent: AgentView, address: tuple[str, int]) -> None:
         self.agent = agent
-        self.registry = CollectorRegistry()
-        self.registry.register(_Collector(agent))
+        self.registry = metrics.registry_for(agent)
         self.app = web.Application()
         self.app.add_routes(
             [
