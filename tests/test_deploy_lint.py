@@ -21,8 +21,8 @@ import aiohttp
 import jinja2
 import pytest
 import yaml
+from agent_support import eventually, gossip_addr, start_agent, stop_agent
 
-from tests.agent_support import eventually, gossip_addr, start_agent, stop_agent
 from xpro_mesh.cli import main as cli_main
 from xpro_mesh.extras import MissingExtra, need
 
@@ -130,14 +130,11 @@ async def _scrape(tmp_path: Path) -> str:
     peer = await start_agent("metrics-2", key, peers=[gossip_addr(agent)])
     try:
         # Two members: mesh messages (and their byte counters) flow.
-        await eventually(
-            lambda: (
-                agent.mesh_counters() is not None
-                and sum(agent.mesh_counters().received_bytes.values()) > 0
-            ),  # type: ignore[union-attr]
-            30,
-            "the first gossip message",
-        )
+        def heard() -> bool:
+            counters = agent.mesh_counters()
+            return counters is not None and sum(counters.received_bytes.values()) > 0
+
+        await eventually(heard, 30, "the first gossip message")
         assert agent.api is not None
         host, port = agent.api.address
         async with aiohttp.ClientSession() as http:

@@ -110,7 +110,8 @@ class MasterSync:
     def __init__(self, backend: MapBackend, host: str, port: int, params: Params) -> None:
         from xpro_mesh.extras import need
 
-        redis = need("redis", "sync = master (the Redis M_DB)")
+        need("redis", "sync = master (the Redis M_DB)")  # one line if missing
+        import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
