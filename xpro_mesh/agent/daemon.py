@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from xpro_mesh.agent import preflight
 from xpro_mesh.agent.config import (
     AgentConfig,
     Backend,
@@ -82,7 +83,7 @@ def xdp_config(thresholds: Thresholds, base: XdpConfig | None = None) -> XdpConf
     )
 
 
-def open_backend(config: AgentConfig) -> MapBackend:
+def open_backend(config: AgentConfig, replace: bool = False) -> MapBackend:
     """The data path this agent drives: the live BPF maps (attaching the
     program first if the interface has none) or the in-memory twin."""
     if config.backend is Backend.MEMORY:
@@ -98,9 +99,14 @@ def open_backend(config: AgentConfig) -> MapBackend:
         state = loader.status(config.iface, pin_root=config.pin_root)
         if state.mode is None or not state.pinned:
             result = loader.attach(
-                config.iface, config=xdp_config(config.thresholds), pin_root=config.pin_root
+                config.iface,
+                config=xdp_config(config.thresholds),
+                pin_root=config.pin_root,
+                replace=replace,
             )
             log.info("attached the XDP filter to %s in %s mode", config.iface, result.mode)
+            for note in result.notes:  # e.g. a bpffs mounted at pin_root
+                log.warning("%s", note)
         maps = BpfMaps.open(loader.pin_dir_for(config.pin_root, config.iface), recover=True)
         maps.set_config(xdp_config(config.thresholds, maps.get_config()))
         return maps
@@ -141,6 +147,8 @@ class Agent:
         self.config_path = config_path
         self.backend: MapBackend | None = backend
         self.api_token = api_token
+        # Replace another XDP program on the interface (--replace); refused otherwise.
+        self.replace_foreign = False
         self.started_ns = time.time_ns()
         self.incarnation = incarnation_from_wall_clock(self.started_ns)
         self.thresholds = config.thresholds
@@ -183,7 +191,9 @@ class Agent:
     async def start(self) -> None:
         """Open the data path, the mesh and the API; start the tasks."""
         if self.backend is None:
-            self.backend = await self._blocking(open_backend, self.config)
+            self.backend = await self._blocking(open_backend, self.config, self.replace_foreign)
+        for warning in preflight.warnings(self.config, self.api_token):
+            log.warning("%s", warning)
         if self.config.sync is SyncMode.GOSSIP:
             await self._start_mesh()
         syncer = self.ensure_syncer()
@@ -345,6 +355,8 @@ class Agent:
             with contextlib.suppress(Exception):
                 self.backend.close()
         log.info("agent %s stopped", self.config.node_id)
+        if self.config.iface is not None and self.config.backend is not Backend.MEMORY:
+            log.warning("%s", preflight.left_in_kernel(self.config))
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
