@@ -82,7 +82,11 @@ def _attach(args: argparse.Namespace) -> int:
         if args.config is not None:
             config, sizes = load_config_file(args.config)
         result = loader.attach(
-            args.iface, config=config, sizes=sizes, pin_root=args.pin_root, mode=args.mode,
+            args.iface,
+            config=config,
+            sizes=sizes,
+            pin_root=args.pin_root,
+            mode=args.mode,
             replace=args.replace,
         )
     except (DatapathError, ConfigError) as exc:
