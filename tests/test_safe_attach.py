@@ -21,7 +21,7 @@ from xpro_mesh.cli import main as cli_main
 from xpro_mesh.datapath import libbpf, loader
 
 BPF_RUN = Path("/run/xpro/bpf")
-FOREIGN = "int other(struct xdp_md *ctx) { return XDP_PASS; }"
+FOREIGN = b"int other(struct xdp_md *ctx) { return XDP_PASS; }"
 
 
 @contextlib.contextmanager

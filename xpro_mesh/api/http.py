@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from xpro_mesh.agent.config import ConfigError, Thresholds
-from xpro_mesh.api import metrics, proxies
+from xpro_mesh.api import metrics, page, proxies, top
 from xpro_mesh.api.view import AgentView
 from xpro_mesh.datapath.backend import PairKey
 from xpro_mesh.datapath.structs import from_addr, to_addr
@@ -120,6 +120,8 @@ class ApiServer:
                 web.post("/v1/feed", self.feed),
                 web.get("/metrics", self.metrics),
                 *proxies.routes(agent),
+                *top.routes(agent),
+                *page.routes(),
             ]
         )
         self._runner: web.AppRunner | None = None

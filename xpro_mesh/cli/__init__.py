@@ -23,6 +23,7 @@ COMMANDS = (
     "xpro_mesh.cli.xdp",
     "xpro_mesh.cli.agent",
     "xpro_mesh.cli.status",
+    "xpro_mesh.cli.top",
     "xpro_mesh.cli.bench",
 )
 
