@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from xpro_mesh.agent import preflight
+from xpro_mesh.agent import mesh_config, preflight
 from xpro_mesh.agent.config import (
     AgentConfig,
     Backend,
@@ -149,6 +149,11 @@ class Agent:
         self.api_token = api_token
         # Replace another XDP program on the interface (--replace); refused otherwise.
         self.replace_foreign = False
+        # The mesh-wide configuration (agent/mesh_config.py), kept in state_dir.
+        self.state_dir: Path | None = None
+        self.mesh_config: mesh_config.MeshConfigKeeper | None = None
+        self._config_tasks: set[asyncio.Task[None]] = set()
+        self._file_at_start = mesh_config.static_part(config_path)
         self.started_ns = time.time_ns()
         self.incarnation = incarnation_from_wall_clock(self.started_ns)
         self.thresholds = config.thresholds
@@ -197,6 +202,7 @@ class Agent:
         if self.config.sync is SyncMode.GOSSIP:
             await self._start_mesh()
         syncer = self.ensure_syncer()
+        self.mesh_config = mesh_config.install(self, self.state_dir)
         self.api = ApiServer(self, self.config.api)
         try:
             await self.api.start()
@@ -447,6 +453,29 @@ class Agent:
 
     # --- configuration ---------------------------------------------------------------
 
+    def spawn_config_task(self, task: asyncio.Task[None]) -> None:
+        """Hold a configuration task until it ends (no fire-and-forget)."""
+        self._config_tasks.add(task)
+        task.add_done_callback(self._config_tasks.discard)
+
+    async def publish_config(
+        self, thresholds: Thresholds | None, action: str | None, allow: list[str] | None
+    ) -> dict[str, Any]:
+        """``PUT /v1/config``: a new mesh-wide version (gossip spreads it); the
+        document as it now is."""
+        # Always the whole set: the next version carries every threshold as
+        # this node runs them (a SIGHUP before any mesh version included).
+        live = thresholds if thresholds is not None else self.thresholds
+        changes = {"thresholds": live.as_json(), "action": action, "allow": allow}
+        keeper = self.mesh_config
+        if keeper is None:  # started without a keeper: this node alone
+            if thresholds is not None:
+                await self.set_thresholds(thresholds)
+            return {"thresholds": self.thresholds.as_json()}
+        doc = keeper.publish(**changes)
+        await asyncio.gather(*self._config_tasks, return_exceptions=True)
+        return doc.as_json()
+
     def reload(self) -> None:
         """SIGHUP: new thresholds from the config file, live in the filter."""
         if self.config_path is None:
@@ -457,7 +486,18 @@ class Agent:
             self.counters.reload_errors += 1
             log.error("reload refused, keeping the running thresholds: %s", result)
             return
-        asyncio.get_running_loop().create_task(self.set_thresholds(result))
+        outside = mesh_config.changed_outside_thresholds(self.config_path, self._file_at_start)
+        if outside:
+            log.warning(
+                "SIGHUP reloads [thresholds] only: the change to %s takes a restart", outside
+            )
+        keeper = self.mesh_config
+        if keeper is not None and keeper.current.version > 0:
+            # A mesh-wide document is in force: the file's new thresholds
+            # become its next version, for every node (not this one alone).
+            keeper.publish(thresholds=result.as_json())
+            return
+        self.spawn_config_task(asyncio.get_running_loop().create_task(self.set_thresholds(result)))
 
     async def set_thresholds(self, thresholds: Thresholds) -> None:
         """Make ``thresholds`` live: the kernel's config map and the rows' window rules."""

@@ -21,7 +21,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from xpro_mesh.agent.config import ConfigError, Thresholds
-from xpro_mesh.api import metrics, page, proxies, top
+from xpro_mesh.api import mesh_config_api, metrics, page, proxies, top
 from xpro_mesh.api.view import AgentView
 from xpro_mesh.datapath.backend import PairKey
 from xpro_mesh.datapath.structs import from_addr, to_addr
@@ -57,6 +57,7 @@ def peers_document(agent: AgentView) -> list[dict[str, Any]]:
                 "incarnation": m.incarnation,
                 "self": m.node_id == me,
                 "load": load,
+                "config_version": mesh_config_api.peer_version(agent, m.node_id),
             }
         )
     return out
@@ -98,6 +99,7 @@ def status_document(agent: AgentView) -> dict[str, Any]:
         "rows_rejected": dict(counters.rows_rejected) if counters else {},
         "warnings": agent.warnings(),
         "policy": str(agent.thresholds.policy),
+        **mesh_config_api.document(agent),
     }
 
 
@@ -207,7 +209,9 @@ class ApiServer:
         return web.json_response({"records": out, "total": total})
 
     async def get_config(self, request: web.Request) -> web.Response:
-        return web.json_response({"thresholds": self.agent.thresholds.as_json()})
+        return web.json_response(
+            {"thresholds": self.agent.thresholds.as_json(), **mesh_config_api.document(self.agent)}
+        )
 
     def _authorised(self, request: web.Request) -> web.Response | None:
         token = self.agent.api_token
@@ -228,15 +232,20 @@ class ApiServer:
             body = await request.json()
         except ValueError:
             return _error(400, "body: expected JSON")
-        values = body.get("thresholds", body) if isinstance(body, dict) else None
-        if not isinstance(values, dict) or not values:
+        if not isinstance(body, dict):
+            return _error(400, 'body: expected {"thresholds": {...}, "action": ..., "allow": []}')
+        mesh = {k: body.pop(k) for k in ("action", "allow") if k in body}
+        values = body.get("thresholds", body)
+        if not isinstance(values, dict) or not (values or mesh):
             return _error(400, 'body: expected {"thresholds": {"t_f1": 200, ...}}')
         try:
-            thresholds = _updated_thresholds(self.agent.thresholds, values)
-        except ConfigError as exc:
+            thresholds = _updated_thresholds(self.agent.thresholds, values) if values else None
+            action, allow = mesh_config_api.check(mesh)
+        except (ConfigError, ValueError) as exc:
             return _error(400, str(exc))
-        await self.agent.set_thresholds(thresholds)
-        return await self.get_config(request)
+        # The mesh's document: a new version on every node (agent/mesh_config.py).
+        doc = await self.agent.publish_config(thresholds, action, allow)
+        return web.json_response({"thresholds": self.agent.thresholds.as_json(), "mesh": doc})
 
     async def feed(self, request: web.Request) -> web.Response:
         denied = self._authorised(request)

@@ -54,6 +54,11 @@ def register(sub: Any) -> None:
         help="replace another XDP program already on --iface (refused without it)",
     )
     p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the mesh-wide configuration document is kept (e.g. /var/lib/xpro-mesh)",
+    )
+    p.add_argument(
         "--check-config",
         action="store_true",
         help="read and judge the configuration, print what the agent would do, start nothing",
@@ -110,6 +115,7 @@ def run_agent(args: argparse.Namespace) -> int:
     configure(str(config.log_level))
     agent = Agent(config, config_path=args.config, api_token=token)
     agent.replace_foreign = bool(args.replace)
+    agent.state_dir = args.state_dir
     try:
         import uvloop
 
