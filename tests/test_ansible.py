@@ -329,6 +329,7 @@ def _inventory(mesh: Mesh, tmp_path: Path, source: Path, wheels: Path, key: str)
                     "xpro_mesh_etc_dir": str(host.etc_dir),
                     "xpro_mesh_run_dir": str(host.run_dir),
                     "xpro_mesh_log_dir": str(host.log_dir),
+                    "xpro_mesh_state_dir": str(host.home / "state"),
                     "xpro_mesh_controller_path": str(host.home / "xpro-mesh-agent"),
                 }
                 for host in mesh.hosts
