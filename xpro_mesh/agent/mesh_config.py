@@ -24,14 +24,24 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from xpro_mesh.agent.config import Backend, Thresholds
+from xpro_mesh.agent.config import AgentConfig, Backend, Thresholds
 from xpro_mesh.core.config_doc import MeshConfig, decode
 from xpro_mesh.core.params import Policy
+from xpro_mesh.mesh.node import MeshNode
 
-if TYPE_CHECKING:
-    from xpro_mesh.agent.daemon import Agent
+
+class Agent(Protocol):
+    """What the keeper needs of agent/daemon.py's Agent (no import cycle)."""
+
+    config: AgentConfig
+    thresholds: Thresholds
+    node: MeshNode | None
+
+    async def set_thresholds(self, thresholds: Thresholds) -> None: ...
+
+    def spawn_config_task(self, task: asyncio.Task[None]) -> None: ...
 
 __all__ = [
     "MeshConfigKeeper",
