@@ -43,6 +43,7 @@ class Agent(Protocol):
 
     def spawn_config_task(self, task: asyncio.Task[None]) -> None: ...
 
+
 __all__ = [
     "MeshConfigKeeper",
     "apply_policy",

@@ -3,7 +3,8 @@ Algorithm 2 (per-packet filtering), as a pure userspace reference model.
 
 Al Atiiq & Gehrmann, "X-Pro: Distributed XDP Proxies against DDoS" (NordSec
 2021). This module is the contract the kernel program and the gossip merge are
-checked against, so it does integer arithmetic only, exactly as the kernel:
+checked against, so it does integer arithmetic, exactly as the kernel (the
+one exception, the mesh's destination rate estimate, is :func:`window_rate`):
 
 * timestamps and T_T1..T_T4 are nanoseconds, T_F1/T_F2 packets per second;
 * a rate test ``c / (ts2 - ts1) > T_F`` is ``c * 10**9 > T_F * (ts2 - ts1)``;
@@ -18,6 +19,7 @@ No I/O, no clock: time is an argument.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
@@ -35,12 +37,15 @@ __all__ = [
     "Verdict",
     "Window",
     "destination_aggregate",
+    "destination_rate_floor",
     "filter_packet",
     "filter_packet_fair_share",
     "fold_destination",
     "fold_destinations",
     "rate_exceeds",
+    "rate_start",
     "sync_master",
+    "window_rate",
 ]
 
 
@@ -185,7 +190,11 @@ class DestinationAggregate:
     and the summed count of every client's window towards D, and ``clients``,
     how many windows that is: n(D) of the fair-share policy. The same record
     for one proxy's table (:func:`destination_aggregate`), the mesh's view
-    (``GossipState.destination_view``) and the kernel's aggregate."""
+    (``GossipState.destination_view``) and the kernel's aggregate.
+
+    In the mesh's view under ``fair-share``, ``ts1`` is the start that makes
+    ``c / (ts2 - ts1)`` the sum of the clients' own rates
+    (:func:`fold_destination` with ``rate_floor``)."""
 
     ts1: int
     ts2: int
@@ -193,24 +202,76 @@ class DestinationAggregate:
     clients: int
 
 
-def fold_destination(windows: Iterable[Window]) -> DestinationAggregate | None:
+RATE_SCALE = 1e12  # window rates in milli-packets per second: c * 1e12 / ns
+RATE_MAX = 1 << 40  # one window's rate is clamped here (~1.1e9 packets/s)
+_INT_MAX = (1 << 63) - 1
+
+
+def window_rate(c: int, ts1: int, ts2: int, floor: int) -> int:
+    """One window's rate in milli-packets per second, over at least
+    ``floor`` ns (a window of one packet has no rate of its own: over T_T3
+    it reads what a client sending that often would).
+
+    The one float computation of the core: ``floor(float(c) * 1e12 /
+    float(length))`` in IEEE float64, correctly rounded at each step, so the
+    vectorised fold (numpy float64, the same two operations) gives the same
+    integer bit for bit; sums of these integers are exact in any order."""
+    length = max(ts2 - ts1, floor, 1)
+    return min(math.floor(float(min(c, _INT_MAX)) * RATE_SCALE / float(length)), RATE_MAX)
+
+
+def rate_start(ts1: int, ts2: int, c: int, rate: int) -> int:
+    """The window start that makes ``c / (ts2 - start)`` read ``rate``
+    (milli-packets per second): ``ts2 - floor(c * 1e12 / rate)``, at least 0;
+    ``ts1`` when there is no rate."""
+    if rate <= 0:
+        return ts1
+    length = math.floor(float(min(c, _INT_MAX)) * RATE_SCALE / float(rate))
+    return ts2 - min(length, ts2)
+
+
+def fold_destination(
+    windows: Iterable[Window], rate_floor: int | None = None
+) -> DestinationAggregate | None:
     """Lines 18-20 over ``windows``, the clients' windows towards one D: min
     ts1, max ts2, sum c and n(D); None when there are none.
 
     ``c_i + dc_i`` of the paper is the local ``c'_i``: after a sync c' = c and
-    dc' = 0, and every packet increments both, so summing c is the rule."""
+    dc' = 0, and every packet increments both, so summing c is the rule.
+
+    ``rate_floor`` (the mesh's view under ``fair-share``: T_T3): the window
+    starts where ``sum c / (ts2 - ts1)`` is the sum of the windows' own rates
+    (:func:`window_rate`, each over at least ``rate_floor``), not at the
+    earliest start. The clients' windows start at different times (each
+    restarts, and is divided by r past T_T4, on its own), so the literal
+    min ts1 spans older windows than most counts cover: a botnet of steady
+    bots reads about 3/4 of its rate, and when a dead proxy's rows leave,
+    their counts leave the sum while the window still starts at the oldest
+    start, a dip that lets the attack through for a moment. The sum of
+    rates follows the windows that still count."""
     ts1: int | None = None
     ts2 = 0
     total = 0
     clients = 0
+    rate = 0
     for w in windows:
         ts1 = w.ts1 if ts1 is None else min(ts1, w.ts1)
         ts2 = max(ts2, w.ts2)
         total += w.c
         clients += 1
+        if rate_floor is not None:
+            rate += window_rate(w.c, w.ts1, w.ts2, rate_floor)
     if ts1 is None:
         return None
+    if rate_floor is not None:
+        ts1 = rate_start(ts1, ts2, total, rate)
     return DestinationAggregate(ts1=ts1, ts2=ts2, c=total, clients=clients)
+
+
+def destination_rate_floor(p: Params) -> int | None:
+    """The ``rate_floor`` of the mesh's destination views: T_T3 under
+    ``fair-share``; None (lines 18-20 as written) under ``paper``."""
+    return p.t_t3 if p.policy is Policy.FAIR_SHARE else None
 
 
 S = TypeVar("S", bound=Hashable)  # a client's key, opaque to the model

@@ -62,7 +62,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from xpro_mesh.core.algorithm import NS_PER_S, Params
+from xpro_mesh.core.algorithm import (
+    NS_PER_S,
+    RATE_MAX,
+    RATE_SCALE,
+    Params,
+    destination_rate_floor,
+)
 from xpro_mesh.core.gossip_state import (
     ZERO_VERSION,
     Coverage,
@@ -252,6 +258,28 @@ def _lt(col: Ints, x: int) -> Bools:
     return col < x
 
 
+def _rate_starts(
+    views: PairViews, d: Ints, cap: int, out: Ints, ts1: Ints, ts2: Ints, c: Ints, floor: int
+) -> Ints:
+    """Scalar ``fold_destination(..., rate_floor=floor)``'s ts1 for the
+    destinations ``out`` (``d``: each view's destination id; ``c`` the
+    destinations' saturated counts): ``window_rate`` and ``rate_start`` in
+    the same float64 operations, so the integers agree bit for bit."""
+    length = np.maximum(views.ts2 - views.ts1, max(floor, 1))
+    r = np.floor(views.c.astype(np.float64) * RATE_SCALE / length.astype(np.float64))
+    per_pair = np.minimum(r, float(RATE_MAX)).astype(np.int64)
+    rates = np.zeros(cap, dtype=np.int64)
+    np.add.at(rates, d, per_pair)
+    rate = rates[out]
+    has = rate > 0
+    span = np.floor(c.astype(np.float64) * RATE_SCALE / np.maximum(rate, 1).astype(np.float64))
+    exact = span < float(1 << 62)  # integer-valued floats below 2^62 convert exactly
+    whole = np.full(len(out), INT_MAX, dtype=np.int64)
+    whole[exact] = span[exact].astype(np.int64)
+    start: Ints = np.where(has, ts2 - np.minimum(whole, ts2), ts1)
+    return start
+
+
 def _eq(col: Ints, x: int) -> Bools:
     if not INT_MIN <= x <= INT_MAX:
         return np.zeros(len(col), dtype=np.bool_)
@@ -361,6 +389,9 @@ class PairTable:
         self._horizon = horizon
         self._clock: Version = (incarnation, 0)
         self._floor: int | None = None
+        # per origin slot: at most the least ts2 of its rows (expire skips
+        # a slot whose bound is not below the floor: a quiet cycle scans none)
+        self._oldest: dict[int, int] = {}
         self._watermark: dict[str, Version] = {}
 
         self._pairs = KeyIndex(4, capacity)
@@ -758,23 +789,36 @@ class PairTable:
         return PairViews(ids, ts1, newest, c, origins, overflow)
 
     def destination_views(
-        self, dest_ids: Ints | None = None, pair_views: PairViews | None = None
+        self,
+        dest_ids: Ints | None = None,
+        pair_views: PairViews | None = None,
+        known: PairViews | None = None,
     ) -> DestinationViews:
         """Destination views (scalar ``fold_destination`` of the pair views)
         of every destination, or of ``dest_ids``: grouped by destination id
         with ``np.minimum.at`` / ``np.maximum.at`` / ``np.add.at``.
         ``pair_views``: :meth:`pair_views` of every live pair, already computed
-        this cycle (with ``dest_ids`` None), so they are not folded twice."""
+        this cycle (with ``dest_ids`` None), so they are not folded twice.
+        ``known``: views of some live pairs, as :meth:`pair_views` gives them
+        now; only the other pairs of the destinations are folded here (the
+        map sync has just computed the views of every pair its kernel holds,
+        and a victim's million pairs are not folded twice)."""
         if pair_views is not None and dest_ids is None:
-            live = pair_views.ids
             views = pair_views
+        elif dest_ids is not None and len(dest_ids) == 0:
+            return self._no_destinations()
         else:
             live = self.live_ids()
+            wanted = None
             if dest_ids is not None:
                 wanted = np.zeros(self._dests.capacity, dtype=np.bool_)
                 wanted[dest_ids] = True
                 live = live[wanted[self._dest[live]]]
-            views = self.pair_views(live)
+            if known is not None and not known.overflow and len(known.ids):
+                views = self._with_known(live, known, wanted)
+            else:
+                views = self.pair_views(live)
+        live = views.ids
         d = self._dest[live]
         cap = self._dests.capacity
         ts1 = np.full(cap, INT_MAX, dtype=np.int64)
@@ -803,7 +847,39 @@ class PairTable:
                 np.add.at(ls, d, lo)
                 c, overflow = _join(hs[out], ls[out])
         dst = _addresses(self._dests.keys_of(out))
-        return DestinationViews(out, dst, ts1[out], ts2[out], c, pairs[out], overflow)
+        start = ts1[out]
+        floor = destination_rate_floor(self._params)
+        if floor is not None:
+            start = _rate_starts(views, d, cap, out, start, ts2[out], c, floor)
+        return DestinationViews(out, dst, start, ts2[out], c, pairs[out], overflow)
+
+    def _with_known(self, live: Ints, known: PairViews, wanted: Bools | None) -> PairViews:
+        """The views of ``live``: ``known``'s where it has them (those of
+        wanted destinations), folded here for the rest. Order is not kept:
+        a destination's fold does not depend on it."""
+        keep = self._nrows[known.ids] > 0  # a merge between two chunks may drop one
+        if wanted is not None:
+            keep &= wanted[self._dest[known.ids]]
+        every = bool(keep.all())
+        have = np.zeros(len(self._nrows), dtype=np.bool_)
+        have[known.ids if every else known.ids[keep]] = True
+        rest = self.pair_views(live[~have[live]])
+        if rest.overflow:
+            return self.pair_views(live)
+        if every and not len(rest.ids):
+            return known
+        return PairViews(
+            np.concatenate([known.ids[keep], rest.ids]),
+            np.concatenate([known.ts1[keep], rest.ts1]),
+            np.concatenate([known.ts2[keep], rest.ts2]),
+            np.concatenate([known.c[keep], rest.c]),
+            np.concatenate([known.origins[keep], rest.origins]),
+        )
+
+    def _no_destinations(self) -> DestinationViews:
+        z = np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=ADDRESS_DTYPE)
+        return DestinationViews(z, empty, z.copy(), z.copy(), z.copy(), z.copy())
 
     def destination_ids(self, dst: Addresses) -> Ints:
         """The id of each destination held, -1 otherwise."""
@@ -950,9 +1026,13 @@ class PairTable:
             stale = held
         tally.stale += int(np.count_nonzero(stale))
         fresh = ~stale
-        for code, why in _REASON.items():
-            tally.reject(why, int(np.count_nonzero(fresh & (reason == code))), origin)
-        ok = fresh & (reason == _OK)
+        refused = reason != _OK
+        if refused.any():  # most batches have no refused row: one pass, not one per reason
+            for code, why in _REASON.items():
+                tally.reject(why, int(np.count_nonzero(fresh & (reason == code))), origin)
+            ok = fresh & ~refused
+        else:
+            ok = fresh
         if o is None and self._origins_with_rows() >= lim.max_origins:
             tally.reject(Rejection.TOO_MANY_ORIGINS, int(np.count_nonzero(ok)), origin)
             return
@@ -1050,11 +1130,18 @@ class PairTable:
         for origin, o in list(self._slot.items()):
             if not self._rows_of[o]:
                 continue
-            ids = np.flatnonzero(self._present[o] & _lt(self._ts2[o], floor))
+            if self._oldest.get(o, INT_MIN) >= floor:
+                continue  # no row of this origin is older than the floor
+            ts2 = self._ts2[o]
+            present = self._present[o]
+            old = present & _lt(ts2, floor)
+            ids = np.flatnonzero(old)
             if len(ids):
                 dropped += len(ids)
                 touched.append(ids)
                 self._unstore(origin, o, ids)
+            if self._rows_of[o]:
+                self._oldest[o] = int(ts2[present].min())
         for origin in [o for o in self._watermark if o != self._node_id]:
             if origin not in self._slot or not self._rows_of[self._slot[origin]]:
                 del self._watermark[origin]
@@ -1096,6 +1183,7 @@ class PairTable:
                 setattr(self, name, np.concatenate([a, np.zeros_like(a)]))
         self._names[o] = origin
         self._slot[origin] = o
+        self._oldest.pop(o, None)
         return o
 
     def _ids_for(self, src: Addresses, dst: Addresses) -> tuple[Ints, Bools]:
@@ -1162,6 +1250,9 @@ class PairTable:
         self._inc[o, ids] = inc
         self._seq[o, ids] = seq
         self._changed[ids] = True
+        least = int(ts2.min())
+        if least < self._oldest.get(o, INT_MAX):
+            self._oldest[o] = least
         top_inc = int(inc.max())
         top = (top_inc, int(seq[inc == top_inc].max()))
         origin = self._names[o]
