@@ -20,11 +20,13 @@ test-fast: $(SETUP_STAMP) ## pure/unit tests only (seconds)
 test-kernel: $(SETUP_STAMP) ## only tests that load XDP programs or use namespaces
 	$(PY) -m pytest -q -m "kernel or netns"
 
-lint: $(SETUP_STAMP) ## ruff (lint and format, both must pass) and mypy (strict where pyproject says)
+lint: $(SETUP_STAMP) ## ruff (lint and format), mypy (strict where pyproject says), shellcheck, ansible-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy xpro_mesh
 	$(VENV)/bin/mypy tests
+	shellcheck scripts/*.sh
+	cd deploy && ../$(VENV)/bin/ansible-lint --profile production --offline
 
 demo: $(SETUP_STAMP) ## the main job (see README)
 	bash scripts/demo.sh

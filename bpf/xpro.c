@@ -93,6 +93,7 @@
 #include <uapi/linux/bpf.h>
 #include "xpro.h"
 #include "xpro_parse.h"
+#include "xpro_policy.h"
 
 #ifndef XPRO_PAIRS_MAX
 #define XPRO_PAIRS_MAX 1048576
@@ -151,6 +152,49 @@ struct events_table_t {
 };
 __attribute__((section(XPRO_RINGBUF_SECTION)))
 struct events_table_t events = { .max_entries = XPRO_EVENTS_BYTES };
+
+/* ---- policy: the monitor action and the allow-list (xpro_policy.h) ------ */
+
+XPRO_MAP("array", __u32, struct xpro_policy, xp_action, 1);
+XPRO_MAP("percpu_array", __u32, struct xpro_policy_stats, xp_action_stats, 1);
+XPRO_MAP_F("lpm_trie", struct xpro_allow_key, __u32, xp_allow, XPRO_ALLOW_MAX, BPF_F_NO_PREALLOC);
+
+static __always_inline int xpro_allowed(const struct xpro_pair_key *key)
+{
+	struct xpro_allow_key k = { .prefixlen = 128 };
+	__u32 zero = 0;
+
+	__builtin_memcpy(k.addr, key->src.b, 16);
+	int hit = xp_allow.lookup(&k) != NULL;
+	if (!hit) {
+		k.prefixlen = 128;
+		__builtin_memcpy(k.addr, key->dst.b, 16);
+		hit = xp_allow.lookup(&k) != NULL;
+	}
+	if (hit) {
+		struct xpro_policy_stats *ps = xp_action_stats.lookup(&zero);
+		if (ps)
+			ps->allowed++;
+	}
+	return hit;
+}
+
+static __always_inline int xpro_action(int verdict)
+{
+	__u32 zero = 0;
+
+	if (verdict != XPRO_VERDICT_DROP_PAIR && verdict != XPRO_VERDICT_DROP_DEST)
+		return XDP_PASS;
+	struct xpro_policy *p = xp_action.lookup(&zero);
+	if (p && p->action == XPRO_ACTION_MONITOR) {
+		struct xpro_policy_stats *ps = xp_action_stats.lookup(&zero);
+		if (ps)
+			ps->monitored++;
+		return XDP_PASS;
+	}
+	return XDP_DROP;
+}
+
 
 /* ---- integers ---------------------------------------------------------- */
 
@@ -1075,6 +1119,8 @@ int xpro_filter(struct xdp_md *ctx)
 	} else if (cfg->version == 0) {
 		st->unconfigured++;
 		verdict = XPRO_VERDICT_UNCONFIGURED;
+	} else if (xpro_allowed(&key)) {
+		verdict = XPRO_VERDICT_PASS; /* never counted, never dropped */
 	} else {
 		verdict = xpro_judge(cfg, st, &key, xpro_now(cfg, clk));
 		if (verdict == XPRO_VERDICT_DROP_PAIR)
@@ -1089,6 +1135,5 @@ int xpro_filter(struct xdp_md *ctx)
 #endif
 	if (verdict == XPRO_VERDICT_UNPARSED)
 		return cfg->version != 0 && cfg->unparsed == XPRO_UNPARSED_DROP ? XDP_DROP : XDP_PASS;
-	return verdict == XPRO_VERDICT_DROP_PAIR || verdict == XPRO_VERDICT_DROP_DEST ? XDP_DROP
-										      : XDP_PASS;
+	return xpro_action(verdict);
 }

@@ -48,7 +48,7 @@ def render() -> str:
         why = f.metadata["why"]
         comment = f"{what[0].upper()}{what[1:]}. Why this default: {why}."
         lines += textwrap.wrap(comment, width=78, initial_indent="# ", subsequent_indent="# ")
-        lines.append(f"xpro_{f.name}: {_value(f.metadata['unit'], getattr(DEFAULTS, f.name))}")
+        lines.append(f"xpro_mesh_{f.name}: {_value(f.metadata['unit'], getattr(DEFAULTS, f.name))}")
     lines.append(END)
     return "\n".join(lines) + "\n"
 

@@ -5,6 +5,8 @@
 #   scripts/setup.sh            apt packages + kernel headers + bpffs + .venv
 #   XPRO_SKIP_APT=1 ...          skip apt (packages already present)
 #   XPRO_VENV=/path ...          where the virtual environment goes (default ./.venv)
+#   XPRO_EXTRAS=master ...       pip extras: dev (default: lab, master, linters, tests),
+#                                lab, master, or empty for a proxy (the core alone)
 #
 # Debian's python3-bpfcc is the only bcc: the PyPI package called `bcc` is an
 # unrelated project and is never installed. The venv is made from Debian's
@@ -20,12 +22,24 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+extras=${XPRO_EXTRAS-dev}
+# What a proxy runs: the kernel program's toolchain (bcc), iproute2, python.
 packages=(
   python3 python3-venv python3-dev python3-bpfcc bpfcc-tools libbpf1
-  iproute2 iputils-ping ethtool nftables netsniff-ng
-  redis-server openssh-server
-  make git
+  iproute2 ethtool
 )
+# The lab (namespaces, spoofed traffic), the tests and the linters.
+if [[ ",$extras," == *",dev,"* || ",$extras," == *",lab,"* ]]; then
+  packages+=(iputils-ping nftables netsniff-ng openssh-server make git)
+fi
+if [[ ",$extras," == *",dev,"* || ",$extras," == *",master,"* ]]; then
+  packages+=(redis-server)
+fi
+# make lint (shellcheck), the metrics and rules checks (promtool, from
+# Debian's prometheus), the live page's browser test (chromium).
+if [[ ",$extras," == *",dev,"* ]]; then
+  packages+=(shellcheck prometheus chromium)
+fi
 
 if [ -z "${XPRO_SKIP_APT:-}" ]; then
   missing=()
@@ -62,7 +76,7 @@ if [ ! -e "$mod/build/include/linux/kconfig.h" ] && [ ! -e "$mod/build/include/g
   if [ -d "/usr/src/linux-headers-$kver" ]; then
     build=/usr/src/linux-headers-$kver
   else
-    build=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+    build=$(find /usr/src -maxdepth 1 -name 'linux-headers-*-amd64' 2>/dev/null | sort -V | tail -n 1 || true)
   fi
   [ -n "$build" ] || { echo "setup.sh: no linux-headers tree under /usr/src" >&2; exit 1; }
   common=${build%-amd64}-common
@@ -89,9 +103,11 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys; sys.exit(
 fi
 stamp=$venv/.xpro-installed
 if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
-  say "pip install -e .[dev]"
+  target=$here
+  [ -z "$extras" ] || target="${here}[${extras}]"
+  say "pip install -e .${extras:+[$extras]}"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e "$here[dev]"
+  "$venv/bin/python" -m pip install -q -e "$target"
   touch "$stamp"
 else
   say "python packages up to date"

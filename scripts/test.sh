@@ -3,7 +3,7 @@
 # pytest's exit 5 ("no tests collected") is a failure here, never a pass.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$here"
+cd "$here" || exit 1
 py=${XPRO_VENV:-$here/.venv}/bin/python
 "$py" -m ruff check . || exit 1
 "$py" -m ruff format --check . || exit 1

@@ -236,7 +236,7 @@ def test_metrics_parse_as_prometheus_text(mesh: LoopbackMesh) -> None:
     for name in (
         "xpro_packets",
         "xpro_gossip_rounds",
-        "xpro_bytes_sent",
+        "xpro_mesh_sent_bytes",
         "xpro_messages_received",
         "xpro_members",
         "xpro_sync_cycles",
@@ -244,6 +244,6 @@ def test_metrics_parse_as_prometheus_text(mesh: LoopbackMesh) -> None:
         assert name in families, sorted(families)
     members = {s.labels["state"]: s.value for s in families["xpro_members"].samples}
     assert members["alive"] == 2
-    assert sum(s.value for s in families["xpro_bytes_sent"].samples) > 0
+    assert sum(s.value for s in families["xpro_mesh_sent_bytes"].samples) > 0
     rounds = [s.value for s in families["xpro_gossip_rounds"].samples]
     assert rounds and rounds[0] > 0

@@ -3,14 +3,14 @@ namespaces on one bridge, each with its own sshd, deployed over ssh from this
 process (the control node) by the role ``deploy/ansible/roles/xpro_mesh``.
 
 The hosts share this machine's filesystem, so the inventory gives each its own
-``xpro_etc_dir``, ``xpro_run_dir``, ``xpro_log_dir`` and controller, and all of
-them one ``xpro_install_dir`` that they set up one at a time
-(``xpro_install_throttle: 1``). The agents run the memory backend: the XDP
+``xpro_mesh_etc_dir``, ``xpro_mesh_run_dir``, ``xpro_mesh_log_dir`` and controller, and all of
+them one ``xpro_mesh_install_dir`` that they set up one at a time
+(``xpro_mesh_install_throttle: 1``). The agents run the memory backend: the XDP
 path has its own tests. The role ships ``git archive HEAD`` of a snapshot of
 this work tree (a throw-away repository in the test's directory), so the code
 deployed is the code under test. The namespaces have no route to a package
 index, so the hosts' pip installs from a wheelhouse that this process
-downloads first (``xpro_setup_environment``: PIP_NO_INDEX, PIP_FIND_LINKS),
+downloads first (``xpro_mesh_setup_environment``: PIP_NO_INDEX, PIP_FIND_LINKS),
 as an operator would for offline hosts.
 
 Runtime on the 2-core reference machine while other work loads it (load 4-7):
@@ -255,13 +255,13 @@ def _snapshot(into: Path) -> Path:
 
 
 def _wheelhouse(into: Path) -> Path:
-    """Every wheel ``pip install -e .[dev]`` needs, build backend included,
+    """Every wheel a proxy's ``pip install -e .[master]`` needs, build backend included,
     fetched here on the control node (from pip's cache after the first time)."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     requirements = [
         *project["build-system"]["requires"],
         *project["project"]["dependencies"],
-        *project["project"]["optional-dependencies"]["dev"],
+        *project["project"]["optional-dependencies"]["master"],
         "pip",
     ]
     proc = subprocess.run(
@@ -326,10 +326,11 @@ def _inventory(mesh: Mesh, tmp_path: Path, source: Path, wheels: Path, key: str)
             "hosts": {
                 host.name: {
                     "ansible_host": host.address,
-                    "xpro_etc_dir": str(host.etc_dir),
-                    "xpro_run_dir": str(host.run_dir),
-                    "xpro_log_dir": str(host.log_dir),
-                    "xpro_controller_path": str(host.home / "xpro-mesh-agent"),
+                    "xpro_mesh_etc_dir": str(host.etc_dir),
+                    "xpro_mesh_run_dir": str(host.run_dir),
+                    "xpro_mesh_log_dir": str(host.log_dir),
+                    "xpro_mesh_state_dir": str(host.home / "state"),
+                    "xpro_mesh_controller_path": str(host.home / "xpro-mesh-agent"),
                 }
                 for host in mesh.hosts
             },
@@ -339,13 +340,13 @@ def _inventory(mesh: Mesh, tmp_path: Path, source: Path, wheels: Path, key: str)
                 "ansible_ssh_common_args": ssh_args,
                 "ansible_python_interpreter": "/usr/bin/python3",
                 "ansible_remote_tmp": str(tmp_path / "remote-tmp"),
-                "xpro_source_dir": str(source),
-                "xpro_install_dir": str(tmp_path / "opt"),
-                "xpro_install_throttle": 1,
-                "xpro_setup_environment": {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)},
-                "xpro_backend": "memory",
-                "xpro_cluster_keys": [key],
-                "xpro_health_timeout": 60,
+                "xpro_mesh_source_dir": str(source),
+                "xpro_mesh_install_dir": str(tmp_path / "opt"),
+                "xpro_mesh_install_throttle": 1,
+                "xpro_mesh_setup_environment": {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)},
+                "xpro_mesh_backend": "memory",
+                "xpro_mesh_cluster_keys": [key],
+                "xpro_mesh_health_timeout": 60,
                 "xpro_mesh_timeout": 60,
             },
         }
@@ -356,7 +357,12 @@ def _inventory(mesh: Mesh, tmp_path: Path, source: Path, wheels: Path, key: str)
 
 
 def _playbook(
-    inventory: Path, tmp_path: Path, label: str, *options: str, control_path_dir: Path | None = None
+    inventory: Path,
+    tmp_path: Path,
+    label: str,
+    *options: str,
+    control_path_dir: Path | None = None,
+    serial: str | None = None,
 ) -> PlaybookRun:
     """Run deploy/site.yml with the project's ansible.cfg, everything Ansible
     writes kept in ``tmp_path``; its output in ``playbook-<label>.out``."""
@@ -374,6 +380,8 @@ def _playbook(
     )
     if control_path_dir is not None:
         env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(control_path_dir)
+    if serial is not None:
+        env["XPRO_MESH_SERIAL"] = serial
     command = [_ansible_playbook(), "-i", str(inventory), *options, str(REPO / "deploy/site.yml")]
     started = time.monotonic()
     proc = subprocess.run(
@@ -390,8 +398,17 @@ def _playbook(
     return PlaybookRun(proc.returncode, seconds, output, recap)
 
 
-def _deploy(mesh: Mesh, inventory: Path, tmp_path: Path, label: str) -> PlaybookRun:
-    run = _playbook(inventory, tmp_path, label, control_path_dir=mesh.control_path_dir)
+def _deploy(
+    mesh: Mesh,
+    inventory: Path,
+    tmp_path: Path,
+    label: str,
+    *options: str,
+    serial: str | None = None,
+) -> PlaybookRun:
+    run = _playbook(
+        inventory, tmp_path, label, *options, control_path_dir=mesh.control_path_dir, serial=serial
+    )
     tail = "\n".join(run.output.splitlines()[-60:])
     assert run.returncode == 0, f"{label} run failed (rc {run.returncode}):\n{tail}"
     assert set(run.recap) == set(HOSTS), f"{label} run: no recap for every host:\n{tail}"
@@ -408,6 +425,15 @@ def _status(host: Host) -> dict[str, object]:
     return document
 
 
+def _thresholds(host: Host) -> dict[str, object]:
+    proc = subprocess.run(
+        ["nsenter", f"--net=/var/run/netns/{host.netns}", "curl", "-sf", f"{API}/v1/config"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    thresholds: dict[str, object] = json.loads(proc.stdout)["thresholds"]
+    return thresholds
+
+
 def _alive(document: dict[str, object]) -> set[str]:
     peers = document["peers"]
     assert isinstance(peers, list)
@@ -420,7 +446,7 @@ def _agent_pids(mesh: Mesh) -> dict[str, int]:
 
 @pytest.mark.slow
 @pytest.mark.netns
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 def test_site_playbook_deploys_a_mesh_and_a_second_run_changes_nothing(
     mesh: Mesh, tmp_path: Path
 ) -> None:
@@ -433,7 +459,15 @@ def test_site_playbook_deploys_a_mesh_and_a_second_run_changes_nothing(
     source, wheels = _snapshot(tmp_path / "source"), _wheelhouse(tmp_path / "wheels")
     inventory = _inventory(mesh, tmp_path, source, wheels, key)
 
-    first = _deploy(mesh, inventory, tmp_path, "first")
+    # --check --diff on fresh hosts previews everything and touches nothing.
+    preview = _deploy(mesh, inventory, tmp_path, "check", "--check", "--diff")
+    assert all(counts["failed"] == 0 for counts in preview.recap.values()), preview.recap
+    assert not (tmp_path / "opt").exists(), "check mode made the install directory"
+    assert not any(h.etc_dir.exists() for h in mesh.hosts), "check mode wrote a configuration"
+    assert "would unpack" in preview.output
+
+    # A first install of the whole fleet at once (XPRO_MESH_SERIAL=100%).
+    first = _deploy(mesh, inventory, tmp_path, "first", serial="100%")
     assert all(counts["changed"] > 0 for counts in first.recap.values()), first.recap
     for host in mesh.hosts:
         assert _alive(_status(host)) == set(HOSTS), f"{host.name} does not see all three alive"
@@ -452,9 +486,23 @@ def test_site_playbook_deploys_a_mesh_and_a_second_run_changes_nothing(
     assert _agent_pids(mesh) == pids, "a run that changed nothing restarted an agent"
     for host in mesh.hosts:
         assert _alive(_status(host)) == set(HOSTS)
+
+    # A threshold-only change is a reload (SIGHUP), rolled out host by host
+    # (the default serial): the agents keep running with the new T_F1.
+    document = json.loads(inventory.read_text())
+    document["xpro_mesh"]["vars"]["xpro_mesh_t_f1"] = 150
+    inventory.write_text(json.dumps(document, indent=2))
+    third = _deploy(mesh, inventory, tmp_path, "third")
+    assert "Reload the agent with its controller" in third.output
+    assert "Restart the agent with its controller" not in third.output
+    assert _agent_pids(mesh) == pids, "a threshold-only change restarted an agent"
+    assert third.output.count("PLAY [") >= 2, "the default serial did not batch the hosts"
+    for host in mesh.hosts:
+        assert _thresholds(host)["t_f1"] == 150
     print(
-        f"test runtime {time.monotonic() - started:.1f} s: first run {first.seconds:.1f} s, "
-        f"second run {second.seconds:.1f} s"
+        f"test runtime {time.monotonic() - started:.1f} s: check run {preview.seconds:.1f} s, "
+        f"first run {first.seconds:.1f} s, second run {second.seconds:.1f} s, "
+        f"third (reload) run {third.seconds:.1f} s"
     )
 
 
@@ -462,10 +510,16 @@ def test_site_playbook_deploys_a_mesh_and_a_second_run_changes_nothing(
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        pytest.param({"xpro_cluster_keys": []}, "xpro_cluster_keys is empty", id="no-keys"),
-        pytest.param({"xpro_cluster_keys": ["c0ffee"]}, "1 malformed key(s)", id="malformed-key"),
         pytest.param(
-            {"xpro_backend": "xdp", "xpro_iface": ""}, "xpro_iface is not set", id="no-iface"
+            {"xpro_mesh_cluster_keys": []}, "xpro_mesh_cluster_keys is empty", id="no-keys"
+        ),
+        pytest.param(
+            {"xpro_mesh_cluster_keys": ["c0ffee"]}, "1 malformed key(s)", id="malformed-key"
+        ),
+        pytest.param(
+            {"xpro_mesh_backend": "xdp", "xpro_mesh_iface": ""},
+            "xpro_mesh_iface is not set",
+            id="no-iface",
         ),
     ],
 )
@@ -475,8 +529,8 @@ def test_role_stops_a_host_with_bad_settings_with_a_clear_message(
     host = {
         "ansible_connection": "local",
         "ansible_python_interpreter": "/usr/bin/python3",
-        "xpro_backend": "memory",
-        "xpro_cluster_keys": ["ab" * 32],
+        "xpro_mesh_backend": "memory",
+        "xpro_mesh_cluster_keys": ["ab" * 32],
         **settings,
     }
     inventory = tmp_path / "inventory.yml"

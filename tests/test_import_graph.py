@@ -18,6 +18,7 @@ LAYERS = {
     "core": 0,
     "algorithm": 0,
     "units": 0,
+    "extras": 0,  # optional dependencies named by their extra; imports nothing of ours
     "datapath": 1,
     "mesh": 1,
     "agent": 2,

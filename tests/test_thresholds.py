@@ -56,7 +56,7 @@ def test_the_ansible_role_defaults_are_rendered_from_the_record() -> None:
 
 def test_the_ansible_role_defaults_read_back_as_the_record() -> None:
     role = yaml.safe_load(ROLE_DEFAULTS.read_text())
-    flags = {f"thresholds.{f.name}": role[f"xpro_{f.name}"] for f in fields(Params)}
+    flags = {f"thresholds.{f.name}": role[f"xpro_mesh_{f.name}"] for f in fields(Params)}
     config = load_config(None, {"backend": "memory", **flags}, require_key_file=False)
     assert config.thresholds.params() == DEFAULTS
 

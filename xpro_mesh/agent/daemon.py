@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from xpro_mesh.agent import mesh_config, preflight
 from xpro_mesh.agent.config import (
     AgentConfig,
     Backend,
@@ -44,7 +45,7 @@ from xpro_mesh.api.view import Feeder, NodeInfo, PairRecord
 from xpro_mesh.core.dispersion import Dispersion, Steering
 from xpro_mesh.core.gossip_state import MergeLimits
 from xpro_mesh.core.table import PairTable
-from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, Stats
+from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, RingStatus, Stats
 from xpro_mesh.datapath.config import XdpConfig
 from xpro_mesh.mesh import auth
 from xpro_mesh.mesh.membership import (
@@ -82,7 +83,7 @@ def xdp_config(thresholds: Thresholds, base: XdpConfig | None = None) -> XdpConf
     )
 
 
-def open_backend(config: AgentConfig) -> MapBackend:
+def open_backend(config: AgentConfig, replace: bool = False) -> MapBackend:
     """The data path this agent drives: the live BPF maps (attaching the
     program first if the interface has none) or the in-memory twin."""
     if config.backend is Backend.MEMORY:
@@ -98,9 +99,14 @@ def open_backend(config: AgentConfig) -> MapBackend:
         state = loader.status(config.iface, pin_root=config.pin_root)
         if state.mode is None or not state.pinned:
             result = loader.attach(
-                config.iface, config=xdp_config(config.thresholds), pin_root=config.pin_root
+                config.iface,
+                config=xdp_config(config.thresholds),
+                pin_root=config.pin_root,
+                replace=replace,
             )
             log.info("attached the XDP filter to %s in %s mode", config.iface, result.mode)
+            for note in result.notes:  # e.g. a bpffs mounted at pin_root
+                log.warning("%s", note)
         maps = BpfMaps.open(loader.pin_dir_for(config.pin_root, config.iface), recover=True)
         maps.set_config(xdp_config(config.thresholds, maps.get_config()))
         return maps
@@ -141,6 +147,13 @@ class Agent:
         self.config_path = config_path
         self.backend: MapBackend | None = backend
         self.api_token = api_token
+        # Replace another XDP program on the interface (--replace); refused otherwise.
+        self.replace_foreign = False
+        # The mesh-wide configuration (agent/mesh_config.py), kept in state_dir.
+        self.state_dir: Path | None = None
+        self.mesh_config: mesh_config.MeshConfigKeeper | None = None
+        self._config_tasks: set[asyncio.Task[None]] = set()
+        self._file_at_start = mesh_config.static_part(config_path)
         self.started_ns = time.time_ns()
         self.incarnation = incarnation_from_wall_clock(self.started_ns)
         self.thresholds = config.thresholds
@@ -183,10 +196,13 @@ class Agent:
     async def start(self) -> None:
         """Open the data path, the mesh and the API; start the tasks."""
         if self.backend is None:
-            self.backend = await self._blocking(open_backend, self.config)
+            self.backend = await self._blocking(open_backend, self.config, self.replace_foreign)
+        for warning in preflight.warnings(self.config, self.api_token):
+            log.warning("%s", warning)
         if self.config.sync is SyncMode.GOSSIP:
             await self._start_mesh()
         syncer = self.ensure_syncer()
+        self.mesh_config = mesh_config.install(self, self.state_dir)
         self.api = ApiServer(self, self.config.api)
         try:
             await self.api.start()
@@ -351,6 +367,8 @@ class Agent:
             with contextlib.suppress(Exception):
                 self.backend.close()
         log.info("agent %s stopped", self.config.node_id)
+        if self.config.iface is not None and self.config.backend is not Backend.MEMORY:
+            log.warning("%s", preflight.left_in_kernel(self.config))
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -392,6 +410,10 @@ class Agent:
 
     def sync_status(self) -> SyncReport:
         return self.sync
+
+    def ring_status(self) -> RingStatus | None:
+        """The filter's slot usage (map fill for /metrics), None before the maps open."""
+        return self.backend.ring_status() if self.backend is not None else None
 
     def table_size(self) -> tuple[int, int]:
         return self.state.num_pairs, len(self.state)
@@ -437,6 +459,29 @@ class Agent:
 
     # --- configuration ---------------------------------------------------------------
 
+    def spawn_config_task(self, task: asyncio.Task[None]) -> None:
+        """Hold a configuration task until it ends (no fire-and-forget)."""
+        self._config_tasks.add(task)
+        task.add_done_callback(self._config_tasks.discard)
+
+    async def publish_config(
+        self, thresholds: Thresholds | None, action: str | None, allow: list[str] | None
+    ) -> dict[str, Any]:
+        """``PUT /v1/config``: a new mesh-wide version (gossip spreads it); the
+        document as it now is."""
+        # Always the whole set: the next version carries every threshold as
+        # this node runs them (a SIGHUP before any mesh version included).
+        live = thresholds if thresholds is not None else self.thresholds
+        changes = {"thresholds": live.as_json(), "action": action, "allow": allow}
+        keeper = self.mesh_config
+        if keeper is None:  # started without a keeper: this node alone
+            if thresholds is not None:
+                await self.set_thresholds(thresholds)
+            return {"thresholds": self.thresholds.as_json()}
+        doc = keeper.publish(**changes)
+        await asyncio.gather(*self._config_tasks, return_exceptions=True)
+        return doc.as_json()
+
     def reload(self) -> None:
         """SIGHUP: new thresholds from the config file, live in the filter."""
         if self.config_path is None:
@@ -447,7 +492,18 @@ class Agent:
             self.counters.reload_errors += 1
             log.error("reload refused, keeping the running thresholds: %s", result)
             return
-        asyncio.get_running_loop().create_task(self.set_thresholds(result))
+        outside = mesh_config.changed_outside_thresholds(self.config_path, self._file_at_start)
+        if outside:
+            log.warning(
+                "SIGHUP reloads [thresholds] only: the change to %s takes a restart", outside
+            )
+        keeper = self.mesh_config
+        if keeper is not None and keeper.current.version > 0:
+            # A mesh-wide document is in force: the file's new thresholds
+            # become its next version, for every node (not this one alone).
+            keeper.publish(thresholds=result.as_json())
+            return
+        self.spawn_config_task(asyncio.get_running_loop().create_task(self.set_thresholds(result)))
 
     async def set_thresholds(self, thresholds: Thresholds) -> None:
         """Make ``thresholds`` live: the kernel's config map and the rows' window rules."""

@@ -108,12 +108,15 @@ class MasterSync:
     """The ``master`` syncer: one Redis connection, one cycle per interval."""
 
     def __init__(self, backend: MapBackend, host: str, port: int, params: Params) -> None:
+        from xpro_mesh.extras import need
+
+        need("redis", "sync = master (the Redis M_DB)")  # one line if missing
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.backend = backend
         self.params = params
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
         # One attempt per cycle: the next interval is the retry. redis-py's
         # default (three retries with a backoff of seconds) held a sync with

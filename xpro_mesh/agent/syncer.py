@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from xpro_mesh.agent.histogram import DurationHistogram
 from xpro_mesh.core.algorithm import Params
 
 __all__ = [
@@ -53,6 +54,9 @@ class SyncReport:
     refreshes: int = 0  # views written between two cycles (Refreshing)
     failures: int = 0
     last_error: str = ""
+    # Every cycle's duration, and the pair slots expired over all cycles.
+    durations: DurationHistogram = field(default_factory=DurationHistogram)
+    deletes_total: int = 0
 
 
 class Syncer(Protocol):
@@ -93,6 +97,7 @@ async def run_cycle(syncer: Syncer, report: SyncReport) -> None:
     """One cycle, counted when it completes (raises what the cycle raised)."""
     await syncer.cycle(report)
     report.cycles += 1
+    report.deletes_total += report.last_deletes
 
 
 async def run_sync_loop(
@@ -121,6 +126,7 @@ async def run_sync_loop(
                 log.info("map sync works again after %d failed cycles", failing)
             failing = 0
         report.last_duration_s = time.monotonic() - started
+        report.durations.observe(report.last_duration_s)
         await _pause(syncer, report, started + interval_s, stop)
 
 

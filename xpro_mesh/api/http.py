@@ -14,16 +14,14 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import generate_latest
 
 from xpro_mesh.agent.config import ConfigError, Thresholds
-from xpro_mesh.api import proxies
+from xpro_mesh.api import mesh_config_api, metrics, page, proxies, top
 from xpro_mesh.api.view import AgentView
 from xpro_mesh.datapath.backend import PairKey
 from xpro_mesh.datapath.structs import from_addr, to_addr
@@ -59,6 +57,7 @@ def peers_document(agent: AgentView) -> list[dict[str, Any]]:
                 "incarnation": m.incarnation,
                 "self": m.node_id == me,
                 "load": load,
+                "config_version": mesh_config_api.peer_version(agent, m.node_id),
             }
         )
     return out
@@ -100,85 +99,8 @@ def status_document(agent: AgentView) -> dict[str, Any]:
         "rows_rejected": dict(counters.rows_rejected) if counters else {},
         "warnings": agent.warnings(),
         "policy": str(agent.thresholds.policy),
+        **mesh_config_api.document(agent),
     }
-
-
-class _Collector:
-    """Prometheus metrics read from the agent at scrape time."""
-
-    def __init__(self, agent: AgentView) -> None:
-        self.agent = agent
-
-    def collect(self) -> Iterator[Any]:
-        a = self.agent
-        stats = a.stats()
-        sync = a.sync_status()
-        held_pairs, held_rows = a.table_size()
-        packets = CounterMetricFamily(
-            "xpro_packets", "Packets judged by the XDP filter, by verdict", labels=["verdict"]
-        )
-        packets.add_metric(["pass"], stats.passed)
-        packets.add_metric(["drop_pair"], stats.drop_pair)
-        packets.add_metric(["drop_dest"], stats.drop_dest)
-        yield packets
-        yield CounterMetricFamily(
-            "xpro_overload_warnings",
-            "Overload warnings (Alg. 2 line 15)",
-            value=a.warnings(),
-        )
-        yield GaugeMetricFamily("xpro_pairs", "Pairs in the mesh state", value=held_pairs)
-        yield GaugeMetricFamily("xpro_rows", "Per-origin rows in the mesh state", value=held_rows)
-        yield CounterMetricFamily("xpro_sync_cycles", "Map-sync cycles", value=sync.cycles)
-        yield CounterMetricFamily(
-            "xpro_sync_failures", "Map-sync cycles that failed", value=sync.failures
-        )
-        yield GaugeMetricFamily(
-            "xpro_sync_duration_seconds",
-            "Duration of the last map-sync cycle",
-            value=sync.last_duration_s,
-        )
-        load = a.load()
-        yield GaugeMetricFamily(
-            "xpro_loop_lag_milliseconds",
-            "Event-loop lag",
-            value=load.loop_lag_ms if load is not None else 0.0,
-        )
-        c = a.mesh_counters()
-        if c is None:
-            return
-        yield CounterMetricFamily("xpro_gossip_rounds", "Anti-entropy rounds", value=c.rounds)
-        for name, series, help_ in (
-            ("xpro_messages_sent", c.sent, "Mesh messages sent, by kind"),
-            ("xpro_messages_received", c.received, "Mesh messages received, by kind"),
-            ("xpro_bytes_sent", c.sent_bytes, "Mesh bytes sent, by kind"),
-            ("xpro_bytes_received", c.received_bytes, "Mesh bytes received, by kind"),
-        ):
-            fam = CounterMetricFamily(name, help_, labels=["kind"])
-            for kind, n in sorted(series.items()):
-                fam.add_metric([str(kind)], n)
-            yield fam
-        rejected = CounterMetricFamily(
-            "xpro_messages_rejected", "Datagrams dropped unread, by reason", labels=["reason"]
-        )
-        for reason, n in sorted(c.rejected.items()):
-            rejected.add_metric([reason], n)
-        yield rejected
-        rows = CounterMetricFamily(
-            "xpro_rows_rejected", "Rows from peers refused, by reason", labels=["reason"]
-        )
-        for reason, n in sorted(c.rows_rejected.items()):
-            rows.add_metric([reason], n)
-        yield rows
-        yield CounterMetricFamily(
-            "xpro_rows_accepted", "Rows merged from peers", value=c.rows_accepted
-        )
-        members = GaugeMetricFamily("xpro_members", "Mesh members by state", labels=["state"])
-        counts: dict[str, int] = {"alive": 0, "suspect": 0, "dead": 0}
-        for m in a.members():
-            counts[str(m.state)] += 1
-        for state, n in counts.items():
-            members.add_metric([state], n)
-        yield members
 
 
 class ApiServer:
@@ -186,8 +108,7 @@ class ApiServer:
 
     def __init__(self, agent: AgentView, address: tuple[str, int]) -> None:
         self.agent = agent
-        self.registry = CollectorRegistry()
-        self.registry.register(_Collector(agent))
+        self.registry = metrics.registry_for(agent)
         self.app = web.Application()
         self.app.add_routes(
             [
@@ -201,6 +122,8 @@ class ApiServer:
                 web.post("/v1/feed", self.feed),
                 web.get("/metrics", self.metrics),
                 *proxies.routes(agent),
+                *top.routes(agent),
+                *page.routes(),
             ]
         )
         self._runner: web.AppRunner | None = None
@@ -286,7 +209,9 @@ class ApiServer:
         return web.json_response({"records": out, "total": total})
 
     async def get_config(self, request: web.Request) -> web.Response:
-        return web.json_response({"thresholds": self.agent.thresholds.as_json()})
+        return web.json_response(
+            {"thresholds": self.agent.thresholds.as_json(), **mesh_config_api.document(self.agent)}
+        )
 
     def _authorised(self, request: web.Request) -> web.Response | None:
         token = self.agent.api_token
@@ -307,15 +232,20 @@ class ApiServer:
             body = await request.json()
         except ValueError:
             return _error(400, "body: expected JSON")
-        values = body.get("thresholds", body) if isinstance(body, dict) else None
-        if not isinstance(values, dict) or not values:
+        if not isinstance(body, dict):
+            return _error(400, 'body: expected {"thresholds": {...}, "action": ..., "allow": []}')
+        mesh = {k: body.pop(k) for k in ("action", "allow") if k in body}
+        values = body.get("thresholds", body)
+        if not isinstance(values, dict) or not (values or mesh):
             return _error(400, 'body: expected {"thresholds": {"t_f1": 200, ...}}')
         try:
-            thresholds = _updated_thresholds(self.agent.thresholds, values)
-        except ConfigError as exc:
+            thresholds = _updated_thresholds(self.agent.thresholds, values) if values else None
+            action, allow = mesh_config_api.check(mesh)
+        except (ConfigError, ValueError) as exc:
             return _error(400, str(exc))
-        await self.agent.set_thresholds(thresholds)
-        return await self.get_config(request)
+        # The mesh's document: a new version on every node (agent/mesh_config.py).
+        doc = await self.agent.publish_config(thresholds, action, allow)
+        return web.json_response({"thresholds": self.agent.thresholds.as_json(), "mesh": doc})
 
     async def feed(self, request: web.Request) -> web.Response:
         denied = self._authorised(request)

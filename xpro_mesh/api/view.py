@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from xpro_mesh.agent.config import Thresholds
 from xpro_mesh.agent.load import Measured, ProxyEntry
@@ -132,3 +132,9 @@ class AgentView(Protocol):
         ...
 
     async def set_thresholds(self, thresholds: Thresholds) -> None: ...
+
+    async def publish_config(
+        self, thresholds: Thresholds | None, action: str | None, allow: list[str] | None
+    ) -> dict[str, Any]:
+        """A new mesh-wide configuration version (agent/mesh_config.py)."""
+        ...

@@ -19,7 +19,7 @@
    ``/v1/records`` shows the exact global counts.
 3. **Detection**: SIGKILL one agent; seconds until every survivor holds it
    dead, against the bound of :func:`detection_time_bound_ns`.
-4. **Bytes per node per round** (``xpro_bytes_sent`` over
+4. **Bytes per node per round** (``xpro_mesh_sent_bytes`` over
    ``xpro_gossip_rounds`` from ``/metrics``, every message kind): idle, and
    while N rows change every round.
 
@@ -307,7 +307,7 @@ def _metric_sums(agent: AgentProcess) -> tuple[float, dict[str, float]]:
     for family in text_string_to_metric_families(agent.metrics_text()):
         if family.name == "xpro_gossip_rounds":
             rounds = sum(s.value for s in family.samples if s.name.endswith("_total"))
-        elif family.name == "xpro_bytes_sent":
+        elif family.name == "xpro_mesh_sent_bytes":
             for s in family.samples:
                 if s.name.endswith("_total"):
                     sent[s.labels["kind"]] = sent.get(s.labels["kind"], 0.0) + s.value

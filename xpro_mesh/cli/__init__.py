@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from xpro_mesh import __version__
 from xpro_mesh.cli.errors import CliError
+from xpro_mesh.extras import MissingExtra
 
 COMMANDS = (
     "xpro_mesh.cli.lab",
@@ -22,6 +23,7 @@ COMMANDS = (
     "xpro_mesh.cli.xdp",
     "xpro_mesh.cli.agent",
     "xpro_mesh.cli.status",
+    "xpro_mesh.cli.top",
     "xpro_mesh.cli.bench",
 )
 
@@ -52,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"xpro-mesh: error: {exc}", file=sys.stderr)
         return exc.status
+    except MissingExtra as exc:
+        print(f"xpro-mesh: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("xpro-mesh: interrupted", file=sys.stderr)
         return 130

@@ -48,6 +48,21 @@ def register(sub: Any) -> None:
     p.add_argument("--profile", choices=["lan", "local", "wan"], help="gossip timer defaults")
     p.add_argument("--pin-root", help="bpffs directory of the pinned maps")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace another XDP program already on --iface (refused without it)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the mesh-wide configuration document is kept (e.g. /var/lib/xpro-mesh)",
+    )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="read and judge the configuration, print what the agent would do, start nothing",
+    )
     p.set_defaults(func=run_agent)
 
     k = sub.add_parser(
@@ -95,8 +110,12 @@ def run_agent(args: argparse.Namespace) -> int:
             raise CliError(f"api_token_file: {exc.strerror}: {config.api_token_file}") from None
         if not token:
             raise CliError(f"api_token_file: {config.api_token_file} is empty")
+    if args.check_config:
+        return _check_config(config, token)
     configure(str(config.log_level))
     agent = Agent(config, config_path=args.config, api_token=token)
+    agent.replace_foreign = bool(args.replace)
+    agent.state_dir = args.state_dir
     try:
         import uvloop
 
@@ -105,3 +124,18 @@ def run_agent(args: argparse.Namespace) -> int:
         raise CliError(str(exc), status=1) from None
     except ImportError:  # pragma: no cover - uvloop is a dependency
         return asyncio.run(agent.run())
+
+
+def _check_config(config: Any, token: str | None) -> int:
+    """``--check-config``: 0 when the agent would start, 1 with the problems."""
+    from xpro_mesh.agent import preflight
+
+    report = preflight.check(config, token)
+    for line in report.summary:
+        print(line)
+    for line in report.warnings:
+        print(f"warning: {line}")
+    for line in report.problems:
+        print(f"problem: {line}")
+    print("config OK" if not report.problems else f"{len(report.problems)} problem(s)")
+    return 0 if not report.problems else 1

@@ -118,12 +118,22 @@ def _scenario_help() -> str:
     return "\n".join(lines)
 
 
+def _need_lab() -> None:
+    """The lab's namespaces (pyroute2) and figures (matplotlib) are the
+    ``lab`` extra: one clear line when it is not installed."""
+    from xpro_mesh.extras import need
+
+    need("pyroute2", "xpro-mesh lab")
+    need("matplotlib", "xpro-mesh lab")
+
+
 def _require_root(what: str) -> None:
     if os.geteuid() != 0:
         raise CliError(f"{what} needs root (network namespaces, XDP)")
 
 
 def _up(args: argparse.Namespace) -> int:
+    _need_lab()
     from xpro_mesh.lab import topology
 
     _require_root("lab up")
@@ -147,6 +157,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
+    _need_lab()
     from xpro_mesh.lab import topology
 
     _require_root("lab down")
@@ -156,6 +167,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    _need_lab()
     from xpro_mesh.lab import topology
 
     _require_root("lab status")
@@ -189,6 +201,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _scenario(args: argparse.Namespace) -> int:
+    _need_lab()
     from xpro_mesh.lab import report as lab_report
     from xpro_mesh.lab import scenario, topology
 

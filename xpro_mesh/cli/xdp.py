@@ -52,6 +52,11 @@ def register(subparsers: Any) -> None:
         default="auto",
         help="XDP mode: native (driver), generic (skb), auto (native, else generic)",
     )
+    attach.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace another XDP program already on the interface (refused without it)",
+    )
     attach.set_defaults(func=_attach)
 
     detach = sub.add_parser("detach", help="remove the filter and its pinned maps")
@@ -77,7 +82,12 @@ def _attach(args: argparse.Namespace) -> int:
         if args.config is not None:
             config, sizes = load_config_file(args.config)
         result = loader.attach(
-            args.iface, config=config, sizes=sizes, pin_root=args.pin_root, mode=args.mode
+            args.iface,
+            config=config,
+            sizes=sizes,
+            pin_root=args.pin_root,
+            mode=args.mode,
+            replace=args.replace,
         )
     except (DatapathError, ConfigError) as exc:
         raise CliError(str(exc)) from None

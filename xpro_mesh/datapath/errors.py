@@ -48,3 +48,7 @@ class VerifierError(DatapathError):
             f"the kernel verifier rejected {program}; verifier log saved to {log_path}"
         )
         self.log_path = log_path
+
+
+class ForeignProgramError(DatapathError):
+    """The interface runs another XDP program; attach replaces it only when told."""

@@ -35,10 +35,12 @@ from xpro_mesh.datapath.errors import (
     BccMissingError,
     CompileError,
     DatapathError,
+    ForeignProgramError,
     NoSuchInterfaceError,
     NotRootError,
     VerifierError,
 )
+from xpro_mesh.datapath.policy import POLICY_MAPS
 from xpro_mesh.datapath.slots import ring_size_for
 
 __all__ = [
@@ -180,6 +182,8 @@ class LoadedProgram:
         self.prog_fds = dict(prog_fds)
         self.filter_fd = prog_fds["xpro_filter"]
         self.map_fds = {name: int(bpf[name.encode()].map_fd) for name in MAP_LAYOUT}
+        # bpf/xpro_policy.h's maps (xpro_mesh/datapath/policy.py opens them).
+        self.policy_fds = {name: int(bpf[name.encode()].map_fd) for name in POLICY_MAPS}
         self.filled_rings = False
         with self.maps() as maps:
             if int(maps.ring_ctl_size()) == 0:
@@ -358,17 +362,27 @@ def attach(
     sizes: MapSizes | None = None,
     pin_root: Path = DEFAULT_PIN_ROOT,
     mode: str = "auto",
+    replace: bool = False,
 ) -> AttachResult:
     """Load the filter with pinned maps and attach it to ``iface``.
 
     ``config`` None keeps the live config of reused maps (defaults when
     new). ``mode``: native (driver), generic (skb) or auto (native, else
-    generic). Re-attaching replaces the program atomically and keeps state.
+    generic). Re-attaching replaces our own program atomically and keeps
+    state; another XDP program on ``iface`` (a load balancer, a DDoS
+    appliance's) is replaced only with ``replace`` (ForeignProgramError).
     """
     if mode not in MODES:
         raise DatapathError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     require_root("xdp attach")
     ifindex = _ifindex(iface)
+    foreign = foreign_program(iface, pin_root=pin_root)
+    if foreign and not replace:
+        raise ForeignProgramError(
+            f"{iface} already runs XDP program id {foreign}, which is not xpro-mesh's filter: "
+            "pass --replace to replace it (it stops running), or remove it first "
+            f"(ip link set dev {iface} xdp off)"
+        )
     _import_bcc()  # fail before touching anything
     notes: list[str] = []
     pin_dir = pin_dir_for(pin_root, iface)
@@ -409,6 +423,25 @@ def attach(
     finally:
         prog.close()
     return AttachResult(iface, used, prog_id, pin_dir, live is not None, live_config, tuple(notes))
+
+
+def foreign_program(iface: str, *, pin_root: Path = DEFAULT_PIN_ROOT) -> int:
+    """The id of an XDP program on ``iface`` that is not our pinned filter,
+    0 when the interface has none or runs ours (read-only: nothing changes)."""
+    ifindex = _ifindex(iface)
+    ours = 0
+    pin = pin_dir_for(pin_root, iface) / PROG_PINS[0]
+    if pin.exists():
+        with contextlib.suppress(OSError):
+            fd = libbpf.obj_get(str(pin))
+            try:
+                ours = libbpf.prog_id(fd)
+            finally:
+                os.close(fd)
+    for attached in _attached(ifindex):
+        if attached and attached != ours:
+            return attached
+    return 0
 
 
 def _attach_fd(ifindex: int, iface: str, fd: int, mode: str) -> str:
@@ -452,7 +485,7 @@ def detach(iface: str, *, pin_root: Path = DEFAULT_PIN_ROOT) -> DetachResult:
             detached.append("generic")
     pin_dir = pin_dir_for(pin_root, iface)
     removed = 0
-    for name in (*MAP_LAYOUT, *PROG_PINS, *LEGACY_PINS):
+    for name in (*MAP_LAYOUT, *POLICY_MAPS, *PROG_PINS, *LEGACY_PINS):
         try:
             (pin_dir / name).unlink()
             removed += 1

@@ -426,8 +426,9 @@ def render_figure(result: ScenarioResult, fmt: str) -> bytes:
 
     Modes that behave alike overlap; each later mode is drawn thinner on top
     of the earlier ones so that every line stays visible."""
-    import matplotlib
+    from xpro_mesh.extras import need
 
+    matplotlib = need("matplotlib", "the lab's figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

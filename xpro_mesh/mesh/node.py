@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from xpro_mesh.core.gossip_state import MergeLimits
 from xpro_mesh.core.rows import ColumnarDelta
@@ -106,6 +107,14 @@ class MeshCounters:
     stream_deferred: int = 0  # answers skipped while a stream to that peer was under way
 
 
+class ConfigHook(Protocol):
+    """What the node asks of the mesh configuration's keeper (bytes only)."""
+
+    def offer(self) -> bytes | None: ...
+
+    def receive(self, sender: str, document: bytes) -> bytes | None: ...
+
+
 class MeshNode:
     """A mesh member: feed it datagrams (:meth:`receive`) and stream frames
     (:meth:`receive_frame`), run :meth:`run`."""
@@ -131,6 +140,8 @@ class MeshNode:
         self.rng = rng or random.Random()
         self.wall_ns = wall_ns
         self.mono_ns = mono_ns
+        # The agent's keeper of the mesh configuration document, if any.
+        self.config_hook: ConfigHook | None = None
         self.counters = MeshCounters()
         self._sealer = auth.Sealer(
             keyring, self.node_id, membership.incarnation, max_bytes=timing.max_message_bytes
@@ -225,6 +236,11 @@ class MeshNode:
         digest = self.state.digest()
         for member in targets:
             self._send(Sync(digest, True, self._self_update(), self._piggyback()), member.addr)
+        # The mesh configuration document: ours to one target a round (push);
+        # an older one is answered with ours (pull), see agent/mesh_config.py.
+        offer = self.config_hook.offer() if self.config_hook is not None else None
+        if offer is not None:
+            self._send(wire.ConfigOffer(self.node_id, offer), targets[0].addr)
 
     def _self_update(self) -> MemberUpdate:
         return self.membership.self_update()
@@ -438,6 +454,10 @@ class MeshNode:
                 self.pulled.set()
         elif isinstance(message, ColumnarDelta):
             self._merge(message)
+        elif isinstance(message, wire.ConfigOffer) and self.config_hook is not None:
+            answer = self.config_hook.receive(message.sender, message.document)
+            if answer is not None:
+                self._send(wire.ConfigOffer(self.node_id, answer), addr)
 
     def _merge(self, delta: ColumnarDelta) -> None:
         report = self.state.merge(delta, self.wall_ns(), self.limits)

@@ -102,9 +102,19 @@ class Kind(enum.StrEnum):
     PING_REQ = "ping_req"
     MEMBERS = "members"
     SYNC = "sync"
+    CONFIG = "config"  # the mesh-wide configuration document (core/config_doc.py)
 
 
-Message = Digest | ColumnarDelta | Ping | Ack | Nack | PingReq | Members | Sync
+@dataclass(frozen=True, slots=True)
+class ConfigOffer:
+    """A node's current mesh configuration document, opaque here (its own
+    decoder, core/config_doc.py, judges it)."""
+
+    sender: str
+    document: bytes
+
+
+Message = Digest | ColumnarDelta | Ping | Ack | Nack | PingReq | Members | Sync | ConfigOffer
 
 MAX_UPDATES = 64  # membership updates in one message (piggyback or push-pull part)
 
@@ -590,6 +600,7 @@ _KINDS: dict[type, Kind] = {
     PingReq: Kind.PING_REQ,
     Members: Kind.MEMBERS,
     Sync: Kind.SYNC,
+    ConfigOffer: Kind.CONFIG,
 }
 _ENCODERS: dict[Kind, Callable[[Any], dict[str, Any]]] = {
     Kind.DIGEST: _digest_body,
@@ -600,6 +611,7 @@ _ENCODERS: dict[Kind, Callable[[Any], dict[str, Any]]] = {
     Kind.PING_REQ: _ping_req_body,
     Kind.MEMBERS: _members_body,
     Kind.SYNC: _sync_body,
+    Kind.CONFIG: lambda m: {"sender": _origin_name(m.sender), "doc": m.document},
 }
 _DECODERS: dict[str, Callable[[dict[str, Any], WireLimits], Message]] = {
     Kind.DIGEST.value: _decode_digest,
@@ -610,7 +622,15 @@ _DECODERS: dict[str, Callable[[dict[str, Any], WireLimits], Message]] = {
     Kind.PING_REQ.value: _decode_ping_req,
     Kind.MEMBERS.value: _decode_members_msg,
     Kind.SYNC.value: _decode_sync,
+    Kind.CONFIG.value: lambda body, limits: ConfigOffer(_name(body.get("sender")), _bin(body)),
 }
+
+
+def _bin(body: dict[str, Any]) -> bytes:
+    doc = body.get("doc")
+    if not isinstance(doc, bytes):
+        raise _Invalid("config doc is not bytes")
+    return doc
 
 
 def _list(value: object, limit: int, what: str) -> list[Any]:
