@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from xpro_mesh.core.params import Params
 
 __all__ = ["ACTIONS", "MAX_ALLOW", "MAX_DOC_BYTES", "ConfigDocError", "MeshConfig", "decode"]
 
 ACTIONS = ("enforce", "monitor")
 MAX_ALLOW = 256  # prefixes: a document must fit one gossip datagram
 MAX_DOC_BYTES = 16_384
-THRESHOLD_KEYS = ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "r", "policy")
+# Every field of the one thresholds record: a new threshold is mesh-wide at once.
+THRESHOLD_KEYS = tuple(f.name for f in fields(Params))
 
 
 class ConfigDocError(ValueError):
