@@ -11,7 +11,7 @@ import numpy as np
 from xpro_mesh.core.rows import ADDRESS_DTYPE, ColumnarDelta, RowBatch
 from xpro_mesh.mesh import wire
 from xpro_mesh.mesh.columns import MAX_VERSION
-from xpro_mesh.mesh.membership import MAX_INCARNATION, MemberState, MemberUpdate, Membership
+from xpro_mesh.mesh.membership import MAX_INCARNATION, Membership, MemberState, MemberUpdate
 from xpro_mesh.mesh.messages import Ping
 
 U64_MAX = 2**64 - 1

@@ -56,7 +56,12 @@ from xpro_mesh.core.rows import ADDRESS_DTYPE, INT_MAX, ColumnarDelta, RowBatch
 
 __all__ = [
     "MAX_ORIGIN_BYTES",
-    "MAX_VERSION", "ColumnsInvalid", "ColumnsLimits", "decode_rows", "encode_rows"]
+    "MAX_VERSION",
+    "ColumnsInvalid",
+    "ColumnsLimits",
+    "decode_rows",
+    "encode_rows",
+]
 
 MAX_ORIGIN_BYTES = 255
 MAX_VERSION = 2**62
