@@ -8,13 +8,22 @@ import random
 
 import numpy as np
 
+from xpro_mesh.core.algorithm import Params
+from xpro_mesh.core.gossip_state import Digest, GossipState, LocalCount, MergeLimits
 from xpro_mesh.core.rows import ADDRESS_DTYPE, ColumnarDelta, RowBatch
-from xpro_mesh.mesh import wire
+from xpro_mesh.mesh import auth, wire
 from xpro_mesh.mesh.columns import MAX_VERSION
 from xpro_mesh.mesh.membership import MAX_INCARNATION, Membership, MemberState, MemberUpdate
-from xpro_mesh.mesh.messages import Ping
+from xpro_mesh.mesh.messages import Members, Ping, Sync
+from xpro_mesh.mesh.node import MeshNode, NodeTiming
+from xpro_mesh.mesh.state import GossipStateAdapter
 
 U64_MAX = 2**64 - 1
+NOW = 1_800_000_000 * 10**9
+S = 10**9
+P = Params(t_t1=5 * S, t_t2=S, t_t3=S, t_t4=60 * S, t_f1=100, t_f2=1000, r=2)
+RING = auth.Keyring([bytes(range(32))])
+VICTIM = b"\x00" * 10 + b"\xff\xff" + bytes([10, 20, 0, 2])
 A = ("10.0.0.1", 7946)
 B = ("10.0.0.2", 7946)
 
@@ -55,3 +64,125 @@ def test_a_row_version_past_the_bound_is_refused_at_decode() -> None:
         assert isinstance(wire.decode(wire.encode(one_row("me", inc, seq))), wire.WireError)
     back = wire.decode(wire.encode(one_row("me", MAX_VERSION, MAX_VERSION)))
     assert isinstance(back, ColumnarDelta) and back.rows == 1
+
+
+# --- replay guard ---------------------------------------------------------------------
+
+
+def test_one_datagram_with_the_highest_incarnation_does_not_lock_a_sender_out() -> None:
+    """One MAC-valid datagram naming a0 with incarnation 2^64 - 1 made a peer
+    refuse all of a0's traffic as replays until it restarted."""
+    guard = auth.ReplayGuard()
+    assert guard.accept("a0", 1_000, 0)
+    assert guard.accept("a0", U64_MAX, 0)  # the forgery (or a corrupted sender)
+    assert guard.accept("a0", 1_000, 1)  # a0 goes on being heard
+    assert not guard.accept("a0", 1_000, 1)  # and its replays are still refused
+
+
+def test_a_sender_whose_clock_stepped_back_across_a_restart_is_heard() -> None:
+    guard = auth.ReplayGuard()
+    assert guard.accept("a0", 2_000, 7)
+    assert guard.accept("a0", 1_500, 0)  # its boot epoch is lower after the step
+
+
+def test_the_guards_memory_is_bounded_per_sender_and_in_all() -> None:
+    guard = auth.ReplayGuard(max_senders=8, lives_per_sender=2)
+    for inc in range(100):
+        guard.accept("a0", inc, 0)
+    for i in range(100):
+        guard.accept(f"n{i}", 1, 0)
+    assert len(guard._windows) <= 8 and len(guard) <= 8
+
+
+# --- recipients, reflection, amplification -----------------------------------------
+
+
+def test_a_datagram_sealed_for_one_node_is_refused_by_every_other() -> None:
+    """The envelope named no recipient: a capture was accepted once by every node."""
+    ring = auth.Keyring([bytes(range(32))])
+    datagram = auth.seal(ring, "a", 1, 0, NOW, b"x", recipient_id="b")
+    assert isinstance(
+        auth.open_(ring, datagram, NOW, auth.ReplayGuard(), recipient_id="b"), auth.Opened
+    )
+    refused = auth.open_(ring, datagram, NOW, auth.ReplayGuard(), recipient_id="c")
+    assert refused == auth.Rejected(auth.Reason.WRONG_RECIPIENT)
+    # The recipient is under the MAC: rewriting it breaks the seal.
+    forged = datagram.replace(b"\x01b", b"\x01c", 1)
+    assert auth.open_(ring, forged, NOW, auth.ReplayGuard(), recipient_id="c") == auth.Rejected(
+        auth.Reason.BAD_MAC
+    )
+
+
+class Recorder:
+    """A transport that keeps what the node sends (the node under test is real)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    @property
+    def local_addr(self) -> tuple[str, int]:
+        return B
+
+    def send(self, datagram: bytes, addr: tuple[str, int]) -> bool:
+        self.sent.append((datagram, addr))
+        return True
+
+
+def node_b_with_rows(rows: int) -> tuple[MeshNode, Recorder]:
+    state = GossipState("b", incarnation=1, params=P)
+    for i in range(rows):
+        src = b"\x00" * 10 + b"\xff\xff" + bytes([44, 1]) + i.to_bytes(2, "big")
+        state.record_local((src, VICTIM), LocalCount(NOW, NOW + i, dc=1 + i % 5, mark=0))
+    membership = Membership("b", B, incarnation=1, now_ns=0, rng=random.Random(0))
+    node = MeshNode(
+        state=GossipStateAdapter(state),
+        membership=membership,
+        keyring=RING,
+        timing=NodeTiming(),
+        limits=MergeLimits(),
+        wall_ns=lambda: NOW,
+    )
+    recorder = Recorder()
+    node.attach(recorder)  # type: ignore[arg-type]
+    return node, recorder
+
+
+def sync_from_a(counter: int) -> bytes:
+    sync = Sync(Digest("a", {}), True, MemberUpdate("a", A, 1, MemberState.ALIVE), ())
+    return auth.seal(
+        RING, "a", 1, counter, NOW, wire.encode(sync), recipient_id="b", max_bytes=1400
+    )
+
+
+def test_a_sync_from_a_forged_source_is_answered_at_the_senders_own_address_only() -> None:
+    """Replies went to the UDP source: a capture replayed with a victim's
+    source address reflected the answer onto the victim."""
+    node, recorder = node_b_with_rows(50)
+    node.receive(sync_from_a(0), ("192.0.2.66", 53))
+    assert recorder.sent and {addr for _, addr in recorder.sent} == {A}
+
+
+def test_the_answer_to_one_sync_is_bounded_and_syncs_beyond_the_peers_rate_go_unanswered() -> None:
+    """A 165-byte Sync with an empty digest drew 521 KB of answer (~3 000x)."""
+    node, recorder = node_b_with_rows(20_000)
+    request = sync_from_a(0)
+    node.receive(request, A)
+    answer = sum(len(d) for d, _ in recorder.sent)
+    assert len(recorder.sent) <= node.timing.max_reply_datagrams + 1
+    assert answer <= (node.timing.max_reply_datagrams + 1) * node.timing.max_message_bytes
+    assert node.counters.rejected["reply_cut"] == 1
+    for counter in range(1, 20):
+        node.receive(sync_from_a(counter), A)
+    answered = 1 + 19 - node.counters.rejected["rate_limited"]
+    assert answered <= node.timing.sync_answers_burst + 1
+
+
+def test_an_unaddressed_datagram_may_carry_a_join_only() -> None:
+    node, recorder = node_b_with_rows(1)
+    sync = Sync(Digest("a", {}), True, MemberUpdate("a", A, 1, MemberState.ALIVE), ())
+    unaddressed = auth.seal(RING, "a", 1, 0, NOW, wire.encode(sync), max_bytes=1400)
+    node.receive(unaddressed, A)
+    assert node.counters.rejected["no_recipient"] == 1 and not recorder.sent
+    join = Members(MemberUpdate("a", A, 1, MemberState.ALIVE), (), True)
+    node.receive(auth.seal(RING, "a", 1, 1, NOW, wire.encode(join), max_bytes=1400), A)
+    assert recorder.sent and {addr for _, addr in recorder.sent} == {A}

@@ -422,6 +422,7 @@ class Announce:
 
     update: MemberUpdate
     addrs: tuple[Address, ...]
+    ids: tuple[str, ...] = ()  # the members at ``addrs``, in order (the envelope's recipients)
 
 
 Action = Probe | IndirectProbe | ForwardAck | ForwardNack | SyncState | MemberChanged | Announce
@@ -839,13 +840,15 @@ class Membership:
             changed = self._apply(dead, now_ns)
             actions += changed
             if changed:
-                others = tuple(
-                    m.addr
+                live = [
+                    m
                     for m in self._members.values()
                     if m.state is not MemberState.DEAD and m.node_id != self.node_id
-                )
-                if others:
-                    actions.append(Announce(dead, others))
+                ]
+                if live:
+                    actions.append(
+                        Announce(dead, tuple(m.addr for m in live), tuple(m.node_id for m in live))
+                    )
         return actions
 
     def _forget_dead(self, now_ns: int) -> list[Action]:
