@@ -1,0 +1,102 @@
+"""Specification of the HTTP API under hostile clients (issue 12): slow and
+idle connections are closed, connections are limited, client errors are 4xx
+with one info line and never a traceback, bad PUTs are 400, not 500."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.agent_support import eventually, start_agent, stop_agent
+from xpro_mesh.mesh.auth import generate_key_line
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "cluster.key"
+    path.write_text(generate_key_line() + "\n")
+    path.chmod(0o600)
+    return path
+
+
+async def request(agent: object, method: str, path: str, **kw: object) -> tuple[int, str]:
+    host, port = agent.api.address  # type: ignore[attr-defined]
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, f"http://{host}:{port}{path}", **kw) as resp:  # type: ignore[arg-type]
+            return resp.status, await resp.text()
+
+
+async def test_slow_and_idle_connections_are_closed_and_healthz_answers(key_file: Path) -> None:
+    """1 000 slow connections held the API for 91 s and starved /healthz."""
+    agent = await start_agent("h1", key_file)
+    try:
+        assert agent.api is not None
+        agent.api.header_timeout_s = 0.3
+        agent.api.max_connections = 40
+        host, port = agent.api.address
+        loop = asyncio.get_running_loop()
+        slow = []
+        for _ in range(60):
+            s = socket.socket()
+            s.setblocking(False)
+            await loop.sock_connect(s, (host, port))
+            await loop.sock_sendall(s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
+            slow.append(s)
+        await eventually(lambda: agent.api.refused_connections >= 20, 10, "the extra refused")
+        await eventually(lambda: agent.api.timed_out_connections >= 40, 10, "the slow closed")
+        assert await request(agent, "GET", "/healthz") == (200, "ok\n")
+        for s in slow:
+            s.close()
+    finally:
+        await stop_agent(agent)
+
+
+async def test_a_malformed_request_is_a_400_with_one_info_line_and_no_traceback(
+    key_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = await start_agent("h2", key_file)
+    try:
+        assert agent.api is not None
+        host, port = agent.api.address
+        caplog.set_level(logging.DEBUG)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\x00: y\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(4096), 5)
+        writer.close()
+        assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request")
+        await asyncio.sleep(0.1)
+        assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    finally:
+        await stop_agent(agent)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"thresholds": {"t_f1": 1e400}}',
+        '{"thresholds": {"t_t1": "99999999999999999999999h"}}',
+        '{"thresholds": {"t_f1": ' + "[" * 100_000 + "]" * 100_000 + "}}",
+        "[" * 100_000,
+        '{"thresholds": {"r": [1]}}',
+    ],
+)
+async def test_an_authorised_put_with_bad_values_is_a_400_not_a_500(
+    key_file: Path, body: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = await start_agent("h3", key_file, api_token=TOKEN)
+    try:
+        caplog.set_level(logging.DEBUG)
+        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        status, text = await request(agent, "PUT", "/v1/config", data=body, headers=headers)
+        assert status == 400, text
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        await stop_agent(agent)
