@@ -8,11 +8,13 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.agent_support import eventually, start_agent, stop_agent
+from xpro_mesh.agent.daemon import Agent
 from xpro_mesh.mesh.auth import generate_key_line
 
 TOKEN = "s3cret-token"
@@ -26,21 +28,23 @@ def key_file(tmp_path: Path) -> Path:
     return path
 
 
-async def request(agent: object, method: str, path: str, **kw: object) -> tuple[int, str]:
-    host, port = agent.api.address  # type: ignore[attr-defined]
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, f"http://{host}:{port}{path}", **kw) as resp:  # type: ignore[arg-type]
-            return resp.status, await resp.text()
+async def request(agent: Agent, method: str, path: str, **kw: Any) -> tuple[int, str]:
+    assert agent.api is not None
+    host, port = agent.api.address
+    url = f"http://{host}:{port}{path}"
+    async with aiohttp.ClientSession() as http, http.request(method, url, **kw) as resp:
+        return resp.status, await resp.text()
 
 
 async def test_slow_and_idle_connections_are_closed_and_healthz_answers(key_file: Path) -> None:
     """1 000 slow connections held the API for 91 s and starved /healthz."""
     agent = await start_agent("h1", key_file)
     try:
-        assert agent.api is not None
-        agent.api.header_timeout_s = 0.3
-        agent.api.max_connections = 40
-        host, port = agent.api.address
+        api = agent.api
+        assert api is not None
+        api.header_timeout_s = 0.3
+        api.max_connections = 40
+        host, port = api.address
         loop = asyncio.get_running_loop()
         slow = []
         for _ in range(60):
@@ -49,8 +53,8 @@ async def test_slow_and_idle_connections_are_closed_and_healthz_answers(key_file
             await loop.sock_connect(s, (host, port))
             await loop.sock_sendall(s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never finished
             slow.append(s)
-        await eventually(lambda: agent.api.refused_connections >= 20, 10, "the extra refused")
-        await eventually(lambda: agent.api.timed_out_connections >= 40, 10, "the slow closed")
+        await eventually(lambda: api.refused_connections >= 20, 10, "the extra refused")
+        await eventually(lambda: api.timed_out_connections >= 40, 10, "the slow closed")
         assert await request(agent, "GET", "/healthz") == (200, "ok\n")
         for s in slow:
             s.close()
