@@ -37,6 +37,7 @@ S = 10**9
 def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "cluster.key"
     path.write_text(auth.generate_key_line() + "\n")
+    path.chmod(0o600)
     return path
 
 

@@ -320,6 +320,7 @@ def test_missing_key_file_is_a_key_file_error_naming_it(tmp_path: Path) -> None:
 def test_binary_key_file_is_a_key_file_error(tmp_path: Path) -> None:
     path = tmp_path / "bin.key"
     path.write_bytes(b"\xff\xfe" * 40)
+    path.chmod(0o600)
     with pytest.raises(KeyFileError, match=r"bin\.key: not an ASCII"):
         load_keyring(path)
 
@@ -327,6 +328,7 @@ def test_binary_key_file_is_a_key_file_error(tmp_path: Path) -> None:
 def test_load_keyring_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "cluster.key"
     path.write_text(OLD.hex() + "\n")
+    path.chmod(0o600)
     assert load_keyring(path).primary == OLD
 
 

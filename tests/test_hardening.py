@@ -5,8 +5,12 @@ request that exposed it, and fails on the code that had the hole."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from xpro_mesh.core.algorithm import Params
 from xpro_mesh.core.gossip_state import Digest, GossipState, LocalCount, MergeLimits
@@ -141,6 +145,7 @@ def node_b_with_rows(rows: int) -> tuple[MeshNode, Recorder]:
         timing=NodeTiming(),
         limits=MergeLimits(),
         wall_ns=lambda: NOW,
+        mono_ns=lambda: 0,  # no token comes back during the test
     )
     recorder = Recorder()
     node.attach(recorder)  # type: ignore[arg-type]
@@ -186,3 +191,40 @@ def test_an_unaddressed_datagram_may_carry_a_join_only() -> None:
     join = Members(MemberUpdate("a", A, 1, MemberState.ALIVE), (), True)
     node.receive(auth.seal(RING, "a", 1, 1, NOW, wire.encode(join), max_bytes=1400), A)
     assert recorder.sent and {addr for _, addr in recorder.sent} == {A}
+
+
+# --- operators' files -----------------------------------------------------------------
+
+
+def test_a_key_file_readable_by_group_or_others_is_refused_with_one_clear_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "cluster.key"
+    path.write_text(auth.generate_key_line() + "\n")
+    for mode in (0o640, 0o604, 0o660):
+        path.chmod(mode)
+        with pytest.raises(auth.KeyFileError) as err:
+            auth.load_keyring(path)
+        assert (
+            str(err.value)
+            == f"{path}: mode {mode:04o} lets group or others at it: chmod 600 {path}"
+        )
+    path.chmod(0o600)
+    assert len(auth.load_keyring(path)) == 1
+
+
+def test_a_token_file_readable_by_others_is_refused_by_the_agent_command(tmp_path: Path) -> None:
+    key = tmp_path / "cluster.key"
+    key.write_text(auth.generate_key_line() + "\n")
+    key.chmod(0o600)
+    token = tmp_path / "api.token"
+    token.write_text("t0ken\n")
+    token.chmod(0o644)
+    run = subprocess.run(
+        [sys.executable, "-m", "xpro_mesh", "agent", "--backend", "memory", "--key-file", str(key),
+         "--api-token-file", str(token), "--bind", "127.0.0.1:0", "--api", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "api_token_file" in run.stderr and "chmod 600" in run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1

@@ -82,7 +82,7 @@ class _Guard(asyncio.Protocol):
     def __init__(self, inner: asyncio.Protocol, server: ApiServer) -> None:
         self.inner = inner
         self.server = server
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.BaseTransport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.counted = False
 
@@ -90,11 +90,10 @@ class _Guard(asyncio.Protocol):
         return getattr(self.inner, name)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # asyncio's or uvloop's: both have abort()
         if len(self.server.connections) >= self.server.max_connections:
             self.server.refused_connections += 1
-            transport.abort()
+            transport.abort()  # type: ignore[attr-defined]
             return
         self.counted = True
         self.server.connections[id(transport)] = self
@@ -115,7 +114,7 @@ class _Guard(asyncio.Protocol):
     def expire(self) -> None:
         self.server.timed_out_connections += 1
         if self.transport is not None:
-            self.transport.abort()
+            self.transport.abort()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         self.inner.data_received(data)

@@ -107,6 +107,7 @@ __all__ = [
     "Rejected",
     "ReplayGuard",
     "Sealer",
+    "check_private",
     "envelope_overhead",
     "generate_key_line",
     "key_id",
@@ -251,9 +252,25 @@ def parse_keyring(text: str, source: str = "<key file>") -> Keyring:
         raise KeyFileError(source, None, str(exc)) from None
 
 
+def check_private(path: str | Path) -> str | None:
+    """Why a secret file may not be used, or None: one that group or others
+    may read or write is refused (whoever can read the cluster key can write
+    every kernel's drop table; the Ansible role writes it 0600)."""
+    try:
+        mode = Path(path).stat().st_mode & 0o777
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if mode & 0o077:
+        return f"mode {mode:04o} lets group or others at it: chmod 600 {path}"
+    return None
+
+
 def load_keyring(path: str | Path) -> Keyring:
     """Read and parse a key file; every failure is a :class:`KeyFileError`."""
     source = str(path)
+    problem = check_private(path)
+    if problem is not None:
+        raise KeyFileError(source, None, problem)
     try:
         text = Path(path).read_text(encoding="ascii")
     except UnicodeDecodeError:
