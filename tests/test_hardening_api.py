@@ -5,6 +5,7 @@ with one info line and never a traceback, bad PUTs are 400, not 500."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.agent_support import eventually, start_agent, stop_agent
+from tests.agent_support import eventually, gossip_addr, start_agent, stop_agent
 from xpro_mesh.agent.daemon import Agent
 from xpro_mesh.mesh.auth import generate_key_line
 
@@ -104,3 +105,38 @@ async def test_an_authorised_put_with_bad_values_is_a_400_not_a_500(
         assert not [r for r in caplog.records if r.exc_info]
     finally:
         await stop_agent(agent)
+
+
+async def test_sighup_reloads_the_key_file_and_status_shows_which_key_each_peer_seals_with(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The key file was read only at start, and which key a peer used was not shown."""
+    old, new = generate_key_line(), generate_key_line()
+    key_a, key_b = tmp_path / "a.key", tmp_path / "b.key"
+    for path in (key_a, key_b):
+        path.write_text(old + "\n")
+        path.chmod(0o600)
+    a = await start_agent("ka", key_a)
+    b = await start_agent("kb", key_b, peers=[gossip_addr(a)])
+    try:
+        assert a.node is not None and b.node is not None
+        node_a = a.node
+        await eventually(lambda: node_a.counters.peer_keys.get("kb") == 0, 10, "kb heard")
+        key_a.write_text(f"{old}\n{new}\n")  # step 1: accept the new key
+        a.reload_keys()
+        key_b.write_text(f"{new}\n{old}\n")  # step 2 on kb: send with it
+        b.reload_keys()
+        await eventually(lambda: node_a.counters.peer_keys.get("kb") == 1, 10, "kb on new key")
+        status, text = await request(a, "GET", "/v1/status")
+        assert status == 200 and json.loads(text)["peer_keys"]["kb"] == 1
+        _, metrics = await request(a, "GET", "/metrics")
+        assert 'xpro_peer_key_index{peer="kb"} 1.0' in metrics
+        caplog.set_level(logging.INFO)
+        key_b.write_text("not a key\n")
+        b.reload_keys()  # refused: one line, the running keys stay
+        refused = [r for r in caplog.records if "key reload refused" in r.getMessage()]
+        assert len(refused) == 1 and not refused[0].exc_info
+        assert b.node.keyring.primary == bytes.fromhex(new)
+    finally:
+        await stop_agent(b)
+        await stop_agent(a)

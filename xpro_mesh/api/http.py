@@ -263,6 +263,7 @@ def status_document(agent: AgentView) -> dict[str, Any]:
             "loop_lag_ms": round(load.loop_lag_ms, 1),
         },
         "rejected": dict(counters.rejected) if counters else {},
+        "peer_keys": dict(sorted(counters.peer_keys.items())) if counters else {},
         "rows_rejected": dict(counters.rows_rejected) if counters else {},
         "warnings": agent.warnings(),
         "policy": str(agent.thresholds.policy),
@@ -329,6 +330,14 @@ class _Collector:
         for reason, n in sorted(c.rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        peer_keys = GaugeMetricFamily(
+            "xpro_peer_key_index",
+            "Position on this node's keyring of the key each peer last sealed with (0: primary)",
+            labels=["peer"],
+        )
+        for peer, index in sorted(c.peer_keys.items()):
+            peer_keys.add_metric([peer], index)
+        yield peer_keys
         rows = CounterMetricFamily(
             "xpro_rows_rejected", "Rows from peers refused, by reason", labels=["reason"]
         )

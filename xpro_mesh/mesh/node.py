@@ -102,6 +102,9 @@ class MeshCounters:
     transitions: Counter[str] = field(default_factory=Counter)  # "alive->suspect", ...
     streams_sent: int = 0  # deltas handed to the stream
     stream_deferred: int = 0  # answers skipped while a stream to that peer was under way
+    # The position on our keyring of the key each peer last sealed with (0:
+    # our primary). An operator removes an old key once no peer shows > 0.
+    peer_keys: dict[str, int] = field(default_factory=dict)
 
 
 def message_sender_addr(message: wire.Message) -> Address:
@@ -166,6 +169,15 @@ class MeshNode:
                 max_bytes=stream.limits.max_frame_bytes,
                 magic=auth.STREAM_MAGIC,
             )
+
+    def set_keyring(self, keyring: auth.Keyring) -> None:
+        """A reloaded key file (SIGHUP): seal with its first key from now on,
+        open with any of its keys. Replay windows are kept."""
+        self.keyring = keyring
+        self._sealer.keyring = keyring
+        if self._stream_sealer is not None:
+            self._stream_sealer.keyring = keyring
+        self.counters.peer_keys.clear()  # positions refer to the old ring
 
     def join(self, seeds: Iterable[Address]) -> None:
         self._perform(self.membership.join(list(seeds), self.mono_ns()))
@@ -429,6 +441,11 @@ class MeshNode:
         if isinstance(message, wire.WireError):
             self.counters.rejected["malformed"] += 1
             return None
+        keys = self.counters.peer_keys
+        keys.pop(opened.sender_id, None)
+        keys[opened.sender_id] = opened.key_index
+        if len(keys) > auth.DEFAULT_MAX_SENDERS:
+            keys.pop(next(iter(keys)))  # bounded: the longest unheard first out
         kind = wire.kind_of(message)
         self.counters.received[kind] += 1
         self.counters.received_bytes[kind] += size
