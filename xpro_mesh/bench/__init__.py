@@ -9,6 +9,7 @@ kernel or real agents; ``xpro-mesh --help`` needs none of it).
 * :mod:`.stats` — repetitions as min/median/max, ratios, targets, JSON;
 * :mod:`.agent` — the agent's sync cycle and five real agents on loopback;
 * :mod:`.datapath` — the filter's ns/packet against baselines, map-sync syscalls;
+* :mod:`.fuzz` — a million hostile datagrams through a node's receive path;
 * :mod:`.table` — the columnar pair table's cycles against the scalar GossipState;
 * :mod:`.wire` — the mesh's bytes and codec CPU per changed row, the stream;
 * :mod:`.loopback` — real ``xpro-mesh agent`` processes (the bench and the tests).
@@ -27,6 +28,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "datapath": (
         "xpro_mesh.bench.datapath",
         "the XDP filter: ns per packet against a bare drop and a skeleton (root)",
+    ),
+    "fuzz": (
+        "xpro_mesh.bench.fuzz",
+        "the node's receive path: 1M hostile datagrams, 0 crashes, no state change",
     ),
     "table": (
         "xpro_mesh.bench.table",
