@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 
 from xpro_mesh.core.algorithm import Params
-from xpro_mesh.core.gossip_state import Digest, GossipState, LocalCount, MergeLimits
+from xpro_mesh.core.gossip_state import Digest, GossipState, LocalCount, MergeLimits, Rejection
 from xpro_mesh.core.rows import ADDRESS_DTYPE, ColumnarDelta, RowBatch
+from xpro_mesh.core.table import PairTable
 from xpro_mesh.mesh import auth, wire
 from xpro_mesh.mesh.columns import MAX_VERSION
 from xpro_mesh.mesh.membership import MAX_INCARNATION, Membership, MemberState, MemberUpdate
 from xpro_mesh.mesh.messages import Members, Ping, Sync
 from xpro_mesh.mesh.node import MeshNode, NodeTiming
-from xpro_mesh.mesh.state import GossipStateAdapter
+from xpro_mesh.mesh.state import GossipStateAdapter, TableAdapter
 
 U64_MAX = 2**64 - 1
 NOW = 1_800_000_000 * 10**9
@@ -228,3 +229,38 @@ def test_a_token_file_readable_by_others_is_refused_by_the_agent_command(tmp_pat
     assert run.returncode != 0
     assert "api_token_file" in run.stderr and "chmod 600" in run.stderr
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+# --- what a key holder can claim --------------------------------------------------------
+
+
+def forged_rows(ts1: int, ts2: int, c: int) -> ColumnarDelta:
+    a = np.array([b"\x00" * 10 + b"\xff\xff" + bytes([6, 6, 6, 6])], dtype=ADDRESS_DTYPE)
+    d = np.array([VICTIM], dtype=ADDRESS_DTYPE)
+    batch = RowBatch(
+        "p9",
+        a,
+        d,
+        np.array([ts1], np.int64),
+        np.array([ts2], np.int64),
+        np.array([c], np.int64),
+        np.array([1], np.int64),
+        np.array([1], np.int64),
+    )
+    return ColumnarDelta(batches=(batch,))
+
+
+@pytest.mark.parametrize("table", ["scalar", "columnar"])
+def test_a_row_whose_window_reaches_back_past_the_horizon_is_refused(table: str) -> None:
+    """One row with ts1 = 0 made its pair's rate vanish: the pair rule was off
+    for an attacker (300/300 passed against 300/300 dropped)."""
+    state = (
+        GossipStateAdapter(GossipState("b", incarnation=1, params=P))
+        if table == "scalar"
+        else TableAdapter(PairTable("b", 1, P))
+    )
+    report = state.merge(forged_rows(0, NOW, 300), NOW, MergeLimits())
+    assert report.rejected == {Rejection.LONG_WINDOW: 1} and report.accepted == 0
+    horizon = P.t_t1 + P.t_t4
+    ok = state.merge(forged_rows(NOW - horizon, NOW, 300), NOW, MergeLimits())
+    assert ok.accepted == 1

@@ -14,8 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.agent_support import eventually, gossip_addr, start_agent, stop_agent
-from xpro_mesh.agent.daemon import Agent
+from tests.agent_support import QUIET, eventually, gossip_addr, start_agent, stop_agent
+from xpro_mesh.agent.config import load_config
+from xpro_mesh.agent.daemon import Agent, xdp_config
+from xpro_mesh.datapath.memory import MemoryMaps
 from xpro_mesh.mesh.auth import generate_key_line
 
 TOKEN = "s3cret-token"
@@ -140,3 +142,21 @@ async def test_sighup_reloads_the_key_file_and_status_shows_which_key_each_peer_
     finally:
         await stop_agent(b)
         await stop_agent(a)
+
+
+async def test_the_agent_exits_non_zero_when_a_task_fails(key_file: Path) -> None:
+    """A crash exited 0, so systemd's Restart=on-failure never restarted it."""
+    config = load_config(
+        None,
+        {"backend": "memory", "profile": "local", "node_id": "x1", "bind": "127.0.0.1:0",
+         "api": "127.0.0.1:0", "key_file": str(key_file), **QUIET},
+    )  # fmt: skip
+    agent = Agent(config, backend=MemoryMaps(xdp_config(config.thresholds)))
+    run = asyncio.create_task(agent.run())
+    await eventually(lambda: agent.api is not None and agent.node is not None, 10, "the agent up")
+
+    async def overflow() -> None:
+        raise OverflowError("int too big to convert")
+
+    agent._spawn(overflow(), "boom")
+    assert await asyncio.wait_for(run, 20) == 1

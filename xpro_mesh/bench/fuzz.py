@@ -11,7 +11,8 @@ table holding rows of three origins, its membership three peers):
   merge see the garbage (this is what a compromised proxy can send).
 
 An input counts as a crash when ``receive`` raises. Rejected means the node
-counted a rejection (``counters.rejected``) and accepted no row; for those
+counted a rejection (``counters.rejected``, but not a withheld answer:
+:data:`NOT_REFUSALS`) and accepted no row; for those
 the table's digest (every origin's version: a merged row moves it) and the
 membership must be what they were before (checked for every rejected input).
 
@@ -50,6 +51,9 @@ RING = auth.Keyring([bytes(range(32))])
 ME = "fz"
 PEERS = ("p1", "p2", "p3")
 TARGET_INPUTS = 1_000_000
+NOT_REFUSALS = frozenset({"rate_limited", "reply_cut"})
+"""Counted in ``rejected`` but not a refusal of the input: a valid Sync whose
+answer was withheld or cut still had its member records taken."""
 
 
 def _addr(i: int) -> tuple[str, int]:
@@ -148,6 +152,10 @@ def _mutate(data: bytes, rng: random.Random, corpus: Sequence[bytes]) -> bytes:
     return bytes(b)
 
 
+def _refusals(node: MeshNode) -> int:
+    return sum(n for r, n in node.counters.rejected.items() if r not in NOT_REFUSALS)
+
+
 def _snapshot(node: MeshNode) -> tuple[Any, ...]:
     """What a rejected input must not change: every origin's version in the
     table's digest, and every member's (incarnation, state)."""
@@ -169,6 +177,7 @@ class FuzzResult:
     seconds: float = 0.0
     reasons: Counter[str] = field(default_factory=Counter)
     first_crash: str = ""
+    first_change: str = ""  # hex of the first rejected input that changed state
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -181,6 +190,7 @@ class FuzzResult:
             "inputs_per_s": round(self.inputs / self.seconds) if self.seconds else 0,
             "reasons": dict(self.reasons.most_common()),
             "first_crash": self.first_crash,
+            "first_change": self.first_change,
         }
 
 
@@ -207,7 +217,7 @@ def fuzz(inputs: int, seed: int = 1) -> FuzzResult:
                 datagram = sealer.seal(NOW, payload, ME)
             except ValueError:
                 datagram = payload  # over the size limit: send the raw bytes instead
-        rejected = sum(node.counters.rejected.values())
+        rejected = _refusals(node)
         rows = node.counters.rows_accepted
         try:
             node.receive(datagram, _addr(1))
@@ -218,11 +228,13 @@ def fuzz(inputs: int, seed: int = 1) -> FuzzResult:
             node, sealer.counter = _node(), 0
             before = _snapshot(node)
             continue
-        if sum(node.counters.rejected.values()) > rejected and node.counters.rows_accepted == rows:
+        if _refusals(node) > rejected and node.counters.rows_accepted == rows:
             result.rejected += 1
             after = _snapshot(node)
             if after != before:
                 result.state_changed_on_reject += 1
+                if not result.first_change:
+                    result.first_change = datagram.hex()[:600]
                 before = after
         else:
             result.accepted_rows += node.counters.rows_accepted - rows
