@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from agent_support import QUIET, eventually, gossip_addr, start_agent, stop_agent
 
-from tests.agent_support import QUIET, eventually, gossip_addr, start_agent, stop_agent
 from xpro_mesh.agent.config import load_config
 from xpro_mesh.agent.daemon import Agent, xdp_config
 from xpro_mesh.datapath.memory import MemoryMaps
