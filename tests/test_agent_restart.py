@@ -23,6 +23,7 @@ DST = "10.9.0.1"
 def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "cluster.key"
     path.write_text(auth.generate_key_line() + "\n")
+    path.chmod(0o600)
     return path
 
 

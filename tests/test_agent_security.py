@@ -37,6 +37,7 @@ S = 10**9
 def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "cluster.key"
     path.write_text(auth.generate_key_line() + "\n")
+    path.chmod(0o600)
     return path
 
 
@@ -96,7 +97,9 @@ async def test_forged_malformed_oversized_and_replayed_datagrams_are_counted_and
         def sealed(
             payload: bytes, *, ring: auth.Keyring = keyring, counter: int = 0, at: int = now
         ) -> bytes:
-            return auth.seal(ring, "replayer", 1, counter, at, payload, max_bytes=65_507)
+            return auth.seal(
+                ring, "replayer", 1, counter, at, payload, recipient_id="target", max_bytes=65_507
+            )
 
         genuine = sealed(ping)  # a real datagram, as captured on the wire
         tampered = bytearray(sealed(ping, counter=1))

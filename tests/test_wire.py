@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from xpro_mesh.core.gossip_state import Coverage, Delta, Digest, OriginEntry, PairEntry
 from xpro_mesh.core.rows import INT_MAX, ColumnarDelta, RowBatch, from_delta, to_delta
-from xpro_mesh.mesh.columns import decode_rows, encode_rows
+from xpro_mesh.mesh.columns import MAX_VERSION, decode_rows, encode_rows
 from xpro_mesh.mesh.membership import MemberState, MemberUpdate, Workload
 from xpro_mesh.mesh.messages import Ack, Members, Nack, Ping, PingReq, Sync
 from xpro_mesh.mesh.wire import (
@@ -31,6 +31,7 @@ from xpro_mesh.mesh.wire import (
 )
 
 i63 = st.integers(0, INT_MAX)
+v62 = st.integers(0, MAX_VERSION)  # versions are bounded at decode (issue 12)
 small = st.integers(0, 2**20)
 names = st.text(min_size=1, max_size=20)
 v4 = st.integers(0, 2**32 - 1).map(lambda x: b"\0" * 10 + b"\xff\xff" + x.to_bytes(4, "big"))
@@ -41,9 +42,9 @@ entries = st.builds(
     st.one_of(small, i63),
     st.one_of(small, i63),
     i63,
-    st.tuples(st.one_of(small, i63), st.one_of(small, i63)),
+    st.tuples(st.one_of(small, v62), st.one_of(small, v62)),
 )
-versions = st.tuples(i63, i63)
+versions = st.tuples(v62, v62)
 
 
 @st.composite

@@ -483,7 +483,10 @@ class Agent:
         return doc.as_json()
 
     def reload(self) -> None:
-        """SIGHUP: new thresholds from the config file, live in the filter."""
+        """SIGHUP: the key file again (a rotation step, no restart), and new
+        thresholds from the config file, live in the filter. A bad file is one
+        error line and changes nothing."""
+        self.reload_keys()
         if self.config_path is None:
             log.warning("SIGHUP ignored: the agent was started without --config")
             return
@@ -504,6 +507,19 @@ class Agent:
             keeper.publish(thresholds=result.as_json())
             return
         self.spawn_config_task(asyncio.get_running_loop().create_task(self.set_thresholds(result)))
+
+    def reload_keys(self) -> None:
+        key_file = self.config.key_file
+        if self.node is None or key_file is None:
+            return
+        try:
+            keyring = auth.load_keyring(key_file)
+        except auth.KeyFileError as exc:
+            self.counters.reload_errors += 1
+            log.error("key reload refused, keeping the running keys: %s", exc)
+            return
+        self.node.set_keyring(keyring)
+        log.info("keys reloaded: %r", keyring)
 
     async def set_thresholds(self, thresholds: Thresholds) -> None:
         """Make ``thresholds`` live: the kernel's config map and the rows' window rules."""

@@ -7,12 +7,28 @@ exists only with the memory backend: it pushes packets through the
 in-memory data path, which is how tests and demos drive agents without a
 kernel program. Its body is ``{"src", "dst", "count"}`` or a list of them
 (many pairs in one request, at most ``MAX_FEED`` packets in all).
+
+Hostile clients (issue 12: 1 000 slow connections held the API for 91 s and
+starved ``/healthz`` of descriptors; malformed requests logged tracebacks;
+bad PUTs returned 500) meet these bounds, all in :class:`_Guard` and
+:func:`_middleware`:
+
+* at most ``MAX_CONNECTIONS`` connections at once; one more is closed at once;
+* a connection must finish a request's headers within ``HEADER_TIMEOUT_S`` of
+  opening or of its previous answer (so neither a slow header nor an idle
+  keep-alive connection holds a descriptor longer), and a body must arrive
+  within ``BODY_TIMEOUT_S``;
+* a client error is a 4xx with a one-line JSON reason and one log line at
+  info, never a traceback; a handler's own bug is a 500 with one error line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
+import json
+import logging
 import time
 from dataclasses import replace
 from typing import Any
@@ -30,6 +46,156 @@ __all__ = ["ApiServer", "status_document"]
 
 MAX_RECORDS = 10_000
 MAX_FEED = 100_000
+MAX_CONNECTIONS = 256  # well under the unit's LimitNOFILE, so the agent keeps descriptors
+HEADER_TIMEOUT_S = 10.0  # to finish a request's headers, from connect or the last answer
+BODY_TIMEOUT_S = 10.0
+MAX_BODY_BYTES = 1 << 20
+MAX_JSON_DEPTH = 16
+
+log = logging.getLogger("xpro_mesh.api")
+_SERVER: web.AppKey[ApiServer] = web.AppKey("api_server")
+
+
+class _OneLine(logging.Filter):
+    """aiohttp logs a malformed request with its traceback; make it one info line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = "bad request: %s"
+            record.args = (" ".join(str(exc).split())[:200] or type(exc).__name__,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(_OneLine())
+
+
+class _Guard(asyncio.Protocol):
+    """Wraps aiohttp's per-connection protocol: counts connections against
+    the limit and closes one that has not finished a request in time."""
+
+    def __init__(self, inner: asyncio.Protocol, server: ApiServer) -> None:
+        self.inner = inner
+        self.server = server
+        self.transport: asyncio.BaseTransport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.counted = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # asyncio's or uvloop's: both have abort()
+        if len(self.server.connections) >= self.server.max_connections:
+            self.server.refused_connections += 1
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.counted = True
+        self.server.connections[id(transport)] = self
+        self.arm()
+        self.inner.connection_made(transport)
+
+    def arm(self) -> None:
+        self.disarm()
+        self.timer = asyncio.get_running_loop().call_later(
+            self.server.header_timeout_s, self.expire
+        )
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def expire(self) -> None:
+        self.server.timed_out_connections += 1
+        if self.transport is not None:
+            self.transport.abort()  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        if self.counted and self.transport is not None:
+            self.server.connections.pop(id(self.transport), None)
+        if self.counted:
+            self.inner.connection_lost(exc)
+
+
+def _depth(value: object, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` deep (iteratively: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, d = stack.pop()
+        if d > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, d + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, d + 1) for v in item)
+    return True
+
+
+async def _json_body(request: web.Request) -> object:
+    """The request's JSON body, bounded in size, time and depth; ValueError
+    with a one-line reason otherwise."""
+    try:
+        raw = await asyncio.wait_for(request.read(), BODY_TIMEOUT_S)
+    except TimeoutError:
+        raise ValueError(f"body not received within {BODY_TIMEOUT_S:g} s") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise ValueError(f"body over {MAX_BODY_BYTES} bytes") from None
+    if raw.count(b"[") + raw.count(b"{") > 4 * MAX_JSON_DEPTH and not _shallow_text(raw):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError("expected JSON") from None
+    if not _depth(body, MAX_JSON_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    return body
+
+
+def _shallow_text(raw: bytes) -> bool:
+    """Whether the brackets in ``raw`` never open more than MAX_JSON_DEPTH deep
+    (checked before parsing, so the parser's recursion is never reached)."""
+    depth = 0
+    for byte in raw:
+        if byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return False
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    server = request.app[_SERVER]
+    guard = server.connections.get(id(request.transport)) if request.transport else None
+    if guard is not None:
+        guard.disarm()  # the headers are in; the body has its own timeout
+    try:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                log.info("%s %s: %d %s", request.method, request.path, exc.status, exc.reason)
+            raise
+        except Exception as exc:  # a handler bug: one line, never a traceback
+            log.error("%s %s: %s: %s", request.method, request.path, type(exc).__name__, exc)
+            return _error(500, "internal error")
+    finally:
+        if guard is not None and guard.transport is not None and not guard.transport.is_closing():
+            guard.arm()  # the next request's headers, or idle: the same bound
 
 
 def _addr(raw: object) -> str:
@@ -96,6 +262,7 @@ def status_document(agent: AgentView) -> dict[str, Any]:
             "loop_lag_ms": round(load.loop_lag_ms, 1),
         },
         "rejected": dict(counters.rejected) if counters else {},
+        "peer_keys": dict(sorted(counters.peer_keys.items())) if counters else {},
         "rows_rejected": dict(counters.rows_rejected) if counters else {},
         "warnings": agent.warnings(),
         "policy": str(agent.thresholds.policy),
@@ -109,7 +276,14 @@ class ApiServer:
     def __init__(self, agent: AgentView, address: tuple[str, int]) -> None:
         self.agent = agent
         self.registry = metrics.registry_for(agent)
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[_middleware], client_max_size=MAX_BODY_BYTES)
+        self.app[_SERVER] = self
+        self.max_connections = MAX_CONNECTIONS
+        self.header_timeout_s = HEADER_TIMEOUT_S
+        self.connections: dict[int, _Guard] = {}
+        self.refused_connections = 0
+        self.timed_out_connections = 0
+        self._server: asyncio.AbstractServer | None = None
         self.app.add_routes(
             [
                 web.get("/healthz", self.healthz),
@@ -131,23 +305,29 @@ class ApiServer:
 
     async def start(self) -> None:
         """Listen on ``address``; raises OSError (the runner cleaned up) when it cannot."""
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, access_log=None, keepalive_timeout=HEADER_TIMEOUT_S)
         await self._runner.setup()
         host, port = self.address
-        site = web.TCPSite(self._runner, host, port)
+        factory = self._runner.server
+        assert factory is not None
         try:
-            await site.start()
+            server = await asyncio.get_running_loop().create_server(
+                lambda: _Guard(factory(), self), host, port, reuse_address=True, backlog=128
+            )
         except OSError:
             await self._runner.cleanup()
             self._runner = None
             raise
-        server = site._server
+        self._server = server
         sockets = getattr(server, "sockets", None) or []
         if sockets:
             name = sockets[0].getsockname()
             self.address = (str(name[0]), int(name[1]))
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -229,9 +409,9 @@ class ApiServer:
         if denied is not None:
             return denied
         try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "body: expected JSON")
+            body = await _json_body(request)
+        except ValueError as exc:
+            return _error(400, f"body: {exc}")
         if not isinstance(body, dict):
             return _error(400, 'body: expected {"thresholds": {...}, "action": ..., "allow": []}')
         mesh = {k: body.pop(k) for k in ("action", "allow") if k in body}
@@ -243,6 +423,8 @@ class ApiServer:
             action, allow = mesh_config_api.check(mesh)
         except (ConfigError, ValueError) as exc:
             return _error(400, str(exc))
+        except (TypeError, ArithmeticError) as exc:  # a value no check foresaw
+            return _error(400, f"thresholds: {type(exc).__name__}: {exc}")
         # The mesh's document: a new version on every node (agent/mesh_config.py).
         doc = await self.agent.publish_config(thresholds, action, allow)
         return web.json_response({"thresholds": self.agent.thresholds.as_json(), "mesh": doc})
@@ -255,7 +437,7 @@ class ApiServer:
         if backend is None:
             return _error(404, "feed exists only with backend = memory")
         try:
-            body = await request.json()
+            body = await _json_body(request)
             items = body if isinstance(body, list) else [body]
             packets = [_feed_item(item) for item in items]
             if sum(n for _, _, n in packets) > MAX_FEED:
@@ -314,4 +496,6 @@ def _feed_item(item: object) -> tuple[bytes, bytes, int]:
 
 
 def _error(status: int, message: str) -> web.Response:
+    if status >= 400:
+        log.info("API answered %d: %s", status, message)
     return web.json_response({"error": message}, status=status)

@@ -222,6 +222,14 @@ class AgentCollector:
         for reason, n in sorted(c.rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        peer_keys = GaugeMetricFamily(
+            "xpro_peer_key_index",
+            "Position on this node's keyring of the key each peer last sealed with (0: primary)",
+            labels=["peer"],
+        )
+        for peer, index in sorted(c.peer_keys.items()):
+            peer_keys.add_metric([peer], index)
+        yield peer_keys
         rows = CounterMetricFamily(
             "xpro_rows_rejected", "Rows from peers refused, by reason", labels=["reason"]
         )

@@ -202,6 +202,7 @@ class LoopbackMesh:
         self.token = os.urandom(16).hex()
         self.token_file = self.workdir / "api.token"
         self.token_file.write_text(self.token + "\n")
+        self.token_file.chmod(0o600)
         self.config_file = self.workdir / "agent.toml"
         self.write_config(self.thresholds)
 

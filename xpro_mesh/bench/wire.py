@@ -41,6 +41,7 @@ from xpro_mesh.mesh.stream import StreamLimits, TcpStreamTransport
 __all__ = ["botnet_rows", "main"]
 
 ORIGIN = "proxy-1"
+PEER = "proxy-2"  # the recipient: its id is in the envelope (issue 12)
 DATAGRAM = 1_400  # the lan profile's gossip.max_message_bytes
 STREAM_AFTER = 4  # the lan profile's gossip.stream_after
 FRAME = 4 * 1024 * 1024  # the lan profile's gossip.stream_frame_bytes
@@ -121,8 +122,8 @@ class Size:
 
 def wire_size(delta: ColumnarDelta, family: str, clock: str) -> Size:
     """What the node puts on the wire for ``delta`` (node.py's ``_answer``)."""
-    overhead = auth.envelope_overhead(ORIGIN)
-    budget = auth.payload_budget(DATAGRAM, ORIGIN)
+    overhead = auth.envelope_overhead(ORIGIN, PEER)
+    budget = auth.payload_budget(DATAGRAM, ORIGIN, PEER)
     size = wire.encoded_size(delta)
     if size <= STREAM_AFTER * budget:
         chunks = wire.chunk_rows(delta, budget, whole_bytes=size)
@@ -136,7 +137,7 @@ def wire_size(delta: ColumnarDelta, family: str, clock: str) -> Size:
             total,
             total / len(chunks) / DATAGRAM,
         )
-    frame_budget = auth.payload_budget(FRAME, ORIGIN)
+    frame_budget = auth.payload_budget(FRAME, ORIGIN, PEER)
     chunks = wire.chunk_rows(delta, frame_budget, whole_bytes=size)
     total = sum(len(wire.encode(c)) + overhead + 4 for c in chunks)
     full = chunks[:-1] or chunks
@@ -147,7 +148,7 @@ def wire_size(delta: ColumnarDelta, family: str, clock: str) -> Size:
 def format1_size(delta: ColumnarDelta) -> float:
     """Bytes per row of format 1: msgpack rows, three a 1 400-byte datagram."""
     entries = to_delta(delta).entries
-    overhead = auth.envelope_overhead(ORIGIN)
+    overhead = auth.envelope_overhead(ORIGIN, PEER)
     total = 0
     for i in range(0, len(entries), 3):
         part = entries[i : i + 3]
@@ -221,8 +222,8 @@ async def stream_transfer(delta: ColumnarDelta) -> Transfer:
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         sealer = auth.Sealer(KEYRING, ORIGIN, 1, max_bytes=FRAME, magic=auth.STREAM_MAGIC)
-        chunks = wire.chunk_rows(delta, auth.payload_budget(FRAME, ORIGIN))
-        frames = [sealer.seal(time.time_ns(), wire.encode(c)) for c in chunks]
+        chunks = wire.chunk_rows(delta, auth.payload_budget(FRAME, ORIGIN, PEER))
+        frames = [sealer.seal(time.time_ns(), wire.encode(c), PEER) for c in chunks]
         frames_expected = len(frames)
         t1, c1 = time.perf_counter(), time.process_time()
         if not tx.send(rx.local_addr, frames):
@@ -301,7 +302,7 @@ def run(sizes: Sequence[int], repeat: int, transfer_rows: int) -> dict[str, Any]
                     checks.append(
                         Check(f"{family} {clock} B/row at {n} rows", size.per_row, target, "B")
                     )
-    budget = auth.payload_budget(DATAGRAM, ORIGIN)
+    budget = auth.payload_budget(DATAGRAM, ORIGIN, PEER)
     chunks = wire.chunk_rows(botnet_rows(20_000, coarse=False), budget)
     full = [wire.encoded_size(c) for c in chunks[:-1]]
     fill = sum(full) / len(full) / budget

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from xpro_mesh.cli.errors import CliError
+from xpro_mesh.mesh import auth
 
 AGENT_HELP = """\
 Run one proxy's agent: it counts with the XDP filter on --iface, shares the
@@ -104,6 +105,9 @@ def run_agent(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     token = None
     if config.api_token_file is not None:
+        problem = auth.check_private(config.api_token_file)
+        if problem is not None:
+            raise CliError(f"api_token_file: {config.api_token_file}: {problem}")
         try:
             token = config.api_token_file.read_text().strip()
         except OSError as exc:

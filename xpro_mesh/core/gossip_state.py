@@ -196,6 +196,7 @@ class Rejection(enum.StrEnum):
     MALFORMED = "malformed"  # negative value, ts1 > ts2, empty origin, bad version
     FUTURE = "future"  # ts2 more than max_skew_ns ahead of our clock
     ABSURD_COUNT = "absurd_count"  # more packets than max_rate_pps allows
+    LONG_WINDOW = "long_window"  # ts2 - ts1 over the horizon (T_T1 + T_T4) + rate_slack_ns
     EXPIRED = "expired"  # older than the horizon: already aged out here
     TABLE_FULL = "table_full"  # would exceed max_pairs
     TOO_MANY_ORIGINS = "too_many_origins"  # would exceed max_origins
@@ -679,7 +680,7 @@ class GossipState:
                 if held is not None and held.entry.version >= e.version:
                     stale += 1
                     continue
-            reason = _check(e, origin, future, floor, rate_pps, slack)
+            reason = _check(e, origin, future, floor, rate_pps, slack, self._horizon + slack)
             if reason is None and origin == me:
                 outcome = self._merge_own(pe.pair, e)
                 if outcome is _Own.ADOPTED:
@@ -836,9 +837,14 @@ class GossipState:
 
 
 def _check(
-    e: OriginEntry, origin: str, future: int, floor: int, rate_pps: int, slack: int
+    e: OriginEntry, origin: str, future: int, floor: int, rate_pps: int, slack: int, window: int
 ) -> Rejection | None:
-    """The bounds every peer's row must meet before it is looked at further."""
+    """The bounds every peer's row must meet before it is looked at further.
+
+    ``window`` bounds ts2 - ts1: the rules shrink a window past T_T4 at its
+    next packet, so no row of a correct peer is much longer than the
+    horizon; a row with ts1 = 0 made its pair's rate vanish and turned the
+    pair rule off for an attacker (issue 12)."""
     version = e.version
     if (
         not origin
@@ -854,6 +860,8 @@ def _check(
         return Rejection.FUTURE
     if e.ts2 < floor:
         return Rejection.EXPIRED
+    if e.ts2 - e.ts1 > window:
+        return Rejection.LONG_WINDOW
     if e.c * NS_PER_S > rate_pps * (e.ts2 - e.ts1 + slack):
         return Rejection.ABSURD_COUNT
     return None

@@ -108,12 +108,13 @@ _LO = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 
 # Rejection codes in the order _check tests them; 0 = accepted.
-_OK, _MALFORMED, _FUTURE, _EXPIRED, _ABSURD = 0, 1, 2, 3, 4
+_OK, _MALFORMED, _FUTURE, _EXPIRED, _ABSURD, _LONG = 0, 1, 2, 3, 4, 5
 _REASON = {
     _MALFORMED: Rejection.MALFORMED,
     _FUTURE: Rejection.FUTURE,
     _EXPIRED: Rejection.EXPIRED,
     _ABSURD: Rejection.ABSURD_COUNT,
+    _LONG: Rejection.LONG_WINDOW,
 }
 _TRANSIENT = frozenset({Rejection.FUTURE, Rejection.TABLE_FULL, Rejection.TOO_MANY_ORIGINS})
 
@@ -1007,7 +1008,7 @@ class PairTable:
         ids, created = self._ids_for(b.src, b.dst)
         try:
             cols = (b.ts1, b.ts2, b.c, b.inc, b.seq)
-            reason = _check(b.origin, *cols, future, floor, lim)
+            reason = _check(b.origin, *cols, future, floor, lim, self._horizon)
             own = b.origin == self._node_id
             n = len(ids)
             if own and (reason == _OK).any():
@@ -1353,7 +1354,7 @@ def _check_params(p: Params) -> None:
 
 def _check(
     origin: str, ts1: Ints, ts2: Ints, c: Ints, inc: Ints, seq: Ints, future: int, floor: int,
-    lim: MergeLimits,
+    lim: MergeLimits, horizon: int,
 ) -> npt.NDArray[np.int8]:  # fmt: skip
     """Scalar ``_check`` row by row: the first bound each row breaks, or 0."""
     n = len(ts1)
@@ -1365,6 +1366,7 @@ def _check(
     code = np.zeros(n, dtype=np.int8)
     absurd = _absurd(c, ts1, ts2, lim.max_rate_pps, lim.rate_slack_ns)
     code[absurd] = _ABSURD
+    code[(ts2 - ts1) > horizon + lim.rate_slack_ns] = _LONG  # gossip_state._check says why
     code[_lt(ts2, floor)] = _EXPIRED
     code[_gt(ts2, future)] = _FUTURE
     code[malformed] = _MALFORMED

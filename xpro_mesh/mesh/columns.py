@@ -54,9 +54,23 @@ import numpy.typing as npt
 from xpro_mesh.core.gossip_state import Coverage
 from xpro_mesh.core.rows import ADDRESS_DTYPE, INT_MAX, ColumnarDelta, RowBatch
 
-__all__ = ["MAX_ORIGIN_BYTES", "ColumnsInvalid", "ColumnsLimits", "decode_rows", "encode_rows"]
+__all__ = [
+    "MAX_ORIGIN_BYTES",
+    "MAX_VERSION",
+    "ColumnsInvalid",
+    "ColumnsLimits",
+    "decode_rows",
+    "encode_rows",
+]
 
 MAX_ORIGIN_BYTES = 255
+MAX_VERSION = 2**62
+"""The largest incarnation or sequence number a peer may send (rows, claims,
+digests, member records). A receiver that takes a peer's version as its own
+clock (a refused copy of its own row, a refuted suspicion) then counts on from
+it; bounding what it can be told far below 2^63 keeps every later ``+ 1``
+inside int64 and u64 for 2^61 more steps, so no datagram can make the next
+version overflow (issue 12: a version of 2^64 - 1 crashed the encoder)."""
 _U64 = np.uint64
 U64s = npt.NDArray[np.uint64]
 _MODE_FIXED = 0
@@ -470,7 +484,7 @@ def _decode(data: bytes, limits: ColumnsLimits) -> ColumnarDelta:
     claims: list[Coverage] = []
     for _ in range(r.varint(limits.max_claims, "claims")):
         oi = r.varint(len(names) - 1, "origin index") if names else _no_origin()
-        a_inc, a_seq, u_inc, u_seq = (r.varint(INT_MAX) for _ in range(4))
+        a_inc, a_seq, u_inc, u_seq = (r.varint(MAX_VERSION) for _ in range(4))
         claims.append(Coverage(names[oi], after=(a_inc, a_seq), upto=(u_inc, u_seq)))
     batches: list[RowBatch] = []
     seen: set[int] = set()
@@ -522,8 +536,8 @@ def _decode_batch(r: _Reader, origin: str, n: int) -> RowBatch:
     if n and int(ts1.min()) < 0:  # an int64 wrap shows as negative too
         raise ColumnsInvalid("ts1 out of range")
     c = _read_column(r, n, INT_MAX).astype(np.int64)
-    inc = _read_column(r, n, INT_MAX).astype(np.int64)
-    seq = _read_column(r, n, INT_MAX).astype(np.int64)
+    inc = _read_column(r, n, MAX_VERSION).astype(np.int64)
+    seq = _read_column(r, n, MAX_VERSION).astype(np.int64)
     return RowBatch(
         origin=origin,
         src=_addresses(s_hi, s_lo),

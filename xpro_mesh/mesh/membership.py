@@ -307,6 +307,18 @@ class MembershipParams:
             raise ValueError("probe_timeout must be shorter than probe_interval")
 
 
+MAX_INCARNATION = 2**62
+"""What the wire accepts (:data:`xpro_mesh.mesh.columns.MAX_VERSION`); our own
+incarnation saturates here instead of overflowing the encoder."""
+
+
+def _bump(incarnation: int) -> int:
+    """The next incarnation, saturating at MAX_INCARNATION: a rumour at the
+    bound is then tied, not out-ranked, but the node keeps running and keeps
+    answering probes (a crash would serve the rumour better)."""
+    return min(incarnation + 1, MAX_INCARNATION)
+
+
 def incarnation_from_wall_clock(wall_ns: int) -> int:
     """The starting incarnation of a node: realtime milliseconds, so a restart
     (at least 1 ms later) outranks everything the previous life gossiped as
@@ -410,6 +422,7 @@ class Announce:
 
     update: MemberUpdate
     addrs: tuple[Address, ...]
+    ids: tuple[str, ...] = ()  # the members at ``addrs``, in order (the envelope's recipients)
 
 
 Action = Probe | IndirectProbe | ForwardAck | ForwardNack | SyncState | MemberChanged | Announce
@@ -754,7 +767,7 @@ class Membership:
         bumps the incarnation, since only a higher incarnation makes peers
         take a new *alive*; call it every few gossip intervals, not per packet."""
         me = self._members[self.node_id]
-        self._set_self(replace(me, incarnation=me.incarnation + 1, load=load))
+        self._set_self(replace(me, incarnation=_bump(me.incarnation), load=load))
 
     def leave(self, now_ns: int) -> list[Action]:
         """Announce a graceful exit (SIGTERM): gossip *dead* about this node at
@@ -827,13 +840,15 @@ class Membership:
             changed = self._apply(dead, now_ns)
             actions += changed
             if changed:
-                others = tuple(
-                    m.addr
+                live = [
+                    m
                     for m in self._members.values()
                     if m.state is not MemberState.DEAD and m.node_id != self.node_id
-                )
-                if others:
-                    actions.append(Announce(dead, others))
+                ]
+                if live:
+                    actions.append(
+                        Announce(dead, tuple(m.addr for m in live), tuple(m.node_id for m in live))
+                    )
         return actions
 
     def _forget_dead(self, now_ns: int) -> list[Action]:
@@ -873,7 +888,7 @@ class Membership:
         self._set_self(
             replace(
                 me,
-                incarnation=max(me.incarnation, heard_incarnation) + 1,
+                incarnation=_bump(max(me.incarnation, heard_incarnation)),
                 state=MemberState.ALIVE,
             )
         )

@@ -85,6 +85,9 @@ class NodeTiming:
     replay_window_ns: int = 30_000_000_000
     stream_after_datagrams: int = 4  # a delta needing more datagrams goes on the stream
     eager_gap_ns: int = 100_000_000  # round_soon starts a round no sooner after the last
+    max_reply_datagrams: int = 64  # datagrams answering one Sync at most (the rest next round)
+    sync_answers_burst: int = 4  # Syncs of one peer answered back to back at most ...
+    sync_answers_per_interval: float = 2.0  # ... and on average per interval
 
 
 @dataclass(slots=True)
@@ -105,6 +108,16 @@ class MeshCounters:
     transitions: Counter[str] = field(default_factory=Counter)  # "alive->suspect", ...
     streams_sent: int = 0  # deltas handed to the stream
     stream_deferred: int = 0  # answers skipped while a stream to that peer was under way
+    # The position on our keyring of the key each peer last sealed with (0:
+    # our primary). An operator removes an old key once no peer shows > 0.
+    peer_keys: dict[str, int] = field(default_factory=dict)
+
+
+def message_sender_addr(message: wire.Message) -> Address:
+    """Where replies to ``message`` go: its sender's advertised address (a
+    delta carries none and draws no reply)."""
+    sender = getattr(message, "sender", None)
+    return sender.addr if isinstance(sender, MemberUpdate) else ("", 0)
 
 
 class ConfigHook(Protocol):
@@ -148,7 +161,6 @@ class MeshNode:
         )
         self._replay = auth.ReplayGuard(window_ns=timing.replay_window_ns)
         self._stream_replay = auth.ReplayGuard(window_ns=timing.replay_window_ns)
-        self._budget = auth.payload_budget(timing.max_message_bytes, self.node_id)
         # Larger datagrams are refused (and counted) here, not by the transport,
         # so that every refusal shows in one place by reason.
         self._receive_limit = max(timing.max_message_bytes, MIN_RECEIVE_BYTES)
@@ -156,6 +168,7 @@ class MeshNode:
         self._stream: StreamTransport | None = None
         self._stream_sealer: auth.Sealer | None = None
         self._hold_until: dict[Address, int] = {}  # no new stream answer to a peer before
+        self._answer_tokens: dict[str, tuple[float, int]] = {}  # peer -> (tokens, at mono ns)
         self._tasks: set[asyncio.Task[None]] = set()  # stream preparations under way
         self.pulled = asyncio.Event()  # a peer answered one of our digests
         # Called after a merge that accepted rows (the map sync writes them
@@ -178,6 +191,15 @@ class MeshNode:
                 max_bytes=stream.limits.max_frame_bytes,
                 magic=auth.STREAM_MAGIC,
             )
+
+    def set_keyring(self, keyring: auth.Keyring) -> None:
+        """A reloaded key file (SIGHUP): seal with its first key from now on,
+        open with any of its keys. Replay windows are kept."""
+        self.keyring = keyring
+        self._sealer.keyring = keyring
+        if self._stream_sealer is not None:
+            self._stream_sealer.keyring = keyring
+        self.counters.peer_keys.clear()  # positions refer to the old ring
 
     def join(self, seeds: Iterable[Address]) -> None:
         self._perform(self.membership.join(list(seeds), self.mono_ns()))
@@ -221,7 +243,8 @@ class MeshNode:
         """Gossip our departure to a few peers before the process exits."""
         self._perform(self.membership.leave(self.mono_ns()))
         for member in self.membership.random_peers(self.timing.fanout, self.rng):
-            self._send(Ping(0, member.node_id, self._self_update(), self._piggyback()), member.addr)
+            ping = Ping(0, member.node_id, self._self_update(), self._piggyback())
+            self._send(ping, member.addr, member.node_id)
         await asyncio.sleep(linger_s)
 
     # --- sending -----------------------------------------------------------------
@@ -235,12 +258,14 @@ class MeshNode:
         self.counters.rounds += 1
         digest = self.state.digest()
         for member in targets:
-            self._send(Sync(digest, True, self._self_update(), self._piggyback()), member.addr)
+            sync = Sync(digest, True, self._self_update(), self._piggyback())
+            self._send(sync, member.addr, member.node_id)
         # The mesh configuration document: ours to one target a round (push);
         # an older one is answered with ours (pull), see agent/mesh_config.py.
         offer = self.config_hook.offer() if self.config_hook is not None else None
         if offer is not None:
-            self._send(wire.ConfigOffer(self.node_id, offer), targets[0].addr)
+            first = targets[0]
+            self._send(wire.ConfigOffer(self.node_id, offer), first.addr, first.node_id)
 
     def _self_update(self) -> MemberUpdate:
         return self.membership.self_update()
@@ -248,13 +273,15 @@ class MeshNode:
     def _piggyback(self) -> tuple[MemberUpdate, ...]:
         return tuple(self.membership.updates_to_piggyback(PIGGYBACK))
 
-    def _send(self, message: wire.Message, addr: Address) -> None:
+    def _send(self, message: wire.Message, addr: Address, to: str) -> None:
+        """Seal ``message`` for node ``to`` ("" only for a seed whose id we do
+        not know yet) and send it to ``addr``."""
         if self._transport is None:
             return
         payload = wire.encode(message)
         kind = wire.kind_of(message)
         try:
-            datagram = self._sealer.seal(self.wall_ns(), payload)
+            datagram = self._sealer.seal(self.wall_ns(), payload, to)
         except ValueError:
             self.counters.rejected["oversized_out"] += 1
             log.warning("dropping an oversized %s message (%d bytes)", kind, len(payload))
@@ -263,9 +290,40 @@ class MeshNode:
             self.counters.sent[kind] += 1
             self.counters.sent_bytes[kind] += len(datagram)
 
+    def _may_answer(self, peer: str) -> bool:
+        """A token bucket per peer for Sync answers: the costly reply (a delta)
+        is what a flood of valid Syncs would buy, so a peer gets at most
+        ``sync_answers_burst`` back to back and ``sync_answers_per_interval``
+        on average; a correct peer sends one per round."""
+        now = self.mono_ns()
+        burst = self.timing.sync_answers_burst
+        tokens, at = self._answer_tokens.get(peer, (float(burst), now))
+        tokens = min(
+            float(burst),
+            tokens + (now - at) * self.timing.sync_answers_per_interval / self.timing.interval_ns,
+        )
+        if tokens < 1.0:
+            self._answer_tokens[peer] = (tokens, now)
+            return False
+        self._answer_tokens[peer] = (tokens - 1.0, now)
+        if len(self._answer_tokens) > 4 * max(1, len(self.membership.local_state())) + 64:
+            self._answer_tokens.pop(next(iter(self._answer_tokens)))  # bounded: oldest peer out
+        return True
+
     def _answer(self, sync: Sync, addr: Address) -> None:
         """Answer a peer's digest: the rows it lacks, then (if it asked) ours.
-        By datagrams when they are few, else both on one stream, in order."""
+        By datagrams when they are few, else both on one stream, in order.
+
+        ``addr`` is the address the peer advertises under the MAC, never the
+        datagram's source: an answer cannot be reflected to a third party.
+        At most ``max_reply_datagrams`` datagrams answer one Sync (each chunk's
+        claims cover only its own rows, so a cut prefix is a valid answer and
+        the next round sends the rest): a 165-byte Sync with an empty digest
+        drew 521 KB (issue 12)."""
+        to = sync.sender.node_id
+        if not self._may_answer(to):
+            self.counters.rejected["rate_limited"] += 1
+            return
         stream = self._stream
         if stream is not None and (
             stream.sending_to(addr) or self.mono_ns() < self._hold_until.get(addr, 0)
@@ -280,32 +338,41 @@ class MeshNode:
             if sync.reply
             else None
         )
+        budget = auth.payload_budget(self.timing.max_message_bytes, self.node_id, to)
         if delta.batches or delta.coverage:
-            room = self.timing.stream_after_datagrams * self._budget
+            room = self.timing.stream_after_datagrams * budget
             if stream is not None and delta.rows * MIN_ROW_BYTES > room:
-                self._start_stream(delta, reply, addr)  # sure not to fit: size it off the loop
+                self._start_stream(delta, reply, addr, to)  # sure not to fit: size it off the loop
                 return
             size = wire.encoded_size(delta)
             if stream is not None and size > room:
-                self._start_stream(delta, reply, addr)
+                self._start_stream(delta, reply, addr, to)
                 return
-            for chunk in wire.chunk_rows(delta, self._budget, whole_bytes=size):
-                self._send(chunk, addr)
+            chunks = wire.chunk_rows(delta, budget, whole_bytes=size)
+            if len(chunks) > self.timing.max_reply_datagrams:
+                self.counters.rejected["reply_cut"] += 1
+                chunks = chunks[: self.timing.max_reply_datagrams]
+            for chunk in chunks:
+                self._send(chunk, addr, to)
         if reply is not None:
-            self._send(reply, addr)
+            self._send(reply, addr, to)
 
-    def _start_stream(self, delta: ColumnarDelta, reply: Sync | None, addr: Address) -> None:
+    def _start_stream(
+        self, delta: ColumnarDelta, reply: Sync | None, addr: Address, to: str
+    ) -> None:
         """Encode and cut a large delta in a worker thread (numpy leaves the
         GIL for most of it, so probes keep being answered), then send."""
         self._hold_until[addr] = _FAR  # under way until sent
-        task = asyncio.get_running_loop().create_task(self._stream_delta(delta, reply, addr))
+        task = asyncio.get_running_loop().create_task(self._stream_delta(delta, reply, addr, to))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _stream_delta(self, delta: ColumnarDelta, reply: Sync | None, addr: Address) -> None:
+    async def _stream_delta(
+        self, delta: ColumnarDelta, reply: Sync | None, addr: Address, to: str
+    ) -> None:
         stream, sealer = self._stream, self._stream_sealer
         assert stream is not None and sealer is not None
-        budget = auth.payload_budget(stream.limits.max_frame_bytes, self.node_id)
+        budget = auth.payload_budget(stream.limits.max_frame_bytes, self.node_id, to)
         try:
             payloads = await asyncio.to_thread(_encode_chunks, delta, budget)
         except ValueError:
@@ -314,7 +381,7 @@ class MeshNode:
             return
         if reply is not None:
             payloads.append((wire.Kind.SYNC, wire.encode(reply)))
-        frames = [sealer.seal(self.wall_ns(), payload) for _, payload in payloads]
+        frames = [sealer.seal(self.wall_ns(), payload, to) for _, payload in payloads]
         # A stream of several frames takes the peer a while to merge; its
         # digests meanwhile are stale, so give it one round. One frame: none,
         # the next round's rows must not wait (mitigation time).
@@ -334,45 +401,57 @@ class MeshNode:
                 if buddy is not None:
                     updates = (buddy, *updates[: PIGGYBACK - 1])
                 msg = Ping(action.seq, action.node_id, self._self_update(), updates)
-                self._send(msg, action.addr)
+                self._send(msg, action.addr, action.node_id)
             elif isinstance(action, IndirectProbe):
                 req = PingReq(
                     action.seq, action.node_id, action.addr, self._self_update(), self._piggyback()
                 )
-                self._send(req, action.via_addr)
+                self._send(req, action.via_addr, action.via_id)
             elif isinstance(action, ForwardAck):
-                self._send(Ack(action.seq, self._self_update(), self._piggyback()), action.addr)
+                ack = Ack(action.seq, self._self_update(), self._piggyback())
+                self._send(ack, action.addr, action.node_id)
             elif isinstance(action, ForwardNack):
-                self._send(Nack(action.seq, self._self_update(), self._piggyback()), action.addr)
+                nack = Nack(action.seq, self._self_update(), self._piggyback())
+                self._send(nack, action.addr, action.node_id)
             elif isinstance(action, SyncState):
-                self._send_members(action.addr, reply=True)
+                self._send_members(action.addr, action.node_id or "", reply=True)
             elif isinstance(action, Announce):
                 me = self._self_update()
-                for addr in action.addrs:
-                    self._send(Members(me, (action.update,), False), addr)
+                for addr, to in zip(action.addrs, action.ids, strict=True):
+                    self._send(Members(me, (action.update,), False), addr, to)
             elif isinstance(action, MemberChanged):
                 before = action.previous or "unknown"
                 after = action.current or "forgotten"
                 self.counters.transitions[f"{before}->{after}"] += 1
                 log.info("member %s: %s -> %s", action.node_id, before, after)
 
-    def _send_members(self, addr: Address, reply: bool) -> None:
+    def _send_members(self, addr: Address, to: str, reply: bool) -> None:
         members = self.membership.local_state()
         me = self._self_update()
         for i in range(0, max(1, len(members)), MEMBERS_PER_MESSAGE):
             part = tuple(members[i : i + MEMBERS_PER_MESSAGE])
-            self._send(Members(me, part, reply and i == 0), addr)
+            self._send(Members(me, part, reply and i == 0), addr, to)
 
     # --- receiving ---------------------------------------------------------------
 
     def receive(self, datagram: bytes, addr: Address) -> None:
-        """The datagram transport's handler: open, decode, dispatch; count failures."""
+        """The datagram transport's handler: open, decode, dispatch; count failures.
+
+        ``addr`` (the UDP source) is not used for replies: whoever forged it
+        would choose where the answer goes. Replies go to the address the
+        sender advertises in its member record, under the MAC."""
+        del addr
         opened = auth.open_(
-            self.keyring, datagram, self.wall_ns(), self._replay, max_bytes=self._receive_limit
+            self.keyring,
+            datagram,
+            self.wall_ns(),
+            self._replay,
+            max_bytes=self._receive_limit,
+            recipient_id=self.node_id,
         )
         message = self._decode(opened, wire.DEFAULT_LIMITS, len(datagram))
         if message is not None:
-            self._dispatch(message, addr)
+            self._dispatch(message, message_sender_addr(message))
 
     def receive_frame(self, frame: bytes, peer: Address) -> None:
         """The stream's handler. Replies go to the sender's advertised
@@ -385,6 +464,7 @@ class MeshNode:
             self._stream_replay,
             max_bytes=limit,
             magic=auth.STREAM_MAGIC,
+            recipient_id=self.node_id,
         )
         limits = wire.WireLimits(max_message_bytes=limit, max_entries=STREAM_ROWS_PER_FRAME)
         message = self._decode(opened, limits, len(frame))
@@ -407,12 +487,22 @@ class MeshNode:
         if isinstance(message, wire.WireError):
             self.counters.rejected["malformed"] += 1
             return None
+        keys = self.counters.peer_keys
+        keys.pop(opened.sender_id, None)
+        keys[opened.sender_id] = opened.key_index
+        if len(keys) > auth.DEFAULT_MAX_SENDERS:
+            keys.pop(next(iter(keys)))  # bounded: the longest unheard first out
         kind = wire.kind_of(message)
         self.counters.received[kind] += 1
         self.counters.received_bytes[kind] += size
         sender = getattr(message, "sender", None)
-        if isinstance(sender, MemberUpdate) and sender.node_id != opened.sender_id:
+        sender_id = sender.node_id if isinstance(sender, MemberUpdate) else sender
+        if isinstance(sender_id, str) and sender_id != opened.sender_id:
             self.counters.rejected["sender_mismatch"] += 1
+            return None
+        if opened.recipient_id == "" and not isinstance(message, Members):
+            # Only a join (push-pull to a seed's address) goes out unaddressed.
+            self.counters.rejected["no_recipient"] += 1
             return None
         return message
 
@@ -422,7 +512,8 @@ class MeshNode:
         if isinstance(message, Ping):
             self._perform(m.on_update((message.sender, *message.updates), now))
             if message.target_id == self.node_id:
-                self._send(Ack(message.seq, self._self_update(), self._piggyback()), addr)
+                ack = Ack(message.seq, self._self_update(), self._piggyback())
+                self._send(ack, addr, message.sender.node_id)
         elif isinstance(message, Ack):
             self._perform(m.on_update((message.sender, *message.updates), now))
             self._perform(m.on_ack(message.seq, now))
@@ -444,7 +535,7 @@ class MeshNode:
         elif isinstance(message, Members):
             self._perform(m.merge_state((message.sender, *message.members), now))
             if message.reply:
-                self._send_members(addr, reply=False)
+                self._send_members(addr, message.sender.node_id, reply=False)
         elif isinstance(message, Sync):
             self._perform(m.on_update((message.sender, *message.updates), now))
             self._answer(message, addr)
@@ -456,8 +547,9 @@ class MeshNode:
             self._merge(message)
         elif isinstance(message, wire.ConfigOffer) and self.config_hook is not None:
             answer = self.config_hook.receive(message.sender, message.document)
-            if answer is not None:
-                self._send(wire.ConfigOffer(self.node_id, answer), addr)
+            member = self.membership.member(message.sender)
+            if answer is not None and member is not None:  # to its known address only
+                self._send(wire.ConfigOffer(self.node_id, answer), member.addr, member.node_id)
 
     def _merge(self, delta: ColumnarDelta) -> None:
         report = self.state.merge(delta, self.wall_ns(), self.limits)

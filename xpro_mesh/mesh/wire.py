@@ -61,6 +61,7 @@ from xpro_mesh.core.gossip_state import Coverage, Digest, Version
 from xpro_mesh.core.rows import ColumnarDelta, RowBatch
 from xpro_mesh.mesh.columns import (
     MAX_ORIGIN_BYTES,
+    MAX_VERSION,
     ColumnsInvalid,
     ColumnsLimits,
     decode_rows,
@@ -85,7 +86,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
-_U64 = 2**64
 _FRAME_BYTES = 32  # msgpack's frame around a delta's bytes: {"v", "kind", "body": {"rows"}}
 _ESTIMATE_ABOVE_ROWS = 100_000
 _TYPICAL_ROW_BYTES = 10  # a changed IPv4 row is 7-14 bytes (docs/mesh.md)
@@ -424,7 +424,7 @@ def _decode_digest(body: dict[str, Any], limits: WireLimits) -> Digest:
     versions: dict[str, Version] = {}
     for row in rows:
         origin, inc, seq = _fields(row, 3, "version")
-        versions[_name(origin)] = (_u64(inc), _u64(seq))
+        versions[_name(origin)] = (_version(inc), _version(seq))
     return Digest(sender=sender, versions=versions)
 
 
@@ -510,7 +510,7 @@ def _decode_member(row: object) -> MemberUpdate:
     suspector = None if source is None else _name(source)
     try:
         return MemberUpdate(
-            _name(node_id), (host, port), _u64(inc), MemberState(state), workload, suspector
+            _name(node_id), (host, port), _version(inc), MemberState(state), workload, suspector
         )
     except ValueError as exc:
         raise _Invalid(f"member: {exc}") from None
@@ -647,9 +647,10 @@ def _fields(row: object, n: int, what: str) -> list[Any]:
     return row
 
 
-def _u64(value: object) -> int:
-    if type(value) is not int or not 0 <= value < _U64:
-        raise _Invalid(f"expected an unsigned 64-bit integer, got {value!r}")
+def _version(value: object) -> int:
+    """An incarnation or sequence number: at most MAX_VERSION (see there)."""
+    if type(value) is not int or not 0 <= value <= MAX_VERSION:
+        raise _Invalid(f"version {value!r} outside 0..{MAX_VERSION}")
     return value
 
 
