@@ -126,6 +126,7 @@ def test_the_alert_rules_pass_promtool_check_rules() -> None:
 async def _scrape(tmp_path: Path) -> str:
     key = tmp_path / "cluster.key"
     key.write_text("ab" * 32 + "\n")
+    key.chmod(0o600)  # the agent refuses a key others can read
     agent = await start_agent("metrics-1", key)
     peer = await start_agent("metrics-2", key, peers=[gossip_addr(agent)])
     try:

@@ -56,6 +56,7 @@ async def _agent(name: str, key: Path, peers: str) -> tuple[Agent, MemoryMaps]:
 async def mesh(tmp_path: Path) -> AsyncIterator[tuple[Agent, Agent]]:
     key = tmp_path / "cluster.key"
     key.write_text("cd" * 32 + "\n")
+    key.chmod(0o600)  # the agent refuses a key others can read
     a, maps_a = await _agent("proxy-a", key, "")
     host, port = gossip_addr(a)
     b, maps_b = await _agent("proxy-b", key, f"{host}:{port}")

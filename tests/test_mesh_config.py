@@ -84,6 +84,7 @@ def _url(agent: Agent) -> str:
 async def test_put_on_one_node_changes_the_mesh_and_survives_a_restart(tmp_path: Path) -> None:
     key = tmp_path / "cluster.key"
     key.write_text("ef" * 32 + "\n")
+    key.chmod(0o600)  # the agent refuses a key others can read
     a = await _agent("cfg-a", key, tmp_path, [])
     b = await _agent("cfg-b", key, tmp_path, [a])
     agents = [a, b]

@@ -107,9 +107,19 @@ class AgentCollector:
             "Packets passed without a judgement, by reason",
             labels=["reason"],
         )
-        for reason in ("not_ip", "malformed", "unconfigured", "pair_full", "dest_full"):
+        for reason in ("not_ip", "malformed", "unconfigured", "pair_full", "dest_full", "unparsed"):
             skipped.add_metric([reason], getattr(stats, reason))
         yield skipped
+        admission = CounterMetricFamily(
+            "xpro_admission",
+            "Young pairs' packets at a destination over T_F2: through its admission budget "
+            "(admitted) or not (dropped; probation: new pairs dropped before taking a slot)",
+            labels=["outcome"],
+        )
+        admission.add_metric(["admitted"], stats.admitted)
+        admission.add_metric(["dropped"], stats.drop_admit)
+        admission.add_metric(["probation"], stats.probation_drops)
+        yield admission
         load = a.load()
         yield GaugeMetricFamily(
             "xpro_packets_in_rate",
