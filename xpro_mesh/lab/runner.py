@@ -31,6 +31,7 @@ from xpro_mesh.lab.plans import (
     Fault,
     ScenarioError,
     ScenarioPlan,
+    gossip_interval,
 )
 from xpro_mesh.lab.progress import Reporter, RichReporter
 from xpro_mesh.lab.results import ModeResult, ScenarioResult
@@ -294,6 +295,50 @@ def _agent_figures(run: ModeRun, proxy_stats: dict[str, dict[str, int]]) -> None
             proxy_stats.setdefault(p.ns, {})["overload_warnings"] = overloads
 
 
+MENDING = ("restart", "up", "heal", "clear")  # faults after which the mesh must converge again
+
+
+def round_s(profile: str) -> float:
+    """The agents' gossip round in seconds under ``profile``."""
+    from xpro_mesh.units import parse_duration_ns
+
+    return parse_duration_ns(gossip_interval(profile)) / 1e9
+
+
+def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
+    """Per phase that starts with a mend (a restart, a proxy back, a heal,
+    netem off): the membership's convergence among the live agents, from
+    their logs (:func:`agents.convergence`), in the agents' gossip rounds."""
+    if run.mode not in AGENT_SYNC:
+        return {}
+    logs = {f"p{p.index}": run.moddir / f"agent-{p.ns}.log" for p in run.lab.proxies}
+    out: dict[str, dict[str, object]] = {}
+    for ph in run.plan.phases:
+        mends = [f for f in run.plan.faults if f.at == ph.start and f.action in MENDING]
+        if not mends:
+            continue
+        live = {f"p{p.index}" for p in run.lab.proxies}
+        for f in run.plan.faults:
+            if f.at > ph.start:
+                break
+            node = "p" + f.target.partition(":")[2]
+            if f.action in ("kill", "down") and f.target != "redis":
+                live.discard(node)
+            elif f.action in ("restart", "up"):
+                live.add(node)
+        out[ph.label] = {
+            "after": [f.action + " " + f.target for f in mends],
+            **agents.convergence(
+                logs,
+                live,
+                run.wall_epoch + ph.start,
+                run.wall_epoch + ph.stop,
+                round_s(run.plan.agent_profile),
+            ),
+        }
+    return out
+
+
 def botnet_figures(run: ModeRun, bots: Sequence[metrics.BotStream]) -> dict[str, object]:
     """The botnet scenario's own figures: the sender's offered and achieved
     rate per block, the agents' member-state transitions (from their logs)
@@ -390,6 +435,7 @@ def run_mode(
         wall_s=round(time.monotonic() - started, 1),
         notes=tuple(run.notes),
         extra=botnet_figures(run, bots) if plan.spoofed else None,
+        phase_mesh=phase_mesh(run),
     )
 
 
@@ -414,7 +460,8 @@ def prepare(
     unknown = sorted(set(given) - set(spec.options))
     if unknown:
         flag = "--" + unknown[0].replace("_", "-").replace("rate", "rate-per-bot")
-        raise ScenarioError(f"{flag} is an option of scenario botnet only")
+        owners = [n for n, sp in SCENARIOS.items() if unknown[0] in sp.options]
+        raise ScenarioError(f"{flag} is an option of scenario {' and '.join(owners)} only")
     plan = spec.build(lab, d, **given)
     _check_tools(plan)
     if any(m in AGENT_SYNC for m in modes) and not agents.agent_available():
