@@ -287,6 +287,75 @@ static __always_inline __u32 xpro_take_dest_slot(void)
 	return XPRO_NO_SLOT;
 }
 
+/* ---- flags words and the admission budget (issue 11) ----------------- */
+
+/* Set and clear bits of a slot's flags, which shares an aligned 64-bit word
+ * with the next __u32 (pair: reserved, dest: admit): a compare-and-swap of
+ * the word. 1 when this CPU changed the flags. A plain |= on flags by the
+ * list code can still overwrite a concurrent change (multi-CPU only: an
+ * established pair then counted twice in n, which the agent re-bases). */
+static __always_inline int xpro_flags_cas(__u32 *flags, __u32 set, __u32 clear)
+{
+	__u64 *w = (__u64 *)flags;
+
+	for (int i = 0; i < 4; i++) {
+		__u64 old = XPRO_READ(*w);
+		__u32 f = (__u32)old, nf = (f | set) & ~clear;
+
+		if (nf == f)
+			return 0;
+		if (__sync_val_compare_and_swap(w, old, (old & 0xffffffff00000000ULL) | nf) == old)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline __u64 xpro_admit_cap(const struct xpro_config *cfg)
+{
+	__u64 b = cfg->admit_burst;
+
+	return (b > 4000 ? 4000 : b) * XPRO_ADMIT_UNIT;
+}
+
+/* Refill d's bucket for `elapsed` ns (the CPU that moved d->ts2 forward). */
+static __always_inline void xpro_admit_refill(const struct xpro_config *cfg, struct xpro_dslot *d,
+					      __u64 elapsed)
+{
+	__u64 *w = (__u64 *)&d->flags;
+	__u64 cap = xpro_admit_cap(cfg), rate = cfg->admit_rate;
+
+	if (rate > (1ULL << 23))
+		rate = 1ULL << 23;
+	for (int i = 0; i < 4; i++) {
+		__u64 old = XPRO_READ(*w);
+		__u64 tok = old >> 32, nt;
+
+		nt = elapsed >= (1ULL << 40) ? cap : tok + elapsed * rate / 1000;
+		if (nt > cap)
+			nt = cap;
+		if (nt == tok)
+			return;
+		if (__sync_val_compare_and_swap(w, old, (old & 0xffffffffULL) | (nt << 32)) == old)
+			return;
+	}
+}
+
+/* Take one young packet's token from d's bucket: 1 when there was one. */
+static __always_inline int xpro_admit_take(struct xpro_dslot *d)
+{
+	__u64 *w = (__u64 *)&d->flags;
+
+	for (int i = 0; i < 4; i++) {
+		__u64 old = XPRO_READ(*w);
+
+		if ((old >> 32) < XPRO_ADMIT_UNIT)
+			return 0;
+		if (__sync_val_compare_and_swap(w, old, old - (XPRO_ADMIT_UNIT << 32)) == old)
+			return 1;
+	}
+	return 0;
+}
+
 /* ---- the destination's ts1 order --------------------------------------- */
 
 static __always_inline int xpro_lock(struct xpro_dslot *d)
@@ -403,8 +472,8 @@ static __always_inline void xpro_unlink_old(struct xpro_stats *st, struct xpro_s
 
 /* The destination slot of dst, allocated (gen odd, initialised, indexed,
  * gen even) when dst is new. XPRO_NO_SLOT when none is free. */
-static __always_inline __u32 xpro_resolve_dest(struct xpro_stats *st, const struct xpro_addr *dst,
-					       __u64 now)
+static __always_inline __u32 xpro_resolve_dest(const struct xpro_config *cfg, struct xpro_stats *st,
+					       const struct xpro_addr *dst, __u64 now)
 {
 	__u32 *found = dest_index.lookup((struct xpro_addr *)dst);
 
@@ -442,6 +511,7 @@ static __always_inline __u32 xpro_resolve_dest(struct xpro_stats *st, const stru
 	d->head = XPRO_NO_SLOT;
 	d->tail = XPRO_NO_SLOT;
 	d->flags = 0;
+	d->admit = (__u32)xpro_admit_cap(cfg); /* a new destination's bucket is full */
 	xpro_barrier();
 	if (dest_index.insert((struct xpro_addr *)dst, &ds) != 0) {
 		sp->dest = ds + 1; /* keep it (gen odd) for this CPU's next new destination */
@@ -577,6 +647,124 @@ static __always_inline void xpro_warn(const struct xpro_config *cfg, struct xpro
 		st->events_lost++;
 }
 
+/* A new pair that gets no slot (the free ring is empty: a flood of fresh
+ * sources took every slot the agent has not yet retired) is counted
+ * (stats.pair_full) but not recorded. It is young by definition, so under
+ * fair-share, while D is over T_F2 (its aggregate judged as in xpro_judge,
+ * the window ending now), it needs a token of D's admission budget like any
+ * young pair (issue 11): a flood cannot get past the filter by exhausting
+ * the slots, and the pairs already established keep theirs (the kernel
+ * never evicts). The packet counts into D (c, ts2, the budget's refill),
+ * so a flood that exhausts the slots still puts D over T_F2; D's c is then
+ * its pairs' sum plus these packets, until the agent re-bases it. */
+static __always_inline int xpro_unrecorded(const struct xpro_config *cfg, struct xpro_stats *st,
+					   const struct xpro_pair_key *key, __u64 now)
+{
+	st->pair_full++;
+	if (cfg->policy == XPRO_POLICY_PAPER)
+		return XPRO_VERDICT_PASS;
+	__u32 *found = dest_index.lookup((struct xpro_addr *)&key->dst);
+
+	if (!found)
+		return XPRO_VERDICT_PASS;
+	struct xpro_dslot *d = xpro_dslot_at(*found);
+
+	if (!d)
+		return XPRO_VERDICT_PASS;
+	__u64 dg = XPRO_READ(d->gen);
+
+	if (dg & 1)
+		return XPRO_VERDICT_PASS;
+	__u64 prev_ts2 = XPRO_READ(d->ts2);
+
+	if ((__s64)(now - prev_ts2) > 0 &&
+	    __sync_val_compare_and_swap(&d->ts2, prev_ts2, now) == prev_ts2)
+		xpro_admit_refill(cfg, d, now - prev_ts2);
+	__s64 jdc = __sync_fetch_and_add(&d->c, 1) + 1;
+	__u64 jdts1 = d->ts1, jdts2 = d->ts2;
+	__u64 vg = XPRO_READ(d->v_gen);
+
+	xpro_barrier();
+	__s64 a = XPRO_READ(d->v_adj);
+	__u64 t1 = XPRO_READ(d->v_ts1), t2 = XPRO_READ(d->v_ts2);
+
+	xpro_barrier();
+	if (vg == dg && XPRO_READ(d->v_gen) == dg) {
+		jdc = xpro_add_sat(jdc, a);
+		jdts1 = t1;
+		if ((__s64)(t2 - jdts2) > 0)
+			jdts2 = t2;
+		st->dest_views++;
+	}
+	__s64 dest_window = (__s64)(jdts2 - jdts1);
+
+	if (!(dest_window > (__s64)cfg->t_t3 &&
+	      xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)))
+		return XPRO_VERDICT_PASS;
+	if (xpro_admit_take(d)) {
+		st->admitted++;
+		return XPRO_VERDICT_PASS;
+	}
+	st->drop_admit++;
+	return XPRO_VERDICT_DROP_DEST;
+}
+
+/* Probation (issue 11), fair-share only: a packet of a pair not yet in
+ * pair_index towards a destination D that has a slot. It moves D's ts2
+ * forward (refilling the budget). If D, with this packet counted, is over
+ * T_F2 and D's admission budget is empty, the packet is dropped here,
+ * counted into D's c only: the pair is not created, so a forged flood
+ * neither fills the pair slots (the established pairs and the free ring
+ * stay) nor pays for a slot and a hash insert. Otherwise -1: the new-pair
+ * path runs, and its judgement takes the token (D over, the pair young). */
+static __always_inline int xpro_probation(const struct xpro_config *cfg, struct xpro_stats *st,
+					  const struct xpro_pair_key *key, __u64 now)
+{
+	__u32 *found = dest_index.lookup((struct xpro_addr *)&key->dst);
+
+	if (!found)
+		return -1;
+	struct xpro_dslot *d = xpro_dslot_at(*found);
+
+	if (!d)
+		return -1;
+	__u64 dg = XPRO_READ(d->gen);
+
+	if (dg & 1)
+		return -1;
+	__u64 prev_ts2 = XPRO_READ(d->ts2);
+
+	if ((__s64)(now - prev_ts2) > 0 &&
+	    __sync_val_compare_and_swap(&d->ts2, prev_ts2, now) == prev_ts2)
+		xpro_admit_refill(cfg, d, now - prev_ts2);
+	if ((XPRO_READ(*(__u64 *)&d->flags) >> 32) >= XPRO_ADMIT_UNIT)
+		return -1;
+	__s64 jdc = xpro_add_sat(XPRO_READ(d->c), 1);
+	__u64 jdts1 = d->ts1, jdts2 = d->ts2;
+	__u64 vg = XPRO_READ(d->v_gen);
+
+	xpro_barrier();
+	__s64 a = XPRO_READ(d->v_adj);
+	__u64 t1 = XPRO_READ(d->v_ts1), t2 = XPRO_READ(d->v_ts2);
+
+	xpro_barrier();
+	if (vg == dg && XPRO_READ(d->v_gen) == dg) {
+		jdc = xpro_add_sat(jdc, a);
+		jdts1 = t1;
+		if ((__s64)(t2 - jdts2) > 0)
+			jdts2 = t2;
+	}
+	__s64 dest_window = (__s64)(jdts2 - jdts1);
+
+	if (!(dest_window > (__s64)cfg->t_t3 &&
+	      xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)))
+		return -1;
+	__sync_fetch_and_add(&d->c, 1);
+	st->drop_admit++;
+	st->probation_drops++;
+	return XPRO_VERDICT_DROP_DEST;
+}
+
 static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro_stats *st,
 				      struct xpro_pair_key *key, __u64 now)
 {
@@ -591,6 +779,12 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 	if (found) {
 		s = *found;
 	} else {
+		if (cfg->policy == XPRO_POLICY_FAIR_SHARE) {
+			int v = xpro_probation(cfg, st, key, now);
+
+			if (v >= 0)
+				return v;
+		}
 		/* A new pair: a slot from this CPU's spare or the free ring. */
 		__u32 zero = 0;
 		struct xpro_spare *sp = spares.lookup(&zero);
@@ -606,10 +800,8 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 			s = xpro_take_pair_slot();
 		}
 		p = s == XPRO_NO_SLOT ? 0 : xpro_slot_at(s);
-		if (!p) {
-			st->pair_full++;
-			return XPRO_VERDICT_PASS;
-		}
+		if (!p)
+			return xpro_unrecorded(cfg, st, key, now);
 		if (!spare)
 			xpro_unlink_old(st, p, s);
 		godd = p->gen | 1;
@@ -623,7 +815,7 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		p->prev = XPRO_NO_SLOT;
 		p->next = XPRO_NO_SLOT;
 		p->flags = 0;
-		__u32 ds = xpro_resolve_dest(st, &key->dst, now);
+		__u32 ds = xpro_resolve_dest(cfg, st, &key->dst, now);
 
 		d = ds == XPRO_NO_SLOT ? 0 : xpro_dslot_at(ds);
 		p->dslot = d ? ds : XPRO_NO_SLOT;
@@ -635,10 +827,8 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 			sp->pair = s + 1;
 			st->insert_races++;
 			found = pair_index.lookup(key);
-			if (!found) {
-				st->pair_full++;
-				return XPRO_VERDICT_PASS;
-			}
+			if (!found)
+				return xpro_unrecorded(cfg, st, key, now);
 			s = *found;
 			d = 0;
 		} else {
@@ -653,7 +843,7 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 	/* Lines 1-13 on the combined record: open, restart or extend the pair's
 	 * window; count the packet. */
 	__u64 g = XPRO_READ(p->gen);
-	int view = 0, reset = 0;
+	int view = 0, reset = 0, was_established = 0, relinked = 0;
 	__s64 vadj = 0, c_now, dest_delta = 1;
 	__u64 vts1 = 0, vts2 = 0, ts1, old_ts1 = 0;
 
@@ -684,6 +874,8 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 			p->ts1 = now;
 			p->ts2 = now;
 			dest_delta = 1 - __sync_lock_test_and_set(&p->c, 1);
+			/* A restarted window is young again: out of its destination's n. */
+			was_established = xpro_flags_cas(&p->flags, 0, XPRO_SLOT_ESTABLISHED);
 			xpro_barrier();
 			p->gen = g + 2;
 			c_now = 1;
@@ -708,7 +900,7 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 	if (!d && !created) {
 		/* Link the pair to the live slot of its destination (its slot was
 		 * recycled, or none was free when the pair was created). */
-		__u32 nds = xpro_resolve_dest(st, &key->dst, now);
+		__u32 nds = xpro_resolve_dest(cfg, st, &key->dst, now);
 
 		d = nds == XPRO_NO_SLOT ? 0 : xpro_dslot_at(nds);
 		/* dslot and dgen are one 64-bit word: claimed together (one CPU relinks). */
@@ -727,8 +919,10 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 			} else {
 				st->lock_busy++;
 			}
-			__sync_fetch_and_add(&d->n, 1);
+			if (p->flags & XPRO_SLOT_ESTABLISHED)
+				__sync_fetch_and_add(&d->n, 1);
 			dest_delta = c_now;
+			relinked = 1;
 			st->relinks++;
 		}
 	}
@@ -736,8 +930,14 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 
 	if (d) {
 		dest_c = __sync_fetch_and_add(&d->c, dest_delta) + dest_delta;
-		if ((__s64)(now - d->ts2) > 0)
-			d->ts2 = now;
+		__u64 prev_ts2 = XPRO_READ(d->ts2);
+
+		/* ts2 moves forward; the CPU that moves it refills the budget. */
+		if ((__s64)(now - prev_ts2) > 0 &&
+		    __sync_val_compare_and_swap(&d->ts2, prev_ts2, now) == prev_ts2)
+			xpro_admit_refill(cfg, d, now - prev_ts2);
+		if (was_established && !relinked)
+			__sync_fetch_and_add(&d->n, -1);
 		if (created) {
 			if (xpro_lock(d)) {
 				if ((__s64)(d->ts1 - now) > 0)
@@ -747,7 +947,6 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 			} else {
 				st->lock_busy++;
 			}
-			__sync_fetch_and_add(&d->n, 1);
 		} else if (reset) {
 			if (xpro_lock(d)) {
 				if (d->tail != s) {
@@ -780,6 +979,14 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 			jts2 = vts2;
 		st->pair_views++;
 	}
+	/* Established (issue 11): a rate the pair rule and the fair share can
+	 * judge. The first packet that finds it so counts the pair into n(D). */
+	__s64 pair_window = (__s64)(jts2 - jts1);
+	int established = jc >= (__s64)cfg->admit_k && pair_window > t_t2;
+
+	if (established && d && !(p->flags & XPRO_SLOT_ESTABLISHED) &&
+	    xpro_flags_cas(&p->flags, XPRO_SLOT_ESTABLISHED, 0))
+		__sync_fetch_and_add(&d->n, 1);
 	__s64 jdc = dest_c, jn = 0;
 	__u64 jdts1 = 0, jdts2 = 0;
 
@@ -809,8 +1016,6 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 	}
 
 	/* Line 14-15: the pair's own rate. */
-	__s64 pair_window = (__s64)(jts2 - jts1);
-
 	if (pair_window > t_t2 && xpro_rate_over(jc, 1, cfg->t_f1, (__u64)pair_window)) {
 		xpro_warn(cfg, st, p, key, now, jts1, jc);
 		return XPRO_VERDICT_DROP_PAIR;
@@ -825,10 +1030,19 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		return XPRO_VERDICT_PASS;
 	if (cfg->policy == XPRO_POLICY_PAPER)
 		return XPRO_VERDICT_DROP_DEST;
-	/* fair-share: only a pair above T_F2 / n(D). */
+	/* fair-share: a young pair only through D's admission budget ... */
+	if (!established) {
+		if (xpro_admit_take(d)) {
+			st->admitted++;
+			return XPRO_VERDICT_PASS;
+		}
+		st->drop_admit++;
+		return XPRO_VERDICT_DROP_DEST;
+	}
+	/* ... an established one unless above T_F2 / n(D), n the established. */
 	if (jn < 1)
 		jn = 1;
-	if (pair_window > t_t2 && xpro_rate_over(jc, jn, cfg->t_f2, (__u64)pair_window))
+	if (xpro_rate_over(jc, jn, cfg->t_f2, (__u64)pair_window))
 		return XPRO_VERDICT_DROP_DEST;
 	return XPRO_VERDICT_PASS;
 }
@@ -852,6 +1066,9 @@ int xpro_filter(struct xdp_md *ctx)
 	if (parsed == XPRO_PARSE_NOT_IP) {
 		st->not_ip++;
 		verdict = XPRO_VERDICT_NOT_IP;
+	} else if (parsed == XPRO_PARSE_UNPARSED) {
+		st->unparsed++;
+		verdict = XPRO_VERDICT_UNPARSED;
 	} else if (parsed != XPRO_PARSE_IP) {
 		st->malformed++;
 		verdict = XPRO_VERDICT_MALFORMED;
@@ -870,6 +1087,8 @@ int xpro_filter(struct xdp_md *ctx)
 #ifdef XPRO_TEST_CLOCK
 	clk->test_verdict = verdict;
 #endif
+	if (verdict == XPRO_VERDICT_UNPARSED)
+		return cfg->version != 0 && cfg->unparsed == XPRO_UNPARSED_DROP ? XDP_DROP : XDP_PASS;
 	return verdict == XPRO_VERDICT_DROP_PAIR || verdict == XPRO_VERDICT_DROP_DEST ? XDP_DROP
 										      : XDP_PASS;
 }

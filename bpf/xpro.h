@@ -68,8 +68,8 @@ struct xpro_slot {
 	__u32 dgen;     /* low 32 bits of dest_slots[dslot].gen when linked */
 	__u32 prev;     /* next older pair of the same destination (ts1 order) */
 	__u32 next;     /* next newer pair of the same destination */
-	__u32 flags;    /* XPRO_SLOT_* */
-	__u32 reserved; /* kernel-owned, zero: room for an admission state (issue 11) */
+	__u32 flags;    /* XPRO_SLOT_*; with reserved one 64-bit word (compare-and-swap) */
+	__u32 reserved; /* kernel-owned, zero */
 	/* agent half */
 	__u64 v_gen;
 	__s64 v_adj;    /* mesh count at the agent's read - c at that read */
@@ -80,12 +80,22 @@ struct xpro_slot {
 /* xpro_slot.flags / xpro_dslot.flags */
 #define XPRO_SLOT_LINKED 0x1 /* pair: in its destination's ts1 order */
 #define XPRO_DEST_DIRTY 0x2  /* dest: the ts1 order missed an update (lock busy, relink) */
+#define XPRO_SLOT_ESTABLISHED 0x4 /* pair: counted in its destination's n (issue 11) */
+
+/* The admission budget's unit: a young packet costs this many tokens
+ * (micro-packets, so a refill over a few ns is not lost to rounding). */
+#define XPRO_ADMIT_UNIT 1000000ULL
 
 /*
  * One destination slot of dest_slots (mmapable, 128 bytes). Kernel half:
  * the local aggregate of lines 18-20 over the pairs linked to it: ts1 the
  * exact min ts1 (head of the ts1 order), ts2 the max, c the sum of the
- * pairs' c, n the pairs linked since allocation. Agent half: the mesh's
+ * pairs' c, n the established pairs linked to it (XPRO_SLOT_ESTABLISHED:
+ * at least admit_k packets and a window over T_T2; a restart takes a pair
+ * out again), admit the admission budget's tokens (issue 11: micro-packets,
+ * refilled at admit_rate up to admit_burst by the CPU that moves ts2
+ * forward). flags and admit are one 64-bit word, changed by
+ * compare-and-swap. Agent half: the mesh's
  * view, valid while v_gen == gen: count c + v_adj, clients n + v_nadj,
  * window v_ts1 .. max(ts2, v_ts2). The agent re-bases it absolutely every
  * cycle (v_adj = mesh count - c read), so it cannot drift.
@@ -101,8 +111,8 @@ struct xpro_dslot {
 	__u64 lock;     /* 0 free, 1 held: guards head, tail, ts1 and the pairs' links */
 	__u32 head;     /* the pair with the smallest ts1 */
 	__u32 tail;     /* the pair (re)started last */
-	__u32 flags;    /* XPRO_DEST_* */
-	__u32 reserved; /* kernel-owned, zero: room (issue 11) */
+	__u32 flags;    /* XPRO_DEST_*; with admit one 64-bit word */
+	__u32 admit;    /* admission budget: tokens (micro-packets), kernel-owned */
 	/* agent half */
 	__u64 v_gen;
 	__s64 v_adj;
@@ -158,10 +168,13 @@ struct xpro_config {
 	__u64 r;              /* frequency division factor (agent side) */
 	__u64 warn_interval;  /* ns between two overload warnings of one pair */
 	__u64 warn_per_cpu;   /* overload warnings per second per CPU, at most */
+	__u64 admit_k;        /* fair-share: packets an established pair has at least */
+	__u64 admit_rate;     /* fair-share: young-pair packets/s a destination over T_F2 admits */
+	__u64 admit_burst;    /* fair-share: the admission budget's depth, packets (<= 4000) */
 	__u32 policy;         /* XPRO_POLICY_* */
 	__u32 clock;          /* XPRO_CLOCK_* */
 	__u32 version;        /* XPRO_CONFIG_VERSION once written; 0: pass everything */
-	__u32 pad;
+	__u32 unparsed;       /* XPRO_UNPARSED_*: what to do with a carrier not parsed */
 };
 
 /* The clock map's one entry, apart from the config so that the loader's
@@ -180,6 +193,11 @@ struct xpro_clock {
 #define XPRO_VERDICT_NOT_IP 3
 #define XPRO_VERDICT_MALFORMED 4
 #define XPRO_VERDICT_UNCONFIGURED 5
+#define XPRO_VERDICT_UNPARSED 6 /* deep VLAN stack, MPLS, PPPoE: config.unparsed */
+
+/* xpro_config.unparsed */
+#define XPRO_UNPARSED_PASS 0
+#define XPRO_UNPARSED_DROP 1
 
 /* The per-CPU stats array's one entry. Counters only grow; userspace sums
  * the CPUs. The last two fields are the per-CPU warning limiter's state. */
@@ -203,6 +221,10 @@ struct xpro_stats {
 	__u64 pair_views;          /* packets judged with a valid pair view */
 	__u64 dest_views;          /* packets judged with a valid destination view */
 	__u64 relinks;             /* pairs moved to a new slot of their destination */
+	__u64 admitted;            /* young pairs' packets passed through the admission budget */
+	__u64 drop_admit;          /* young pairs' packets dropped, budget empty (also in drop_dest) */
+	__u64 probation_drops;     /* of which new pairs dropped before a slot was taken */
+	__u64 unparsed;            /* carriers not parsed (> 8 VLAN tags, MPLS, PPPoE) */
 	__u64 warn_window;         /* limiter: second (cluster time) of the budget */
 	__u64 warn_in_window;      /* limiter: warnings sent in that second */
 };

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
  * xpro_parse.h - bounds-checked header parsing for the XDP program: from an
- * Ethernet frame (up to two VLAN tags) to the (source, destination) pair
- * key, IPv4 addresses v4-mapped into the 16-byte form. Pure: no maps.
+ * Ethernet frame (a VLAN stack of up to XPRO_VLAN_MAX tags: 802.1Q, 802.1ad,
+ * 0x9100 QinQ) to the (source, destination) pair key, IPv4 addresses
+ * v4-mapped into the 16-byte form. A carrier the filter cannot read (a
+ * deeper stack, MPLS, PPPoE session) is XPRO_PARSE_UNPARSED: counted, and
+ * passed or dropped by config.unparsed (issue 11). Pure: no maps.
  */
 #ifndef XPRO_PARSE_H
 #define XPRO_PARSE_H
@@ -10,6 +13,13 @@
 #define XPRO_PARSE_IP 0
 #define XPRO_PARSE_NOT_IP 1    /* ARP, LLDP, ...: passed untouched */
 #define XPRO_PARSE_MALFORMED 2 /* truncated or bad IP header: passed, counted */
+#define XPRO_PARSE_UNPARSED 3  /* an IP carrier not parsed (deep VLAN stack, MPLS, PPPoE) */
+
+#define XPRO_VLAN_MAX 8
+#define XPRO_ETH_P_QINQ_OLD 0x9100
+#define XPRO_ETH_P_MPLS_UC 0x8847
+#define XPRO_ETH_P_MPLS_MC 0x8848
+#define XPRO_ETH_P_PPPOE_SES 0x8864
 
 #define XPRO_ETH_P_IP 0x0800
 #define XPRO_ETH_P_IPV6 0x86DD
@@ -75,8 +85,9 @@ static __always_inline int xpro_parse(struct xdp_md *ctx, struct xpro_pair_key *
 		return XPRO_PARSE_MALFORMED; /* shorter than an Ethernet header */
 	proto = eth->proto;
 #pragma unroll
-	for (int i = 0; i < 2; i++) {
-		if (proto != bpf_htons(XPRO_ETH_P_8021Q) && proto != bpf_htons(XPRO_ETH_P_8021AD))
+	for (int i = 0; i < XPRO_VLAN_MAX; i++) {
+		if (proto != bpf_htons(XPRO_ETH_P_8021Q) && proto != bpf_htons(XPRO_ETH_P_8021AD) &&
+		    proto != bpf_htons(XPRO_ETH_P_QINQ_OLD))
 			break;
 		struct xpro_vlanhdr *vh = cur;
 		if ((void *)(vh + 1) > end)
@@ -104,6 +115,10 @@ static __always_inline int xpro_parse(struct xdp_md *ctx, struct xpro_pair_key *
 		__builtin_memcpy(key->dst.b, ip6->daddr, 16);
 		return XPRO_PARSE_IP;
 	}
+	if (proto == bpf_htons(XPRO_ETH_P_8021Q) || proto == bpf_htons(XPRO_ETH_P_8021AD) ||
+	    proto == bpf_htons(XPRO_ETH_P_QINQ_OLD) || proto == bpf_htons(XPRO_ETH_P_MPLS_UC) ||
+	    proto == bpf_htons(XPRO_ETH_P_MPLS_MC) || proto == bpf_htons(XPRO_ETH_P_PPPOE_SES))
+		return XPRO_PARSE_UNPARSED;
 	return XPRO_PARSE_NOT_IP;
 }
 

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from xpro_mesh.core.algorithm import (
+    AdmissionBudget,
+    DestinationAggregate,
     LocalRecord,
     Params,
     Verdict,
+    admission_aggregate,
     destination_aggregate,
     filter_packet,
     filter_packet_fair_share,
@@ -38,9 +41,21 @@ class Packet:
 
 
 def model_for(policy: Policy) -> Callable[[Table, str, str, int, Params], Verdict]:
+    """The reference model of ``policy`` for ONE table (fair-share keeps its
+    destinations' admission budgets in the returned function)."""
     if policy is Policy.PAPER:
         return filter_packet
-    return filter_packet_fair_share
+    return FairShareModel()
+
+
+class FairShareModel:
+    """filter_packet_fair_share for one table, with its admission budgets."""
+
+    def __init__(self) -> None:
+        self.budgets: dict[str, AdmissionBudget] = {}
+
+    def __call__(self, table: Table, src: str, dst: str, now: int, p: Params) -> Verdict:
+        return filter_packet_fair_share(table, src, dst, now, p, budgets=self.budgets)
 
 
 def random_params(rng: random.Random) -> Params:
@@ -53,6 +68,9 @@ def random_params(rng: random.Random) -> Params:
         t_f1=rng.choice([400, 600, 900]),
         t_f2=rng.choice([700, 1000, 1500]),
         r=2,
+        admit_k=rng.choice([1, 3, 6]),
+        admit_rate=rng.choice([50, 200, 1000]),
+        admit_burst=rng.choice([1, 3, 10]),
     )
 
 
@@ -117,10 +135,21 @@ def random_trace(rng: random.Random, p: Params, policy: Policy, n: int) -> list[
     return trace
 
 
-def replay_model(trace: list[Packet], p: Params, policy: Policy) -> tuple[list[Verdict], Table]:
+def replay_model(
+    trace: list[Packet], p: Params, policy: Policy
+) -> tuple[list[Verdict], Table, Callable[[str], DestinationAggregate | None]]:
+    """The model's verdicts, its table, and each destination's aggregate as
+    the kernel's slot holds it (under fair-share: with the probation drops)."""
     table: dict[tuple[str, str], LocalRecord] = {}
     model = model_for(policy)
-    return [model(table, pk.src, pk.dst, pk.now, p) for pk in trace], table
+    verdicts = [model(table, pk.src, pk.dst, pk.now, p) for pk in trace]
+
+    def aggregate(dst: str) -> DestinationAggregate | None:
+        if isinstance(model, FairShareModel):
+            return admission_aggregate(table, model.budgets, dst, p)
+        return destination_aggregate(table, dst, p)
+
+    return verdicts, table, aggregate
 
 
 def coverage(verdicts: list[Verdict], table: Table) -> Counter[str]:

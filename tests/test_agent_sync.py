@@ -17,11 +17,12 @@ import time
 
 import numpy as np
 import pytest
+from agent_support import eventually
 
 from xpro_mesh.agent.config import load_config
 from xpro_mesh.agent.daemon import Agent, xdp_config
 from xpro_mesh.agent.gossip_sync import GossipSync
-from xpro_mesh.agent.syncer import SyncReport
+from xpro_mesh.agent.syncer import SyncReport, run_sync_loop
 from xpro_mesh.core.algorithm import Params
 from xpro_mesh.core.gossip_state import Coverage, Delta, OriginEntry, PairEntry
 from xpro_mesh.core.rows import from_delta
@@ -169,3 +170,91 @@ async def test_a_sync_failing_every_cycle_is_counted_each_time_and_logged_once(
     assert len(failed) == 1 and "ConnectionError" in failed[0].getMessage()
     assert any("works again after 8 failed cycles" in r.getMessage() for r in caplog.records)
     assert agent.sync.last_error == ""
+
+
+def peer_rows(origin: str, version: int, pairs: list[tuple[bytes, bytes]], t: int) -> Delta:
+    rows = tuple(
+        PairEntry(pair, origin, OriginEntry(t - S, t, 7 + i, (1, version + i)))
+        for i, pair in enumerate(pairs)
+    )
+    return Delta(rows, (Coverage(origin, (1, version - 1), (1, version + len(rows) - 1)),))
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_a_refresh_writes_merged_rows_as_the_next_cycle_would(seed: int) -> None:
+    """Between two cycles a refresh writes the views a peer's rows moved,
+    from the last read: the kernel then holds what a cycle would have
+    written (one agent refreshes, the other cycles with no new packets)."""
+    rng = random.Random(seed)
+    refreshing, r_maps, r_sync = make_agent()
+    cycling, c_maps, c_sync = make_agent()
+    base = time.time_ns() - 2 * S
+    clock = [base]
+    r_sync.clock = c_sync.clock = lambda: clock[0]
+    version = 1
+    wrote = 0
+    for step in range(20):
+        t = base + step * 20 * MS
+        clock[0] = t + 10 * MS
+        for _ in range(rng.randint(1, 4)):
+            src, dst = addr(rng.randrange(30)), rng.choice(DSTS)
+            r_maps.feed(src, dst, t)
+            c_maps.feed(src, dst, t)
+        await refreshing.sync_once()
+        await cycling.sync_once()
+        pairs = [(addr(rng.randrange(40)), rng.choice(DSTS)) for _ in range(rng.randint(1, 4))]
+        delta = from_delta(peer_rows("peer", version, list(dict.fromkeys(pairs)), t))
+        version += len(set(pairs))
+        refreshing.state.merge(delta, t)
+        cycling.state.merge(delta, t)
+        before = r_maps.pair_slots[AGENT_HALF].copy()
+        await r_sync.refresh(SyncReport())
+        wrote += int(not np.array_equal(before, r_maps.pair_slots[AGENT_HALF]))
+        await cycling.sync_once()
+        assert np.array_equal(r_maps.pair_slots[AGENT_HALF], c_maps.pair_slots[AGENT_HALF]), (
+            f"step {step}"
+        )
+        assert np.array_equal(
+            r_maps.dest_slots[["v_gen", "v_adj", "v_nadj", "v_ts1", "v_ts2"]],
+            c_maps.dest_slots[["v_gen", "v_adj", "v_nadj", "v_ts1", "v_ts2"]],
+        ), f"step {step}"
+    assert wrote
+
+
+async def test_a_refresh_retires_nothing_before_the_next_cycle() -> None:
+    """Slots whose rows aged out are retired by cycles only (once per cycle,
+    so a retired slot waits a cycle before it is handed out again); a
+    refresh that finds them leaves them to the next cycle."""
+    agent, maps, syncer = make_agent(t_t1="200ms", t_t2="1ms", t_t3="1ms", t_t4="300ms")
+    now = time.time_ns()
+    maps.feed(addr(1), DSTS[0], now)
+    await agent.sync_once()
+    await asyncio.sleep(0.6)  # past the horizon: the next plan ages the row out
+    await syncer.refresh(SyncReport())
+    assert agent.state.num_pairs == 0  # the refresh's plan aged it out of the rows
+    assert maps.lookup_pair(addr(1), DSTS[0]) is not None  # and left the slot alone
+    await agent.sync_once()
+    assert maps.lookup_pair(addr(1), DSTS[0]) is None
+
+
+async def test_the_sync_loop_writes_a_peers_rows_between_two_cycles() -> None:
+    """Rows merged in the pause between two cycles (news) reach the kernel's
+    views then, not at the next cycle: here the interval is a minute."""
+    agent, maps, syncer = make_agent()
+    now = time.time_ns()
+    pair = (addr(5), DSTS[0])
+    maps.feed(*pair, now)
+    stop = asyncio.Event()
+    loop = asyncio.create_task(run_sync_loop(syncer, agent.sync, 60.0, stop))
+    try:
+        await eventually(lambda: agent.sync.cycles == 1, 10, "the first cycle")
+        slot = maps.lookup_pair(*pair)
+        assert slot is not None and int(maps.pair_slots["v_adj"][slot]) == 0
+        agent.state.merge(from_delta(peer_rows("peer", 1, [pair], now)), now)
+        syncer.news.set()
+        await eventually(lambda: agent.sync.refreshes == 1, 10, "a refresh")
+        assert int(maps.pair_slots["v_adj"][slot]) == 7  # the peer's count, judged here
+        assert agent.sync.cycles == 1
+    finally:
+        stop.set()
+        await loop

@@ -164,7 +164,7 @@ def test_new_pairs_take_slots_in_slot_order_and_name_their_destination(dp: DataP
     assert pairs.slots.tolist() == [0, 1, 2]
     assert pairs.rows["gen"].tolist() == [2, 2, 2]  # live gens are even, from 2
     assert dp.maps.pair_keys(pairs.slots)["dslot"].tolist() == [0, 0, 1]
-    assert dests.rows["n"].tolist() == [2, 1]
+    assert dests.rows["n"].tolist() == [0, 0]  # n(D): established pairs only, none yet
     assert _order(dp.maps, 0) == [0, 1]
     status = dp.maps.ring_status()
     assert (status.pairs_free, status.pairs_high_water) == (dp.maps.pairs_max - 3, 3)
@@ -270,7 +270,8 @@ def test_a_pair_relinks_when_its_destination_gets_a_slot(small_dp: DataPath) -> 
     assert int(row["dslot"]) == 0
     dest = maps.dest_slots[0]
     assert bytes(dest["dst"]) == structs.to_addr("10.7.0.4")
-    assert (int(dest["c"]), int(dest["n"]), int(dest["gen"])) == (3, 1, 4)
+    # c takes the relinked pair's whole count; n only established pairs (none).
+    assert (int(dest["c"]), int(dest["n"]), int(dest["gen"])) == (3, 0, 4)
     assert maps.read_stats().relinks == 1
 
 

@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpro_mesh.core.algorithm import (
+    AdmissionBudget,
     DestinationAggregate,
     LocalRecord,
     Params,
-    destination_aggregate,
+    admission_aggregate,
 )
 from xpro_mesh.datapath.backend import MapBackend, PairKey
 from xpro_mesh.datapath.config import Policy, XdpConfig
@@ -26,10 +27,13 @@ DESTS = {4: ["10.0.1.1", "10.0.1.2"], 6: ["2001:db8:1::1"]}
 
 
 def _check_against_model(
-    memory: MemoryMaps, table: MutableMapping[tuple[str, str], LocalRecord]
+    memory: MemoryMaps,
+    table: MutableMapping[tuple[str, str], LocalRecord],
+    p: Params,
+    budgets: dict[str, AdmissionBudget],
 ) -> None:
     """Every pair slot holds the model's window (ts1', ts2', c'), every
-    destination slot lines 18-20 over its pairs."""
+    destination slot lines 18-20 over its pairs (n: the established ones)."""
     read = memory.read_pairs()
     keys = memory.pair_keys(read.slots)
     assert {
@@ -41,7 +45,10 @@ def _check_against_model(
             int(r["ts1"]), int(r["ts2"]), int(r["c"]), int(r["n"])
         )
         for r in memory.read_dests().rows
-    } == {PairKey.of(d, d).dst: destination_aggregate(table, d) for d in {d for _s, d in table}}
+    } == {
+        PairKey.of(d, d).dst: admission_aggregate(table, budgets, d, p)
+        for d in {d for _s, d in table}
+    }
 
 
 @settings(max_examples=150, deadline=None)
@@ -52,6 +59,7 @@ def _check_against_model(
     t_t3=st.integers(0, 10),
     t_f1=st.integers(1, 3000),
     t_f2=st.integers(1, 6000),
+    admit=st.tuples(st.integers(1, 6), st.integers(0, 3000), st.integers(0, 5)),
     steps=st.lists(
         st.tuples(
             st.integers(0, len(SOURCES) - 1),
@@ -68,10 +76,21 @@ def test_feed_is_the_reference_model(
     t_t3: int,
     t_f1: int,
     t_f2: int,
+    admit: tuple[int, int, int],
     steps: list[tuple[int, int, int]],
 ) -> None:
+    k, rate, burst = admit  # the fair-share admission budget (issue 11)
     p = Params(
-        t_t1=t_t1 * MS, t_t2=t_t2 * MS, t_t3=t_t3 * MS, t_t4=100 * MS, t_f1=t_f1, t_f2=t_f2, r=2
+        t_t1=t_t1 * MS,
+        t_t2=t_t2 * MS,
+        t_t3=t_t3 * MS,
+        t_t4=100 * MS,
+        t_f1=t_f1,
+        t_f2=t_f2,
+        r=2,
+        admit_k=k,
+        admit_rate=rate,
+        admit_burst=burst,
     )
     memory = MemoryMaps(XdpConfig.from_params(p, policy=policy))
     table: dict[tuple[str, str], LocalRecord] = {}
@@ -83,7 +102,7 @@ def test_feed_is_the_reference_model(
         dst = dests[dst_i % len(dests)]
         now += gap
         assert memory.feed(src, dst, now) is model(table, src, dst, now, p)
-    _check_against_model(memory, table)
+    _check_against_model(memory, table, p, getattr(model, "budgets", {}))
 
 
 def test_memory_maps_is_a_map_backend() -> None:

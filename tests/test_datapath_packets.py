@@ -13,7 +13,7 @@ import pytest
 from xpro_mesh.datapath import libbpf
 from xpro_mesh.datapath.backend import PairKey
 from xpro_mesh.datapath.bpf_maps import BpfMaps
-from xpro_mesh.datapath.config import Policy, XdpConfig
+from xpro_mesh.datapath.config import Policy, Unparsed, XdpConfig
 from xpro_mesh.datapath.frames import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ethernet, ipv4, ipv6
 
 pytestmark = pytest.mark.kernel
@@ -94,11 +94,27 @@ CASES = [
         PairKey.of("2001:db8::a", "2001:db8::b"),
     ),
     Case(
-        "three VLAN tags: not parsed, passes as non-IP",
+        "three VLAN tags: the stack is parsed, judged on the inner header",
         ipv4("10.0.2.1", "10.0.2.2", vlans=(1, 2, 3)),
         XDP_PASS,
-        "not_ip",
+        "passed",
+        PairKey.of("10.0.2.1", "10.0.2.2"),
     ),
+    Case(
+        "eight VLAN tags: the deepest stack parsed",
+        ipv6("2001:db8::c", "2001:db8::d", vlans=tuple(range(1, 9))),
+        XDP_PASS,
+        "passed",
+        PairKey.of("2001:db8::c", "2001:db8::d"),
+    ),
+    Case(
+        "nine VLAN tags: not parsed, counted (passes by default)",
+        ipv4("10.0.2.3", "10.0.2.4", vlans=tuple(range(1, 10))),
+        XDP_PASS,
+        "unparsed",
+    ),
+    Case("MPLS: not parsed, counted", ethernet(0x8847, bytes(46)), XDP_PASS, "unparsed"),
+    Case("PPPoE session: not parsed, counted", ethernet(0x8864, bytes(46)), XDP_PASS, "unparsed"),
     Case("ARP passes untouched", _ARP, XDP_PASS, "not_ip"),
     Case("unknown ethertype passes untouched", ethernet(0x88CC, bytes(46)), XDP_PASS, "not_ip"),
     Case("IPv4 header cut short passes", ethernet(ETH_P_IP, _V4[14:30]), XDP_PASS, "malformed"),
@@ -198,3 +214,16 @@ def test_nothing_is_judged_before_a_config_is_written(
     assert kernel_maps.read_stats().unconfigured == 1  # type: ignore[attr-defined]
     assert kernel_maps.read_pairs().slots.size == 0  # type: ignore[attr-defined]
     assert kernel_maps.ring_status().pairs_high_water == 0  # type: ignore[attr-defined]
+
+
+def test_unparsed_carriers_are_dropped_when_configured(
+    xdp_test_program: object, kernel_maps: Any
+) -> None:
+    kernel_maps.set_config(XdpConfig(unparsed=Unparsed.DROP))
+    kernel_maps.write_clock(offset=0, test_now=NOW)
+    deep = ipv4("10.0.2.5", "10.0.2.6", vlans=tuple(range(1, 10)))
+    for frame in (deep, ethernet(0x8848, bytes(46))):
+        assert libbpf.prog_test_run(xdp_test_program.filter_fd, frame).retval == XDP_DROP  # type: ignore[attr-defined]
+    assert libbpf.prog_test_run(xdp_test_program.filter_fd, _V4).retval == XDP_PASS  # type: ignore[attr-defined]
+    stats = kernel_maps.read_stats()
+    assert stats.unparsed == 2 and stats.passed == 1, stats

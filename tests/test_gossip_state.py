@@ -8,13 +8,19 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from xpro_mesh.algorithm import LocalRecord, MasterRecord, Params, filter_packet, sync_master
+from xpro_mesh.algorithm import (
+    LocalRecord,
+    MasterRecord,
+    Params,
+    filter_packet,
+    sync_master,
+)
 from xpro_mesh.core.gossip_state import (
     ZERO_VERSION,
     Coverage,
@@ -32,6 +38,7 @@ from xpro_mesh.core.gossip_state import (
     fold_destination,
     fold_pair,
 )
+from xpro_mesh.core.params import Policy
 from xpro_mesh.core.simulator import Simulation, SimulationConfig
 
 S = 10**9
@@ -230,10 +237,59 @@ def test_destination_view_folds_its_pairs_and_counts_them_for_fair_share() -> No
     for s in (a, b):
         view = s.destination_view(DESTS[0])
         assert view is not None
-        assert (view.ts1, view.ts2, view.c, view.clients) == (T0, T0 + 3 * S, 12, 2)
+        # fair-share: the window starts where 12 packets read the sum of the
+        # pairs' rates: 7 in 2 s and 5 in 2 s, 6/s, so 2 s before the end
+        assert (view.ts1, view.ts2, view.c, view.clients) == (T0 + S, T0 + 3 * S, 12, 2)
         assert s.destination_views()[DESTS[1]].c == 100
+        s.set_params(replace(P, policy=Policy.PAPER))  # lines 18-20 as written: min ts1
+        view = s.destination_view(DESTS[0])
+        assert view is not None
+        assert (view.ts1, view.ts2, view.c, view.clients) == (T0, T0 + 3 * S, 12, 2)
     assert a.destination_view("nobody") is None
     assert fold_destination([]) is None
+
+
+def test_a_destination_of_staggered_steady_clients_reads_their_whole_rate() -> None:
+    """Each client's window restarts on its own, so their starts spread over
+    T_T4: the earliest start (lines 18-20) reads 100 steady clients at
+    about 3/4 of their rate, the sum of their rates (fair-share's view) at it."""
+    s = node("a")
+    for i in range(100):
+        length = S + i * S // 100  # windows from 1 s to 2 s long, all ending now
+        src = bytes([10, 1, 0, i]).rjust(16, b"\0")
+        count(s, (src, DESTS[0]), T0 + 2 * S - length, T0 + 2 * S, 2 * (1 + i % 2))
+    fair = s.destination_view(DESTS[0])
+    s.set_params(replace(P, policy=Policy.PAPER))
+    literal = s.destination_view(DESTS[0])
+    assert fair is not None and literal is not None
+    fair_rate = fair.c * S / (fair.ts2 - fair.ts1)
+    literal_rate = literal.c * S / (literal.ts2 - literal.ts1)
+    true_rate = sum(2 * (1 + i % 2) / (1 + i / 100) for i in range(100))
+    assert abs(fair_rate - true_rate) / true_rate < 0.001
+    assert literal_rate < 0.8 * true_rate
+
+
+def test_a_destination_window_follows_the_rows_that_still_count() -> None:
+    """A busy client (100/s) moved from proxy x, which died, to proxy y; a
+    slow one (10/s) has talked through y all along. Once x's row of the busy
+    client no longer counts (T_T1 older than y's), the destination reads
+    both rates, 110/s; the earliest start would spread the busy client's new
+    window over the slow client's long one and read 48/s: the dip through
+    which the attack came back after every proxy failure."""
+    x, y = node("x"), node("y")
+    count(x, pair(1, 0), T0 + S, T0 + 4 * S, 300)  # the busy client at x, 100/s
+    count(y, pair(1, 0), T0 + 4 * S, T0 + 6 * S + S // 2, 250)  # moved to y, 100/s
+    count(y, pair(0, 0), T0, T0 + 6 * S + S // 2, 65)  # the slow client, 10/s
+    exchange(x, y)
+    busy = y.pair_view(pair(1, 0))
+    assert busy is not None and busy.c == 250  # x's row left the pair's view
+    fair = y.destination_view(DESTS[0])
+    assert fair is not None
+    assert fair.c * S // (fair.ts2 - fair.ts1) == 110
+    y.set_params(replace(P, policy=Policy.PAPER))
+    literal = y.destination_view(DESTS[0])
+    assert literal is not None
+    assert literal.c * S // (literal.ts2 - literal.ts1) == 48
 
 
 # --- anti-entropy: merge algebra, chunks, claims ----------------------------------------

@@ -177,3 +177,33 @@ async def test_stream_frames_under_another_key_or_replayed_are_refused() -> None
     a.receive_frame(frame, ("10.20.0.1", 9))
     a.receive_frame(frame, ("10.20.0.1", 9))
     assert a.counters.rejected["malformed"] == 1 and a.counters.rejected["replay"] == 1
+
+
+async def test_new_own_rows_are_gossiped_at_once_not_at_the_next_round() -> None:
+    """round_soon: a node with new rows of its own starts a round now (the
+    map sync calls it after a cycle), so a peer holds them long before the
+    next round of either (here 30 s away); the peer's merge is announced."""
+    import dataclasses
+
+    net = MemoryNetwork(rng=random.Random(3))
+    a, b = make_node(net, "a", 7100), make_node(net, "b", 7101)
+    for n in (a, b):
+        n.timing = dataclasses.replace(n.timing, interval_ns=30 * S)
+    merged = asyncio.Event()
+    b.on_merged = merged.set
+    stop = asyncio.Event()
+    b.join([("10.20.0.1", 7100)])
+    tasks = [asyncio.create_task(n.run(stop)) for n in (a, b)]
+    try:
+        await run_until(lambda: a.membership.num_live() == 2 == b.membership.num_live(), 10)
+        await asyncio.sleep(0.3)  # past the eager gap (100 ms) after the first round
+        a.counters.rounds = 0
+        now = time.time_ns()
+        table(a).record_local((client(9), VICTIM), LocalCount(now, now, dc=4, mark=0))
+        a.round_soon()
+        await run_until(lambda: table(b).pair_view((client(9), VICTIM)) is not None, 5)
+        assert a.counters.rounds == 1
+        assert merged.is_set()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)

@@ -191,7 +191,8 @@ def test_destination_views_of_chosen_destinations_fold_only_their_pairs() -> Non
     )
     ids = table.destination_ids(np.array([dest(1)], dtype="S16"))
     d = table.destination_views(ids)
-    assert d.dst.tolist() == [dest(1)] and d.c.tolist() == [4] and d.clients.tolist() == [1]
+    assert d.dst.tolist() == [dest(1)] and d.c.tolist() == [4]
+    assert d.clients.tolist() == [0]  # n(D): established pairs; a window of T_T2 is not
 
 
 # --- the merge rules in columns ---------------------------------------------------------

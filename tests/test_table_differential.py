@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from xpro_mesh.agent.mapsync import MAX_CATCH_UP as MAPSYNC_CATCH_UP
 from xpro_mesh.agent.mapsync import _sync_own
-from xpro_mesh.core.algorithm import LocalRecord, Params
+from xpro_mesh.core.algorithm import LocalRecord, Params, Policy
 from xpro_mesh.core.gossip_state import (
     ZERO_VERSION,
     Delta,
@@ -358,7 +358,11 @@ class Twin:
         t_t1 = data.draw(st.sampled_from([S, 2 * S, 3 * S]), "t_t1")
         t_t4 = data.draw(st.sampled_from([5 * S, 10 * S, 20 * S]), "t_t4")
         r = data.draw(st.sampled_from([2, 3]), "r")
-        self.params = Params(t_t1=t_t1, t_t2=S, t_t3=S, t_t4=t_t4, t_f1=100, t_f2=1000, r=r)
+        t_t3 = data.draw(st.sampled_from([S // 2, S, 3 * S]), "t_t3")  # the rate floor
+        policy = data.draw(st.sampled_from(list(Policy)), "policy")  # paper: min ts1
+        self.params = Params(
+            t_t1=t_t1, t_t2=S, t_t3=t_t3, t_t4=t_t4, t_f1=100, t_f2=1000, r=r, policy=policy
+        )
         self.ref.set_params(self.params)
         self.table.set_params(self.params)
 

@@ -231,13 +231,19 @@ class Agent:
             return MasterSync(backend, host, port, params)
         if self.config.sync is SyncMode.GOSSIP:
             interval_s = self.config.gossip.interval_ns / 1e9
-            return GossipSync(
+            gossip = GossipSync(
                 backend,
                 self.state,
                 pulled=self.node.pulled if self.node is not None else None,
                 first_pull_timeout_s=FIRST_PULL_ROUNDS * interval_s,
                 stop=self.stop,
             )
+            if self.node is not None:
+                # Eager both ways: own rows gossiped right after the cycle
+                # that made them, peers' rows written right after the merge.
+                gossip.on_own_rows = self.node.round_soon
+                self.node.on_merged = gossip.news.set
+            return gossip
         return LocalOnly(params)
 
     async def _start_mesh(self) -> None:

@@ -18,14 +18,14 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from xpro_mesh.agent.mapsync import CyclePlan, SlotMemory, read_slots
+from xpro_mesh.agent.mapsync import CyclePlan, SlotMemory, SlotRead, read_slots
 from xpro_mesh.agent.mapsync_columns import FULL_EVERY, STEP, plan_cycle_steps
 from xpro_mesh.agent.syncer import SyncReport
 from xpro_mesh.core.algorithm import Params
 from xpro_mesh.core.table import PairTable
-from xpro_mesh.datapath.backend import MapBackend
+from xpro_mesh.datapath.backend import DestRead, MapBackend
 
-__all__ = ["FIRST_PULL_ROUNDS", "GossipSync", "write_plan"]
+__all__ = ["FIRST_PULL_ROUNDS", "GossipSync", "write_plan", "write_views"]
 
 log = logging.getLogger("xpro_mesh.agent")
 T = TypeVar("T")
@@ -52,6 +52,14 @@ class GossipSync:
         self.full_every = FULL_EVERY  # cycles between two that plan every slot
         self.clock: Callable[[], int] = time.time_ns  # cluster time of a cycle
         self._cycles = 0
+        # Set by the mesh when a merge accepted rows; the sync loop then
+        # writes the views that moved (refresh) before the next cycle.
+        self.news = asyncio.Event()
+        # Called after a cycle that changed this origin's rows: the mesh
+        # gossips them now rather than at its next round.
+        self.on_own_rows: Callable[[], None] = _nothing
+        self._last_read: tuple[SlotRead, DestRead] | None = None
+        self._deferred: list[CyclePlan] = []  # refreshes' plans, retired next cycle
         self._pulled = pulled
         self._first_pull_timeout_s = first_pull_timeout_s
         self._stop = stop
@@ -98,10 +106,39 @@ class GossipSync:
 
     async def _cycle(self, report: SyncReport) -> None:
         backend = self.backend
+        self.news.clear()  # this cycle writes whatever was merged before it
         pairs = await _blocking(read_slots, backend, self.memory)
         dests = await _blocking(backend.read_dests)
         full = self._cycles % max(1, self.full_every) == 0
         self._cycles += 1
+        plan = await self._plan(pairs, dests, full)
+        deferred, self._deferred = self._deferred, []
+        await _blocking(write_plan, backend, plan.with_expiries_of(deferred), self.memory)
+        self._last_read = (pairs, dests)
+        if plan.own_changed:
+            self.on_own_rows()
+        report.full_cycles += 1 if full else 0
+        report.last_full = full
+        report.last_pairs_read = len(pairs)
+        report.last_ops = len(plan.pair_views.slots) + len(plan.dest_views.dslots)
+        report.last_deletes = len(plan.expire_slots)
+        report.last_restarted = 0
+
+    async def refresh(self, report: SyncReport) -> None:
+        """The views moved by rows merged since the last cycle, from that
+        cycle's read (no new read: the pair views' ``adj`` is relative to
+        the count read, which this origin's rows hold, so it stays right;
+        a slot that restarted since has a new gen and ignores its view).
+        An incremental plan with nothing new from the kernel: it costs what
+        the merged pairs and their destinations cost."""
+        if self._last_read is None:
+            return
+        pairs, dests = self._last_read
+        plan = await self._plan(pairs, dests, full=False)
+        await _blocking(write_views, self.backend, plan, self.memory)
+        self._deferred.append(plan)  # its retirements go with the next cycle's
+
+    async def _plan(self, pairs: SlotRead, dests: DestRead, full: bool) -> CyclePlan:
         steps = plan_cycle_steps(
             self.table, pairs, dests, self.memory, self.clock(), self.step, full=full
         )
@@ -110,15 +147,12 @@ class GossipSync:
                 next(steps)
             except StopIteration as done:
                 plan: CyclePlan = done.value
-                break
+                return plan
             await asyncio.sleep(0)  # the mesh runs between two chunks
-        await _blocking(write_plan, backend, plan, self.memory)
-        report.full_cycles += 1 if full else 0
-        report.last_full = full
-        report.last_pairs_read = len(pairs)
-        report.last_ops = len(plan.pair_views.slots) + len(plan.dest_views.dslots)
-        report.last_deletes = len(plan.expire_slots)
-        report.last_restarted = 0
+
+
+def _nothing() -> None:
+    return None
 
 
 def write_plan(backend: MapBackend, plan: CyclePlan, memory: SlotMemory) -> None:
@@ -127,16 +161,30 @@ def write_plan(backend: MapBackend, plan: CyclePlan, memory: SlotMemory) -> None
     way leaves views that the next cycle rewrites (``memory`` is told to);
     the rows already hold what was read, so nothing is folded twice."""
     try:
-        pv, dv = plan.pair_views, plan.dest_views
-        if len(pv.slots):
-            backend.write_pair_views(pv.slots, pv.gen, pv.adj, pv.ts1, pv.ts2)
-        if len(dv.dslots):
-            backend.write_dest_views(dv.dslots, dv.gen, dv.adj, dv.nadj, dv.ts1, dv.ts2)
+        _write_views(backend, plan)
         backend.expire_pairs(plan.expire_slots, plan.expire_gens)
         backend.expire_dests(plan.expire_dslots, plan.expire_dgens)
     except BaseException:
         memory.forget_views()
         raise
+
+
+def write_views(backend: MapBackend, plan: CyclePlan, memory: SlotMemory) -> None:
+    """A refresh's plan: its views only (its retirements wait for the next
+    cycle, :meth:`CyclePlan.with_expiries_of`)."""
+    try:
+        _write_views(backend, plan)
+    except BaseException:
+        memory.forget_views()
+        raise
+
+
+def _write_views(backend: MapBackend, plan: CyclePlan) -> None:
+    pv, dv = plan.pair_views, plan.dest_views
+    if len(pv.slots):
+        backend.write_pair_views(pv.slots, pv.gen, pv.adj, pv.ts1, pv.ts2)
+    if len(dv.dslots):
+        backend.write_dest_views(dv.dslots, dv.gen, dv.adj, dv.nadj, dv.ts1, dv.ts2)
 
 
 async def _blocking(fn: Callable[..., T], *args: Any) -> T:

@@ -37,7 +37,8 @@ them, or locally) that the next cycle rewrites, never a packet folded twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +61,7 @@ MAX_CATCH_UP = 64  # halvings replayed at most for one pair in one cycle
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
+T_ = TypeVar("T_", bound=np.generic)
 U32 = npt.NDArray[np.uint32]
 
 
@@ -164,18 +166,57 @@ class SlotMemory:
 @dataclass(frozen=True, slots=True)
 class SlotRead:
     """Every live pair slot as read for one cycle, column by column: the
-    kernel's window (``gen``, ``ts1``, ``ts2``, ``c``) and the slot's pair."""
+    kernel's window (``gen``, ``ts1``, ``ts2``, ``c``) and the slot's pair.
+
+    The pairs' keys are not copied per cycle: ``by_slot_src``/``by_slot_dst``
+    are the key cache indexed by slot number (:class:`SlotMemory`'s, valid
+    for this read's slots until the next read), and :meth:`src_at` /
+    :meth:`dst_at` gather only the positions a plan needs: a million quiet
+    slots cost no 32 MB gather."""
 
     slots: U32
     gen: U64
     ts1: I64
     ts2: I64
     c: I64
-    src: npt.NDArray[np.bytes_]
-    dst: npt.NDArray[np.bytes_]
+    by_slot_src: npt.NDArray[np.bytes_]
+    by_slot_dst: npt.NDArray[np.bytes_]
 
     def __len__(self) -> int:
         return len(self.slots)
+
+    def of(self, by_slot: npt.NDArray[T_]) -> npt.NDArray[T_]:
+        """``by_slot[slots]``: a view when the read holds every slot from 0
+        up (the common case: a fill hands out slots in order), else a copy.
+        Read only: write with :meth:`put`."""
+        n = len(self.slots)
+        if n == 0 or int(self.slots[-1]) == n - 1:
+            return by_slot[:n]
+        return by_slot[self.slots]
+
+    def put(self, by_slot: npt.NDArray[T_], values: npt.ArrayLike) -> None:
+        """``by_slot[slots] = values``, as a slice when the slots are dense."""
+        n = len(self.slots)
+        if n == 0 or int(self.slots[-1]) == n - 1:
+            by_slot[:n] = values
+        else:
+            by_slot[self.slots] = values
+
+    def src_at(self, at: I64) -> npt.NDArray[np.bytes_]:
+        """The sources of the read's positions ``at``."""
+        return self.by_slot_src[self.slots[at]]
+
+    def dst_at(self, at: I64) -> npt.NDArray[np.bytes_]:
+        return self.by_slot_dst[self.slots[at]]
+
+    @property
+    def src(self) -> npt.NDArray[np.bytes_]:
+        """Every read slot's source (a copy)."""
+        return self.by_slot_src[self.slots]
+
+    @property
+    def dst(self) -> npt.NDArray[np.bytes_]:
+        return self.by_slot_dst[self.slots]
 
 
 def read_slots(backend: MapBackend, memory: SlotMemory) -> SlotRead:
@@ -186,8 +227,10 @@ def read_slots(backend: MapBackend, memory: SlotMemory) -> SlotRead:
     read = backend.read_pairs()
     slots = read.slots
     rows = read.rows
-    gen = rows["gen"].astype(np.uint64)
-    new = np.flatnonzero(memory.key_gen[slots] != gen)
+    gen = rows["gen"].astype(np.uint64, copy=False)
+    dense = len(slots) == 0 or int(slots[-1]) == len(slots) - 1
+    held_gen = memory.key_gen[: len(slots)] if dense else memory.key_gen[slots]
+    new = np.flatnonzero(held_gen != gen)
     if len(new):
         keys = backend.pair_keys(slots[new])
         at = slots[new]
@@ -197,11 +240,11 @@ def read_slots(backend: MapBackend, memory: SlotMemory) -> SlotRead:
     return SlotRead(
         slots=slots,
         gen=gen,
-        ts1=rows["ts1"].astype(np.int64),
-        ts2=rows["ts2"].astype(np.int64),
-        c=rows["c"].astype(np.int64),
-        src=memory.src[slots],
-        dst=memory.dst[slots],
+        ts1=rows["ts1"].view(np.int64),  # views of the read, no copies
+        ts2=rows["ts2"].view(np.int64),
+        c=rows["c"].astype(np.int64, copy=False),
+        by_slot_src=memory.src,
+        by_slot_dst=memory.dst,
     )
 
 
@@ -241,6 +284,23 @@ class CyclePlan:
     expire_dgens: U64
     own_changed: int  # own rows that got a new version (news to gossip)
     expired_rows: int  # rows aged out of the state this cycle
+
+    def with_expiries_of(self, earlier: Sequence[CyclePlan]) -> CyclePlan:
+        """This plan retiring the slots ``earlier`` plans retired too (a
+        refresh between two cycles defers its retirements to the next
+        cycle's write: the backend recycles a retired slot one call later,
+        and calls once per cycle leave a cycle for any XDP program still
+        holding it). A slot restarted since keeps its new gen and stays."""
+        if not earlier:
+            return self
+        plans = [*earlier, self]
+        return replace(
+            self,
+            expire_slots=np.concatenate([p.expire_slots for p in plans]),
+            expire_gens=np.concatenate([p.expire_gens for p in plans]),
+            expire_dslots=np.concatenate([p.expire_dslots for p in plans]),
+            expire_dgens=np.concatenate([p.expire_dgens for p in plans]),
+        )
 
 
 def _sync_own(
@@ -328,8 +388,9 @@ def plan_cycle(
     record_local = state.record_local
     own_changed = 0
     keys: list[Pair] = []
+    srcs, dsts = pairs.src, pairs.dst
     for i, slot in enumerate(pairs.slots.tolist()):
-        pair = (bytes(pairs.src[i]).ljust(16, b"\0"), bytes(pairs.dst[i]).ljust(16, b"\0"))
+        pair = (bytes(srcs[i]).ljust(16, b"\0"), bytes(dsts[i]).ljust(16, b"\0"))
         keys.append(pair)
         gen, kts1, kts2, kc = (
             int(pairs.gen[i]),

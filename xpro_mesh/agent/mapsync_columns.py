@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from xpro_mesh.agent.mapsync import CyclePlan, DestViews, PairViews, SlotMemory, SlotRead
 from xpro_mesh.core.table import PairTable
+from xpro_mesh.core.table import PairViews as TablePairViews
 from xpro_mesh.datapath.backend import DestRead
 
 __all__ = ["FULL_EVERY", "STEP", "plan_cycle_columns", "plan_cycle_steps"]
@@ -87,11 +88,19 @@ def plan_cycle_steps(
     in the next cycle's ``take_changed``."""
     n = len(pairs)
     slots = pairs.slots.astype(np.int64)
-    src, dst, gen, kts1, kts2, kc = pairs.src, pairs.dst, pairs.gen, pairs.ts1, pairs.ts2, pairs.c
-    seen = memory.gen[slots] == gen
-    dc = np.where(seen, np.maximum(kc - memory.c[slots], 0), kc)
-    memory.gen[slots] = gen
-    memory.c[slots] = kc
+    gen, kts1, kts2, kc = pairs.gen, pairs.ts1, pairs.ts2, pairs.c
+    # Only the slots whose gen or count differ from the last read can be new
+    # or busy (a million quiet slots: two compares, no copies).
+    old_gen, old_c = pairs.of(memory.gen), pairs.of(memory.c)
+    read_moved = np.flatnonzero((old_gen != gen) | (old_c != kc))
+    seen = np.ones(n, dtype=np.bool_)
+    dc = np.zeros(n, dtype=np.int64)
+    m_gen, m_c, m_slots = gen[read_moved], kc[read_moved], slots[read_moved]
+    m_seen = memory.gen[m_slots] == m_gen
+    seen[read_moved] = m_seen
+    dc[read_moved] = np.where(m_seen, np.maximum(m_c - memory.c[m_slots], 0), m_c)
+    memory.gen[m_slots] = m_gen
+    memory.c[m_slots] = m_c
     merged = table.take_changed()
     full = full or merged is None or memory.plan_all
     memory.plan_all = False
@@ -110,7 +119,15 @@ def plan_cycle_steps(
     for lo in range(0, len(plan_at), step):
         at = plan_at[lo : lo + step]
         own_changed += _sync_own_rows(
-            table, memory, slots[at], src[at], dst[at], seen[at], kts1[at], kts2[at], dc[at], kc[at]
+            table,
+            memory,
+            slots[at],
+            _ChunkKeys(pairs, at),
+            seen[at],
+            kts1[at],
+            kts2[at],
+            dc[at],
+            kc[at],
         )
         yield
     expiry = table.expire(now)
@@ -132,14 +149,16 @@ def plan_cycle_steps(
             touched.append(table.destination_ids(changed.removed_dst))
 
     chunks: list[PairViews] = []
+    known: list[TablePairViews] = []  # every planned slot's pair view, as folded now
     gone_parts: list[npt.NDArray[np.int64]] = []
     for lo in range(0, len(view_at), step):
         at = view_at[lo : lo + step]
-        views, gone, held_ids = _pair_views(
-            table, src[at], dst[at], slots[at], gen[at], kc[at], memory
+        views, gone, held = _pair_views(
+            table, _ChunkKeys(pairs, at), slots[at], gen[at], kc[at], memory
         )
         chunks.append(views)
-        touched.append(table.destination_of(held_ids))
+        known.append(held)
+        touched.append(table.destination_of(held.ids))
         gone_parts.append(at[gone])
         yield
     gone_at = np.concatenate(gone_parts) if gone_parts else np.zeros(0, np.int64)
@@ -150,7 +169,7 @@ def plan_cycle_steps(
     if not full:
         touched.append(table.destination_ids(memory.d_retry))
         wanted = np.unique(np.concatenate(touched))
-    dv, d_gone_slots, d_gone_gens = _dest_views(table, dests, memory, wanted)
+    dv, d_gone_slots, d_gone_gens = _dest_views(table, dests, memory, wanted, _joined(known))
     return CyclePlan(
         pair_views=_concat(chunks),
         dest_views=dv,
@@ -163,19 +182,32 @@ def plan_cycle_steps(
     )
 
 
-def _ids(
-    table: PairTable,
-    memory: SlotMemory,
-    slots: I64,
-    src: npt.NDArray[np.bytes_],
-    dst: npt.NDArray[np.bytes_],
-) -> I64:
+class _ChunkKeys:
+    """The pairs of one chunk of the read (positions ``at``), gathered only
+    where asked: most slots' pair ids come from the cache, and their keys
+    are never needed."""
+
+    __slots__ = ("_at", "_pairs")
+
+    def __init__(self, pairs: SlotRead, at: I64) -> None:
+        self._pairs = pairs
+        self._at = at
+
+    def src(self, sub: I64) -> npt.NDArray[np.bytes_]:
+        """The sources of the chunk's positions ``sub``."""
+        return self._pairs.src_at(self._at[sub])
+
+    def dst(self, sub: I64) -> npt.NDArray[np.bytes_]:
+        return self._pairs.dst_at(self._at[sub])
+
+
+def _ids(table: PairTable, memory: SlotMemory, slots: I64, keys: _ChunkKeys) -> I64:
     """The table's pair id of each slot's pair (-1: not held): from the
     memory's cache, looked up by key where the cache does not know it."""
     ids = memory.cached_ids(slots)
     missing = np.flatnonzero(ids < 0)
     if len(missing):
-        ids[missing] = table.pair_ids(src[missing], dst[missing])
+        ids[missing] = table.pair_ids(keys.src(missing), keys.dst(missing))
     return ids
 
 
@@ -191,17 +223,16 @@ def _positions(slots: I64, wanted: I64) -> I64:
 
 def _pair_views(
     table: PairTable,
-    src: npt.NDArray[np.bytes_],
-    dst: npt.NDArray[np.bytes_],
+    keys: _ChunkKeys,
     slots: I64,
     gen: npt.NDArray[np.uint64],
     kc: I64,
     memory: SlotMemory,
-) -> tuple[PairViews, npt.NDArray[np.bool_], I64]:
+) -> tuple[PairViews, npt.NDArray[np.bool_], TablePairViews]:
     """The views of read slots that moved since written (recorded in
-    ``memory``), which slots' pairs are held nowhere any more, and the pair
-    ids of those held."""
-    ids = _ids(table, memory, slots, src, dst)
+    ``memory``), which slots' pairs are held nowhere any more, and the table's
+    views of the pairs held."""
+    ids = _ids(table, memory, slots, keys)
     held = ids >= 0
     memory.place(ids[held], slots[held])
     views = table.pair_views(ids[held])
@@ -229,7 +260,21 @@ def _pair_views(
     memory.w_adj[pv.slots] = pv.adj
     memory.w_ts1[pv.slots] = pv.ts1
     memory.w_ts2[pv.slots] = pv.ts2
-    return pv, ~held, ids[held]
+    return pv, ~held, views
+
+
+def _joined(parts: list[TablePairViews]) -> TablePairViews | None:
+    """The chunks' pair views as one (None when there are none, or a count
+    past 2^63 makes one exact only in its overflow map)."""
+    if not parts or any(p.overflow for p in parts):
+        return None
+    return TablePairViews(
+        np.concatenate([p.ids for p in parts]),
+        np.concatenate([p.ts1 for p in parts]),
+        np.concatenate([p.ts2 for p in parts]),
+        np.concatenate([p.c for p in parts]),
+        np.concatenate([p.origins for p in parts]),
+    )
 
 
 def _concat(chunks: list[PairViews]) -> PairViews:
@@ -249,8 +294,7 @@ def _sync_own_rows(
     table: PairTable,
     memory: SlotMemory,
     slots: I64,
-    src: npt.NDArray[np.bytes_],
-    dst: npt.NDArray[np.bytes_],
+    keys: _ChunkKeys,
     seen: npt.NDArray[np.bool_],
     kts1: I64,
     kts2: I64,
@@ -260,7 +304,7 @@ def _sync_own_rows(
     """The scalar ``_own_step`` and ``_sync_own`` over every read slot: how
     many own rows changed. Pair ids come from ``memory`` where it knows
     them (a key lookup per slot per cycle would cost as much as the rest)."""
-    ids = _ids(table, memory, slots, src, dst)
+    ids = _ids(table, memory, slots, keys)
     own, o_ts1, o_ts2, written = table.own_rows(ids)
     t_t4 = table.params.t_t4
     busy = dc > 0
@@ -293,15 +337,16 @@ def _sync_own_rows(
     if len(u):
         at = i[u]
         synced = table.record_local(
-            src[at], dst[at], ts1[u], ts2[u], count[u], mark[u], catch_up=True
+            keys.src(at), keys.dst(at), ts1[u], ts2[u], count[u], mark[u], catch_up=True
         )
         changed += int(synced.changed.sum())
         memory.place(synced.ids, slots[at])
     t = np.flatnonzero(taken)
     if len(t):
-        table.restart_own(src[t], dst[t], kts1[t], kts2[t], kc[t])
+        t_src, t_dst = keys.src(t), keys.dst(t)
+        table.restart_own(t_src, t_dst, kts1[t], kts2[t], kc[t])
         zero = np.zeros(len(t), np.int64)
-        table.record_local(src[t], dst[t], kts1[t], kts2[t], zero, zero, catch_up=True)
+        table.record_local(t_src, t_dst, kts1[t], kts2[t], zero, zero, catch_up=True)
         changed += len(t)
     return changed
 
@@ -311,10 +356,12 @@ def _dest_views(
     dests: DestRead,
     memory: SlotMemory,
     wanted: I64 | None = None,
+    known: TablePairViews | None = None,
 ) -> tuple[DestViews, npt.NDArray[np.uint32], npt.NDArray[np.uint64]]:
     """The views of the read destinations (of the destination ids in
     ``wanted`` only, and those the table no longer holds, when given) that
-    moved since written, and which destinations no pair names any more."""
+    moved since written, and which destinations no pair names any more.
+    ``known``: pair views folded this cycle, not folded again."""
     drows = dests.rows
     dslots = dests.slots.astype(np.int64)
     dids = table.destination_ids(_addresses(drows["dst"]))
@@ -322,7 +369,7 @@ def _dest_views(
         keep = (dids < 0) | np.isin(dids, wanted)
         drows, dslots, dids = drows[keep], dslots[keep], dids[keep]
     dgen = drows["gen"].astype(np.uint64)
-    views = table.destination_views(dids[dids >= 0])
+    views = table.destination_views(dids[dids >= 0], known=known)
     # destination_views leaves out destinations without pairs: match by id
     position = np.full(max(int(dids.max(initial=-1)) + 1, 1), -1, np.int64)
     position[views.ids] = np.arange(len(views.ids))

@@ -205,8 +205,9 @@ class MasterSync:
         local: dict[PairKey, LocalRecord] = {}
         slot_of: dict[PairKey, tuple[int, int, int]] = {}
         live_view = self.backend.pair_slots
+        srcs, dsts = pairs.src, pairs.dst
         for i, slot in enumerate(pairs.slots.tolist()):
-            src, dst = bytes(pairs.src[i]), bytes(pairs.dst[i])
+            src, dst = bytes(srcs[i]), bytes(dsts[i])
             key = PairKey(src.ljust(16, b"\0"), dst.ljust(16, b"\0"))
             gen, c = int(pairs.gen[i]), int(pairs.c[i])
             ts1, ts2 = int(pairs.ts1[i]), int(pairs.ts2[i])

@@ -13,17 +13,18 @@ mode, so the window rules it applies are always the kernel's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from xpro_mesh.core.algorithm import Params
 
 __all__ = [
+    "REFRESH_GAP_S",
     "SYNC_FAILURE_LOG_S",
     "LocalOnly",
+    "Refreshing",
     "SyncReport",
     "Syncer",
     "run_cycle",
@@ -33,6 +34,7 @@ __all__ = [
 log = logging.getLogger("xpro_mesh.agent")
 
 SYNC_FAILURE_LOG_S = 10.0  # a sync failing every cycle logs once per this
+REFRESH_GAP_S = 0.02  # news gathers this long before a refresh (one for a burst of merges)
 
 
 @dataclass(slots=True)
@@ -48,6 +50,7 @@ class SyncReport:
     last_restarted: int = 0
     last_full: bool = False
     full_cycles: int = 0
+    refreshes: int = 0  # views written between two cycles (Refreshing)
     failures: int = 0
     last_error: str = ""
 
@@ -58,6 +61,19 @@ class Syncer(Protocol):
     async def cycle(self, report: SyncReport) -> None: ...
 
     def set_params(self, params: Params) -> None: ...
+
+
+@runtime_checkable
+class Refreshing(Protocol):
+    """A syncer that can write news between two cycles: ``news`` is set
+    when what it syncs against changed (a peer's rows merged), and
+    ``refresh`` writes the views that moved without reading the data path
+    again. The loop runs it in the pause between two cycles, so a peer's
+    rows reach the kernel in milliseconds, not up to an interval later."""
+
+    news: asyncio.Event
+
+    async def refresh(self, report: SyncReport) -> None: ...
 
 
 class LocalOnly:
@@ -105,6 +121,36 @@ async def run_sync_loop(
                 log.info("map sync works again after %d failed cycles", failing)
             failing = 0
         report.last_duration_s = time.monotonic() - started
-        pause = max(0.0, interval_s - report.last_duration_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=pause)
+        await _pause(syncer, report, started + interval_s, stop)
+
+
+async def _pause(syncer: Syncer, report: SyncReport, until: float, stop: asyncio.Event) -> None:
+    """Wait until ``until`` (monotonic) or ``stop``; a :class:`Refreshing`
+    syncer's news meanwhile is written after :data:`REFRESH_GAP_S`, while at
+    least that long is left before the next cycle (which writes it anyway)."""
+    news = syncer.news if isinstance(syncer, Refreshing) else None
+    while not stop.is_set():
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        waits = [stop.wait()] if news is None else [stop.wait(), news.wait()]
+        tasks = [asyncio.ensure_future(w) for w in waits]
+        try:
+            await asyncio.wait(tasks, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+        if news is None or not news.is_set() or stop.is_set():
+            continue
+        if until - time.monotonic() < 2 * REFRESH_GAP_S:
+            return  # the cycle is about to write it
+        await asyncio.sleep(REFRESH_GAP_S)
+        news.clear()
+        assert isinstance(syncer, Refreshing)
+        try:
+            await syncer.refresh(report)
+            report.refreshes += 1
+        except Exception as exc:  # the next cycle writes what this one did not
+            report.failures += 1
+            report.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("view refresh failed: %s", report.last_error)

@@ -9,6 +9,7 @@ kernel or real agents; ``xpro-mesh --help`` needs none of it).
 * :mod:`.stats` — repetitions as min/median/max, ratios, targets, JSON;
 * :mod:`.agent` — the agent's sync cycle and five real agents on loopback;
 * :mod:`.datapath` — the filter's ns/packet against baselines, map-sync syscalls;
+* :mod:`.spoofed` — the filter under a spoofed-source flood (issue 11);
 * :mod:`.table` — the columnar pair table's cycles against the scalar GossipState;
 * :mod:`.wire` — the mesh's bytes and codec CPU per changed row, the stream;
 * :mod:`.loopback` — real ``xpro-mesh agent`` processes (the bench and the tests).
@@ -27,6 +28,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "datapath": (
         "xpro_mesh.bench.datapath",
         "the XDP filter: ns per packet against a bare drop and a skeleton (root)",
+    ),
+    "spoofed": (
+        "xpro_mesh.bench.spoofed",
+        "the XDP filter under a spoofed-source flood: the probation path, the flood dropped (root)",
     ),
     "table": (
         "xpro_mesh.bench.table",

@@ -3,7 +3,8 @@ Algorithm 2 (per-packet filtering), as a pure userspace reference model.
 
 Al Atiiq & Gehrmann, "X-Pro: Distributed XDP Proxies against DDoS" (NordSec
 2021). This module is the contract the kernel program and the gossip merge are
-checked against, so it does integer arithmetic only, exactly as the kernel:
+checked against, so it does integer arithmetic, exactly as the kernel (the
+one exception, the mesh's destination rate estimate, is :func:`window_rate`):
 
 * timestamps and T_T1..T_T4 are nanoseconds, T_F1/T_F2 packets per second;
 * a rate test ``c / (ts2 - ts1) > T_F`` is ``c * 10**9 > T_F * (ts2 - ts1)``;
@@ -18,6 +19,7 @@ No I/O, no clock: time is an argument.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
@@ -25,8 +27,10 @@ from typing import Protocol, TypeVar
 from xpro_mesh.core.params import DEFAULTS, NS_PER_S, Params, Policy
 
 __all__ = [
+    "ADMIT_UNIT",
     "DEFAULTS",
     "NS_PER_S",
+    "AdmissionBudget",
     "DestinationAggregate",
     "LocalRecord",
     "MasterRecord",
@@ -34,13 +38,18 @@ __all__ = [
     "Policy",
     "Verdict",
     "Window",
+    "admission_aggregate",
     "destination_aggregate",
+    "destination_rate_floor",
     "filter_packet",
     "filter_packet_fair_share",
     "fold_destination",
     "fold_destinations",
+    "is_established",
     "rate_exceeds",
+    "rate_start",
     "sync_master",
+    "window_rate",
 ]
 
 
@@ -185,7 +194,11 @@ class DestinationAggregate:
     and the summed count of every client's window towards D, and ``clients``,
     how many windows that is: n(D) of the fair-share policy. The same record
     for one proxy's table (:func:`destination_aggregate`), the mesh's view
-    (``GossipState.destination_view``) and the kernel's aggregate."""
+    (``GossipState.destination_view``) and the kernel's aggregate.
+
+    In the mesh's view under ``fair-share``, ``ts1`` is the start that makes
+    ``c / (ts2 - ts1)`` the sum of the clients' own rates
+    (:func:`fold_destination` with ``rate_floor``)."""
 
     ts1: int
     ts2: int
@@ -193,24 +206,92 @@ class DestinationAggregate:
     clients: int
 
 
-def fold_destination(windows: Iterable[Window]) -> DestinationAggregate | None:
+def is_established(w: Window, p: Params) -> bool:
+    """A pair that proved itself (issue 11): at least ``admit_k`` packets and
+    a window longer than T_T2, so it has a rate the pair rule (line 14) and
+    the fair share can judge. A forged source sends one packet and never
+    is; a restarted window (lines 4-7) is young again."""
+    return w.c >= p.admit_k and w.ts2 - w.ts1 > p.t_t2
+
+
+RATE_SCALE = 1e12  # window rates in milli-packets per second: c * 1e12 / ns
+RATE_MAX = 1 << 40  # one window's rate is clamped here (~1.1e9 packets/s)
+_INT_MAX = (1 << 63) - 1
+
+
+def window_rate(c: int, ts1: int, ts2: int, floor: int) -> int:
+    """One window's rate in milli-packets per second, over at least
+    ``floor`` ns (a window of one packet has no rate of its own: over T_T3
+    it reads what a client sending that often would).
+
+    The one float computation of the core: ``floor(float(c) * 1e12 /
+    float(length))`` in IEEE float64, correctly rounded at each step, so the
+    vectorised fold (numpy float64, the same two operations) gives the same
+    integer bit for bit; sums of these integers are exact in any order."""
+    length = max(ts2 - ts1, floor, 1)
+    return min(math.floor(float(min(c, _INT_MAX)) * RATE_SCALE / float(length)), RATE_MAX)
+
+
+def rate_start(ts1: int, ts2: int, c: int, rate: int) -> int:
+    """The window start that makes ``c / (ts2 - start)`` read ``rate``
+    (milli-packets per second): ``ts2 - floor(c * 1e12 / rate)``, at least 0;
+    ``ts1`` when there is no rate."""
+    if rate <= 0:
+        return ts1
+    length = math.floor(float(min(c, _INT_MAX)) * RATE_SCALE / float(rate))
+    return ts2 - min(length, ts2)
+
+
+def fold_destination(
+    windows: Iterable[Window],
+    rate_floor: int | None = None,
+    established_under: Params | None = None,
+) -> DestinationAggregate | None:
     """Lines 18-20 over ``windows``, the clients' windows towards one D: min
     ts1, max ts2, sum c and n(D); None when there are none.
 
     ``c_i + dc_i`` of the paper is the local ``c'_i``: after a sync c' = c and
-    dc' = 0, and every packet increments both, so summing c is the rule."""
+    dc' = 0, and every packet increments both, so summing c is the rule.
+
+    ``rate_floor`` (the mesh's view under ``fair-share``: T_T3): the window
+    starts where ``sum c / (ts2 - ts1)`` is the sum of the windows' own rates
+    (:func:`window_rate`, each over at least ``rate_floor``), not at the
+    earliest start. The clients' windows start at different times (each
+    restarts, and is divided by r past T_T4, on its own), so the literal
+    min ts1 spans older windows than most counts cover: a botnet of steady
+    bots reads about 3/4 of its rate, and when a dead proxy's rows leave,
+    their counts leave the sum while the window still starts at the oldest
+    start, a dip that lets the attack through for a moment. The sum of
+    rates follows the windows that still count.
+
+    n(D) counts every window, or with ``established_under`` only the
+    established ones (:func:`is_established`): the fair-share policy's n(D),
+    which forged one-packet sources cannot dilute. ts1, ts2 and c always
+    take every window."""
     ts1: int | None = None
     ts2 = 0
     total = 0
     clients = 0
+    rate = 0
     for w in windows:
         ts1 = w.ts1 if ts1 is None else min(ts1, w.ts1)
         ts2 = max(ts2, w.ts2)
         total += w.c
-        clients += 1
+        if established_under is None or is_established(w, established_under):
+            clients += 1
+        if rate_floor is not None:
+            rate += window_rate(w.c, w.ts1, w.ts2, rate_floor)
     if ts1 is None:
         return None
+    if rate_floor is not None:
+        ts1 = rate_start(ts1, ts2, total, rate)
     return DestinationAggregate(ts1=ts1, ts2=ts2, c=total, clients=clients)
+
+
+def destination_rate_floor(p: Params) -> int | None:
+    """The ``rate_floor`` of the mesh's destination views: T_T3 under
+    ``fair-share``; None (lines 18-20 as written) under ``paper``."""
+    return p.t_t3 if p.policy is Policy.FAIR_SHARE else None
 
 
 S = TypeVar("S", bound=Hashable)  # a client's key, opaque to the model
@@ -233,11 +314,68 @@ def fold_destinations(
 
 
 def destination_aggregate(
-    table: Mapping[tuple[S, D], LocalRecord], dst: D
+    table: Mapping[tuple[S, D], LocalRecord], dst: D, established_under: Params | None = None
 ) -> DestinationAggregate | None:
     """:func:`fold_destination` of the clients of ``dst`` in one L_DB. The
     kernel keeps this aggregate incrementally; the model recomputes it."""
-    return fold_destination(rec for (_src, d), rec in table.items() if d == dst)
+    return fold_destination(
+        (rec for (_src, d), rec in table.items() if d == dst),
+        established_under=established_under,
+    )
+
+
+ADMIT_UNIT = 10**6
+"""Tokens of the admission budget are micro-packets (one young packet costs
+ADMIT_UNIT), so that a refill over a few ns at a few packets/s is not lost
+to rounding; the kernel keeps them in 32 bits (admit_burst <= 4000)."""
+
+_REFILL_FULL_NS = 1 << 40  # an idle gap this long refills any bucket (and bounds the product)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionBudget:
+    """One destination's admission budget: a token bucket of ``tokens``
+    micro-packets, refilled at admit_rate/s up to admit_burst packets, as of
+    ``last``, the latest packet towards D (the kernel's destination ts2);
+    ``c``: the packets of pairs dropped on probation (never entered in the
+    table), which D's count includes all the same."""
+
+    tokens: int
+    last: int
+    c: int = 0
+
+
+def _refill(budget: AdmissionBudget | None, now: int, p: Params) -> AdmissionBudget:
+    """The bucket at ``now``: full when D is new; else refilled for the time
+    since D's last packet, exactly as the kernel (integer micro-packets,
+    elapsed * rate // 1000, a gap of 2^40 ns or more refills fully)."""
+    cap = p.admit_burst * ADMIT_UNIT
+    if budget is None:
+        return AdmissionBudget(cap, now)
+    if now <= budget.last:
+        return budget
+    elapsed = now - budget.last
+    if elapsed >= _REFILL_FULL_NS:
+        return replace(budget, tokens=cap, last=now)
+    tokens = min(cap, budget.tokens + elapsed * p.admit_rate // 1000)
+    return replace(budget, tokens=tokens, last=now)
+
+
+def admission_aggregate(
+    table: Mapping[tuple[S, D], LocalRecord],
+    budgets: Mapping[D, AdmissionBudget],
+    dst: D,
+    p: Params,
+) -> DestinationAggregate | None:
+    """D's aggregate under fair-share: lines 18-20 over its pairs in
+    ``table`` (n: the established ones), plus the packets dropped on
+    probation (their count, and D's latest packet as ts2): what the kernel's
+    destination slot holds."""
+    agg = destination_aggregate(table, dst, p)
+    budget = budgets.get(dst)
+    if agg is None or budget is None:
+        return agg
+    return replace(agg, ts2=max(agg.ts2, budget.last), c=agg.c + budget.c)
 
 
 def _pair_over_limit(rec: LocalRecord, p: Params) -> bool:
@@ -281,26 +419,64 @@ def filter_packet_fair_share(
     now: int,
     p: Params,
     clients: int | None = None,
+    budgets: MutableMapping[D, AdmissionBudget] | None = None,
 ) -> Verdict:
     """Algorithm 2 with the ``fair-share`` destination policy (docs/design.md).
 
     Identical to :func:`filter_packet` up to line 21. While D is over T_F2,
-    only the pairs whose own rate exceeds D's fair share ``T_F2 / n(D)`` are
-    dropped, so slow, long-lived clients keep reaching D. ``n(D)`` is the
-    number of clients active towards D across the mesh; the agents know it
-    and pass it as ``clients``; by default the clients in ``table`` are
-    counted. The pair's share test uses the pair's own window and needs no
-    minimum length: in the integer form ``c * 10**9 * n > T_F2 * (ts2 - ts1)``.
+    an established pair (:func:`is_established`) is dropped only when its
+    own rate exceeds D's fair share ``T_F2 / n(D)``, so slow, long-lived
+    clients keep reaching D; a young pair (too few packets or too short a
+    window to have a rate: a forged source is one) takes a token from D's
+    admission budget (``budgets[dst]``, :class:`AdmissionBudget`) and is
+    dropped when there is none, so a forged flood is capped at admit_rate
+    while new real clients still get in. ``n(D)`` is the number of
+    established clients towards D across the mesh; the agents know it and
+    pass it as ``clients``; by default the established clients in ``table``
+    are counted. The share test is ``c * 10**9 * n > T_F2 * (ts2 - ts1)``.
+
+    Probation: a pair not yet in ``table`` whose packet finds D (with the
+    packet counted) over T_F2 and D's budget empty is dropped without being
+    entered, its packet counted into D only (``budget.c``); so a forged
+    flood neither fills L_DB nor evicts anyone (the kernel: no pair slot).
+
+    ``budgets`` must be the same mapping for every packet of ``table`` (the
+    bucket refills with every packet to D, whatever its verdict); None
+    keeps no bucket, so every young packet sees a full one.
     """
-    rec = _count_packet(table.get((src, dst)), now, p)
+    old = table.get((src, dst))
+    had_dest = budgets is not None and dst in budgets
+    budget = _refill(budgets.get(dst) if budgets is not None else None, now, p)
+    if budgets is not None:
+        budgets[dst] = budget
+        if old is None and had_dest and budget.tokens < ADMIT_UNIT:
+            agg = destination_aggregate(table, dst, p)
+            if agg is not None:
+                with_it = replace(
+                    agg, ts1=min(agg.ts1, now), ts2=budget.last, c=agg.c + budget.c + 1
+                )
+                if _destination_over_limit(with_it, p):
+                    budgets[dst] = replace(budget, c=budget.c + 1)
+                    return Verdict.DROP_DEST
+    rec = _count_packet(old, now, p)
     table[(src, dst)] = rec
     if _pair_over_limit(rec, p):
         return Verdict.DROP_PAIR
-    agg = destination_aggregate(table, dst)
+    if budgets is not None:
+        agg = admission_aggregate(table, budgets, dst, p)
+    else:
+        agg = destination_aggregate(table, dst, p)
     assert agg is not None
-    if _destination_over_limit(agg, p):
-        n = max(1, clients if clients is not None else agg.clients)
-        window = rec.ts2 - rec.ts1
-        if window > p.t_t2 and rec.c * NS_PER_S * n > p.t_f2 * window:
+    if not _destination_over_limit(agg, p):
+        return Verdict.PASS
+    if not is_established(rec, p):
+        if budget.tokens < ADMIT_UNIT:
             return Verdict.DROP_DEST
+        if budgets is not None:
+            budgets[dst] = replace(budget, tokens=budget.tokens - ADMIT_UNIT)
+        return Verdict.PASS
+    n = max(1, clients if clients is not None else agg.clients)
+    window = rec.ts2 - rec.ts1
+    if rec.c * NS_PER_S * n > p.t_f2 * window:
+        return Verdict.DROP_DEST
     return Verdict.PASS

@@ -54,6 +54,7 @@ from xpro_mesh.core.algorithm import (
     LocalRecord,
     MasterRecord,
     Params,
+    destination_rate_floor,
     fold_destination,
     sync_master,
 )
@@ -567,7 +568,9 @@ class GossipState:
             if not pairs:
                 return None
             view = fold_destination(
-                v for v in (self.pair_view(pair) for pair in pairs) if v is not None
+                (v for v in (self.pair_view(pair) for pair in pairs) if v is not None),
+                destination_rate_floor(self._params),
+                established_under=self._params,  # n(D): established pairs only (issue 11)
             )
             assert view is not None
             self._dest_views[destination] = view

@@ -114,21 +114,20 @@ class KeyIndex:
     def lookup(self, keys: Words) -> Ints:
         """The id of each key, ``EMPTY`` (-1) for keys not held."""
         keys = self._check(keys)
-        n = len(keys)
-        found = np.full(n, EMPTY, dtype=np.int64)
         slot = self._home(keys)
         mask = np.int64(len(self._slots) - 1)
-        pending: Ints | None = None  # None: every row (the first round)
-        while pending is None or len(pending):
-            s = slot if pending is None else slot[pending]
-            want = keys if pending is None else keys[pending]
-            held = self._slots[s]
-            match = self._equal(held, want)
-            rows = np.arange(n, dtype=np.int64) if pending is None else pending
-            found[rows[match]] = held[match]
-            rows = rows[~match & (held != EMPTY)]
-            slot[rows] = (slot[rows] + 1) & mask
-            pending = rows
+        # The first round over every row (most keys end there: the table is
+        # at most a quarter full), then only the rows still probing.
+        held = self._slots[slot]
+        match = self._equal(held, keys)
+        found: Ints = np.where(match, held, EMPTY)
+        pending = np.flatnonzero(~match & (held != EMPTY))
+        while len(pending):
+            slot[pending] = (slot[pending] + 1) & mask
+            held = self._slots[slot[pending]]
+            match = self._equal(held, keys[pending])
+            found[pending[match]] = held[match]
+            pending = pending[~match & (held != EMPTY)]
         return found
 
     def _equal(self, held: Ints, want: Words) -> Bools:

@@ -43,6 +43,23 @@ class Policy(enum.StrEnum):
 
 
 _DURATIONS = ("t_t1", "t_t2", "t_t3", "t_t4")
+_INTS = (
+    "t_t1",
+    "t_t2",
+    "t_t3",
+    "t_t4",
+    "t_f1",
+    "t_f2",
+    "r",
+    "admit_k",
+    "admit_rate",
+    "admit_burst",
+)
+
+ADMIT_BURST_MAX = 4000
+"""The kernel keeps a destination's bucket in micro-packets in 32 bits."""
+ADMIT_RATE_MAX = 1 << 23
+"""Keeps the kernel's refill (elapsed ns, capped at 2^40, times the rate) in 63 bits."""
 
 
 def _meta(unit: Unit, what: str, why: str) -> dict[str, Any]:
@@ -62,6 +79,11 @@ class Params:
     t_f1: packets/s allowed per (client, destination) pair.
     t_f2: packets/s allowed per destination, over all clients and proxies.
     r:    frequency division factor, an integer >= 2 (lines 14-15).
+    admit_k, admit_rate, admit_burst: the fair-share policy's admission
+          budget (not in the paper; issue 11): while D is over T_F2, a pair
+          with fewer than admit_k packets or a window not longer than T_T2
+          is young, and young pairs share a token bucket of admit_rate/s,
+          admit_burst deep, per destination; n(D) counts established pairs.
     policy: which packets to D are dropped while D is over T_F2.
 
     The defaults suit a service that a few hundred clients reach through a
@@ -127,6 +149,31 @@ class Params:
             "halving each T_T4 keeps a long window's rate close to its recent past",
         ),
     )
+    admit_k: int = field(
+        default=4,
+        metadata=_meta(
+            "count",
+            "packets a pair needs (with a window over T_T2) to be established, "
+            "not admitted through the destination's budget",
+            "a forged source sends one packet; a real client sends 4 in its first second or two",
+        ),
+    )
+    admit_rate: int = field(
+        default=100,
+        metadata=_meta(
+            "rate",
+            "packets/s of young pairs a destination over T_F2 admits (its admission budget)",
+            "a tenth of the default T_F2: new clients still get in, a forged flood is capped there",
+        ),
+    )
+    admit_burst: int = field(
+        default=10,
+        metadata=_meta(
+            "count",
+            "young-pair packets the admission budget holds at most (a token bucket's depth)",
+            "a few new clients arriving at once; at most 4000 (the kernel's 32-bit bucket)",
+        ),
+    )
     policy: Policy = field(
         default=Policy.FAIR_SHARE,
         metadata=_meta(
@@ -137,7 +184,7 @@ class Params:
     )
 
     def __post_init__(self) -> None:
-        for name in ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "r"):
+        for name in _INTS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -145,6 +192,14 @@ class Params:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if self.r < 2:
             raise ValueError(f"r must be an integer >= 2, got {self.r}")
+        if self.admit_burst > ADMIT_BURST_MAX:
+            raise ValueError(
+                f"admit_burst must be at most {ADMIT_BURST_MAX}, got {self.admit_burst}"
+            )
+        if self.admit_rate > ADMIT_RATE_MAX:
+            raise ValueError(
+                f"admit_rate must be at most {ADMIT_RATE_MAX}/s, got {self.admit_rate}"
+            )
         if not isinstance(self.policy, Policy):
             raise TypeError(f"policy must be a Policy, got {self.policy!r}")
 
@@ -163,6 +218,9 @@ class Params:
             "t_f1": self.t_f1,
             "t_f2": self.t_f2,
             "r": self.r,
+            "admit_k": self.admit_k,
+            "admit_rate": self.admit_rate,
+            "admit_burst": self.admit_burst,
             "policy": str(self.policy),
         }
 

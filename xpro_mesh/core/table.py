@@ -62,7 +62,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from xpro_mesh.core.algorithm import NS_PER_S, Params
+from xpro_mesh.core.algorithm import (
+    NS_PER_S,
+    RATE_MAX,
+    RATE_SCALE,
+    Params,
+    destination_rate_floor,
+)
 from xpro_mesh.core.gossip_state import (
     ZERO_VERSION,
     Coverage,
@@ -165,7 +171,8 @@ class PairViews:
 class DestinationViews:
     """Destination views (scalar ``fold_destination``): per destination id
     ``ids`` with address ``dst``: min ts1, max ts2, sum c (saturating, exact
-    in ``overflow``), n(D) = ``clients``."""
+    in ``overflow``), n(D) = ``clients``: the established pairs
+    (:func:`~xpro_mesh.core.algorithm.is_established`)."""
 
     ids: Ints
     dst: Addresses
@@ -250,6 +257,28 @@ def _lt(col: Ints, x: int) -> Bools:
     if x <= INT_MIN:
         return np.zeros(len(col), dtype=np.bool_)
     return col < x
+
+
+def _rate_starts(
+    views: PairViews, d: Ints, cap: int, out: Ints, ts1: Ints, ts2: Ints, c: Ints, floor: int
+) -> Ints:
+    """Scalar ``fold_destination(..., rate_floor=floor)``'s ts1 for the
+    destinations ``out`` (``d``: each view's destination id; ``c`` the
+    destinations' saturated counts): ``window_rate`` and ``rate_start`` in
+    the same float64 operations, so the integers agree bit for bit."""
+    length = np.maximum(views.ts2 - views.ts1, max(floor, 1))
+    r = np.floor(views.c.astype(np.float64) * RATE_SCALE / length.astype(np.float64))
+    per_pair = np.minimum(r, float(RATE_MAX)).astype(np.int64)
+    rates = np.zeros(cap, dtype=np.int64)
+    np.add.at(rates, d, per_pair)
+    rate = rates[out]
+    has = rate > 0
+    span = np.floor(c.astype(np.float64) * RATE_SCALE / np.maximum(rate, 1).astype(np.float64))
+    exact = span < float(1 << 62)  # integer-valued floats below 2^62 convert exactly
+    whole = np.full(len(out), INT_MAX, dtype=np.int64)
+    whole[exact] = span[exact].astype(np.int64)
+    start: Ints = np.where(has, ts2 - np.minimum(whole, ts2), ts1)
+    return start
 
 
 def _eq(col: Ints, x: int) -> Bools:
@@ -361,6 +390,9 @@ class PairTable:
         self._horizon = horizon
         self._clock: Version = (incarnation, 0)
         self._floor: int | None = None
+        # per origin slot: at most the least ts2 of its rows (expire skips
+        # a slot whose bound is not below the floor: a quiet cycle scans none)
+        self._oldest: dict[int, int] = {}
         self._watermark: dict[str, Version] = {}
 
         self._pairs = KeyIndex(4, capacity)
@@ -722,7 +754,10 @@ class PairTable:
     def _newest(self, ids: Ints) -> Ints:
         """Newest ts2 over the origins' rows of each pair (-1 when none)."""
         k = self._slots_used()
-        newest: Ints = np.where(self._present[:k, ids], self._ts2[:k, ids], -1).max(axis=0)
+        present, ts2 = self._present[:k, ids], self._ts2[:k, ids]
+        newest: Ints = np.where(present[0], ts2[0], -1)
+        for o in range(1, k):  # k - 1 elementwise steps beat a reduce along axis 0
+            np.maximum(newest, np.where(present[o], ts2[o], -1), out=newest)
         return newest
 
     def _slots_used(self) -> int:
@@ -740,41 +775,69 @@ class PairTable:
         cols = slice(None) if whole else ids
         present = self._present[:k, cols]
         ts2 = self._ts2[:k, cols]
-        newest = np.where(present, ts2, -1).max(axis=0)
-        live = present & (ts2 >= newest - self._params.t_t1)
-        ts1 = np.where(live, self._ts1[:k, cols], INT_MAX).min(axis=0)
-        counts = np.where(live, self._c[:k, cols], 0)
+        # Origin by origin (k is small): numpy reduces a (k, n) array along
+        # axis 0 several times slower than k - 1 elementwise steps.
+        newest = np.where(present[0], ts2[0], -1)
+        for o in range(1, k):
+            np.maximum(newest, np.where(present[o], ts2[o], -1), out=newest)
+        oldest_live = newest - self._params.t_t1
+        ts1_all = self._ts1[:k, cols]
+        c_all = self._c[:k, cols]
+        ts1 = np.full(len(newest), INT_MAX, dtype=np.int64)
+        origins = np.zeros(len(newest), dtype=np.int64)
+        counts: list[Ints] = []
+        for o in range(k):
+            live = present[o] & (ts2[o] >= oldest_live)
+            np.minimum(ts1, np.where(live, ts1_all[o], INT_MAX), out=ts1)
+            origins += live
+            counts.append(np.where(live, c_all[o], 0))
         overflow: dict[int, int]
-        if k * int(counts.max(initial=0)) <= INT_MAX:  # no sum can pass 2^63
-            c, overflow = counts.sum(axis=0), {}
+        if k * max(int(x.max(initial=0)) for x in counts) <= INT_MAX:  # no sum passes 2^63
+            c = counts[0].copy()
+            for x in counts[1:]:
+                c += x
+            overflow = {}
             if whole:
                 c = c[ids]
         else:
-            hi, lo = _limbs(counts[:, ids] if whole else counts)
+            stacked = np.stack(counts)
+            hi, lo = _limbs(stacked[:, ids] if whole else stacked)
             c, overflow = _join(hi.sum(axis=0), lo.sum(axis=0))
-        origins = live.sum(axis=0, dtype=np.int64)
         if whole:
             ts1, newest, origins = ts1[ids], newest[ids], origins[ids]
         return PairViews(ids, ts1, newest, c, origins, overflow)
 
     def destination_views(
-        self, dest_ids: Ints | None = None, pair_views: PairViews | None = None
+        self,
+        dest_ids: Ints | None = None,
+        pair_views: PairViews | None = None,
+        known: PairViews | None = None,
     ) -> DestinationViews:
         """Destination views (scalar ``fold_destination`` of the pair views)
         of every destination, or of ``dest_ids``: grouped by destination id
         with ``np.minimum.at`` / ``np.maximum.at`` / ``np.add.at``.
         ``pair_views``: :meth:`pair_views` of every live pair, already computed
-        this cycle (with ``dest_ids`` None), so they are not folded twice."""
+        this cycle (with ``dest_ids`` None), so they are not folded twice.
+        ``known``: views of some live pairs, as :meth:`pair_views` gives them
+        now; only the other pairs of the destinations are folded here (the
+        map sync has just computed the views of every pair its kernel holds,
+        and a victim's million pairs are not folded twice)."""
         if pair_views is not None and dest_ids is None:
-            live = pair_views.ids
             views = pair_views
+        elif dest_ids is not None and len(dest_ids) == 0:
+            return self._no_destinations()
         else:
             live = self.live_ids()
+            wanted = None
             if dest_ids is not None:
                 wanted = np.zeros(self._dests.capacity, dtype=np.bool_)
                 wanted[dest_ids] = True
                 live = live[wanted[self._dest[live]]]
-            views = self.pair_views(live)
+            if known is not None and not known.overflow and len(known.ids):
+                views = self._with_known(live, known, wanted)
+            else:
+                views = self.pair_views(live)
+        live = views.ids
         d = self._dest[live]
         cap = self._dests.capacity
         ts1 = np.full(cap, INT_MAX, dtype=np.int64)
@@ -782,6 +845,10 @@ class PairTable:
         np.minimum.at(ts1, d, views.ts1)
         np.maximum.at(ts2, d, views.ts2)
         pairs = np.bincount(d, minlength=cap).astype(np.int64)
+        # n(D) counts only established pairs (algorithm.is_established, issue 11).
+        p = self._params
+        established = (views.c >= p.admit_k) & (views.ts2 - views.ts1 > p.t_t2)
+        clients = np.bincount(d[established], minlength=cap).astype(np.int64)
         out = np.flatnonzero(pairs) if dest_ids is None else np.asarray(dest_ids, np.int64)
         out = out[pairs[out] > 0]
         if views.overflow:  # a pair's own sum past 2^63: sum exactly in Python
@@ -803,7 +870,39 @@ class PairTable:
                 np.add.at(ls, d, lo)
                 c, overflow = _join(hs[out], ls[out])
         dst = _addresses(self._dests.keys_of(out))
-        return DestinationViews(out, dst, ts1[out], ts2[out], c, pairs[out], overflow)
+        start = ts1[out]
+        floor = destination_rate_floor(self._params)
+        if floor is not None:
+            start = _rate_starts(views, d, cap, out, start, ts2[out], c, floor)
+        return DestinationViews(out, dst, start, ts2[out], c, clients[out], overflow)
+
+    def _with_known(self, live: Ints, known: PairViews, wanted: Bools | None) -> PairViews:
+        """The views of ``live``: ``known``'s where it has them (those of
+        wanted destinations), folded here for the rest. Order is not kept:
+        a destination's fold does not depend on it."""
+        keep = self._nrows[known.ids] > 0  # a merge between two chunks may drop one
+        if wanted is not None:
+            keep &= wanted[self._dest[known.ids]]
+        every = bool(keep.all())
+        have = np.zeros(len(self._nrows), dtype=np.bool_)
+        have[known.ids if every else known.ids[keep]] = True
+        rest = self.pair_views(live[~have[live]])
+        if rest.overflow:
+            return self.pair_views(live)
+        if every and not len(rest.ids):
+            return known
+        return PairViews(
+            np.concatenate([known.ids[keep], rest.ids]),
+            np.concatenate([known.ts1[keep], rest.ts1]),
+            np.concatenate([known.ts2[keep], rest.ts2]),
+            np.concatenate([known.c[keep], rest.c]),
+            np.concatenate([known.origins[keep], rest.origins]),
+        )
+
+    def _no_destinations(self) -> DestinationViews:
+        z = np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=ADDRESS_DTYPE)
+        return DestinationViews(z, empty, z.copy(), z.copy(), z.copy(), z.copy())
 
     def destination_ids(self, dst: Addresses) -> Ints:
         """The id of each destination held, -1 otherwise."""
@@ -950,9 +1049,13 @@ class PairTable:
             stale = held
         tally.stale += int(np.count_nonzero(stale))
         fresh = ~stale
-        for code, why in _REASON.items():
-            tally.reject(why, int(np.count_nonzero(fresh & (reason == code))), origin)
-        ok = fresh & (reason == _OK)
+        refused = reason != _OK
+        if refused.any():  # most batches have no refused row: one pass, not one per reason
+            for code, why in _REASON.items():
+                tally.reject(why, int(np.count_nonzero(fresh & (reason == code))), origin)
+            ok = fresh & ~refused
+        else:
+            ok = fresh
         if o is None and self._origins_with_rows() >= lim.max_origins:
             tally.reject(Rejection.TOO_MANY_ORIGINS, int(np.count_nonzero(ok)), origin)
             return
@@ -965,8 +1068,14 @@ class PairTable:
             return
         if o is None:
             o = self._new_slot(origin)
-        s = ids[store]
-        self._store(o, s, cols[0][store], cols[1][store], cols[2][store], inc[store], seq[store])
+        if len(store) == len(ids):  # the usual batch: every row taken, no gathers
+            s = ids
+            self._store(o, s, cols[0], cols[1], cols[2], inc, seq)
+        else:
+            s = ids[store]
+            self._store(
+                o, s, cols[0][store], cols[1][store], cols[2][store], inc[store], seq[store]
+            )
         tally.accepted += len(store)
         tally.changed.append(s)
 
@@ -1050,11 +1159,18 @@ class PairTable:
         for origin, o in list(self._slot.items()):
             if not self._rows_of[o]:
                 continue
-            ids = np.flatnonzero(self._present[o] & _lt(self._ts2[o], floor))
+            if self._oldest.get(o, INT_MIN) >= floor:
+                continue  # no row of this origin is older than the floor
+            ts2 = self._ts2[o]
+            present = self._present[o]
+            old = present & _lt(ts2, floor)
+            ids = np.flatnonzero(old)
             if len(ids):
                 dropped += len(ids)
                 touched.append(ids)
                 self._unstore(origin, o, ids)
+            if self._rows_of[o]:
+                self._oldest[o] = int(ts2[present].min())
         for origin in [o for o in self._watermark if o != self._node_id]:
             if origin not in self._slot or not self._rows_of[self._slot[origin]]:
                 del self._watermark[origin]
@@ -1096,6 +1212,7 @@ class PairTable:
                 setattr(self, name, np.concatenate([a, np.zeros_like(a)]))
         self._names[o] = origin
         self._slot[origin] = o
+        self._oldest.pop(o, None)
         return o
 
     def _ids_for(self, src: Addresses, dst: Addresses) -> tuple[Ints, Bools]:
@@ -1162,6 +1279,9 @@ class PairTable:
         self._inc[o, ids] = inc
         self._seq[o, ids] = seq
         self._changed[ids] = True
+        least = int(ts2.min())
+        if least < self._oldest.get(o, INT_MAX):
+            self._oldest[o] = least
         top_inc = int(inc.max())
         top = (top_inc, int(seq[inc == top_inc].max()))
         origin = self._names[o]

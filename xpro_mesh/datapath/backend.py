@@ -252,6 +252,10 @@ class Stats:
     pair_views: int = 0
     dest_views: int = 0
     relinks: int = 0
+    admitted: int = 0  # young pairs' packets through a destination's admission budget
+    drop_admit: int = 0  # young pairs' packets dropped, budget empty (in drop_dest too)
+    probation_drops: int = 0  # of which new pairs dropped before taking a slot
+    unparsed: int = 0  # carriers not parsed (> 8 VLAN tags, MPLS, PPPoE): config unparsed
 
     @classmethod
     def from_counters(cls, counters: dict[str, int]) -> Stats:

@@ -17,10 +17,14 @@ TOML, flat or under an ``[xdp]`` table::
     t_f1 = 100       # packets/s per (client, destination)
     t_f2 = 1000      # packets/s per destination, all clients, all proxies
     r = 2            # frequency division factor
+    admit_k = 4      # fair-share: packets (and a window over t_t2) of an established pair
+    admit_rate = 100 # fair-share: young-pair packets/s a destination over t_f2 admits
+    admit_burst = 10 # fair-share: that budget's depth, packets (at most 4000)
     policy = "fair-share"   # or "paper"
     clock = "coarse"        # or "precise"
     warn_interval = "1s"    # between two overload warnings of one pair
     warn_per_cpu = 100      # overload warnings per second per CPU, at most
+    unparsed = "pass"       # or "drop": > 8 VLAN tags, MPLS, PPPoE (counted either way)
     pairs_max = 1048576     # map sizes: used when the maps are created
     dests_max = 65536
 """
@@ -35,7 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from xpro_mesh import units
-from xpro_mesh.core.params import DEFAULTS, NS_PER_S, Params, Policy, operational_problems
+from xpro_mesh.core.params import (
+    ADMIT_BURST_MAX,
+    ADMIT_RATE_MAX,
+    DEFAULTS,
+    NS_PER_S,
+    Params,
+    Policy,
+    operational_problems,
+)
 from xpro_mesh.datapath import structs
 from xpro_mesh.units import ConfigError
 
@@ -44,6 +56,7 @@ __all__ = [
     "ConfigError",
     "MapSizes",
     "Policy",
+    "Unparsed",
     "XdpConfig",
     "load_config_file",
     "parse_duration",
@@ -51,6 +64,14 @@ __all__ = [
 ]
 
 _MAX_S64 = units.MAX_S64
+
+
+class Unparsed(enum.StrEnum):
+    """What the program does with an IP carrier it cannot parse (more than
+    8 VLAN tags, MPLS, PPPoE session): counted either way (``unparsed``)."""
+
+    PASS = "pass"
+    DROP = "drop"
 
 
 class ClockSource(enum.StrEnum):
@@ -95,7 +116,20 @@ def _parse_enum(key: str, value: object, kind: type[enum.Enum]) -> Any:
 
 
 # The integer fields, range-checked here and copied into the kernel's struct.
-_INT_FIELDS = ("t_t1", "t_t2", "t_t3", "t_t4", "t_f1", "t_f2", "r", "warn_interval", "warn_per_cpu")
+_INT_FIELDS = (
+    "t_t1",
+    "t_t2",
+    "t_t3",
+    "t_t4",
+    "t_f1",
+    "t_f2",
+    "r",
+    "warn_interval",
+    "warn_per_cpu",
+    "admit_k",
+    "admit_rate",
+    "admit_burst",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +151,14 @@ class XdpConfig:
     t_f1: int = DEFAULTS.t_f1
     t_f2: int = DEFAULTS.t_f2
     r: int = DEFAULTS.r
+    admit_k: int = DEFAULTS.admit_k
+    admit_rate: int = DEFAULTS.admit_rate
+    admit_burst: int = DEFAULTS.admit_burst
     policy: Policy = DEFAULTS.policy
     clock: ClockSource = ClockSource.COARSE
     warn_interval: int = 1 * NS_PER_S
     warn_per_cpu: int = 100
+    unparsed: Unparsed = Unparsed.PASS
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -131,8 +169,18 @@ class XdpConfig:
                 raise ConfigError(name, f"{value} is out of range 0..2^63-1")
         if self.r < 2:
             raise ConfigError("r", f"must be an integer >= 2, got {self.r}")
+        if self.admit_burst > ADMIT_BURST_MAX:
+            raise ConfigError(
+                "admit_burst", f"must be at most {ADMIT_BURST_MAX}, got {self.admit_burst}"
+            )
+        if self.admit_rate > ADMIT_RATE_MAX:
+            raise ConfigError(
+                "admit_rate", f"must be at most {ADMIT_RATE_MAX}/s, got {self.admit_rate}"
+            )
         if not isinstance(self.policy, Policy):
             raise ConfigError("policy", f"{self.policy!r} is not a Policy")
+        if not isinstance(self.unparsed, Unparsed):
+            raise ConfigError("unparsed", f"{self.unparsed!r} is not pass or drop")
         if not isinstance(self.clock, ClockSource):
             raise ConfigError("clock", f"{self.clock!r} is not a ClockSource")
 
@@ -162,6 +210,11 @@ class XdpConfig:
             if self.clock is ClockSource.PRECISE
             else structs.XPRO_CLOCK_COARSE
         )
+        c.unparsed = (
+            structs.XPRO_UNPARSED_DROP
+            if self.unparsed is Unparsed.DROP
+            else structs.XPRO_UNPARSED_PASS
+        )
         c.version = structs.XPRO_CONFIG_VERSION
         return c
 
@@ -175,12 +228,16 @@ class XdpConfig:
             t_f1=c.t_f1,
             t_f2=c.t_f2,
             r=max(2, c.r),
+            admit_k=c.admit_k,
+            admit_rate=min(c.admit_rate, ADMIT_RATE_MAX),
+            admit_burst=min(c.admit_burst, ADMIT_BURST_MAX),
             policy=Policy.PAPER if c.policy == structs.XPRO_POLICY_PAPER else Policy.FAIR_SHARE,
             clock=(
                 ClockSource.PRECISE if c.clock == structs.XPRO_CLOCK_PRECISE else ClockSource.COARSE
             ),
             warn_interval=c.warn_interval,
             warn_per_cpu=c.warn_per_cpu,
+            unparsed=Unparsed.DROP if c.unparsed == structs.XPRO_UNPARSED_DROP else Unparsed.PASS,
         )
 
     def as_dict(self) -> dict[str, int | str]:
@@ -223,14 +280,16 @@ class XdpConfig:
 def _parse_value(key: str, raw: object) -> Any:
     if key in ("t_t1", "t_t2", "t_t3", "t_t4", "warn_interval"):
         return parse_duration(key, raw)
-    if key in ("t_f1", "t_f2"):
+    if key in ("t_f1", "t_f2", "admit_rate"):
         return parse_rate(key, raw)
-    if key in ("r", "warn_per_cpu"):
+    if key in ("r", "warn_per_cpu", "admit_k", "admit_burst"):
         return _parse_int(key, raw)
     if key == "policy":
         return _parse_enum(key, raw, Policy)
     if key == "clock":
         return _parse_enum(key, raw, ClockSource)
+    if key == "unparsed":
+        return _parse_enum(key, raw, Unparsed)
     raise ConfigError(key, "unknown key")
 
 

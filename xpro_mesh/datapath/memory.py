@@ -8,7 +8,8 @@ are literally the same code (:class:`~xpro_mesh.datapath.slots.SlotArrays`).
 one CPU: the pair's window combined with a valid agent view, slot
 allocation from the ring, the destination's ts1 order by slot numbers, the
 old slot unlinked when reused, relinking when a destination slot was
-recycled, warnings and their limits. Without views it is Algorithm 2
+recycled, warnings and their limits, the fair-share policy's admission
+budget (issue 11). Without views it is Algorithm 2
 exactly (:func:`xpro_mesh.core.algorithm.filter_packet` for ``paper``,
 :func:`~xpro_mesh.core.algorithm.filter_packet_fair_share` for
 ``fair-share``): a property test demands it; the differential test demands
@@ -35,10 +36,12 @@ from xpro_mesh.datapath.structs import (
     PAIR_SLOT_DTYPE,
     RING_DTYPE,
     STATS_FIELDS,
+    XPRO_ADMIT_UNIT,
     XPRO_DEST_DIRTY,
     XPRO_NO_SLOT,
     XPRO_RING_DESTS,
     XPRO_RING_PAIRS,
+    XPRO_SLOT_ESTABLISHED,
     XPRO_SLOT_LINKED,
     to_addr,
 )
@@ -49,6 +52,7 @@ EVENTS_CAPACITY = 4096  # about what the kernel's 256 KiB ring buffer holds
 S64_MAX = 2**63 - 1
 NO = XPRO_NO_SLOT
 _NOT_LINKED = np.uint32(~XPRO_SLOT_LINKED & 0xFFFFFFFF)
+_NOT_ESTABLISHED = np.uint32(~XPRO_SLOT_ESTABLISHED & 0xFFFFFFFF)
 
 
 def add_sat(a: int, b: int) -> int:
@@ -61,6 +65,19 @@ def rate_over(c: int, n: int, limit: int, window: int) -> bool:
     if c <= 0:
         return False
     return c * NS_PER_S * min(max(n, 1), 0xFFFFFFFF) > limit * window
+
+
+def admit_cap(cfg: XdpConfig) -> int:
+    """``xpro_admit_cap``: the bucket's depth in micro-packets."""
+    return min(cfg.admit_burst, 4000) * XPRO_ADMIT_UNIT
+
+
+def admit_refill(cfg: XdpConfig, tokens: int, elapsed: int) -> int:
+    """``xpro_admit_refill`` (and the model's ``_refill``)."""
+    cap = admit_cap(cfg)
+    if elapsed >= 1 << 40:
+        return cap
+    return min(cap, tokens + elapsed * min(cfg.admit_rate, 1 << 23) // 1000)
 
 
 def live_gen32(gen: int) -> int:
@@ -235,6 +252,7 @@ class MemoryMaps(SlotArrays):
         D["head"][ds] = NO
         D["tail"][ds] = NO
         D["flags"][ds] = 0
+        D["admit"][ds] = admit_cap(self._config)
         if len(self._dest_index) >= len(self._dests):
             self._spare_dest = ds
             self._stats["insert_races"] += 1
@@ -254,6 +272,8 @@ class MemoryMaps(SlotArrays):
         d: int | None = None
         godd = 0
         s = self._pair_index.get(key)
+        if s is None and cfg.policy is Policy.FAIR_SHARE and self._probation(dst, now):
+            return Verdict.DROP_DEST
         if s is None:
             spare = self._spare_pair is not None
             if spare:
@@ -262,8 +282,7 @@ class MemoryMaps(SlotArrays):
             else:
                 s = self._take(XPRO_RING_PAIRS)
             if s is None:
-                st["pair_full"] += 1
-                return Verdict.PASS
+                return self._unrecorded(dst, now)
             if not spare:
                 self._unlink_old(s)
             godd = int(P["gen"][s]) | 1
@@ -283,15 +302,14 @@ class MemoryMaps(SlotArrays):
             if len(self._pair_index) >= len(self._pairs):
                 self._spare_pair = s
                 st["insert_races"] += 1
-                st["pair_full"] += 1
-                return Verdict.PASS
+                return self._unrecorded(dst, now)
             self._pair_index[key] = s
             created = True
             st["new_pairs"] += 1
 
         # Lines 1-13 on the combined record.
         g = int(P["gen"][s])
-        view = reset = False
+        view = reset = was_established = relinked = False
         vadj = vts1 = vts2 = 0
         dest_delta = 1
         old_ts1 = 0
@@ -312,6 +330,8 @@ class MemoryMaps(SlotArrays):
                 P["ts2"][s] = now
                 dest_delta = 1 - int(P["c"][s])
                 P["c"][s] = 1
+                was_established = bool(int(P["flags"][s]) & XPRO_SLOT_ESTABLISHED)
+                P["flags"][s] &= _NOT_ESTABLISHED
                 P["gen"][s] = g + 2
                 c_now, ts1 = 1, now
                 st["resets"] += 1
@@ -334,20 +354,25 @@ class MemoryMaps(SlotArrays):
                 if int(D["ts1"][d]) > int(P["ts1"][s]):
                     D["ts1"][d] = P["ts1"][s]
                 D["flags"][d] |= XPRO_DEST_DIRTY
-                D["n"][d] += 1
+                if int(P["flags"][s]) & XPRO_SLOT_ESTABLISHED:
+                    D["n"][d] += 1
                 dest_delta = c_now
+                relinked = True
                 st["relinks"] += 1
         dest_c = 0
         if d is not None:
             dest_c = int(D["c"][d]) + dest_delta
             D["c"][d] = dest_c
-            if now > int(D["ts2"][d]):
+            prev_ts2 = int(D["ts2"][d])
+            if now > prev_ts2:
                 D["ts2"][d] = now
+                D["admit"][d] = admit_refill(cfg, int(D["admit"][d]), now - prev_ts2)
+            if was_established and not relinked:
+                D["n"][d] -= 1
             if created:
                 if int(D["ts1"][d]) > now:
                     D["ts1"][d] = now
                 self._append(d, s)
-                D["n"][d] += 1
             elif reset:
                 if int(D["tail"][d]) != s:
                     if int(P["flags"][s]) & XPRO_SLOT_LINKED:
@@ -365,6 +390,12 @@ class MemoryMaps(SlotArrays):
             jts1 = vts1
             jts2 = max(now, vts2)
             st["pair_views"] += 1
+        # Established: counted into n(D) by the first packet that finds it so.
+        window = jts2 - jts1
+        established = jc >= cfg.admit_k and window > cfg.t_t2
+        if established and d is not None and not int(P["flags"][s]) & XPRO_SLOT_ESTABLISHED:
+            P["flags"][s] |= XPRO_SLOT_ESTABLISHED
+            D["n"][d] += 1
         jdc, jn, jdts1, jdts2 = dest_c, 0, 0, 0
         if d is not None:
             dg = int(D["gen"][d])
@@ -377,7 +408,6 @@ class MemoryMaps(SlotArrays):
                 st["dest_views"] += 1
 
         # Lines 14-15.
-        window = jts2 - jts1
         if window > cfg.t_t2 and rate_over(jc, 1, cfg.t_f1, window):
             self._warn(s, key, now, jts1, jc)
             return Verdict.DROP_PAIR
@@ -389,9 +419,75 @@ class MemoryMaps(SlotArrays):
             return Verdict.PASS
         if cfg.policy is Policy.PAPER:
             return Verdict.DROP_DEST
-        if window > cfg.t_t2 and rate_over(jc, max(1, jn), cfg.t_f2, window):
+        if not established:  # a young pair: only through D's admission budget
+            if int(D["admit"][d]) >= XPRO_ADMIT_UNIT:
+                D["admit"][d] -= XPRO_ADMIT_UNIT
+                st["admitted"] += 1
+                return Verdict.PASS
+            st["drop_admit"] += 1
+            return Verdict.DROP_DEST
+        if rate_over(jc, max(1, jn), cfg.t_f2, window):
             return Verdict.DROP_DEST
         return Verdict.PASS
+
+    def _probation(self, dst: bytes, now: int) -> bool:
+        """``xpro_probation``: True when a new pair's packet is dropped before
+        it takes a slot (D over T_F2 with it counted, D's budget empty)."""
+        cfg, st, D = self._config, self._stats, self._df
+        d = self._dest_index.get(dst)
+        if d is None or int(D["gen"][d]) & 1:
+            return False
+        prev_ts2 = int(D["ts2"][d])
+        if now > prev_ts2:
+            D["ts2"][d] = now
+            D["admit"][d] = admit_refill(cfg, int(D["admit"][d]), now - prev_ts2)
+        if int(D["admit"][d]) >= XPRO_ADMIT_UNIT:
+            return False
+        jdc = add_sat(int(D["c"][d]), 1)
+        jdts1, jdts2 = int(D["ts1"][d]), int(D["ts2"][d])
+        if int(D["v_gen"][d]) == int(D["gen"][d]):
+            jdc = add_sat(jdc, int(D["v_adj"][d]))
+            jdts1 = int(D["v_ts1"][d])
+            jdts2 = max(jdts2, int(D["v_ts2"][d]))
+        window = jdts2 - jdts1
+        if not (window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, window)):
+            return False
+        D["c"][d] += 1
+        st["drop_admit"] += 1
+        st["probation_drops"] += 1
+        return True
+
+    def _unrecorded(self, dst: bytes, now: int) -> Verdict:
+        """``xpro_unrecorded``: a new pair without a slot is young; under
+        fair-share, while D is over T_F2, only through D's admission budget;
+        counted into D either way."""
+        cfg, st, D = self._config, self._stats, self._df
+        st["pair_full"] += 1
+        if cfg.policy is Policy.PAPER:
+            return Verdict.PASS
+        d = self._dest_index.get(dst)
+        if d is None or int(D["gen"][d]) & 1:
+            return Verdict.PASS
+        prev_ts2 = int(D["ts2"][d])
+        if now > prev_ts2:
+            D["ts2"][d] = now
+            D["admit"][d] = admit_refill(cfg, int(D["admit"][d]), now - prev_ts2)
+        D["c"][d] += 1  # counted into D (its pairs' sum plus these), until re-based
+        jdc, jdts1, jdts2 = int(D["c"][d]), int(D["ts1"][d]), int(D["ts2"][d])
+        if int(D["v_gen"][d]) == int(D["gen"][d]):
+            jdc = add_sat(jdc, int(D["v_adj"][d]))
+            jdts1 = int(D["v_ts1"][d])
+            jdts2 = max(jdts2, int(D["v_ts2"][d]))
+            st["dest_views"] += 1
+        window = jdts2 - jdts1
+        if not (window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, window)):
+            return Verdict.PASS
+        if int(D["admit"][d]) >= XPRO_ADMIT_UNIT:
+            D["admit"][d] -= XPRO_ADMIT_UNIT
+            st["admitted"] += 1
+            return Verdict.PASS
+        st["drop_admit"] += 1
+        return Verdict.DROP_DEST
 
     def _warn(self, s: int, key: bytes, now: int, ts1: int, c: int) -> None:
         cfg = self._config

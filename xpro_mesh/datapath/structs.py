@@ -48,6 +48,8 @@ XPRO_NO_SLOT: Final = 0xFFFFFFFF
 XPRO_VGEN_NONE: Final = 0
 XPRO_SLOT_LINKED: Final = 0x1
 XPRO_DEST_DIRTY: Final = 0x2
+XPRO_SLOT_ESTABLISHED: Final = 0x4
+XPRO_ADMIT_UNIT: Final = 1_000_000
 XPRO_RING_PAIRS: Final = 0
 XPRO_RING_DESTS: Final = 1
 XPRO_CONFIG_VERSION: Final = 1
@@ -61,6 +63,9 @@ XPRO_VERDICT_DROP_DEST: Final = 2
 XPRO_VERDICT_NOT_IP: Final = 3
 XPRO_VERDICT_MALFORMED: Final = 4
 XPRO_VERDICT_UNCONFIGURED: Final = 5
+XPRO_VERDICT_UNPARSED: Final = 6
+XPRO_UNPARSED_PASS: Final = 0
+XPRO_UNPARSED_DROP: Final = 1
 
 CONSTANTS: Final[dict[str, int]] = {
     name: value for name, value in globals().items() if name.startswith("XPRO_")
@@ -110,7 +115,7 @@ class XproSlot(ct.Structure):
 class XproDslot(ct.Structure):
     """struct xpro_dslot { __u64 gen; __u64 ts1; __u64 ts2; __s64 c; __s64 n;
     struct xpro_addr dst; __u64 lock; __u32 head; __u32 tail; __u32 flags;
-    __u32 reserved; __u64 v_gen; __s64 v_adj; __s64 v_nadj; __u64 v_ts1;
+    __u32 admit; __u64 v_gen; __s64 v_adj; __s64 v_nadj; __u64 v_ts1;
     __u64 v_ts2; __u64 v_reserved; };"""
 
     _fields_ = [
@@ -124,7 +129,7 @@ class XproDslot(ct.Structure):
         ("head", u32),
         ("tail", u32),
         ("flags", u32),
-        ("reserved", u32),
+        ("admit", u32),
         ("v_gen", u64),
         ("v_adj", s64),
         ("v_nadj", s64),
@@ -155,8 +160,9 @@ class XproSpare(ct.Structure):
 
 class XproConfig(ct.Structure):
     """struct xpro_config { __u64 t_t1, t_t2, t_t3, t_t4, t_f1, t_f2, r;
-    __u64 warn_interval; __u64 warn_per_cpu; __u32 policy; __u32 clock;
-    __u32 version; __u32 pad; };"""
+    __u64 warn_interval; __u64 warn_per_cpu; __u64 admit_k, admit_rate,
+    admit_burst; __u32 policy; __u32 clock;
+    __u32 version; __u32 unparsed; };"""
 
     _fields_ = [
         ("t_t1", u64),
@@ -168,10 +174,13 @@ class XproConfig(ct.Structure):
         ("r", u64),
         ("warn_interval", u64),
         ("warn_per_cpu", u64),
+        ("admit_k", u64),
+        ("admit_rate", u64),
+        ("admit_burst", u64),
         ("policy", u32),
         ("clock", u32),
         ("version", u32),
-        ("pad", u32),
+        ("unparsed", u32),
     ]
 
 
@@ -201,6 +210,10 @@ STATS_FIELDS: Final = (
     "pair_views",
     "dest_views",
     "relinks",
+    "admitted",
+    "drop_admit",
+    "probation_drops",
+    "unparsed",
 )
 
 
@@ -208,7 +221,8 @@ class XproStats(ct.Structure):
     """struct xpro_stats { __u64 pass, drop_pair, drop_dest, new_pairs, resets,
     warnings, warnings_suppressed, events_lost, not_ip, malformed,
     unconfigured, pair_full, dest_full, lock_busy, new_dests, insert_races,
-    pair_views, dest_views, relinks; __u64 warn_window, warn_in_window; };
+    pair_views, dest_views, relinks, admitted, drop_admit, probation_drops, unparsed;
+    __u64 warn_window, warn_in_window; };
     (per CPU)"""
 
     _fields_ = [(name, u64) for name in STATS_FIELDS] + [
@@ -282,7 +296,7 @@ DEST_SLOT_DTYPE: Final = np.dtype(
         ("head", "<u4"),
         ("tail", "<u4"),
         ("flags", "<u4"),
-        ("reserved", "<u4"),
+        ("admit", "<u4"),
         ("v_gen", "<u8"),
         ("v_adj", "<i8"),
         ("v_nadj", "<i8"),

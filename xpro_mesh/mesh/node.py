@@ -65,6 +65,10 @@ MIN_ROW_BYTES = 2  # no changed row encodes smaller: more rows than this allows 
 _FAR = 1 << 62
 
 
+def _nothing() -> None:
+    return None
+
+
 def _encode_chunks(delta: ColumnarDelta, budget: int) -> list[tuple[wire.Kind, bytes]]:
     """The payloads of ``delta`` cut to ``budget`` (runs in a worker thread)."""
     return [(wire.Kind.DELTA, wire.encode(c)) for c in wire.chunk_rows(delta, budget)]
@@ -79,6 +83,7 @@ class NodeTiming:
     max_message_bytes: int = 1400
     replay_window_ns: int = 30_000_000_000
     stream_after_datagrams: int = 4  # a delta needing more datagrams goes on the stream
+    eager_gap_ns: int = 100_000_000  # round_soon starts a round no sooner after the last
 
 
 @dataclass(slots=True)
@@ -142,6 +147,12 @@ class MeshNode:
         self._hold_until: dict[Address, int] = {}  # no new stream answer to a peer before
         self._tasks: set[asyncio.Task[None]] = set()  # stream preparations under way
         self.pulled = asyncio.Event()  # a peer answered one of our digests
+        # Called after a merge that accepted rows (the map sync writes them
+        # into the kernel then, not at its next cycle).
+        self.on_merged: Callable[[], None] = _nothing
+        self._wake = asyncio.Event()  # run(): a round is due sooner (round_soon)
+        self._next_round = 0
+        self._last_round = -_FAR
 
     # --- wiring ----------------------------------------------------------------
 
@@ -162,20 +173,38 @@ class MeshNode:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Membership timers and anti-entropy rounds until ``stop`` is set."""
-        next_round = self.mono_ns()
-        while not stop.is_set():
-            now = self.mono_ns()
-            self._perform(self.membership.tick(now))
-            if now >= next_round:
-                self.gossip_round()
-                next_round = now + self.timing.interval_ns
-            deadline = min(self.membership.next_deadline_ns(), next_round)
-            delay = max(0.0, (deadline - self.mono_ns()) / 1e9)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=min(delay, 1.0))
+        self._next_round = self.mono_ns()
+        stopper = asyncio.ensure_future(stop.wait())
+        stopper.add_done_callback(lambda _: self._wake.set())
+        try:
+            while not stop.is_set():
+                now = self.mono_ns()
+                self._perform(self.membership.tick(now))
+                if now >= self._next_round:
+                    self.gossip_round()
+                    self._last_round = now
+                    self._next_round = now + self.timing.interval_ns
+                deadline = min(self.membership.next_deadline_ns(), self._next_round)
+                delay = max(0.0, (deadline - self.mono_ns()) / 1e9)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
+                self._wake.clear()
+        finally:
+            stopper.cancel()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def round_soon(self) -> None:
+        """New rows of our own: the next anti-entropy round now, rather than
+        up to an interval later (what a mitigation waits for), but never
+        sooner than ``eager_gap_ns`` after the last one, so that sync cycles
+        faster than the rounds do not multiply them. The round after it is
+        an interval later, as always."""
+        soon = max(self.mono_ns(), self._last_round + self.timing.eager_gap_ns)
+        if soon < self._next_round:
+            self._next_round = soon
+            self._wake.set()
 
     async def leave(self, linger_s: float = 0.2) -> None:
         """Gossip our departure to a few peers before the process exits."""
@@ -412,6 +441,8 @@ class MeshNode:
 
     def _merge(self, delta: ColumnarDelta) -> None:
         report = self.state.merge(delta, self.wall_ns(), self.limits)
+        if report.accepted or report.adopted:
+            self.on_merged()
         self.counters.rows_accepted += report.accepted + report.adopted
         self.counters.rows_stale += report.stale
         for reason, n in report.rejected.items():
