@@ -184,3 +184,28 @@ def test_a_phase_without_traffic_has_no_ratios() -> None:
     ph = metrics.phase_metrics(victim, [], [], 0.0, 5.0)
     assert ph.attack_delivered_ratio is None and ph.good_success_ratio is None
     assert ph.attack_delivered_ratio_by_block == {}
+
+
+def test_a_phase_reports_when_the_attack_is_cut_again_and_what_leaked_after() -> None:
+    # The phase runs 10-20 s; the attack leaks fully for its first 1.5 s (a
+    # burst after a fault) and 1 in 100 from then on.
+    sent = 100
+    arrivals = {k: (sent if k < 115 else 1) for k in range(100, 200)}
+    victim = VictimArrivals.from_json(victim_doc({100: arrivals}))
+    bots = [BotStream.from_json(bot_doc(100, 10, 20, sent))]
+    goods = [GoodRequests("regular", tuple((10.0 + i / 10, 0.001 * (i + 1)) for i in range(100)))]
+    ph = metrics.phase_metrics(victim, bots, goods, 10.0, 20.0)
+    assert ph.time_to_remitigate_s == pytest.approx(1.5)
+    assert ph.attack_delivered_ratio_after_remitigation == pytest.approx(0.01)
+    assert ph.attack_delivered_ratio == pytest.approx((15 * 100 + 85) / 10_000)
+    assert ph.good_latency_ms_p50 == pytest.approx(50.5)
+    assert ph.good_latency_ms_p99 is not None and 99 < ph.good_latency_ms_p99 <= 100
+
+
+def test_a_phase_never_cut_again_has_no_remitigation_time() -> None:
+    victim = VictimArrivals.from_json(victim_doc({100: {k: 100 for k in range(100, 200)}}))
+    bots = [BotStream.from_json(bot_doc(100, 10, 20, 100))]
+    ph = metrics.phase_metrics(victim, bots, [], 10.0, 20.0)
+    assert ph.time_to_remitigate_s is None
+    assert ph.attack_delivered_ratio_after_remitigation is None
+    assert ph.attack_delivered_ratio == 1.0

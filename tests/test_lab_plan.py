@@ -188,6 +188,35 @@ class RecordingNetwork:
     def up(self, index: int) -> None:
         self.calls.append(("up", index, None))
 
+    def partition(self, groups: tuple[tuple[int, ...], ...]) -> None:
+        self.calls.append(("partition", len(groups), None))
+
+    def heal(self) -> None:
+        self.calls.append(("heal", 0, None))
+
+    def netem(self) -> str:
+        self.calls.append(("netem", 0, None))
+        return "tc netem (recorded)"
+
+    def clear(self) -> None:
+        self.calls.append(("clear", 0, None))
+
+
+def test_gossip_path_faults_go_to_the_network_and_touch_no_process() -> None:
+    lab = topology.plan(5, 5, 5)
+    procs = supervise.Processes()
+    net = RecordingNetwork()
+    plan = scenario.chaos(topology.plan(5, 20, 300), 50)
+    done = [faults.inject(f, lab, procs, net) for f in plan.faults if f.target == "gossip"]
+    assert [c[0] for c in net.calls] == ["partition", "heal", "netem", "clear"]
+    assert done == [
+        "gossip path partitioned 0,1 | 2,3,4 (nftables)",
+        "gossip path healed",
+        "lossy gossip path: tc netem (recorded)",
+        "netem off the gossip path",
+    ]
+    assert procs.procs == []
+
 
 def test_a_proxy_going_down_kills_its_agent_and_coming_up_restarts_it(tmp_path: Path) -> None:
     lab = topology.plan(3, 3, 3)
@@ -555,3 +584,99 @@ def test_cli_takes_botnet_options_and_other_scenarios_refuse_them() -> None:
         with pytest.raises(ScenarioError, match="--bots is an option of scenario botnet"):
             runner.prepare(lab, "distributed", ["none"], 10, {"bots": 10})
         assert runner.prepare(lab, "botnet", ["none"], 10, {"bots": 300}).spoofed
+
+
+def test_chaos_on_five_proxies_gives_each_fault_its_own_phase() -> None:
+    """Issue 13: two of five proxies die at once and come back, an agent
+    alone crashes and restarts, the gossip path splits 2 | 3 and heals,
+    then turns lossy; last Redis dies. Each stretch is a phase."""
+    lab = topology.plan(5, 20, 300)
+    plan = scenario.chaos(lab, 50)
+    assert plan == scenario.SCENARIOS["chaos"].build(lab, 50, proxies=5)
+    assert plan.flows == scenario.distributed(lab, 50).flows
+    assert [(f.action, f.target, f.via) for f in plan.faults] == [
+        ("down", "proxy:1", 0),
+        ("down", "proxy:3", 4),
+        ("up", "proxy:1", None),
+        ("up", "proxy:3", None),
+        ("kill", "agent:2", None),
+        ("restart", "agent:2", None),
+        ("partition", "gossip", None),
+        ("heal", "gossip", None),
+        ("netem", "gossip", None),
+        ("clear", "gossip", None),
+        ("kill", "redis", None),
+    ]
+    assert plan.faults[6].groups == ((0, 1), (2, 3, 4))
+    assert [p.label for p in plan.phases] == [
+        "before",
+        "proxies 1 and 3 dead",
+        "proxies 1 and 3 back",
+        "agent of proxy 2 down",
+        "agent of proxy 2 back",
+        "partition 0,1 | 2,3,4",
+        "healed",
+        "lossy gossip path",
+        "Redis down",
+    ]
+    edges = [(p.start, p.stop) for p in plan.phases]
+    assert edges[0][0] == plan.attack_start and edges[-1][1] == plan.attack_stop
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(edges))
+    assert all(b - a >= 2.8 - 1e-9 for a, b in edges)  # at 50 s: every phase at least 2.8 s
+    assert plan.params()["faults"][6]["groups"] == [[0, 1], [2, 3, 4]]  # type: ignore[index]
+    with pytest.raises(ScenarioError, match="the lab has 3"):
+        scenario.SCENARIOS["chaos"].build(topology.plan(3, 12, 180), 50, proxies=5)
+    # On 3 proxies the old run stays as it was recorded.
+    assert len(scenario.chaos(topology.plan(3, 12, 180), 50).faults) == 3
+
+
+def test_a_partition_drops_only_packets_between_the_two_sides() -> None:
+    rules = faults.partition_ruleset("10.20.0.10", ["10.20.0.12", "10.20.0.13"])
+    assert "ip daddr 10.20.0.10 ip saddr { 10.20.0.12, 10.20.0.13 } drop" in rules
+    assert "ip saddr 10.20.0.10 ip daddr { 10.20.0.12, 10.20.0.13 } drop" in rules
+    assert "policy accept" in rules and "10.20.0.2" not in rules  # the victim untouched
+
+
+def test_netem_hangs_from_a_band_fed_only_by_the_peers_addresses() -> None:
+    cmds = faults.netem_commands(["10.20.0.11", "10.20.0.12"])
+    assert cmds[1][-7:] == ["loss", "20%", "delay", "50ms", "20ms", "duplicate", "5%"]
+    assert " ".join(cmds[1]).endswith("netem " + plans.NETEM)
+    filters = [c for c in cmds if c[1] == "filter"]
+    assert [c[c.index("dst") + 1] for c in filters] == ["10.20.0.11/32", "10.20.0.12/32"]
+    assert all(c[-1] == faults.NETEM_BAND for c in filters)
+
+
+def _log(path: Path, lines: list[tuple[float, str]]) -> Path:
+    from datetime import UTC, datetime
+
+    path.write_text(
+        "".join(
+            json.dumps({"ts": datetime.fromtimestamp(t, UTC).isoformat(), "msg": m}) + "\n"
+            for t, m in lines
+        )
+    )
+    return path
+
+
+def test_convergence_counts_rounds_to_the_last_membership_change(tmp_path: Path) -> None:
+    t0 = 1_000_000.0
+    logs = {
+        "p0": _log(
+            tmp_path / "0",
+            [
+                (t0 - 5, "member p1: unknown -> alive"),
+                (t0 - 2, "member p1: alive -> dead"),
+                (t0 + 0.25, "member p1: dead -> alive"),
+            ],
+        ),
+        "p1": _log(tmp_path / "1", [(t0 + 0.31, "member p0: unknown -> alive")]),
+    }
+    conv = agents.convergence(logs, {"p0", "p1"}, t0, t0 + 3, 0.1)
+    assert conv == {
+        "membership_converged": True,
+        "rounds_to_converge": 4,
+        "seconds_to_converge": 0.31,
+    }
+    # p1 never heard of p0 again by then: not converged.
+    late = agents.convergence(logs, {"p0", "p1"}, t0, t0 + 0.3, 0.1)
+    assert late["membership_converged"] is False and late["rounds_to_converge"] is None

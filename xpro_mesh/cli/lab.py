@@ -6,6 +6,7 @@
     xpro-mesh lab scenario NAME --modes none,local,master,gossip[,gossip-paper]
                            [--duration S] [--json-out FILE] [--html FILE] [--png FILE]
     xpro-mesh lab scenario botnet --bots N [--rate-per-bot PPS] [--proxies P] ...
+    xpro-mesh lab scenario chaos --proxies 5 --modes gossip,master ...
 
 ``up`` builds the namespaces, bridges, veths, addresses and routes of
 :mod:`xpro_mesh.lab.topology`; ``down`` removes every ``xl-`` namespace and
@@ -93,7 +94,8 @@ def _add_scenario(sub: Any) -> None:
         "--proxies",
         type=int,
         default=None,
-        help="botnet: proxies the sources spread over (default: all of the lab's)",
+        help="botnet: proxies the sources spread over (default: all of the lab's); "
+        "chaos: 5 for the 5-proxy faults (the lab must have them)",
     )
     scen.add_argument("--json-out", type=Path, help="write the results as JSON")
     scen.add_argument("--html", type=Path, help="write a self-contained HTML report")

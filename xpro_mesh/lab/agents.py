@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import re
 import secrets
@@ -202,6 +203,49 @@ def member_transitions(
             key = f"{match.group(2)}->{match.group(3)}"
             counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def member_states(
+    logs: dict[str, Path], since: float, until: float
+) -> tuple[dict[str, dict[str, str]], float | None]:
+    """Each agent's view of its members at ``until`` (agent node ns ->
+    member -> state, from every ``member X: A -> B`` line up to then) and
+    the time of the last transition logged in ``[since, until]`` (None if
+    there was none): a mesh has converged on its membership once every
+    live agent holds every live member ``alive`` and nothing changes."""
+    views: dict[str, dict[str, str]] = {}
+    last: float | None = None
+    for name, log in logs.items():
+        view: dict[str, str] = {}
+        for entry in log_entries(log):
+            match = _TRANSITION.match(str(entry.get("msg", "")))
+            at = _log_time(entry)
+            if not match or at is None or at > until:
+                continue
+            view[match.group(1)] = match.group(3)
+            if at >= since:
+                last = at if last is None else max(last, at)
+        views[name] = view
+    return views, last
+
+
+def convergence(
+    logs: dict[str, Path], live: set[str], since: float, until: float, round_s: float
+) -> dict[str, object]:
+    """After a heal or a restart at ``since``: whether, by ``until``, every
+    live agent (``live``: node ids, ``p<i>``) holds every other live node
+    alive, and in how many gossip rounds of ``round_s`` from ``since`` the
+    last membership change before that came (0: nothing had to change)."""
+    views, last = member_states({n: logs[n] for n in logs if n in live}, since, until)
+    converged = all(views.get(n, {}).get(m) == "alive" for n in live for m in live if m != n)
+    rounds = 0 if last is None else math.ceil(max(0.0, last - since) / round_s - 1e-9)
+    return {
+        "membership_converged": converged,
+        "rounds_to_converge": rounds if converged else None,
+        "seconds_to_converge": (
+            (0.0 if last is None else round(max(0.0, last - since), 3)) if converged else None
+        ),
+    }
 
 
 def _log_time(entry: dict[str, object]) -> float | None:

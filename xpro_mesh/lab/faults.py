@@ -1,24 +1,149 @@
 """Fault injection: carrying out a plan's :class:`~xpro_mesh.lab.plans.Fault`
 (a process SIGKILLed or restarted, a whole proxy down and its traffic moved
-to another, then back), and putting the lab's links and routes back
-whatever happens (the lab outlives the run)."""
+to another, then back, the gossip path partitioned or made lossy), and
+putting the lab's links, routes, nftables and qdiscs back whatever happens
+(the lab outlives the run).
+
+The gossip path is the proxies' service side (``s0``, 10.20.0.0/16), which
+also carries the data path to the victim and the master mode's Redis: a
+partition and netem match only packets between two proxies' service
+addresses, so the attack and the good clients' traffic are not touched and
+the figures measure the mesh, not a broken data path."""
 
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from xpro_mesh.lab.plans import Fault, ScenarioError
+from xpro_mesh.lab.plans import NETEM, Fault, ScenarioError
 from xpro_mesh.lab.supervise import Processes
 from xpro_mesh.lab.topology import LabPlan
 
 __all__ = ["Network", "fault_process", "inject"]
 
 
+NFT_TABLE = "xl_chaos"  # the partition's table in each proxy's namespace
+NETEM_BAND = "1:4"  # the prio qdisc's extra band that netem hangs from
+
+
 class Links(Protocol):
     def down(self, index: int, via: int) -> None: ...
     def up(self, index: int) -> None: ...
+    def partition(self, groups: tuple[tuple[int, ...], ...]) -> None: ...
+    def heal(self) -> None: ...
+    def netem(self) -> str: ...
+    def clear(self) -> None: ...
+
+
+def _run(ns: str, *argv: str, stdin: str | None = None, check: bool = True) -> None:
+    from xpro_mesh.lab.topology import NETNS_DIR
+
+    done = subprocess.run(
+        ["nsenter", f"--net={NETNS_DIR / ns}", *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+    )
+    if check and done.returncode != 0:
+        raise ScenarioError(f"{argv[0]} in {ns} failed: {done.stderr.strip()[:200]}")
+
+
+def partition_ruleset(own: str, others: list[str]) -> str:
+    """The nftables script that cuts ``own`` (a proxy's service address)
+    off from ``others`` both ways, and nothing else."""
+    peers = ", ".join(others)
+    return (
+        f"table ip {NFT_TABLE} {{\n"
+        f"  chain in {{ type filter hook input priority 0; policy accept;\n"
+        f"    ip daddr {own} ip saddr {{ {peers} }} drop\n  }}\n"
+        f"  chain out {{ type filter hook output priority 0; policy accept;\n"
+        f"    ip saddr {own} ip daddr {{ {peers} }} drop\n  }}\n"
+        f"}}\n"
+    )
+
+
+LOSSY_TABLE = "xl_lossy"  # the stand-in for netem where the kernel has no sch_netem
+LOSS_PCT, DUP_PCT = 20, 5  # NETEM's loss and duplication, for the stand-in
+
+
+def lossy_ruleset(peers: list[str], loss_pct: int = LOSS_PCT, dup_pct: int = DUP_PCT) -> str:
+    """nftables' stand-in for :data:`~xpro_mesh.lab.plans.NETEM` on a
+    kernel built without sch_netem (this VM's): on every packet from here to
+    a peer, ``dup_pct`` % sent twice and ``loss_pct`` % dropped, each an
+    independent draw. It cannot delay: the delay is then missing, and the
+    run says so in its notes."""
+    rules = "".join(
+        f"    ip daddr {peer} numgen random mod 100 < {dup_pct} dup to {peer} device s0\n"
+        f"    ip daddr {peer} numgen random mod 100 < {loss_pct} drop\n"
+        for peer in peers
+    )
+    return (
+        f"table ip {LOSSY_TABLE} {{\n"
+        f"  chain out {{ type filter hook output priority 0; policy accept;\n{rules}  }}\n}}\n"
+    )
+
+
+def netem_commands(peers: list[str]) -> list[list[str]]:
+    """tc commands that put :data:`~xpro_mesh.lab.plans.NETEM` on packets
+    from s0 to the ``peers`` only: a prio qdisc keeping the default
+    priomap over bands 1-3 and one more band, fed by u32 filters on the
+    peers' addresses, with netem under it."""
+    cmds = [
+        [
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "s0",
+            "root",
+            "handle",
+            "1:",
+            "prio",
+            "bands",
+            "4",
+            "priomap",
+            *["1", "2", "2", "2", "1", "2", "0", "0", "1", "1", "1", "1", "1", "1", "1", "1"],
+        ],
+        [
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "s0",
+            "parent",
+            NETEM_BAND,
+            "handle",
+            "40:",
+            "netem",
+            *NETEM.split(),
+        ],
+    ]
+    for peer in peers:
+        cmds.append(
+            [
+                "tc",
+                "filter",
+                "add",
+                "dev",
+                "s0",
+                "parent",
+                "1:0",
+                "protocol",
+                "ip",
+                "prio",
+                "1",
+                "u32",
+                "match",
+                "ip",
+                "dst",
+                f"{peer}/32",
+                "flowid",
+                NETEM_BAND,
+            ]
+        )
+    return cmds
 
 
 @dataclass
@@ -28,6 +153,8 @@ class Network:
 
     lab: LabPlan
     downed: set[int] = field(default_factory=set)
+    partitioned: bool = False
+    lossy: bool = False
 
     def down(self, index: int, via: int) -> None:
         from xpro_mesh.lab import topology
@@ -43,10 +170,62 @@ class Network:
         topology.route_block_through(self.lab, index, index)
         self.downed.discard(index)
 
+    def partition(self, groups: tuple[tuple[int, ...], ...]) -> None:
+        side = {i: n for n, g in enumerate(groups) for i in g}
+        self.partitioned = True
+        for p in self.lab.proxies:
+            if p.index not in side:
+                continue
+            others = [
+                q.service_addr
+                for q in self.lab.proxies
+                if q.index in side and side[q.index] != side[p.index]
+            ]
+            if others:
+                _run(p.ns, "nft", "-f", "-", stdin=partition_ruleset(p.service_addr, others))
+
+    def heal(self) -> None:
+        for p in self.lab.proxies:
+            _run(p.ns, "nft", "delete", "table", "ip", NFT_TABLE, check=False)
+        self.partitioned = False
+
+    def netem(self) -> str:
+        """tc netem on every proxy's packets to its peers; where the kernel
+        has no netem (or no prio), nftables' loss and duplication instead.
+        Which one: the return value."""
+        self.lossy = True
+        try:
+            for p in self.lab.proxies:
+                peers = [q.service_addr for q in self.lab.proxies if q.index != p.index]
+                for cmd in netem_commands(peers):
+                    _run(p.ns, *cmd)
+            return f"tc netem {NETEM}"
+        except ScenarioError as e:
+            if "unknown" not in str(e).lower():
+                raise
+        for p in self.lab.proxies:
+            _run(p.ns, "tc", "qdisc", "del", "dev", "s0", "root", check=False)
+            peers = [q.service_addr for q in self.lab.proxies if q.index != p.index]
+            _run(p.ns, "nft", "-f", "-", stdin=lossy_ruleset(peers))
+        return (
+            f"nftables {LOSS_PCT}% loss, {DUP_PCT}% duplication, no delay "
+            "(this kernel has no sch_netem)"
+        )
+
+    def clear(self) -> None:
+        for p in self.lab.proxies:
+            _run(p.ns, "tc", "qdisc", "del", "dev", "s0", "root", check=False)
+            _run(p.ns, "nft", "delete", "table", "ip", LOSSY_TABLE, check=False)
+        self.lossy = False
+
     def restore(self) -> None:
         for index in sorted(self.downed):
             with contextlib.suppress(Exception):
                 self.up(index)
+        if self.partitioned:
+            self.heal()
+        if self.lossy:
+            self.clear()
 
 
 def fault_process(target: str, lab: LabPlan) -> str:
@@ -63,11 +242,25 @@ def inject(
 ) -> str | None:
     """Carry ``fault`` out; what was done, or None where the mode does not
     run the target."""
-    name = fault_process(fault.target, lab)
+    name = "" if fault.target == "gossip" else fault_process(fault.target, lab)
     if fault.action == "kill":
         return f"SIGKILL {name}" if procs.kill(name) else None
     if fault.action == "restart":
         return f"restarted {name}" if procs.restart(name) else None
+    if fault.target == "gossip" and network is not None:
+        if fault.action == "partition":
+            network.partition(fault.groups)
+            sides = " | ".join(",".join(map(str, g)) for g in fault.groups)
+            return f"gossip path partitioned {sides} (nftables)"
+        if fault.action == "heal":
+            network.heal()
+            return "gossip path healed"
+        if fault.action == "netem":
+            how = network.netem()
+            return f"lossy gossip path: {how}"
+        if fault.action == "clear":
+            network.clear()
+            return "netem off the gossip path"
     if fault.action in ("down", "up") and network is not None:
         index = int(fault.target.partition(":")[2])
         if fault.action == "down":

@@ -135,6 +135,13 @@ class PhaseMetrics:
     attack_delivered_ratio_by_block: dict[str, float | None]
     good_requests: int
     good_success_ratio: float | None
+    # From the phase's start to the first bin from which every window up to
+    # the phase's end delivers at most MITIGATED_BELOW of the attack (None:
+    # never within the phase); "after" is the share delivered from then on.
+    time_to_remitigate_s: float | None = None
+    attack_delivered_ratio_after_remitigation: float | None = None
+    good_latency_ms_p50: float | None = None
+    good_latency_ms_p99: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +318,8 @@ def phase_metrics(
         sent_by[b.block] = sent_by.get(b.block, 0) + b.sent.total(first, last)
     got_by = {block: victim.attack.get(block, empty).total(first, last) for block in sent_by}
     requests = [lat for g in goods for t, lat in g.requests if start <= t < stop]
+    answered = [lat * 1000.0 for lat in requests if lat is not None]
+    ttr, after = _remitigation(victim, bots, first, last)
     return PhaseMetrics(
         start=start,
         stop=stop,
@@ -322,7 +331,41 @@ def phase_metrics(
         },
         good_requests=len(requests),
         good_success_ratio=_ratio(sum(1 for lat in requests if lat is not None), len(requests)),
+        time_to_remitigate_s=None if ttr is None else round(max(0.0, ttr - start), 3),
+        attack_delivered_ratio_after_remitigation=after,
+        good_latency_ms_p50=percentile(answered, 50),
+        good_latency_ms_p99=percentile(answered, 99),
     )
+
+
+def _remitigation(
+    victim: VictimArrivals, bots: Iterable[BotStream], first: int, last: int
+) -> tuple[float | None, float | None]:
+    """(time the attack is cut again, share delivered from then to ``last``)
+    inside bins [first, last): the whole botnet as one stream, judged as
+    :func:`stream_mitigated_at` judges a block, holding at least one window
+    (a phase is shorter than a run: MIN_HOLD_S would leave none)."""
+    sent: dict[int, int] = {}
+    got: dict[int, int] = {}
+    empty = BinSeries({})
+    blocks = set()
+    for b in bots:
+        blocks.add(b.block)
+        for k, v in b.sent.counts.items():
+            if first <= k < last:
+                sent[k] = sent.get(k, 0) + v
+    for block in blocks:
+        for k, v in victim.attack.get(block, empty).counts.items():
+            if first <= k < last:
+                got[k] = got.get(k, 0) + v
+    s, g = BinSeries(sent), BinSeries(got)
+    if s.total() == 0:
+        return None, None
+    at = stream_mitigated_at(s, g, first, last, victim.bin_s, min_hold_s=WINDOW_BINS * victim.bin_s)
+    if at is None:
+        return None, None
+    k = round(at / victim.bin_s)
+    return at, _ratio(g.total(k, last), s.total(k, last))
 
 
 def mode_metrics(

@@ -122,15 +122,33 @@ class Fault:
     Redis in ``gossip``) does nothing in that mode. ``down`` on
     ``proxy:<i>`` is the whole proxy dying: its agent SIGKILLed, its links
     down, and its clients' and bots' traffic moved to proxy ``via`` (the
-    network's failover, done at once); ``up`` undoes all three."""
+    network's failover, done at once); ``up`` undoes all three. On the
+    target ``gossip`` (the proxies' service side, where the agents talk):
+    ``partition`` drops, with nftables inside each proxy's namespace, every
+    packet between proxies of different ``groups`` (the data path to the
+    victim and Redis untouched), ``heal`` removes it; ``netem`` puts tc
+    netem (:data:`NETEM`) on every packet from one proxy to another,
+    ``clear`` removes it."""
 
     at: float  # seconds after the epoch
-    action: str  # "kill" | "restart" (agent, redis) | "down" | "up" (proxy)
-    target: str  # "agent:<i>" | "redis" | "proxy:<i>"
+    action: (
+        str  # kill | restart (agent, redis) | down | up (proxy) | partition | heal | netem | clear
+    )
+    target: str  # "agent:<i>" | "redis" | "proxy:<i>" | "gossip"
     via: int | None = None  # "down": the proxy its clients and bots move to
+    groups: tuple[tuple[int, ...], ...] = ()  # "partition": the sides, by proxy index
 
     def describe(self) -> str:
         kind, _, index = self.target.partition(":")
+        if kind == "gossip":
+            sides = " | ".join(",".join(str(i) for i in g) for g in self.groups)
+            what = {
+                "partition": f"the gossip path split {sides}",
+                "heal": "the gossip path healed",
+                "netem": f"netem on the gossip path ({NETEM})",
+                "clear": "netem off the gossip path",
+            }.get(self.action, self.action)
+            return f"{self.at:g} s: {what}"
         if kind == "redis":
             what = "Redis (M_DB)"
         elif kind == "agent":
@@ -259,6 +277,7 @@ class ScenarioPlan:
             "notes": self.notes,
             "faults": [
                 {"at_s": f.at, "action": f.action, "target": f.target, "via": f.via}
+                | ({"groups": [list(g) for g in f.groups]} if f.groups else {})
                 for f in self.faults
             ],
             "phases": [
@@ -468,14 +487,24 @@ def _with_faults(
     return base, lambda share: round(a0 + share * (a1 - a0), 1)
 
 
-def chaos(lab: LabPlan, duration: float) -> ScenarioPlan:
-    """``distributed``'s traffic, and crashes in the middle of the attack.
+def chaos(lab: LabPlan, duration: float, proxies: int | None = None) -> ScenarioPlan:
+    """``distributed``'s traffic, and crashes in the middle of the attack:
+    on a lab of 5 or more proxies (or ``--proxies 5``) :func:`chaos_five`,
+    else the 3-proxy run below.
     First the agent of one proxy is SIGKILLed (its XDP filter stays
     attached and keeps the view last written into it) and later started
     again under the same node id: a node lost and back, in every mode with
     agents. Then the paper's Redis is SIGKILLed for good: the master's
     single point of failure, which the mesh does not have (in the gossip
     modes that last phase is the control: nothing fails)."""
+    p = len(lab.proxies) if proxies is None else proxies
+    if proxies is not None and not 5 <= proxies <= len(lab.proxies):
+        raise ScenarioError(
+            f"--proxies: chaos runs on 5 proxies or more (the lab has {len(lab.proxies)}; "
+            f"`lab up --proxies 5`), got {proxies}"
+        )
+    if p >= 5:
+        return chaos_five(lab, duration)
     base, at = _with_faults(lab, duration, "chaos")
     kill, restart, redis = at(0.2), at(0.45), at(0.7)
     victim = lab.proxies[len(lab.proxies) // 2].index
@@ -499,6 +528,80 @@ def chaos(lab: LabPlan, duration: float) -> ScenarioPlan:
             Phase(f"agent of proxy {victim} down", kill, restart),
             Phase("agent back", restart, redis),
             Phase("Redis down", redis, at(1.0)),
+        ),
+    )
+
+
+NETEM = "loss 20% delay 50ms 20ms duplicate 5%"  # issue 13's lossy, slow gossip path
+# Where each of chaos_five's faults falls, as a share of the attack (the
+# phases between them are each 8-12 % of it: at the CI's 60 s, 3.4-5 s,
+# enough for T_T1-scale bursts to show and pass within the phase).
+CHAOS_FIVE_AT = {
+    "down": 0.08,
+    "up": 0.2,
+    "kill": 0.32,
+    "restart": 0.42,
+    "partition": 0.52,
+    "heal": 0.64,
+    "netem": 0.74,
+    "clear": 0.88,
+}
+
+
+def chaos_five(lab: LabPlan, duration: float) -> ScenarioPlan:
+    """Issue 13's chaos on 5 proxies, each fault its own phase while the
+    ``distributed`` attack runs: two of five whole proxies die at once
+    (SIGKILL, links down; their clients and bots move to live neighbours)
+    and come back; one agent alone is SIGKILLed (its filter keeps the last
+    view) and restarted; the gossip path splits 2 | 3 and heals; netem makes
+    it lossy and slow; last, netem off, Redis is SIGKILLed (master mode's
+    single point of failure; in gossip the control phase: nothing broken)."""
+    if len(lab.proxies) < 5:
+        raise ScenarioError(
+            f"chaos on 5 proxies needs a lab of 5 (`lab up --proxies 5`), "
+            f"this one has {len(lab.proxies)}"
+        )
+    base, at = _with_faults(lab, duration, "chaos")
+    idx = [p.index for p in lab.proxies]
+    dead = (idx[1], idx[3])
+    via = {idx[1]: idx[0], idx[3]: idx[4]}
+    agent = idx[2]
+    left, right = tuple(idx[:2]), tuple(idx[2:])
+    t = {k: at(v) for k, v in CHAOS_FIVE_AT.items()}
+    faults = (
+        *(Fault(t["down"], "down", f"proxy:{d}", via=via[d]) for d in dead),
+        *(Fault(t["up"], "up", f"proxy:{d}") for d in dead),
+        Fault(t["kill"], "kill", f"agent:{agent}"),
+        Fault(t["restart"], "restart", f"agent:{agent}"),
+        Fault(t["partition"], "partition", "gossip", groups=(left, right)),
+        Fault(t["heal"], "heal", "gossip"),
+        Fault(t["netem"], "netem", "gossip"),
+        Fault(t["clear"], "clear", "gossip"),
+        Fault(t["clear"], "kill", "redis"),
+    )
+    sides = f"{','.join(map(str, left))} | {','.join(map(str, right))}"
+    return replace(
+        base,
+        name="chaos",
+        summary="the distributed attack on 5 proxies; two proxies die and come back, an "
+        "agent crashes and restarts, the gossip path splits and heals, then turns lossy; "
+        "last the master dies",
+        notes=(
+            f"{base.notes}; faults: "
+            + "; ".join(f.describe() for f in faults)
+            + f" (netem: {NETEM}, on proxy-to-proxy packets only)"
+        ),
+        faults=faults,
+        phases=(
+            Phase("before", at(0.0), t["down"]),
+            Phase(f"proxies {dead[0]} and {dead[1]} dead", t["down"], t["up"]),
+            Phase(f"proxies {dead[0]} and {dead[1]} back", t["up"], t["kill"]),
+            Phase(f"agent of proxy {agent} down", t["kill"], t["restart"]),
+            Phase(f"agent of proxy {agent} back", t["restart"], t["partition"]),
+            Phase(f"partition {sides}", t["partition"], t["heal"]),
+            Phase("healed", t["heal"], t["netem"]),
+            Phase("lossy gossip path", t["netem"], t["clear"]),
+            Phase("Redis down", t["clear"], at(1.0)),
         ),
     )
 
@@ -689,9 +792,11 @@ SCENARIOS: dict[str, ScenarioSpec] = {
         ),
         ScenarioSpec(
             "chaos",
-            "distributed; mid-attack a proxy's agent crashes and comes back, then the master dies",
+            "distributed; mid-attack a proxy's agent crashes and comes back, then the master "
+            "dies (on 5 proxies: two proxies die, a partition, a lossy gossip path too)",
             50.0,
             chaos,
+            options=("proxies",),
         ),
         ScenarioSpec(
             "botnet",

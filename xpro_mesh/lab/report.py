@@ -50,7 +50,9 @@ def mode_json(
     wall_s: float,
     notes: tuple[str, ...],
     extra: dict[str, Any] | None = None,
+    mesh: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    mesh = mesh or {}
     doc = {
         "attack_delivered_ratio": _round(m.attack_delivered_ratio),
         "attack_delivered_ratio_after_mitigation": _round(
@@ -81,6 +83,13 @@ def mode_json(
                 },
                 "good_requests": ph.good_requests,
                 "good_success_ratio": _round(ph.good_success_ratio),
+                "time_to_remitigate_s": ph.time_to_remitigate_s,
+                "attack_delivered_ratio_after_remitigation": _round(
+                    ph.attack_delivered_ratio_after_remitigation
+                ),
+                "good_latency_ms_p50": _round(ph.good_latency_ms_p50, 3),
+                "good_latency_ms_p99": _round(ph.good_latency_ms_p99, 3),
+                **({"mesh": mesh[label]} if label in mesh else {}),
             }
             for label, ph in m.phases.items()
         },
@@ -112,7 +121,7 @@ def as_json(result: ScenarioResult) -> dict[str, Any]:
         "scenario": result.plan.name,
         "params": params,
         "modes": {
-            name: mode_json(r.metrics, r.proxies, r.wall_s, r.notes, r.extra)
+            name: mode_json(r.metrics, r.proxies, r.wall_s, r.notes, r.extra, r.phase_mesh)
             for name, r in result.modes.items()
         },
     }
@@ -195,10 +204,23 @@ def phase_rows(result: ScenarioResult) -> list[list[str]]:
             values = [v for v in blocks.values() if v is not None]
             if values and max(values) - min(values) > 0.05:
                 spread = " [" + " ".join(_pct(v) for v in blocks.values()) + "]"
-            cells.append(
+            cell = (
                 f"attack {_pct(pm.attack_delivered_ratio)}{spread}, "
                 f"good {_pct(pm.good_success_ratio)}"
             )
+            if pm.time_to_remitigate_s is not None and pm.time_to_remitigate_s > 0:
+                cell += (
+                    f", cut again after {pm.time_to_remitigate_s:g} s "
+                    f"({_pct(pm.attack_delivered_ratio_after_remitigation)} from then)"
+                )
+            elif pm.attack_sent and pm.time_to_remitigate_s is None:
+                cell += ", not cut again"
+            if pm.good_latency_ms_p50 is not None and pm.good_latency_ms_p99 is not None:
+                cell += f", p50/p99 {pm.good_latency_ms_p50:.1f}/{pm.good_latency_ms_p99:.1f} ms"
+            conv = r.phase_mesh.get(ph.label, {})
+            if conv.get("rounds_to_converge") is not None:
+                cell += f", converged in {conv['rounds_to_converge']} rounds"
+            cells.append(cell)
         rows.append(cells)
     return rows
 

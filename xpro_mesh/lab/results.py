@@ -3,7 +3,7 @@ counters, and the run as a whole (the report's input; plain records)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from xpro_mesh.lab import metrics
@@ -21,6 +21,8 @@ class ModeResult:
     wall_s: float
     notes: tuple[str, ...] = ()
     extra: dict[str, Any] | None = None  # scenario-specific figures (botnet: spoofed, agents)
+    # per phase label: the mesh's convergence after a heal or restart (chaos)
+    phase_mesh: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from xpro_mesh.lab.plans import (
     Fault,
     ScenarioError,
     ScenarioPlan,
+    gossip_interval,
 )
 from xpro_mesh.lab.progress import Reporter, RichReporter
 from xpro_mesh.lab.results import ModeResult, ScenarioResult
@@ -76,6 +77,10 @@ class ModeRun:
     wall_end: float = 0.0  # the end of the traffic, likewise
     usage: agents.Usage = field(default_factory=agents.Usage)
     counters: spoofed.Counters | None = None
+    # planned time of a fault -> when the last fault planned then was done
+    # (s since the epoch): a loaded host carries a fault out late, and the
+    # phases are cut where the faults really happened
+    fault_done: dict[float, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.network = Network(self.lab)
@@ -192,7 +197,11 @@ class ModeRun:
 
             def fault(f: Fault = f) -> str | None:
                 done = inject(f, self.lab, self.procs, self.network)
-                return done and f"fault at {time.monotonic() - self.epoch:.1f} s: {done}"
+                now = time.monotonic() - self.epoch
+                self.fault_done[f.at] = max(now, self.fault_done.get(f.at, 0.0))
+                late = now - f.at
+                when = f"{now:.1f} s" + (f" ({late:.1f} s late)" if late > 0.3 else "")
+                return done and f"fault at {when}: {done}"
 
             events.append((f.at, fault))
         senders = spoofed.write_configs(self.plan.spoofed, self.lab, self.moddir, VICTIM_PORT)
@@ -294,6 +303,63 @@ def _agent_figures(run: ModeRun, proxy_stats: dict[str, dict[str, int]]) -> None
             proxy_stats.setdefault(p.ns, {})["overload_warnings"] = overloads
 
 
+def actual_phases(run: ModeRun) -> list[tuple[str, float, float]]:
+    """The plan's phases cut at the times the faults were really carried
+    out (a fault's planned time where it was never reached)."""
+    return [
+        (
+            ph.label,
+            run.fault_done.get(ph.start, ph.start),
+            min(run.fault_done.get(ph.stop, ph.stop), run.plan.duration),
+        )
+        for ph in run.plan.phases
+    ]
+
+
+MENDING = ("restart", "up", "heal", "clear")  # faults after which the mesh must converge again
+
+
+def round_s(profile: str) -> float:
+    """The agents' gossip round in seconds under ``profile``."""
+    from xpro_mesh.units import parse_duration_ns
+
+    return parse_duration_ns(gossip_interval(profile)) / 1e9
+
+
+def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
+    """Per phase that starts with a mend (a restart, a proxy back, a heal,
+    netem off): the membership's convergence among the live agents, from
+    their logs (:func:`agents.convergence`), in the agents' gossip rounds."""
+    if not run.mode.startswith("gossip"):
+        return {}  # membership is the gossip modes' (master's agents only talk to Redis)
+    logs = {f"p{p.index}": run.moddir / f"agent-{p.ns}.log" for p in run.lab.proxies}
+    out: dict[str, dict[str, object]] = {}
+    for ph in run.plan.phases:
+        mends = [f for f in run.plan.faults if f.at == ph.start and f.action in MENDING]
+        if not mends:
+            continue
+        live = {f"p{p.index}" for p in run.lab.proxies}
+        for f in run.plan.faults:
+            if f.at > ph.start:
+                break
+            node = "p" + f.target.partition(":")[2]
+            if f.action in ("kill", "down") and f.target != "redis":
+                live.discard(node)
+            elif f.action in ("restart", "up"):
+                live.add(node)
+        out[ph.label] = {
+            "after": [f.action + " " + f.target for f in mends],
+            **agents.convergence(
+                logs,
+                live,
+                run.wall_epoch + run.fault_done.get(ph.start, ph.start),
+                run.wall_epoch + run.fault_done.get(ph.stop, ph.stop),
+                round_s(run.plan.agent_profile),
+            ),
+        }
+    return out
+
+
 def botnet_figures(run: ModeRun, bots: Sequence[metrics.BotStream]) -> dict[str, object]:
     """The botnet scenario's own figures: the sender's offered and achieved
     rate per block, the agents' member-state transitions (from their logs)
@@ -381,7 +447,7 @@ def run_mode(
         bots,
         goods,
         plan.duration,
-        phases=[(ph.label, ph.start, ph.stop) for ph in plan.phases],
+        phases=actual_phases(run),
     )
     return ModeResult(
         mode=mode,
@@ -390,6 +456,7 @@ def run_mode(
         wall_s=round(time.monotonic() - started, 1),
         notes=tuple(run.notes),
         extra=botnet_figures(run, bots) if plan.spoofed else None,
+        phase_mesh=phase_mesh(run),
     )
 
 
@@ -414,7 +481,8 @@ def prepare(
     unknown = sorted(set(given) - set(spec.options))
     if unknown:
         flag = "--" + unknown[0].replace("_", "-").replace("rate", "rate-per-bot")
-        raise ScenarioError(f"{flag} is an option of scenario botnet only")
+        owners = [n for n, sp in SCENARIOS.items() if unknown[0] in sp.options]
+        raise ScenarioError(f"{flag} is an option of scenario {' and '.join(owners)} only")
     plan = spec.build(lab, d, **given)
     _check_tools(plan)
     if any(m in AGENT_SYNC for m in modes) and not agents.agent_available():
