@@ -760,3 +760,18 @@ def test_digest_names_the_sender_and_the_version_it_is_complete_to() -> None:
     count(me, pair(0), T0, T0 + S, 1)
     count(me, pair(1), T0, T0 + S, 1)
     assert me.digest() == Digest(sender="me", versions={"me": (1, 2)})
+
+
+def test_a_steady_client_divided_below_admit_k_still_counts_in_n_of_d() -> None:
+    """Past T_T4 Algorithm 1 divides a view's count by r: a client of a few
+    packets per T_T4 falls under admit_k after every division. It still
+    counts in n(D) (its window is past T_T2), or the fair share of every
+    other client would jump with each division; a one-packet source never
+    counts."""
+    s = node("a")
+    count(s, pair(0, 0), T0, T0 + 2 * S, 2)  # steady, divided: 2 packets over 2 s
+    count(s, pair(1, 0), T0 + 2 * S, T0 + 2 * S, 1)  # one packet, one instant
+    view = s.destination_view(DESTS[0])
+    assert view is not None
+    assert P.admit_k > 2
+    assert view.clients == 1

@@ -46,6 +46,7 @@ __all__ = [
     "fold_destination",
     "fold_destinations",
     "is_established",
+    "is_established_view",
     "rate_exceeds",
     "rate_start",
     "sync_master",
@@ -214,6 +215,16 @@ def is_established(w: Window, p: Params) -> bool:
     return w.c >= p.admit_k and w.ts2 - w.ts1 > p.t_t2
 
 
+def is_established_view(w: Window, p: Params) -> bool:
+    """A mesh-wide pair view that proved itself: a window longer than T_T2,
+    so at least two packets that far apart (a forged source's window is one
+    instant). Not :func:`is_established`'s ``admit_k``: Algorithm 1 divides
+    a view's count by r past T_T4 (lines 13-17), so a steady client of a few
+    packets per T_T4 falls under ``admit_k`` after every division and would
+    leave n(D) for a moment, inflating the fair share of every other."""
+    return w.ts2 - w.ts1 > p.t_t2
+
+
 RATE_SCALE = 1e12  # window rates in milli-packets per second: c * 1e12 / ns
 RATE_MAX = 1 << 40  # one window's rate is clamped here (~1.1e9 packets/s)
 _INT_MAX = (1 << 63) - 1
@@ -246,6 +257,7 @@ def fold_destination(
     windows: Iterable[Window],
     rate_floor: int | None = None,
     established_under: Params | None = None,
+    views_established_under: Params | None = None,
 ) -> DestinationAggregate | None:
     """Lines 18-20 over ``windows``, the clients' windows towards one D: min
     ts1, max ts2, sum c and n(D); None when there are none.
@@ -266,8 +278,9 @@ def fold_destination(
 
     n(D) counts every window, or with ``established_under`` only the
     established ones (:func:`is_established`): the fair-share policy's n(D),
-    which forged one-packet sources cannot dilute. ts1, ts2 and c always
-    take every window."""
+    which forged one-packet sources cannot dilute; the mesh's views use
+    ``views_established_under`` (:func:`is_established_view`). ts1, ts2 and
+    c always take every window."""
     ts1: int | None = None
     ts2 = 0
     total = 0
@@ -277,7 +290,11 @@ def fold_destination(
         ts1 = w.ts1 if ts1 is None else min(ts1, w.ts1)
         ts2 = max(ts2, w.ts2)
         total += w.c
-        if established_under is None or is_established(w, established_under):
+        if established_under is not None:
+            clients += is_established(w, established_under)
+        elif views_established_under is not None:
+            clients += is_established_view(w, views_established_under)
+        else:
             clients += 1
         if rate_floor is not None:
             rate += window_rate(w.c, w.ts1, w.ts2, rate_floor)

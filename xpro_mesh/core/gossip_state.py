@@ -571,7 +571,7 @@ class GossipState:
             view = fold_destination(
                 (v for v in (self.pair_view(pair) for pair in pairs) if v is not None),
                 destination_rate_floor(self._params),
-                established_under=self._params,  # n(D): established pairs only (issue 11)
+                views_established_under=self._params,  # n(D): established pairs (issue 11)
             )
             assert view is not None
             self._dest_views[destination] = view

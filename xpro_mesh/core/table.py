@@ -846,9 +846,8 @@ class PairTable:
         np.minimum.at(ts1, d, views.ts1)
         np.maximum.at(ts2, d, views.ts2)
         pairs = np.bincount(d, minlength=cap).astype(np.int64)
-        # n(D) counts only established pairs (algorithm.is_established, issue 11).
-        p = self._params
-        established = (views.c >= p.admit_k) & (views.ts2 - views.ts1 > p.t_t2)
+        # n(D) counts only established pairs (algorithm.is_established_view, issue 11).
+        established = views.ts2 - views.ts1 > self._params.t_t2
         clients = np.bincount(d[established], minlength=cap).astype(np.int64)
         out = np.flatnonzero(pairs) if dest_ids is None else np.asarray(dest_ids, np.int64)
         out = out[pairs[out] > 0]
