@@ -1024,9 +1024,14 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		st->pair_views++;
 	}
 	/* Established (issue 11): a rate the pair rule and the fair share can
-	 * judge. The first packet that finds it so counts the pair into n(D). */
+	 * judge. The first packet that finds it so counts the pair into n(D),
+	 * and the pair stays so until its window restarts: the mesh's view
+	 * divides the count by r past T_T4 (Alg. 1 lines 13-17), below admit_k
+	 * for a slow steady pair, which must not turn young (and spend D's
+	 * admission budget) with every division. */
 	__s64 pair_window = (__s64)(jts2 - jts1);
-	int established = jc >= (__s64)cfg->admit_k && pair_window > t_t2;
+	int established = (p->flags & XPRO_SLOT_ESTABLISHED) ||
+			  (jc >= (__s64)cfg->admit_k && pair_window > t_t2);
 
 	if (established && d && !(p->flags & XPRO_SLOT_ESTABLISHED) &&
 	    xpro_flags_cas(&p->flags, XPRO_SLOT_ESTABLISHED, 0))

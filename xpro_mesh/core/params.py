@@ -236,6 +236,9 @@ class Params:
                 f"t_f2 = {self.t_f2}",
                 f"r = {self.r}",
                 f'policy = "{chosen}"',
+                f"admit_k = {self.admit_k}",
+                f"admit_rate = {self.admit_rate}",
+                f"admit_burst = {self.admit_burst}",
             ]
         )
 

@@ -392,7 +392,10 @@ class MemoryMaps(SlotArrays):
             st["pair_views"] += 1
         # Established: counted into n(D) by the first packet that finds it so.
         window = jts2 - jts1
-        established = jc >= cfg.admit_k and window > cfg.t_t2
+        # ... and stays so until its window restarts (the view's count is
+        # divided by r past T_T4, below admit_k for a slow steady pair).
+        flagged = bool(int(P["flags"][s]) & XPRO_SLOT_ESTABLISHED)
+        established = flagged or (jc >= cfg.admit_k and window > cfg.t_t2)
         if established and d is not None and not int(P["flags"][s]) & XPRO_SLOT_ESTABLISHED:
             P["flags"][s] |= XPRO_SLOT_ESTABLISHED
             D["n"][d] += 1

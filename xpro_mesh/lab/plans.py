@@ -81,7 +81,13 @@ each scenario sets T_F1 and T_F2 (:func:`lab_thresholds`)."""
 def lab_thresholds(t_f1: int, t_f2: int, t_t1: int | None = None) -> Params:
     """A scenario's thresholds: the lab's windows (T_T1 ``t_t1`` ns when
     given), its T_F1 and T_F2."""
-    t = replace(LAB_WINDOWS, t_f1=t_f1, t_f2=t_f2)
+    # The admission budget is per proxy and per destination: the default
+    # (100/s) is a tenth of the default T_F2, but the lab's T_F2 is 0.4 of
+    # its botnet, so 3 proxies' budgets would admit over a third of T_F2 of
+    # the flood's young pairs. A fortieth of T_F2 each keeps what the
+    # budgets let through under 3 % of the attack.
+    admit = max(1, t_f2 // 40)
+    t = replace(LAB_WINDOWS, t_f1=t_f1, t_f2=t_f2, admit_rate=admit)
     return t if t_t1 is None else replace(t, t_t1=t_t1)
 
 
