@@ -918,8 +918,10 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 			p->ts1 = now;
 			p->ts2 = now;
 			dest_delta = 1 - __sync_lock_test_and_set(&p->c, 1);
-			/* A restarted window is young again: out of its destination's n. */
+			/* A restarted window is young again: out of its destination's n;
+			 * the pair is known from now on (its source came back). */
 			was_established = xpro_flags_cas(&p->flags, 0, XPRO_SLOT_ESTABLISHED);
+			xpro_flags_cas(&p->flags, XPRO_SLOT_KNOWN, 0);
 			xpro_barrier();
 			p->gen = g + 2;
 			c_now = 1;
@@ -1080,18 +1082,25 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 	if (cfg->policy == XPRO_POLICY_PAPER)
 		return XPRO_VERDICT_DROP_DEST;
 	/* fair-share: a young pair only through D's admission budget ... */
+	__u64 share_window = (__u64)pair_window;
+
 	if (!established) {
-		if (xpro_admit_take(d)) {
-			st->admitted++;
-			return XPRO_VERDICT_PASS;
+		if (!(XPRO_READ(p->flags) & XPRO_SLOT_KNOWN)) {
+			if (xpro_admit_take(d)) {
+				st->admitted++;
+				return XPRO_VERDICT_PASS;
+			}
+			st->drop_admit++;
+			return XPRO_VERDICT_DROP_DEST;
 		}
-		st->drop_admit++;
-		return XPRO_VERDICT_DROP_DEST;
+		/* ... unless it is known: it idled past T_T1 before this window,
+		 * so its jc packets span more than the window plus T_T1. */
+		share_window += (__u64)t_t1;
 	}
 	/* ... an established one unless above T_F2 / n(D), n the established. */
 	if (jn < 1)
 		jn = 1;
-	if (xpro_rate_over(jc, jn, cfg->t_f2, (__u64)pair_window))
+	if (xpro_rate_over(jc, jn, cfg->t_f2, share_window))
 		return XPRO_VERDICT_DROP_DEST;
 	return XPRO_VERDICT_PASS;
 }

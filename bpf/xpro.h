@@ -81,6 +81,7 @@ struct xpro_slot {
 #define XPRO_SLOT_LINKED 0x1 /* pair: in its destination's ts1 order */
 #define XPRO_DEST_DIRTY 0x2  /* dest: the ts1 order missed an update (lock busy, relink) */
 #define XPRO_SLOT_ESTABLISHED 0x4 /* pair: counted in its destination's n (issue 11) */
+#define XPRO_SLOT_KNOWN 0x8 /* pair: its window restarted (a source that came back), for the slot's life */
 
 /* The admission budget's unit: a young packet costs this many tokens
  * (micro-packets, so a refill over a few ns is not lost to rounding). */

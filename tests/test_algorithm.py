@@ -208,11 +208,11 @@ def test_verdict_values_are_the_contract_strings() -> None:
     assert isinstance(Verdict.DROP_PAIR, str) and Verdict("drop_pair") is Verdict.DROP_PAIR
 
 
-def test_idle_pair_restarts_its_window_and_is_marked() -> None:
+def test_idle_pair_restarts_its_window_and_is_marked_and_known() -> None:
     table = {("a", "d"): LocalRecord(ts1=0, ts2=S, c=50, dc=3, mark=0)}
     filter_packet(table, "a", "d", S + P.t_t1 + 1, P)
     assert table[("a", "d")] == LocalRecord(
-        ts1=S + P.t_t1 + 1, ts2=S + P.t_t1 + 1, c=1, dc=1, mark=1
+        ts1=S + P.t_t1 + 1, ts2=S + P.t_t1 + 1, c=1, dc=1, mark=1, known=True
     )
 
 

@@ -249,7 +249,7 @@ def test_twin_without_views_is_algorithm_2(seed: int, policy: Policy) -> None:
     # n(D) counts the established pairs (issue 11), under either policy.
     assert dests == {d: aggregate(d) for d in {d for _s, d in table}}
     cov = coverage(expected, table)
-    assert cov["drop_pair"] and cov["drop_dest"] and cov["marked"], cov
+    assert cov["drop_pair"] and cov["drop_dest"] and cov["marked"] and cov["known"], cov
 
 
 @pytest.mark.kernel

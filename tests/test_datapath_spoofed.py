@@ -140,3 +140,91 @@ def test_the_kernel_meets_the_budget_when_the_flood_takes_every_pair_slot(
     twin = MemoryMaps(config, MapSizes(*SMALL_SIZES))
     assert got == [twin.feed(pk.src, pk.dst, pk.now) for pk in trace]
     assert small_kernel_maps.read_stats() == twin.read_stats()  # type: ignore[attr-defined]
+
+
+# Known clients: T_T1 = 150 ms, so a client polling every 300 ms opens a new
+# window with every request and is never established.
+P_KNOWN = Params(t_t1=150 * MS, t_t2=100 * MS, t_t3=100 * MS, t_t4=10_000 * MS, t_f1=100, t_f2=1000)
+SLOW, BURSTY = "10.8.0.2", "10.8.0.3"
+STEADY = [f"10.8.1.{i}" for i in range(1, 21)]
+
+
+def known_clients_trace(seed: int) -> list[Packet]:
+    """20 steady clients at 40 pps (established: n(D) = 20, a fair share of
+    50 pps); SLOW, one request every 300 ms; BURSTY, 20 packets 1 ms apart
+    every 300 ms (each burst a new window shorter than T_T2: no rate of its
+    own); from 300 ms a forged flood at 10 kpps puts D over T_F2."""
+    rng = random.Random(seed)
+    end = BASE_TIME + 1800 * MS
+    out = [
+        Packet(s, VICTIM, t)
+        for s in STEADY
+        for t in range(BASE_TIME + rng.randrange(MS), end, 25 * MS)
+    ]
+    out += [Packet(SLOW, VICTIM, t) for t in range(BASE_TIME, end, 300 * MS)]
+    out += [
+        Packet(BURSTY, VICTIM, start + k * MS)
+        for start in range(BASE_TIME + 7 * MS, end, 300 * MS)
+        for k in range(20)
+    ]
+    out += [
+        Packet(str(ipaddress.IPv4Address(rng.getrandbits(32) | 0x0100_0000)), VICTIM, t)
+        for t in range(BASE_TIME + 300 * MS, end, 100_000)
+    ]
+    return sorted(out, key=lambda pk: pk.now)
+
+
+def _known_model(trace: list[Packet]) -> list[Verdict]:
+    table: dict[tuple[str, str], LocalRecord] = {}
+    budgets: dict[str, AdmissionBudget] = {}
+    return [
+        filter_packet_fair_share(table, pk.src, pk.dst, pk.now, P_KNOWN, budgets=budgets)
+        for pk in trace
+    ]
+
+
+def _known_twin(trace: list[Packet]) -> list[Verdict]:
+    twin = MemoryMaps(XdpConfig.from_params(P_KNOWN, policy=Policy.FAIR_SHARE))
+    return [twin.feed(pk.src, pk.dst, pk.now) for pk in trace]
+
+
+def _check_known(trace: list[Packet], got: list[Verdict]) -> None:
+    """During the flood (after T_T3 of it): SLOW passes every time, without
+    the budget (the flood has emptied it); BURSTY is held to the fair share
+    (each burst's first packets pass, most of the rest are dropped); the
+    forged flood is still capped."""
+    after = BASE_TIME + 300 * MS + P_KNOWN.t_t3
+
+    def verdicts(src: str | None) -> list[Verdict]:
+        return [
+            v
+            for pk, v in zip(trace, got, strict=True)
+            if pk.now > after and (pk.src == src if src else pk.src.startswith("10.8.") is False)
+        ]
+
+    slow, bursty, flood = verdicts(SLOW), verdicts(BURSTY), verdicts(None)
+    assert slow and all(v is Verdict.PASS for v in slow), slow
+    dropped = sum(v is not Verdict.PASS for v in bursty) / len(bursty)
+    assert 0.5 <= dropped < 1, f"{dropped:.0%} of the bursty known client dropped"
+    flood_dropped = sum(v is not Verdict.PASS for v in flood) / len(flood)
+    assert flood_dropped >= 0.95, f"only {flood_dropped:.2%} of the forged flood dropped"
+
+
+@pytest.mark.parametrize("run", [_known_model, _known_twin], ids=["model", "twin"])
+def test_a_slow_known_client_passes_a_forged_flood_and_a_bursty_one_gets_its_share(
+    run: Callable[[list[Packet]], list[Verdict]],
+) -> None:
+    trace = known_clients_trace(5)
+    _check_known(trace, run(trace))
+
+
+@pytest.mark.kernel
+def test_the_kernel_judges_known_clients_as_the_model_does(
+    xdp_test_program: object, kernel_maps: object
+) -> None:
+    trace = known_clients_trace(6)
+    kernel_maps.set_config(XdpConfig.from_params(P_KNOWN, policy=Policy.FAIR_SHARE))  # type: ignore[attr-defined]
+    driver = KernelDriver(xdp_test_program, kernel_maps)  # type: ignore[arg-type]
+    got = [driver.feed(pk.src, pk.dst, pk.now) for pk in trace]
+    _check_known(trace, got)
+    assert got == _known_model(trace)

@@ -444,10 +444,16 @@ def test_botnet_t_f2_is_over_every_proxy_alone_and_under_the_mesh() -> None:
         assert plan.spoofed[0].rate < t.t_f1  # each source alone is innocent
         good = [f for f in plan.flows if f.role == "good"]
         # A bot's gap is under the idle gap T_T1, a good client's over it: each
-        # good request opens a new window (never judged), every bot's runs on.
+        # good request opens a new window of a known pair, every bot's runs on.
         t_t1 = t.t_t1 / 10**9
         assert 1 / plan.spoofed[0].rate < t_t1 < 1 / good[0].rate
-    assert plans.botnet_t_f2(2100.0) == 840  # 0.4, as in distributed
+        # The fair share lies between a known good client's judged rate (one
+        # packet over T_T1) and a bot's.
+        share = t.t_f2 / (bots + len(good))
+        assert 1 / t_t1 < share < plan.spoofed[0].rate
+        # The budgets of all proxies admit at most 3 % of the attack.
+        assert proxies * t.admit_rate <= 0.03 * bots * plan.spoofed[0].rate
+    assert plans.botnet_t_f2(2100.0) == 1575  # 3/4 of the botnet's rate
 
 
 def test_botnet_refuses_sizes_it_cannot_address() -> None:

@@ -70,7 +70,11 @@ class LocalRecord:
     master's count at the last sync plus what arrived since), ``dc`` only what
     arrived since the last sync; every packet increments both (Alg. 2).
     ``mark`` is 1 when the window was restarted by the idle rule since the
-    last sync.
+    last sync. ``known`` is True once the pair's window has restarted (lines
+    4-7) at least once: the source came back after idling past T_T1, which a
+    forged one-packet source never does. It is the pair's, not the window's:
+    no sync clears it (the kernel: ``XPRO_SLOT_KNOWN``, set for the slot's
+    life).
     """
 
     ts1: int
@@ -78,6 +82,7 @@ class LocalRecord:
     c: int
     dc: int
     mark: int
+    known: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +133,7 @@ def _sync_both(
     # T_T1 after the master's window, replaces the master's (lines 6-8).
     if local.mark == 1 and ts1_l - ts1_m > p.t_t1:
         return (
-            LocalRecord(ts1=ts1_l, ts2=ts2_l, c=c_l, dc=0, mark=0),
+            LocalRecord(ts1=ts1_l, ts2=ts2_l, c=c_l, dc=0, mark=0, known=local.known),
             MasterRecord(ts1=ts1_l, ts2=ts2_l, c=c_l),
         )
 
@@ -160,7 +165,7 @@ def _sync_both(
     c_l = c_m + dc_l
     c_m = c_l
     return (
-        LocalRecord(ts1=ts1_l, ts2=ts2_l, c=c_l, dc=0, mark=0),
+        LocalRecord(ts1=ts1_l, ts2=ts2_l, c=c_l, dc=0, mark=0, known=local.known),
         MasterRecord(ts1=ts1_m, ts2=ts2_m, c=c_m),
     )
 
@@ -174,7 +179,7 @@ def _count_packet(record: LocalRecord | None, now: int, p: Params) -> LocalRecor
     elif now - record.ts2 > p.t_t1:
         # Idle longer than T_T1: restart the window and mark the restart so
         # that the next sync lets it replace the master's (Alg. 1 line 5).
-        record = LocalRecord(ts1=now, ts2=record.ts2, c=0, dc=0, mark=1)
+        record = LocalRecord(ts1=now, ts2=record.ts2, c=0, dc=0, mark=1, known=True)
     return replace(record, ts2=now, c=record.c + 1, dc=record.dc + 1)
 
 
@@ -447,7 +452,16 @@ def filter_packet_fair_share(
     window to have a rate: a forged source is one) takes a token from D's
     admission budget (``budgets[dst]``, :class:`AdmissionBudget`) and is
     dropped when there is none, so a forged flood is capped at admit_rate
-    while new real clients still get in. ``n(D)`` is the number of
+    while new real clients still get in. A young window of a *known* pair
+    (``LocalRecord.known``: its window restarted before, so it is a source
+    that came back, as a slow device does between requests) is judged by the
+    share test over its window plus T_T1 instead (the idle gap before the
+    window is longer than T_T1), so slow clients that open a new window with
+    every request neither spend nor wait for the budget, while one above the
+    share is dropped. Known pairs are not counted in n(D) (the mesh's rows
+    cannot tell them from young ones), so a flood of real sources each
+    slower than one packet per T_T1 is judged against the established
+    clients' share only (docs/datapath.md). ``n(D)`` is the number of
     established clients towards D across the mesh; the agents know it and
     pass it as ``clients``; by default the established clients in ``table``
     are counted. The share test is ``c * 10**9 * n > T_F2 * (ts2 - ts1)``.
@@ -486,14 +500,19 @@ def filter_packet_fair_share(
     assert agg is not None
     if not _destination_over_limit(agg, p):
         return Verdict.PASS
-    if not is_established(rec, p):
-        if budget.tokens < ADMIT_UNIT:
-            return Verdict.DROP_DEST
-        if budgets is not None:
-            budgets[dst] = replace(budget, tokens=budget.tokens - ADMIT_UNIT)
-        return Verdict.PASS
     n = max(1, clients if clients is not None else agg.clients)
     window = rec.ts2 - rec.ts1
+    if not is_established(rec, p):
+        if not rec.known:
+            if budget.tokens < ADMIT_UNIT:
+                return Verdict.DROP_DEST
+            if budgets is not None:
+                budgets[dst] = replace(budget, tokens=budget.tokens - ADMIT_UNIT)
+            return Verdict.PASS
+        # A known pair idled past T_T1 before this window began, so its c
+        # packets span more than the window plus T_T1: a rate (an upper
+        # bound of it) the fair share can judge without the budget.
+        window += p.t_t1
     if rec.c * NS_PER_S * n > p.t_f2 * window:
         return Verdict.DROP_DEST
     return Verdict.PASS

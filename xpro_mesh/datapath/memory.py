@@ -42,6 +42,7 @@ from xpro_mesh.datapath.structs import (
     XPRO_RING_DESTS,
     XPRO_RING_PAIRS,
     XPRO_SLOT_ESTABLISHED,
+    XPRO_SLOT_KNOWN,
     XPRO_SLOT_LINKED,
     to_addr,
 )
@@ -332,6 +333,7 @@ class MemoryMaps(SlotArrays):
                 P["c"][s] = 1
                 was_established = bool(int(P["flags"][s]) & XPRO_SLOT_ESTABLISHED)
                 P["flags"][s] &= _NOT_ESTABLISHED
+                P["flags"][s] |= XPRO_SLOT_KNOWN
                 P["gen"][s] = g + 2
                 c_now, ts1 = 1, now
                 st["resets"] += 1
@@ -422,14 +424,17 @@ class MemoryMaps(SlotArrays):
             return Verdict.PASS
         if cfg.policy is Policy.PAPER:
             return Verdict.DROP_DEST
+        share_window = window
         if not established:  # a young pair: only through D's admission budget
-            if int(D["admit"][d]) >= XPRO_ADMIT_UNIT:
-                D["admit"][d] -= XPRO_ADMIT_UNIT
-                st["admitted"] += 1
-                return Verdict.PASS
-            st["drop_admit"] += 1
-            return Verdict.DROP_DEST
-        if rate_over(jc, max(1, jn), cfg.t_f2, window):
+            if not int(P["flags"][s]) & XPRO_SLOT_KNOWN:
+                if int(D["admit"][d]) >= XPRO_ADMIT_UNIT:
+                    D["admit"][d] -= XPRO_ADMIT_UNIT
+                    st["admitted"] += 1
+                    return Verdict.PASS
+                st["drop_admit"] += 1
+                return Verdict.DROP_DEST
+            share_window += cfg.t_t1  # known: it idled past T_T1 before this window
+        if rate_over(jc, max(1, jn), cfg.t_f2, share_window):
             return Verdict.DROP_DEST
         return Verdict.PASS
 

@@ -78,9 +78,12 @@ LAB_WINDOWS = replace(
 each scenario sets T_F1 and T_F2 (:func:`lab_thresholds`)."""
 
 
-def lab_thresholds(t_f1: int, t_f2: int, t_t1: int | None = None) -> Params:
+def lab_thresholds(
+    t_f1: int, t_f2: int, t_t1: int | None = None, admit_rate: int | None = None
+) -> Params:
     """A scenario's thresholds: the lab's windows (T_T1 ``t_t1`` ns when
-    given), its T_F1 and T_F2."""
+    given), its T_F1 and T_F2, and the admission budget (``admit_rate`` per
+    proxy when given, else a fortieth of T_F2)."""
     # The admission budget is per proxy and per destination: the default
     # (100/s) is a tenth of the default T_F2, but the lab's T_F2 is 0.4 of
     # its botnet, so 3 proxies' budgets would admit over a third of T_F2 of
@@ -89,7 +92,7 @@ def lab_thresholds(t_f1: int, t_f2: int, t_t1: int | None = None) -> Params:
     # windows are short (T_T4 2 s, divided by r), so a 1 pps bot's window
     # holds 1-4 packets and with the default 4 it turns young again after
     # every division and spends the budget (measured: 9-16 % delivered).
-    admit = max(1, t_f2 // 40)
+    admit = max(1, t_f2 // 40) if admit_rate is None else admit_rate
     t = replace(LAB_WINDOWS, t_f1=t_f1, t_f2=t_f2, admit_rate=admit, admit_k=2)
     return t if t_t1 is None else replace(t, t_t1=t_t1)
 
@@ -663,19 +666,19 @@ BOTNET_BLOCK_BITS = 14  # a /14 per proxy: 262 142 sources each
 BOTNET_MAX_PROXIES = 32  # 10.128.0.0/14 ... 10.252.0.0/14
 BOTNET_GOOD_SHARE = 0.5  # a good client's rate as a share of a bot's (one request per 2 s)
 BOTNET_IDLE = 1.5  # T_T1 in bot intervals: above a bot's gap, below a good client's
+BOTNET_CAPACITY_SHARE = 0.75  # T_F2 as a share of the botnet's rate (botnet_t_f2)
 
 
 def botnet_t_f2(total_pps: float) -> int:
-    """T_F2 at :data:`CAPACITY_SHARE` of the botnet's rate, the rule of
-    every scenario here: above what one of P ≥ 3 proxies sees (1/P), below
-    what the mesh sees. Not the 2/3 that the true rates would allow: the
-    kernel judges D's rate as the summed counts of D's clients over D's
-    window, from the earliest window start among them to the latest packet,
-    while each pair's count covers only its own window (halved past T_T4),
-    so the mesh reads a botnet at about half its true rate (measured with
-    2 400 sources at 1 pps: 1 100-1 500 pps for 2 400 sent) and at 2/3
-    gossip never drops."""
-    return max(1, round(total_pps * CAPACITY_SHARE))
+    """T_F2 at :data:`BOTNET_CAPACITY_SHARE` of the botnet's rate: above
+    what one of P >= 3 proxies sees (1/P), below what the mesh sees (the sum
+    of its clients' rates), and a fair share T_F2/n(D) between a good
+    client's judged rate and a bot's. A good client here opens a new window
+    with every request (its gap is above T_T1), so it is a *known* pair in a
+    young window, judged over its window plus T_T1: 1/T_T1, 2/3 of a bot's
+    rate (:data:`BOTNET_IDLE`); 3/4 of the botnet's rate puts the share
+    between the two with an eighth to spare on each side."""
+    return max(1, round(total_pps * BOTNET_CAPACITY_SHARE))
 
 
 def _botnet_blocks(
@@ -748,15 +751,19 @@ def botnet(
             max(T_F1, math.ceil(5 * rate)),
             t_f2,
             t_t1=round(1000 * BOTNET_IDLE / rate) * 10**6,
+            # The budgets of the p proxies admit at most 3 % of the attack
+            # together (young bots spend them only in their first second).
+            admit_rate=max(1, math.floor(0.03 * bots * rate / p)),
         ),
         flows=tuple(_flows(lab, "good", "good", "regular", good_rate, 0.0, duration)),
         notes=(
-            f"each source sends {rate:g} pps (< T_F1); T_F2 = {CAPACITY_SHARE:g} x the "
-            f"botnet's {bots * rate:g} pps (one proxy sees 1/{p}); a good client sends "
+            f"each source sends {rate:g} pps (< T_F1); T_F2 = {BOTNET_CAPACITY_SHARE:g} x "
+            f"the botnet's {bots * rate:g} pps (one proxy sees 1/{p}); a good client sends "
             f"{good_rate:g} req/s, and T_T1 = {BOTNET_IDLE:g} bot intervals lies between a "
-            "bot's gap and a good client's: each good request opens a new window and is not "
-            f"judged, while every bot's window runs on (the fair share T_F2/n(D) = "
-            f"{share:.2f} pps cannot tell a slow good client from a bot by rate)"
+            "bot's gap and a good client's: each good request opens a new window of a known "
+            f"pair, judged at most {rate / BOTNET_IDLE:.2f} pps (one packet over T_T1), while "
+            f"every bot's window runs on at {rate:g} pps; the fair share T_F2/n(D) = "
+            f"{share:.2f} pps lies between"
         ),
         agent_profile="lan",
         pairs_max=_pairs_max(max(b.count for b in blocks) + good),
