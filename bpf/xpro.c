@@ -334,7 +334,7 @@ static __always_inline __u32 xpro_take_dest_slot(void)
 /* ---- flags words and the admission budget (issue 11) ----------------- */
 
 /* Set and clear bits of a slot's flags, which shares an aligned 64-bit word
- * with the next __u32 (pair: reserved, dest: admit): a compare-and-swap of
+ * with the next __u32 (pair: gap_us, dest: admit): a compare-and-swap of
  * the word. 1 when this CPU changed the flags. A plain |= on flags by the
  * list code can still overwrite a concurrent change (multi-CPU only: an
  * established pair then counted twice in n, which the agent re-bases). */
@@ -859,6 +859,7 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		p->prev = XPRO_NO_SLOT;
 		p->next = XPRO_NO_SLOT;
 		p->flags = 0;
+		p->gap_us = 0;
 		__u32 ds = xpro_resolve_dest(cfg, st, &key->dst, now);
 
 		d = ds == XPRO_NO_SLOT ? 0 : xpro_dslot_at(ds);
@@ -922,6 +923,11 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 			 * the pair is known from now on (its source came back). */
 			was_established = xpro_flags_cas(&p->flags, 0, XPRO_SLOT_ESTABLISHED);
 			xpro_flags_cas(&p->flags, XPRO_SLOT_KNOWN, 0);
+			/* A plain store: a concurrent flags CAS sees the word change
+			 * and retries. Only this CPU restarts the window (gen odd). */
+			__u64 gap = (now - last) / 1000;
+
+			p->gap_us = gap > 0xffffffffULL ? 0xffffffffU : (__u32)gap;
 			xpro_barrier();
 			p->gen = g + 2;
 			c_now = 1;
@@ -1093,9 +1099,9 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 			st->drop_admit++;
 			return XPRO_VERDICT_DROP_DEST;
 		}
-		/* ... unless it is known: it idled past T_T1 before this window,
-		 * so its jc packets span more than the window plus T_T1. */
-		share_window += (__u64)t_t1;
+		/* ... unless it is known: its jc packets came after an idle gap
+		 * of gap_us, so they span the window plus that gap. */
+		share_window += (__u64)XPRO_READ(p->gap_us) * 1000;
 	}
 	/* ... an established one unless above T_F2 / n(D), n the established. */
 	if (jn < 1)

@@ -68,8 +68,8 @@ struct xpro_slot {
 	__u32 dgen;     /* low 32 bits of dest_slots[dslot].gen when linked */
 	__u32 prev;     /* next older pair of the same destination (ts1 order) */
 	__u32 next;     /* next newer pair of the same destination */
-	__u32 flags;    /* XPRO_SLOT_*; with reserved one 64-bit word (compare-and-swap) */
-	__u32 reserved; /* kernel-owned, zero */
+	__u32 flags;    /* XPRO_SLOT_*; with gap_us one 64-bit word (compare-and-swap) */
+	__u32 gap_us;   /* the idle gap before this window began, us (saturating); 0 = first window */
 	/* agent half */
 	__u64 v_gen;
 	__s64 v_adj;    /* mesh count at the agent's read - c at that read */

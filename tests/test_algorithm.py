@@ -212,7 +212,13 @@ def test_idle_pair_restarts_its_window_and_is_marked_and_known() -> None:
     table = {("a", "d"): LocalRecord(ts1=0, ts2=S, c=50, dc=3, mark=0)}
     filter_packet(table, "a", "d", S + P.t_t1 + 1, P)
     assert table[("a", "d")] == LocalRecord(
-        ts1=S + P.t_t1 + 1, ts2=S + P.t_t1 + 1, c=1, dc=1, mark=1, known=True
+        ts1=S + P.t_t1 + 1,
+        ts2=S + P.t_t1 + 1,
+        c=1,
+        dc=1,
+        mark=1,
+        known=True,
+        gap_us=(P.t_t1 + 1) // 1000,
     )
 
 

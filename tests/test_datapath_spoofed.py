@@ -151,7 +151,7 @@ STEADY = [f"10.8.1.{i}" for i in range(1, 21)]
 
 def known_clients_trace(seed: int) -> list[Packet]:
     """20 steady clients at 40 pps (established: n(D) = 20, a fair share of
-    50 pps); SLOW, one request every 300 ms; BURSTY, 20 packets 1 ms apart
+    50 pps); SLOW, one request every 300 ms; BURSTY, 40 packets 1 ms apart
     every 300 ms (each burst a new window shorter than T_T2: no rate of its
     own); from 300 ms a forged flood at 10 kpps puts D over T_F2."""
     rng = random.Random(seed)
@@ -165,7 +165,7 @@ def known_clients_trace(seed: int) -> list[Packet]:
     out += [
         Packet(BURSTY, VICTIM, start + k * MS)
         for start in range(BASE_TIME + 7 * MS, end, 300 * MS)
-        for k in range(20)
+        for k in range(40)
     ]
     out += [
         Packet(str(ipaddress.IPv4Address(rng.getrandbits(32) | 0x0100_0000)), VICTIM, t)

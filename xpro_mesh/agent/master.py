@@ -89,7 +89,7 @@ def plan_master(
             # copy's ts2' equals ts2 after a refresh), shrinking the count of
             # a pair sent through one proxy N-fold faster than its window.
             synced: tuple[LocalRecord | None, MasterRecord | None] = (
-                LocalRecord(m.ts1, m.ts2, m.c, 0, 0, cur.known),
+                LocalRecord(m.ts1, m.ts2, m.c, 0, 0, cur.known, cur.gap_us),
                 m,
             )
         else:
@@ -97,7 +97,9 @@ def plan_master(
         new_local, new_master = synced
         assert new_local is not None and new_master is not None
         if cur is not None and master.get(key) is None:
-            new_local = LocalRecord(new_local.ts1, new_local.ts2, new_local.c, 0, 0, cur.known)
+            new_local = LocalRecord(
+                new_local.ts1, new_local.ts2, new_local.c, 0, 0, cur.known, cur.gap_us
+            )
         if new_master != master.get(key):
             writes[key] = new_master
         after[key] = new_local

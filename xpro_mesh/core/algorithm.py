@@ -74,7 +74,9 @@ class LocalRecord:
     4-7) at least once: the source came back after idling past T_T1, which a
     forged one-packet source never does. It is the pair's, not the window's:
     no sync clears it (the kernel: ``XPRO_SLOT_KNOWN``, set for the slot's
-    life).
+    life). ``gap_us`` is the idle gap before the current window began, in
+    whole microseconds (the kernel's slot keeps it in 32 bits, saturating);
+    0 for a pair's first window.
     """
 
     ts1: int
@@ -83,6 +85,7 @@ class LocalRecord:
     dc: int
     mark: int
     known: bool = False
+    gap_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +136,9 @@ def _sync_both(
     # T_T1 after the master's window, replaces the master's (lines 6-8).
     if local.mark == 1 and ts1_l - ts1_m > p.t_t1:
         return (
-            LocalRecord(ts1=ts1_l, ts2=ts2_l, c=c_l, dc=0, mark=0, known=local.known),
+            LocalRecord(
+                ts1=ts1_l, ts2=ts2_l, c=c_l, dc=0, mark=0, known=local.known, gap_us=local.gap_us
+            ),
             MasterRecord(ts1=ts1_l, ts2=ts2_l, c=c_l),
         )
 
@@ -165,9 +170,14 @@ def _sync_both(
     c_l = c_m + dc_l
     c_m = c_l
     return (
-        LocalRecord(ts1=ts1_l, ts2=ts2_l, c=c_l, dc=0, mark=0, known=local.known),
+        LocalRecord(
+            ts1=ts1_l, ts2=ts2_l, c=c_l, dc=0, mark=0, known=local.known, gap_us=local.gap_us
+        ),
         MasterRecord(ts1=ts1_m, ts2=ts2_m, c=c_m),
     )
+
+
+GAP_US_MAX = 0xFFFFFFFF  # the kernel's gap_us is 32 bits (~71 minutes), saturating
 
 
 def _count_packet(record: LocalRecord | None, now: int, p: Params) -> LocalRecord:
@@ -179,7 +189,8 @@ def _count_packet(record: LocalRecord | None, now: int, p: Params) -> LocalRecor
     elif now - record.ts2 > p.t_t1:
         # Idle longer than T_T1: restart the window and mark the restart so
         # that the next sync lets it replace the master's (Alg. 1 line 5).
-        record = LocalRecord(ts1=now, ts2=record.ts2, c=0, dc=0, mark=1, known=True)
+        gap_us = min((now - record.ts2) // 1000, GAP_US_MAX)
+        record = LocalRecord(ts1=now, ts2=record.ts2, c=0, dc=0, mark=1, known=True, gap_us=gap_us)
     return replace(record, ts2=now, c=record.c + 1, dc=record.dc + 1)
 
 
@@ -455,8 +466,8 @@ def filter_packet_fair_share(
     while new real clients still get in. A young window of a *known* pair
     (``LocalRecord.known``: its window restarted before, so it is a source
     that came back, as a slow device does between requests) is judged by the
-    share test over its window plus T_T1 instead (the idle gap before the
-    window is longer than T_T1), so slow clients that open a new window with
+    share test over its window plus the idle gap before it (``gap_us``: its
+    c packets came after that gap), so slow clients that open a new window with
     every request neither spend nor wait for the budget, while one above the
     share is dropped. Known pairs are not counted in n(D) (the mesh's rows
     cannot tell them from young ones), so a flood of real sources each
@@ -509,10 +520,10 @@ def filter_packet_fair_share(
             if budgets is not None:
                 budgets[dst] = replace(budget, tokens=budget.tokens - ADMIT_UNIT)
             return Verdict.PASS
-        # A known pair idled past T_T1 before this window began, so its c
-        # packets span more than the window plus T_T1: a rate (an upper
-        # bound of it) the fair share can judge without the budget.
-        window += p.t_t1
+        # A known pair's c packets came after an idle gap (longer than
+        # T_T1) before this window began: over the window plus that gap it
+        # has a rate the fair share can judge without the budget.
+        window += rec.gap_us * 1000
     if rec.c * NS_PER_S * n > p.t_f2 * window:
         return Verdict.DROP_DEST
     return Verdict.PASS

@@ -297,6 +297,7 @@ class MemoryMaps(SlotArrays):
             P["prev"][s] = NO
             P["next"][s] = NO
             P["flags"][s] = 0
+            P["gap_us"][s] = 0
             d = self._resolve_dest(dst, now)
             P["dslot"][s] = NO if d is None else d
             P["dgen"][s] = 0 if d is None else live_gen32(int(D["gen"][d]))
@@ -334,6 +335,7 @@ class MemoryMaps(SlotArrays):
                 was_established = bool(int(P["flags"][s]) & XPRO_SLOT_ESTABLISHED)
                 P["flags"][s] &= _NOT_ESTABLISHED
                 P["flags"][s] |= XPRO_SLOT_KNOWN
+                P["gap_us"][s] = min((now - last) // 1000, 0xFFFFFFFF)
                 P["gen"][s] = g + 2
                 c_now, ts1 = 1, now
                 st["resets"] += 1
@@ -433,7 +435,7 @@ class MemoryMaps(SlotArrays):
                     return Verdict.PASS
                 st["drop_admit"] += 1
                 return Verdict.DROP_DEST
-            share_window += cfg.t_t1  # known: it idled past T_T1 before this window
+            share_window += int(P["gap_us"][s]) * 1000  # known: the idle gap before it
         if rate_over(jc, max(1, jn), cfg.t_f2, share_window):
             return Verdict.DROP_DEST
         return Verdict.PASS

@@ -90,7 +90,7 @@ class XproPairKey(ct.Structure):
 class XproSlot(ct.Structure):
     """struct xpro_slot { __u64 gen; __u64 ts1; __u64 ts2; __s64 c;
     struct xpro_pair_key key; __u64 warn_ts; __u32 dslot; __u32 dgen;
-    __u32 prev; __u32 next; __u32 flags; __u32 reserved;
+    __u32 prev; __u32 next; __u32 flags; __u32 gap_us;
     __u64 v_gen; __s64 v_adj; __u64 v_ts1; __u64 v_ts2; };"""
 
     _fields_ = [
@@ -105,7 +105,7 @@ class XproSlot(ct.Structure):
         ("prev", u32),
         ("next", u32),
         ("flags", u32),
-        ("reserved", u32),
+        ("gap_us", u32),
         ("v_gen", u64),
         ("v_adj", s64),
         ("v_ts1", u64),
@@ -277,7 +277,7 @@ PAIR_SLOT_DTYPE: Final = np.dtype(
         ("prev", "<u4"),
         ("next", "<u4"),
         ("flags", "<u4"),
-        ("reserved", "<u4"),
+        ("gap_us", "<u4"),
         ("v_gen", "<u8"),
         ("v_adj", "<i8"),
         ("v_ts1", "<u8"),

@@ -664,20 +664,22 @@ BOTNET_BOTS = 2100  # the issue's smallest botnet
 BOTNET_RATE = 1.0  # packets/s of one spoofed source (a slow bot)
 BOTNET_BLOCK_BITS = 14  # a /14 per proxy: 262 142 sources each
 BOTNET_MAX_PROXIES = 32  # 10.128.0.0/14 ... 10.252.0.0/14
-BOTNET_GOOD_SHARE = 0.5  # a good client's rate as a share of a bot's (one request per 2 s)
+BOTNET_GOOD_SHARE = 1 / 3  # a good client's rate as a share of a bot's (one request per 3 s)
 BOTNET_IDLE = 1.5  # T_T1 in bot intervals: above a bot's gap, below a good client's
-BOTNET_CAPACITY_SHARE = 0.75  # T_F2 as a share of the botnet's rate (botnet_t_f2)
+BOTNET_CAPACITY_SHARE = 0.5  # T_F2 as a share of the botnet's rate (botnet_t_f2)
 
 
 def botnet_t_f2(total_pps: float) -> int:
     """T_F2 at :data:`BOTNET_CAPACITY_SHARE` of the botnet's rate: above
     what one of P >= 3 proxies sees (1/P), below what the mesh sees (the sum
     of its clients' rates), and a fair share T_F2/n(D) between a good
-    client's judged rate and a bot's. A good client here opens a new window
-    with every request (its gap is above T_T1), so it is a *known* pair in a
-    young window, judged over its window plus T_T1: 1/T_T1, 2/3 of a bot's
-    rate (:data:`BOTNET_IDLE`); 3/4 of the botnet's rate puts the share
-    between the two with an eighth to spare on each side."""
+    client's rate and a bot's. A good client here opens a new window with
+    every request (its gap is above T_T1), so it is a *known* pair in a
+    young window, judged over its window plus the idle gap before it: its
+    own rate, a third of a bot's (:data:`BOTNET_GOOD_SHARE`). Half the
+    botnet's rate puts the share at half a bot's rate, 1.5x a good client's;
+    the mesh reads a steady 1 pps botnet at 0.75-0.85 of its rate (the
+    T_T4 division rounds each window's count down), well over it."""
     return max(1, round(total_pps * BOTNET_CAPACITY_SHARE))
 
 
@@ -759,10 +761,10 @@ def botnet(
         notes=(
             f"each source sends {rate:g} pps (< T_F1); T_F2 = {BOTNET_CAPACITY_SHARE:g} x "
             f"the botnet's {bots * rate:g} pps (one proxy sees 1/{p}); a good client sends "
-            f"{good_rate:g} req/s, and T_T1 = {BOTNET_IDLE:g} bot intervals lies between a "
+            f"{good_rate:.2f} req/s, and T_T1 = {BOTNET_IDLE:g} bot intervals lies between a "
             "bot's gap and a good client's: each good request opens a new window of a known "
-            f"pair, judged at most {rate / BOTNET_IDLE:.2f} pps (one packet over T_T1), while "
-            f"every bot's window runs on at {rate:g} pps; the fair share T_F2/n(D) = "
+            f"pair, judged at {good_rate:.2f} pps (one packet over the idle gap before it), "
+            f"while every bot's window runs on at {rate:g} pps; the fair share T_F2/n(D) = "
             f"{share:.2f} pps lies between"
         ),
         agent_profile="lan",
