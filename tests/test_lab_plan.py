@@ -453,7 +453,7 @@ def test_botnet_t_f2_is_over_every_proxy_alone_and_under_the_mesh() -> None:
         assert 1.2 * good[0].rate < share < 0.8 * plan.spoofed[0].rate
         # The budgets of all proxies admit at most 3 % of the attack.
         assert proxies * t.admit_rate <= 0.03 * bots * plan.spoofed[0].rate
-    assert plans.botnet_t_f2(2100.0) == 1050  # half the botnet's rate
+    assert plans.botnet_t_f2(2100.0) == 840  # 0.4, as in distributed
 
 
 def test_botnet_refuses_sizes_it_cannot_address() -> None:
