@@ -1111,6 +1111,26 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 	return XPRO_VERDICT_PASS;
 }
 
+/* The client a source counts as: its leading src_prefix4 (IPv4, v4-mapped)
+ * or src_prefix6 (IPv6) bits, the rest zero (core/keys.source_prefix), so
+ * a host rotating addresses inside its /64 is one pair. */
+static __always_inline void xpro_mask_src(const struct xpro_config *cfg, struct xpro_addr *a)
+{
+	int v4 = a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0x0000ffff);
+	__u32 p = v4 ? cfg->src_prefix4 : cfg->src_prefix6;
+	__s32 bits = p == 0 ? 128 : (__s32)(v4 ? 96 + p : p);
+
+	if (bits >= 128)
+		return;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__s32 keep = bits - 32 * i;
+		__u32 m = keep >= 32 ? 0xffffffffU : keep <= 0 ? 0 : 0xffffffffU << (32 - keep);
+
+		a->w[i] &= bpf_htonl(m);
+	}
+}
+
 int xpro_filter(struct xdp_md *ctx)
 {
 	__u32 zero = 0;
@@ -1142,6 +1162,7 @@ int xpro_filter(struct xdp_md *ctx)
 	} else if (xpro_allowed(&key)) {
 		verdict = XPRO_VERDICT_PASS; /* never counted, never dropped */
 	} else {
+		xpro_mask_src(cfg, &key.src);
 		verdict = xpro_judge(cfg, st, &key, xpro_now(cfg, clk));
 		if (verdict == XPRO_VERDICT_DROP_PAIR)
 			st->drop_pair++;

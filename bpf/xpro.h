@@ -176,6 +176,8 @@ struct xpro_config {
 	__u32 clock;          /* XPRO_CLOCK_* */
 	__u32 version;        /* XPRO_CONFIG_VERSION once written; 0: pass everything */
 	__u32 unparsed;       /* XPRO_UNPARSED_*: what to do with a carrier not parsed */
+	__u32 src_prefix4;    /* a pair's client is this many leading bits of an IPv4 source (1-32) */
+	__u32 src_prefix6;    /* ... of an IPv6 source (1-128); 0 in either: the whole address */
 };
 
 /* The clock map's one entry, apart from the config so that the loader's

@@ -77,14 +77,15 @@ def random_params(rng: random.Random) -> Params:
 def _pairs(rng: random.Random) -> list[tuple[str, str, float]]:
     """(src, dst, weight): heavy pairs, light ones and rare ones (idle longer
     than T_T1 between packets), both families, some clients of two
-    destinations."""
+    destinations. IPv6 clients are /64s (the default ``src_prefix6``): each
+    source is its prefix, so model, twin and kernel name it alike."""
     dst4 = [f"10.2.0.{i}" for i in range(1, 4)]
     dst6 = [f"fd00::2:{i}" for i in range(1, 3)]
     kinds = [8.0, 1.0, 1.0, 1.0, 2.0, 0.05, 0.05]
     out: list[tuple[str, str, float]] = []
     for i in range(1, 13):
         out.append((f"10.1.0.{i}", rng.choice(dst4), rng.choice(kinds)))
-        out.append((f"fd00::1:{i:x}", rng.choice(dst6), rng.choice(kinds)))
+        out.append((f"fd00:1:0:{i:x}::", rng.choice(dst6), rng.choice(kinds)))
     for i in range(1, 4):  # clients of two destinations
         out.append((f"10.1.0.{i}", dst4[(i + 1) % 3], 1.0))
     seen: set[tuple[str, str]] = set()
@@ -118,7 +119,7 @@ def random_trace(rng: random.Random, p: Params, policy: Policy, n: int) -> list[
         forged = rng.random() < 1 / 30
         if forged:  # towards a destination of its own, so the others' windows stay theirs
             dst = "fd00::2:9" if ":" in dst else "10.2.0.9"
-            src = f"fd00::3:{k:x}" if ":" in dst else f"10.3.{k >> 8 & 255}.{k & 255}"
+            src = f"fd00:3:0:{k:x}::" if ":" in dst else f"10.3.{k >> 8 & 255}.{k & 255}"
         roll = rng.random()
         rec = table.get((src, dst))
         if roll < 0.75 or forged:

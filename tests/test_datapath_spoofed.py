@@ -26,8 +26,11 @@ from xpro_mesh.core.algorithm import (
     Verdict,
     filter_packet_fair_share,
 )
+from xpro_mesh.core.keys import source_prefix
+from xpro_mesh.core.params import NS_PER_S
 from xpro_mesh.datapath.config import MapSizes, Policy, XdpConfig
 from xpro_mesh.datapath.memory import MemoryMaps
+from xpro_mesh.datapath.structs import from_addr, to_addr
 
 MS = 10**6
 VICTIM = "10.9.0.1"
@@ -228,3 +231,90 @@ def test_the_kernel_judges_known_clients_as_the_model_does(
     got = [driver.feed(pk.src, pk.dst, pk.now) for pk in trace]
     _check_known(trace, got)
     assert got == _known_model(trace)
+
+
+def rotating_trace(seed: int, network: str, pps: int = 1000) -> list[Packet]:
+    """One host sending ``pps`` to VICTIM6 (or VICTIM) for 600 ms, every
+    packet from a fresh random address inside ``network``."""
+    rng = random.Random(seed)
+    net = ipaddress.ip_network(network)
+    dst = VICTIM6 if net.version == 6 else VICTIM
+    host_bits = net.max_prefixlen - net.prefixlen
+    return [
+        Packet(str(net.network_address + rng.getrandbits(host_bits)), dst, t)
+        for t in range(BASE_TIME, BASE_TIME + 600 * MS, NS_PER_S // pps)
+    ]
+
+
+VICTIM6 = "2001:db8:9::1"
+
+
+def _model_clients(trace: list[Packet], config: XdpConfig) -> list[Verdict]:
+    """The reference model fed each packet's client (its source prefix)."""
+    table: dict[tuple[str, str], LocalRecord] = {}
+    budgets: dict[str, AdmissionBudget] = {}
+    p = config.params
+    out = []
+    for pk in trace:
+        client = str(
+            from_addr(source_prefix(to_addr(pk.src), config.src_prefix4, config.src_prefix6))
+        )
+        out.append(filter_packet_fair_share(table, client, pk.dst, pk.now, p, budgets=budgets))
+    return out
+
+
+def _dropped_after_t_t2(trace: list[Packet], got: list[Verdict]) -> float:
+    late = [v for pk, v in zip(trace, got, strict=True) if pk.now > BASE_TIME + P.t_t2]
+    return sum(v is Verdict.DROP_PAIR for v in late) / len(late)
+
+
+@pytest.mark.parametrize(
+    ("network", "prefixes", "one_pair"),
+    [
+        ("2001:db8:5:6::/64", {}, True),  # the default: a host's /64 is one client
+        ("2001:db8:5:6::/64", {"src_prefix6": 128}, False),  # per address: evaded
+        ("10.7.7.0/24", {"src_prefix4": 24}, True),
+        ("10.7.7.0/24", {}, False),  # IPv4 per address by default
+    ],
+    ids=["v6-default-64", "v6-per-address", "v4-24", "v4-default-32"],
+)
+def test_a_host_rotating_inside_its_prefix_is_one_client_and_meets_the_pair_rule(
+    network: str, prefixes: dict[str, int], one_pair: bool
+) -> None:
+    config = XdpConfig.from_params(P, policy=Policy.FAIR_SHARE, **prefixes)
+    trace = rotating_trace(7, network)
+    twin = MemoryMaps(config)
+    got = [twin.feed(pk.src, pk.dst, pk.now) for pk in trace]
+    assert got == _model_clients(trace, config)
+    dropped = _dropped_after_t_t2(trace, got)
+    if one_pair:
+        assert dropped == 1.0 and len(twin.read_pairs().slots) == 1
+    else:  # a pair per address: none has a rate over T_F1 (the destination rule may act)
+        assert dropped == 0.0 and len(twin.read_pairs().slots) > 50
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(
+    ("network", "prefixes"),
+    [
+        ("2001:db8:5:6::/64", {}),
+        ("2001:db8:5::/48", {"src_prefix6": 52}),
+        ("10.7.0.0/16", {"src_prefix4": 21}),
+    ],
+    ids=["v6-64", "v6-52", "v4-21"],
+)
+def test_the_kernel_keys_pairs_by_the_source_prefix_as_the_twin(
+    network: str, prefixes: dict[str, int], xdp_test_program: object, kernel_maps: object
+) -> None:
+    """Prefixes that cut inside a 32-bit word (52, 21) as well as on one."""
+    config = XdpConfig.from_params(P, policy=Policy.FAIR_SHARE, **prefixes)
+    kernel_maps.set_config(config)  # type: ignore[attr-defined]
+    driver = KernelDriver(xdp_test_program, kernel_maps)  # type: ignore[arg-type]
+    trace = rotating_trace(8, network, pps=300)
+    got = [driver.feed(pk.src, pk.dst, pk.now) for pk in trace]
+    twin = MemoryMaps(config)
+    assert got == [twin.feed(pk.src, pk.dst, pk.now) for pk in trace]
+    k_read, t_read = kernel_maps.read_pairs(), twin.read_pairs()  # type: ignore[attr-defined]
+    k_keys = {bytes(k["src"]) for k in kernel_maps.pair_keys(k_read.slots)}  # type: ignore[attr-defined]
+    t_keys = {bytes(k["src"]) for k in twin.pair_keys(t_read.slots)}
+    assert k_keys == t_keys and len(k_keys) < len(trace) // 4

@@ -33,7 +33,34 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["EMPTY", "TOMBSTONE", "KeyIndex", "address_words", "pair_words"]
+__all__ = [
+    "EMPTY",
+    "TOMBSTONE",
+    "V4_MAPPED",
+    "KeyIndex",
+    "address_words",
+    "pair_words",
+    "source_prefix",
+]
+
+V4_MAPPED = bytes(10) + b"\xff\xff"  # the first 12 bytes of an IPv4 address in 16
+
+
+def source_prefix(addr: bytes, prefix4: int, prefix6: int) -> bytes:
+    """The client a source address counts as: its leading ``prefix4`` bits
+    for an IPv4 (v4-mapped) address, ``prefix6`` for IPv6, the rest zero;
+    0 keeps the whole address. One pair per client prefix, so a host that
+    rotates addresses inside its IPv6 /64 is one client (as the kernel's
+    ``xpro_mask_src``)."""
+    if len(addr) != 16:
+        raise ValueError(f"an address is 16 bytes, got {len(addr)}")
+    v4 = addr[:12] == V4_MAPPED
+    bits = (96 + prefix4 if prefix4 else 128) if v4 else (prefix6 or 128)
+    if bits >= 128:
+        return addr
+    value = int.from_bytes(addr, "big") >> (128 - bits) << (128 - bits)
+    return value.to_bytes(16, "big")
+
 
 Ints = npt.NDArray[np.int64]
 Words = npt.NDArray[np.uint64]

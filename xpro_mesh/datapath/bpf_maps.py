@@ -178,8 +178,10 @@ class BpfMaps(SlotArrays):
         return out[0], out[1]
 
     def lookup_pair(self, src: str | bytes, dst: str | bytes) -> int | None:
-        """The slot ``pair_index`` names for the pair (None: not indexed)."""
-        key = structs.pair_key_struct(structs.to_addr(src), structs.to_addr(dst))
+        """The slot ``pair_index`` names for the pair of ``src``'s client
+        (its prefix, ``src_prefix4/6``) and ``dst`` (None: not indexed)."""
+        client = self.get_config().client_of(structs.to_addr(src))
+        key = structs.pair_key_struct(client, structs.to_addr(dst))
         value = ct.c_uint32()
         if libbpf.map_lookup_elem(self._fds["pair_index"], key, value):
             return int(value.value)

@@ -25,6 +25,8 @@ TOML, flat or under an ``[xdp]`` table::
     warn_interval = "1s"    # between two overload warnings of one pair
     warn_per_cpu = 100      # overload warnings per second per CPU, at most
     unparsed = "pass"       # or "drop": > 8 VLAN tags, MPLS, PPPoE (counted either way)
+    src_prefix4 = 32        # a client is this many leading bits of an IPv4 source (1-32)
+    src_prefix6 = 64        # ... of an IPv6 source (1-128): a host's /64 is one client
     pairs_max = 1048576     # map sizes: used when the maps are created
     dests_max = 65536
 """
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from xpro_mesh import units
+from xpro_mesh.core.keys import source_prefix
 from xpro_mesh.core.params import (
     ADMIT_BURST_MAX,
     ADMIT_RATE_MAX,
@@ -64,6 +67,8 @@ __all__ = [
 ]
 
 _MAX_S64 = units.MAX_S64
+SRC_PREFIX4 = 32  # every IPv4 source its own client
+SRC_PREFIX6 = 64  # a host's IPv6 /64 one client: rotating inside it does not make new pairs
 
 
 class Unparsed(enum.StrEnum):
@@ -159,6 +164,8 @@ class XdpConfig:
     warn_interval: int = 1 * NS_PER_S
     warn_per_cpu: int = 100
     unparsed: Unparsed = Unparsed.PASS
+    src_prefix4: int = SRC_PREFIX4
+    src_prefix6: int = SRC_PREFIX6
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -183,6 +190,10 @@ class XdpConfig:
             raise ConfigError("unparsed", f"{self.unparsed!r} is not pass or drop")
         if not isinstance(self.clock, ClockSource):
             raise ConfigError("clock", f"{self.clock!r} is not a ClockSource")
+        for name, most in (("src_prefix4", 32), ("src_prefix6", 128)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise ConfigError(name, f"must be a prefix length in 1..{most}, got {value!r}")
 
     # -- conversions -------------------------------------------------------
 
@@ -215,6 +226,8 @@ class XdpConfig:
             if self.unparsed is Unparsed.DROP
             else structs.XPRO_UNPARSED_PASS
         )
+        c.src_prefix4 = self.src_prefix4
+        c.src_prefix6 = self.src_prefix6
         c.version = structs.XPRO_CONFIG_VERSION
         return c
 
@@ -238,7 +251,13 @@ class XdpConfig:
             warn_interval=c.warn_interval,
             warn_per_cpu=c.warn_per_cpu,
             unparsed=Unparsed.DROP if c.unparsed == structs.XPRO_UNPARSED_DROP else Unparsed.PASS,
+            src_prefix4=c.src_prefix4 if 1 <= c.src_prefix4 <= 32 else 32,
+            src_prefix6=c.src_prefix6 if 1 <= c.src_prefix6 <= 128 else 128,
         )
+
+    def client_of(self, src: bytes) -> bytes:
+        """The client a 16-byte source address counts as (its prefix)."""
+        return source_prefix(src, self.src_prefix4, self.src_prefix6)
 
     def as_dict(self) -> dict[str, int | str]:
         return {
@@ -282,7 +301,7 @@ def _parse_value(key: str, raw: object) -> Any:
         return parse_duration(key, raw)
     if key in ("t_f1", "t_f2", "admit_rate"):
         return parse_rate(key, raw)
-    if key in ("r", "warn_per_cpu", "admit_k", "admit_burst"):
+    if key in ("r", "warn_per_cpu", "admit_k", "admit_burst", "src_prefix4", "src_prefix6"):
         return _parse_int(key, raw)
     if key == "policy":
         return _parse_enum(key, raw, Policy)

@@ -146,9 +146,10 @@ class MemoryMaps(SlotArrays):
         return new
 
     def lookup_pair(self, src: str | bytes, dst: str | bytes) -> int | None:
-        """The slot ``pair_index`` names for the pair (None: not indexed)."""
+        """The slot ``pair_index`` names for the pair of ``src``'s client
+        (its prefix, ``src_prefix4/6``) and ``dst`` (None: not indexed)."""
         with self._lock:
-            return self._pair_index.get(to_addr(src) + to_addr(dst))
+            return self._pair_index.get(self._config.client_of(to_addr(src)) + to_addr(dst))
 
     def lookup_dest(self, dst: str | bytes) -> int | None:
         with self._lock:
@@ -158,7 +159,7 @@ class MemoryMaps(SlotArrays):
 
     def feed(self, src: str | bytes, dst: str | bytes, now: int) -> Verdict:
         """One packet from ``src`` to ``dst`` at cluster time ``now``."""
-        key = to_addr(src) + to_addr(dst)
+        key = self._config.client_of(to_addr(src)) + to_addr(dst)
         with self._lock:
             verdict = self._judge(key, now)
             self._stats[_STAT[verdict]] += 1

@@ -163,7 +163,7 @@ class XproConfig(ct.Structure):
     """struct xpro_config { __u64 t_t1, t_t2, t_t3, t_t4, t_f1, t_f2, r;
     __u64 warn_interval; __u64 warn_per_cpu; __u64 admit_k, admit_rate,
     admit_burst; __u32 policy; __u32 clock;
-    __u32 version; __u32 unparsed; };"""
+    __u32 version; __u32 unparsed; __u32 src_prefix4; __u32 src_prefix6; };"""
 
     _fields_ = [
         ("t_t1", u64),
@@ -182,6 +182,8 @@ class XproConfig(ct.Structure):
         ("clock", u32),
         ("version", u32),
         ("unparsed", u32),
+        ("src_prefix4", u32),
+        ("src_prefix6", u32),
     ]
 
 
