@@ -54,6 +54,8 @@ _INTS = (
     "admit_k",
     "admit_rate",
     "admit_burst",
+    "src_prefix4",
+    "src_prefix6",
 )
 
 ADMIT_BURST_MAX = 4000
@@ -174,6 +176,23 @@ class Params:
             "a few new clients arriving at once; at most 4000 (the kernel's 32-bit bucket)",
         ),
     )
+    src_prefix4: int = field(
+        default=32,
+        metadata=_meta(
+            "count",
+            "leading bits of an IPv4 source that make one client (a pair's key), 1-32",
+            "an IPv4 address is one host; shorten it where one client owns a block",
+        ),
+    )
+    src_prefix6: int = field(
+        default=64,
+        metadata=_meta(
+            "count",
+            "leading bits of an IPv6 source that make one client (a pair's key), 1-128",
+            "a host owns its /64 and may rotate addresses inside it (privacy addresses, "
+            "a forged flood), which must not make new pairs",
+        ),
+    )
     policy: Policy = field(
         default=Policy.FAIR_SHARE,
         metadata=_meta(
@@ -200,6 +219,11 @@ class Params:
             raise ValueError(
                 f"admit_rate must be at most {ADMIT_RATE_MAX}/s, got {self.admit_rate}"
             )
+        for name, most in (("src_prefix4", 32), ("src_prefix6", 128)):
+            if not 1 <= getattr(self, name) <= most:
+                raise ValueError(
+                    f"{name} must be a prefix length in 1..{most}, got {getattr(self, name)}"
+                )
         if not isinstance(self.policy, Policy):
             raise TypeError(f"policy must be a Policy, got {self.policy!r}")
 
@@ -221,6 +245,8 @@ class Params:
             "admit_k": self.admit_k,
             "admit_rate": self.admit_rate,
             "admit_burst": self.admit_burst,
+            "src_prefix4": self.src_prefix4,
+            "src_prefix6": self.src_prefix6,
             "policy": str(self.policy),
         }
 
@@ -239,6 +265,8 @@ class Params:
                 f"admit_k = {self.admit_k}",
                 f"admit_rate = {self.admit_rate}",
                 f"admit_burst = {self.admit_burst}",
+                f"src_prefix4 = {self.src_prefix4}",
+                f"src_prefix6 = {self.src_prefix6}",
             ]
         )
 

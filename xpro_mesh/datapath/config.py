@@ -67,8 +67,6 @@ __all__ = [
 ]
 
 _MAX_S64 = units.MAX_S64
-SRC_PREFIX4 = 32  # every IPv4 source its own client
-SRC_PREFIX6 = 64  # a host's IPv6 /64 one client: rotating inside it does not make new pairs
 
 
 class Unparsed(enum.StrEnum):
@@ -164,8 +162,8 @@ class XdpConfig:
     warn_interval: int = 1 * NS_PER_S
     warn_per_cpu: int = 100
     unparsed: Unparsed = Unparsed.PASS
-    src_prefix4: int = SRC_PREFIX4
-    src_prefix6: int = SRC_PREFIX6
+    src_prefix4: int = DEFAULTS.src_prefix4
+    src_prefix6: int = DEFAULTS.src_prefix6
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
