@@ -705,8 +705,6 @@ static __always_inline int xpro_unrecorded(const struct xpro_config *cfg, struct
 					   const struct xpro_pair_key *key, __u64 now)
 {
 	st->pair_full++;
-	if (cfg->policy == XPRO_POLICY_PAPER)
-		return XPRO_VERDICT_PASS;
 	__u32 *found = dest_index.lookup((struct xpro_addr *)&key->dst);
 
 	if (!found)
@@ -745,6 +743,8 @@ static __always_inline int xpro_unrecorded(const struct xpro_config *cfg, struct
 	if (!(dest_window > (__s64)cfg->t_t3 &&
 	      xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)))
 		return XPRO_VERDICT_PASS;
+	if (cfg->policy == XPRO_POLICY_PAPER)
+		return XPRO_VERDICT_DROP_DEST; /* lines 21-23: a full map does not open D */
 	if (xpro_admit_take(d)) {
 		st->admitted++;
 		return XPRO_VERDICT_PASS;

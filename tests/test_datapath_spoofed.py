@@ -318,3 +318,34 @@ def test_the_kernel_keys_pairs_by_the_source_prefix_as_the_twin(
     k_keys = {bytes(k["src"]) for k in kernel_maps.pair_keys(k_read.slots)}  # type: ignore[attr-defined]
     t_keys = {bytes(k["src"]) for k in twin.pair_keys(t_read.slots)}
     assert k_keys == t_keys and len(k_keys) < len(trace) // 4
+
+
+def _flood_dropped(trace: list[Packet], got: list[Verdict], after: int) -> float:
+    flood = [v for pk, v in zip(trace, got, strict=True) if pk.src != GOOD and pk.now > after]
+    return sum(v is not Verdict.PASS for v in flood) / len(flood)
+
+
+def test_under_paper_a_full_pair_map_does_not_open_the_destination() -> None:
+    """12 pair slots, the forged flood takes them and the rest find none:
+    those packets are counted into D and dropped while D is over T_F2, as
+    lines 21-23 drop every packet to D (they passed uncounted before: 92.7 %
+    of a full-rate flood reached the lab's victim)."""
+    trace, after = spoofed_trace(3)
+    twin = MemoryMaps(XdpConfig.from_params(P, policy=Policy.PAPER), MapSizes(*SMALL_SIZES))
+    got = [twin.feed(pk.src, pk.dst, pk.now) for pk in trace]
+    assert twin.read_stats().pair_full > 1000
+    assert _flood_dropped(trace, got, after) >= 0.95
+
+
+@pytest.mark.kernel
+def test_the_kernel_under_paper_drops_what_finds_no_pair_slot(
+    xdp_small_program: object, small_kernel_maps: object
+) -> None:
+    trace, after = spoofed_trace(4)
+    config = XdpConfig.from_params(P, policy=Policy.PAPER)
+    small_kernel_maps.set_config(config)  # type: ignore[attr-defined]
+    driver = KernelDriver(xdp_small_program, small_kernel_maps)  # type: ignore[arg-type]
+    got = [driver.feed(pk.src, pk.dst, pk.now) for pk in trace]
+    assert _flood_dropped(trace, got, after) >= 0.95
+    twin = MemoryMaps(config, MapSizes(*SMALL_SIZES))
+    assert got == [twin.feed(pk.src, pk.dst, pk.now) for pk in trace]

@@ -471,11 +471,10 @@ class MemoryMaps(SlotArrays):
     def _unrecorded(self, dst: bytes, now: int) -> Verdict:
         """``xpro_unrecorded``: a new pair without a slot is young; under
         fair-share, while D is over T_F2, only through D's admission budget;
-        counted into D either way."""
+        under paper, dropped while D is over (lines 21-23: a full map does not
+        open D); counted into D either way."""
         cfg, st, D = self._config, self._stats, self._df
         st["pair_full"] += 1
-        if cfg.policy is Policy.PAPER:
-            return Verdict.PASS
         d = self._dest_index.get(dst)
         if d is None or int(D["gen"][d]) & 1:
             return Verdict.PASS
@@ -493,6 +492,8 @@ class MemoryMaps(SlotArrays):
         window = jdts2 - jdts1
         if not (window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, window)):
             return Verdict.PASS
+        if cfg.policy is Policy.PAPER:
+            return Verdict.DROP_DEST
         if int(D["admit"][d]) >= XPRO_ADMIT_UNIT:
             D["admit"][d] -= XPRO_ADMIT_UNIT
             st["admitted"] += 1
