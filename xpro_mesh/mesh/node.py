@@ -248,6 +248,9 @@ class MeshNode:
         self._origin_tokens: dict[str, tuple[float, int]] = {}
         self._row_top: dict[str, Version] = {}  # per origin, the highest row version taken
         self._uncovered_since: dict[str, int] = {}  # origin -> wall ns its rows went uncovered
+        # Origins dropped as uncovered: their rows are refused until a claim of
+        # theirs advances the watermark (else a relay's copy brings them back).
+        self._dropped: dict[str, int] = {}
 
     # --- wiring ----------------------------------------------------------------
 
@@ -767,10 +770,36 @@ class MeshNode:
                 self.relay.drop_origin(origin)
                 del self._row_top[origin]
                 del self._uncovered_since[origin]
+                self._dropped[origin] = now
+                if len(self._dropped) > self.limits.max_origins:
+                    self._dropped.pop(next(iter(self._dropped)))
                 self.counters.uncovered_dropped += dropped
                 log.info("dropped %d rows of origin %s: never covered by a claim", dropped, origin)
 
+    def _covered_again(self, delta: ColumnarDelta) -> ColumnarDelta:
+        """``delta`` without the rows of origins dropped as uncovered, unless
+        its claims for them advance their watermark (which lifts the drop)."""
+        dropped = {b.origin for b in delta.batches if b.origin in self._dropped}
+        for origin in dropped:
+            claims = tuple(c for c in delta.coverage if c.origin == origin)
+            if claims:
+                only = ColumnarDelta((), claims)
+                if self.state.merge(only, self.wall_ns(), self.limits).watermarks_advanced:
+                    del self._dropped[origin]
+        still = {o for o in dropped if o in self._dropped}
+        if not still:
+            return delta
+        for b in delta.batches:
+            if b.origin in still:
+                self.counters.rows_rejected["uncovered"] += len(b)
+        return ColumnarDelta(
+            tuple(b for b in delta.batches if b.origin not in still),
+            tuple(c for c in delta.coverage if c.origin not in still),
+        )
+
     def _merge(self, delta: ColumnarDelta) -> MergeReport:
+        if self._dropped:
+            delta = self._covered_again(delta)
         report = self.state.merge(delta, self.wall_ns(), self.limits)
         if report.accepted or report.adopted:
             self.on_merged()
