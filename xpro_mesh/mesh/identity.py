@@ -26,14 +26,19 @@ Files (both text, ``#`` comments and blank lines ignored):
   public, so it may be world-readable, but nobody but its owner may write
   it (whoever can add a line can sign for that name).
 
-Signed bytes: ``b"xpro-mesh/rows\\0" || origin (UTF-8) || b"\\0" || rows``,
-where ``rows`` is the columnar encoding of the batch
+Signed bytes: ``b"xpro-mesh/rows\\0" || origin (UTF-8) || b"\\0" ||
+SHA-256(rows)``, where ``rows`` is the columnar encoding of the batch
 (:func:`xpro_mesh.mesh.columns.encode_rows`). The domain prefix keeps a
-row signature from ever being valid for anything else this key signs.
+row signature from ever being valid for anything else this key signs. The
+rows are hashed once with SHA-256 (SHA-NI: ~1.4 GB/s here) rather than
+handed to Ed25519 whole, which hashes its message twice with SHA-512
+(~0.4 GB/s): a 4 MiB frame cost 19 ms to sign and 10 ms to verify, now
+about 3 ms each.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +75,7 @@ MAX_TRUSTED = 4096  # lines in a trust list (the membership's own bound on sende
 
 def signed_bytes(origin: str, rows: bytes) -> bytes:
     """What an origin's signature covers (module docstring)."""
-    return b"".join((_DOMAIN, origin.encode(), b"\x00", rows))
+    return b"".join((_DOMAIN, origin.encode(), b"\x00", hashlib.sha256(rows).digest()))
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:

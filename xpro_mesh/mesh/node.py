@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from xpro_mesh.core.gossip_state import ZERO_VERSION, MergeLimits, MergeReport, Version
 from xpro_mesh.core.rows import ColumnarDelta
@@ -55,7 +55,7 @@ from xpro_mesh.mesh.state import ReplicatedState
 from xpro_mesh.mesh.stream import StreamTransport
 from xpro_mesh.mesh.transport import Transport
 
-__all__ = ["MeshCounters", "MeshNode", "NodeTiming", "OriginLimits"]
+__all__ = ["MeshCounters", "MeshNode", "NodeTiming", "OriginLimits", "sign_chunks", "signed_budget"]
 
 log = logging.getLogger("xpro_mesh.mesh")
 
@@ -81,18 +81,18 @@ def _encode_chunks(
         return [(wire.Kind.DELTA, wire.encode(c)) for c in wire.chunk_rows(delta, budget)]
     return [
         (wire.Kind.SIGNED, wire.encode(m))
-        for m in _signed_chunks(delta, _signed_budget(budget, origin), signer, origin)
+        for m in sign_chunks(delta, signed_budget(budget, origin), signer, origin)
     ]
 
 
-def _signed_budget(payload_budget: int, origin: str) -> int:
+def signed_budget(payload_budget: int, origin: str) -> int:
     """What :func:`wire.chunk_rows` may fill so the signed message fits
     ``payload_budget`` with room for a relay's envelope."""
     frame = wire.SIGNED_FRAME_BYTES + len(origin.encode()) - wire.DELTA_FRAME_BYTES
     return payload_budget - frame - RELAY_SLACK
 
 
-def _signed_chunks(
+def sign_chunks(
     delta: ColumnarDelta, budget: int, signer: identity.NodeKey, origin: str
 ) -> list[SignedRows]:
     """``delta`` (rows of ``origin`` only) cut to ``budget``, each chunk
@@ -102,6 +102,16 @@ def _signed_chunks(
         rows = columns.encode_rows(chunk)
         out.append(SignedRows(origin, rows, signer.sign(origin, rows)))
     return out
+
+
+def _remember(cache: dict[Any, Any], key: tuple[Version, Version, int], value: Any) -> None:
+    """Keep ``value`` under ``key``; entries for an older mark of ours go
+    (they can never be asked for again), and at most 16 are kept."""
+    for old in [k for k in cache if k[1] != key[1]]:
+        del cache[old]
+    cache[key] = value
+    while len(cache) > 16:
+        cache.pop(next(iter(cache)))
 
 
 def _top_version(delta: ColumnarDelta) -> dict[str, Version]:
@@ -251,6 +261,12 @@ class MeshNode:
         # Origins dropped as uncovered: their rows are refused until a claim of
         # theirs advances the watermark (else a relay's copy brings them back).
         self._dropped: dict[str, int] = {}
+        # Our own signed batches by (peer's mark of us, our mark, budget): peers
+        # at the same mark (every caught-up peer, each round) get the same
+        # batches, signed once; receivers verify each once (duplicates go by
+        # signature before verifying), so a batch costs one signature a round.
+        self._signed: dict[tuple[Version, Version, int], list[SignedRows]] = {}
+        self._signed_frames: dict[tuple[Version, Version, int], list[tuple[wire.Kind, bytes]]] = {}
 
     # --- wiring ----------------------------------------------------------------
 
@@ -434,17 +450,22 @@ class MeshNode:
             room = self.timing.stream_after_datagrams * budget
             extra = sum(len(m.rows) + wire.SIGNED_FRAME_BYTES for m in relayed)
             if stream is not None and delta.rows * MIN_ROW_BYTES + extra > room:
-                self._start_stream(delta, relayed, reply, addr, to)  # sure not to fit
+                self._start_stream(delta, relayed, reply, addr, to, sync)  # sure not to fit
                 return
             size = wire.encoded_size(delta) if delta.batches or delta.coverage else 0
             if stream is not None and size + extra > room:
-                self._start_stream(delta, relayed, reply, addr, to)
+                self._start_stream(delta, relayed, reply, addr, to, sync)
                 return
             messages: list[wire.Message] = []
             if size and signer is not None:
-                messages += _signed_chunks(
-                    delta, _signed_budget(budget, self.node_id), signer, self.node_id
-                )
+                key = self._signed_key(sync, budget)
+                batches = self._signed.get(key)
+                if batches is None:
+                    batches = sign_chunks(
+                        delta, signed_budget(budget, self.node_id), signer, self.node_id
+                    )
+                    _remember(self._signed, key, batches)
+                messages += batches
             elif size:
                 messages += wire.chunk_rows(delta, budget, whole_bytes=size)
             messages += relayed
@@ -458,6 +479,12 @@ class MeshNode:
         if reply is not None:
             self._send(reply, addr, to)
 
+    def _signed_key(self, sync: Sync, budget: int) -> tuple[Version, Version, int]:
+        """What our signed answer to ``sync`` depends on (see ``_signed``)."""
+        me = self.node_id
+        mine = self.state.digest().versions.get(me, ZERO_VERSION)
+        return (sync.digest.versions.get(me, ZERO_VERSION), mine, budget)
+
     def _start_stream(
         self,
         delta: ColumnarDelta,
@@ -465,12 +492,13 @@ class MeshNode:
         reply: Sync | None,
         addr: Address,
         to: str,
+        sync: Sync,
     ) -> None:
         """Encode and cut a large delta in a worker thread (numpy leaves the
         GIL for most of it, so probes keep being answered), then send."""
         self._hold_until[addr] = _FAR  # under way until sent
         task = asyncio.get_running_loop().create_task(
-            self._stream_delta(delta, relayed, reply, addr, to)
+            self._stream_delta(delta, relayed, reply, addr, to, sync)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -482,6 +510,7 @@ class MeshNode:
         reply: Sync | None,
         addr: Address,
         to: str,
+        sync: Sync,
     ) -> None:
         stream, sealer = self._stream, self._stream_sealer
         assert stream is not None and sealer is not None
@@ -490,9 +519,15 @@ class MeshNode:
         try:
             payloads: list[tuple[wire.Kind, bytes]] = []
             if delta.batches or delta.coverage:
-                payloads = await asyncio.to_thread(
-                    _encode_chunks, delta, budget, signer, self.node_id
-                )
+                key = self._signed_key(sync, budget)
+                cached = self._signed_frames.get(key) if signer is not None else None
+                if cached is None:
+                    cached = await asyncio.to_thread(
+                        _encode_chunks, delta, budget, signer, self.node_id
+                    )
+                    if signer is not None:
+                        _remember(self._signed_frames, key, cached)
+                payloads = list(cached)
         except ValueError:
             self.counters.rejected["oversized_out"] += 1
             self._hold_until[addr] = 0
