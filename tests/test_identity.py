@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 from agent_support import QUIET, counts, eventually, feed, gossip_addr, stop_agent
@@ -263,6 +264,16 @@ async def test_a_key_holder_cannot_write_another_origins_rows(
             lambda: counts(target).get((VICTIM_CLIENT, DST)) == 5, 10, "peer's own rows"
         )
         assert node(target).counters.signed_batches >= 1
+        assert target.api is not None
+        host, port = target.api.address
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://{host}:{port}/v1/status") as resp,
+        ):
+            status = await resp.json()
+        assert status["identity"]["signing"] is True and status["identity"]["trusted"] == 3
+        assert status["identity"]["node_key"] == mesh.keys["target"].public.hex()
+        assert status["rejected"]["unsigned"] == 1 and status["rows_rejected"]["unsigned"] == 1
     finally:
         await stop_agent(peer)
         await stop_agent(target)
@@ -370,6 +381,27 @@ async def test_an_agent_refuses_to_start_with_a_missing_or_unlisted_node_key(
     with pytest.raises(AgentError, match=r"stranger.* is not listed; add the line: stranger "):
         await agent.start()
     await agent.shutdown()
+
+
+async def test_sighup_reloads_the_trust_list_and_a_bad_one_keeps_the_running_list(
+    tmp_path: Path,
+) -> None:
+    mesh = Mesh(tmp_path, ["target"])
+    target = await mesh.start("target")
+    try:
+        before = node(target).trust
+        assert before is not None and "newcomer" not in before
+        _seed, public = identity.generate_node_key()
+        lines = mesh.trust.read_text() + f"newcomer {public}\n"
+        write(mesh.trust, lines, 0o644)
+        target.reload()  # what SIGHUP calls
+        running = node(target).trust
+        assert running is not None and "newcomer" in running
+        write(mesh.trust, lines + "garbage\n", 0o644)
+        target.reload()
+        assert node(target).trust is running and target.counters.reload_errors == 1
+    finally:
+        await stop_agent(target)
 
 
 # --- relaying, in-memory meshes -----------------------------------------------------

@@ -175,6 +175,8 @@ class MeshCounters:
     # The position on our keyring of the key each peer last sealed with (0:
     # our primary). An operator removes an old key once no peer shows > 0.
     peer_keys: dict[str, int] = field(default_factory=dict)
+    node_key: str = ""  # our public key (hex) when rows are signed, else ""
+    trusted: int = 0  # nodes on the trust list
     signed_batches: int = 0  # verified signed batches merged
     relayed_batches: int = 0  # batches of other origins passed on as signed
     uncovered_dropped: int = 0  # rows dropped: their origin left them uncovered
@@ -255,6 +257,7 @@ class MeshNode:
         self.trust = trust
         self.origin_limits = origin_limits or OriginLimits()
         self.relay = RelayStore(relay_limits)
+        self._show_identity()
         self._origin_tokens: dict[str, tuple[float, int]] = {}
         self._row_top: dict[str, Version] = {}  # per origin, the highest row version taken
         self._uncovered_since: dict[str, int] = {}  # origin -> wall ns its rows went uncovered
@@ -301,9 +304,15 @@ class MeshNode:
         no longer listed are forgotten by the relay store."""
         self.node_key = node_key
         self.trust = trust
+        self._show_identity()
         for origin in self.relay.origins():
             if origin not in trust:
                 self.relay.drop_origin(origin)
+
+    def _show_identity(self) -> None:
+        signing = self.node_key is not None and self.trust is not None
+        self.counters.node_key = self.node_key.public.hex() if signing and self.node_key else ""
+        self.counters.trusted = len(self.trust) if signing and self.trust else 0
 
     def join(self, seeds: Iterable[Address]) -> None:
         self._perform(self.membership.join(list(seeds), self.mono_ns()))
