@@ -23,6 +23,7 @@ from agent_support import QUIET, counts, eventually, feed, gossip_addr, stop_age
 
 from xpro_mesh.agent.config import ConfigError, load_config, local_gossip
 from xpro_mesh.agent.daemon import Agent, AgentError, xdp_config
+from xpro_mesh.bench.loopback import LoopbackMesh, wait_until
 from xpro_mesh.core.algorithm import Params
 from xpro_mesh.core.gossip_state import Coverage, GossipState, LocalCount, MergeLimits
 from xpro_mesh.core.rows import ADDRESS_DTYPE, ColumnarDelta, RowBatch
@@ -402,6 +403,34 @@ async def test_sighup_reloads_the_trust_list_and_a_bad_one_keeps_the_running_lis
         assert node(target).trust is running and target.counters.reload_errors == 1
     finally:
         await stop_agent(target)
+
+
+@pytest.mark.slow
+def test_five_signing_agent_processes_converge_to_exact_counts(tmp_path: Path) -> None:
+    """The acceptance run of tests/test_agent_processes.py with rows signed:
+    five ``xpro-mesh agent`` processes, one seed, exact global counts."""
+    names = [f"node-{i}" for i in range(5)]
+    quiet: dict[str, object] = {
+        "t_t1": "10m",
+        "t_t4": "1h",
+        "t_f1": "1000000/s",
+        "t_f2": "10000000/s",
+    }
+    with LoopbackMesh(tmp_path / "mesh", thresholds=quiet, signed_nodes=names) as mesh:
+        agents = mesh.start_cluster(5)
+        expected = {}
+        for i, agent in enumerate(agents):
+            agent.feed("10.1.0.9", DST, 5 + i)  # one client spread over every proxy
+            agent.feed(f"10.1.1.{i}", DST, 3)
+            expected[(f"10.1.1.{i}", DST)] = 3
+        expected[("10.1.0.9", DST)] = sum(5 + i for i in range(5))
+        wait_until(
+            lambda: all(a.counts(DST) == expected for a in agents), 20, "exact global counts"
+        )
+        for agent in agents:
+            ident = agent.status()["identity"]
+            assert ident["signing"] and ident["trusted"] == 5 and ident["signed_batches"] > 0
+            assert agent.status()["rows_rejected"].get("unsigned", 0) == 0
 
 
 # --- relaying, in-memory meshes -----------------------------------------------------
