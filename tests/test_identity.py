@@ -20,6 +20,8 @@ import aiohttp
 import numpy as np
 import pytest
 from agent_support import QUIET, counts, eventually, feed, gossip_addr, stop_agent
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xpro_mesh.agent.config import ConfigError, load_config, local_gossip
 from xpro_mesh.agent.daemon import Agent, AgentError, xdp_config
@@ -497,3 +499,60 @@ async def test_rows_reach_a_node_the_origin_cannot_reach_in_the_origins_own_sign
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+async def test_five_signing_nodes_agree_on_exact_counts_under_loss_and_duplication() -> None:
+    """Property 2 (exactness) with every row signed and relayed as signed."""
+    names = [f"s{i}" for i in range(5)]
+    keys = {n: identity.parse_node_key(identity.generate_node_key()[0]) for n in names}
+    net = MemoryNetwork(rng=random.Random(11), loss=0.05, duplicate=0.05)
+    nodes = [signing_node(net, n, 7400 + i, keys) for i, n in enumerate(names)]
+    stop = asyncio.Event()
+    for n in nodes[1:]:
+        n.join([("10.20.0.1", 7400)])
+    tasks = [asyncio.create_task(n.run(stop)) for n in nodes]
+    pair = (b"\x00" * 10 + b"\xff\xff" + bytes([10, 10, 100, 7]), VICTIM)
+    try:
+        deadline = time.monotonic() + 10
+        while not all(n.membership.num_live() == 5 for n in nodes):
+            assert time.monotonic() < deadline, "the five never met"
+            await asyncio.sleep(0.02)
+        now = time.time_ns()
+        for i, n in enumerate(nodes):
+            table(n).record_local(pair, LocalCount(now, now + i, dc=10 + i, mark=0))
+        deadline = time.monotonic() + 15
+        while not all((v := table(n).pair_view(pair)) is not None and v.c == 60 for n in nodes):
+            assert time.monotonic() < deadline, [table(n).pair_view(pair) for n in nodes]
+            await asyncio.sleep(0.02)
+        assert all(n.counters.rows_rejected.get("unsigned", 0) == 0 for n in nodes)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_bytes_signed_by_a_listed_key_never_raise_and_a_refusal_changes_nothing(
+    data: st.DataObject,
+) -> None:
+    """What a compromised signer can send: arbitrary or mutated row bytes
+    under a valid signature of its own origin."""
+    keys = {n: identity.parse_node_key((bytes([i + 1]) * 32).hex()) for i, n in enumerate("tm")}
+    net = MemoryNetwork()
+    target = signing_node(net, "t", 7500, keys)
+    good = columns.encode_rows(delta_of("m", [f"10.2.0.{i}" for i in range(5)], claim=True))
+    if data.draw(st.booleans()):
+        rows = data.draw(st.binary(max_size=300))
+    else:
+        mutated = bytearray(good)
+        for _ in range(data.draw(st.integers(1, 4))):
+            at = data.draw(st.integers(0, len(mutated) - 1))
+            mutated[at] ^= 1 << data.draw(st.integers(0, 7))
+        rows = bytes(mutated)
+    origin = data.draw(st.sampled_from(["m", "t", "x"]))
+    message = SignedRows(origin, rows, keys["m"].sign(origin, rows))
+    before = (frozenset(table(target).entries()), table(target).digest())
+    target._merge_signed(message, wire.DEFAULT_LIMITS)
+    taken = target.counters.signed_batches
+    if origin != "m" or not taken:
+        assert (frozenset(table(target).entries()), table(target).digest()) == before
