@@ -36,6 +36,7 @@ from xpro_mesh.mesh.membership import Membership
 from xpro_mesh.mesh.messages import SignedRows
 from xpro_mesh.mesh.node import MeshNode, NodeTiming
 from xpro_mesh.mesh.state import GossipStateAdapter
+from xpro_mesh.mesh.stream import MemoryStreams
 from xpro_mesh.mesh.transport import MemoryNetwork
 
 pytestmark = pytest.mark.timeout(90)
@@ -443,7 +444,11 @@ VICTIM = b"\x00" * 10 + b"\xff\xff" + bytes([10, 20, 0, 2])
 
 
 def signing_node(
-    net: MemoryNetwork, name: str, port: int, keys: dict[str, identity.NodeKey]
+    net: MemoryNetwork,
+    name: str,
+    port: int,
+    keys: dict[str, identity.NodeKey],
+    streams: MemoryStreams | None = None,
 ) -> MeshNode:
     cfg = local_gossip()
     membership = Membership(
@@ -465,7 +470,9 @@ def signing_node(
         node_key=keys[name],
         trust=trust,
     )
-    mesh_node.attach(net.attach(("10.20.0.1", port), mesh_node.receive))
+    addr = ("10.20.0.1", port)
+    stream = streams.attach(addr, mesh_node.receive_frame) if streams is not None else None
+    mesh_node.attach(net.attach(addr, mesh_node.receive), stream)
     return mesh_node
 
 
@@ -556,3 +563,38 @@ def test_any_bytes_signed_by_a_listed_key_never_raise_and_a_refusal_changes_noth
     taken = target.counters.signed_batches
     if origin != "m" or not taken:
         assert (frozenset(table(target).entries()), table(target).digest()) == before
+
+
+async def test_a_large_signed_delta_streams_and_is_relayed_as_its_stream_frame() -> None:
+    """3 000 rows need more than stream_after datagrams: the origin signs one
+    stream frame; the relay passes that frame on to the node the origin
+    cannot reach (datagrams and stream both cut between a and c)."""
+    keys = {n: identity.parse_node_key(identity.generate_node_key()[0]) for n in "abc"}
+    net = MemoryNetwork(rng=random.Random(6))
+    streams = MemoryStreams()
+    a, b, c = (signing_node(net, n, 7600 + i, keys, streams) for i, n in enumerate("abc"))
+    net.partition([("10.20.0.1", 7600)], [("10.20.0.1", 7602)])
+    streams.partition(("10.20.0.1", 7600), ("10.20.0.1", 7602))
+    stop = asyncio.Event()
+    b.join([("10.20.0.1", 7600)])
+    c.join([("10.20.0.1", 7601)])
+    tasks = [asyncio.create_task(n.run(stop)) for n in (a, b, c)]
+    now = time.time_ns()
+    pairs = [
+        (b"\x00" * 10 + b"\xff\xff" + bytes([10, 11, i // 250, i % 250]), VICTIM)
+        for i in range(3000)
+    ]
+    try:
+        for i, pair in enumerate(pairs):
+            table(a).record_local(pair, LocalCount(now, now + i, dc=1 + i % 7, mark=0))
+        deadline = time.monotonic() + 20
+        while len(table(c)) < 3000:
+            assert time.monotonic() < deadline, f"c holds {len(table(c))} of 3000 rows"
+            await asyncio.sleep(0.05)
+        assert a.counters.streams_sent >= 1 and b.counters.streams_sent >= 1
+        assert b.counters.relayed_batches >= 1
+        v = table(c).pair_view(pairs[-1])
+        assert v is not None and v.c == 1 + 2999 % 7
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)

@@ -104,6 +104,11 @@ def sign_chunks(
     return out
 
 
+def _signed_size(m: SignedRows) -> int:
+    """An upper bound of ``m``'s encoded size."""
+    return len(m.rows) + len(m.origin.encode()) + wire.SIGNED_FRAME_BYTES
+
+
 def _remember(cache: dict[Any, Any], key: tuple[Version, Version, int], value: Any) -> None:
     """Keep ``value`` under ``key``; entries for an older mark of ours go
     (they can never be asked for again), and at most 16 are kept."""
@@ -455,9 +460,17 @@ class MeshNode:
             else None
         )
         budget = auth.payload_budget(self.timing.max_message_bytes, self.node_id, to)
+        if relayed:
+            # A relayed batch goes as its origin cut it: one larger than a
+            # datagram (a stream frame's) can only stream.
+            fits = [m for m in relayed if _signed_size(m) <= budget]
+            if len(fits) < len(relayed) and stream is not None:
+                self._start_stream(delta, relayed, reply, addr, to, sync)
+                return
+            relayed = fits
         if delta.batches or delta.coverage or relayed:
             room = self.timing.stream_after_datagrams * budget
-            extra = sum(len(m.rows) + wire.SIGNED_FRAME_BYTES for m in relayed)
+            extra = sum(_signed_size(m) for m in relayed)
             if stream is not None and delta.rows * MIN_ROW_BYTES + extra > room:
                 self._start_stream(delta, relayed, reply, addr, to, sync)  # sure not to fit
                 return
