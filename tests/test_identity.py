@@ -166,7 +166,8 @@ def delta_of(
         np.full(n, inc, np.int64),
         seq,
     )
-    coverage = (Coverage(origin, (inc, seq0 - 1), (inc, seq0 + n - 1)),) if claim else ()
+    after = (inc, seq0 - 1) if seq0 > 1 else (0, 0)  # contiguous from nothing held
+    coverage = (Coverage(origin, after, (inc, seq0 + n - 1)),) if claim else ()
     return ColumnarDelta((batch,), coverage)
 
 
@@ -598,3 +599,21 @@ async def test_a_large_signed_delta_streams_and_is_relayed_as_its_stream_frame()
     finally:
         stop.set()
         await asyncio.gather(*tasks)
+
+
+def test_dropping_an_uncovered_origin_keeps_its_covered_rows_in_both_tables() -> None:
+    from xpro_mesh.core.rows import to_delta
+    from xpro_mesh.core.table import PairTable
+
+    covered = delta_of("x", [f"10.2.0.{i}" for i in range(3)], claim=True)  # versions 1..3
+    uncovered = delta_of("x", [f"10.2.1.{i}" for i in range(2)], seq0=10)  # 10, 11: no claim
+    now = time.time_ns()
+    scalar = GossipState("me", incarnation=1, params=P)
+    columnar = PairTable("me", 1, P)
+    for d in (covered, uncovered):
+        scalar.merge(to_delta(d), now)
+        columnar.merge(d, now)
+    assert scalar.drop_uncovered("x") == columnar.drop_uncovered("x") == 2
+    assert len(scalar) == len(columnar) == 3
+    assert scalar.digest() == columnar.digest()
+    assert scalar.drop_uncovered("me") == columnar.drop_uncovered("me") == 0

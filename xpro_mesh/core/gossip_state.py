@@ -792,14 +792,14 @@ class GossipState:
                 del self._watermark[origin]
         return ExpiryReport(dropped=dropped, changed_pairs=frozenset(changed))
 
-    def drop_origin(self, origin: str) -> int:
-        """Forget every row and the watermark of ``origin`` (not ours); how
-        many rows went (``PairTable.drop_origin``)."""
-        self._watermark.pop(origin, None)
+    def drop_uncovered(self, origin: str) -> int:
+        """Forget the rows of ``origin`` (not ours) above its watermark; how
+        many went (``PairTable.drop_uncovered``)."""
         rows = self._by_origin.get(origin)
         if origin == self._node_id or rows is None:
             return 0
-        pairs = list(rows)
+        mark = self._watermark.get(origin, ZERO_VERSION)
+        pairs = [p for p, pe in rows.items() if pe.entry.version > mark]
         for pair in pairs:
             self._remove(pair, origin)
         return len(pairs)

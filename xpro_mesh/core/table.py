@@ -953,14 +953,17 @@ class PairTable:
         o = self._slot.get(origin)
         return self._rows_of[o] if o is not None else 0
 
-    def drop_origin(self, origin: str) -> int:
-        """Forget every row and the watermark of ``origin`` (not ours); how
-        many rows went. The pairs show in :meth:`take_changed` as expiry's do."""
-        self._watermark.pop(origin, None)
+    def drop_uncovered(self, origin: str) -> int:
+        """Forget the rows of ``origin`` (not ours) above its watermark, the
+        rows no claim of it covers; how many went. The pairs show in
+        :meth:`take_changed` as expiry's do."""
         o = self._slot.get(origin)
         if origin == self._node_id or o is None or not self._rows_of[o]:
             return 0
-        ids = np.flatnonzero(self._present[o])
+        mark = self._watermark.get(origin, ZERO_VERSION)
+        ids = np.flatnonzero(self._present[o] & _version_gt(self._inc[o], self._seq[o], mark))
+        if not len(ids):
+            return 0
         self._unstore(origin, o, ids)
         self._drop_empty(ids, record=True)
         return len(ids)

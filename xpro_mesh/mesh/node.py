@@ -809,11 +809,13 @@ class MeshNode:
         )
 
     def _expire_uncovered(self, now: int) -> None:
-        """Drop the rows of an origin whose rows have stayed above its covered
-        watermark for ``uncovered_after_ns``: such rows were offered again on
-        every Sync (100k rows in 167 datagrams kept a receiver busy for
-        minutes, issue 12). A correct origin claims what it sends, so its
-        rows are covered within a round or two."""
+        """Drop the rows of an origin above its covered watermark once they
+        have stayed so for ``uncovered_after_ns``: such rows were offered
+        again on every Sync (100k rows in 167 datagrams kept a receiver busy
+        for minutes, issue 12). A correct origin claims what it sends, so its
+        rows are covered within a round or two. Its covered rows stay; its
+        further rows are refused until a claim of its advances the watermark
+        (:meth:`_covered_again`)."""
         if not self._row_top:
             return
         marks = self.state.digest().versions
@@ -823,7 +825,7 @@ class MeshNode:
                 continue
             since = self._uncovered_since.setdefault(origin, now)
             if now - since >= self.origin_limits.uncovered_after_ns:
-                dropped = self.state.drop_origin(origin)
+                dropped = self.state.drop_uncovered(origin)
                 self.relay.drop_origin(origin)
                 del self._row_top[origin]
                 del self._uncovered_since[origin]
@@ -831,7 +833,7 @@ class MeshNode:
                 if len(self._dropped) > self.limits.max_origins:
                     self._dropped.pop(next(iter(self._dropped)))
                 self.counters.uncovered_dropped += dropped
-                log.info("dropped %d rows of origin %s: never covered by a claim", dropped, origin)
+                log.info("dropped %d rows of origin %s: not covered by a claim", dropped, origin)
 
     def _covered_again(self, delta: ColumnarDelta) -> ColumnarDelta:
         """``delta`` without the rows of origins dropped as uncovered, unless

@@ -46,8 +46,8 @@ class ReplicatedState(Protocol):
         changes, so they must be copies."""
         ...
 
-    def drop_origin(self, origin: str) -> int:
-        """Forget an origin's rows and watermark; how many rows went."""
+    def drop_uncovered(self, origin: str) -> int:
+        """Forget an origin's rows above its watermark; how many went."""
         ...
 
     def merge(self, delta: ColumnarDelta, now: int, limits: MergeLimits) -> MergeReport:
@@ -85,8 +85,8 @@ class GossipStateAdapter:
             tuple(c for c in delta.coverage if c.origin == only),
         )
 
-    def drop_origin(self, origin: str) -> int:
-        return self.state.drop_origin(origin)
+    def drop_uncovered(self, origin: str) -> int:
+        return self.state.drop_uncovered(origin)
 
     def full_state(self) -> ColumnarDelta:
         return from_delta(self.state.full_state())
@@ -116,8 +116,8 @@ class TableAdapter:
     def delta_for(self, peer: Digest, only: str | None = None) -> ColumnarDelta:
         return self.table.delta_for(peer, only)
 
-    def drop_origin(self, origin: str) -> int:
-        return self.table.drop_origin(origin)
+    def drop_uncovered(self, origin: str) -> int:
+        return self.table.drop_uncovered(origin)
 
     def full_state(self) -> ColumnarDelta:
         return self.table.full_state()
