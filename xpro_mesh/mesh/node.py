@@ -770,19 +770,25 @@ class MeshNode:
             self.counters.rejected[reason] += 1
             return
         self.counters.signed_batches += 1
-        admitted = self._within_rate(delta)
+        admitted = self._within_rate(delta, charge=False)
         if admitted is not delta:
             return
         report = self._merge(delta)
+        self._charge(message.origin, report.accepted + report.adopted)
         if message.origin != self.node_id and (
             report.accepted or report.adopted or report.watermarks_advanced
         ):
             self.relay.add(message, delta, self.wall_ns())
 
-    def _within_rate(self, delta: ColumnarDelta) -> ColumnarDelta:
+    def _within_rate(self, delta: ColumnarDelta, charge: bool = True) -> ColumnarDelta:
         """``delta`` without the batches (and claims) of origins over their
         row rate (``OriginLimits``): a token bucket per origin, refilled at
-        ``rows_per_second`` up to ``rows_burst``."""
+        ``rows_per_second`` up to ``rows_burst``; a batch needs as many
+        tokens as it has rows. ``charge``: take them now, for every row
+        offered (a delta under the cluster key, whose rows are not told apart
+        by origin after the merge); else the caller charges what the merge
+        accepted (:meth:`_charge`, a signed batch: one origin), so copies of
+        rows already held cost an honest origin nothing."""
         lim = self.origin_limits
         now = self.mono_ns()
         refused: set[str] = set()
@@ -795,7 +801,7 @@ class MeshNode:
                 refused.add(b.origin)
                 self._origin_tokens[b.origin] = (tokens, now)
                 continue
-            self._origin_tokens[b.origin] = (tokens - len(b), now)
+            self._origin_tokens[b.origin] = (tokens - len(b) if charge else tokens, now)
         if len(self._origin_tokens) > 4 * auth.DEFAULT_MAX_SENDERS:
             self._origin_tokens.pop(next(iter(self._origin_tokens)))
         if not refused:
@@ -807,6 +813,12 @@ class MeshNode:
             tuple(b for b in delta.batches if b.origin not in refused),
             tuple(c for c in delta.coverage if c.origin not in refused),
         )
+
+    def _charge(self, origin: str, rows: int) -> None:
+        """Take ``rows`` tokens of ``origin``'s bucket (after :meth:`_within_rate`)."""
+        held = self._origin_tokens.get(origin)
+        if held is not None and rows:
+            self._origin_tokens[origin] = (held[0] - rows, held[1])
 
     def _expire_uncovered(self, now: int) -> None:
         """Drop the rows of an origin above its covered watermark once they
