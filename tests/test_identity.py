@@ -617,3 +617,23 @@ def test_dropping_an_uncovered_origin_keeps_its_covered_rows_in_both_tables() ->
     assert len(scalar) == len(columnar) == 3
     assert scalar.digest() == columnar.digest()
     assert scalar.drop_uncovered("me") == columnar.drop_uncovered("me") == 0
+
+
+def test_check_config_judges_the_node_key_and_says_when_rows_are_unsigned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xpro_mesh.cli import main as cli_main
+
+    mesh = Mesh(tmp_path, ["target"])
+    base = ["agent", "--check-config", "--backend", "memory", "--key-file", str(mesh.cluster)]
+    base += ["--node-id", "target", "--api", "127.0.0.1:1"]
+    assert cli_main(base) == 0
+    assert "warning: no node_key_file/trust_file" in capsys.readouterr().out
+    keyed = [*base, "--node-key-file", str(tmp_path / "target.key")]
+    keyed += ["--trust-file", str(mesh.trust)]
+    assert cli_main(keyed) == 0
+    out = capsys.readouterr().out
+    assert "1 trusted node(s)" in out and "no node_key_file" not in out
+    write(mesh.trust, f"other {identity.generate_node_key()[1]}\n", 0o644)
+    assert cli_main(keyed) == 1
+    assert "problem: trust_file:" in capsys.readouterr().out

@@ -52,11 +52,7 @@ def warnings(config: AgentConfig, api_token: str | None) -> list[str]:
         loose = _loose(path)
         if loose:
             out.append(f"{what}: {loose}")
-    if config.sync is SyncMode.GOSSIP and config.node_key_file is None:
-        out.append(
-            "no node_key_file/trust_file: rows are not tied to their origin, so any holder "
-            "of the cluster key can write any origin's rows (xpro-mesh keygen --node)"
-        )
+
     host, port = config.api
     if _wildcard(host) and api_token is None:
         out.append(
@@ -137,6 +133,12 @@ def check(config: AgentConfig, api_token: str | None) -> CheckReport:
         else:
             report.summary.append(_iface_state(config))
     report.warnings = warnings(config, api_token)
+    if config.sync is SyncMode.GOSSIP and config.node_key_file is None:
+        # At start the agent logs this itself, when the mesh starts (daemon).
+        report.warnings.append(
+            "no node_key_file/trust_file: rows are not tied to their origin, so any holder "
+            "of the cluster key can write any origin's rows (xpro-mesh keygen --node)"
+        )
     return report
 
 
