@@ -242,14 +242,15 @@ async def test_a_key_holder_cannot_write_another_origins_rows(
 ) -> None:
     """One forged row with c = 1e9 under another origin made a legitimate
     client drop_pair on every node: the row's origin was never tied to its
-    sender. Now it must come in its origin's own signed batch."""
+    sender (here 1e8 in one second, within max_rate: main takes this very
+    datagram). Now it must come in its origin's own signed batch."""
     mesh = Mesh(tmp_path, ["target", "peer", "mallory"])
     target = await mesh.start("target")
     peer = await mesh.start("peer", [gossip_addr(target)])
     try:
         await eventually(lambda: node(target).membership.num_live() == 2, 10, "the two to meet")
         to = gossip_addr(target)
-        forged = delta_of("peer", [VICTIM_CLIENT], c=10**9, seq0=10**6, claim=True)
+        forged = delta_of("peer", [VICTIM_CLIENT], c=10**8, seq0=10**6, claim=True)
         attempts = [
             ("unsigned", wire.encode(forged)),  # the finding's datagram, as it was
             ("bad_signature", mesh.signed("mallory", "peer", forged)),  # mallory signs as peer
