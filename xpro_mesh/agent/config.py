@@ -657,10 +657,21 @@ class Limits:
     max_keys: int = field(default=1_000_000, metadata=_parse(_count))
     # packets/s one pair entry may claim; above is absurd (100GbE line rate at 64 B)
     max_rate: int = field(default=150_000_000, metadata=_parse(parse_rate))
+    # rows one origin may hold here (its quota: one origin cannot fill the table)
+    max_keys_per_origin: int = field(default=1_000_000, metadata=_parse(_count))
+    # rows of one origin's batches taken per second, and back to back
+    origin_rate: int = field(default=4_000_000, metadata=_parse(parse_rate))
+    origin_burst: int = field(default=4_000_000, metadata=_parse(_count))
+    # an origin whose rows stay above its claimed coverage this long loses them
+    uncovered_after_ns: int = field(default=10 * S, metadata=_parse(parse_duration))
 
     def __post_init__(self) -> None:
         _require(self.max_keys >= 1, "limits.max_keys", "must be at least 1")
         _require(self.max_rate >= 1, "limits.max_rate", "must be at least 1/s")
+        _require(self.max_keys_per_origin >= 1, "limits.max_keys_per_origin", "must be at least 1")
+        _require(self.origin_rate >= 1, "limits.origin_rate", "must be at least 1/s")
+        _require(self.origin_burst >= 1, "limits.origin_burst", "must be at least 1")
+        _require(self.uncovered_after_ns > 0, "limits.uncovered_after", "must be positive")
 
 
 def _node_id_ok(node_id: str) -> bool:
@@ -703,6 +714,11 @@ class AgentConfig:
     key_file: Path | None = field(default=None, metadata=_parse(_path))
     # bearer token for PUT /v1/config; None: the API is read-only
     api_token_file: Path | None = field(default=None, metadata=_parse(_path))
+    # this node's Ed25519 signing key (xpro-mesh keygen --node); with trust_file,
+    # rows are taken only in batches signed by their origin (mesh/identity.py)
+    node_key_file: Path | None = field(default=None, metadata=_parse(_path))
+    # the mesh's public keys, NODE_ID PUBLIC_KEY_HEX a line
+    trust_file: Path | None = field(default=None, metadata=_parse(_path))
     # bpffs directory of the pinned maps
     pin_root: Path = field(default=Path("/sys/fs/bpf/xpro"), metadata=_parse(_path))
     log_level: LogLevel = field(default=LogLevel.INFO, metadata=_parse(_choice(LogLevel)))
@@ -877,6 +893,12 @@ def load_config(
         )
     if config.sync is SyncMode.MASTER and config.redis is None:
         raise ConfigError("redis", 'required with sync = "master" (the M_DB, host:port)')
+    if (config.node_key_file is None) != (config.trust_file is None):
+        missing = "trust_file" if config.trust_file is None else "node_key_file"
+        raise ConfigError(
+            missing,
+            "required with the other: node_key_file signs our rows, trust_file checks theirs",
+        )
     if require_key_file and config.sync is SyncMode.GOSSIP and config.key_file is None:
         raise ConfigError(
             "key_file",

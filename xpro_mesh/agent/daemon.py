@@ -47,7 +47,7 @@ from xpro_mesh.core.gossip_state import MergeLimits
 from xpro_mesh.core.table import PairTable
 from xpro_mesh.datapath.backend import MapBackend, OverloadWarning, RingStatus, Stats
 from xpro_mesh.datapath.config import XdpConfig
-from xpro_mesh.mesh import auth
+from xpro_mesh.mesh import auth, identity
 from xpro_mesh.mesh.membership import (
     Member,
     Membership,
@@ -55,7 +55,7 @@ from xpro_mesh.mesh.membership import (
     Workload,
     incarnation_from_wall_clock,
 )
-from xpro_mesh.mesh.node import MeshCounters, MeshNode, NodeTiming
+from xpro_mesh.mesh.node import MeshCounters, MeshNode, NodeTiming, OriginLimits
 from xpro_mesh.mesh.state import TableAdapter
 from xpro_mesh.mesh.stream import TcpStreamTransport
 from xpro_mesh.mesh.transport import UDP_MAX_PAYLOAD, UdpTransport
@@ -162,6 +162,7 @@ class Agent:
             max_skew_ns=config.max_skew_ns,
             max_rate_pps=config.limits.max_rate,
             max_pairs=config.limits.max_keys,
+            max_rows_per_origin=config.limits.max_keys_per_origin,
         )
         self.node: MeshNode | None = None
         self.api: ApiServer | None = None
@@ -270,6 +271,7 @@ class Agent:
             keyring = auth.load_keyring(cfg.key_file)
         except (auth.KeyFileError, OSError) as exc:
             raise AgentError(f"key_file: {exc}") from None
+        node_key, trust = self._load_identity()
         g = cfg.gossip
         timing = NodeTiming(
             interval_ns=g.interval_ns,
@@ -339,7 +341,19 @@ class Agent:
             timing=timing,
             limits=self.limits,
             rng=rng,
+            node_key=node_key,
+            trust=trust,
+            origin_limits=OriginLimits(
+                rows_per_second=float(cfg.limits.origin_rate),
+                rows_burst=cfg.limits.origin_burst,
+                uncovered_after_ns=cfg.limits.uncovered_after_ns,
+            ),
         )
+        if node_key is None:
+            log.warning(
+                "no node_key_file/trust_file: rows are not tied to their origin, "
+                "any cluster-key holder can write any origin's rows (docs/threat-model.md)"
+            )
         self.node.attach(transport, stream)
         receiver.append(self.node.receive)
         frames.append(self.node.receive_frame)
@@ -508,7 +522,41 @@ class Agent:
             return
         self.spawn_config_task(asyncio.get_running_loop().create_task(self.set_thresholds(result)))
 
+    def _load_identity(self) -> tuple[identity.NodeKey | None, identity.TrustList | None]:
+        """The node key and trust list, both or neither; one line on failure.
+        Our own id must be on the trust list under our own public key, or
+        every peer would refuse what we sign."""
+        cfg = self.config
+        if cfg.node_key_file is None or cfg.trust_file is None:
+            return None, None
+        try:
+            node_key = identity.load_node_key(cfg.node_key_file)
+        except auth.KeyFileError as exc:
+            raise AgentError(f"node_key_file: {exc}") from None
+        try:
+            trust = identity.load_trust_list(cfg.trust_file)
+        except auth.KeyFileError as exc:
+            raise AgentError(f"trust_file: {exc}") from None
+        listed = trust.raw.get(cfg.node_id)
+        if listed != node_key.public:
+            what = "not listed" if listed is None else "listed under another public key"
+            raise AgentError(
+                f"trust_file: {cfg.trust_file}: this node ({cfg.node_id}) is {what}; "
+                f"add the line: {cfg.node_id} {node_key.public.hex()}"
+            )
+        return node_key, trust
+
     def reload_keys(self) -> None:
+        if self.node is not None and self.config.node_key_file is not None:
+            try:
+                node_key, trust = self._load_identity()
+            except AgentError as exc:
+                self.counters.reload_errors += 1
+                log.error("identity reload refused, keeping the running keys: %s", exc)
+            else:
+                assert node_key is not None and trust is not None
+                self.node.set_identity(node_key, trust)
+                log.info("identity reloaded: %r, %d trusted nodes", node_key, len(trust))
         key_file = self.config.key_file
         if self.node is None or key_file is None:
             return

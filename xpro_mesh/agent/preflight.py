@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xpro_mesh.agent.config import AgentConfig, Backend, SyncMode
+from xpro_mesh.mesh import auth, identity
 
 __all__ = ["CheckReport", "check", "left_in_kernel", "warnings"]
 
@@ -43,10 +44,15 @@ def _wildcard(host: str) -> bool:
 def warnings(config: AgentConfig, api_token: str | None) -> list[str]:
     """Unsafe but working settings, one sentence each (never raises)."""
     out = []
-    for what, path in (("key_file", config.key_file), ("api_token_file", config.api_token_file)):
+    for what, path in (
+        ("key_file", config.key_file),
+        ("api_token_file", config.api_token_file),
+        ("node_key_file", config.node_key_file),
+    ):
         loose = _loose(path)
         if loose:
             out.append(f"{what}: {loose}")
+
     host, port = config.api
     if _wildcard(host) and api_token is None:
         out.append(
@@ -103,6 +109,22 @@ def check(config: AgentConfig, api_token: str | None) -> CheckReport:
                 )
             else:
                 report.summary.append(f"{len(lines)} cluster key(s) in {config.key_file}")
+    if config.node_key_file is not None and config.trust_file is not None:
+        try:
+            key = identity.load_node_key(config.node_key_file)
+            trust = identity.load_trust_list(config.trust_file)
+        except auth.KeyFileError as exc:
+            report.problems.append(str(exc))
+        else:
+            if trust.raw.get(config.node_id) != key.public:
+                report.problems.append(
+                    f"trust_file: {config.trust_file} does not list {config.node_id} "
+                    f"{key.public.hex()}"
+                )
+            report.summary.append(
+                f"node key {key.public.hex()[:16]}..., {len(trust)} trusted node(s) in "
+                f"{config.trust_file}: rows are taken only as their origin signed them"
+            )
     if config.backend is Backend.XDP and config.iface is not None:
         try:
             socket.if_nametoindex(config.iface)
@@ -111,6 +133,12 @@ def check(config: AgentConfig, api_token: str | None) -> CheckReport:
         else:
             report.summary.append(_iface_state(config))
     report.warnings = warnings(config, api_token)
+    if config.sync is SyncMode.GOSSIP and config.node_key_file is None:
+        # At start the agent logs this itself, when the mesh starts (daemon).
+        report.warnings.append(
+            "no node_key_file/trust_file: rows are not tied to their origin, so any holder "
+            "of the cluster key can write any origin's rows (xpro-mesh keygen --node)"
+        )
     return report
 
 

@@ -264,6 +264,16 @@ def status_document(agent: AgentView) -> dict[str, Any]:
         "rejected": dict(counters.rejected) if counters else {},
         "peer_keys": dict(sorted(counters.peer_keys.items())) if counters else {},
         "rows_rejected": dict(counters.rows_rejected) if counters else {},
+        "identity": {
+            "signing": bool(counters.node_key),
+            "node_key": counters.node_key or None,
+            "trusted": counters.trusted,
+            "signed_batches": counters.signed_batches,
+            "relayed_batches": counters.relayed_batches,
+            "uncovered_dropped": counters.uncovered_dropped,
+        }
+        if counters
+        else None,
         "warnings": agent.warnings(),
         "policy": str(agent.thresholds.policy),
         **mesh_config_api.document(agent),

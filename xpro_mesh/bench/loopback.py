@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from xpro_mesh.mesh import auth
+from xpro_mesh.mesh import auth, identity
 
 __all__ = ["AgentProcess", "HttpError", "LoopbackMesh", "wait_until"]
 
@@ -190,6 +190,9 @@ class LoopbackMesh:
     thresholds: dict[str, object] = field(default_factory=dict)
     extra_config: dict[str, object] = field(default_factory=dict)
     python: str = sys.executable
+    # node ids that get a node key and a line in one trust file (rows signed
+    # by their origin, mesh/identity.py); others run on the cluster key alone
+    signed_nodes: Sequence[str] = ()
     agents: dict[str, AgentProcess] = field(default_factory=dict)
     _retired: list[AgentProcess] = field(default_factory=list)
     _generation: dict[str, int] = field(default_factory=dict)
@@ -205,6 +208,17 @@ class LoopbackMesh:
         self.token_file.chmod(0o600)
         self.config_file = self.workdir / "agent.toml"
         self.write_config(self.thresholds)
+        self.trust_file = self.workdir / "trust"
+        lines = []
+        for name in self.signed_nodes:
+            seed, public = identity.generate_node_key()
+            key = self.workdir / f"{name}.node.key"
+            key.write_text(seed + "\n")
+            key.chmod(0o600)
+            lines.append(f"{name} {public}\n")
+        if lines:
+            self.trust_file.write_text("".join(lines))
+            self.trust_file.chmod(0o644)
 
     def __enter__(self) -> LoopbackMesh:
         return self
@@ -263,6 +277,16 @@ class LoopbackMesh:
             "--api-token-file",
             str(self.token_file),
             *(["--peers", peer_list] if peer_list else []),
+            *(
+                [
+                    "--node-key-file",
+                    str(self.workdir / f"{node_id}.node.key"),
+                    "--trust-file",
+                    str(self.trust_file),
+                ]
+                if node_id in self.signed_nodes
+                else []
+            ),
             *extra_args,
         ]
         with open(log_path, "wb") as log:

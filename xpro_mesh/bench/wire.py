@@ -34,8 +34,9 @@ import numpy.typing as npt
 from xpro_mesh.bench.stats import Check, Spread, checks_json, dumps, print_checks
 from xpro_mesh.core.gossip_state import Coverage
 from xpro_mesh.core.rows import ColumnarDelta, RowBatch, to_delta
-from xpro_mesh.mesh import auth, wire
+from xpro_mesh.mesh import auth, identity, wire
 from xpro_mesh.mesh.columns import decode_rows, encode_rows
+from xpro_mesh.mesh.node import sign_chunks, signed_budget
 from xpro_mesh.mesh.stream import StreamLimits, TcpStreamTransport
 
 __all__ = ["botnet_rows", "main"]
@@ -54,6 +55,15 @@ TARGET_DECODE_NS = 500.0
 TARGET_TRANSFER_S = 0.5  # a million rows within one lan gossip interval...
 TARGET_END_TO_END_S = 3.0  # ...and cut, encoded, sealed, opened, decoded in 3 s of CPU
 TARGET_WRITES = 8  # "a few large writes", not thousands of datagrams
+# Per-node signatures (issue 12), one a batch: what they may add per row. At
+# scale rows go in 4 MiB frames, where sign + verify must stay a small share
+# (2.5 %) of the ~1 us a pair of one cycle; on a full datagram they may not
+# take more than that whole budget (datagrams carry small deltas only: at
+# most stream_after of them answer a Sync, larger ones stream).
+TARGET_SIGN_VERIFY_FRAME_NS = 25.0
+TARGET_SIGN_VERIFY_DATAGRAM_NS = 1_000.0
+NODE_KEY = identity.NodeKey(bytes(range(32, 64)))
+TRUST = identity.TrustList.of({ORIGIN: NODE_KEY.public})
 
 
 def _mapped(x: npt.NDArray[np.int64]) -> npt.NDArray[np.bytes_]:
@@ -190,6 +200,89 @@ def codec_cpu(delta: ColumnarDelta, repeat: int) -> tuple[Spread, Spread]:
     return Spread.of(enc), Spread.of(dec)
 
 
+# --- signatures -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    channel: str
+    rows_per_batch: float
+    batches: int
+    bytes_per_row: float  # signed and sealed, as sent
+    unsigned_bytes_per_row: float  # the same rows unsigned, the same run
+    sign_us: Spread  # per batch
+    verify_us: Spread  # per batch
+    sign_verify_ns_per_row: Spread
+
+
+def signed_cost(delta: ColumnarDelta, channel: str, repeat: int) -> Signed:
+    """Rows cut, signed and sealed as a signing node sends them
+    (``MeshNode._answer``), then verified as the receiver does."""
+    limit = DATAGRAM if channel == "datagrams" else FRAME
+    budget = auth.payload_budget(limit, ORIGIN, PEER)
+    extra = 0 if channel == "datagrams" else 4  # a frame's length prefix
+    overhead = auth.envelope_overhead(ORIGIN, PEER) + extra
+    batches = sign_chunks(delta, signed_budget(budget, ORIGIN), NODE_KEY, ORIGIN)
+    signed_bytes = sum(len(wire.encode(m)) + overhead for m in batches)
+    plain = wire.chunk_rows(delta, budget)
+    plain_bytes = sum(len(wire.encode(c)) + overhead for c in plain)
+    sign: list[float] = []
+    verify: list[float] = []
+    per_row: list[float] = []
+    for _ in range(repeat):
+        t = time.process_time()
+        sigs = [NODE_KEY.sign(ORIGIN, m.rows) for m in batches]
+        t_sign = time.process_time() - t
+        t = time.process_time()
+        ok = all(TRUST.verify(ORIGIN, m.rows, sig) for m, sig in zip(batches, sigs, strict=True))
+        t_verify = time.process_time() - t
+        assert ok
+        sign.append(t_sign * 1e6 / len(batches))
+        verify.append(t_verify * 1e6 / len(batches))
+        per_row.append((t_sign + t_verify) * 1e9 / delta.rows)
+    return Signed(
+        channel,
+        delta.rows / len(batches),
+        len(batches),
+        signed_bytes / delta.rows,
+        plain_bytes / delta.rows,
+        Spread.of(sign),
+        Spread.of(verify),
+        Spread.of(per_row),
+    )
+
+
+def _signed_report(repeat: int, checks: list[Check]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    print("\nper-node signatures, one a batch (Ed25519, cryptography/OpenSSL)")
+    print(
+        f"{'channel':9} {'rows':>8} {'batches':>7} {'rows/batch':>10} {'B/row':>6} "
+        f"{'unsigned':>8}  sign us/batch          verify us/batch        sign+verify ns/row"
+    )
+    for channel, n in (("datagrams", 20_000), ("stream", 1_000_000)):
+        r = signed_cost(botnet_rows(n), channel, repeat)
+        print(
+            f"{channel:9} {n:>8} {r.batches:>7} {r.rows_per_batch:>10.0f} "
+            f"{r.bytes_per_row:6.2f} {r.unsigned_bytes_per_row:8.2f}  {r.sign_us.fmt()}  "
+            f"{r.verify_us.fmt()}  {r.sign_verify_ns_per_row.fmt()}"
+        )
+        out.append({"channel": channel, "rows": n, **{k: getattr(r, k) for k in r.__slots__}})
+        datagrams = channel == "datagrams"
+        target = TARGET_SIGN_VERIFY_DATAGRAM_NS if datagrams else TARGET_SIGN_VERIFY_FRAME_NS
+        checks.append(
+            Check(
+                f"signed {channel}: sign+verify ns/row ({r.rows_per_batch:.0f} rows a batch)",
+                r.sign_verify_ns_per_row.median,
+                target,
+                "ns",
+            )
+        )
+        checks.append(
+            Check(f"signed {channel}: ipv4 B/row, filled", r.bytes_per_row, TARGET_IPV4, "B")
+        )
+    return out
+
+
 # --- the stream ---------------------------------------------------------------------
 
 
@@ -323,6 +416,7 @@ def run(sizes: Sequence[int], repeat: int, transfer_rows: int) -> dict[str, Any]
         cpu_out.append({"rows": n, "encode_ns": enc, "decode_ns": dec})
         checks.append(Check(f"encode ns/row at {n} rows", enc.median, TARGET_ENCODE_NS, "ns"))
         checks.append(Check(f"decode ns/row at {n} rows", dec.median, TARGET_DECODE_NS, "ns"))
+    signed = _signed_report(repeat, checks)
     transfers: list[Transfer] = []
     if transfer_rows:
         delta = botnet_rows(transfer_rows, coarse=False)
@@ -356,6 +450,7 @@ def run(sizes: Sequence[int], repeat: int, transfer_rows: int) -> dict[str, Any]
         "note": "shared 2-core VM: figures are noisy; compare ratios within one run",
         "sizes": sizes_out,
         "cpu": cpu_out,
+        "signed": signed,
         "transfers": transfers,
         **checks_json(checks),
     }

@@ -43,6 +43,8 @@ def register(sub: Any) -> None:
     p.add_argument("--node-id", help="this proxy's unique, stable name (default: hostname)")
     p.add_argument("--key-file", help="cluster keys, 64 hex characters a line (see keygen)")
     p.add_argument("--api-token-file", help="bearer token for PUT /v1/config")
+    p.add_argument("--node-key-file", help="this node's signing key (keygen --node)")
+    p.add_argument("--trust-file", help="the mesh's public keys, NODE_ID PUBLIC_KEY a line")
     p.add_argument("--backend", choices=["xdp", "memory"], help="data path (default xdp)")
     p.add_argument("--sync", choices=["gossip", "master", "none"], help="how counts are shared")
     p.add_argument("--redis", help="the M_DB for --sync master, HOST:PORT")
@@ -68,12 +70,74 @@ def register(sub: Any) -> None:
 
     k = sub.add_parser(
         "keygen",
-        help="print a new random cluster key (64 hex characters)",
-        description="Print a new 32-byte cluster key as one line of 64 hex characters. "
-        "A key file holds one key a line: the first sends, all are accepted "
-        "(rotate by adding the new key on every node first, then moving it up).",
+        help="print a new cluster key, or write a node's signing key (--node)",
+        description=KEYGEN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    k.set_defaults(func=lambda args: print(secrets.token_hex(32)) or 0)
+    k.add_argument(
+        "--node",
+        type=Path,
+        metavar="FILE",
+        help="write a new Ed25519 node key to FILE (mode 0600, never overwritten) and print "
+        "its trust-list line",
+    )
+    k.add_argument(
+        "--public",
+        type=Path,
+        metavar="FILE",
+        help="print the trust-list line of the node key in FILE",
+    )
+    k.add_argument("--node-id", help="the name on the trust-list line (default: hostname)")
+    k.set_defaults(func=run_keygen)
+
+
+KEYGEN_HELP = """Without options: print a new 32-byte cluster key as one line of 64 hex
+characters. A key file holds one key a line: the first sends, all are accepted
+(rotate by adding the new key on every node first, then moving it up).
+
+With --node FILE: write this node's own Ed25519 signing key to FILE (0600)
+and print the line the mesh's trust list needs for it, NODE_ID PUBLIC_KEY.
+Collect every node's line into one trust file (the same on every node, mode
+0644), and set node_key_file and trust_file in agent.toml: rows are then taken
+only in batches signed by their origin (docs/threat-model.md).
+
+examples:
+  xpro-mesh keygen > /etc/xpro-mesh/cluster.key
+  xpro-mesh keygen --node /etc/xpro-mesh/node.key --node-id proxy-1 >> trust.txt
+  xpro-mesh keygen --public /etc/xpro-mesh/node.key --node-id proxy-1
+"""
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    import os
+    import socket
+
+    from xpro_mesh.mesh import identity
+
+    if args.node is None and args.public is None:
+        print(secrets.token_hex(32))
+        return 0
+    if args.node is not None and args.public is not None:
+        raise CliError("keygen: --node and --public do not go together")
+    node_id = args.node_id or socket.gethostname()
+    if args.public is not None:
+        try:
+            key = identity.load_node_key(args.public)
+        except auth.KeyFileError as exc:
+            raise CliError(f"keygen: {exc}") from None
+        print(f"{node_id} {key.public.hex()}")
+        return 0
+    seed, public = identity.generate_node_key()
+    try:
+        fd = os.open(args.node, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CliError(f"keygen: {args.node} exists; a node key is never overwritten") from None
+    except OSError as exc:
+        raise CliError(f"keygen: {args.node}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as out:
+        out.write(f"# xpro-mesh node key of {node_id}; public {public}\n{seed}\n")
+    print(f"{node_id} {public}")
+    return 0
 
 
 def run_agent(args: argparse.Namespace) -> int:
@@ -90,6 +154,8 @@ def run_agent(args: argparse.Namespace) -> int:
         "node_id": args.node_id,
         "key_file": args.key_file,
         "api_token_file": args.api_token_file,
+        "node_key_file": args.node_key_file,
+        "trust_file": args.trust_file,
         "backend": args.backend,
         "sync": args.sync,
         "redis": args.redis,

@@ -200,6 +200,7 @@ class Rejection(enum.StrEnum):
     EXPIRED = "expired"  # older than the horizon: already aged out here
     TABLE_FULL = "table_full"  # would exceed max_pairs
     TOO_MANY_ORIGINS = "too_many_origins"  # would exceed max_origins
+    ORIGIN_FULL = "origin_full"  # would exceed max_rows_per_origin (one origin's quota)
     OVERSIZED = "oversized"  # the message had more rows or claims than allowed
 
 
@@ -208,7 +209,9 @@ class _Own(enum.Enum):
     STALE = "stale"
 
 
-_TRANSIENT = frozenset({Rejection.FUTURE, Rejection.TABLE_FULL, Rejection.TOO_MANY_ORIGINS})
+_TRANSIENT = frozenset(
+    {Rejection.FUTURE, Rejection.TABLE_FULL, Rejection.TOO_MANY_ORIGINS, Rejection.ORIGIN_FULL}
+)
 """Refusals that may not hold later: a chunk with such a row does not advance
 the digest, so the row is offered again."""
 
@@ -224,6 +227,10 @@ class MergeLimits:
     max_pairs: int = 1_000_000  # pairs held in total (the kernel's LRU is the real cap)
     max_origins: int = 4_096  # distinct origins held (a mesh is far smaller)
     max_entries_per_message: int = 4_096  # rows (and claims) in one delta chunk
+    # Rows one origin other than us may hold here: its quota, so a compromised
+    # signer cannot fill max_pairs for everyone (issue 12). An origin holds one
+    # row a pair it counted, so the default is the kernel's pair capacity.
+    max_rows_per_origin: int = 1_000_000
 
     def __post_init__(self) -> None:
         for name in (
@@ -233,6 +240,7 @@ class MergeLimits:
             "max_pairs",
             "max_origins",
             "max_entries_per_message",
+            "max_rows_per_origin",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
@@ -698,6 +706,8 @@ class GossipState:
                     reason = Rejection.TOO_MANY_ORIGINS
                 elif pe.pair not in self._rows and len(self._rows) >= lim.max_pairs:
                     reason = Rejection.TABLE_FULL
+                elif rows is not None and len(rows) >= lim.max_rows_per_origin:
+                    reason = Rejection.ORIGIN_FULL
             if reason is not None:
                 rejected[reason] = rejected.get(reason, 0) + 1
                 if reason in _TRANSIENT:
@@ -781,6 +791,18 @@ class GossipState:
             if origin != self._node_id:
                 del self._watermark[origin]
         return ExpiryReport(dropped=dropped, changed_pairs=frozenset(changed))
+
+    def drop_uncovered(self, origin: str) -> int:
+        """Forget the rows of ``origin`` (not ours) above its watermark; how
+        many went (``PairTable.drop_uncovered``)."""
+        rows = self._by_origin.get(origin)
+        if origin == self._node_id or rows is None:
+            return 0
+        mark = self._watermark.get(origin, ZERO_VERSION)
+        pairs = [p for p, pe in rows.items() if pe.entry.version > mark]
+        for pair in pairs:
+            self._remove(pair, origin)
+        return len(pairs)
 
     # --- storage -------------------------------------------------------------
 

@@ -116,7 +116,9 @@ _REASON = {
     _ABSURD: Rejection.ABSURD_COUNT,
     _LONG: Rejection.LONG_WINDOW,
 }
-_TRANSIENT = frozenset({Rejection.FUTURE, Rejection.TABLE_FULL, Rejection.TOO_MANY_ORIGINS})
+_TRANSIENT = frozenset(
+    {Rejection.FUTURE, Rejection.TABLE_FULL, Rejection.TOO_MANY_ORIGINS, Rejection.ORIGIN_FULL}
+)
 
 
 # --- results ---------------------------------------------------------------------
@@ -918,13 +920,15 @@ class PairTable:
     def digest(self) -> Digest:
         return Digest(sender=self._node_id, versions=dict(self._watermark))
 
-    def delta_for(self, peer: Digest) -> ColumnarDelta:
+    def delta_for(self, peer: Digest, only: str | None = None) -> ColumnarDelta:
         """Every row the peer lacks by its digest, with claims for what we
-        cover; rows of the peer's earlier incarnations go back to it."""
+        cover; rows of the peer's earlier incarnations go back to it. With
+        ``only``, rows and claims of that origin alone (a signing node sends
+        its own from the table, others' as their origins signed them)."""
         wanted = peer.versions
         batches: list[RowBatch] = []
         for origin, o in self._slot.items():
-            if not self._rows_of[o]:
+            if not self._rows_of[o] or (only is not None and origin != only):
                 continue
             after = wanted.get(origin, ZERO_VERSION)
             inc, seq = self._inc[o], self._seq[o]
@@ -940,9 +944,29 @@ class PairTable:
         coverage = [
             Coverage(origin, wanted.get(origin, ZERO_VERSION), mark)
             for origin, mark in self._watermark.items()
-            if mark > wanted.get(origin, ZERO_VERSION)
+            if mark > wanted.get(origin, ZERO_VERSION) and (only is None or origin == only)
         ]
         return ColumnarDelta(batches=tuple(batches), coverage=tuple(coverage))
+
+    def rows_of_origin(self, origin: str) -> int:
+        """Rows held of ``origin``."""
+        o = self._slot.get(origin)
+        return self._rows_of[o] if o is not None else 0
+
+    def drop_uncovered(self, origin: str) -> int:
+        """Forget the rows of ``origin`` (not ours) above its watermark, the
+        rows no claim of it covers; how many went. The pairs show in
+        :meth:`take_changed` as expiry's do."""
+        o = self._slot.get(origin)
+        if origin == self._node_id or o is None or not self._rows_of[o]:
+            return 0
+        mark = self._watermark.get(origin, ZERO_VERSION)
+        ids = np.flatnonzero(self._present[o] & _version_gt(self._inc[o], self._seq[o], mark))
+        if not len(ids):
+            return 0
+        self._unstore(origin, o, ids)
+        self._drop_empty(ids, record=True)
+        return len(ids)
 
     def full_state(self) -> ColumnarDelta:
         return self.delta_for(Digest(sender="", versions={}))
@@ -1063,7 +1087,14 @@ class PairTable:
         room = lim.max_pairs - self._num_pairs
         full = new_pair & (np.cumsum(new_pair) > room)
         tally.reject(Rejection.TABLE_FULL, int(np.count_nonzero(full)), origin)
-        store = np.flatnonzero(ok & ~full)
+        ok &= ~full
+        new_row = ok & ~held
+        quota = lim.max_rows_per_origin - (self._rows_of[o] if o is not None else 0)
+        over = new_row & (np.cumsum(new_row) > quota)
+        if over.any():  # one origin's quota (scalar: ORIGIN_FULL)
+            tally.reject(Rejection.ORIGIN_FULL, int(np.count_nonzero(over)), origin)
+            ok &= ~over
+        store = np.flatnonzero(ok)
         if not len(store):
             return
         if o is None:

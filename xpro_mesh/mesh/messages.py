@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from xpro_mesh.core.gossip_state import Digest
 from xpro_mesh.mesh.membership import Address, MemberUpdate
 
-__all__ = ["Ack", "Members", "Nack", "Ping", "PingReq", "Sync"]
+__all__ = ["Ack", "Members", "Nack", "Ping", "PingReq", "SignedRows", "Sync"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +78,15 @@ class Sync:
     reply: bool
     sender: MemberUpdate
     updates: tuple[MemberUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SignedRows:
+    """One origin's batch of rows as that origin signed it
+    (:mod:`xpro_mesh.mesh.identity`): ``rows`` is the columnar encoding of a
+    delta holding rows and claims of ``origin`` only. Relays forward the
+    three fields unchanged, so the signature travels with the rows."""
+
+    origin: str
+    rows: bytes
+    signature: bytes

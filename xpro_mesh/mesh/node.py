@@ -31,11 +31,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from xpro_mesh.core.gossip_state import MergeLimits
+from xpro_mesh.core.gossip_state import ZERO_VERSION, MergeLimits, MergeReport, Version
 from xpro_mesh.core.rows import ColumnarDelta
-from xpro_mesh.mesh import auth, wire
+from xpro_mesh.mesh import auth, columns, identity, wire
 from xpro_mesh.mesh.membership import (
     Action,
     Address,
@@ -49,12 +49,13 @@ from xpro_mesh.mesh.membership import (
     Probe,
     SyncState,
 )
-from xpro_mesh.mesh.messages import Ack, Members, Nack, Ping, PingReq, Sync
+from xpro_mesh.mesh.messages import Ack, Members, Nack, Ping, PingReq, SignedRows, Sync
+from xpro_mesh.mesh.relay import RelayLimits, RelayStore
 from xpro_mesh.mesh.state import ReplicatedState
 from xpro_mesh.mesh.stream import StreamTransport
 from xpro_mesh.mesh.transport import Transport
 
-__all__ = ["MeshCounters", "MeshNode", "NodeTiming"]
+__all__ = ["MeshCounters", "MeshNode", "NodeTiming", "OriginLimits", "sign_chunks", "signed_budget"]
 
 log = logging.getLogger("xpro_mesh.mesh")
 
@@ -64,15 +65,69 @@ MIN_RECEIVE_BYTES = 1400  # one Ethernet frame is always accepted, whatever our 
 STREAM_ROWS_PER_FRAME = 1 << 20  # rows a stream frame may carry (decoder bound)
 MIN_ROW_BYTES = 2  # no changed row encodes smaller: more rows than this allows surely stream
 _FAR = 1 << 62
+RELAY_SLACK = 32  # bytes an own signed chunk leaves free, for a relay's longer envelope
 
 
 def _nothing() -> None:
     return None
 
 
-def _encode_chunks(delta: ColumnarDelta, budget: int) -> list[tuple[wire.Kind, bytes]]:
-    """The payloads of ``delta`` cut to ``budget`` (runs in a worker thread)."""
-    return [(wire.Kind.DELTA, wire.encode(c)) for c in wire.chunk_rows(delta, budget)]
+def _encode_chunks(
+    delta: ColumnarDelta, budget: int, signer: identity.NodeKey | None, origin: str
+) -> list[tuple[wire.Kind, bytes]]:
+    """The payloads of ``delta`` cut to ``budget`` (runs in a worker thread);
+    with ``signer``, each chunk is one signed batch of ``origin``."""
+    if signer is None:
+        return [(wire.Kind.DELTA, wire.encode(c)) for c in wire.chunk_rows(delta, budget)]
+    return [
+        (wire.Kind.SIGNED, wire.encode(m))
+        for m in sign_chunks(delta, signed_budget(budget, origin), signer, origin)
+    ]
+
+
+def signed_budget(payload_budget: int, origin: str) -> int:
+    """What :func:`wire.chunk_rows` may fill so the signed message fits
+    ``payload_budget`` with room for a relay's envelope."""
+    frame = wire.SIGNED_FRAME_BYTES + len(origin.encode()) - wire.DELTA_FRAME_BYTES
+    return payload_budget - frame - RELAY_SLACK
+
+
+def sign_chunks(
+    delta: ColumnarDelta, budget: int, signer: identity.NodeKey, origin: str
+) -> list[SignedRows]:
+    """``delta`` (rows of ``origin`` only) cut to ``budget``, each chunk
+    signed once: one signature a batch, never a row (issue 9's budget)."""
+    out = []
+    for chunk in wire.chunk_rows(delta, budget):
+        rows = columns.encode_rows(chunk)
+        out.append(SignedRows(origin, rows, signer.sign(origin, rows)))
+    return out
+
+
+def _signed_size(m: SignedRows) -> int:
+    """An upper bound of ``m``'s encoded size."""
+    return len(m.rows) + len(m.origin.encode()) + wire.SIGNED_FRAME_BYTES
+
+
+def _remember(cache: dict[Any, Any], key: tuple[Version, Version, int], value: Any) -> None:
+    """Keep ``value`` under ``key``; entries for an older mark of ours go
+    (they can never be asked for again), and at most 16 are kept."""
+    for old in [k for k in cache if k[1] != key[1]]:
+        del cache[old]
+    cache[key] = value
+    while len(cache) > 16:
+        cache.pop(next(iter(cache)))
+
+
+def _top_version(delta: ColumnarDelta) -> dict[str, Version]:
+    """Per origin, the highest row version in ``delta``."""
+    tops: dict[str, Version] = {}
+    for b in delta.batches:
+        if len(b):
+            inc = int(b.inc.max())
+            seq = int(b.seq[b.inc == inc].max())
+            tops[b.origin] = max(tops.get(b.origin, ZERO_VERSION), (inc, seq))
+    return tops
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +143,20 @@ class NodeTiming:
     max_reply_datagrams: int = 64  # datagrams answering one Sync at most (the rest next round)
     sync_answers_burst: int = 4  # Syncs of one peer answered back to back at most ...
     sync_answers_per_interval: float = 2.0  # ... and on average per interval
+
+
+@dataclass(frozen=True, slots=True)
+class OriginLimits:
+    """What one origin may make this node take, beyond the row checks of the
+    merge (``MergeLimits``, which holds the per-origin row quota): a
+    compromised signer can lie only about its own origin, and this bounds
+    how fast and for how long (issue 12)."""
+
+    rows_per_second: float = 4_000_000.0  # rows of one origin's batches taken per second ...
+    rows_burst: int = 4_000_000  # ... and back to back (a full state for a joiner)
+    # Rows of an origin above its covered watermark for this long are dropped:
+    # an origin that never claims coverage had its rows re-sent on every Sync.
+    uncovered_after_ns: int = 10 * 10**9
 
 
 @dataclass(slots=True)
@@ -111,6 +180,11 @@ class MeshCounters:
     # The position on our keyring of the key each peer last sealed with (0:
     # our primary). An operator removes an old key once no peer shows > 0.
     peer_keys: dict[str, int] = field(default_factory=dict)
+    node_key: str = ""  # our public key (hex) when rows are signed, else ""
+    trusted: int = 0  # nodes on the trust list
+    signed_batches: int = 0  # verified signed batches merged
+    relayed_batches: int = 0  # batches of other origins passed on as signed
+    uncovered_dropped: int = 0  # rows dropped: their origin left them uncovered
 
 
 def message_sender_addr(message: wire.Message) -> Address:
@@ -143,6 +217,10 @@ class MeshNode:
         rng: random.Random | None = None,
         wall_ns: Callable[[], int] = time.time_ns,
         mono_ns: Callable[[], int] = time.monotonic_ns,
+        node_key: identity.NodeKey | None = None,
+        trust: identity.TrustList | None = None,
+        origin_limits: OriginLimits | None = None,
+        relay_limits: RelayLimits | None = None,
     ) -> None:
         self.state = state
         self.membership = membership
@@ -177,6 +255,26 @@ class MeshNode:
         self._wake = asyncio.Event()  # run(): a round is due sooner (round_soon)
         self._next_round = 0
         self._last_round = -_FAR
+        # Per-node identity (mesh/identity.py): with a key and a trust list,
+        # our rows go out signed and rows of any origin are taken only in
+        # that origin's signed batch; without, the cluster key alone (legacy).
+        self.node_key = node_key
+        self.trust = trust
+        self.origin_limits = origin_limits or OriginLimits()
+        self.relay = RelayStore(relay_limits)
+        self._show_identity()
+        self._origin_tokens: dict[str, tuple[float, int]] = {}
+        self._row_top: dict[str, Version] = {}  # per origin, the highest row version taken
+        self._uncovered_since: dict[str, int] = {}  # origin -> wall ns its rows went uncovered
+        # Origins dropped as uncovered: their rows are refused until a claim of
+        # theirs advances the watermark (else a relay's copy brings them back).
+        self._dropped: dict[str, int] = {}
+        # Our own signed batches by (peer's mark of us, our mark, budget): peers
+        # at the same mark (every caught-up peer, each round) get the same
+        # batches, signed once; receivers verify each once (duplicates go by
+        # signature before verifying), so a batch costs one signature a round.
+        self._signed: dict[tuple[Version, Version, int], list[SignedRows]] = {}
+        self._signed_frames: dict[tuple[Version, Version, int], list[tuple[wire.Kind, bytes]]] = {}
 
     # --- wiring ----------------------------------------------------------------
 
@@ -200,6 +298,26 @@ class MeshNode:
         if self._stream_sealer is not None:
             self._stream_sealer.keyring = keyring
         self.counters.peer_keys.clear()  # positions refer to the old ring
+
+    @property
+    def signing(self) -> bool:
+        """Whether rows are tied to their origin (a key and a trust list)."""
+        return self.node_key is not None and self.trust is not None
+
+    def set_identity(self, node_key: identity.NodeKey, trust: identity.TrustList) -> None:
+        """A reloaded node key and trust list (SIGHUP). Batches of an origin
+        no longer listed are forgotten by the relay store."""
+        self.node_key = node_key
+        self.trust = trust
+        self._show_identity()
+        for origin in self.relay.origins():
+            if origin not in trust:
+                self.relay.drop_origin(origin)
+
+    def _show_identity(self) -> None:
+        signing = self.node_key is not None and self.trust is not None
+        self.counters.node_key = self.node_key.public.hex() if signing and self.node_key else ""
+        self.counters.trusted = len(self.trust) if signing and self.trust else 0
 
     def join(self, seeds: Iterable[Address]) -> None:
         self._perform(self.membership.join(list(seeds), self.mono_ns()))
@@ -252,6 +370,7 @@ class MeshNode:
     def gossip_round(self) -> None:
         """One anti-entropy round: push our digest to ``fanout`` live peers and
         ask for theirs (push-pull, Scuttlebutt)."""
+        self._expire_uncovered(self.wall_ns())
         targets = self.membership.gossip_targets(self.timing.fanout, self.rng)
         if not targets:
             return
@@ -332,64 +451,128 @@ class MeshNode:
             # digest too: a digest sent meanwhile would only ask for them again.
             self.counters.stream_deferred += 1
             return
-        delta = self.state.delta_for(sync.digest)
+        signer = self.node_key if self.signing else None
+        delta = self.state.delta_for(sync.digest, only=self.node_id if signer else None)
+        relayed = self.relay.for_peer(sync.digest, skip=self.node_id) if signer else []
         reply = (
             Sync(self.state.digest(), False, self._self_update(), self._piggyback())
             if sync.reply
             else None
         )
         budget = auth.payload_budget(self.timing.max_message_bytes, self.node_id, to)
-        if delta.batches or delta.coverage:
+        if relayed:
+            # A relayed batch goes as its origin cut it: one larger than a
+            # datagram (a stream frame's) can only stream.
+            fits = [m for m in relayed if _signed_size(m) <= budget]
+            if len(fits) < len(relayed) and stream is not None:
+                self._start_stream(delta, relayed, reply, addr, to, sync)
+                return
+            relayed = fits
+        if delta.batches or delta.coverage or relayed:
             room = self.timing.stream_after_datagrams * budget
-            if stream is not None and delta.rows * MIN_ROW_BYTES > room:
-                self._start_stream(delta, reply, addr, to)  # sure not to fit: size it off the loop
+            extra = sum(_signed_size(m) for m in relayed)
+            if stream is not None and delta.rows * MIN_ROW_BYTES + extra > room:
+                self._start_stream(delta, relayed, reply, addr, to, sync)  # sure not to fit
                 return
-            size = wire.encoded_size(delta)
-            if stream is not None and size > room:
-                self._start_stream(delta, reply, addr, to)
+            size = wire.encoded_size(delta) if delta.batches or delta.coverage else 0
+            if stream is not None and size + extra > room:
+                self._start_stream(delta, relayed, reply, addr, to, sync)
                 return
-            chunks = wire.chunk_rows(delta, budget, whole_bytes=size)
-            if len(chunks) > self.timing.max_reply_datagrams:
+            messages: list[wire.Message] = []
+            if size and signer is not None:
+                key = self._signed_key(sync, budget)
+                batches = self._signed.get(key)
+                if batches is None:
+                    batches = sign_chunks(
+                        delta, signed_budget(budget, self.node_id), signer, self.node_id
+                    )
+                    _remember(self._signed, key, batches)
+                messages += batches
+            elif size:
+                messages += wire.chunk_rows(delta, budget, whole_bytes=size)
+            messages += relayed
+            if len(messages) > self.timing.max_reply_datagrams:
                 self.counters.rejected["reply_cut"] += 1
-                chunks = chunks[: self.timing.max_reply_datagrams]
-            for chunk in chunks:
-                self._send(chunk, addr, to)
+                messages = messages[: self.timing.max_reply_datagrams]
+            for message in messages:
+                if isinstance(message, SignedRows) and message.origin != self.node_id:
+                    self.counters.relayed_batches += 1
+                self._send(message, addr, to)
         if reply is not None:
             self._send(reply, addr, to)
 
+    def _signed_key(self, sync: Sync, budget: int) -> tuple[Version, Version, int]:
+        """What our signed answer to ``sync`` depends on (see ``_signed``)."""
+        me = self.node_id
+        mine = self.state.digest().versions.get(me, ZERO_VERSION)
+        return (sync.digest.versions.get(me, ZERO_VERSION), mine, budget)
+
     def _start_stream(
-        self, delta: ColumnarDelta, reply: Sync | None, addr: Address, to: str
+        self,
+        delta: ColumnarDelta,
+        relayed: list[SignedRows],
+        reply: Sync | None,
+        addr: Address,
+        to: str,
+        sync: Sync,
     ) -> None:
         """Encode and cut a large delta in a worker thread (numpy leaves the
         GIL for most of it, so probes keep being answered), then send."""
         self._hold_until[addr] = _FAR  # under way until sent
-        task = asyncio.get_running_loop().create_task(self._stream_delta(delta, reply, addr, to))
+        task = asyncio.get_running_loop().create_task(
+            self._stream_delta(delta, relayed, reply, addr, to, sync)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _stream_delta(
-        self, delta: ColumnarDelta, reply: Sync | None, addr: Address, to: str
+        self,
+        delta: ColumnarDelta,
+        relayed: list[SignedRows],
+        reply: Sync | None,
+        addr: Address,
+        to: str,
+        sync: Sync,
     ) -> None:
         stream, sealer = self._stream, self._stream_sealer
         assert stream is not None and sealer is not None
         budget = auth.payload_budget(stream.limits.max_frame_bytes, self.node_id, to)
+        signer = self.node_key if self.signing else None
         try:
-            payloads = await asyncio.to_thread(_encode_chunks, delta, budget)
+            payloads: list[tuple[wire.Kind, bytes]] = []
+            if delta.batches or delta.coverage:
+                key = self._signed_key(sync, budget)
+                cached = self._signed_frames.get(key) if signer is not None else None
+                if cached is None:
+                    cached = await asyncio.to_thread(
+                        _encode_chunks, delta, budget, signer, self.node_id
+                    )
+                    if signer is not None:
+                        _remember(self._signed_frames, key, cached)
+                payloads = list(cached)
         except ValueError:
             self.counters.rejected["oversized_out"] += 1
             self._hold_until[addr] = 0
             return
+        for message in relayed:
+            payloads.append((wire.Kind.SIGNED, wire.encode(message)))
+            self.counters.relayed_batches += 1
         if reply is not None:
             payloads.append((wire.Kind.SYNC, wire.encode(reply)))
-        frames = [sealer.seal(self.wall_ns(), payload, to) for _, payload in payloads]
+        frames = []
+        for kind, payload in payloads:
+            try:
+                frames.append((kind, sealer.seal(self.wall_ns(), payload, to)))
+            except ValueError:  # a relayed batch over our frame limit: the origin serves it
+                self.counters.rejected["oversized_out"] += 1
         # A stream of several frames takes the peer a while to merge; its
         # digests meanwhile are stale, so give it one round. One frame: none,
         # the next round's rows must not wait (mitigation time).
-        several = len(payloads) - (reply is not None) > 1
+        several = len(frames) - (reply is not None) > 1
         self._hold_until[addr] = self.mono_ns() + (self.timing.interval_ns if several else 0)
-        if stream.send(addr, frames):
+        if stream.send(addr, [frame for _, frame in frames]):
             self.counters.streams_sent += 1
-            for (kind, _), frame in zip(payloads, frames, strict=True):
+            for kind, frame in frames:
                 self.counters.sent[kind] += 1
                 self.counters.sent_bytes[kind] += len(frame)
 
@@ -471,7 +654,9 @@ class MeshNode:
         if message is None:
             return
         if isinstance(message, ColumnarDelta):
-            self._merge(message)
+            self._merge_unsigned(message)
+        elif isinstance(message, SignedRows):
+            self._merge_signed(message, limits)
         elif isinstance(message, Sync):
             self._dispatch(message, message.sender.addr)
         else:
@@ -544,19 +729,159 @@ class MeshNode:
                 self.counters.pulls += 1
                 self.pulled.set()
         elif isinstance(message, ColumnarDelta):
-            self._merge(message)
+            self._merge_unsigned(message)
+        elif isinstance(message, SignedRows):
+            self._merge_signed(message, wire.DEFAULT_LIMITS)
         elif isinstance(message, wire.ConfigOffer) and self.config_hook is not None:
             answer = self.config_hook.receive(message.sender, message.document)
             member = self.membership.member(message.sender)
             if answer is not None and member is not None:  # to its known address only
                 self._send(wire.ConfigOffer(self.node_id, answer), member.addr, member.node_id)
 
-    def _merge(self, delta: ColumnarDelta) -> None:
+    def _merge_unsigned(self, delta: ColumnarDelta) -> None:
+        """Rows under the cluster key alone: refused once rows are tied to
+        their origin (a key holder could write any origin's rows)."""
+        if self.signing:
+            self.counters.rows_rejected["unsigned"] += delta.rows
+            self.counters.rejected["unsigned"] += 1
+            return
+        self._merge(self._within_rate(delta))
+
+    def _merge_signed(self, message: SignedRows, limits: wire.WireLimits) -> None:
+        """One origin's batch: the signature must be the origin's listed key's
+        and every row and claim inside the origin's own; then the per-origin
+        rate, the merge (with its per-origin quota) and the relay store."""
+        trust = self.trust
+        if trust is None:
+            self.counters.rejected["unverifiable"] += 1  # no trust list: cannot check
+            return
+        if message.signature in self.relay:
+            self.counters.rejected["duplicate_batch"] += 1  # held already: merged before
+            return
+        if message.origin not in trust:
+            self.counters.rejected["unknown_signer"] += 1
+            return
+        if not trust.verify(message.origin, message.rows, message.signature):
+            self.counters.rejected["bad_signature"] += 1
+            return
+        delta = wire.decode_signed(message, limits)
+        if isinstance(delta, wire.WireError):
+            reason = "foreign_rows" if delta.reason == "foreign_rows" else "malformed"
+            self.counters.rejected[reason] += 1
+            return
+        self.counters.signed_batches += 1
+        admitted = self._within_rate(delta, charge=False)
+        if admitted is not delta:
+            return
+        report = self._merge(delta)
+        self._charge(message.origin, report.accepted + report.adopted)
+        if message.origin != self.node_id and (
+            report.accepted or report.adopted or report.watermarks_advanced
+        ):
+            self.relay.add(message, delta, self.wall_ns())
+
+    def _within_rate(self, delta: ColumnarDelta, charge: bool = True) -> ColumnarDelta:
+        """``delta`` without the batches (and claims) of origins over their
+        row rate (``OriginLimits``): a token bucket per origin, refilled at
+        ``rows_per_second`` up to ``rows_burst``; a batch needs as many
+        tokens as it has rows. ``charge``: take them now, for every row
+        offered (a delta under the cluster key, whose rows are not told apart
+        by origin after the merge); else the caller charges what the merge
+        accepted (:meth:`_charge`, a signed batch: one origin), so copies of
+        rows already held cost an honest origin nothing."""
+        lim = self.origin_limits
+        now = self.mono_ns()
+        refused: set[str] = set()
+        for b in delta.batches:
+            if not len(b) or b.origin == self.node_id or b.origin in refused:
+                continue
+            tokens, at = self._origin_tokens.get(b.origin, (float(lim.rows_burst), now))
+            tokens = min(float(lim.rows_burst), tokens + (now - at) * lim.rows_per_second / 1e9)
+            if tokens < len(b):
+                refused.add(b.origin)
+                self._origin_tokens[b.origin] = (tokens, now)
+                continue
+            self._origin_tokens[b.origin] = (tokens - len(b) if charge else tokens, now)
+        if len(self._origin_tokens) > 4 * auth.DEFAULT_MAX_SENDERS:
+            self._origin_tokens.pop(next(iter(self._origin_tokens)))
+        if not refused:
+            return delta
+        for b in delta.batches:
+            if b.origin in refused:
+                self.counters.rows_rejected["origin_rate"] += len(b)
+        return ColumnarDelta(
+            tuple(b for b in delta.batches if b.origin not in refused),
+            tuple(c for c in delta.coverage if c.origin not in refused),
+        )
+
+    def _charge(self, origin: str, rows: int) -> None:
+        """Take ``rows`` tokens of ``origin``'s bucket (after :meth:`_within_rate`)."""
+        held = self._origin_tokens.get(origin)
+        if held is not None and rows:
+            self._origin_tokens[origin] = (held[0] - rows, held[1])
+
+    def _expire_uncovered(self, now: int) -> None:
+        """Drop the rows of an origin above its covered watermark once they
+        have stayed so for ``uncovered_after_ns``: such rows were offered
+        again on every Sync (100k rows in 167 datagrams kept a receiver busy
+        for minutes, issue 12). A correct origin claims what it sends, so its
+        rows are covered within a round or two. Its covered rows stay; its
+        further rows are refused until a claim of its advances the watermark
+        (:meth:`_covered_again`)."""
+        if not self._row_top:
+            return
+        marks = self.state.digest().versions
+        for origin, top in list(self._row_top.items()):
+            if top <= marks.get(origin, ZERO_VERSION):
+                self._uncovered_since.pop(origin, None)
+                continue
+            since = self._uncovered_since.setdefault(origin, now)
+            if now - since >= self.origin_limits.uncovered_after_ns:
+                dropped = self.state.drop_uncovered(origin)
+                self.relay.drop_origin(origin)
+                del self._row_top[origin]
+                del self._uncovered_since[origin]
+                self._dropped[origin] = now
+                if len(self._dropped) > self.limits.max_origins:
+                    self._dropped.pop(next(iter(self._dropped)))
+                self.counters.uncovered_dropped += dropped
+                log.info("dropped %d rows of origin %s: not covered by a claim", dropped, origin)
+
+    def _covered_again(self, delta: ColumnarDelta) -> ColumnarDelta:
+        """``delta`` without the rows of origins dropped as uncovered, unless
+        its claims for them advance their watermark (which lifts the drop)."""
+        dropped = {b.origin for b in delta.batches if b.origin in self._dropped}
+        for origin in dropped:
+            claims = tuple(c for c in delta.coverage if c.origin == origin)
+            if claims:
+                only = ColumnarDelta((), claims)
+                if self.state.merge(only, self.wall_ns(), self.limits).watermarks_advanced:
+                    del self._dropped[origin]
+        still = {o for o in dropped if o in self._dropped}
+        if not still:
+            return delta
+        for b in delta.batches:
+            if b.origin in still:
+                self.counters.rows_rejected["uncovered"] += len(b)
+        return ColumnarDelta(
+            tuple(b for b in delta.batches if b.origin not in still),
+            tuple(c for c in delta.coverage if c.origin not in still),
+        )
+
+    def _merge(self, delta: ColumnarDelta) -> MergeReport:
+        if self._dropped:
+            delta = self._covered_again(delta)
         report = self.state.merge(delta, self.wall_ns(), self.limits)
         if report.accepted or report.adopted:
             self.on_merged()
+            for origin, top in _top_version(delta).items():
+                if origin != self.node_id and top > self._row_top.get(origin, ZERO_VERSION):
+                    self._row_top[origin] = top
+            if len(self._row_top) > self.limits.max_origins:
+                self._row_top.pop(next(iter(self._row_top)))
         self.counters.rows_accepted += report.accepted + report.adopted
         self.counters.rows_stale += report.stale
         for reason, n in report.rejected.items():
             self.counters.rows_rejected[str(reason)] += n
         self.counters.last_merge_ns = self.wall_ns()
+        return report

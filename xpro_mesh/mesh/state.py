@@ -39,10 +39,15 @@ class ReplicatedState(Protocol):
         """Per origin, the version up to which this node holds everything."""
         ...
 
-    def delta_for(self, peer: Digest) -> ColumnarDelta:
-        """Every row ``peer`` lacks by its digest, with coverage claims. The
-        arrays are the caller's from then on: the node may encode them in a
-        worker thread while the table changes, so they must be copies."""
+    def delta_for(self, peer: Digest, only: str | None = None) -> ColumnarDelta:
+        """Every row ``peer`` lacks by its digest, with coverage claims (of
+        origin ``only`` alone, if given). The arrays are the caller's from
+        then on: the node may encode them in a worker thread while the table
+        changes, so they must be copies."""
+        ...
+
+    def drop_uncovered(self, origin: str) -> int:
+        """Forget an origin's rows above its watermark; how many went."""
         ...
 
     def merge(self, delta: ColumnarDelta, now: int, limits: MergeLimits) -> MergeReport:
@@ -71,8 +76,17 @@ class GossipStateAdapter:
     def digest(self) -> Digest:
         return self.state.digest()
 
-    def delta_for(self, peer: Digest) -> ColumnarDelta:
-        return from_delta(self.state.delta_for(peer))
+    def delta_for(self, peer: Digest, only: str | None = None) -> ColumnarDelta:
+        delta = from_delta(self.state.delta_for(peer))
+        if only is None:
+            return delta
+        return ColumnarDelta(
+            tuple(b for b in delta.batches if b.origin == only),
+            tuple(c for c in delta.coverage if c.origin == only),
+        )
+
+    def drop_uncovered(self, origin: str) -> int:
+        return self.state.drop_uncovered(origin)
 
     def full_state(self) -> ColumnarDelta:
         return from_delta(self.state.full_state())
@@ -99,8 +113,11 @@ class TableAdapter:
     def digest(self) -> Digest:
         return self.table.digest()
 
-    def delta_for(self, peer: Digest) -> ColumnarDelta:
-        return self.table.delta_for(peer)
+    def delta_for(self, peer: Digest, only: str | None = None) -> ColumnarDelta:
+        return self.table.delta_for(peer, only)
+
+    def drop_uncovered(self, origin: str) -> int:
+        return self.table.drop_uncovered(origin)
 
     def full_state(self) -> ColumnarDelta:
         return self.table.full_state()

@@ -31,6 +31,11 @@ node id that suspected the member (Lifeguard counts independent suspectors).
             got no ack from the target in time: Lifeguard's nack, which tells
             the asker that the helper, at least, is reachable)
 
+``signed``  ``{"origin": str, "rows": bin, "sig": bin}``: one origin's batch,
+            ``rows`` as in ``delta`` but holding that origin's rows and claims
+            only, ``sig`` its 64-byte Ed25519 signature
+            (:mod:`xpro_mesh.mesh.identity`); relays forward it unchanged
+
 ``delta``   ``{"rows": bin}``: a :class:`~xpro_mesh.core.rows.ColumnarDelta` in
             the columnar encoding of :mod:`xpro_mesh.mesh.columns` (origins
             named once, addresses packed per destination, columns
@@ -68,18 +73,21 @@ from xpro_mesh.mesh.columns import (
     encode_rows,
 )
 from xpro_mesh.mesh.membership import MemberState, MemberUpdate, Workload
-from xpro_mesh.mesh.messages import Ack, Members, Nack, Ping, PingReq, Sync
+from xpro_mesh.mesh.messages import Ack, Members, Nack, Ping, PingReq, SignedRows, Sync
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DELTA_FRAME_BYTES",
     "FORMAT_VERSION",
     "MAX_UPDATES",
+    "SIGNED_FRAME_BYTES",
     "Kind",
     "Message",
     "WireError",
     "WireLimits",
     "chunk_rows",
     "decode",
+    "decode_signed",
     "encode",
     "encoded_size",
     "kind_of",
@@ -87,6 +95,7 @@ __all__ = [
 
 FORMAT_VERSION = 2
 _FRAME_BYTES = 32  # msgpack's frame around a delta's bytes: {"v", "kind", "body": {"rows"}}
+DELTA_FRAME_BYTES = _FRAME_BYTES
 _ESTIMATE_ABOVE_ROWS = 100_000
 _TYPICAL_ROW_BYTES = 10  # a changed IPv4 row is 7-14 bytes (docs/mesh.md)
 
@@ -103,6 +112,7 @@ class Kind(enum.StrEnum):
     MEMBERS = "members"
     SYNC = "sync"
     CONFIG = "config"  # the mesh-wide configuration document (core/config_doc.py)
+    SIGNED = "signed"  # one origin's rows under its own signature (mesh/identity.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +124,9 @@ class ConfigOffer:
     document: bytes
 
 
-Message = Digest | ColumnarDelta | Ping | Ack | Nack | PingReq | Members | Sync | ConfigOffer
+Message = (
+    Digest | ColumnarDelta | Ping | Ack | Nack | PingReq | Members | Sync | ConfigOffer | SignedRows
+)
 
 MAX_UPDATES = 64  # membership updates in one message (piggyback or push-pull part)
 
@@ -442,6 +454,43 @@ def _decode_delta(body: dict[str, Any], limits: WireLimits) -> ColumnarDelta:
     )
 
 
+SIGNED_FRAME_BYTES = 112
+"""Bytes a ``signed`` message adds around its rows, origin name aside: the
+msgpack frame and keys, two bin headers, the 64-byte signature (a test pins
+it against the encoder)."""
+
+
+def _signed_body(m: SignedRows) -> dict[str, Any]:
+    if len(m.signature) != 64:
+        raise ValueError("a row signature is 64 bytes")
+    return {"origin": _origin_name(m.origin), "rows": m.rows, "sig": m.signature}
+
+
+def _decode_signed_msg(body: dict[str, Any], limits: WireLimits) -> SignedRows:
+    origin = _name(body.get("origin"))
+    rows, sig = body.get("rows"), body.get("sig")
+    if not isinstance(rows, bytes) or not isinstance(sig, bytes) or len(sig) != 64:
+        raise _Invalid("signed rows: rows and a 64-byte sig expected")
+    return SignedRows(origin, rows, sig)
+
+
+def decode_signed(m: SignedRows, limits: WireLimits = DEFAULT_LIMITS) -> ColumnarDelta | WireError:
+    """The rows inside a verified ``signed`` message; a row or claim of any
+    other origin than the signer's makes the whole batch a :class:`WireError`
+    (a signer writes its own origin only)."""
+    try:
+        delta = _decode_delta({"rows": m.rows}, limits)
+    except ColumnsInvalid as exc:
+        return WireError(str(exc))
+    except Exception as exc:  # a decoder bug must not take the agent down either
+        return WireError(f"invalid: {type(exc).__name__}")
+    if any(b.origin != m.origin for b in delta.batches) or any(
+        c.origin != m.origin for c in delta.coverage
+    ):
+        return WireError("foreign_rows")
+    return delta
+
+
 def _member(u: MemberUpdate) -> list[Any]:
     load = (
         None
@@ -601,6 +650,7 @@ _KINDS: dict[type, Kind] = {
     Members: Kind.MEMBERS,
     Sync: Kind.SYNC,
     ConfigOffer: Kind.CONFIG,
+    SignedRows: Kind.SIGNED,
 }
 _ENCODERS: dict[Kind, Callable[[Any], dict[str, Any]]] = {
     Kind.DIGEST: _digest_body,
@@ -612,6 +662,7 @@ _ENCODERS: dict[Kind, Callable[[Any], dict[str, Any]]] = {
     Kind.MEMBERS: _members_body,
     Kind.SYNC: _sync_body,
     Kind.CONFIG: lambda m: {"sender": _origin_name(m.sender), "doc": m.document},
+    Kind.SIGNED: _signed_body,
 }
 _DECODERS: dict[str, Callable[[dict[str, Any], WireLimits], Message]] = {
     Kind.DIGEST.value: _decode_digest,
@@ -623,6 +674,7 @@ _DECODERS: dict[str, Callable[[dict[str, Any], WireLimits], Message]] = {
     Kind.MEMBERS.value: _decode_members_msg,
     Kind.SYNC.value: _decode_sync,
     Kind.CONFIG.value: lambda body, limits: ConfigOffer(_name(body.get("sender")), _bin(body)),
+    Kind.SIGNED.value: _decode_signed_msg,
 }
 
 
