@@ -16,6 +16,7 @@ from xpro_mesh.agent.daemon import Agent, xdp_config
 from xpro_mesh.agent.mesh_config import changed_outside_thresholds, static_part
 from xpro_mesh.core.config_doc import ConfigDocError, MeshConfig, decode
 from xpro_mesh.datapath.memory import MemoryMaps
+from xpro_mesh.datapath.policy import Action, parse_prefix
 
 TOKEN = "mesh-config-token"
 
@@ -114,6 +115,10 @@ async def test_put_on_one_node_changes_the_mesh_and_survives_a_restart(tmp_path:
         assert a.mesh_config is not None
         assert a.mesh_config.current.action == "monitor"
         assert a.mesh_config.current.allow == ("10.9.0.0/16",)
+        for n in agents:  # applied live to each node's filter (the twin's policy maps)
+            assert isinstance(n.backend, MemoryMaps)
+            assert n.backend.policy.action() == (Action.MONITOR, 1)
+            assert n.backend.policy.allow_list() == [parse_prefix("10.9.0.0/16")]
         # A node that joins later catches up at its first exchange.
         late = await _agent("cfg-c", key, tmp_path, [a])
         agents.append(late)

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from xpro_mesh.agent.config import AgentConfig, Backend, Thresholds
 from xpro_mesh.core.config_doc import MeshConfig, decode
 from xpro_mesh.core.params import Policy
+from xpro_mesh.datapath.backend import MapBackend
 from xpro_mesh.mesh.node import MeshNode
 
 
@@ -38,6 +39,7 @@ class Agent(Protocol):
     config: AgentConfig
     thresholds: Thresholds
     node: MeshNode | None
+    backend: MapBackend | None
 
     async def set_thresholds(self, thresholds: Thresholds) -> None: ...
 
@@ -137,13 +139,21 @@ def thresholds_of(doc: MeshConfig, current: Thresholds) -> Thresholds:
 
 
 def apply_policy(agent: Agent, doc: MeshConfig) -> None:
-    """The action and the allow-list into the live filter's maps (XDP only:
-    the in-memory twin has no policy maps and records them in status only)."""
+    """The action and the allow-list into the live filter's policy maps (the
+    pinned ones under XDP, the twin's :class:`MemoryPolicy` in memory)."""
+    from xpro_mesh.datapath.policy import Action, PolicyMaps
+
     config = agent.config
-    if config.backend is not Backend.XDP or config.iface is None:
+    if config.backend is Backend.MEMORY:
+        from xpro_mesh.datapath.memory import MemoryMaps
+
+        if isinstance(agent.backend, MemoryMaps):
+            agent.backend.policy.set_allow_list(doc.allow)
+            agent.backend.policy.set_action(Action(doc.action), doc.version)
+        return
+    if config.iface is None:
         return
     from xpro_mesh.datapath import loader
-    from xpro_mesh.datapath.policy import Action, PolicyMaps
 
     with PolicyMaps.open(loader.pin_dir_for(config.pin_root, config.iface)) as maps:
         maps.set_allow_list(doc.allow)
