@@ -723,7 +723,7 @@ def test_spoofed_at_full_rate_runs_one_unpaced_sender_per_proxy(tmp_path: Path) 
 
 def test_spoofed_refuses_rates_and_proxies_it_cannot_run() -> None:
     lab = topology.plan(3, 3, 3)
-    with pytest.raises(ScenarioError, match="--flood-pps: 0 .full rate. or up to"):
+    with pytest.raises(ScenarioError, match=r"--flood-pps: 0 \(full rate\) or up to"):
         plans.spoofed(lab, 20, flood_pps=-1)
     with pytest.raises(ScenarioError, match="--proxies: between 1 and 3"):
         plans.spoofed(lab, 20, proxies=4)
@@ -774,3 +774,22 @@ def test_cli_takes_the_spoofed_options_and_its_default_modes() -> None:
     if os.geteuid() == 0:
         with pytest.raises(ScenarioError, match="--flood-pps is an option of scenario spoofed"):
             runner.prepare(topology.plan(3, 3, 3), "botnet", ["none"], 10, {"flood_pps": 10})
+
+
+def test_agent_log_notes_complaints_but_not_the_filter_left_attached_at_exit(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "agent.log"
+    lines = [
+        {"level": "warning", "msg": "overload warning", "event": "overload_warning"},
+        {"level": "warning", "msg": "the XDP filter stays attached", "event": "left_in_kernel"},
+        {"level": "info", "msg": "agent p0 stopped"},
+    ]
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert agents.agent_log("agent-p0", log) == (1, [])
+    lines.append({"level": "error", "msg": "sync failed: boom"})
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert agents.agent_log("agent-p0", log) == (
+        1,
+        ["agent-p0: 1 warnings/errors logged, first: sync failed: boom"],
+    )

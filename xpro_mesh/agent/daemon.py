@@ -368,7 +368,11 @@ class Agent:
                 self.backend.close()
         log.info("agent %s stopped", self.config.node_id)
         if self.config.iface is not None and self.config.backend is not Backend.MEMORY:
-            log.warning("%s", preflight.left_in_kernel(self.config))
+            log.warning(
+                "%s",
+                preflight.left_in_kernel(self.config),
+                extra={"fields": {"event": "left_in_kernel"}},
+            )
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
