@@ -12,6 +12,7 @@ the allow-listed source keeps passing."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -32,6 +33,7 @@ import pytest
 from pyroute2 import NetNS
 from pyroute2 import netns as pyroute2_netns
 
+from xpro_mesh.cli.xdp import stats_report
 from xpro_mesh.datapath import loader
 from xpro_mesh.datapath.bpf_maps import BpfMaps
 from xpro_mesh.datapath.policy import Action, PolicyMaps, PolicyStats, parse_prefix
@@ -331,6 +333,14 @@ def test_one_put_changes_the_verdicts_of_real_packets_on_every_nodes_kernel(
             # The allowed one was never counted: its pair did not move.
             assert stats.allowed - stats_before.allowed >= sent[n.trusted]
             assert _count(pins, n, n.trusted) == counted[n.i]
+            # ... and `xpro-mesh xdp stats` reports both to the operator.
+            with inside(ns):
+                report = stats_report(
+                    argparse.Namespace(iface=n.iface, pin_root=str(pins), json=True)
+                )
+            assert (report["action"], report["action_version"]) == ("monitor", 1)
+            assert report["allow_list"] == [m.allow for m in nodes]
+            assert report["monitored"] == stats.monitored and report["allowed"] == stats.allowed
 
         # A second document from m2 (enforce; the allow-list stays): cut again.
         answer = _api(ns, nodes[2], "PUT", "/v1/config", {"action": "enforce"})
