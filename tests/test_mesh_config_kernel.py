@@ -194,6 +194,11 @@ def _api(ns: str, node: Node, method: str, path: str, body: object = None) -> di
         return answer
 
 
+def _metrics(ns: str, node: Node) -> str:
+    with inside(ns), urllib.request.urlopen(f"http://127.0.0.1:{node.api}/metrics") as resp:
+        return str(resp.read().decode())
+
+
 def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -341,6 +346,12 @@ def test_one_put_changes_the_verdicts_of_real_packets_on_every_nodes_kernel(
             assert (report["action"], report["action_version"]) == ("monitor", 1)
             assert report["allow_list"] == [m.allow for m in nodes]
             assert report["monitored"] == stats.monitored and report["allowed"] == stats.allowed
+            # ... and so does each agent's /metrics.
+            metrics = _metrics(ns, n)
+            assert 'xpro_action_info{action="monitor"} 1.0' in metrics
+            assert f'xpro_policy_packets_total{{outcome="monitored"}} {stats.monitored:.1f}' in (
+                metrics
+            )
 
         # A second document from m2 (enforce; the allow-list stays): cut again.
         answer = _api(ns, nodes[2], "PUT", "/v1/config", {"action": "enforce"})

@@ -456,6 +456,10 @@ class Agent:
     def warnings(self) -> int:
         return self.counters.warnings
 
+    def policy_stats(self) -> tuple[str, int, int] | None:
+        """The filter's action and its allowed and monitored packet counts."""
+        return mesh_config.policy_stats(self)
+
     def feeder(self) -> Feeder | None:
         from xpro_mesh.datapath.memory import MemoryMaps
 

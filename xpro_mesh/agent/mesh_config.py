@@ -51,6 +51,7 @@ __all__ = [
     "apply_policy",
     "changed_outside_thresholds",
     "install",
+    "policy_stats",
     "static_part",
     "thresholds_of",
 ]
@@ -158,6 +159,31 @@ def apply_policy(agent: Agent, doc: MeshConfig) -> None:
     with PolicyMaps.open(loader.pin_dir_for(config.pin_root, config.iface)) as maps:
         maps.set_allow_list(doc.allow)
         maps.set_action(Action(doc.action), doc.version)
+
+
+def policy_stats(agent: Agent) -> tuple[str, int, int] | None:
+    """The live filter's (action, allowed, monitored): the kernel's policy
+    maps under XDP (None when they cannot be read, e.g. not yet attached),
+    the twin's :class:`MemoryPolicy` in memory."""
+    from xpro_mesh.datapath.errors import DatapathError
+    from xpro_mesh.datapath.memory import MemoryMaps
+    from xpro_mesh.datapath.policy import PolicyMaps
+
+    if isinstance(agent.backend, MemoryMaps):
+        policy = agent.backend.policy
+        (action, _version), stats = policy.action(), policy.stats()
+        return str(action), stats.allowed, stats.monitored
+    config = agent.config
+    if config.backend is not Backend.XDP or config.iface is None:
+        return None
+    from xpro_mesh.datapath import loader
+
+    try:
+        with PolicyMaps.open(loader.pin_dir_for(config.pin_root, config.iface)) as maps:
+            (action, _version), stats = maps.action(), maps.stats()
+    except (DatapathError, OSError):
+        return None
+    return str(action), stats.allowed, stats.monitored
 
 
 def install(agent: Agent, state_dir: Path | None) -> MeshConfigKeeper:
