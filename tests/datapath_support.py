@@ -232,6 +232,14 @@ class KernelDriver:
         self._frames: dict[tuple[str, str], bytes] = {}
 
     def feed(self, src: str, dst: str, now: int) -> Verdict:
+        """The verdict; the XDP action must be enforce's (drop what is judged drop)."""
+        verdict, action = self.feed_action(src, dst, now)
+        dropped = verdict is Verdict.DROP_PAIR or verdict is Verdict.DROP_DEST
+        assert action == (1 if dropped else 2)  # XDP_DROP / XDP_PASS
+        return verdict
+
+    def feed_action(self, src: str, dst: str, now: int) -> tuple[Verdict, int]:
+        """The verdict and the XDP action the program returned (1 drop, 2 pass)."""
         self._clock.offset = 0
         self._clock.test_now = now
         self._clock.test_verdict = 99
@@ -241,7 +249,4 @@ class KernelDriver:
             frame = self._frames[(src, dst)] = self._ip_frame(src, dst)
         run = libbpf.prog_test_run(self.filter_fd, frame)
         libbpf.map_lookup_elem(self.clock_fd, self._zero, self._clock)
-        verdict = _VERDICT[self._clock.test_verdict]
-        dropped = verdict is Verdict.DROP_PAIR or verdict is Verdict.DROP_DEST
-        assert run.retval == (1 if dropped else 2)  # XDP_DROP / XDP_PASS
-        return verdict
+        return _VERDICT[self._clock.test_verdict], int(run.retval)

@@ -1,6 +1,9 @@
 """The kernel program equals its Python twin, packet by packet and slot by
 slot, with the agent writing views, expiring pairs and destinations and
 slots being recycled in between; and the twin without views is Algorithm 2.
+With the policy hooks (bpf/xpro_policy.h) set and changed mid-trace, the
+allow-list and the monitor action, the XDP actions and policy counters
+agree too.
 
 bpf/xpro.c is built with the test clock seam (-DXPRO_TEST_CLOCK: the clock
 reading comes from the clock map; nothing else differs) and driven through
@@ -15,7 +18,9 @@ destination slots reused, pairs relinked).
 
 from __future__ import annotations
 
+import ctypes as ct
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -34,9 +39,11 @@ from xpro_mesh.core.algorithm import (
     Params,
     Verdict,
 )
+from xpro_mesh.datapath import libbpf
 from xpro_mesh.datapath.bpf_maps import BpfMaps
 from xpro_mesh.datapath.config import MapSizes, Policy, XdpConfig
 from xpro_mesh.datapath.memory import MemoryMaps
+from xpro_mesh.datapath.policy import Action, PolicyMaps
 from xpro_mesh.datapath.structs import from_addr, to_addr
 
 PACKETS = 2500
@@ -286,3 +293,68 @@ def test_min_ts1_follows_the_next_oldest_pair_when_its_holder_restarts(
     first = kernel_maps.pair_slots[slot]
     assert (int(first["ts1"]), int(first["c"]), int(first["gen"])) == (t0 + 60_000_001, 1, 4)
     assert bytes(row["dst"]) == to_addr(d)
+
+
+def _zero_policy_stats(maps: PolicyMaps) -> None:
+    size = 16 * libbpf.num_possible_cpus()  # per-CPU struct xpro_policy_stats
+    libbpf.map_update_elem(maps.fds["xp_action_stats"], ct.c_uint32(0), bytearray(size))
+
+
+def _allow_lists(rng: random.Random, trace: list[Packet]) -> list[list[str]]:
+    """Allow-lists that hit the trace: single sources, a destination, an IPv6
+    prefix over several sources, an IPv4 prefix, and the empty list."""
+    srcs = sorted({pk.src for pk in trace})
+    dsts = sorted({pk.dst for pk in trace})
+    v4 = [s for s in srcs if ":" not in s]
+    return [
+        [f"{s}/32" for s in rng.sample(v4, 3)],
+        [rng.choice(dsts)],
+        ["fd00::1:0/124", "10.1.0.8/30"],
+        [],
+    ]
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("policy", [Policy.PAPER, Policy.FAIR_SHARE], ids=str)
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_kernel_equals_twin_with_monitor_and_allow_list_changed_live(
+    seed: int, policy: Policy, xdp_test_program: object, kernel_maps: BpfMaps
+) -> None:
+    """The same trace, the action and the allow-list switched every few
+    hundred packets on both: the same verdicts, the same XDP actions (monitor
+    passes what it judges drop), the same slots and stats (an allowed packet
+    is never counted), the same allowed/monitored counters."""
+    rng = random.Random(seed)
+    p = random_params(rng)
+    trace = random_trace(rng, p, policy, PACKETS)
+    config = _config(p, policy)
+    kernel_maps.set_config(config)
+    twin = MemoryMaps(config, LARGE)
+    kernel = KernelDriver(xdp_test_program, kernel_maps)
+    kpol = PolicyMaps(xdp_test_program.policy_fds)  # type: ignore[attr-defined]
+    _zero_policy_stats(kpol)
+    lists = _allow_lists(rng, trace)
+    seen: Counter[tuple[str, int]] = Counter()
+    try:
+        for i, pk in enumerate(trace):
+            if i % 300 == 0:
+                action = rng.choice([Action.ENFORCE, Action.MONITOR])
+                allow = rng.choice(lists)
+                for pol in (kpol, twin.policy):
+                    pol.set_action(action, version=i)
+                    pol.set_allow_list(allow)
+                assert kpol.allow_list() == twin.policy.allow_list()
+            got = kernel.feed_action(pk.src, pk.dst, pk.now)
+            want = twin.feed_action(pk.src, pk.dst, pk.now)
+            assert got == want, f"packet {i} {pk}: kernel {got}, twin {want}"
+            seen[(str(got[0]), got[1])] += 1
+        assert_same_state(kernel_maps, twin, "at the end")
+        assert kpol.stats() == twin.policy.stats()
+    finally:  # the session's program is shared: leave it as every other test expects
+        kpol.set_action(Action.ENFORCE)
+        kpol.set_allow_list([])
+        _zero_policy_stats(kpol)
+    # The run was worth it: packets allowed, drops passed by monitor, drops dropped.
+    stats = twin.policy.stats()
+    assert stats.allowed and stats.monitored, stats
+    assert seen[("drop_pair", 1)] + seen[("drop_dest", 1)], seen

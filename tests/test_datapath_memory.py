@@ -16,11 +16,13 @@ from xpro_mesh.core.algorithm import (
     DestinationAggregate,
     LocalRecord,
     Params,
+    Verdict,
     admission_aggregate,
 )
 from xpro_mesh.datapath.backend import MapBackend, PairKey
 from xpro_mesh.datapath.config import Policy, XdpConfig
-from xpro_mesh.datapath.memory import MemoryMaps
+from xpro_mesh.datapath.memory import XDP_DROP, XDP_PASS, MemoryMaps
+from xpro_mesh.datapath.policy import Action, PolicyStats
 from xpro_mesh.datapath.structs import from_addr, to_addr
 
 SOURCES = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "2001:db8::1", "2001:db8::2"]
@@ -110,3 +112,35 @@ def test_feed_is_the_reference_model(
 
 def test_memory_maps_is_a_map_backend() -> None:
     assert isinstance(MemoryMaps(), MapBackend)
+
+
+def test_twin_monitor_passes_what_it_judges_drop_and_allowed_packets_are_never_counted() -> None:
+    """xpro_policy.h in the twin: an allowed source (by prefix) is neither
+    judged nor counted; monitor passes a drop verdict and counts it twice
+    (as the drop it would be, and as monitored); enforce drops it again."""
+    maps = MemoryMaps(XdpConfig(t_t1=60 * 10**9, t_t2=10**9, t_t3=10**9, t_f1=10, t_f2=10**6))
+    maps.policy.set_allow_list(["10.9.0.0/16"])
+    heavy = [maps.feed_action("10.8.0.1", "10.6.0.1", BASE_TIME + i * 20 * MS) for i in range(100)]
+    allowed = [
+        maps.feed_action("10.9.3.4", "10.6.0.1", BASE_TIME + i * 20 * MS) for i in range(100)
+    ]
+    assert allowed == [(Verdict.PASS, XDP_PASS)] * 100
+    assert maps.lookup_pair("10.9.3.4", "10.6.0.1") is None
+    assert sum(a == XDP_DROP for _v, a in heavy) > 40
+    stats = maps.read_stats()
+    assert stats.passed + stats.drop_pair == 100
+    maps.policy.set_action(Action.MONITOR, version=3)
+    later = BASE_TIME + 2 * 10**9
+    monitored = [maps.feed_action("10.8.0.1", "10.6.0.1", later + i * MS) for i in range(10)]
+    assert monitored == [(Verdict.DROP_PAIR, XDP_PASS)] * 10
+    assert maps.policy.stats() == PolicyStats(allowed=100, monitored=10)
+    assert maps.read_stats().drop_pair == stats.drop_pair + 10
+    maps.policy.set_action(Action.ENFORCE)
+    assert maps.feed_action("10.8.0.1", "10.6.0.1", later + 20 * MS) == (
+        Verdict.DROP_PAIR,
+        XDP_DROP,
+    )
+    maps.policy.set_allow_list([])
+    assert maps.policy.allow_list() == []
+    assert maps.feed("10.9.3.4", "10.6.0.1", later) is Verdict.PASS
+    assert maps.lookup_pair("10.9.3.4", "10.6.0.1") is not None  # counted from now on

@@ -259,6 +259,63 @@ def test_botnet_of_spoofed_sources_passes_local_filters_and_is_cut_by_gossip(
     assert "xl_botnet" not in nft  # the victim's counters are gone with the run
 
 
+def test_spoofed_flood_is_capped_by_fair_share_while_the_good_clients_keep_talking(
+    lab: object, tmp_path: Path
+) -> None:
+    """Issue 11's forged-source flood (20 000 pps, every source random in a
+    /8 per proxy) beside the good clients, once per policy. fair-share: at
+    least 95 % of the flood dropped after T_T3, the good clients (established
+    pairs) at least 99 % served, and the forged sources take no pair slot
+    (dropped before one, budget empty). paper, the literal rule: the flood
+    is dropped too, every forged source takes a slot, and the good clients
+    go down with it."""
+    out = tmp_path / "spoofed.json"
+    status = main(
+        [
+            "lab",
+            "scenario",
+            "spoofed",
+            "--modes",
+            "gossip,gossip-paper",
+            "--duration",
+            "12",
+            "--json-out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    doc = json.loads(out.read_text())
+    params = doc["params"]["spoofed"]
+    assert params["forged"] and [b["cidr"] for b in params["blocks"]] == [
+        "11.0.0.0/8",
+        "12.0.0.0/8",
+        "13.0.0.0/8",
+    ]
+    fair, paper = doc["modes"]["gossip"], doc["modes"]["gossip-paper"]
+    for mode in (fair, paper):
+        flood = mode["botnet"]
+        assert flood["achieved_pps"] > 0.5 * flood["offered_pps"]  # trafgen really sent
+        assert set(flood["filters"]["per_proxy"]) == {"xl-p0", "xl-p1", "xl-p2"}
+        assert mode["good_latency_ms_p50"] is not None and mode["good_latency_ms_p99"] is not None
+    after = "flood after T_T3"
+    assert fair["phases"][after]["attack_delivered_ratio"] <= 0.05
+    assert fair["good_success_ratio"] >= 0.99
+    f = fair["botnet"]["filters"]["total"]
+    assert f["probation_drops"] > 0.5 * fair["attack_sent"]
+    assert f["new_pairs"] < 0.1 * fair["attack_sent"]
+    p = paper["botnet"]["filters"]["total"]
+    assert paper["phases"][after]["attack_delivered_ratio"] <= 0.05
+    assert p["drop_admit"] == 0 and p["new_pairs"] > 0.5 * paper["attack_sent"]
+    assert paper["phases"][after]["good_success_ratio"] < 0.5
+    nft = subprocess.run(
+        ["nsenter", "--net=/var/run/netns/xl-victim", "nft", "list", "tables"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "xl_botnet" not in nft
+
+
 @pytest.fixture
 def lab5() -> object:
     if os.geteuid() != 0:

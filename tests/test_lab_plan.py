@@ -686,3 +686,116 @@ def test_convergence_counts_rounds_to_the_last_membership_change(tmp_path: Path)
     # p1 never heard of p0 again by then: not converged.
     late = agents.convergence(logs, {"p0", "p1"}, t0, t0 + 0.3, 0.1)
     assert late["membership_converged"] is False and late["rounds_to_converge"] is None
+
+
+def test_spoofed_draws_each_proxys_sources_at_random_from_its_own_slash8() -> None:
+    """Issue 11's forged flood: a block per proxy, outside the lab's 10/8
+    and clear of martians, the rate split evenly, the flood split at T_T3
+    after its start; trafgen draws each source at random (drnd), the victim
+    counts each block by its /8."""
+    lab = topology.plan(3, 9, 90)
+    plan = plans.spoofed(lab, 20, flood_pps=9000)
+    assert [(b.cidr, b.pps, b.forged) for b in plan.spoofed] == [
+        ("11.0.0.0/8", 3000, True),
+        ("12.0.0.0/8", 3000, True),
+        ("13.0.0.0/8", 3000, True),
+    ]
+    assert [b.block for b in plan.spoofed] == [11, 12, 13]
+    assert {b.ns for b in plan.spoofed} == {s.ns for s in lab.senders if s.role == "bot"}
+    assert [f.role for f in plan.flows] == ["good"] * len(plan.flows)
+    assert [(p.label, p.start, p.stop) for p in plan.phases] == [
+        ("before the flood", 0.0, 4.0),
+        ("flood, first T_T3", 4.0, 5.0),
+        ("flood after T_T3", 5.0, 18.0),
+        ("after the flood", 18.0, 20.0),
+    ]
+    cfg = spoofed.trafgen_config(
+        plan.spoofed[1], "02:00:00:00:00:01", "02:00:00:00:00:02", "10.20.0.2", 9000
+    )
+    assert "saddr=drnd(0x0c000001, 0x0cfffffe)" in cfg  # 12.0.0.1 .. 12.255.255.254
+    assert "ip saddr 12.0.0.0/8 counter name b12 drop" in spoofed.nft_ruleset(plan.spoofed)
+    params = plan.params()["spoofed"]
+    assert isinstance(params, dict) and params["forged"] and params["offered_pps"] == 9000
+    assert sum(lane.pps for lane in plan.spoofed[0].lanes(spoofed.LANES)) == 3000
+
+
+def test_spoofed_at_full_rate_runs_one_unpaced_sender_per_proxy(tmp_path: Path) -> None:
+    plan = plans.spoofed(topology.plan(2, 2, 20), 10, flood_pps=0)
+    (lane,) = plan.spoofed[0].lanes(spoofed.LANES)
+    assert lane.pps == 0 and lane.forged
+    doc = plan.params()["spoofed"]
+    assert isinstance(doc, dict) and doc["offered_pps"] == "full rate"
+
+
+def test_spoofed_refuses_rates_and_proxies_it_cannot_run() -> None:
+    lab = topology.plan(3, 3, 3)
+    with pytest.raises(ScenarioError, match=r"--flood-pps: 0 \(full rate\) or up to"):
+        plans.spoofed(lab, 20, flood_pps=-1)
+    with pytest.raises(ScenarioError, match="--proxies: between 1 and 3"):
+        plans.spoofed(lab, 20, proxies=4)
+
+
+def test_trafgen_draws_forged_sources_inside_the_block(tmp_path: Path) -> None:
+    """The real trafgen, into a pcap (no network): 200 frames, every source
+    inside 11.0.0.0/8 and (drawn from 16M) all but a few distinct."""
+    import shutil
+    import struct
+    import subprocess
+
+    if shutil.which("trafgen") is None:
+        pytest.fail("trafgen (netsniff-ng) is not installed: scripts/setup.sh installs it")
+    b = plans.spoofed(topology.plan(3, 3, 3), 20).spoofed[0]
+    cfg = tmp_path / "t.cfg"
+    cfg.write_text(
+        spoofed.trafgen_config(b, "02:00:00:00:00:01", "02:00:00:00:00:02", "10.20.0.2", 9000)
+    )
+    pcap = tmp_path / "t.pcap"
+    subprocess.run(
+        ["trafgen", "--conf", str(cfg), "--dev", str(pcap), "--num", "200"],
+        check=True,
+        capture_output=True,
+    )
+    data, off, sources = pcap.read_bytes(), 24, []
+    while off < len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        frame = data[off + 16 : off + 16 + incl]
+        off += 16 + incl
+        sources.append(bytes(frame[26:30]))
+        words = struct.unpack("!10H", frame[14:34])
+        total = sum(words)
+        assert (total & 0xFFFF) + (total >> 16) == 0xFFFF  # the IPv4 header checksum holds
+    assert len(sources) == 200
+    assert all(s[0] == 11 for s in sources)
+    assert len(set(sources)) >= 195
+
+
+def test_cli_takes_the_spoofed_options_and_its_default_modes() -> None:
+    args = build_parser().parse_args(
+        ["lab", "scenario", "spoofed", "--flood-pps", "5000", "--proxies", "2"]
+    )
+    assert (args.flood_pps, args.proxies, args.modes) == (5000.0, 2, None)
+    assert scenario.SCENARIOS["spoofed"].default_modes == "none,gossip,gossip-paper"
+    from xpro_mesh.lab import runner
+
+    if os.geteuid() == 0:
+        with pytest.raises(ScenarioError, match="--flood-pps is an option of scenario spoofed"):
+            runner.prepare(topology.plan(3, 3, 3), "botnet", ["none"], 10, {"flood_pps": 10})
+
+
+def test_agent_log_notes_complaints_but_not_the_filter_left_attached_at_exit(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "agent.log"
+    lines = [
+        {"level": "warning", "msg": "overload warning", "event": "overload_warning"},
+        {"level": "warning", "msg": "the XDP filter stays attached", "event": "left_in_kernel"},
+        {"level": "info", "msg": "agent p0 stopped"},
+    ]
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert agents.agent_log("agent-p0", log) == (1, [])
+    lines.append({"level": "error", "msg": "sync failed: boom"})
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert agents.agent_log("agent-p0", log) == (
+        1,
+        ["agent-p0: 1 warnings/errors logged, first: sync failed: boom"],
+    )

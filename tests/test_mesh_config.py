@@ -5,6 +5,7 @@ every node applies live and keeps on disk across a restart."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +17,7 @@ from xpro_mesh.agent.daemon import Agent, xdp_config
 from xpro_mesh.agent.mesh_config import changed_outside_thresholds, static_part
 from xpro_mesh.core.config_doc import ConfigDocError, MeshConfig, decode
 from xpro_mesh.datapath.memory import MemoryMaps
+from xpro_mesh.datapath.policy import Action, parse_prefix
 
 TOKEN = "mesh-config-token"
 
@@ -114,6 +116,10 @@ async def test_put_on_one_node_changes_the_mesh_and_survives_a_restart(tmp_path:
         assert a.mesh_config is not None
         assert a.mesh_config.current.action == "monitor"
         assert a.mesh_config.current.allow == ("10.9.0.0/16",)
+        for n in agents:  # applied live to each node's filter (the twin's policy maps)
+            assert isinstance(n.backend, MemoryMaps)
+            assert n.backend.policy.action() == (Action.MONITOR, 1)
+            assert n.backend.policy.allow_list() == [parse_prefix("10.9.0.0/16")]
         # A node that joins later catches up at its first exchange.
         late = await _agent("cfg-c", key, tmp_path, [a])
         agents.append(late)
@@ -139,3 +145,38 @@ async def test_put_on_one_node_changes_the_mesh_and_survives_a_restart(tmp_path:
     finally:
         for agent in agents:
             await stop_agent(agent)
+
+
+async def test_metrics_show_the_action_and_what_monitor_and_the_allow_list_passed(
+    tmp_path: Path,
+) -> None:
+    key = tmp_path / "cluster.key"
+    key.write_text("ef" * 32 + "\n")
+    key.chmod(0o600)
+    agent = await _agent("cfg-m", key, tmp_path, [])
+    try:
+        body = {"thresholds": {"t_f1": "10/s"}, "action": "monitor", "allow": ["10.9.0.0/16"]}
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession() as http:
+            async with http.put(_url(agent) + "/v1/config", json=body, headers=headers) as resp:
+                assert resp.status == 200, await resp.text()
+            maps = agent.backend
+            assert isinstance(maps, MemoryMaps)
+            await eventually(
+                lambda: maps.get_config().t_f1 == 10 and maps.policy.action()[0] is Action.MONITOR,
+                10,
+                "the document applied to the twin",
+            )
+            now = time.time_ns()
+            for i in range(100):  # 50 pps for 2 s: 5x T_F1
+                maps.feed_action("10.8.0.1", "10.6.0.1", now + i * 20_000_000)
+                maps.feed_action("10.9.0.7", "10.6.0.1", now + i * 20_000_000)
+            monitored = maps.policy.stats().monitored
+            assert monitored > 40
+            async with http.get(_url(agent) + "/metrics") as resp:
+                text = await resp.text()
+        assert 'xpro_action_info{action="monitor"} 1.0' in text
+        assert f'xpro_policy_packets_total{{outcome="monitored"}} {float(monitored)}' in text
+        assert 'xpro_policy_packets_total{outcome="allowed"} 100.0' in text
+    finally:
+        await stop_agent(agent)

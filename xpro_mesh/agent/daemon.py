@@ -382,7 +382,11 @@ class Agent:
                 self.backend.close()
         log.info("agent %s stopped", self.config.node_id)
         if self.config.iface is not None and self.config.backend is not Backend.MEMORY:
-            log.warning("%s", preflight.left_in_kernel(self.config))
+            log.warning(
+                "%s",
+                preflight.left_in_kernel(self.config),
+                extra={"fields": {"event": "left_in_kernel"}},
+            )
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -465,6 +469,10 @@ class Agent:
 
     def warnings(self) -> int:
         return self.counters.warnings
+
+    def policy_stats(self) -> tuple[str, int, int] | None:
+        """The filter's action and its allowed and monitored packet counts."""
+        return mesh_config.policy_stats(self)
 
     def feeder(self) -> Feeder | None:
         from xpro_mesh.datapath.memory import MemoryMaps

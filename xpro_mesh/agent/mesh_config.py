@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from xpro_mesh.agent.config import AgentConfig, Backend, Thresholds
 from xpro_mesh.core.config_doc import MeshConfig, decode
 from xpro_mesh.core.params import Policy
+from xpro_mesh.datapath.backend import MapBackend
 from xpro_mesh.mesh.node import MeshNode
 
 
@@ -38,6 +39,7 @@ class Agent(Protocol):
     config: AgentConfig
     thresholds: Thresholds
     node: MeshNode | None
+    backend: MapBackend | None
 
     async def set_thresholds(self, thresholds: Thresholds) -> None: ...
 
@@ -49,6 +51,7 @@ __all__ = [
     "apply_policy",
     "changed_outside_thresholds",
     "install",
+    "policy_stats",
     "static_part",
     "thresholds_of",
 ]
@@ -137,17 +140,50 @@ def thresholds_of(doc: MeshConfig, current: Thresholds) -> Thresholds:
 
 
 def apply_policy(agent: Agent, doc: MeshConfig) -> None:
-    """The action and the allow-list into the live filter's maps (XDP only:
-    the in-memory twin has no policy maps and records them in status only)."""
+    """The action and the allow-list into the live filter's policy maps (the
+    pinned ones under XDP, the twin's :class:`MemoryPolicy` in memory)."""
+    from xpro_mesh.datapath.policy import Action, PolicyMaps
+
     config = agent.config
-    if config.backend is not Backend.XDP or config.iface is None:
+    if config.backend is Backend.MEMORY:
+        from xpro_mesh.datapath.memory import MemoryMaps
+
+        if isinstance(agent.backend, MemoryMaps):
+            agent.backend.policy.set_allow_list(doc.allow)
+            agent.backend.policy.set_action(Action(doc.action), doc.version)
+        return
+    if config.iface is None:
         return
     from xpro_mesh.datapath import loader
-    from xpro_mesh.datapath.policy import Action, PolicyMaps
 
     with PolicyMaps.open(loader.pin_dir_for(config.pin_root, config.iface)) as maps:
         maps.set_allow_list(doc.allow)
         maps.set_action(Action(doc.action), doc.version)
+
+
+def policy_stats(agent: Agent) -> tuple[str, int, int] | None:
+    """The live filter's (action, allowed, monitored): the kernel's policy
+    maps under XDP (None when they cannot be read, e.g. not yet attached),
+    the twin's :class:`MemoryPolicy` in memory."""
+    from xpro_mesh.datapath.errors import DatapathError
+    from xpro_mesh.datapath.memory import MemoryMaps
+    from xpro_mesh.datapath.policy import PolicyMaps
+
+    if isinstance(agent.backend, MemoryMaps):
+        policy = agent.backend.policy
+        (action, _version), stats = policy.action(), policy.stats()
+        return str(action), stats.allowed, stats.monitored
+    config = agent.config
+    if config.backend is not Backend.XDP or config.iface is None:
+        return None
+    from xpro_mesh.datapath import loader
+
+    try:
+        with PolicyMaps.open(loader.pin_dir_for(config.pin_root, config.iface)) as maps:
+            (action, _version), stats = maps.action(), maps.stats()
+    except (DatapathError, OSError):
+        return None
+    return str(action), stats.allowed, stats.monitored
 
 
 def install(agent: Agent, state_dir: Path | None) -> MeshConfigKeeper:

@@ -120,6 +120,7 @@ class AgentCollector:
         admission.add_metric(["dropped"], stats.drop_admit)
         admission.add_metric(["probation"], stats.probation_drops)
         yield admission
+        yield from self._policy()
         load = a.load()
         yield GaugeMetricFamily(
             "xpro_packets_in_rate",
@@ -136,6 +137,26 @@ class AgentCollector:
             "Event-loop lag of the agent",
             value=load.loop_lag_ms / 1000 if load is not None else 0.0,
         )
+
+    def _policy(self) -> Iterator[Any]:
+        """bpf/xpro_policy.h: the action in force, and what it passed."""
+        read = getattr(self.agent, "policy_stats", None)
+        policy = read() if read is not None else None
+        if policy is None:
+            return
+        action, allowed, monitored = policy
+        info = InfoMetricFamily("xpro_action", "The filter's action (enforce or monitor)")
+        info.add_metric([], {"action": action})
+        yield info
+        packets = CounterMetricFamily(
+            "xpro_policy_packets",
+            "Packets the policy passed: allowed (allow-list, never judged) or monitored "
+            "(judged drop, passed: the monitor action)",
+            labels=["outcome"],
+        )
+        packets.add_metric(["allowed"], allowed)
+        packets.add_metric(["monitored"], monitored)
+        yield packets
 
     def _thresholds(self) -> Iterator[Any]:
         t = self.agent.thresholds

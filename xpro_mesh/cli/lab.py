@@ -7,6 +7,7 @@
                            [--duration S] [--json-out FILE] [--html FILE] [--png FILE]
     xpro-mesh lab scenario botnet --bots N [--rate-per-bot PPS] [--proxies P] ...
     xpro-mesh lab scenario chaos --proxies 5 --modes gossip,master ...
+    xpro-mesh lab scenario spoofed [--flood-pps PPS] [--proxies P] [--json-out FILE]
 
 ``up`` builds the namespaces, bridges, veths, addresses and routes of
 :mod:`xpro_mesh.lab.topology`; ``down`` removes every ``xl-`` namespace and
@@ -71,8 +72,9 @@ def _add_scenario(sub: Any) -> None:
     )
     scen.add_argument(
         "--modes",
-        default="none,local,gossip",
-        help=f"comma-separated, from {','.join(MODES)} (default none,local,gossip)",
+        default=None,
+        help=f"comma-separated, from {','.join(MODES)} (default none,local,gossip; "
+        "spoofed: none,gossip,gossip-paper)",
     )
     scen.add_argument(
         "--duration",
@@ -94,8 +96,16 @@ def _add_scenario(sub: Any) -> None:
         "--proxies",
         type=int,
         default=None,
-        help="botnet: proxies the sources spread over (default: all of the lab's); "
+        help="botnet, spoofed: proxies the sources spread over (default: all of the lab's); "
         "chaos: 5 for the 5-proxy faults (the lab must have them)",
+    )
+    scen.add_argument(
+        "--flood-pps",
+        type=float,
+        default=None,
+        metavar="PPS",
+        help="spoofed: the forged flood's packets/s over all proxies "
+        "(default 20000; 0: each sender at its full rate)",
     )
     scen.add_argument("--json-out", type=Path, help="write the results as JSON")
     scen.add_argument("--html", type=Path, help="write a self-contained HTML report")
@@ -212,7 +222,8 @@ def _scenario(args: argparse.Namespace) -> int:
     if lab is None:
         raise CliError("the lab is not up; run `xpro-mesh lab up` first")
     try:
-        modes = scenario.parse_modes(args.modes)
+        spec = scenario.SCENARIOS[args.name]
+        modes = scenario.parse_modes(args.modes or spec.default_modes)
         result = scenario.run(
             lab,
             args.name,
@@ -220,7 +231,12 @@ def _scenario(args: argparse.Namespace) -> int:
             duration=args.duration,
             workdir=args.workdir,
             progress=not args.quiet,
-            options={"bots": args.bots, "rate": args.rate_per_bot, "proxies": args.proxies},
+            options={
+                "bots": args.bots,
+                "rate": args.rate_per_bot,
+                "proxies": args.proxies,
+                "flood_pps": args.flood_pps,
+            },
         )
     except scenario.ScenarioError as exc:
         raise CliError(str(exc)) from None

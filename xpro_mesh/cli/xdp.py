@@ -142,6 +142,7 @@ def stats_report(args: argparse.Namespace) -> dict[str, Any]:
         dests = maps.read_dests()
         config = maps.get_config().as_dict()
     out_of_order = int(np.count_nonzero(dests.rows["flags"] & structs.XPRO_DEST_DIRTY))
+    policy = _policy_report(loader.pin_dir_for(args.pin_root, args.iface))
     try:
         st = loader.status(args.iface, pin_root=args.pin_root)
         mode, prog_id = st.mode, st.prog_id
@@ -162,7 +163,40 @@ def stats_report(args: argparse.Namespace) -> dict[str, Any]:
         "destinations_free": ring.dests_free,
         "destinations_out_of_order": out_of_order,
         "config": config,
+        **policy,
     }
+
+
+def _policy_report(pin_dir: Path) -> dict[str, Any]:
+    """The policy maps' state (bpf/xpro_policy.h): the action and the mesh
+    document's version it came with, the allow-list, and the packets the
+    allow-list passed uncounted and monitor passed although judged drop.
+    Empty for a filter pinned before the policy maps existed."""
+    from xpro_mesh.datapath.policy import PolicyMaps
+
+    try:
+        with PolicyMaps.open(pin_dir) as pm:
+            (action, version), allow, stats = pm.action(), pm.allow_list(), pm.stats()
+    except DatapathError:
+        return {}
+    return {
+        "action": str(action),
+        "action_version": version,
+        "allow_list": [_prefix_text(plen, addr) for plen, addr in allow],
+        "allowed": stats.allowed,
+        "monitored": stats.monitored,
+    }
+
+
+def _prefix_text(plen: int, addr: bytes) -> str:
+    import ipaddress
+
+    from xpro_mesh.datapath.structs import from_addr
+
+    ip = from_addr(addr)
+    if ip.version == 4 and plen >= 96:
+        return str(ipaddress.ip_network(f"{ip}/{plen - 96}", strict=False))
+    return str(ipaddress.ip_network(f"{ipaddress.IPv6Address(addr)}/{plen}", strict=False))
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -200,6 +234,13 @@ def _stats(args: argparse.Namespace) -> int:
         f"malformed {report['malformed']}  lock_busy {report['lock_busy']}"
     )
     print("  config " + " ".join(f"{k}={v}" for k, v in report["config"].items()))
+    if "action" in report:
+        allow = ", ".join(report["allow_list"]) or "empty"
+        print(
+            f"  action {report['action']} (mesh configuration version "
+            f"{report['action_version']})  monitored {report['monitored']} (judged drop, "
+            f"passed)  allowed {report['allowed']} (passed uncounted; allow-list: {allow})"
+        )
     return 0
 
 

@@ -9,7 +9,9 @@ one CPU: the pair's window combined with a valid agent view, slot
 allocation from the ring, the destination's ts1 order by slot numbers, the
 old slot unlinked when reused, relinking when a destination slot was
 recycled, warnings and their limits, the fair-share policy's admission
-budget (issue 11). Without views it is Algorithm 2
+budget (issue 11), and ``bpf/xpro_policy.h``'s two hooks around it
+(:class:`MemoryPolicy`: the allow-list before the rule, the monitor action
+after it). Without views it is Algorithm 2
 exactly (:func:`xpro_mesh.core.algorithm.filter_packet` for ``paper``,
 :func:`~xpro_mesh.core.algorithm.filter_packet_fair_share` for
 ``fair-share``): a property test demands it; the differential test demands
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +33,8 @@ import numpy.typing as npt
 from xpro_mesh.core.algorithm import NS_PER_S, Verdict
 from xpro_mesh.datapath.backend import OverloadWarning, Stats
 from xpro_mesh.datapath.config import MapSizes, Policy, XdpConfig
+from xpro_mesh.datapath.errors import DatapathError
+from xpro_mesh.datapath.policy import ALLOW_MAX, Action, PolicyStats, parse_prefix
 from xpro_mesh.datapath.slots import SlotArrays, ring_size_for
 from xpro_mesh.datapath.structs import (
     DEST_SLOT_DTYPE,
@@ -47,7 +52,7 @@ from xpro_mesh.datapath.structs import (
     to_addr,
 )
 
-__all__ = ["MemoryMaps"]
+__all__ = ["XDP_DROP", "XDP_PASS", "MemoryMaps", "MemoryPolicy"]
 
 EVENTS_CAPACITY = 4096  # about what the kernel's 256 KiB ring buffer holds
 S64_MAX = 2**63 - 1
@@ -85,6 +90,76 @@ def live_gen32(gen: int) -> int:
     return ((gen + 1) & ~1) & 0xFFFFFFFF
 
 
+XDP_DROP, XDP_PASS = 1, 2  # the XDP actions xpro_filter returns
+
+
+class MemoryPolicy:
+    """``bpf/xpro_policy.h``'s maps in memory, with
+    :class:`~xpro_mesh.datapath.policy.PolicyMaps`' interface (the agent
+    writes both the same way): the action (enforce | monitor, and the mesh
+    document's version) and the allow-list of prefixes.
+
+    ``allows`` is ``xpro_allowed``: a packet whose source or destination
+    lies in a listed prefix (16-byte addresses, IPv4 as ::ffff:a.b.c.d with
+    its prefix length + 96, as the LPM trie's keys) is never judged nor
+    counted, only ``allowed``. ``xdp_action`` is ``xpro_action``: a drop
+    verdict is XDP_DROP under enforce and XDP_PASS under monitor, where it
+    is still counted as a drop (stats.drop_*) and also in ``monitored``.
+    """
+
+    def __init__(self) -> None:
+        self._action = Action.ENFORCE
+        self._version = 0
+        self._entries: set[tuple[int, bytes]] = set()
+        # prefix length -> the listed prefixes' top bits, for the match
+        self._by_len: dict[int, set[int]] = {}
+        self._allowed = 0
+        self._monitored = 0
+
+    def set_action(self, action: Action, version: int = 0) -> None:
+        self._action, self._version = Action(action), version & 0xFFFFFFFF
+
+    def action(self) -> tuple[Action, int]:
+        return self._action, self._version
+
+    def stats(self) -> PolicyStats:
+        return PolicyStats(self._allowed, self._monitored)
+
+    def allow_list(self) -> list[tuple[int, bytes]]:
+        return sorted(self._entries)
+
+    def set_allow_list(self, prefixes: Iterable[str]) -> None:
+        """Make the list hold exactly ``prefixes`` (ValueError for one that is
+        not a prefix, DatapathError past the trie's size, as PolicyMaps)."""
+        wanted = {parse_prefix(p) for p in prefixes}
+        if len(wanted) > ALLOW_MAX:
+            raise DatapathError(f"allow-list: at most {ALLOW_MAX} prefixes, got {len(wanted)}")
+        by_len: dict[int, set[int]] = {}
+        for plen, addr in wanted:
+            by_len.setdefault(plen, set()).add(int.from_bytes(addr) >> (128 - plen))
+        self._entries, self._by_len = wanted, by_len
+
+    def allows(self, key: bytes) -> bool:
+        """``xpro_allowed`` for a 32-byte pair key (source, destination)."""
+        if not self._by_len:
+            return False
+        src, dst = int.from_bytes(key[:16]), int.from_bytes(key[16:32])
+        for plen, nets in self._by_len.items():
+            if src >> (128 - plen) in nets or dst >> (128 - plen) in nets:
+                self._allowed += 1
+                return True
+        return False
+
+    def xdp_action(self, verdict: Verdict) -> int:
+        """``xpro_action``: what the kernel returns for a judged packet."""
+        if verdict is Verdict.PASS:
+            return XDP_PASS
+        if self._action is Action.MONITOR:
+            self._monitored += 1
+            return XDP_PASS
+        return XDP_DROP
+
+
 class MemoryMaps(SlotArrays):
     """The :class:`~xpro_mesh.datapath.backend.MapBackend` in memory."""
 
@@ -111,6 +186,7 @@ class MemoryMaps(SlotArrays):
         self._warn_window = 0
         self._warn_in_window = 0
         self._lock = threading.RLock()
+        self.policy = MemoryPolicy()  # xpro_policy.h's maps
 
     # -- the index (what is not memory in the kernel) -------------------------
 
@@ -158,12 +234,23 @@ class MemoryMaps(SlotArrays):
     # -- the packet path ------------------------------------------------------
 
     def feed(self, src: str | bytes, dst: str | bytes, now: int) -> Verdict:
-        """One packet from ``src`` to ``dst`` at cluster time ``now``."""
-        key = self._config.client_of(to_addr(src)) + to_addr(dst)
+        """One packet from ``src`` to ``dst`` at cluster time ``now``: its
+        verdict (an allowed packet's is PASS; in monitor mode a drop verdict
+        is still returned, see :meth:`feed_action`)."""
+        return self.feed_action(src, dst, now)[0]
+
+    def feed_action(self, src: str | bytes, dst: str | bytes, now: int) -> tuple[Verdict, int]:
+        """``xpro_filter`` on one parsed packet: the verdict and the XDP
+        action (XDP_PASS or XDP_DROP) the kernel would return. The allow-list
+        sees the whole source; the pair is its client's (its prefix)."""
+        source = to_addr(src)
+        key = source + to_addr(dst)
         with self._lock:
-            verdict = self._judge(key, now)
+            if self.policy.allows(key):  # never judged, never counted
+                return Verdict.PASS, XDP_PASS
+            verdict = self._judge(self._config.client_of(source) + key[16:], now)
             self._stats[_STAT[verdict]] += 1
-            return verdict
+            return verdict, self.policy.xdp_action(verdict)
 
     def _take(self, which: int) -> int | None:
         ctl = self._ctl[which : which + 1]

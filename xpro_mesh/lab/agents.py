@@ -156,11 +156,14 @@ def agent_log(name: str, log: Path) -> tuple[int, list[str]]:
     """(overload warnings, notes) from an agent's JSON log lines: the
     warnings of Algorithm 2 line 15 are counted; any other warning or error
     becomes one note (a mode whose agents could not sync must not pass for a
-    result)."""
+    result), but the agent's word at exit that its filter stays attached
+    (the lab detaches every filter itself)."""
     overloads, count, first = 0, 0, ""
     for entry in log_entries(log):
         if entry.get("event") == "overload_warning":
             overloads += 1
+        elif entry.get("event") == "left_in_kernel":
+            continue
         elif entry.get("level") in ("warning", "error", "critical"):
             count += 1
             first = first or str(entry.get("msg", ""))[:160]

@@ -41,6 +41,7 @@ __all__ = [
     "capacity",
     "lab_thresholds",
     "parse_modes",
+    "spoofed",
 ]
 
 MODES: dict[str, str] = {
@@ -198,10 +199,15 @@ class SpoofedBlock:
     rate: float
     start: float
     stop: float
+    # Scenario ``spoofed``: every frame's source drawn at random from
+    # ``cidr`` (a /8, so nearly every source is new), ``count`` * ``rate``
+    # the block's packets/s (0: the sender's full rate); the block is known
+    # by the address's first octet.
+    forged: bool = False
 
     @property
     def block(self) -> int:
-        return int(self.cidr.split(".")[1])
+        return int(self.cidr.split(".")[0 if self.forged else 1])
 
     @property
     def pps(self) -> float:
@@ -301,6 +307,24 @@ class ScenarioPlan:
         return doc
 
     def _spoofed_params(self) -> dict[str, object]:
+        if self.spoofed[0].forged:  # random sources: a rate, no source count
+            return {
+                "forged": True,
+                "offered_pps": round(sum(b.pps for b in self.spoofed), 3) or "full rate",
+                "pairs_max": self.pairs_max,
+                "blocks": [
+                    {
+                        "proxy": b.proxy,
+                        "block": b.block,
+                        "cidr": b.cidr,
+                        "offered_pps": b.pps or "full rate",
+                        "sender_ns": b.ns,
+                        "start_s": b.start,
+                        "stop_s": b.stop,
+                    }
+                    for b in self.spoofed
+                ],
+            }
         return {
             "sources": sum(b.count for b in self.spoofed),
             "rate_per_source": self.spoofed[0].rate,
@@ -332,6 +356,7 @@ class ScenarioSpec:
     default_duration: float
     build: Callable[..., ScenarioPlan]  # (lab, duration, **options)
     options: tuple[str, ...] = ()  # the keyword options ``build`` takes
+    default_modes: str = "none,local,gossip"  # what `--modes` is when not given
 
 
 # --- the scenarios (pure) --------------------------------------------------------
@@ -788,6 +813,87 @@ def _check_botnet(lab: LabPlan, bots: int, rate: float, proxies: int) -> None:
         raise ScenarioError(f"--rate-per-bot: above 0 and at most 1000 pps, got {rate:g}")
 
 
+SPOOFED_PPS = 20_000  # the forged flood's default rate, over all its proxies
+SPOOFED_MAX_PPS = 1_000_000
+FORGED_FIRST_OCTET = 11  # proxy i's forged sources: random in (11 + i).0.0.0/8
+
+
+def spoofed(
+    lab: LabPlan, duration: float, flood_pps: float = SPOOFED_PPS, proxies: int | None = None
+) -> ScenarioPlan:
+    """Issue 11's forged-source flood: from the bot namespace behind each of
+    ``proxies`` proxies, trafgen sends UDP at the victim whose every source
+    is drawn at random from that proxy's /8 (11.0.0.0/8, 12.0.0.0/8, ...:
+    public space, no martian the proxies' kernels would drop, so what the
+    victim misses is the filter's doing), ``flood_pps`` in all (0: each
+    sender at its full rate), while the good clients talk as in every
+    scenario. A forged source sends one packet, or a few: it never has a
+    rate, so only the destination rule can stop it; under ``fair-share``
+    such young pairs share D's admission budget once D is over T_F2, under
+    ``paper`` everything to D is dropped then (the good clients with it).
+    The phases split the flood at T_T3 after its start: the issue's bound
+    (>= 95 % of the flood dropped) is for the part after."""
+    p = len(lab.proxies) if proxies is None else proxies
+    _need(lab, bots=0)
+    if not 1 <= p <= min(len(lab.proxies), 127 - FORGED_FIRST_OCTET):
+        raise ScenarioError(
+            f"--proxies: between 1 and {len(lab.proxies)} (the lab's proxies), got {p}"
+        )
+    if not 0 <= flood_pps <= SPOOFED_MAX_PPS:
+        raise ScenarioError(
+            f"--flood-pps: 0 (full rate) or up to {SPOOFED_MAX_PPS}, got {flood_pps:g}"
+        )
+    a0, a1 = _timeline(duration)
+    t = lab_thresholds(T_F1, capacity(lab))
+    t3 = round(a0 + t.t_t3 / NS_PER_S, 3)
+    blocks = []
+    for i, proxy in enumerate(lab.proxies[:p]):
+        senders = [s for s in lab.senders if s.proxy == proxy.index]
+        ns = next((s.ns for s in senders if s.role == "bot"), senders[0].ns if senders else "")
+        if not ns:
+            raise ScenarioError(
+                f"scenario spoofed needs a client or bot namespace behind proxy {proxy.index}"
+            )
+        octet = FORGED_FIRST_OCTET + i
+        share = round(flood_pps / p) if flood_pps else 0
+        blocks.append(
+            SpoofedBlock(
+                proxy.index,
+                ns,
+                f"{octet}.0.0.0/8",
+                f"{octet}.0.0.1",
+                share,
+                1.0 if share else 0.0,
+                a0,
+                a1,
+                forged=True,
+            )
+        )
+    rate = f"{flood_pps:g} pps in all" if flood_pps else "each sender at its full rate"
+    return ScenarioPlan(
+        name="spoofed",
+        summary=f"a forged-source flood ({rate}, random sources) over {p} proxies",
+        duration=duration,
+        attack_start=a0,
+        attack_stop=a1,
+        thresholds=t,
+        flows=tuple(_flows(lab, "good", "good", "regular", GOOD_RATE, 0.0, duration)),
+        notes=(
+            f"trafgen behind each proxy sends UDP to the victim from random sources in its "
+            f"own /8 ({rate}); a good client sends {GOOD_RATE:g} req/s; T_F2 = "
+            f"{t.t_f2} pps, each proxy's admission budget for young pairs {t.admit_rate}/s "
+            f"(k = {t.admit_k}); flood phases split at T_T3 after its start"
+        ),
+        phases=(
+            Phase("before the flood", 0.0, a0),
+            Phase("flood, first T_T3", a0, t3),
+            Phase("flood after T_T3", t3, a1),
+            Phase("after the flood", a1, duration),
+        ),
+        spoofed=tuple(blocks),
+    )
+
+
 SCENARIOS: dict[str, ScenarioSpec] = {
     s.name: s
     for s in (
@@ -824,6 +930,15 @@ SCENARIOS: dict[str, ScenarioSpec] = {
             30.0,
             botnet,
             options=("bots", "rate", "proxies"),
+        ),
+        ScenarioSpec(
+            "spoofed",
+            "a forged-source flood from trafgen (random sources) at the victim beside the "
+            "good clients, per policy (--flood-pps, --proxies)",
+            20.0,
+            spoofed,
+            options=("flood_pps", "proxies"),
+            default_modes="none,gossip,gossip-paper",
         ),
     )
 }

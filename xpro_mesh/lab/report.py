@@ -263,6 +263,47 @@ def botnet_rows(result: ScenarioResult) -> list[list[str]]:
     return rows
 
 
+FILTER_HEADERS = (
+    "mode",
+    "drop pair",
+    "drop dest",
+    "of which young (budget empty)",
+    "of which before a slot",
+    "admitted young",
+    "new pairs",
+    "no slot (map full)",
+    "pair map peak fill",
+)
+
+
+def filter_rows(result: ScenarioResult) -> list[list[str]]:
+    """Per filtering mode of a spoofed run, the filters' counters summed
+    over the proxies: drops by reason, what the admission budget let in,
+    and the pair map's pressure (peak fill: the fullest proxy's)."""
+    rows = []
+    for name, r in result.modes.items():
+        f = (r.extra or {}).get("filters")
+        if not f:
+            continue
+        t = f["total"]
+        fill = max(f["pairs_peak_fill"].values(), default=None)
+        peak = max(f["pairs_peak"].values(), default=0)
+        rows.append(
+            [
+                name,
+                _count(t["drop_pair"]),
+                _count(t["drop_dest"]),
+                _count(t["drop_admit"]),
+                _count(t["probation_drops"]),
+                _count(t["admitted"]),
+                _count(t["new_pairs"]),
+                _count(t["pair_full"]),
+                f"{_count(peak)} ({_pct(fill)})",
+            ]
+        )
+    return rows
+
+
 TABLE_HEADERS = (
     "mode",
     "attack delivered",
@@ -318,6 +359,14 @@ def print_table(result: ScenarioResult) -> None:
         for row in botnet_rows(result):
             spoofed.add_row(*row)
         console.print(spoofed)
+        frows = filter_rows(result)
+        if frows:
+            filters = Table(title="the filters: drops by reason and the pair map (all proxies)")
+            for h in FILTER_HEADERS:
+                filters.add_column(h, justify="left" if h == "mode" else "right")
+            for row in frows:
+                filters.add_row(*row)
+            console.print(filters)
     for name, r in result.modes.items():
         for note in r.notes:
             console.print(f"[yellow]note[/] {name}: {note}")
@@ -568,6 +617,12 @@ def _page(
             "<p>The sender, the members' states and the agents' cost "
             "(per proxy):</p>" + _table_html(BOTNET_HEADERS, botnet_rows(result))
         )
+        frows = filter_rows(result)
+        if frows:
+            botnet_block += (
+                "<p>The filters: drops by reason and the pair map (all proxies):</p>"
+                + _table_html(FILTER_HEADERS, frows)
+            )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>xpro-mesh lab: {html.escape(plan.name)}</title><style>{_CSS}</style></head>

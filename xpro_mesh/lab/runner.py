@@ -77,6 +77,7 @@ class ModeRun:
     wall_end: float = 0.0  # the end of the traffic, likewise
     usage: agents.Usage = field(default_factory=agents.Usage)
     counters: spoofed.Counters | None = None
+    filters: spoofed.FilterFigures | None = None  # spoofed runs: drops by reason, map fill
     # planned time of a fault -> when the last fault planned then was done
     # (s since the epoch): a loaded host carries a fault out late, and the
     # phases are cut where the faults really happened
@@ -188,6 +189,8 @@ class ModeRun:
         if self.plan.spoofed:
             self.counters = spoofed.Counters(self.lab, self.plan.spoofed, self.epoch)
             self.counters.start()
+            if self.stats is not None:
+                self.filters = spoofed.FilterFigures(self.stats.maps)
 
     def events(self) -> list[tuple[float, Callable[[], str | None]]]:
         """What happens at a time after the epoch: the plan's faults (each
@@ -234,6 +237,8 @@ class ModeRun:
                 if note:
                     self.notes.append(note)
             self.usage.sample(self.procs)
+            if self.filters is not None:
+                self.filters.sample()
             self.reporter.tick(max(0.0, time.monotonic() - self.epoch), live.line())
 
     def stop_traffic(self) -> dict[str, dict[str, int]]:
@@ -246,6 +251,8 @@ class ModeRun:
         if self.counters is not None:
             self.counters.stop()
             self.notes.extend(self.counters.errors)
+        if self.filters is not None:
+            self.filters.finish()
         self.usage.sample(self.procs)
         for name, proc in self.procs.procs:
             if (
@@ -388,6 +395,7 @@ def botnet_figures(run: ModeRun, bots: Sequence[metrics.BotStream]) -> dict[str,
         "offered_pps": round(offered, 1),
         "achieved_pps": round(achieved, 1),
         "achieved_ratio": round(achieved / offered, 4) if offered else None,
+        **({"filters": run.filters.as_json()} if run.filters is not None else {}),
         "blocks": blocks,
         "member_transitions": transitions,
         "suspicions": sum(

@@ -45,6 +45,7 @@ from xpro_mesh.lab.topology import VICTIM_NS, LabPlan
 __all__ = [
     "LANES",
     "Counters",
+    "FilterFigures",
     "install",
     "nft_ruleset",
     "remove",
@@ -63,13 +64,20 @@ LANES = 10  # trafgen processes per block (see SpoofedBlock.lanes)
 
 def trafgen_config(block: SpoofedBlock, dst_mac: str, src_mac: str, victim: str, port: int) -> str:
     """One UDP frame whose source address runs through the block (``dinc``
-    over the 32-bit field; trafgen recomputes both checksums)."""
-    first = _number(block.first)
-    last = first + block.count - 1
+    over the 32-bit field), or for a forged block is drawn at random from
+    its whole cidr but the network and broadcast addresses (``drnd``);
+    trafgen recomputes both checksums."""
+    if block.forged:
+        net = _number(block.cidr.split("/")[0])
+        size = 1 << (32 - int(block.cidr.split("/")[1]))
+        saddr = f"drnd({net + 1:#010x}, {net + size - 2:#010x})"
+    else:
+        first = _number(block.first)
+        saddr = f"dinc({first:#010x}, {first + block.count - 1:#010x})"
     return (
         "{\n"
         f"  eth(da={dst_mac}, sa={src_mac}, type=0x0800),\n"
-        f"  ipv4(saddr=dinc({first:#010x}, {last:#010x}), daddr={victim}, ttl=64, df),\n"
+        f"  ipv4(saddr={saddr}, daddr={victim}, ttl=64, df),\n"
         f"  udp(sport={SOURCE_PORT}, dport={port}),\n"
         f"  {ATTACK_TAG:#04x}, fill(0x00, 16)\n"
         "}\n"
@@ -166,6 +174,12 @@ def write_configs(
                 trafgen_config(lane, mac(proxy.ns, "c0"), mac(lane.ns, "e0"), lab.victim_addr, port)
             )
             count = max(1, round(lane.pps * (lane.stop - lane.start)))
+            # A forged block at 0 pps: the sender's full rate until stopped.
+            pace = (
+                ["--rate", f"{max(1, round(lane.pps))}pps", "--num", str(count)]
+                if lane.pps > 0 or not lane.forged
+                else []
+            )
             argvs[name] = in_ns(
                 lane.ns,
                 "trafgen",
@@ -173,10 +187,7 @@ def write_configs(
                 "e0",
                 "--conf",
                 str(config),
-                "--rate",
-                f"{max(1, round(lane.pps))}pps",
-                "--num",
-                str(count),
+                *pace,
                 "--cpus",
                 "1",
                 "--no-sock-mem",
@@ -270,4 +281,52 @@ class Counters:
     def arrivals(self) -> dict[int, metrics.BinSeries]:
         return {
             b.block: metrics.BinSeries(dict(self.delivered.get(b.block, {}))) for b in self.blocks
+        }
+
+
+# The filters' counters a flood is judged by: its drops by reason, what the
+# admission budget let through, and the pair map's pressure.
+REASONS = ("drop_pair", "drop_dest", "drop_admit", "probation_drops", "admitted")
+PRESSURE = ("new_pairs", "pair_full", "dest_full", "insert_races")
+
+
+@dataclass
+class FilterFigures:
+    """Every proxy's filter during a spoofed run: the pair map's peak fill
+    (sampled while the traffic runs: the agent expires idle pairs, so the
+    end state understates it), and at the end the counters by reason (see
+    :data:`REASONS`, :data:`PRESSURE`). ``stats`` is the runner's open
+    :class:`~xpro_mesh.lab.supervise.FilterStats` (its ``maps``)."""
+
+    maps: dict[str, Any]
+    peak: dict[str, int] = field(default_factory=dict)
+    pairs_max: dict[str, int] = field(default_factory=dict)
+    final: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def sample(self) -> None:
+        for ns, maps in self.maps.items():
+            with contextlib.suppress(Exception):
+                ring = maps.ring_status()
+                self.peak[ns] = max(self.peak.get(ns, 0), ring.pairs_in_use)
+                self.pairs_max[ns] = ring.pairs_max
+
+    def finish(self) -> None:
+        self.sample()
+        for ns, maps in self.maps.items():
+            with contextlib.suppress(Exception):
+                counters = maps.read_stats().as_dict()
+                self.final[ns] = {k: int(counters[k]) for k in (*REASONS, *PRESSURE)}
+
+    def as_json(self) -> dict[str, object]:
+        total = {k: sum(c.get(k, 0) for c in self.final.values()) for k in (*REASONS, *PRESSURE)}
+        return {
+            "total": total,
+            "pairs_peak": dict(self.peak),
+            "pairs_max": dict(self.pairs_max),
+            "pairs_peak_fill": {
+                ns: round(self.peak[ns] / self.pairs_max[ns], 4)
+                for ns in self.peak
+                if self.pairs_max.get(ns)
+            },
+            "per_proxy": dict(self.final),
         }
