@@ -182,7 +182,7 @@ class RecordingNetwork:
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, int | None]] = []
 
-    def down(self, index: int, via: int) -> None:
+    def down(self, index: int, via: int, moves: tuple[str, ...] = ("good", "bot")) -> None:
         self.calls.append(("down", index, via))
 
     def up(self, index: int) -> None:

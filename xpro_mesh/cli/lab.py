@@ -71,8 +71,9 @@ def _add_scenario(sub: Any) -> None:
     )
     scen.add_argument(
         "--modes",
-        default="none,local,gossip",
-        help=f"comma-separated, from {','.join(MODES)} (default none,local,gossip)",
+        default=None,
+        help=f"comma-separated, from {','.join(MODES)} "
+        "(default none,local,gossip; overload: gossip)",
     )
     scen.add_argument(
         "--duration",
@@ -96,6 +97,13 @@ def _add_scenario(sub: Any) -> None:
         default=None,
         help="botnet: proxies the sources spread over (default: all of the lab's); "
         "chaos: 5 for the 5-proxy faults (the lab must have them)",
+    )
+    scen.add_argument(
+        "--client",
+        action="store_true",
+        default=None,
+        help="failover: good clients on xpro_mesh.client fail over on their own "
+        "(no route moved for them)",
     )
     scen.add_argument("--json-out", type=Path, help="write the results as JSON")
     scen.add_argument("--html", type=Path, help="write a self-contained HTML report")
@@ -212,7 +220,8 @@ def _scenario(args: argparse.Namespace) -> int:
     if lab is None:
         raise CliError("the lab is not up; run `xpro-mesh lab up` first")
     try:
-        modes = scenario.parse_modes(args.modes)
+        spec = scenario.SCENARIOS[args.name]
+        modes = scenario.parse_modes(args.modes or spec.default_modes)
         result = scenario.run(
             lab,
             args.name,
@@ -220,7 +229,12 @@ def _scenario(args: argparse.Namespace) -> int:
             duration=args.duration,
             workdir=args.workdir,
             progress=not args.quiet,
-            options={"bots": args.bots, "rate": args.rate_per_bot, "proxies": args.proxies},
+            options={
+                "bots": args.bots,
+                "rate": args.rate_per_bot,
+                "proxies": args.proxies,
+                "client": args.client,
+            },
         )
     except scenario.ScenarioError as exc:
         raise CliError(str(exc)) from None
