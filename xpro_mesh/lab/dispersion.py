@@ -11,7 +11,8 @@ own view of their load.
 * **Weight changes** are the agents' ``dispersion addition`` / ``removal``
   log lines between the epoch and the end of the traffic.
 * **Failover** is each good client's time from the proxy's death (the
-  start of the ``down`` fault) to its first answer through another proxy,
+  moment its links went down: its agent is SIGKILLed just before, but its
+  kernel forwards until then) to its first answer through another proxy,
   from the clients' own per-request records.
 """
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -153,6 +154,9 @@ class Network:
 
     lab: LabPlan
     downed: set[int] = field(default_factory=set)
+    # proxy -> when its links last went down (CLOCK_MONOTONIC): when it
+    # stopped forwarding, the start of its clients' failover
+    went_down: dict[int, float] = field(default_factory=dict)
     partitioned: bool = False
     lossy: bool = False
 
@@ -161,6 +165,7 @@ class Network:
 
         self.downed.add(index)
         topology.set_proxy_links(self.lab, index, up=False)
+        self.went_down[index] = time.monotonic()
         topology.route_block_through(self.lab, index, via, moves)
 
     def up(self, index: int) -> None:

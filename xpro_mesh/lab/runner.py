@@ -475,9 +475,16 @@ def dispersion_figures(run: ModeRun, victim: metrics.VictimArrivals) -> dict[str
     for f in run.plan.faults:
         if f.action == "down" and "good" not in f.moves:
             dead = int(f.target.partition(":")[2])
-            down_at = run.fault_started.get(f.at, f.at)
-            doc["failover"] = dispersion.failover_figures(goods, dead, down_at)
+            went = run.network.went_down.get(dead)
+            down_at = went - run.epoch if went is not None else run.fault_started.get(f.at, f.at)
+            figures = dispersion.failover_figures(goods, dead, down_at)
+            figures["fault_started_s"] = _rounded(run.fault_started.get(f.at))
+            doc["failover"] = figures
     return doc
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _min_change_s(agent_toml: str) -> float:
