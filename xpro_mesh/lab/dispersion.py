@@ -158,9 +158,11 @@ def failover_figures(
     node = f"p{dead}"
     times: dict[str, float | None] = {}
     bound = None
+    lag = 0.0
     for g in goods:
         doc = g["client"]
         bound = doc.get("failover_bound_s", bound)
+        lag = max(lag, float(doc.get("loop_lag_max_s", 0.0)))
         addrs = doc["addrs"]
         by_client: dict[int, list[tuple[float, float | None, str | None]]] = {}
         for j, t, lat, via in doc["requests"]:
@@ -184,6 +186,7 @@ def failover_figures(
         "failover_median_s": done[len(done) // 2] if done else None,
         "failover_max_s": worst,
         "bound_s": bound,
+        "client_loop_lag_max_s": lag,
         "target_s": FAILOVER_TARGET_S,
         "met": bool(times) and worst is not None and worst <= FAILOVER_TARGET_S,
     }

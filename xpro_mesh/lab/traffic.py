@@ -470,16 +470,26 @@ async def run_good_client(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    lag = [0.0]  # the latest this loop woke (a bound on how late it saw an answer)
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.05)
+            lag[0] = max(lag[0], time.monotonic() - t - 0.05)
+
     follower = loop.create_task(follow())
+    watch = loop.create_task(ticker())
     await _paced(len(addrs), rate, epoch + start, epoch + stop_at, stop, send)
     budget = mode.attempts * reply_timeout + 2.0
     if tasks:
         await asyncio.wait(set(tasks), timeout=budget)
     for task in list(tasks):
         task.cancel()
-    follower.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await follower
+    for helper in (follower, watch):
+        helper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await helper
     await gateway.close()
     for sock in socks.values():
         loop.remove_reader(sock.fileno())
@@ -497,6 +507,7 @@ async def run_good_client(
         "refreshes": gateway.refreshes,
         "refresh_failures": gateway.refresh_failures,
         "unfinished": len(tasks),
+        "loop_lag_max_s": round(lag[0], 3),
         "requests": sorted(detail, key=lambda r: (float(str(r[1])), int(str(r[0])))),
     }
     return doc
