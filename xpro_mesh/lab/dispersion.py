@@ -104,6 +104,11 @@ def overload_figures(
             break
         t += victim.bin_s * 5
     changes = {node: weight_changes(log, *wall) for node, log in sorted(logs.items())}
+    # once the clients may follow: the move itself and any oscillation after it
+    settled = {
+        node: weight_changes(log, wall[0] + follow_at + 1.0, wall[1])
+        for node, log in sorted(logs.items())
+    }
     after = [
         (r[1], r[2]) for g in goods for r in g["client"]["requests"] if float(r[1]) >= follow_at
     ]
@@ -130,6 +135,7 @@ def overload_figures(
         "rebalance_s": rebalance,
         "weight_changes": changes,
         "weight_changes_max_per_node": max(changes.values(), default=0),
+        "weight_changes_after_follow": settled,
         "weight_changes_bound": bound,
         "clients_end": dict(sorted(clients_end.items())),
         "good_requests_after_follow": len(after),

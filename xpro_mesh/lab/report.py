@@ -141,6 +141,7 @@ OVERLOAD_KEYS = (
     "rebalance_s",
     "weight_changes",
     "weight_changes_max_per_node",
+    "weight_changes_after_follow",
 )
 
 
