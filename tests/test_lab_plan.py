@@ -723,7 +723,7 @@ def test_overload_pins_every_good_client_on_proxy_0_over_t_w_then_compares() -> 
     assert plan.client is not None and plan.client.pin == 0 and plan.client.follow_at == 12.0
     assert not plan.spoofed and all(f.role == "good" for f in plan.flows)
     total = sum(len(f.addrs) * f.rate for f in plan.flows)
-    assert "capacity = 400" in plan.agent_toml and total == 480  # 1.2 capacities, over T_W
+    assert "capacity = 480" in plan.agent_toml and total == 480  # proxy 0 at W = 1 > T_W
     assert plan.thresholds.t_f2 >= 10 * total  # no fair-share drop blurs the figures
     (k0, p0), (k1, p1) = plan.variants("gossip")
     assert (k0, k1) == ("gossip", "gossip+dispersion")
