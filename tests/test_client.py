@@ -86,3 +86,17 @@ def test_the_cli_says_in_one_line_when_no_seed_answers(capsys: pytest.CaptureFix
     assert main(["--seed", "127.0.0.1:9", "--timeout", "0.2"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no seed answered" in err
+
+
+def test_a_proxy_api_is_reached_where_the_client_is_told_not_on_the_gossiped_host() -> None:
+    """The gossiped host is the mesh's address (the lab's service side);
+    ``api_of`` maps a node id to where this client reaches its API."""
+    doc = {
+        "proxies": [
+            {"node_id": "p0", "host": "10.20.0.10", "weight": 0.5},
+            {"node_id": "p1", "host": "10.20.0.11", "weight": 0.5},
+        ]
+    }
+    listed = parse_proxies(doc, 7947, {"p0": ("10.10.0.10", 7947)})
+    assert [p.api for p in listed] == [("10.10.0.10", 7947), ("10.20.0.11", 7947)]
+    assert listed[0].host == "10.20.0.10"

@@ -199,6 +199,91 @@ def test_failover_a_dead_proxys_clients_move_on_and_the_mesh_keeps_the_attack_cu
         assert route.get_attr("RTA_GATEWAY") == "10.20.0.11"  # back through proxy 1
 
 
+def test_failover_on_the_client_a_dead_proxys_clients_answer_elsewhere_within_the_bound(
+    lab: object, tmp_path: Path
+) -> None:
+    """``failover --client``: the good clients pick their proxies with
+    ``xpro_mesh.client`` and nothing moves their routes when proxy 1 dies.
+    Every client whose proxy it was is answered through another proxy, the
+    next of its own order, within ``ClientConfig.failover_bound_s`` (one
+    send interval and two timeouts: 1.5 s here, the issue's 2 s) plus how
+    late the clients' own loop ran; nobody else's traffic went through the
+    dead proxy meanwhile."""
+    out = tmp_path / "failover-client.json"
+    status = main(
+        [
+            "lab",
+            "scenario",
+            "failover",
+            "--client",
+            "--modes",
+            "gossip",
+            "--duration",
+            "20",
+            "--json-out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    gossip = json.loads(out.read_text())["modes"]["gossip"]
+    f = gossip["dispersion"]["failover"]
+    print(json.dumps(f))
+    assert any("its bots through proxy 2" in n for n in gossip["notes"])
+    assert f["dead"] == "p1" and f["affected"] >= 1
+    assert f["recovered"] == f["affected"]
+    assert f["bound_s"] <= 2.0  # the issue's target, from the configuration alone
+    assert f["failover_max_s"] <= f["bound_s"] + f["client_loop_lag_max_s"]
+    assert gossip["good_success_ratio"] > 0.95
+
+
+@pytest.fixture
+def choosing_lab() -> object:
+    """96 good clients, each with a source behind every proxy (a block
+    holds at most 98: all the lab's clients), no bots."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, XDP)")
+    topology.destroy()
+    assert main(["lab", "up", "--proxies", "3", "--clients", "96", "--bots", "0"]) == 0
+    try:
+        yield topology.current()
+    finally:
+        assert main(["lab", "down"]) == 0
+
+
+def test_overload_good_load_on_one_proxy_spreads_within_1_3_without_oscillating(
+    choosing_lab: object, tmp_path: Path
+) -> None:
+    """Issue 14's overload: every good client pinned on proxy 0 at 1.2 x
+    its capacity (W over T_W), then either left there or following
+    ``GET /v1/proxies``. With dispersion the load per proxy (what the
+    victim received through each) ends within max/mean 1.3; no agent
+    changed its weights more often than ``min_change`` allows, in either
+    run; the good clients fared no worse."""
+    out = tmp_path / "overload.json"
+    status = main(
+        ["lab", "scenario", "overload", "--duration", "30", "--json-out", str(out), "--quiet"]
+    )
+    assert status == 0
+    doc = json.loads(out.read_text())
+    print(json.dumps(doc["overload"]))
+    assert set(doc["modes"]) == {"gossip", "gossip+dispersion"}
+    without, with_ = doc["overload"]["gossip"]["without"], doc["overload"]["gossip"]["with"]
+    for run in (without, with_):
+        assert run["max_mean_load_ratio_before"] > 2.5  # all on one of three proxies
+        assert run["weight_changes_max_per_node"] <= run["weight_changes_bound"]
+    assert without["max_mean_load_ratio_after"] > 2.5  # nobody moved
+    assert with_["max_mean_load_ratio_after"] <= 1.3
+    assert with_["rebalance_s"] is not None
+    ends = doc["modes"]["gossip+dispersion"]["dispersion"]["overload"]["clients_end"]
+    assert set(ends) == {"p0", "p1", "p2"}
+    # Not worse; 0.5 % is a few requests of ~14 000 (a stall of this shared host).
+    assert with_["good_success_ratio"] >= without["good_success_ratio"] - 0.005
+    acceptance = doc["overload"]["gossip"]["acceptance"]
+    assert acceptance["max_mean_load_ratio_after_le_1.3"]
+    assert acceptance["weight_changes_bounded"]
+
+
 def test_botnet_of_spoofed_sources_passes_local_filters_and_is_cut_by_gossip(
     lab: object, tmp_path: Path
 ) -> None:

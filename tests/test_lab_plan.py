@@ -182,7 +182,7 @@ class RecordingNetwork:
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, int | None]] = []
 
-    def down(self, index: int, via: int) -> None:
+    def down(self, index: int, via: int, moves: tuple[str, ...] = ("good", "bot")) -> None:
         self.calls.append(("down", index, via))
 
     def up(self, index: int) -> None:
@@ -799,3 +799,119 @@ def test_agent_log_notes_complaints_but_not_the_filter_left_attached_at_exit(
         1,
         ["agent-p0: 1 warnings/errors logged, first: sync failed: boom"],
     )
+
+
+def test_every_good_client_has_one_source_behind_every_proxy_and_none_is_shared() -> None:
+    """Choosing a proxy is choosing the source: each good client has one
+    address in every proxy's block, after that block's own clients, in the
+    good range; bots have none; the home addresses are as before."""
+    lab = topology.plan(3, 12, 180)
+    before = [a for s in lab.senders for a in s.addrs]
+    assert lab.clients_can_choose()
+    seen: set[str] = set(lab.good_addrs()) | set(lab.bot_addrs())
+    for s in lab.senders:
+        if s.role == "bot":
+            assert s.aliases == ()
+            continue
+        assert s.sources_via(s.proxy) == s.addrs
+        for p in lab.proxies:
+            sources = s.sources_via(p.index)
+            assert sources is not None and len(sources) == len(s.addrs)
+            block = p.client_block.rsplit(".", 2)[0] + "."
+            assert all(a.startswith(block) and 2 <= int(a.rsplit(".", 1)[1]) <= 99 for a in sources)
+            if p.index != s.proxy:
+                assert not seen & set(sources)
+                seen |= set(sources)
+    assert len(seen) == 12 * 3 + 180
+    assert before == [a for s in topology.plan(3, 12, 180).senders for a in s.addrs]
+    assert topology.LabPlan.from_json(lab.to_json()) == lab
+
+
+def test_a_lab_of_more_than_98_good_clients_cannot_choose_and_overload_says_so() -> None:
+    lab = topology.plan(3, 120, 3)
+    assert not lab.clients_can_choose()
+    with pytest.raises(ScenarioError, match="98"):
+        plans.overload(lab, 30)
+    with pytest.raises(ScenarioError, match="98"):
+        plans.failover(lab, 30, client=True)
+
+
+def test_overload_pins_every_good_client_on_proxy_0_over_t_w_then_compares() -> None:
+    lab = topology.plan(3, 96, 0)
+    plan = plans.overload(lab, 40)
+    assert plan.client is not None and plan.client.pin == 0 and plan.client.follow_at == 12.0
+    assert not plan.spoofed and all(f.role == "good" for f in plan.flows)
+    total = sum(len(f.addrs) * f.rate for f in plan.flows)
+    assert "capacity = 480" in plan.agent_toml and total == 480  # proxy 0 at W = 1 > T_W
+    assert plan.thresholds.t_f2 >= 10 * total  # no fair-share drop blurs the figures
+    (k0, p0), (k1, p1) = plan.variants("gossip")
+    assert (k0, k1) == ("gossip", "gossip+dispersion")
+    assert p0.client is not None and not p0.client.follow and p1 is plan
+    other = plans.distributed(topology.plan(3, 9, 90), 30)
+    assert other.variants("gossip") == [("gossip", other)]
+    assert plan.params()["client"] == plan.client.record()
+
+
+def test_failover_on_the_client_moves_only_the_bots_routes() -> None:
+    lab = topology.plan(3, 9, 90)
+    plain, client = plans.failover(lab, 40), plans.failover(lab, 40, client=True)
+    assert plain.client is None and plain.faults[0].moves == ("good", "bot")
+    assert client.client is not None and client.client.pin is None
+    assert client.faults[0].moves == ("bot",)
+    assert "fail over on their own" in client.faults[0].describe()
+
+
+def test_overload_figures_read_the_load_per_proxy_from_the_victims_blocks(
+    tmp_path: Path,
+) -> None:
+    """Synthetic: 30 req/s through proxy 0 for 10 s, then 10 req/s through
+    each; two weight changes logged by p0's agent."""
+    from xpro_mesh.lab import dispersion
+
+    bins: dict[int, dict[int, int]] = {100: {}, 101: {}, 102: {}}
+    for b in range(200):
+        if b < 100:
+            bins[100][b] = 3
+        else:
+            for block in bins:
+                bins[block][b] = 1
+    victim = metrics.VictimArrivals(0.1, {}, {k: metrics.BinSeries(v) for k, v in bins.items()})
+    requests = [[j, 10.0 + 0.2 * j, 0.001, f"p{j % 3}"] for j in range(30)]
+    goods = [{"client": {"requests": requests}}]
+    log = tmp_path / "agent.log"
+    log.write_text(
+        "\n".join(
+            json.dumps({"ts": ts, "msg": msg})
+            for ts, msg in (
+                ("1970-01-01T00:00:05Z", "dispersion addition: weights {}"),
+                ("1970-01-01T00:00:12Z", "dispersion removal: weights {}"),
+                ("1970-01-01T00:00:13Z", "member p1: alive -> suspect"),
+            )
+        )
+    )
+    o = dispersion.overload_figures(
+        victim, goods, [0, 1, 2], 10.0, 20.0, {"p0": log}, (0.0, 20.0), 5.0, True
+    )
+    assert o["max_mean_load_ratio_before"] == 3.0
+    assert o["max_mean_load_ratio_after"] == 1.0
+    assert o["rebalance_s"] == 1.0
+    assert o["weight_changes"] == {"p0": 2} and o["weight_changes_bound"] == 5
+    assert o["clients_end"] == {"p0": 10, "p1": 10, "p2": 10}
+    assert o["good_success_after_follow"] == 1.0
+
+
+def test_failover_figures_time_each_dead_proxys_client_to_its_first_answer_elsewhere() -> None:
+    from xpro_mesh.lab import dispersion
+
+    # client 0 on p1 until it dies at 5.0 s, answered by p2 at 5.8 s;
+    # client 1 on p0 throughout (not affected)
+    requests = [
+        [0, 4.5, 0.001, "p1"],
+        [0, 5.2, 0.6, "p2"],
+        [1, 4.6, 0.001, "p0"],
+        [1, 5.1, 0.001, "p0"],
+    ]
+    goods = [{"client": {"addrs": ["a", "b"], "failover_bound_s": 1.5, "requests": requests}}]
+    f = dispersion.failover_figures(goods, 1, 5.0)
+    assert f["affected"] == 1 and f["recovered"] == 1
+    assert f["failover_s"] == {"a": 0.8} and f["met"] is True and f["bound_s"] == 1.5

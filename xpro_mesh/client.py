@@ -81,6 +81,10 @@ class ClientConfig:
     backoff_s: float = 0.05  # wait before the third try; doubles after
     backoff_max_s: float = 1.0
     quarantine_s: float = 10.0  # a failed proxy is tried last for this long
+    # node id -> (host, port) of its API where the gossiped host is not what
+    # this client can reach (a NAT, or the lab: the mesh gossips on the
+    # proxies' service side, clients reach their client side)
+    api_of: tuple[tuple[str, tuple[str, int]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -122,19 +126,24 @@ def rendezvous_order(client_id: str, proxies: Sequence[Proxy]) -> list[Proxy]:
     return sorted(proxies, key=score)
 
 
-def parse_proxies(doc: Any, api_port: int) -> list[Proxy]:
-    """The ``proxies`` of a ``GET /v1/proxies`` document (ValueError if not one)."""
+def parse_proxies(
+    doc: Any, api_port: int, api_of: dict[str, tuple[str, int]] | None = None
+) -> list[Proxy]:
+    """The ``proxies`` of a ``GET /v1/proxies`` document (ValueError if not
+    one); each API on its gossiped host and ``api_port``, or where
+    ``api_of`` says for its node id."""
     if not isinstance(doc, dict) or not isinstance(doc.get("proxies"), list):
         raise ValueError('expected {"proxies": [...]}')
     out = []
     for item in doc["proxies"]:
         host = str(item["host"])
+        node_id = str(item["node_id"])
         out.append(
             Proxy(
-                node_id=str(item["node_id"]),
+                node_id=node_id,
                 host=host,
                 weight=float(item["weight"]),
-                api=(host, api_port),
+                api=(api_of or {}).get(node_id, (host, api_port)),
                 state=str(item.get("state", "alive")),
                 load=str(item.get("load", "ok")),
             )
@@ -257,7 +266,7 @@ class ProxyClient:
             seen.add((host, port))
             try:
                 doc = await asyncio.wait_for(self._get_json(host, port), cfg.timeout_s)
-                proxies = parse_proxies(doc, cfg.api_port)
+                proxies = parse_proxies(doc, cfg.api_port, dict(cfg.api_of))
             except (TimeoutError, OSError, aiohttp.ClientError, ValueError, KeyError, TypeError):
                 continue
             if proxies:

@@ -74,7 +74,7 @@ def _add_scenario(sub: Any) -> None:
         "--modes",
         default=None,
         help=f"comma-separated, from {','.join(MODES)} (default none,local,gossip; "
-        "spoofed: none,gossip,gossip-paper)",
+        "spoofed: none,gossip,gossip-paper; overload: gossip)",
     )
     scen.add_argument(
         "--duration",
@@ -106,6 +106,13 @@ def _add_scenario(sub: Any) -> None:
         metavar="PPS",
         help="spoofed: the forged flood's packets/s over all proxies "
         "(default 20000; 0: each sender at its full rate)",
+    )
+    scen.add_argument(
+        "--client",
+        action="store_true",
+        default=None,
+        help="failover: good clients on xpro_mesh.client fail over on their own "
+        "(no route moved for them)",
     )
     scen.add_argument("--json-out", type=Path, help="write the results as JSON")
     scen.add_argument("--html", type=Path, help="write a self-contained HTML report")
@@ -236,6 +243,7 @@ def _scenario(args: argparse.Namespace) -> int:
                 "rate": args.rate_per_bot,
                 "proxies": args.proxies,
                 "flood_pps": args.flood_pps,
+                "client": args.client,
             },
         )
     except scenario.ScenarioError as exc:

@@ -29,6 +29,7 @@ __all__ = [
     "agent_argv",
     "agent_available",
     "agent_log",
+    "api_address",
     "member_transitions",
     "start_agents",
     "start_redis",
@@ -59,16 +60,32 @@ def write_agent_config(path: Path, plan: ScenarioPlan, policy: str) -> None:
     gossip = (
         "" if plan.agent_profile != "local" else (f'\n\n[gossip]\ninterval = "{GOSSIP_INTERVAL}"')
     )
+    extra = f"\n{plan.agent_toml}" if plan.agent_toml else ""
     path.write_text(
         "# written by `xpro-mesh lab scenario`\n[thresholds]\n"
         + plan.thresholds.as_toml(Policy(policy))
         + gossip
         + "\n"
+        + extra
     )
 
 
+def api_address(proxy: Proxy, clients_reach: bool) -> str:
+    """Where a proxy's agent serves its API: on loopback inside the proxy's
+    namespace, or, for good clients on ``xpro_mesh.client``, on its
+    client-side address (the clients' segment; ``GET /v1/proxies`` names
+    the gossiped service-side hosts, the clients map node ids to these)."""
+    return f"{proxy.client_addr if clients_reach else '127.0.0.1'}:{API_PORT}"
+
+
 def agent_argv(
-    lab: LabPlan, proxy: Proxy, mode: str, key: Path, config: Path, profile: str = "local"
+    lab: LabPlan,
+    proxy: Proxy,
+    mode: str,
+    key: Path,
+    config: Path,
+    profile: str = "local",
+    clients_reach: bool = False,
 ) -> list[str]:
     peers = ",".join(
         f"{p.service_addr}:{GOSSIP_PORT}" for p in lab.proxies if p.index != proxy.index
@@ -86,7 +103,7 @@ def agent_argv(
         "--bind",
         f"{proxy.service_addr}:{GOSSIP_PORT}",
         "--api",
-        f"127.0.0.1:{API_PORT}",
+        api_address(proxy, clients_reach),
         "--key-file",
         str(key),
         "--config",
@@ -141,7 +158,7 @@ def start_agents(
     for p in lab.proxies:
         procs.start(
             f"agent-{p.ns}",
-            agent_argv(lab, p, mode, key, config, plan.agent_profile),
+            agent_argv(lab, p, mode, key, config, plan.agent_profile, plan.client is not None),
             moddir / f"agent-{p.ns}.log",
         )
     time.sleep(AGENT_SETTLE_S)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,7 +30,7 @@ NETEM_BAND = "1:4"  # the prio qdisc's extra band that netem hangs from
 
 
 class Links(Protocol):
-    def down(self, index: int, via: int) -> None: ...
+    def down(self, index: int, via: int, moves: tuple[str, ...] = ("good", "bot")) -> None: ...
     def up(self, index: int) -> None: ...
     def partition(self, groups: tuple[tuple[int, ...], ...]) -> None: ...
     def heal(self) -> None: ...
@@ -153,15 +154,19 @@ class Network:
 
     lab: LabPlan
     downed: set[int] = field(default_factory=set)
+    # proxy -> when its links last went down (CLOCK_MONOTONIC): when it
+    # stopped forwarding, the start of its clients' failover
+    went_down: dict[int, float] = field(default_factory=dict)
     partitioned: bool = False
     lossy: bool = False
 
-    def down(self, index: int, via: int) -> None:
+    def down(self, index: int, via: int, moves: tuple[str, ...] = ("good", "bot")) -> None:
         from xpro_mesh.lab import topology
 
         self.downed.add(index)
         topology.set_proxy_links(self.lab, index, up=False)
-        topology.route_block_through(self.lab, index, via)
+        self.went_down[index] = time.monotonic()
+        topology.route_block_through(self.lab, index, via, moves)
 
     def up(self, index: int) -> None:
         from xpro_mesh.lab import topology
@@ -273,7 +278,8 @@ def inject(
 
 def _proxy_down(fault: Fault, index: int, name: str, procs: Processes, network: Links) -> str:
     killed = procs.kill(name)
-    network.down(index, fault.via if fault.via is not None else index)
+    network.down(index, fault.via if fault.via is not None else index, fault.moves)
+    what = "its traffic" if "good" in fault.moves else "its bots"
     return f"proxy {index} down{' (SIGKILL ' + name + ')' if killed else ''}" + (
-        f", its traffic through proxy {fault.via}" if fault.via is not None else ""
+        f", {what} through proxy {fault.via}" if fault.via is not None else ""
     )

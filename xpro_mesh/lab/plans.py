@@ -32,6 +32,7 @@ __all__ = [
     "SCENARIOS",
     "Fault",
     "Flow",
+    "GoodClient",
     "Phase",
     "ScenarioError",
     "ScenarioPlan",
@@ -40,6 +41,7 @@ __all__ = [
     "botnet",
     "capacity",
     "lab_thresholds",
+    "overload",
     "parse_modes",
     "spoofed",
 ]
@@ -150,6 +152,9 @@ class Fault:
     target: str  # "agent:<i>" | "redis" | "proxy:<i>" | "gossip"
     via: int | None = None  # "down": the proxy its clients and bots move to
     groups: tuple[tuple[int, ...], ...] = ()  # "partition": the sides, by proxy index
+    # "down": whose routes the network moves to ``via``; ("bot",) when the
+    # good clients fail over on their own (xpro_mesh.client)
+    moves: tuple[str, ...] = ("good", "bot")
 
     def describe(self) -> str:
         kind, _, index = self.target.partition(":")
@@ -168,8 +173,10 @@ class Fault:
             what = f"the agent of proxy {index}"
         else:
             what = f"proxy {index}"
-            if self.via is not None:
+            if self.via is not None and "good" in self.moves:
                 what += f" (its clients and bots move to proxy {self.via})"
+            elif self.via is not None:
+                what += f" (its bots move to proxy {self.via}; its clients fail over on their own)"
         return f"{self.at:g} s: {self.action} {what}"
 
 
@@ -250,6 +257,31 @@ def _address(n: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class GoodClient:
+    """The good clients on :class:`xpro_mesh.client.ProxyClient` instead of
+    their home proxy's route (dispersion): each request through the proxy
+    its client picks, failing over on its own. With ``pin`` all hold a
+    fixed list (that proxy weight 1) until ``follow_at`` s, then follow
+    ``GET /v1/proxies``; with ``follow`` False never (the run without
+    dispersion, its figures cut at the same time)."""
+
+    pin: int | None = None
+    follow_at: float | None = None
+    follow: bool = True
+    refresh_s: float = 2.0
+    timeout_s: float = 0.5  # per attempt; then the next proxy of the client's order
+
+    def record(self) -> dict[str, object]:
+        return {
+            "pin": self.pin,
+            "follow_at_s": self.follow_at,
+            "follow": self.follow,
+            "refresh_s": self.refresh_s,
+            "timeout_s": self.timeout_s,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ScenarioPlan:
     name: str
     summary: str
@@ -264,6 +296,18 @@ class ScenarioPlan:
     agent_profile: str = "local"  # the agents' named timers (`--profile`)
     pairs_max: int = 65536  # the XDP pair map's size on every proxy
     spoofed: tuple[SpoofedBlock, ...] = ()  # trafgen's sources (scenario botnet)
+    client: GoodClient | None = None  # good clients on xpro_mesh.client (dispersion)
+    agent_toml: str = ""  # more of the agents' TOML (overload: [dispersion])
+    compare: bool = False  # each mode run twice: clients pinned, then following
+
+    def variants(self, mode: str) -> list[tuple[str, ScenarioPlan]]:
+        """The runs of one mode: (result key, plan). With ``compare`` first
+        the clients left where they were pinned (key ``mode``), then the
+        same plan following the weights (``mode+dispersion``)."""
+        if not self.compare or self.client is None:
+            return [(mode, self)]
+        pinned = replace(self, client=replace(self.client, follow=False))
+        return [(mode, pinned), (f"{mode}+dispersion", self)]
 
     def params(self) -> dict[str, object]:
         """What the JSON report records as the scenario's parameters."""
@@ -304,6 +348,10 @@ class ScenarioPlan:
         }
         if self.spoofed:
             doc["spoofed"] = self._spoofed_params()
+        if self.client is not None:
+            doc["client"] = self.client.record()
+        if self.agent_toml:
+            doc["agent_toml"] = self.agent_toml
         return doc
 
     def _spoofed_params(self) -> dict[str, object]:
@@ -643,28 +691,43 @@ def chaos_five(lab: LabPlan, duration: float) -> ScenarioPlan:
     )
 
 
-def failover(lab: LabPlan, duration: float) -> ScenarioPlan:
+def failover(lab: LabPlan, duration: float, client: bool = False) -> ScenarioPlan:
     """``distributed``'s traffic, and in the middle of the attack a whole
     proxy dies: its agent SIGKILLed, its links down, and its clients and
     bots moved to the next proxy, as the network's failover would (the lab
     does it at once); later it comes back (links up, routes back, the agent
     restarted under the same node id). The proxy taking over meets the
     moved bots as new pairs: the question is whether the mesh keeps the
-    attack cut while its traffic moves."""
+    attack cut while its traffic moves.
+
+    With ``client`` the good clients pick their proxies with
+    :mod:`xpro_mesh.client` (following ``GET /v1/proxies``) and nothing
+    moves their routes: each one whose proxy dies times out and goes to the
+    next of its own order; the report gives each one's time to its first
+    answer elsewhere against ``ClientConfig.failover_bound_s``. The bots
+    still move with the network."""
     base, at = _with_faults(lab, duration, "failover")
+    if client and not lab.clients_can_choose():
+        raise ScenarioError(
+            "--client needs every good client to have a source behind every proxy: "
+            "`lab up` with at most 98 --clients and 2 or more proxies"
+        )
     down, up = at(0.3), at(0.65)
     dead = lab.proxies[len(lab.proxies) // 2].index
     via = lab.proxies[(len(lab.proxies) // 2 + 1) % len(lab.proxies)].index
-    return replace(
+    moves = ("bot",) if client else ("good", "bot")
+    who = "its bots are routed through" if client else "its clients and bots are routed through"
+    plan = replace(
         base,
         name="failover",
         summary="the distributed attack; mid-attack a whole proxy dies and its clients move on",
         notes=(
             f"{base.notes}; at {down:g} s proxy {dead} dies (agent SIGKILLed, links down) and "
-            f"its clients and bots are routed through proxy {via}; at {up:g} s it is back"
+            f"{who} proxy {via}; at {up:g} s it is back"
+            + ("; the good clients fail over on their own (xpro_mesh.client)" if client else "")
         ),
         faults=(
-            Fault(down, "down", f"proxy:{dead}", via=via),
+            Fault(down, "down", f"proxy:{dead}", via=via, moves=moves),
             Fault(up, "up", f"proxy:{dead}"),
         ),
         phases=(
@@ -672,6 +735,68 @@ def failover(lab: LabPlan, duration: float) -> ScenarioPlan:
             Phase(f"proxy {dead} dead, its traffic via proxy {via}", down, up),
             Phase(f"proxy {dead} back", up, at(1.0)),
         ),
+    )
+    return replace(plan, client=GoodClient(refresh_s=1.0)) if client else plan
+
+
+OVERLOAD_CLIENT_RATE = 5.0  # requests/s of one good client in `overload`
+# All the good load as a multiple of one proxy's capacity: proxy 0 alone at
+# W = 1.0 is over T_W (0.8); spread over 3 proxies the mean is 0.33, so
+# the granularity of 96 clients by rendezvous (max/mean ~1.2) stays under
+# DeDoS's 40 %, where nothing moves. At 1.2 (the mean at 40 %) the fullest
+# proxy after the move read 0.47: "hot" again, and the rules moved weight
+# every min_change (3 changes per node after the move, measured).
+OVERLOAD_FACTOR = 1.0
+OVERLOAD_MIN_CHANGE = "5s"  # above the clients' time to follow: refresh 2 s + window 0.5 s
+# The lab's proxies share one host, so their loop lag is the host's, not a
+# proxy's, and moving clients cannot relieve it: under the local profile's
+# 100 ms, 60 ms of host lag made a proxy at 0.36 of its packets look hot
+# (0.59) and moved weight off it; under 500 ms a 280 ms stall still did
+# (0.56 at 0.33). A budget of 10 s leaves W the packets in this lab.
+OVERLOAD_LAG_BUDGET = "10s"
+
+
+def overload(lab: LabPlan, duration: float) -> ScenarioPlan:
+    """Legitimate load only, all of it on proxy 0 (every good client's list
+    pinned there) at :data:`OVERLOAD_FACTOR` × one proxy's capacity, so its
+    occupancy W runs over T_W; from 30 % of the run the clients follow
+    ``GET /v1/proxies`` (the run ``+dispersion``) or stay (the run
+    without). No bots; T_F2 far above the good load (no fair-share drop
+    can blur the figures). The agents' ``dispersion.capacity`` is set so
+    that the whole good load is :data:`OVERLOAD_FACTOR` capacities: spread
+    evenly, each proxy sits at that over P."""
+    if len(lab.proxies) < 2:
+        raise ScenarioError("scenario overload needs at least 2 proxies (`lab up --proxies 3`)")
+    if not lab.clients_can_choose():
+        raise ScenarioError(
+            "scenario overload needs every good client to have a source behind every proxy: "
+            "`lab up` with between 2 and 98 --clients"
+        )
+    n = len(lab.good_addrs())
+    total = n * OVERLOAD_CLIENT_RATE
+    cap = max(1, round(total / OVERLOAD_FACTOR))
+    follow_at = round(0.3 * duration, 1)
+    agent_toml = (
+        f'[dispersion]\ncapacity = {cap}\nmin_change = "{OVERLOAD_MIN_CHANGE}"\n'
+        f'lag_budget = "{OVERLOAD_LAG_BUDGET}"\n'
+    )
+    return ScenarioPlan(
+        name="overload",
+        summary="good load concentrated on one proxy over T_W; with and without dispersion",
+        duration=duration,
+        attack_start=None,
+        attack_stop=None,
+        thresholds=lab_thresholds(T_F1, max(1, round(10 * total))),
+        flows=tuple(_flows(lab, "good", "good", "regular", OVERLOAD_CLIENT_RATE, 0.0, duration)),
+        notes=(
+            f"{n} good clients at {OVERLOAD_CLIENT_RATE:g} req/s ({total:g} req/s in all = "
+            f"{OVERLOAD_FACTOR:g} x dispersion.capacity {cap}/s), all pinned on proxy 0 "
+            f"until {follow_at:g} s; then following GET /v1/proxies (run +dispersion) or "
+            "left there; T_F2 = 10 x the good load"
+        ),
+        client=GoodClient(pin=lab.proxies[0].index, follow_at=follow_at, refresh_s=2.0),
+        agent_toml=agent_toml,
+        compare=True,
     )
 
 
@@ -914,6 +1039,15 @@ SCENARIOS: dict[str, ScenarioSpec] = {
             "clients move to the next one, then it comes back",
             40.0,
             failover,
+            options=("client",),
+        ),
+        ScenarioSpec(
+            "overload",
+            "good load concentrated on one proxy over T_W, then with and without "
+            "dispersion (xpro_mesh.client)",
+            40.0,
+            overload,
+            default_modes="gossip",
         ),
         ScenarioSpec(
             "chaos",

@@ -51,6 +51,7 @@ def mode_json(
     notes: tuple[str, ...],
     extra: dict[str, Any] | None = None,
     mesh: dict[str, dict[str, Any]] | None = None,
+    dispersion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     mesh = mesh or {}
     doc = {
@@ -101,6 +102,8 @@ def mode_json(
     }
     if extra is not None:
         doc["botnet"] = extra
+    if dispersion is not None:
+        doc["dispersion"] = dispersion
     return doc
 
 
@@ -117,14 +120,63 @@ def as_json(result: ScenarioResult) -> dict[str, Any]:
         lab_params["spoofed_sources"] = _bot_count(result)
     params["lab"] = lab_params
     params["wall_s"] = result.wall_s
-    return {
+    doc: dict[str, Any] = {
         "scenario": result.plan.name,
         "params": params,
         "modes": {
-            name: mode_json(r.metrics, r.proxies, r.wall_s, r.notes, r.extra, r.phase_mesh)
+            name: mode_json(
+                r.metrics, r.proxies, r.wall_s, r.notes, r.extra, r.phase_mesh, r.dispersion
+            )
             for name, r in result.modes.items()
         },
     }
+    if result.plan.compare:
+        doc["overload"] = overload_summary(result)
+    return doc
+
+
+OVERLOAD_KEYS = (
+    "max_mean_load_ratio_before",
+    "max_mean_load_ratio_after",
+    "rebalance_s",
+    "weight_changes",
+    "weight_changes_max_per_node",
+    "weight_changes_after_follow",
+)
+
+
+def overload_summary(result: ScenarioResult) -> dict[str, Any]:
+    """Issue 14's keys side by side: per mode, ``without`` (clients left on
+    the loaded proxy) and ``with`` dispersion (``<mode>+dispersion``), the
+    good clients' success and latency, and the acceptance checks."""
+    out: dict[str, Any] = {}
+    for name, r in result.modes.items():
+        figures = (r.dispersion or {}).get("overload")
+        if figures is None:
+            continue
+        mode, _, variant = name.partition("+")
+        side = out.setdefault(mode, {}).setdefault("with" if variant else "without", {})
+        side.update({k: figures[k] for k in OVERLOAD_KEYS})
+        side.update(
+            good_success_ratio=_round(r.metrics.good_success_ratio),
+            good_latency_ms_p50=_round(r.metrics.good_latency_ms_p50, 3),
+            good_latency_ms_p99=_round(r.metrics.good_latency_ms_p99, 3),
+            good_success_after_follow=figures["good_success_after_follow"],
+            weight_changes_bound=figures["weight_changes_bound"],
+        )
+    for sides in out.values():
+        with_, without = sides.get("with"), sides.get("without")
+        if with_ is None or without is None:
+            continue
+        after = with_["max_mean_load_ratio_after"]
+        sides["acceptance"] = {
+            "max_mean_load_ratio_after_le_1.3": after is not None and after <= 1.3,
+            "weight_changes_bounded": with_["weight_changes_max_per_node"]
+            <= with_["weight_changes_bound"],
+            "good_success_not_worse": (with_["good_success_ratio"] or 0.0)
+            >= (without["good_success_ratio"] or 0.0),
+        }
+    return out
 
 
 def write_json(result: ScenarioResult, path: Path) -> None:
@@ -367,9 +419,52 @@ def print_table(result: ScenarioResult) -> None:
             for row in frows:
                 filters.add_row(*row)
             console.print(filters)
+    if any(r.dispersion for r in result.modes.values()):
+        console.print(dispersion_table(result))
     for name, r in result.modes.items():
         for note in r.notes:
             console.print(f"[yellow]note[/] {name}: {note}")
+
+
+def dispersion_rows(result: ScenarioResult) -> list[list[str]]:
+    """One row per run whose good clients were on ``xpro_mesh.client``."""
+    rows = []
+    for name, r in result.modes.items():
+        d = r.dispersion or {}
+        o, f = d.get("overload"), d.get("failover")
+        if o is not None:
+            rows.append(
+                [
+                    name,
+                    f"max/mean load {o['max_mean_load_ratio_before']} -> "
+                    f"{o['max_mean_load_ratio_after']} (target <= 1.3), rebalance "
+                    f"{o['rebalance_s']} s, weight changes {o['weight_changes']} "
+                    f"(bound {o['weight_changes_bound']}), clients at the end {o['clients_end']}",
+                ]
+            )
+        if f is not None:
+            rows.append(
+                [
+                    name,
+                    f"proxy {f['dead']} died at {f['down_at_s']} s: {f['recovered']}/"
+                    f"{f['affected']} of its clients answered elsewhere after "
+                    f"{f['failover_min_s']}-{f['failover_max_s']} s (median "
+                    f"{f['failover_median_s']}; bound {f['bound_s']} s, target "
+                    f"{f['target_s']} s: {'met' if f['met'] else 'missed'})",
+                ]
+            )
+    return rows
+
+
+def dispersion_table(result: ScenarioResult) -> Any:
+    from rich.table import Table
+
+    table = Table(title="dispersion: good clients on xpro_mesh.client")
+    table.add_column("run", justify="left")
+    table.add_column("figures", justify="left")
+    for row in dispersion_rows(result):
+        table.add_row(*row)
+    return table
 
 
 # --- the figure ------------------------------------------------------------------

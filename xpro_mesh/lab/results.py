@@ -23,6 +23,8 @@ class ModeResult:
     extra: dict[str, Any] | None = None  # scenario-specific figures (botnet: spoofed, agents)
     # per phase label: the mesh's convergence after a heal or restart (chaos)
     phase_mesh: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # good clients on xpro_mesh.client: overload and failover figures (issue 14)
+    dispersion: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

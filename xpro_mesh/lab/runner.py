@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xpro_mesh.core.params import Policy
-from xpro_mesh.lab import agents, metrics, spoofed
+from xpro_mesh.lab import agents, dispersion, metrics, spoofed
 from xpro_mesh.lab.faults import Network, inject
 from xpro_mesh.lab.plans import (
     AGENT_SYNC,
@@ -82,6 +82,7 @@ class ModeRun:
     # (s since the epoch): a loaded host carries a fault out late, and the
     # phases are cut where the faults really happened
     fault_done: dict[float, float] = field(default_factory=dict)
+    fault_started: dict[float, float] = field(default_factory=dict)  # likewise, when begun
 
     def __post_init__(self) -> None:
         self.network = Network(self.lab)
@@ -166,9 +167,32 @@ class ModeRun:
                 str(out.with_suffix(".ready")),
             ]
             if f.role == "good":
-                argv += ["--label", f.label]
+                argv += ["--label", f.label, *self.client_args(f.ns, len(f.addrs))]
             self.procs.start(f"traffic-{i}", in_ns(f.ns, *argv), out.with_suffix(".log"))
         return [self.moddir / "victim.ready", *(o.with_suffix(".ready") for o in self.outs)]
+
+    def client_args(self, ns: str, count: int) -> list[str]:
+        """A good flow's options for ``xpro_mesh.client`` (none without
+        ``plan.client``): its sources behind every proxy, every agent's API
+        on the client side, the pin and when to follow."""
+        c = self.plan.client
+        if c is None:
+            return []
+        sender = next(s for s in self.lab.senders if s.ns == ns)
+        via = []
+        for p in self.lab.proxies:
+            sources = sender.sources_via(p.index)
+            if sources is None:
+                raise ScenarioError(f"{ns} has no source behind proxy {p.index}")
+            via.append(f"p{p.index}=" + ",".join(sources[:count]))
+        apis = ";".join(f"p{p.index}={agents.api_address(p, True)}" for p in self.lab.proxies)
+        argv = ["--via", ";".join(via), "--api", apis, "--refresh", repr(c.refresh_s)]
+        argv += ["--timeout", repr(c.timeout_s)]
+        if c.pin is not None:
+            argv += ["--pin", f"p{c.pin}"]
+            if c.follow and c.follow_at is not None:
+                argv += ["--follow-at", repr(c.follow_at)]
+        return argv
 
     def start_clock(self, readies: Sequence[Path]) -> None:
         """Everyone starts together once everyone has its sockets open."""
@@ -199,6 +223,8 @@ class ModeRun:
         for f in self.plan.faults:
 
             def fault(f: Fault = f) -> str | None:
+                begun = time.monotonic() - self.epoch
+                self.fault_started.setdefault(f.at, begun)
                 done = inject(f, self.lab, self.procs, self.network)
                 now = time.monotonic() - self.epoch
                 self.fault_done[f.at] = max(now, self.fault_done.get(f.at, 0.0))
@@ -427,12 +453,71 @@ def _read_results(
     return victim, bots, goods
 
 
+def dispersion_figures(run: ModeRun, victim: metrics.VictimArrivals) -> dict[str, object] | None:
+    """A run whose good clients were on ``xpro_mesh.client``: the overload
+    figures where they were pinned, the failover figures where a proxy
+    died under them (:mod:`xpro_mesh.lab.dispersion`)."""
+    c = run.plan.client
+    if c is None:
+        return None
+    goods = [
+        json.loads(out.read_text())
+        for f, out in zip(run.plan.flows, run.outs, strict=True)
+        if f.role == "good"
+    ]
+    goods = [g for g in goods if "client" in g]
+    doc: dict[str, object] = {"client": c.record()}
+    if c.pin is not None:
+        logs = {f"p{p.index}": run.moddir / f"agent-{p.ns}.log" for p in run.lab.proxies}
+        doc["overload"] = dispersion.overload_figures(
+            victim,
+            goods,
+            [p.index for p in run.lab.proxies],
+            c.follow_at if c.follow_at is not None else run.plan.duration,
+            run.plan.duration,
+            logs,
+            (run.wall_epoch, run.wall_end),
+            _min_change_s(run.plan.agent_toml),
+            following=c.follow and c.follow_at is not None,
+        )
+    for f in run.plan.faults:
+        if f.action == "down" and "good" not in f.moves:
+            dead = int(f.target.partition(":")[2])
+            went = run.network.went_down.get(dead)
+            down_at = went - run.epoch if went is not None else run.fault_started.get(f.at, f.at)
+            figures = dispersion.failover_figures(goods, dead, down_at)
+            figures["fault_started_s"] = _rounded(run.fault_started.get(f.at))
+            doc["failover"] = figures
+    return doc
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _min_change_s(agent_toml: str) -> float:
+    """``dispersion.min_change`` of the agents' extra TOML (the profile's
+    3 s where it is not set)."""
+    import tomllib
+
+    from xpro_mesh.units import parse_duration_ns
+
+    value = tomllib.loads(agent_toml or "").get("dispersion", {}).get("min_change", "3s")
+    return parse_duration_ns(str(value)) / 1e9
+
+
 def run_mode(
-    lab: LabPlan, plan: ScenarioPlan, mode: str, workdir: Path, reporter: Reporter
+    lab: LabPlan,
+    plan: ScenarioPlan,
+    mode: str,
+    workdir: Path,
+    reporter: Reporter,
+    key: str | None = None,
 ) -> ModeResult:
-    """Carry ``plan`` out once in ``mode``; everything started is stopped."""
+    """Carry ``plan`` out once in ``mode`` (its results under ``key``, the
+    mode by default); everything started is stopped."""
     started = time.monotonic()
-    moddir = workdir / mode
+    moddir = workdir / (key or mode)
     moddir.mkdir(parents=True, exist_ok=True)
     run = ModeRun(lab, plan, mode, moddir, reporter)
     try:
@@ -458,13 +543,14 @@ def run_mode(
         phases=actual_phases(run),
     )
     return ModeResult(
-        mode=mode,
+        mode=key or mode,
         metrics=m,
         proxies=proxy_stats,
         wall_s=round(time.monotonic() - started, 1),
         notes=tuple(run.notes),
         extra=botnet_figures(run, bots) if plan.spoofed else None,
         phase_mesh=phase_mesh(run),
+        dispersion=dispersion_figures(run, victim),
     )
 
 
@@ -493,6 +579,10 @@ def prepare(
         raise ScenarioError(f"{flag} is an option of scenario {' and '.join(owners)} only")
     plan = spec.build(lab, d, **given)
     _check_tools(plan)
+    if plan.compare and not all(m in AGENT_SYNC for m in modes):
+        raise ScenarioError(
+            f"scenario {name} needs the agents' weights: --modes gossip (or master, gossip-paper)"
+        )
     if any(m in AGENT_SYNC for m in modes) and not agents.agent_available():
         raise ScenarioError(
             "modes master/gossip/gossip-paper need the agent (`xpro-mesh agent`), "
@@ -539,10 +629,11 @@ def run(
     started = time.monotonic()
     results: dict[str, ModeResult] = {}
     try:
-        for i, mode in enumerate(modes):
-            reporter.mode_started(mode, i, len(modes), plan.duration)
-            results[mode] = run_mode(lab, plan, mode, base, reporter)
-            reporter.mode_done(results[mode])
+        runs = [(mode, key, p) for mode in modes for key, p in plan.variants(mode)]
+        for i, (mode, key, p) in enumerate(runs):
+            reporter.mode_started(key, i, len(runs), plan.duration)
+            results[key] = run_mode(lab, p, mode, base, reporter, key)
+            reporter.mode_done(results[key])
     finally:
         reporter.close()
         if not keep:

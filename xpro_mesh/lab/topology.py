@@ -18,6 +18,16 @@ client side and 10.20.0.<10+i>/16 on the service side; clients behind proxy
 i use 10.10.<100+i>.<2..99>, bots 10.10.<100+i>.<100..254>; the victim is
 10.20.0.2 and the Redis master 10.20.0.3. The victim routes each proxy's
 client block back through that proxy, so replies take the same path.
+
+Every good client can also send through any other proxy k (dispersion,
+``xpro_mesh.client``): it has one more address in proxy k's block (after
+that block's own clients, ``.2..99``), and its namespace a policy rule
+``from 10.10.<100+k>.0/24 lookup <100+k>``, table 100+k's default via proxy
+k. Choosing a proxy is choosing the source address; the victim's route per
+block sends the reply back through that proxy. The home block has no rule
+(the main table's default), so :func:`route_block_through` still moves a
+block by hand. Only for labs of at most 98 good clients (every block holds
+all of them).
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +73,16 @@ class Sender:
     role: str  # "good" | "bot"
     proxy: int
     addrs: tuple[str, ...]
+    # good clients: per other proxy k, (k, one address per client in k's
+    # block, in the order of ``addrs``): the sources that go through proxy k
+    aliases: tuple[tuple[int, tuple[str, ...]], ...] = ()
+
+    def sources_via(self, proxy: int) -> tuple[str, ...] | None:
+        """This namespace's client addresses that go through ``proxy``
+        (``addrs`` for its own proxy), or None where it has none."""
+        if proxy == self.proxy:
+            return self.addrs
+        return next((a for k, a in self.aliases if k == proxy), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +109,13 @@ class LabPlan:
         return cls(
             proxies=tuple(Proxy(**p) for p in raw["proxies"]),
             senders=tuple(
-                Sender(ns=s["ns"], role=s["role"], proxy=s["proxy"], addrs=tuple(s["addrs"]))
+                Sender(
+                    ns=s["ns"],
+                    role=s["role"],
+                    proxy=s["proxy"],
+                    addrs=tuple(s["addrs"]),
+                    aliases=tuple((int(k), tuple(a)) for k, a in s.get("aliases", ())),
+                )
                 for s in raw["senders"]
             ),
             victim_addr=raw["victim_addr"],
@@ -103,6 +129,13 @@ class LabPlan:
 
     def bot_addrs(self) -> list[str]:
         return [a for s in self.senders if s.role == "bot" for a in s.addrs]
+
+    def clients_can_choose(self) -> bool:
+        """Whether every good client has a source behind every proxy."""
+        good = [s for s in self.senders if s.role == "good"]
+        return bool(good) and all(
+            s.sources_via(p.index) is not None for s in good for p in self.proxies
+        )
 
 
 def plan(proxies: int = 3, clients: int = 12, bots: int = 240) -> LabPlan:
@@ -135,7 +168,35 @@ def plan(proxies: int = 3, clients: int = 12, bots: int = 240) -> LabPlan:
                 tag = "c" if role == "good" else "b"
                 ns = f"{PREFIX}{tag}{i}"
                 senders.append(Sender(ns=ns, role=role, proxy=i, addrs=tuple(addrs)))
+    if 0 < clients <= MAX_CHOOSING_CLIENTS and proxies > 1:
+        senders = _with_aliases(senders, proxies)
     return LabPlan(proxies=ps, senders=tuple(senders))
+
+
+MAX_CHOOSING_CLIENTS = 98  # .2..99 of every block holds every good client
+
+
+def _with_aliases(senders: list[Sender], proxies: int) -> list[Sender]:
+    """Each good client one address in every other proxy's block, counted
+    up after that block's own clients (see the module doc)."""
+    taken = [
+        2 + sum(len(s.addrs) for s in senders if s.role == "good" and s.proxy == k)
+        for k in range(proxies)
+    ]
+    out = []
+    for s in senders:
+        if s.role != "good":
+            out.append(s)
+            continue
+        aliases = []
+        for k in range(proxies):
+            if k == s.proxy:
+                continue
+            first = taken[k]
+            taken[k] += len(s.addrs)
+            aliases.append((k, tuple(f"10.10.{100 + k}.{first + j}" for j in range(len(s.addrs)))))
+        out.append(replace(s, aliases=tuple(aliases)))
+    return out
 
 
 # --- applying the plan (pyroute2) --------------------------------------------
@@ -246,31 +307,52 @@ def _address_proxies(lab: LabPlan) -> None:
 
 def _address_senders(lab: LabPlan) -> None:
     """Senders' addresses are /32s on their one link; everything else (the
-    victim included) goes through their proxy."""
+    victim included) goes through their proxy, or, from a good client's
+    address in proxy k's block, through proxy k (table 100+k)."""
     from pyroute2 import NetNS
 
     for s in lab.senders:
-        _link_up(s.ns, "e0", [(a, 32) for a in s.addrs])
+        aliases = [a for _k, addrs in s.aliases for a in addrs]
+        _link_up(s.ns, "e0", [(a, 32) for a in (*s.addrs, *aliases)])
         proxy = lab.proxies[s.proxy]
         with NetNS(s.ns) as n:
             idx = n.link_lookup(ifname="e0")[0]
             n.route("add", dst="10.10.0.0/16", oif=idx, scope=253)
             n.route("add", dst="0.0.0.0/0", gateway=proxy.client_addr)
+            for k, _addrs in s.aliases:
+                table = 100 + k
+                via = lab.proxies[k]
+                n.route("add", dst="10.10.0.0/16", oif=idx, scope=253, table=table)
+                n.route("add", dst="0.0.0.0/0", gateway=via.client_addr, table=table)
+                n.rule(
+                    "add",
+                    src=via.client_block.split("/")[0],
+                    src_len=24,
+                    table=table,
+                    priority=1000 + k,
+                )
 
 
-def route_block_through(lab: LabPlan, block_of: int, through: int) -> None:
+def route_block_through(
+    lab: LabPlan, block_of: int, through: int, roles: tuple[str, ...] = ("good", "bot")
+) -> None:
     """Send the traffic of proxy ``block_of``'s clients and bots through
     proxy ``through``, both ways: their default route, and the victim's
     route back to their block. ``through == block_of`` restores the layout
     of :func:`build`. What anycast, ECMP or DNS does when a proxy dies, done
-    here at once: the lab measures the mesh, not the network's failover."""
+    here at once: the lab measures the mesh, not the network's failover.
+    With ``roles`` ``("bot",)`` only the bots' default route moves (good
+    clients that fail over on their own keep theirs; bots get no replies,
+    so the victim's route stays)."""
     from pyroute2 import NetNS
 
     via = lab.proxies[through]
     for s in lab.senders:
-        if s.proxy == block_of:
+        if s.proxy == block_of and s.role in roles:
             with NetNS(s.ns) as n:
                 n.route("replace", dst="0.0.0.0/0", gateway=via.client_addr)
+    if "good" not in roles:
+        return
     with NetNS(VICTIM_NS) as v:
         v.route("replace", dst=lab.proxies[block_of].client_block, gateway=via.service_addr)
 

@@ -326,6 +326,209 @@ async def run_good(
     return _good_doc(label, len(addrs), rate, epoch, start, stop_at, reply_timeout, results)
 
 
+@dataclass(frozen=True, slots=True)
+class ClientMode:
+    """Good clients on :class:`xpro_mesh.client.ProxyClient` (dispersion):
+    ``via`` the source addresses that go through each proxy (node id ->
+    one per client, in the order of the clients' own addresses), ``apis``
+    each proxy's API as the clients reach it. With ``pin`` every client
+    holds a fixed list (``pin`` weight 1, the others 0: all on one proxy)
+    until ``follow_at`` s after the epoch (None: for good), then reads
+    ``GET /v1/proxies`` every ``refresh_s`` like the rest."""
+
+    via: dict[str, tuple[str, ...]]
+    apis: dict[str, tuple[str, int]]
+    pin: str | None = None
+    follow_at: float | None = None
+    refresh_s: float = 2.0
+    attempts: int = 3
+
+
+async def run_good_client(
+    addrs: Sequence[str],
+    mode: ClientMode,
+    target: tuple[str, int],
+    rate: float,
+    start_at: float | Path,
+    start: float,
+    stop_at: float,
+    reply_timeout: float,
+    label: str,
+    ready: Path | None = None,
+) -> dict[str, object]:
+    """:func:`run_good`'s clients, each request sent through
+    ``ProxyClient.request(send)``: ``send(proxy)`` sends the datagram from
+    the client's source behind ``proxy`` and waits for its echo; an attempt
+    not answered within ``reply_timeout`` fails over to the client's next
+    proxy (``attempts`` in all). A request succeeds when some attempt is
+    answered; its latency runs from its first send. The namespace refreshes
+    the list once per ``refresh_s`` for all its clients (a gateway's view),
+    each client keeps its own choice and failures."""
+    from xpro_mesh.client import ClientConfig, NoProxyAnswered, ProxyClient
+    from xpro_mesh.client import Proxy as ListedProxy
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    _install_stop(loop, stop)
+    nodes = sorted(mode.via)
+    socks = {(j, n): _bound_socket(mode.via[n][j]) for j in range(len(addrs)) for n in nodes}
+    waiting: dict[tuple[int, str, int], asyncio.Future[float]] = {}
+    seqs = iter(range(1 << 62))
+
+    def on_readable(key: tuple[int, str]) -> None:
+        sock = socks[key]
+        while True:
+            try:
+                data = sock.recv(2048)
+            except OSError:
+                return
+            if len(data) < HEADER.size:
+                continue
+            _tag, seq, _sent = HEADER.unpack_from(data)
+            fut = waiting.pop((*key, seq), None)
+            if fut is not None and not fut.done():
+                fut.set_result(time.monotonic())
+
+    for key, sock in socks.items():
+        loop.add_reader(sock.fileno(), on_readable, key)
+    apis = tuple(sorted(mode.apis.items()))
+
+    def config(client_id: str) -> ClientConfig:
+        return ClientConfig(
+            seeds=tuple(e for _n, e in apis),
+            client_id=client_id,
+            api_of=apis,
+            refresh_s=mode.refresh_s,
+            timeout_s=reply_timeout,
+            attempts=mode.attempts,
+        )
+
+    def fixed(weight: Callable[[str], float]) -> list[ListedProxy]:
+        return [
+            ListedProxy(n, mode.apis[n][0], weight(n), mode.apis[n])
+            for n in nodes
+            if n in mode.apis
+        ]
+
+    clients = [ProxyClient(config(a)) for a in addrs]
+    gateway = ProxyClient(config(f"gateway-{label}-{addrs[0] if addrs else ''}"))
+    await gateway.start(refresh=False)
+    if mode.pin is not None:
+        initial = fixed(lambda n: 1.0 if n == mode.pin else 0.0)
+    else:
+        initial = gateway.proxies or fixed(lambda n: 1.0)
+    for c in clients:
+        c.proxies = list(initial)
+    results: list[tuple[float, float | None]] = []
+    detail: list[list[object]] = []  # [client, send time, latency or None, proxy or None]
+    _mark_ready(ready)
+    epoch = await _epoch(start_at, stop)
+
+    async def follow() -> None:
+        if mode.pin is not None:
+            if mode.follow_at is None:
+                return
+            await _sleep_until(epoch + mode.follow_at, stop)
+        while not stop.is_set():
+            if await gateway.refresh():
+                for c in clients:
+                    c.proxies = list(gateway.proxies)
+            await _sleep_until(time.monotonic() + mode.refresh_s, stop)
+
+    async def one_request(j: int) -> None:
+        t0 = time.monotonic()
+
+        async def attempt(proxy: ListedProxy) -> float:
+            seq = next(seqs)
+            key = (j, proxy.node_id, seq)
+            sock = socks.get((j, proxy.node_id))
+            if sock is None:
+                raise OSError(f"no source behind {proxy.node_id}")
+            fut: asyncio.Future[float] = loop.create_future()
+            waiting[key] = fut
+            try:
+                sock.sendto(HEADER.pack(GOOD, seq, time.monotonic()) + PAYLOAD_PAD, target)
+                return await fut
+            finally:
+                waiting.pop(key, None)
+
+        try:
+            answered, proxy = await clients[j].request(attempt)
+            latency: float | None = answered - t0
+            node: str | None = proxy.node_id
+        except NoProxyAnswered:
+            latency, node = None, None
+        results.append((t0 - epoch, latency))
+        detail.append(
+            [j, round(t0 - epoch, 4), None if latency is None else round(latency, 6), node]
+        )
+
+    tasks: set[asyncio.Task[None]] = set()
+
+    def send(index: int, _seq: int) -> None:
+        task = loop.create_task(one_request(index))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    lag = [0.0]  # the latest this loop woke (a bound on how late it saw an answer)
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            t = time.monotonic()
+            await asyncio.sleep(0.05)
+            lag[0] = max(lag[0], time.monotonic() - t - 0.05)
+
+    follower = loop.create_task(follow())
+    watch = loop.create_task(ticker())
+    await _paced(len(addrs), rate, epoch + start, epoch + stop_at, stop, send)
+    budget = mode.attempts * reply_timeout + 2.0
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=budget)
+    for task in list(tasks):
+        task.cancel()
+    for helper in (follower, watch):
+        helper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await helper
+    await gateway.close()
+    for sock in socks.values():
+        loop.remove_reader(sock.fileno())
+        sock.close()
+    doc = _good_doc(label, len(addrs), rate, epoch, start, stop_at, reply_timeout, results)
+    doc["client"] = {
+        "addrs": list(addrs),
+        "pin": mode.pin,
+        "follow_at": mode.follow_at,
+        "refresh_s": mode.refresh_s,
+        "timeout_s": reply_timeout,
+        "attempts": mode.attempts,
+        "failover_bound_s": config("bound").failover_bound_s(1.0 / rate) if rate > 0 else None,
+        "failovers": sum(c.failovers for c in clients),
+        "refreshes": gateway.refreshes,
+        "refresh_failures": gateway.refresh_failures,
+        "unfinished": len(tasks),
+        "loop_lag_max_s": round(lag[0], 3),
+        "requests": sorted(detail, key=lambda r: (float(str(r[1])), int(str(r[0])))),
+    }
+    return doc
+
+
+def _named(text: str) -> dict[str, str]:
+    """``a=x;b=y`` as a dict (the client options' shape)."""
+    out = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if not sep or not name or not value:
+            raise SystemExit(f"expected NODE=VALUE;NODE=VALUE..., got {text!r}")
+        out[name] = value
+    return out
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
 def _good_doc(
     label: str,
     addrs: int,
@@ -366,6 +569,24 @@ def _parser() -> argparse.ArgumentParser:
         if name == "good":
             s.add_argument("--timeout", type=float, default=0.5, help="reply timeout (s)")
             s.add_argument("--label", default="good", help="group name in the report")
+            s.add_argument(
+                "--via",
+                default=None,
+                help="client mode: NODE=ADDR,ADDR;... the sources through each proxy",
+            )
+            s.add_argument(
+                "--api", default=None, help="client mode: NODE=HOST:PORT;... each proxy's API"
+            )
+            s.add_argument("--pin", default=None, help="client mode: all on this proxy at first")
+            s.add_argument(
+                "--follow-at",
+                type=float,
+                default=None,
+                help="client mode with --pin: follow GET /v1/proxies from this time",
+            )
+            s.add_argument(
+                "--refresh", type=float, default=2.0, help="client mode: list refresh (s)"
+            )
     for s in sub.choices.values():
         s.add_argument(
             "--epoch",
@@ -405,6 +626,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.role == "bots":
             doc = asyncio.run(
                 run_bots(addrs, target, args.rate, epoch, args.start, args.stop, args.ready)
+            )
+        elif args.via is not None:
+            mode = ClientMode(
+                via={n: tuple(v.split(",")) for n, v in _named(args.via).items()},
+                apis={n: _endpoint(v) for n, v in _named(args.api or "").items()},
+                pin=args.pin,
+                follow_at=args.follow_at,
+                refresh_s=args.refresh,
+            )
+            doc = asyncio.run(
+                run_good_client(
+                    addrs,
+                    mode,
+                    target,
+                    args.rate,
+                    epoch,
+                    args.start,
+                    args.stop,
+                    args.timeout,
+                    args.label,
+                    args.ready,
+                )
             )
         else:
             doc = asyncio.run(
