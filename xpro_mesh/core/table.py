@@ -915,6 +915,22 @@ class PairTable:
 
     # --- anti-entropy ----------------------------------------------------------------
 
+    def origin_summary(self) -> dict[str, tuple[Version, int, int]]:
+        """Per origin whose rows are held: (watermark, rows, summed count).
+        For this node the watermark is its clock. Two nodes with the same
+        watermark for an origin hold the same rows of it (the watermark only
+        moves along contiguous claims), so their sums must be equal: what
+        the lab compares to measure the count error among live origins."""
+        out: dict[str, tuple[Version, int, int]] = {}
+        for origin, o in self._slot.items():
+            rows = self._rows_of[o]
+            if not rows and origin != self._node_id:
+                continue
+            count = int(self._c[o][self._present[o]].sum())
+            mark = self._clock if origin == self._node_id else self._watermark.get(origin)
+            out[origin] = (mark if mark is not None else ZERO_VERSION, rows, count)
+        return out
+
     def digest(self) -> Digest:
         return Digest(sender=self._node_id, versions=dict(self._watermark))
 

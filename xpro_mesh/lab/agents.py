@@ -229,6 +229,27 @@ def member_states(
     return views, last
 
 
+def first_up(logs: dict[str, Path], nodes: set[str], since: float) -> float | None:
+    """When the last of ``nodes`` (restarted at ``since``) logged its
+    ``agent <id> up`` line (Unix seconds); None if one never did."""
+    latest = since
+    for node in nodes:
+        at = next(
+            (
+                t
+                for entry in log_entries(logs[node])
+                if str(entry.get("msg", "")).startswith(f"agent {node} up")
+                and (t := _log_time(entry)) is not None
+                and t >= since
+            ),
+            None,
+        )
+        if at is None:
+            return None
+        latest = max(latest, at)
+    return latest
+
+
 def convergence(
     logs: dict[str, Path], live: set[str], since: float, until: float, round_s: float
 ) -> dict[str, object]:

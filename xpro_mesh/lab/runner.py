@@ -24,6 +24,7 @@ from pathlib import Path
 from xpro_mesh.core.params import Policy
 from xpro_mesh.lab import agents, metrics, spoofed
 from xpro_mesh.lab.faults import Network, inject
+from xpro_mesh.lab.origins import OriginSampler, settle_figures
 from xpro_mesh.lab.plans import (
     AGENT_SYNC,
     POLICY,
@@ -81,6 +82,8 @@ class ModeRun:
     # (s since the epoch): a loaded host carries a fault out late, and the
     # phases are cut where the faults really happened
     fault_done: dict[float, float] = field(default_factory=dict)
+    # the agents' rows per origin, sampled every gossip round (gossip modes)
+    origins: OriginSampler | None = None
 
     def __post_init__(self) -> None:
         self.network = Network(self.lab)
@@ -188,6 +191,15 @@ class ModeRun:
         if self.plan.spoofed:
             self.counters = spoofed.Counters(self.lab, self.plan.spoofed, self.epoch)
             self.counters.start()
+        if self.mode.startswith("gossip") and self.plan.faults:
+            from xpro_mesh.lab.topology import NETNS_DIR
+
+            self.origins = OriginSampler(
+                {f"p{p.index}": str(NETNS_DIR / p.ns) for p in self.lab.proxies},
+                agents.API_PORT,
+                round_s(self.plan.agent_profile),
+            )
+            self.origins.start()
 
     def events(self) -> list[tuple[float, Callable[[], str | None]]]:
         """What happens at a time after the epoch: the plan's faults (each
@@ -239,6 +251,9 @@ class ModeRun:
     def stop_traffic(self) -> dict[str, dict[str, int]]:
         """Stop what overran, note agents that died; the filters' counters."""
         self.wall_end = time.time()
+        if self.origins is not None:
+            self.origins.stop()
+            self.notes.extend(self.origins.errors)
         for name, _proc in self.procs.running("traffic") + self.procs.running("victim"):
             self.notes.append(f"{name} overran its time and was stopped")
         self.procs.stop(_traffic_or_victim)
@@ -327,17 +342,23 @@ def round_s(profile: str) -> float:
 
 
 def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
-    """Per phase that starts with a mend (a restart, a proxy back, a heal,
-    netem off): the membership's convergence among the live agents, from
-    their logs (:func:`agents.convergence`), in the agents' gossip rounds."""
+    """Per phase of a gossip mode's faulted run: the rows' figures among the
+    live agents (:func:`~xpro_mesh.lab.origins.settle_figures`: caught up
+    after how many rounds, the largest count error among live origins once
+    caught up); for a phase that starts with a mend (a restart, a proxy
+    back, a heal, netem off) also the membership's convergence among the
+    live agents, from their logs (:func:`agents.convergence`). Both are
+    counted in gossip rounds from the mend, or, after a restart, from the
+    restarted agents' ``agent pN up`` line (``agent_up_s`` after the
+    restart command: Python's start-up and attaching to the pins, which no
+    gossip can shorten)."""
     if not run.mode.startswith("gossip"):
         return {}  # membership is the gossip modes' (master's agents only talk to Redis)
     logs = {f"p{p.index}": run.moddir / f"agent-{p.ns}.log" for p in run.lab.proxies}
+    rs = round_s(run.plan.agent_profile)
     out: dict[str, dict[str, object]] = {}
     for ph in run.plan.phases:
         mends = [f for f in run.plan.faults if f.at == ph.start and f.action in MENDING]
-        if not mends:
-            continue
         live = {f"p{p.index}" for p in run.lab.proxies}
         for f in run.plan.faults:
             if f.at > ph.start:
@@ -347,16 +368,24 @@ def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
                 live.discard(node)
             elif f.action in ("restart", "up"):
                 live.add(node)
-        out[ph.label] = {
-            "after": [f.action + " " + f.target for f in mends],
-            **agents.convergence(
-                logs,
-                live,
-                run.wall_epoch + run.fault_done.get(ph.start, ph.start),
-                run.wall_epoch + run.fault_done.get(ph.stop, ph.stop),
-                round_s(run.plan.agent_profile),
-            ),
-        }
+        since = run.wall_epoch + run.fault_done.get(ph.start, ph.start)
+        until = run.wall_epoch + run.fault_done.get(ph.stop, ph.stop)
+        entry: dict[str, object] = {}
+        if mends:
+            restarted = {
+                "p" + f.target.partition(":")[2] for f in mends if f.action in ("restart", "up")
+            }
+            up = agents.first_up(logs, restarted, since) if restarted else since
+            entry["after"] = [f.action + " " + f.target for f in mends]
+            entry["agent_up_s"] = None if up is None else round(up - since, 3)
+            start = since if up is None else up
+            entry.update(agents.convergence(logs, live, start, until, rs))
+        else:
+            start = since
+        if run.origins is not None:
+            entry.update(settle_figures(run.origins.samples, start, until, rs, live))
+        if entry:
+            out[ph.label] = entry
     return out
 
 
