@@ -37,6 +37,8 @@ def test_origin_summary_is_the_watermark_rows_and_count_per_origin() -> None:
     b.merge(a.delta_for(b.digest()), now)
     assert b.origin_summary()["a"] == ((1, 2), 2, 7)
     assert b.origin_summary()["b"] == ((1, 0), 0, 0)
+    # rows idle since before the cut-off are left out (those near expiry)
+    assert b.origin_summary(active_since=now + 1)["a"] == ((1, 2), 0, 0)
 
 
 def beat(k: int, **nodes: dict[str, tuple[tuple[int, int], int, int]]) -> dict[str, Sample]:
@@ -120,8 +122,10 @@ async def test_the_agent_answers_origins_and_the_sampler_reads_it() -> None:
         async with (
             aiohttp.ClientSession() as http,
             http.get(f"http://{host}:{port}/v1/origins") as resp,
+            http.get(f"http://{host}:{port}/v1/origins?active_since=x") as bad,
         ):
             doc = await resp.json()
+            assert bad.status == 400
         me = config.node_id
         assert doc["node_id"] == me
         assert doc["origins"][me]["rows"] == 1 and doc["origins"][me]["count"] == 6

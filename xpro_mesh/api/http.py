@@ -391,9 +391,16 @@ class ApiServer:
 
     async def origins(self, request: web.Request) -> web.Response:
         """Per origin held: its watermark (this node's clock for itself),
-        rows and summed count, with the cluster time of the answer: what
-        the lab compares across nodes (count error among live origins)."""
-        summary = self.agent.origin_summary()
+        rows and summed count (``?active_since=NS``: of the rows with ts2
+        at or after that cluster time only), with the cluster time of the
+        answer: what the lab compares across nodes (the count error among
+        live origins)."""
+        raw = request.query.get("active_since")
+        try:
+            since = None if raw is None else int(raw)
+        except ValueError:
+            return _error(400, f"active_since: expected integer nanoseconds, got {raw!r}")
+        summary = self.agent.origin_summary(since)
         return web.json_response(
             {
                 "node_id": self.agent.info.node_id,

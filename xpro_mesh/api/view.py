@@ -96,7 +96,9 @@ class AgentView(Protocol):
         """(pairs, rows) held in the replicated state."""
         ...
 
-    def origin_summary(self) -> dict[str, tuple[tuple[int, int], int, int]]:
+    def origin_summary(
+        self, active_since: int | None = None
+    ) -> dict[str, tuple[tuple[int, int], int, int]]:
         """Per origin held: (watermark version, rows, summed count); see
         :meth:`xpro_mesh.core.table.PairTable.origin_summary`."""
         ...

@@ -19,7 +19,10 @@ The figures (:func:`settle_figures`, pure):
   beat is on its way;
 * **count error** at beat k: over the (N, o) whose watermark of o *equals*
   o's clock at beat k (the same rows by the watermark's rule), the largest
-  difference between N's summed count of o's rows and o's own. Not 0 means
+  difference between N's summed count of o's rows and o's own, both over
+  the rows active in the :data:`ACTIVE_S` before the beat (one cut-off for
+  every agent of the beat, so that rows near expiry, which each agent drops
+  on its own cycle without a version, do not count). Not 0 means
   rows that compare equal by version do not by count: a merge or expiry
   bug, what "exact counts" excludes. Pairs at different versions are not
   compared (their difference is the change in flight, not an error).
@@ -42,6 +45,7 @@ __all__ = ["OriginSampler", "Sample", "settle_figures"]
 
 CLONE_NEWNET = 0x40000000
 PERIOD_S = 0.1  # one beat: the lab's gossip round
+ACTIVE_S = 2.0  # rows counted: active within this before the beat (expiry is T_T1 + T_T4 = 5 s)
 TIMEOUT_S = 0.25  # an agent that does not answer within it counts as not live
 
 
@@ -118,6 +122,16 @@ class OriginSampler:
         for t in self._threads:
             t.join(timeout=2.0)
 
+    def dump(self, path: str) -> None:
+        """Every answer, one JSON line each (node, beat, at, origins)."""
+        with open(path, "w") as f:
+            for node, seq in sorted(self.samples.items()):
+                for s in seq:
+                    f.write(
+                        json.dumps({"node": node, "beat": s.beat, "at": s.at, "origins": s.origins})
+                    )
+                    f.write("\n")
+
     def _run(self, node: str, ns: str) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         try:
@@ -143,7 +157,8 @@ class OriginSampler:
                 beat = int((time.time() - self.t0) / self.period_s)
                 continue
             at = time.time()
-            doc = _get(self.port, "/v1/origins")
+            since = int((due - ACTIVE_S) * 1e9)  # the same for every agent at this beat
+            doc = _get(self.port, f"/v1/origins?active_since={since}")
             if doc is not None:
                 with contextlib.suppress(KeyError, TypeError, ValueError, IndexError):
                     out.append(Sample(beat, at, parse_origins(doc)))

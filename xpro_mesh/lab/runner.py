@@ -254,6 +254,7 @@ class ModeRun:
         if self.origins is not None:
             self.origins.stop()
             self.notes.extend(self.origins.errors)
+            self.origins.dump(str(self.moddir / "origins.jsonl"))
         for name, _proc in self.procs.running("traffic") + self.procs.running("victim"):
             self.notes.append(f"{name} overran its time and was stopped")
         self.procs.stop(_traffic_or_victim)
@@ -356,20 +357,27 @@ def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
         return {}  # membership is the gossip modes' (master's agents only talk to Redis)
     logs = {f"p{p.index}": run.moddir / f"agent-{p.ns}.log" for p in run.lab.proxies}
     rs = round_s(run.plan.agent_profile)
-    out: dict[str, dict[str, object]] = {}
-    for ph in run.plan.phases:
-        mends = [f for f in run.plan.faults if f.at == ph.start and f.action in MENDING]
+    wall = {f.at: run.wall_epoch + run.fault_done.get(f.at, f.at) for f in run.plan.faults}
+    end = run.wall_epoch + run.plan.duration
+
+    def live_at(t: float) -> set[str]:
         live = {f"p{p.index}" for p in run.lab.proxies}
         for f in run.plan.faults:
-            if f.at > ph.start:
+            if wall[f.at] > t:
                 break
             node = "p" + f.target.partition(":")[2]
             if f.action in ("kill", "down") and f.target != "redis":
                 live.discard(node)
             elif f.action in ("restart", "up"):
                 live.add(node)
+        return live
+
+    out: dict[str, dict[str, object]] = {}
+    for ph in run.plan.phases:
+        mends = [f for f in run.plan.faults if f.at == ph.start and f.action in MENDING]
         since = run.wall_epoch + run.fault_done.get(ph.start, ph.start)
         until = run.wall_epoch + run.fault_done.get(ph.stop, ph.stop)
+        start = since
         entry: dict[str, object] = {}
         if mends:
             restarted = {
@@ -379,14 +387,21 @@ def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
             entry["after"] = [f.action + " " + f.target for f in mends]
             entry["agent_up_s"] = None if up is None else round(up - since, 3)
             start = since if up is None else up
-            entry.update(agents.convergence(logs, live, start, until, rs))
-        else:
-            start = since
+            # A host slow to start the agents (seen: 5.3 s) may bring them up
+            # after the phase's end: the mend is then judged over the rounds
+            # after it all the same, among the nodes live then.
+            until = max(until, min(start + SETTLE_SPAN_S, end))
+            entry["judged_until_s"] = round(until - run.wall_epoch, 3)
+            entry.update(agents.convergence(logs, live_at(until), start, until, rs))
+        live = live_at(start) & live_at(until)
         if run.origins is not None:
             entry.update(settle_figures(run.origins.samples, start, until, rs, live))
         if entry:
             out[ph.label] = entry
     return out
+
+
+SETTLE_SPAN_S = 2.0  # a mend is judged over at least this after the agents are up
 
 
 def botnet_figures(run: ModeRun, bots: Sequence[metrics.BotStream]) -> dict[str, object]:
