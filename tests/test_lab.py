@@ -368,22 +368,43 @@ def test_chaos_on_five_proxies_every_fault_is_carried_out_and_measured_per_phase
         assert "netem" not in qdisc and "prio" not in qdisc
     st = topology.status()
     assert all(n == 0 for n in st["processes"].values()), st["processes"]
-    # Issue 13's acceptance, gossip, in every phase: the attack cut again
-    # (at most 5 % delivered from then on), good success at least 99 %,
-    # membership converged within ceil(log2 5) + 2 = 5 rounds after a mend.
-    # Measured on this tree (docs/lab-results.md) the faults whose rows
-    # leave the views (a proxy or an agent gone, a partition) are not cut
-    # again within their phase: the destination window's burst that issue
-    # 13 names, whose fix is the integrator's (core/algorithm.fold_destination,
-    # agent/mapsync). Until it lands the misses are an expected failure
-    # naming every figure, after everything above has been asserted; with it
-    # the test passes on its own.
+    # Issue 13's acceptance, gossip. What holds on this tree is asserted:
+    # * exact counts: in every phase, two nodes at the same version of an
+    #   origin's rows agree on their count (count error 0, the rows active
+    #   in the last 2 s; 0 in every comparison of every run since the
+    #   cut-off, 1 000-2 000 comparisons a run);
+    # * the attack cut again (at most 5 % delivered from then on) with good
+    #   success at least 99 % in the phases of HOLDS: measured at most 1.4 %
+    #   after re-mitigation (agent down; partition 0.8 %, the others 0-0.1 %)
+    #   and good 100 % in the runs of docs/lab-results.md, margins 3.6
+    #   points and 1 point.
+    # The rest of the acceptance is an expected failure naming every figure
+    # missed (chaos_misses), after everything above has been asserted.
+    for label, ph in gossip["phases"].items():
+        mesh = ph["mesh"]
+        if mesh["count_comparisons"]:
+            assert mesh["count_error_max"] == 0, (label, mesh)
+    for label in HOLDS:
+        ph = gossip["phases"][label]
+        if ph["stop_s"] - ph["start_s"] < 1.0:
+            continue  # a fault came late: the phase is too short to judge
+        after = ph["attack_delivered_ratio_after_remitigation"]
+        assert ph["time_to_remitigate_s"] is not None and after <= 0.05, (label, ph)
+        assert ph["good_success_ratio"] >= 0.99, (label, ph)
     misses = chaos_misses(gossip)
     if misses:
-        pytest.xfail("issue 13 bounds missed (fold fix pending): " + "; ".join(misses))
+        pytest.xfail("issue 13 bounds missed: " + "; ".join(misses))
 
 
 CONVERGE_ROUNDS = math.ceil(math.log2(5)) + 2
+# the phases whose attack and good-client bounds hold on this tree (asserted)
+HOLDS = (
+    "agent of proxy 2 down",
+    "partition 0,1 | 2,3,4",
+    "healed",
+    "lossy gossip path",
+    "Redis down",
+)
 
 
 def chaos_misses(mode: dict[str, object]) -> list[str]:
@@ -401,7 +422,10 @@ def chaos_misses(mode: dict[str, object]) -> list[str]:
         if ph["good_success_ratio"] is None or ph["good_success_ratio"] < 0.99:
             misses.append(f"{label}: good success {ph['good_success_ratio']}")
         mesh = ph.get("mesh", {})
-        if "after" in mesh:
+        if "after" in mesh and not mesh.get("judged", True):
+            up = mesh.get("agent_up_s")
+            misses.append(f"{label}: agents up after {up} s, past the next fault: not judged")
+        elif "after" in mesh:
             rounds = mesh.get("rounds_to_converge")
             if rounds is None or rounds > CONVERGE_ROUNDS:
                 misses.append(f"{label}: membership settled in {rounds} rounds")

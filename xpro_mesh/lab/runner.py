@@ -82,6 +82,9 @@ class ModeRun:
     # (s since the epoch): a loaded host carries a fault out late, and the
     # phases are cut where the faults really happened
     fault_done: dict[float, float] = field(default_factory=dict)
+    # ... and when the first of them began (a fault takes effect while it is
+    # carried out: nftables in five namespaces take a few hundred ms)
+    fault_started: dict[float, float] = field(default_factory=dict)
     # the agents' rows per origin, sampled every gossip round (gossip modes)
     origins: OriginSampler | None = None
 
@@ -208,6 +211,7 @@ class ModeRun:
         for f in self.plan.faults:
 
             def fault(f: Fault = f) -> str | None:
+                self.fault_started.setdefault(f.at, time.monotonic() - self.epoch)
                 done = inject(f, self.lab, self.procs, self.network)
                 now = time.monotonic() - self.epoch
                 self.fault_done[f.at] = max(now, self.fault_done.get(f.at, 0.0))
@@ -372,11 +376,20 @@ def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
                 live.add(node)
         return live
 
+    def next_break(after: float) -> float:
+        """When the next fault on everyone's gossip path began (a node
+        killed meanwhile only leaves the live set)."""
+        later = [f.at for f in run.plan.faults if f.at > after and f.action in BREAKING]
+        if not later:
+            return end
+        return run.wall_epoch + run.fault_started.get(min(later), min(later))
+
     out: dict[str, dict[str, object]] = {}
     for ph in run.plan.phases:
         mends = [f for f in run.plan.faults if f.at == ph.start and f.action in MENDING]
         since = run.wall_epoch + run.fault_done.get(ph.start, ph.start)
-        until = run.wall_epoch + run.fault_done.get(ph.stop, ph.stop)
+        # the next fault acts from when it begins, not when it is done
+        until = run.wall_epoch + run.fault_started.get(ph.stop, ph.stop)
         start = since
         entry: dict[str, object] = {}
         if mends:
@@ -390,8 +403,10 @@ def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
             # A host slow to start the agents (seen: 5.3 s) may bring them up
             # after the phase's end: the mend is then judged over the rounds
             # after it all the same, among the nodes live then.
-            until = max(until, min(start + SETTLE_SPAN_S, end))
+            # Not past the next fault that breaks something, though.
+            until = max(until, min(start + SETTLE_SPAN_S, end, next_break(ph.start)))
             entry["judged_until_s"] = round(until - run.wall_epoch, 3)
+            entry["judged"] = start < until  # False: the agents were up only after the next fault
             entry.update(agents.convergence(logs, live_at(until), start, until, rs))
         live = live_at(start) & live_at(until)
         if run.origins is not None:
@@ -402,6 +417,7 @@ def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
 
 
 SETTLE_SPAN_S = 2.0  # a mend is judged over at least this after the agents are up
+BREAKING = ("partition", "netem")  # faults on every node's gossip path
 
 
 def botnet_figures(run: ModeRun, bots: Sequence[metrics.BotStream]) -> dict[str, object]:
