@@ -439,7 +439,13 @@ def chaos_misses(mode: dict[str, object]) -> list[str]:
             misses.append(f"{label}: a restarted agent not up yet at its start")
         after = ph["attack_delivered_ratio_after_remitigation"]
         if ph["time_to_remitigate_s"] is None or after is None or after > 0.05:
-            misses.append(f"{label}: attack not cut again (after {after})")
+            blocks = {b: v for b, v in ph["attack_delivered_ratio_by_block"].items() if v}
+            worst = max(blocks, key=lambda b: blocks[b]) if blocks else None
+            where = f", block {worst} {blocks[worst]:.0%}" if worst is not None else ""
+            misses.append(
+                f"{label}: attack not cut again ({ph['attack_delivered_ratio']:.1%} delivered"
+                f"{where}; after re-mitigation {after})"
+            )
         if ph["good_success_ratio"] is None or ph["good_success_ratio"] < 0.99:
             misses.append(f"{label}: good success {ph['good_success_ratio']}")
         mesh = ph.get("mesh", {})
