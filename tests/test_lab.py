@@ -480,9 +480,13 @@ def test_chaos_on_five_proxies_every_fault_is_carried_out_and_measured_per_phase
     assert "SIGKILL redis" in "\n".join(master["notes"])
     assert any("map sync failed" in n for n in master["notes"])
     # The gossip modes report the membership's convergence after each mend.
-    mended = [ph["mesh"] for ph in gossip["phases"].values() if "mesh" in ph]
+    mended = [ph["mesh"] for ph in gossip["phases"].values() if "after" in ph.get("mesh", {})]
     assert len(mended) == 4  # proxies back, agent back, healed, netem off
-    assert all("rounds_to_converge" in m for m in mended)
+    assert all("rounds_to_converge" in m and "agent_up_s" in m for m in mended)
+    # ... and the rows' figures in every phase, from the agents' /v1/origins
+    # sampled every round: the sampler really read them.
+    assert all("rows_rounds_to_catch_up" in ph["mesh"] for ph in gossip["phases"].values())
+    assert sum(ph["mesh"]["count_comparisons"] for ph in gossip["phases"].values()) > 0
     # The restarted agents really lived twice.
     for node in ("p1", "p2", "p3"):
         log = (work / "gossip" / f"agent-xl-{node}.log").read_text()
@@ -503,22 +507,62 @@ def test_chaos_on_five_proxies_every_fault_is_carried_out_and_measured_per_phase
         assert "netem" not in qdisc and "prio" not in qdisc
     st = topology.status()
     assert all(n == 0 for n in st["processes"].values()), st["processes"]
-    # Issue 13's acceptance, gossip, in every phase: the attack cut again
-    # (at most 5 % delivered from then on), good success at least 99 %,
-    # membership converged within ceil(log2 5) + 2 = 5 rounds after a mend.
-    # Measured on this tree (docs/lab-results.md) the faults whose rows
-    # leave the views (a proxy or an agent gone, a partition) are not cut
-    # again within their phase: the destination window's burst that issue
-    # 13 names, whose fix is the integrator's (core/algorithm.fold_destination,
-    # agent/mapsync). Until it lands the misses are an expected failure
-    # naming every figure, after everything above has been asserted; with it
-    # the test passes on its own.
+    # Issue 13's acceptance, gossip. What holds on this tree is asserted:
+    # * exact counts: in every phase, two nodes at the same version of an
+    #   origin's rows agree on their count (count error 0, the rows active
+    #   in the last 2 s; 0 in every comparison of every run since the
+    #   cut-off, 1 000-2 000 comparisons a run);
+    # * the attack cut again (at most 5 % delivered from then on) with good
+    #   success at least 99 % in the phases of HOLDS: measured at most 1.4 %
+    #   after re-mitigation (agent down; partition 0.8 %, the others 0-0.1 %)
+    #   and good 100 % in the runs of docs/lab-results.md, margins 3.6
+    #   points and 1 point.
+    # The rest of the acceptance is an expected failure naming every figure
+    # missed (chaos_misses), after everything above has been asserted.
+    for label, ph in gossip["phases"].items():
+        mesh = ph["mesh"]
+        if mesh["count_comparisons"]:
+            assert mesh["count_error_max"] == 0, (label, mesh)
+    for label in HOLDS:
+        ph = gossip["phases"][label]
+        if ph["stop_s"] - ph["start_s"] < 1.0:
+            continue  # a fault came late: the phase is too short to judge
+        if still_starting(gossip, label):
+            continue  # a restarted agent was not up yet (seen: 10.3 s at load 12)
+        after = ph["attack_delivered_ratio_after_remitigation"]
+        assert ph["time_to_remitigate_s"] is not None and after <= 0.05, (label, ph)
+        assert ph["good_success_ratio"] >= 0.99, (label, ph)
     misses = chaos_misses(gossip)
     if misses:
-        pytest.xfail("issue 13 bounds missed (fold fix pending): " + "; ".join(misses))
+        pytest.xfail("issue 13 bounds missed: " + "; ".join(misses))
 
 
 CONVERGE_ROUNDS = math.ceil(math.log2(5)) + 2
+# the phases whose attack and good-client bounds hold on this tree (asserted)
+HOLDS = (
+    "agent of proxy 2 down",
+    "partition 0,1 | 2,3,4",
+    "healed",
+    "lossy gossip path",
+    "Redis down",
+)
+
+
+def still_starting(mode: dict[str, object], label: str) -> bool:
+    """Whether an agent restarted in an earlier phase was not up yet when
+    phase ``label`` began (or never came up): its proxy then still runs on
+    the view written before its restart, and the phase judges the restart,
+    not its own fault."""
+    phases = mode["phases"]
+    assert isinstance(phases, dict)
+    start = phases[label]["start_s"]
+    for other, ph in phases.items():
+        if other == label:
+            return False
+        up = ph.get("mesh", {}).get("agent_up_s", 0.0)
+        if up is None or ph["start_s"] + up > start:
+            return True
+    return False
 
 
 def chaos_misses(mode: dict[str, object]) -> list[str]:
@@ -530,12 +574,30 @@ def chaos_misses(mode: dict[str, object]) -> list[str]:
         if ph["stop_s"] - ph["start_s"] < 1.0:
             misses.append(f"{label}: shorter than 1 s (a fault came late)")
             continue
+        if still_starting(mode, label):
+            misses.append(f"{label}: a restarted agent not up yet at its start")
         after = ph["attack_delivered_ratio_after_remitigation"]
         if ph["time_to_remitigate_s"] is None or after is None or after > 0.05:
-            misses.append(f"{label}: attack not cut again (after {after})")
+            blocks = {b: v for b, v in ph["attack_delivered_ratio_by_block"].items() if v}
+            worst = max(blocks, key=lambda b: blocks[b]) if blocks else None
+            where = f", block {worst} {blocks[worst]:.0%}" if worst is not None else ""
+            misses.append(
+                f"{label}: attack not cut again ({ph['attack_delivered_ratio']:.1%} delivered"
+                f"{where}; after re-mitigation {after})"
+            )
         if ph["good_success_ratio"] is None or ph["good_success_ratio"] < 0.99:
             misses.append(f"{label}: good success {ph['good_success_ratio']}")
-        rounds = ph.get("mesh", {}).get("rounds_to_converge", 0)
-        if "mesh" in ph and (rounds is None or rounds > CONVERGE_ROUNDS):
-            misses.append(f"{label}: membership converged in {rounds} rounds")
+        mesh = ph.get("mesh", {})
+        if "after" in mesh and not mesh.get("judged", True):
+            up = mesh.get("agent_up_s")
+            misses.append(f"{label}: agents up after {up} s, past the next fault: not judged")
+        elif "after" in mesh:
+            rounds = mesh.get("rounds_to_converge")
+            if rounds is None or rounds > CONVERGE_ROUNDS:
+                misses.append(f"{label}: membership settled in {rounds} rounds")
+            rows = mesh.get("rows_rounds_to_catch_up")
+            if rows is None or rows > CONVERGE_ROUNDS:
+                misses.append(f"{label}: rows caught up in {rows} rounds")
+        if mesh.get("count_error_max"):
+            misses.append(f"{label}: count error {mesh['count_error_max']} at equal versions")
     return misses

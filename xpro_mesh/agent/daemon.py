@@ -436,6 +436,11 @@ class Agent:
     def table_size(self) -> tuple[int, int]:
         return self.state.num_pairs, len(self.state)
 
+    def origin_summary(
+        self, active_since: int | None = None
+    ) -> dict[str, tuple[tuple[int, int], int, int]]:
+        return self.state.origin_summary(active_since)
+
     def top_pairs(self, dst: bytes | None, limit: int) -> tuple[list[PairRecord], int]:
         table = self.state
         ids = table.live_ids()

@@ -301,6 +301,7 @@ class ApiServer:
                 web.get("/v1/peers", self.peers),
                 web.get("/v1/steering", self.steering),
                 web.get("/v1/records", self.records),
+                web.get("/v1/origins", self.origins),
                 web.get("/v1/config", self.get_config),
                 web.put("/v1/config", self.put_config),
                 web.post("/v1/feed", self.feed),
@@ -397,6 +398,29 @@ class ApiServer:
             for r in top
         ]
         return web.json_response({"records": out, "total": total})
+
+    async def origins(self, request: web.Request) -> web.Response:
+        """Per origin held: its watermark (this node's clock for itself),
+        rows and summed count (``?active_since=NS``: of the rows with ts2
+        at or after that cluster time only), with the cluster time of the
+        answer: what the lab compares across nodes (the count error among
+        live origins)."""
+        raw = request.query.get("active_since")
+        try:
+            since = None if raw is None else int(raw)
+        except ValueError:
+            return _error(400, f"active_since: expected integer nanoseconds, got {raw!r}")
+        summary = self.agent.origin_summary(since)
+        return web.json_response(
+            {
+                "node_id": self.agent.info.node_id,
+                "at_ns": time.time_ns(),
+                "origins": {
+                    o: {"version": list(v), "rows": rows, "count": count}
+                    for o, (v, rows, count) in sorted(summary.items())
+                },
+            }
+        )
 
     async def get_config(self, request: web.Request) -> web.Response:
         return web.json_response(

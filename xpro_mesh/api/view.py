@@ -96,6 +96,13 @@ class AgentView(Protocol):
         """(pairs, rows) held in the replicated state."""
         ...
 
+    def origin_summary(
+        self, active_since: int | None = None
+    ) -> dict[str, tuple[tuple[int, int], int, int]]:
+        """Per origin held: (watermark version, rows, summed count); see
+        :meth:`xpro_mesh.core.table.PairTable.origin_summary`."""
+        ...
+
     def top_pairs(self, dst: bytes | None, limit: int) -> tuple[Sequence[PairRecord], int]:
         """The ``limit`` mesh-wide pair views with the largest counts (towards
         ``dst`` only, when given), largest first, and how many pairs matched."""

@@ -917,6 +917,31 @@ class PairTable:
 
     # --- anti-entropy ----------------------------------------------------------------
 
+    def origin_summary(
+        self, active_since: int | None = None
+    ) -> dict[str, tuple[Version, int, int]]:
+        """Per origin whose rows are held: (watermark, rows, summed count),
+        counting only rows with ``ts2 >= active_since`` when given. For this
+        node the watermark is its clock. Two nodes at the same watermark of
+        an origin hold the same versions of its rows (a watermark only moves
+        along contiguous claims), except rows one of them has expired and the
+        other not yet (each expires on its own cycle, without a version):
+        ``active_since`` well above both expiry floors leaves those out, so
+        the sums must be equal. What the lab compares as the count error
+        among live origins."""
+        out: dict[str, tuple[Version, int, int]] = {}
+        for origin, o in self._slot.items():
+            if not self._rows_of[o] and origin != self._node_id:
+                continue
+            held = self._present[o]
+            if active_since is not None:
+                held = held & ~_lt(self._ts2[o], active_since)
+            rows = int(np.count_nonzero(held))
+            count = int(self._c[o][held].sum())
+            mark = self._clock if origin == self._node_id else self._watermark.get(origin)
+            out[origin] = (mark if mark is not None else ZERO_VERSION, rows, count)
+        return out
+
     def digest(self) -> Digest:
         return Digest(sender=self._node_id, versions=dict(self._watermark))
 

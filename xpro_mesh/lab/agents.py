@@ -226,13 +226,15 @@ def member_transitions(
 
 
 def member_states(
-    logs: dict[str, Path], since: float, until: float
+    logs: dict[str, Path], since: float, until: float, about: set[str] | None = None
 ) -> tuple[dict[str, dict[str, str]], float | None]:
     """Each agent's view of its members at ``until`` (agent node ns ->
     member -> state, from every ``member X: A -> B`` line up to then) and
     the time of the last transition logged in ``[since, until]`` (None if
     there was none): a mesh has converged on its membership once every
-    live agent holds every live member ``alive`` and nothing changes."""
+    live agent holds every live member ``alive`` and nothing changes.
+    ``about``: only changes about these members count for the time (a
+    member killed meanwhile is another fault's, not the mend's)."""
     views: dict[str, dict[str, str]] = {}
     last: float | None = None
     for name, log in logs.items():
@@ -243,10 +245,31 @@ def member_states(
             if not match or at is None or at > until:
                 continue
             view[match.group(1)] = match.group(3)
-            if at >= since:
+            if at >= since and (about is None or match.group(1) in about):
                 last = at if last is None else max(last, at)
         views[name] = view
     return views, last
+
+
+def first_up(logs: dict[str, Path], nodes: set[str], since: float) -> float | None:
+    """When the last of ``nodes`` (restarted at ``since``) logged its
+    ``agent <id> up`` line (Unix seconds); None if one never did."""
+    latest = since
+    for node in nodes:
+        at = next(
+            (
+                t
+                for entry in log_entries(logs[node])
+                if str(entry.get("msg", "")).startswith(f"agent {node} up")
+                and (t := _log_time(entry)) is not None
+                and t >= since
+            ),
+            None,
+        )
+        if at is None:
+            return None
+        latest = max(latest, at)
+    return latest
 
 
 def convergence(
@@ -256,7 +279,7 @@ def convergence(
     live agent (``live``: node ids, ``p<i>``) holds every other live node
     alive, and in how many gossip rounds of ``round_s`` from ``since`` the
     last membership change before that came (0: nothing had to change)."""
-    views, last = member_states({n: logs[n] for n in logs if n in live}, since, until)
+    views, last = member_states({n: logs[n] for n in logs if n in live}, since, until, live)
     converged = all(views.get(n, {}).get(m) == "alive" for n in live for m in live if m != n)
     rounds = 0 if last is None else math.ceil(max(0.0, last - since) / round_s - 1e-9)
     return {

@@ -271,7 +271,13 @@ def phase_rows(result: ScenarioResult) -> list[list[str]]:
                 cell += f", p50/p99 {pm.good_latency_ms_p50:.1f}/{pm.good_latency_ms_p99:.1f} ms"
             conv = r.phase_mesh.get(ph.label, {})
             if conv.get("rounds_to_converge") is not None:
-                cell += f", converged in {conv['rounds_to_converge']} rounds"
+                cell += f", members settled in {conv['rounds_to_converge']} rounds"
+            if conv.get("rows_rounds_to_catch_up") is not None:
+                cell += f", rows in {conv['rows_rounds_to_catch_up']}"
+            if conv.get("agent_up_s") is not None:
+                cell += f" (agent up after {conv['agent_up_s']:.1f} s)"
+            if conv.get("count_error_max") is not None:
+                cell += f", count error {conv['count_error_max']}"
             cells.append(cell)
         rows.append(cells)
     return rows

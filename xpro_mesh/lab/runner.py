@@ -24,6 +24,7 @@ from pathlib import Path
 from xpro_mesh.core.params import Policy
 from xpro_mesh.lab import agents, dispersion, metrics, spoofed
 from xpro_mesh.lab.faults import Network, inject
+from xpro_mesh.lab.origins import OriginSampler, settle_figures
 from xpro_mesh.lab.plans import (
     AGENT_SYNC,
     POLICY,
@@ -82,7 +83,11 @@ class ModeRun:
     # (s since the epoch): a loaded host carries a fault out late, and the
     # phases are cut where the faults really happened
     fault_done: dict[float, float] = field(default_factory=dict)
-    fault_started: dict[float, float] = field(default_factory=dict)  # likewise, when begun
+    # ... and when the first of them began (a fault takes effect while it is
+    # carried out: nftables in five namespaces take a few hundred ms)
+    fault_started: dict[float, float] = field(default_factory=dict)
+    # the agents' rows per origin, sampled every gossip round (gossip modes)
+    origins: OriginSampler | None = None
 
     def __post_init__(self) -> None:
         self.network = Network(self.lab)
@@ -215,6 +220,15 @@ class ModeRun:
             self.counters.start()
             if self.stats is not None:
                 self.filters = spoofed.FilterFigures(self.stats.maps)
+        if self.mode.startswith("gossip") and self.plan.faults:
+            from xpro_mesh.lab.topology import NETNS_DIR
+
+            self.origins = OriginSampler(
+                {f"p{p.index}": str(NETNS_DIR / p.ns) for p in self.lab.proxies},
+                agents.API_PORT,
+                round_s(self.plan.agent_profile),
+            )
+            self.origins.start()
 
     def events(self) -> list[tuple[float, Callable[[], str | None]]]:
         """What happens at a time after the epoch: the plan's faults (each
@@ -270,6 +284,10 @@ class ModeRun:
     def stop_traffic(self) -> dict[str, dict[str, int]]:
         """Stop what overran, note agents that died; the filters' counters."""
         self.wall_end = time.time()
+        if self.origins is not None:
+            self.origins.stop()
+            self.notes.extend(self.origins.errors)
+            self.origins.dump(str(self.moddir / "origins.jsonl"))
         for name, _proc in self.procs.running("traffic") + self.procs.running("victim"):
             self.notes.append(f"{name} overran its time and was stopped")
         self.procs.stop(_traffic_or_victim)
@@ -360,37 +378,77 @@ def round_s(profile: str) -> float:
 
 
 def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
-    """Per phase that starts with a mend (a restart, a proxy back, a heal,
-    netem off): the membership's convergence among the live agents, from
-    their logs (:func:`agents.convergence`), in the agents' gossip rounds."""
+    """Per phase of a gossip mode's faulted run: the rows' figures among the
+    live agents (:func:`~xpro_mesh.lab.origins.settle_figures`: caught up
+    after how many rounds, the largest count error among live origins once
+    caught up); for a phase that starts with a mend (a restart, a proxy
+    back, a heal, netem off) also the membership's convergence among the
+    live agents, from their logs (:func:`agents.convergence`). Both are
+    counted in gossip rounds from the mend, or, after a restart, from the
+    restarted agents' ``agent pN up`` line (``agent_up_s`` after the
+    restart command: Python's start-up and attaching to the pins, which no
+    gossip can shorten)."""
     if not run.mode.startswith("gossip"):
         return {}  # membership is the gossip modes' (master's agents only talk to Redis)
     logs = {f"p{p.index}": run.moddir / f"agent-{p.ns}.log" for p in run.lab.proxies}
-    out: dict[str, dict[str, object]] = {}
-    for ph in run.plan.phases:
-        mends = [f for f in run.plan.faults if f.at == ph.start and f.action in MENDING]
-        if not mends:
-            continue
+    rs = round_s(run.plan.agent_profile)
+    wall = {f.at: run.wall_epoch + run.fault_done.get(f.at, f.at) for f in run.plan.faults}
+    end = run.wall_epoch + run.plan.duration
+
+    def live_at(t: float) -> set[str]:
         live = {f"p{p.index}" for p in run.lab.proxies}
         for f in run.plan.faults:
-            if f.at > ph.start:
+            if wall[f.at] > t:
                 break
             node = "p" + f.target.partition(":")[2]
             if f.action in ("kill", "down") and f.target != "redis":
                 live.discard(node)
             elif f.action in ("restart", "up"):
                 live.add(node)
-        out[ph.label] = {
-            "after": [f.action + " " + f.target for f in mends],
-            **agents.convergence(
-                logs,
-                live,
-                run.wall_epoch + run.fault_done.get(ph.start, ph.start),
-                run.wall_epoch + run.fault_done.get(ph.stop, ph.stop),
-                round_s(run.plan.agent_profile),
-            ),
-        }
+        return live
+
+    def next_break(after: float) -> float:
+        """When the next fault on everyone's gossip path began (a node
+        killed meanwhile only leaves the live set)."""
+        later = [f.at for f in run.plan.faults if f.at > after and f.action in BREAKING]
+        if not later:
+            return end
+        return run.wall_epoch + run.fault_started.get(min(later), min(later))
+
+    out: dict[str, dict[str, object]] = {}
+    for ph in run.plan.phases:
+        mends = [f for f in run.plan.faults if f.at == ph.start and f.action in MENDING]
+        since = run.wall_epoch + run.fault_done.get(ph.start, ph.start)
+        # the next fault acts from when it begins, not when it is done
+        until = run.wall_epoch + run.fault_started.get(ph.stop, ph.stop)
+        start = since
+        entry: dict[str, object] = {}
+        if mends:
+            restarted = {
+                "p" + f.target.partition(":")[2] for f in mends if f.action in ("restart", "up")
+            }
+            up = agents.first_up(logs, restarted, since) if restarted else since
+            entry["after"] = [f.action + " " + f.target for f in mends]
+            entry["agent_up_s"] = None if up is None else round(up - since, 3)
+            start = since if up is None else up
+            # A host slow to start the agents (seen: 5.3 s) may bring them up
+            # after the phase's end: the mend is then judged over the rounds
+            # after it all the same, among the nodes live then.
+            # Not past the next fault that breaks something, though.
+            until = max(until, min(start + SETTLE_SPAN_S, end, next_break(ph.start)))
+            entry["judged_until_s"] = round(until - run.wall_epoch, 3)
+            entry["judged"] = start < until  # False: the agents were up only after the next fault
+            entry.update(agents.convergence(logs, live_at(until), start, until, rs))
+        live = live_at(start) & live_at(until)
+        if run.origins is not None:
+            entry.update(settle_figures(run.origins.samples, start, until, rs, live))
+        if entry:
+            out[ph.label] = entry
     return out
+
+
+SETTLE_SPAN_S = 2.0  # a mend is judged over at least this after the agents are up
+BREAKING = ("partition", "netem")  # faults on every node's gossip path
 
 
 def botnet_figures(run: ModeRun, bots: Sequence[metrics.BotStream]) -> dict[str, object]:

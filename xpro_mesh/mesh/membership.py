@@ -418,7 +418,10 @@ class Announce:
     spreads the news too, but only a few times per update (retransmit limit),
     and a member that misses every copy would otherwise wait out a suspicion
     of its own, up to ``suspicion_max_mult · S(N)`` without confirmations,
-    well past the detection bound. One message per member per declaration."""
+    well past the detection bound. One message per member per declaration.
+    Also the answer of :meth:`Membership.on_sender` to a member that talks
+    to us while we hold it suspect or dead: our verdict, to that member
+    alone, so that it refutes."""
 
     update: MemberUpdate
     addrs: tuple[Address, ...]
@@ -534,6 +537,7 @@ class Membership:
         self._seeds: tuple[Address, ...] = ()
         self._suspicions: dict[str, _Suspicion] = {}
         self._relays: dict[int, _Relay] = {}
+        self._told_dead: dict[str, int] = {}  # member -> when we last told it (on_sender)
         self.health = 0  # Lifeguard's local health score: 0 is healthy
         self.stats = DetectorStats()
         self._seq = rng.randrange(_SEQ_MOD)
@@ -751,6 +755,40 @@ class Membership:
         for update in updates:
             actions += self._apply(update, now_ns)
         return actions
+
+    def on_sender(self, sender: MemberUpdate, now_ns: int) -> list[Action]:
+        """A message came from ``sender`` itself (its own record, under the
+        MAC). If we hold it dead or suspect at that incarnation or a later
+        one, it may not know: nothing it says out-ranks our verdict, and the
+        rumour has left our retransmit queue (or was lost with the partition
+        that caused it). So tell it, directly and at most once a probe
+        interval: it refutes with a higher incarnation, and every node takes
+        it back within a round or two. Without this, the two sides of a
+        healed partition hold each other dead until ``dead_retention``
+        forgets them (a push-pull only picks live peers) unless something
+        else bumps their incarnations (:meth:`set_load`), and a suspicion
+        waits for our probe to come round to the member (the buddy system's
+        one chance, up to N probe intervals)."""
+        if self._left or sender.node_id == self.node_id:
+            return []
+        known = self._members.get(sender.node_id)
+        if (
+            known is None
+            or known.state is MemberState.ALIVE
+            or sender.incarnation > known.incarnation
+        ):
+            return []
+        last = self._told_dead.get(sender.node_id)
+        if last is not None and now_ns - last < self.params.probe_interval_ns:
+            return []
+        self._told_dead.pop(sender.node_id, None)
+        self._told_dead[sender.node_id] = now_ns
+        if len(self._told_dead) > self.params.max_members:
+            self._told_dead.pop(next(iter(self._told_dead)))  # bounded: oldest out
+        verdict = MemberUpdate(
+            known.node_id, known.addr, known.incarnation, known.state, source=self.node_id
+        )
+        return [Announce(verdict, (sender.addr,), (sender.node_id,))]
 
     def merge_state(self, updates: Iterable[MemberUpdate], now_ns: int) -> list[Action]:
         """Apply a peer's full state from a push-pull, taking its *dead* as

@@ -694,6 +694,14 @@ class MeshNode:
     def _dispatch(self, message: wire.Message, addr: Address) -> None:
         now = self.mono_ns()
         m = self.membership
+        self._dispatch_kind(message, addr, now)
+        sender = getattr(message, "sender", None)
+        if isinstance(sender, MemberUpdate):
+            # A member we hold dead is talking to us: tell it, so it refutes.
+            self._perform(m.on_sender(sender, now))
+
+    def _dispatch_kind(self, message: wire.Message, addr: Address, now: int) -> None:
+        m = self.membership
         if isinstance(message, Ping):
             self._perform(m.on_update((message.sender, *message.updates), now))
             if message.target_id == self.node_id:
