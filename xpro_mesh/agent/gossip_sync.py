@@ -107,9 +107,11 @@ class GossipSync:
     async def _cycle(self, report: SyncReport) -> None:
         backend = self.backend
         self.news.clear()  # this cycle writes whatever was merged before it
-        pairs = await _blocking(read_slots, backend, self.memory)
-        dests = await _blocking(backend.read_dests)
         full = self._cycles % max(1, self.full_every) == 0
+        # An incremental cycle copies only the slots whose gen or c moved; a
+        # full one copies every slot, as it plans every slot.
+        pairs = await _blocking(read_slots, backend, self.memory, not full)
+        dests = await _blocking(backend.read_dests)
         self._cycles += 1
         plan = await self._plan(pairs, dests, full)
         deferred, self._deferred = self._deferred, []

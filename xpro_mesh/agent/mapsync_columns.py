@@ -93,6 +93,7 @@ def plan_cycle_steps(
     # or busy (a million quiet slots: two compares, no copies).
     old_gen, old_c = pairs.of(memory.gen), pairs.of(memory.c)
     read_moved = np.flatnonzero((old_gen != gen) | (old_c != kc))
+    memory.r_busy = len(read_moved) * INCREMENTAL_SHARE > n  # the next read copies all
     seen = np.ones(n, dtype=np.bool_)
     dc = np.zeros(n, dtype=np.int64)
     m_gen, m_c, m_slots = gen[read_moved], kc[read_moved], slots[read_moved]
