@@ -118,7 +118,7 @@ def plan_cycle_steps(
 
     own_changed = 0
     for lo in range(0, len(plan_at), step):
-        at = plan_at[lo : lo + step]
+        at = _chunk(plan_at, lo, step, full)
         own_changed += _sync_own_rows(
             table,
             memory,
@@ -153,14 +153,14 @@ def plan_cycle_steps(
     known: list[TablePairViews] = []  # every planned slot's pair view, as folded now
     gone_parts: list[npt.NDArray[np.int64]] = []
     for lo in range(0, len(view_at), step):
-        at = view_at[lo : lo + step]
+        at = _chunk(view_at, lo, step, full)
         views, gone, held = _pair_views(
             table, _ChunkKeys(pairs, at), slots[at], gen[at], kc[at], memory
         )
         chunks.append(views)
         known.append(held)
         touched.append(table.destination_of(held.ids))
-        gone_parts.append(at[gone])
+        gone_parts.append(_positions_of(at)[gone])
         yield
     gone_at = np.concatenate(gone_parts) if gone_parts else np.zeros(0, np.int64)
 
@@ -183,6 +183,24 @@ def plan_cycle_steps(
     )
 
 
+Chunk = I64 | slice
+
+
+def _chunk(positions: I64, lo: int, step: int, every: bool) -> Chunk:
+    """Positions ``lo .. lo + step`` of a plan: a slice when the plan covers
+    every position in order (``positions`` is ``arange(n)``), so the chunk's
+    columns are views, not gathers."""
+    if every:
+        return slice(lo, min(lo + step, len(positions)))
+    return positions[lo : lo + step]
+
+
+def _positions_of(at: Chunk) -> I64:
+    if isinstance(at, slice):
+        return np.arange(at.start, at.stop, dtype=np.int64)
+    return at
+
+
 class _ChunkKeys:
     """The pairs of one chunk of the read (positions ``at``), gathered only
     where asked: most slots' pair ids come from the cache, and their keys
@@ -190,9 +208,9 @@ class _ChunkKeys:
 
     __slots__ = ("_at", "_pairs")
 
-    def __init__(self, pairs: SlotRead, at: I64) -> None:
+    def __init__(self, pairs: SlotRead, at: Chunk) -> None:
         self._pairs = pairs
-        self._at = at
+        self._at = _positions_of(at)
 
     def src(self, sub: I64) -> npt.NDArray[np.bytes_]:
         """The sources of the chunk's positions ``sub``."""
