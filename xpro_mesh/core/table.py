@@ -1387,6 +1387,8 @@ def _has_duplicates(ids: Ints, scratch: Ints) -> bool:
     space, overwritten; kept by the table so no call faults in fresh pages)."""
     if len(ids) < 2:
         return False
+    if bool(np.all(ids[1:] > ids[:-1])):  # ascending (the usual batch): distinct
+        return False
     last = scratch
     order = np.arange(len(ids), dtype=np.int64)
     last[ids] = order

@@ -270,12 +270,18 @@ class SlotArrays:
         g1 = np.empty(hwm, np.uint64)
         now_c = np.empty(hwm, np.uint64)
         g2 = np.empty(hwm, np.uint64)
+        held_gen, held_c = gen[:hwm], c[:hwm].view(np.uint64)
         for lo in range(0, hwm, SINCE_CHUNK):
             hi = min(hwm, lo + SINCE_CHUNK)
             g1[lo:hi] = words[lo:hi, 0]
             now_c[lo:hi] = words[lo:hi, 3]
             g2[lo:hi] = words[lo:hi, 0]
-        held_gen, held_c = gen[:hwm], c[:hwm].view(np.uint64)
+            if lo == 0 and hwm > 2 * SINCE_CHUNK:
+                # The first chunk tells an attack (most slots moved) apart:
+                # then copy every slot at once.
+                moved = (g1[:hi] != held_gen[:hi]) | (now_c[:hi] != held_c[:hi])
+                if np.count_nonzero(moved) * SINCE_SHARE > hi:
+                    return self._copy_every(gen, ts1, ts2, c, hwm)
         # Equal to the caller's (even) gen, unchanged across the copy: quiet.
         ok = np.equal(g1, g2)
         same = np.equal(g1, held_gen)
