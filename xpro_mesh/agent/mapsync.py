@@ -113,11 +113,16 @@ class SlotMemory:
             return np.full(len(slots), -1, np.int64)
         pid = self.pid_of_slot[slots]
         back = self.slots_of(np.maximum(pid, 0))
-        return np.where((pid >= 0) & (back == slots), pid, -1)
+        back[pid < 0] = -1
+        ok = np.equal(back, slots)
+        pid[~ok] = -1
+        return pid
 
     def slots_of(self, ids: I64) -> I64:
         """The slot of each pair id (-1: none known)."""
         ids = np.asarray(ids, np.int64)
+        if len(ids) == 0 or int(ids.max()) < len(self.slot_of_pid):
+            return self.slot_of_pid[ids]  # a gather: a new array
         known = ids < len(self.slot_of_pid)
         out = np.full(len(ids), -1, np.int64)
         out[known] = self.slot_of_pid[ids[known]]
