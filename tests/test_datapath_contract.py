@@ -644,6 +644,32 @@ def test_a_read_since_the_last_holds_what_a_full_read_holds(dp: DataPath) -> Non
         before = now_held
 
 
+def test_a_read_since_in_an_attack_copies_every_slot_and_holds_a_full_read() -> None:
+    """When most slots moved (judged on the first chunk of the pass), every
+    slot is copied at once; the columns still hold what read_pairs copies,
+    and a slot that moved only past the first chunk is found too."""
+    from xpro_mesh.datapath.slots import SINCE_CHUNK
+
+    maps = MemoryMaps(QUIET, MapSizes(1 << 16, 1 << 4))
+    since = _since_columns(maps)
+    n = 3 * SINCE_CHUNK
+    sources = [f"10.{9 + i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(n)]
+    now = BASE_TIME
+    for src in sources:
+        maps.feed(src, D, now)
+    maps.read_pairs_since(*since)
+    for src in sources[::2]:  # half of every chunk moves: an attack
+        maps.feed(src, D, now + MS)
+    attack = maps.read_pairs_since(*since)
+    maps.feed(sources[-1], D, now + 2 * MS)  # one slot of the last chunk: quiet
+    quiet = maps.read_pairs_since(*since)
+    full = maps.read_pairs()
+    assert len(attack.changed) == n  # every slot copied
+    assert quiet.changed.tolist() == [full.slots[-1]]
+    for name, col in zip(("gen", "ts1", "ts2", "c"), since, strict=True):
+        assert col[full.slots].tolist() == full.rows[name].tolist(), name
+
+
 def test_pair_deltas_count_every_packet_once_across_reads_and_restarts(dp: DataPath) -> None:
     """Summing what each read added gives the packets sent; a restart (or a
     new pair) shows as a new window whose whole count is new."""
