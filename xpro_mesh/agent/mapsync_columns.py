@@ -253,33 +253,48 @@ def _pair_views(
     views of the pairs held."""
     ids = _ids(table, memory, slots, keys)
     held = ids >= 0
-    memory.place(ids[held], slots[held])
-    views = table.pair_views(ids[held])
-    h = np.flatnonzero(held)
-    w_slots = slots[h]
-    w_gen = gen[h]
-    w_adj = views.c - kc[h]  # the table holds counts past 2^63 - 1 at it
-    w_ts1 = views.ts1.astype(np.uint64)
-    w_ts2 = views.ts2.astype(np.uint64)
-    moved = (
-        (memory.w_gen[w_slots] != w_gen)
-        | (memory.w_adj[w_slots] != w_adj)
-        | (memory.w_ts1[w_slots] != w_ts1)
-        | (memory.w_ts2[w_slots] != w_ts2)
-    )
+    every = bool(held.all())
+    if every:  # the usual chunk: no masks, no gathers
+        w_ids, w_slots, w_gen, w_kc = ids, slots, gen, kc
+    else:
+        h = np.flatnonzero(held)
+        w_ids, w_slots, w_gen, w_kc = ids[h], slots[h], gen[h], kc[h]
+    memory.place(w_ids, w_slots)
+    views = table.pair_views(w_ids)
+    w_adj = views.c - w_kc  # the table holds counts past 2^63 - 1 at it
+    w_ts1 = views.ts1.view(np.uint64)  # windows are never negative
+    w_ts2 = views.ts2.view(np.uint64)
+    at = _run(w_slots)  # slots ascend: a run of slots is a slice
+    moved = memory.w_gen[at] != w_gen
+    moved |= memory.w_adj[at] != w_adj
+    moved |= memory.w_ts1[at] != w_ts1
+    moved |= memory.w_ts2[at] != w_ts2
     m = np.flatnonzero(moved)
-    pv = PairViews(
-        slots=w_slots[m].astype(np.uint32),
-        gen=w_gen[m],
-        adj=w_adj[m],
-        ts1=w_ts1[m],
-        ts2=w_ts2[m],
-    )
-    memory.w_gen[pv.slots] = pv.gen
-    memory.w_adj[pv.slots] = pv.adj
-    memory.w_ts1[pv.slots] = pv.ts1
-    memory.w_ts2[pv.slots] = pv.ts2
+    if len(m) == len(moved):  # every view moved (a busy cycle): no gathers
+        pv = PairViews(w_slots.astype(np.uint32), w_gen, w_adj, w_ts1, w_ts2)
+        put: slice | npt.NDArray[np.uint32] | I64 = at
+    else:
+        pv = PairViews(
+            slots=w_slots[m].astype(np.uint32),
+            gen=w_gen[m],
+            adj=w_adj[m],
+            ts1=w_ts1[m],
+            ts2=w_ts2[m],
+        )
+        put = pv.slots
+    memory.w_gen[put] = pv.gen
+    memory.w_adj[put] = pv.adj
+    memory.w_ts1[put] = pv.ts1
+    memory.w_ts2[put] = pv.ts2
     return pv, ~held, views
+
+
+def _run(slots: I64) -> slice | I64:
+    """Ascending slot numbers as a slice when they are a run (first to last,
+    none left out), else themselves."""
+    if len(slots) and int(slots[-1]) - int(slots[0]) == len(slots) - 1:
+        return slice(int(slots[0]), int(slots[-1]) + 1)
+    return slots
 
 
 def _joined(parts: list[TablePairViews]) -> TablePairViews | None:
