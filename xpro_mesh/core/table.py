@@ -702,8 +702,11 @@ class PairTable:
         if total:
             self._clock = (inc, seq0 + total)
             self._watermark[self._node_id] = self._clock
-            w = np.flatnonzero(any_changed)
-            self._store(0, ids[w], row[0][w], row[1][w], row[2][w], inc_col[w], seq[w])
+            if bool(any_changed.all()):  # a busy cycle: no gathers
+                self._store(0, ids, row[0], row[1], row[2], inc_col, seq)
+            else:
+                w = np.flatnonzero(any_changed)
+                self._store(0, ids[w], row[0][w], row[1][w], row[2][w], inc_col[w], seq[w])
         return LocalSyncs(
             ids, row[0], row[1], row[2], inc_col, seq, out[0], out[1], out[2], any_changed
         )
