@@ -660,10 +660,11 @@ class PairTable:
     def _record(
         self, ids: Ints, ts1: Ints, ts2: Ints, dc: Ints, mark: Ints, catch_up: bool
     ) -> LocalSyncs:
-        own = self._present[0][ids]
-        m_ts1 = self._ts1[0][ids]
-        m_ts2 = self._ts2[0][ids]
-        m_c = self._c[0][ids]
+        at = _run(ids)  # read only: slices where the ids are a run
+        own = self._present[0][at]
+        m_ts1 = self._ts1[0][at]
+        m_ts2 = self._ts2[0][at]
+        m_c = self._c[0][at]
         base = np.where(own & (mark == 0), m_c, 0)
         if (dc > INT_MAX - base).any():
             raise ValueError("record_local: a count past 2^63 - 1")
@@ -697,8 +698,8 @@ class PairTable:
         if seq0 + total > INT_MAX:
             raise ValueError("record_local: version sequence exhausted")
         self._written[ids] = True
-        seq = np.where(any_changed, seq0 + np.cumsum(steps), self._seq[0][ids])
-        inc_col = np.where(any_changed, inc, self._inc[0][ids])
+        seq = np.where(any_changed, seq0 + np.cumsum(steps), self._seq[0][at])
+        inc_col = np.where(any_changed, inc, self._inc[0][at])
         if total:
             self._clock = (inc, seq0 + total)
             self._watermark[self._node_id] = self._clock
@@ -1038,6 +1039,7 @@ class PairTable:
         """Rows ``seg`` of ``b``, no pair twice among them."""
         origin = b.origin
         ids = all_ids[seg]
+        at = _run(ids)  # gathers by id as a slice where the ids are a run
         reason = all_reason[seg]
         inc, seq = b.inc[seg], b.seq[seg]
         cols = (b.ts1[seg], b.ts2[seg], b.c[seg])
@@ -1046,8 +1048,8 @@ class PairTable:
             return
         o = self._slot.get(origin)
         if o is not None and self._rows_of[o]:
-            held = self._present[o][ids]
-            stale = held & _version_le_held(inc, seq, self._inc[o][ids], self._seq[o][ids])
+            held = self._present[o][at]
+            stale = held & _version_le_held(inc, seq, self._inc[o][at], self._seq[o][at])
         else:
             o = None
             held = np.zeros(len(ids), dtype=np.bool_)
@@ -1064,11 +1066,13 @@ class PairTable:
         if o is None and self._origins_with_rows() >= lim.max_origins:
             tally.reject(Rejection.TOO_MANY_ORIGINS, int(np.count_nonzero(ok)), origin)
             return
-        new_pair = ok & ~held & (self._nrows[ids] == 0)
+        new_pair = ok & ~held & (self._nrows[at] == 0)
         room = lim.max_pairs - self._num_pairs
-        full = new_pair & (np.cumsum(new_pair) > room)
-        tally.reject(Rejection.TABLE_FULL, int(np.count_nonzero(full)), origin)
-        store = np.flatnonzero(ok & ~full)
+        if np.count_nonzero(new_pair) > room:
+            full = new_pair & (np.cumsum(new_pair) > room)
+            tally.reject(Rejection.TABLE_FULL, int(np.count_nonzero(full)), origin)
+            ok = ok & ~full
+        store = np.flatnonzero(ok)
         if not len(store):
             return
         if o is None:
@@ -1271,19 +1275,20 @@ class PairTable:
         """Write rows of slot ``o`` for distinct ``ids``."""
         if not len(ids):
             return
-        new = ~self._present[o][ids]
+        at = _run(ids)  # stores by id as slices where the ids are a run
+        new = ~self._present[o][at]
         if new.any():
             fresh = ids[new]
             self._num_pairs += int(np.count_nonzero(self._nrows[fresh] == 0))
             self._nrows[fresh] += 1
             self._rows_of[o] += len(fresh)
             self._present[o][fresh] = True
-        self._ts1[o][ids] = ts1
-        self._ts2[o][ids] = ts2
-        self._c[o][ids] = c
-        self._inc[o][ids] = inc
-        self._seq[o][ids] = seq
-        self._changed[ids] = True
+        self._ts1[o][at] = ts1
+        self._ts2[o][at] = ts2
+        self._c[o][at] = c
+        self._inc[o][at] = inc
+        self._seq[o][at] = seq
+        self._changed[at] = True
         least = int(ts2.min())
         if least < self._oldest.get(o, INT_MAX):
             self._oldest[o] = least
@@ -1375,6 +1380,18 @@ def _check(
     code[_gt(ts2, future)] = _FUTURE
     code[malformed] = _MALFORMED
     return code
+
+
+def _run(ids: Ints) -> Ints | slice:
+    """Ascending ids with none left out (a batch of pairs created together)
+    as a slice, so gathers are views and stores are strided writes; other
+    ids as they are. Callers only read what a slice gathers."""
+    n = len(ids)
+    if n < 2 or int(ids[-1]) - int(ids[0]) != n - 1:
+        return ids
+    if n > 2 and not bool(np.all(ids[1:] > ids[:-1])):
+        return ids
+    return slice(int(ids[0]), int(ids[-1]) + 1)
 
 
 def _columns(arr: npt.NDArray[T], k: int, cols: Ints | slice) -> npt.NDArray[T]:
