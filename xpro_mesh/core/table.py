@@ -619,7 +619,7 @@ class PairTable:
         (scalar ``own_entry`` and ``wrote``)."""
         ids = np.asarray(ids, dtype=np.int64)
         held = ids >= 0
-        safe = np.where(held, ids, 0)
+        safe: Ints | slice = _run(ids) if held.all() else np.where(held, ids, 0)
         own = held & self._present[0][safe]
         ts1 = np.where(own, self._ts1[0][safe], 0)
         ts2 = np.where(own, self._ts2[0][safe], 0)
@@ -779,7 +779,7 @@ class PairTable:
         k = self._slots_used()
         # Many ids: fold every column in place (slices, no gathers), pick after.
         whole = 4 * len(ids) > len(self._nrows)
-        cols = slice(None) if whole else ids
+        cols = slice(None) if whole else _run(ids)  # a run: slices, in the ids' order
         present = _columns(self._present, k, cols)
         ts2 = _columns(self._ts2, k, cols)
         # Origin by origin (k is small): numpy reduces a (k, n) array along
