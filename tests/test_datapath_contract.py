@@ -606,7 +606,7 @@ def test_closing_the_backend_unmaps_what_no_one_holds_and_keeps_what_a_caller_do
     assert other._mmaps == []
 
 
-def _since_columns(maps: Any) -> tuple[np.ndarray, ...]:
+def _since_columns(maps: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Empty ``read_pairs_since`` columns for every slot (nothing read yet)."""
     n = maps.pairs_max
     return (np.zeros(n, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.uint64),

@@ -19,6 +19,7 @@ of sequence numbers within a cycle.
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +32,7 @@ from xpro_mesh.datapath.backend import DestRead
 __all__ = ["FULL_EVERY", "STEP", "plan_cycle_columns", "plan_cycle_steps"]
 
 I64 = npt.NDArray[np.int64]
+T_ = TypeVar("T_", bound=np.generic)
 
 
 def _addresses(field: np.ndarray) -> npt.NDArray[np.bytes_]:
@@ -354,21 +356,32 @@ def _sync_own_rows(
 
     sync = fresh_seen | more | shrink | restarted | first
     i = np.flatnonzero(sync)
-    ts1 = np.select(
-        [fresh_seen[i], more[i], shrink[i]],
-        [kts2[i], np.minimum(o_ts1[i], kts2[i]), o_ts1[i]],
-        default=kts1[i],
-    )
-    ts2 = np.where(shrink[i], o_ts2[i], kts2[i])
-    count = np.where(restarted[i] | first[i], kc[i], dc[i])
-    mark = restarted[i].astype(np.int64)
+    every = len(i) == len(sync)  # a busy chunk: every slot syncs, no gathers
+
+    def of(col: npt.NDArray[T_]) -> npt.NDArray[T_]:
+        return col if every else col[i]
+
+    fs, mo, sh, rs, fi = of(fresh_seen), of(more), of(shrink), of(restarted), of(first)
+    k_ts1, k_ts2, m_ts1 = of(kts1), of(kts2), of(o_ts1)
+    # The three cases are exclusive (no own row; own row with or without packets).
+    ts1 = np.where(fs, k_ts2, np.where(mo, np.minimum(m_ts1, k_ts2), np.where(sh, m_ts1, k_ts1)))
+    ts2 = np.where(sh, of(o_ts2), k_ts2)
+    count = np.where(rs | fi, of(kc), of(dc))
+    mark = rs.astype(np.int64)
     changed = 0
-    known = ids[i] >= 0
-    k, u = np.flatnonzero(known), np.flatnonzero(~known)
-    if len(k):
-        synced = table.record_local_ids(ids[i][k], ts1[k], ts2[k], count[k], mark[k], catch_up=True)
-        changed += int(synced.changed.sum())
-    if len(u):
+    s_ids = of(ids)
+    known = s_ids >= 0
+    if known.all():
+        if len(s_ids):
+            synced = table.record_local_ids(s_ids, ts1, ts2, count, mark, catch_up=True)
+            changed += int(synced.changed.sum())
+    else:
+        k, u = np.flatnonzero(known), np.flatnonzero(~known)
+        if len(k):
+            synced = table.record_local_ids(
+                s_ids[k], ts1[k], ts2[k], count[k], mark[k], catch_up=True
+            )
+            changed += int(synced.changed.sum())
         at = i[u]
         synced = table.record_local(
             keys.src(at), keys.dst(at), ts1[u], ts2[u], count[u], mark[u], catch_up=True
