@@ -48,6 +48,7 @@ _MIX = np.array(
 )
 _FINAL = np.uint64(0xFF51AFD7ED558CCD)
 _PAIR_RECORD = np.dtype([("src", "V16"), ("dst", "V16")])
+RUN_MIN = 64  # keys in a lookup before it tries them as a run of ids
 # Per key width: the integer dtype as wide as a row of bool flags, and its
 # value when every flag is True.
 _ROW_EQUAL = {1: (np.uint8, 0x01), 2: (np.uint16, 0x0101), 4: (np.uint32, 0x01010101)}
@@ -118,8 +119,45 @@ class KeyIndex:
     # --- bulk operations -------------------------------------------------------
 
     def lookup(self, keys: Words) -> Ints:
-        """The id of each key, ``EMPTY`` (-1) for keys not held."""
+        """The id of each key, ``EMPTY`` (-1) for keys not held.
+
+        Keys whose ids are a run (held under ids ``a, a+1, ...`` in order:
+        pairs created together, as a botnet's are, and sent back in that
+        order) are checked against the run in place of probing: the first
+        and last key are looked up, and if they span exactly the batch, each
+        row whose id in the run holds that very key (ids are unique per key)
+        has it; only the others are probed."""
         keys = self._check(keys)
+        n = len(keys)
+        if n >= RUN_MIN:
+            a, b = (int(x) for x in self._probe(keys[[0, n - 1]]))
+            if a >= 0 and b - a == n - 1:
+                run = np.arange(a, b + 1, dtype=np.int64)
+                same = self._rows_equal(self._keys[a : b + 1], keys) & self._live[a : b + 1]
+                if same.all():
+                    return run
+                found: Ints = np.where(same, run, EMPTY)
+                miss = np.flatnonzero(~same)
+                found[miss] = self._probe(keys[miss])
+                return found
+        return self._probe(keys)
+
+    def _rows_equal(self, stored: Words, want: Words) -> Bools:
+        """Row by row: whether ``stored`` and ``want`` hold the same key."""
+        row_eq = _ROW_EQUAL.get(self._words)
+        if row_eq is not None:
+            # One contiguous compare of every word, each row's flags read
+            # as one integer (all equal: every byte 1): no strided passes.
+            flags = np.equal(stored, want).view(row_eq[0]).reshape(-1)
+            same: Bools = flags == row_eq[1]
+            return same
+        same = np.ones(len(want), dtype=np.bool_)
+        for w in range(self._words):
+            same &= stored[:, w] == want[:, w]
+        return same
+
+    def _probe(self, keys: Words) -> Ints:
+        """:meth:`lookup` by probing from each key's home slot."""
         slot = self._home(keys)
         mask = np.int64(len(self._slots) - 1)
         # The first round over every row (most keys end there: the table is
@@ -141,15 +179,7 @@ class KeyIndex:
         rows = self._keys.view(f"V{8 * self._words}").ravel()
         stored = np.take(rows, np.maximum(held, 0)).view(np.uint64).reshape(-1, self._words)
         match = held >= 0
-        row_eq = _ROW_EQUAL.get(self._words)
-        if row_eq is not None:
-            # One contiguous compare of every word, each row's flags read
-            # as one integer (all equal: every byte 1): no strided passes.
-            flags = np.equal(stored, want).view(row_eq[0]).reshape(-1)
-            match &= flags == row_eq[1]
-            return match
-        for w in range(self._words):
-            match &= stored[:, w] == want[:, w]
+        match &= self._rows_equal(stored, want)
         return match
 
     def get_or_create(self, keys: Words) -> tuple[Ints, Bools]:
@@ -288,7 +318,26 @@ class KeyIndex:
             moved = pending[occupied & ~match]
             slot[moved] = (slot[moved] + 1) & mask
             pending = np.concatenate([lost, moved])
+        self._in_row_order(keys, ids, first)
         return ids, first
+
+    def _in_row_order(self, keys: Words, ids: Ints, first: Bools) -> None:
+        """Renumber the ids one ``_insert`` handed out (in probe-round order)
+        so that they ascend in the batch's row order: a batch of fresh keys
+        gets a run of ids, which later batches in the same order find as a
+        run (:meth:`lookup`; the table gathers runs through slices). The set
+        of ids is the same; ``ids`` is updated in place."""
+        made = np.flatnonzero(first)
+        got = ids[made]
+        if len(got) < 2 or bool(np.all(got[1:] > got[:-1])):
+            return
+        want = np.sort(got)
+        where = self._slot_of[got]
+        self._keys[want] = keys[made]
+        self._slot_of[want] = where
+        self._slots[where] = want
+        perm = np.argsort(got)
+        ids[:] = want[perm[np.searchsorted(got[perm], ids)]]
 
     def _place(self, keys: Words, ids: Ints) -> None:
         """Rebuild: put distinct live keys back under their ids."""
