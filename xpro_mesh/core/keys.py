@@ -328,16 +328,23 @@ class KeyIndex:
         run (:meth:`lookup`; the table gathers runs through slices). The set
         of ids is the same; ``ids`` is updated in place."""
         made = np.flatnonzero(first)
-        got = ids[made]
-        if len(got) < 2 or bool(np.all(got[1:] > got[:-1])):
+        got = ids[made]  # group j (one per new key) holds id got[j]
+        if len(got) < 2:
             return
-        want = np.sort(got)
-        where = self._slot_of[got]
-        self._keys[want] = keys[made]
-        self._slot_of[want] = where
-        self._slots[where] = want
         perm = np.argsort(got)
-        ids[:] = want[perm[np.searchsorted(got[perm], ids)]]
+        group = perm[np.searchsorted(got[perm], ids)]  # each row's group
+        earliest = np.full(len(got), len(ids), dtype=np.int64)
+        np.minimum.at(earliest, group, np.arange(len(ids), dtype=np.int64))
+        rank = np.empty(len(got), dtype=np.int64)
+        rank[np.argsort(earliest)] = np.arange(len(got), dtype=np.int64)
+        new = np.sort(got)[rank]  # group j's id: ascending in first-row order
+        if bool((new == got).all()):
+            return
+        where = self._slot_of[got]
+        self._keys[new] = keys[made]
+        self._slot_of[new] = where
+        self._slots[where] = new
+        ids[:] = new[group]
 
     def _place(self, keys: Words, ids: Ints) -> None:
         """Rebuild: put distinct live keys back under their ids."""
