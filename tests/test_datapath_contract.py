@@ -459,6 +459,7 @@ def test_reads_are_consistent_while_packets_restart_windows_on_the_other_cpu(
     try:
         _pinned(1)
         last = None
+        since = _since_columns(maps)
         # Read until the other CPU has restarted windows many times over (a
         # count of work, not a time: a loaded machine only takes longer);
         # the deadline is a safety stop, reaching it fails the test.
@@ -467,8 +468,14 @@ def test_reads_are_consistent_while_packets_restart_windows_on_the_other_cpu(
             assert time.monotonic() < deadline, "the racing packets did not run"
             plain = maps.pair_slots[:16].copy()
             torn_plain += int(np.count_nonzero((plain["c"] == 1) & (plain["ts1"] != plain["ts2"])))
-            read = maps.read_pairs()
-            rows = read.rows
+            if reads % 2:
+                read = maps.read_pairs()
+                rows = read.rows
+            else:  # the incremental read holds the same rows
+                changes = maps.read_pairs_since(*since)
+                rows = np.zeros(len(changes.slots), structs.PAIR_READ_DTYPE)
+                for name, col in zip(("gen", "ts1", "ts2", "c"), since, strict=True):
+                    rows[name] = col[changes.slots]
             reads += 1
             assert np.all(rows["ts2"] >= rows["ts1"])
             assert not np.any((rows["c"] == 1) & (rows["ts1"] != rows["ts2"]))
@@ -597,6 +604,70 @@ def test_closing_the_backend_unmaps_what_no_one_holds_and_keeps_what_a_caller_do
     other = xdp_test_program.maps()
     other.close()
     assert other._mmaps == []
+
+
+def _since_columns(maps: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Empty ``read_pairs_since`` columns for every slot (nothing read yet)."""
+    n = maps.pairs_max
+    return (np.zeros(n, np.uint64), np.zeros(n, np.uint64), np.zeros(n, np.uint64),
+            np.zeros(n, np.int64))  # fmt: skip
+
+
+def test_a_read_since_the_last_holds_what_a_full_read_holds(dp: DataPath) -> None:
+    """read_pairs_since, copying only the slots whose gen or c moved, leaves
+    in its columns what read_pairs copies, with packets, restarts and expiry
+    between reads; what it copied again is every slot that moved."""
+    since = _since_columns(dp.maps)
+    rng = np.random.default_rng(7)
+    now = BASE_TIME
+    before: dict[int, tuple[int, int]] = {}
+    for step in range(12):
+        for i in rng.choice(40, size=int(rng.integers(0, 40)), replace=False).tolist():
+            dp.feed(_client(i), D, now)
+            now += MS
+        if step == 5:
+            now += 2 * S  # idle past T_T1: the next packets restart their windows
+        if step == 8:
+            read = dp.maps.read_pairs()
+            dp.maps.expire_pairs(read.slots[::3], read.rows["gen"][::3])
+        changes = dp.maps.read_pairs_since(*since, every=step == 10)
+        full = dp.maps.read_pairs()
+        assert changes.slots.tolist() == full.slots.tolist()
+        for name, col in zip(("gen", "ts1", "ts2", "c"), since, strict=True):
+            assert col[changes.slots].tolist() == full.rows[name].tolist(), (step, name)
+        now_held = {
+            int(s): (int(g), int(c))
+            for s, g, c in zip(full.slots, full.rows["gen"], full.rows["c"], strict=True)
+        }
+        moved = {s for s, v in now_held.items() if before.get(s) != v}
+        assert moved <= set(changes.changed.tolist()) <= set(now_held)
+        before = now_held
+
+
+def test_a_read_since_in_an_attack_copies_every_slot_and_holds_a_full_read() -> None:
+    """When most slots moved (judged on the first chunk of the pass), every
+    slot is copied at once; the columns still hold what read_pairs copies,
+    and a slot that moved only past the first chunk is found too."""
+    from xpro_mesh.datapath.slots import SINCE_CHUNK
+
+    maps = MemoryMaps(QUIET, MapSizes(1 << 16, 1 << 4))
+    since = _since_columns(maps)
+    n = 3 * SINCE_CHUNK
+    sources = [f"10.{9 + i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(n)]
+    now = BASE_TIME
+    for src in sources:
+        maps.feed(src, D, now)
+    maps.read_pairs_since(*since)
+    for src in sources[::2]:  # half of every chunk moves: an attack
+        maps.feed(src, D, now + MS)
+    attack = maps.read_pairs_since(*since)
+    maps.feed(sources[-1], D, now + 2 * MS)  # one slot of the last chunk: quiet
+    quiet = maps.read_pairs_since(*since)
+    full = maps.read_pairs()
+    assert len(attack.changed) == n  # every slot copied
+    assert quiet.changed.tolist() == [full.slots[-1]]
+    for name, col in zip(("gen", "ts1", "ts2", "c"), since, strict=True):
+        assert col[full.slots].tolist() == full.rows[name].tolist(), name
 
 
 def test_pair_deltas_count_every_packet_once_across_reads_and_restarts(dp: DataPath) -> None:

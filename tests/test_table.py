@@ -83,6 +83,34 @@ def test_index_grows_past_its_capacity_and_keeps_every_key() -> None:
     assert (index.lookup(keys) == ids).all()
 
 
+def test_a_batch_of_new_keys_gets_a_run_of_ids_in_row_order() -> None:
+    index = KeyIndex(4, capacity=16)
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 2**63, (5_000, 4)).astype(np.uint64)
+    ids, _ = index.get_or_create(np.concatenate([keys, keys[::7]]))  # repeats too
+    assert ids[:5_000].tolist() == list(range(5_000))
+    assert (ids[5_000:] == ids[:5_000:7]).all()
+
+
+def test_a_lookup_over_a_run_of_ids_finds_the_keys_that_moved_out_of_it() -> None:
+    """The run check is exact: keys whose ids left the run (removed, reused
+    by other keys, or never in it) are found by probing, or missed."""
+    index = KeyIndex(4, capacity=16)
+    rng = np.random.default_rng(6)
+    keys = rng.integers(0, 2**63, (1_000, 4)).astype(np.uint64)
+    ids, _ = index.get_or_create(keys)
+    index.remove(ids[10:20])
+    other = rng.integers(0, 2**63, (5, 4)).astype(np.uint64)
+    reused, _ = index.get_or_create(other)  # takes five of the freed ids
+    wanted = keys.copy()
+    wanted[500] = other[0]  # a key held under an id outside its place in the run
+    found = index.lookup(wanted)
+    expect = ids.copy()
+    expect[10:20] = -1
+    expect[500] = reused[0]
+    assert found.tolist() == expect.tolist()
+
+
 def test_addresses_ending_in_nul_bytes_are_keys_of_their_own() -> None:
     """numpy strips trailing NULs from S16 items; the index reads raw bytes."""
     a = np.array([V4 + b"\x0a\0\0\0", V4 + b"\x0a\0\0\x01", b"\0" * 16], dtype="S16")

@@ -4,8 +4,10 @@ mesh's view back into the agent's half of the kernel's slots (the plan:
 :mod:`xpro_mesh.agent.mapsync`; how rows travel: :mod:`xpro_mesh.mesh.node`;
 the data path: docs/kernel-agent-contract.md).
 
-Every cycle reads every live slot (a memory copy of the mmapped arrays, in
-the default executor), plans on the event loop in chunks that yield to it
+Every cycle reads every live slot (in the default executor: one pass over
+each slot's ``gen`` and ``c`` in the mmapped arrays, the slots that moved
+copied whole; a full cycle, or one in an attack, copies every slot), plans
+on the event loop in chunks that yield to it
 (so probes and merges are served between two chunks, and only the loop
 ever touches the table), and writes only the views that moved (executor).
 """
@@ -107,9 +109,11 @@ class GossipSync:
     async def _cycle(self, report: SyncReport) -> None:
         backend = self.backend
         self.news.clear()  # this cycle writes whatever was merged before it
-        pairs = await _blocking(read_slots, backend, self.memory)
-        dests = await _blocking(backend.read_dests)
         full = self._cycles % max(1, self.full_every) == 0
+        # An incremental cycle copies only the slots whose gen or c moved; a
+        # full one copies every slot, as it plans every slot.
+        pairs = await _blocking(read_slots, backend, self.memory, not full)
+        dests = await _blocking(backend.read_dests)
         self._cycles += 1
         plan = await self._plan(pairs, dests, full)
         deferred, self._deferred = self._deferred, []

@@ -97,6 +97,15 @@ class SlotMemory:
     """Per slot, the table's pair id last seen for it; valid while
     ``slot_of_pid`` names the slot back (an expiry that frees the id breaks it)."""
 
+    r_gen: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
+    """Per slot, the window :func:`read_slots` last copied (``r_gen`` 0:
+    none): an incremental read copies again only the slots whose ``gen`` or
+    ``c`` moved (:meth:`MapBackend.read_pairs_since`)."""
+    r_ts1: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
+    r_ts2: U64 = field(default_factory=lambda: np.zeros(0, np.uint64))
+    r_c: I64 = field(default_factory=lambda: np.zeros(0, np.int64))
+    r_busy: bool = False  # most slots moved at the last read: the next copies all
+
     def cached_ids(self, slots: I64) -> I64:
         """The table's pair id of each slot's pair, where known (-1: look it up)."""
         slots = np.asarray(slots, np.int64)
@@ -104,11 +113,16 @@ class SlotMemory:
             return np.full(len(slots), -1, np.int64)
         pid = self.pid_of_slot[slots]
         back = self.slots_of(np.maximum(pid, 0))
-        return np.where((pid >= 0) & (back == slots), pid, -1)
+        back[pid < 0] = -1
+        ok = np.equal(back, slots)
+        pid[~ok] = -1
+        return pid
 
     def slots_of(self, ids: I64) -> I64:
         """The slot of each pair id (-1: none known)."""
         ids = np.asarray(ids, np.int64)
+        if len(ids) == 0 or int(ids.max()) < len(self.slot_of_pid):
+            return self.slot_of_pid[ids]  # a gather: a new array
         known = ids < len(self.slot_of_pid)
         out = np.full(len(ids), -1, np.int64)
         out[known] = self.slot_of_pid[ids[known]]
@@ -141,11 +155,14 @@ class SlotMemory:
         def a(n: int) -> npt.NDArray[np.bytes_]:
             return np.zeros(n, "S16")
 
-        return cls(
+        memory = cls(
             u(pairs_max), i(pairs_max), u(pairs_max), a(pairs_max), a(pairs_max),
             u(pairs_max), i(pairs_max), u(pairs_max), u(pairs_max),
             u(dests_max), i(dests_max), i(dests_max), u(dests_max), u(dests_max),
         )  # fmt: skip
+        memory.r_gen, memory.r_ts1, memory.r_ts2 = u(pairs_max), u(pairs_max), u(pairs_max)
+        memory.r_c = i(pairs_max)
+        return memory
 
     def nbytes(self) -> int:
         """Memory held by the columns."""
@@ -219,30 +236,65 @@ class SlotRead:
         return self.by_slot_dst[self.slots]
 
 
-def read_slots(backend: MapBackend, memory: SlotMemory) -> SlotRead:
+def read_slots(backend: MapBackend, memory: SlotMemory, incremental: bool = False) -> SlotRead:
     """Read every live pair slot; keys are gathered only for slots whose gen
     is new since the keys were last gathered (a slot's key never changes
     while it lives; a recycled slot has a new gen), the rest come from
-    ``memory``'s cache: a million quiet slots cost no gather."""
-    read = backend.read_pairs()
-    slots = read.slots
-    rows = read.rows
-    gen = rows["gen"].astype(np.uint64, copy=False)
-    dense = len(slots) == 0 or int(slots[-1]) == len(slots) - 1
-    held_gen = memory.key_gen[: len(slots)] if dense else memory.key_gen[slots]
-    new = np.flatnonzero(held_gen != gen)
+    ``memory``'s cache: a million quiet slots cost no gather.
+
+    The rows go into ``memory.r_*`` (:meth:`MapBackend.read_pairs_since`)
+    and the read's columns are those columns (sliced where the live slots
+    are dense), valid, like the key cache, until the next read with this
+    memory. ``incremental``: copy again only the slots whose ``gen`` or
+    ``c`` moved since the last read (a million quiet slots cost one pass
+    over ``gen`` and ``c``), unless most moved at the last one
+    (``memory.r_busy``, set by the planner); otherwise every live slot is
+    copied. A memory without the ``r_*`` columns reads with
+    :meth:`MapBackend.read_pairs`."""
+    if len(memory.r_gen) >= backend.pairs_max:
+        changes = backend.read_pairs_since(
+            memory.r_gen,
+            memory.r_ts1,
+            memory.r_ts2,
+            memory.r_c,
+            every=not incremental or memory.r_busy,
+        )
+        slots, at = changes.slots, changes.changed
+        n = len(slots)
+        dense = n == 0 or int(slots[-1]) == n - 1
+        at_: slice | U32 = slice(0, n) if dense else slots
+        gen, c = memory.r_gen[at_], memory.r_c[at_]
+        ts1, ts2 = memory.r_ts1[at_].view(np.int64), memory.r_ts2[at_].view(np.int64)
+        if at is slots:  # every slot copied
+            keep = np.flatnonzero((memory.key_gen[:n] if dense else memory.key_gen[slots]) != gen)
+            new, new_gen = slots[keep], gen[keep]
+        else:
+            fresh = memory.r_gen[at]
+            keep = np.flatnonzero(memory.key_gen[at] != fresh)
+            new, new_gen = at[keep], fresh[keep]
+    else:
+        read = backend.read_pairs()
+        slots = read.slots
+        rows = read.rows
+        gen = rows["gen"].astype(np.uint64, copy=False)
+        ts1 = rows["ts1"].view(np.int64)  # views of the read, no copies
+        ts2 = rows["ts2"].view(np.int64)
+        c = rows["c"].astype(np.int64, copy=False)
+        dense = len(slots) == 0 or int(slots[-1]) == len(slots) - 1
+        held_gen = memory.key_gen[: len(slots)] if dense else memory.key_gen[slots]
+        idx = np.flatnonzero(held_gen != gen)
+        new, new_gen = slots[idx], gen[idx]
     if len(new):
-        keys = backend.pair_keys(slots[new])
-        at = slots[new]
-        memory.src[at] = np.ascontiguousarray(keys["src"]).view("S16").reshape(-1)
-        memory.dst[at] = np.ascontiguousarray(keys["dst"]).view("S16").reshape(-1)
-        memory.key_gen[at] = gen[new]
+        keys = backend.pair_keys(new)
+        memory.src[new] = np.ascontiguousarray(keys["src"]).view("S16").reshape(-1)
+        memory.dst[new] = np.ascontiguousarray(keys["dst"]).view("S16").reshape(-1)
+        memory.key_gen[new] = new_gen
     return SlotRead(
         slots=slots,
         gen=gen,
-        ts1=rows["ts1"].view(np.int64),  # views of the read, no copies
-        ts2=rows["ts2"].view(np.int64),
-        c=rows["c"].astype(np.int64, copy=False),
+        ts1=ts1,
+        ts2=ts2,
+        c=c,
         by_slot_src=memory.src,
         by_slot_dst=memory.dst,
     )

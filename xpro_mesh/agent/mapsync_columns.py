@@ -19,6 +19,7 @@ of sequence numbers within a cycle.
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +32,7 @@ from xpro_mesh.datapath.backend import DestRead
 __all__ = ["FULL_EVERY", "STEP", "plan_cycle_columns", "plan_cycle_steps"]
 
 I64 = npt.NDArray[np.int64]
+T_ = TypeVar("T_", bound=np.generic)
 
 
 def _addresses(field: np.ndarray) -> npt.NDArray[np.bytes_]:
@@ -93,6 +95,7 @@ def plan_cycle_steps(
     # or busy (a million quiet slots: two compares, no copies).
     old_gen, old_c = pairs.of(memory.gen), pairs.of(memory.c)
     read_moved = np.flatnonzero((old_gen != gen) | (old_c != kc))
+    memory.r_busy = len(read_moved) * INCREMENTAL_SHARE > n  # the next read copies all
     seen = np.ones(n, dtype=np.bool_)
     dc = np.zeros(n, dtype=np.int64)
     m_gen, m_c, m_slots = gen[read_moved], kc[read_moved], slots[read_moved]
@@ -117,7 +120,7 @@ def plan_cycle_steps(
 
     own_changed = 0
     for lo in range(0, len(plan_at), step):
-        at = plan_at[lo : lo + step]
+        at = _chunk(plan_at, lo, step, full)
         own_changed += _sync_own_rows(
             table,
             memory,
@@ -152,14 +155,14 @@ def plan_cycle_steps(
     known: list[TablePairViews] = []  # every planned slot's pair view, as folded now
     gone_parts: list[npt.NDArray[np.int64]] = []
     for lo in range(0, len(view_at), step):
-        at = view_at[lo : lo + step]
+        at = _chunk(view_at, lo, step, full)
         views, gone, held = _pair_views(
             table, _ChunkKeys(pairs, at), slots[at], gen[at], kc[at], memory
         )
         chunks.append(views)
         known.append(held)
         touched.append(table.destination_of(held.ids))
-        gone_parts.append(at[gone])
+        gone_parts.append(_positions_of(at)[gone])
         yield
     gone_at = np.concatenate(gone_parts) if gone_parts else np.zeros(0, np.int64)
 
@@ -182,6 +185,24 @@ def plan_cycle_steps(
     )
 
 
+Chunk = I64 | slice
+
+
+def _chunk(positions: I64, lo: int, step: int, every: bool) -> Chunk:
+    """Positions ``lo .. lo + step`` of a plan: a slice when the plan covers
+    every position in order (``positions`` is ``arange(n)``), so the chunk's
+    columns are views, not gathers."""
+    if every:
+        return slice(lo, min(lo + step, len(positions)))
+    return positions[lo : lo + step]
+
+
+def _positions_of(at: Chunk) -> I64:
+    if isinstance(at, slice):
+        return np.arange(at.start, at.stop, dtype=np.int64)
+    return at
+
+
 class _ChunkKeys:
     """The pairs of one chunk of the read (positions ``at``), gathered only
     where asked: most slots' pair ids come from the cache, and their keys
@@ -189,9 +210,9 @@ class _ChunkKeys:
 
     __slots__ = ("_at", "_pairs")
 
-    def __init__(self, pairs: SlotRead, at: I64) -> None:
+    def __init__(self, pairs: SlotRead, at: Chunk) -> None:
         self._pairs = pairs
-        self._at = at
+        self._at = _positions_of(at)
 
     def src(self, sub: I64) -> npt.NDArray[np.bytes_]:
         """The sources of the chunk's positions ``sub``."""
@@ -234,33 +255,48 @@ def _pair_views(
     views of the pairs held."""
     ids = _ids(table, memory, slots, keys)
     held = ids >= 0
-    memory.place(ids[held], slots[held])
-    views = table.pair_views(ids[held])
-    h = np.flatnonzero(held)
-    w_slots = slots[h]
-    w_gen = gen[h]
-    w_adj = views.c - kc[h]  # the table holds counts past 2^63 - 1 at it
-    w_ts1 = views.ts1.astype(np.uint64)
-    w_ts2 = views.ts2.astype(np.uint64)
-    moved = (
-        (memory.w_gen[w_slots] != w_gen)
-        | (memory.w_adj[w_slots] != w_adj)
-        | (memory.w_ts1[w_slots] != w_ts1)
-        | (memory.w_ts2[w_slots] != w_ts2)
-    )
+    every = bool(held.all())
+    if every:  # the usual chunk: no masks, no gathers
+        w_ids, w_slots, w_gen, w_kc = ids, slots, gen, kc
+    else:
+        h = np.flatnonzero(held)
+        w_ids, w_slots, w_gen, w_kc = ids[h], slots[h], gen[h], kc[h]
+    memory.place(w_ids, w_slots)
+    views = table.pair_views(w_ids)
+    w_adj = views.c - w_kc  # the table holds counts past 2^63 - 1 at it
+    w_ts1 = views.ts1.view(np.uint64)  # windows are never negative
+    w_ts2 = views.ts2.view(np.uint64)
+    at = _run(w_slots)  # slots ascend: a run of slots is a slice
+    moved = memory.w_gen[at] != w_gen
+    moved |= memory.w_adj[at] != w_adj
+    moved |= memory.w_ts1[at] != w_ts1
+    moved |= memory.w_ts2[at] != w_ts2
     m = np.flatnonzero(moved)
-    pv = PairViews(
-        slots=w_slots[m].astype(np.uint32),
-        gen=w_gen[m],
-        adj=w_adj[m],
-        ts1=w_ts1[m],
-        ts2=w_ts2[m],
-    )
-    memory.w_gen[pv.slots] = pv.gen
-    memory.w_adj[pv.slots] = pv.adj
-    memory.w_ts1[pv.slots] = pv.ts1
-    memory.w_ts2[pv.slots] = pv.ts2
+    if len(m) == len(moved):  # every view moved (a busy cycle): no gathers
+        pv = PairViews(w_slots.astype(np.uint32), w_gen, w_adj, w_ts1, w_ts2)
+        put: slice | npt.NDArray[np.uint32] | I64 = at
+    else:
+        pv = PairViews(
+            slots=w_slots[m].astype(np.uint32),
+            gen=w_gen[m],
+            adj=w_adj[m],
+            ts1=w_ts1[m],
+            ts2=w_ts2[m],
+        )
+        put = pv.slots
+    memory.w_gen[put] = pv.gen
+    memory.w_adj[put] = pv.adj
+    memory.w_ts1[put] = pv.ts1
+    memory.w_ts2[put] = pv.ts2
     return pv, ~held, views
+
+
+def _run(slots: I64) -> slice | I64:
+    """Ascending slot numbers as a slice when they are a run (first to last,
+    none left out), else themselves."""
+    if len(slots) and int(slots[-1]) - int(slots[0]) == len(slots) - 1:
+        return slice(int(slots[0]), int(slots[-1]) + 1)
+    return slots
 
 
 def _joined(parts: list[TablePairViews]) -> TablePairViews | None:
@@ -320,21 +356,32 @@ def _sync_own_rows(
 
     sync = fresh_seen | more | shrink | restarted | first
     i = np.flatnonzero(sync)
-    ts1 = np.select(
-        [fresh_seen[i], more[i], shrink[i]],
-        [kts2[i], np.minimum(o_ts1[i], kts2[i]), o_ts1[i]],
-        default=kts1[i],
-    )
-    ts2 = np.where(shrink[i], o_ts2[i], kts2[i])
-    count = np.where(restarted[i] | first[i], kc[i], dc[i])
-    mark = restarted[i].astype(np.int64)
+    every = len(i) == len(sync)  # a busy chunk: every slot syncs, no gathers
+
+    def of(col: npt.NDArray[T_]) -> npt.NDArray[T_]:
+        return col if every else col[i]
+
+    fs, mo, sh, rs, fi = of(fresh_seen), of(more), of(shrink), of(restarted), of(first)
+    k_ts1, k_ts2, m_ts1 = of(kts1), of(kts2), of(o_ts1)
+    # The three cases are exclusive (no own row; own row with or without packets).
+    ts1 = np.where(fs, k_ts2, np.where(mo, np.minimum(m_ts1, k_ts2), np.where(sh, m_ts1, k_ts1)))
+    ts2 = np.where(sh, of(o_ts2), k_ts2)
+    count = np.where(rs | fi, of(kc), of(dc))
+    mark = rs.astype(np.int64)
     changed = 0
-    known = ids[i] >= 0
-    k, u = np.flatnonzero(known), np.flatnonzero(~known)
-    if len(k):
-        synced = table.record_local_ids(ids[i][k], ts1[k], ts2[k], count[k], mark[k], catch_up=True)
-        changed += int(synced.changed.sum())
-    if len(u):
+    s_ids = of(ids)
+    known = s_ids >= 0
+    if known.all():
+        if len(s_ids):
+            synced = table.record_local_ids(s_ids, ts1, ts2, count, mark, catch_up=True)
+            changed += int(synced.changed.sum())
+    else:
+        k, u = np.flatnonzero(known), np.flatnonzero(~known)
+        if len(k):
+            synced = table.record_local_ids(
+                s_ids[k], ts1[k], ts2[k], count[k], mark[k], catch_up=True
+            )
+            changed += int(synced.changed.sum())
         at = i[u]
         synced = table.record_local(
             keys.src(at), keys.dst(at), ts1[u], ts2[u], count[u], mark[u], catch_up=True

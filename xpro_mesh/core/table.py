@@ -58,6 +58,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -98,6 +99,7 @@ __all__ = [
 
 Ints = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
+T = TypeVar("T", bound=np.generic)
 Addresses = npt.NDArray[np.bytes_]
 
 MAX_CATCH_UP = 64
@@ -488,11 +490,11 @@ class PairTable:
             ids = np.flatnonzero(self._present[o])
             for pair, a, b, c, i, s in zip(
                 self.pairs_of(ids),
-                self._ts1[o, ids].tolist(),
-                self._ts2[o, ids].tolist(),
-                self._c[o, ids].tolist(),
-                self._inc[o, ids].tolist(),
-                self._seq[o, ids].tolist(),
+                self._ts1[o][ids].tolist(),
+                self._ts2[o][ids].tolist(),
+                self._c[o][ids].tolist(),
+                self._inc[o][ids].tolist(),
+                self._seq[o][ids].tolist(),
                 strict=True,
             ):
                 yield PairEntry(pair, origin, OriginEntry(a, b, c, (i, s)))
@@ -545,9 +547,9 @@ class PairTable:
         ids = self.pair_ids(src, dst)
         held = ids >= 0
         safe = np.maximum(ids, 0)
-        own = held & self._present[0, safe]
-        o_ts1 = self._ts1[0, safe]
-        o_ts2 = self._ts2[0, safe]
+        own = held & self._present[0][safe]
+        o_ts1 = self._ts1[0][safe]
+        o_ts2 = self._ts2[0][safe]
         quiet = (dc == 0) & (mark == 0)
         shrink = quiet & own & (o_ts2 - o_ts1 > self._params.t_t4)
         newest = self._newest(safe)
@@ -619,10 +621,10 @@ class PairTable:
         (scalar ``own_entry`` and ``wrote``)."""
         ids = np.asarray(ids, dtype=np.int64)
         held = ids >= 0
-        safe = np.where(held, ids, 0)
-        own = held & self._present[0, safe]
-        ts1 = np.where(own, self._ts1[0, safe], 0)
-        ts2 = np.where(own, self._ts2[0, safe], 0)
+        safe: Ints | slice = _run(ids) if held.all() else np.where(held, ids, 0)
+        own = held & self._present[0][safe]
+        ts1 = np.where(own, self._ts1[0][safe], 0)
+        ts2 = np.where(own, self._ts2[0][safe], 0)
         written = own & self._written[safe]
         return own, ts1, ts2, written
 
@@ -660,10 +662,11 @@ class PairTable:
     def _record(
         self, ids: Ints, ts1: Ints, ts2: Ints, dc: Ints, mark: Ints, catch_up: bool
     ) -> LocalSyncs:
-        own = self._present[0, ids]
-        m_ts1 = self._ts1[0, ids]
-        m_ts2 = self._ts2[0, ids]
-        m_c = self._c[0, ids]
+        at = _run(ids)  # read only: slices where the ids are a run
+        own = self._present[0][at]
+        m_ts1 = self._ts1[0][at]
+        m_ts2 = self._ts2[0][at]
+        m_c = self._c[0][at]
         base = np.where(own & (mark == 0), m_c, 0)
         if (dc > INT_MAX - base).any():
             raise ValueError("record_local: a count past 2^63 - 1")
@@ -697,13 +700,16 @@ class PairTable:
         if seq0 + total > INT_MAX:
             raise ValueError("record_local: version sequence exhausted")
         self._written[ids] = True
-        seq = np.where(any_changed, seq0 + np.cumsum(steps), self._seq[0, ids])
-        inc_col = np.where(any_changed, inc, self._inc[0, ids])
+        seq = np.where(any_changed, seq0 + np.cumsum(steps), self._seq[0][at])
+        inc_col = np.where(any_changed, inc, self._inc[0][at])
         if total:
             self._clock = (inc, seq0 + total)
             self._watermark[self._node_id] = self._clock
-            w = np.flatnonzero(any_changed)
-            self._store(0, ids[w], row[0][w], row[1][w], row[2][w], inc_col[w], seq[w])
+            if bool(any_changed.all()):  # a busy cycle: no gathers
+                self._store(0, ids, row[0], row[1], row[2], inc_col, seq)
+            else:
+                w = np.flatnonzero(any_changed)
+                self._store(0, ids[w], row[0][w], row[1][w], row[2][w], inc_col[w], seq[w])
         return LocalSyncs(
             ids, row[0], row[1], row[2], inc_col, seq, out[0], out[1], out[2], any_changed
         )
@@ -757,7 +763,7 @@ class PairTable:
     def _newest(self, ids: Ints) -> Ints:
         """Newest ts2 over the origins' rows of each pair (-1 when none)."""
         k = self._slots_used()
-        present, ts2 = self._present[:k, ids], self._ts2[:k, ids]
+        present, ts2 = _columns(self._present, k, ids), _columns(self._ts2, k, ids)
         newest: Ints = np.where(present[0], ts2[0], -1)
         for o in range(1, k):  # k - 1 elementwise steps beat a reduce along axis 0
             np.maximum(newest, np.where(present[o], ts2[o], -1), out=newest)
@@ -775,17 +781,17 @@ class PairTable:
         k = self._slots_used()
         # Many ids: fold every column in place (slices, no gathers), pick after.
         whole = 4 * len(ids) > len(self._nrows)
-        cols = slice(None) if whole else ids
-        present = self._present[:k, cols]
-        ts2 = self._ts2[:k, cols]
+        cols = slice(None) if whole else _run(ids)  # a run: slices, in the ids' order
+        present = _columns(self._present, k, cols)
+        ts2 = _columns(self._ts2, k, cols)
         # Origin by origin (k is small): numpy reduces a (k, n) array along
         # axis 0 several times slower than k - 1 elementwise steps.
         newest = np.where(present[0], ts2[0], -1)
         for o in range(1, k):
             np.maximum(newest, np.where(present[o], ts2[o], -1), out=newest)
         oldest_live = newest - self._params.t_t1
-        ts1_all = self._ts1[:k, cols]
-        c_all = self._c[:k, cols]
+        ts1_all = _columns(self._ts1, k, cols)
+        c_all = _columns(self._c, k, cols)
         ts1 = np.full(len(newest), INT_MAX, dtype=np.int64)
         origins = np.zeros(len(newest), dtype=np.int64)
         counts: list[Ints] = []
@@ -999,8 +1005,8 @@ class PairTable:
     def _batch(self, origin: str, o: int, ids: Ints) -> RowBatch:
         src, dst = self.pair_keys(ids)
         return RowBatch(
-            origin, src, dst, self._ts1[o, ids], self._ts2[o, ids], self._c[o, ids],
-            self._inc[o, ids], self._seq[o, ids],
+            origin, src, dst, self._ts1[o][ids], self._ts2[o][ids], self._c[o][ids],
+            self._inc[o][ids], self._seq[o][ids],
         )  # fmt: skip
 
     def merge(
@@ -1082,6 +1088,7 @@ class PairTable:
         """Rows ``seg`` of ``b``, no pair twice among them."""
         origin = b.origin
         ids = all_ids[seg]
+        at = _run(ids)  # gathers by id as a slice where the ids are a run
         reason = all_reason[seg]
         inc, seq = b.inc[seg], b.seq[seg]
         cols = (b.ts1[seg], b.ts2[seg], b.c[seg])
@@ -1090,8 +1097,8 @@ class PairTable:
             return
         o = self._slot.get(origin)
         if o is not None and self._rows_of[o]:
-            held = self._present[o, ids]
-            stale = held & _version_le_held(inc, seq, self._inc[o, ids], self._seq[o, ids])
+            held = self._present[o][at]
+            stale = held & _version_le_held(inc, seq, self._inc[o][at], self._seq[o][at])
         else:
             o = None
             held = np.zeros(len(ids), dtype=np.bool_)
@@ -1108,17 +1115,18 @@ class PairTable:
         if o is None and self._origins_with_rows() >= lim.max_origins:
             tally.reject(Rejection.TOO_MANY_ORIGINS, int(np.count_nonzero(ok)), origin)
             return
-        new_pair = ok & ~held & (self._nrows[ids] == 0)
+        new_pair = ok & ~held & (self._nrows[at] == 0)
         room = lim.max_pairs - self._num_pairs
-        full = new_pair & (np.cumsum(new_pair) > room)
-        tally.reject(Rejection.TABLE_FULL, int(np.count_nonzero(full)), origin)
-        ok &= ~full
+        if np.count_nonzero(new_pair) > room:
+            full = new_pair & (np.cumsum(new_pair) > room)
+            tally.reject(Rejection.TABLE_FULL, int(np.count_nonzero(full)), origin)
+            ok = ok & ~full
         new_row = ok & ~held
         quota = lim.max_rows_per_origin - (self._rows_of[o] if o is not None else 0)
-        over = new_row & (np.cumsum(new_row) > quota)
-        if over.any():  # one origin's quota (scalar: ORIGIN_FULL)
+        if np.count_nonzero(new_row) > quota:  # one origin's quota (scalar: ORIGIN_FULL)
+            over = new_row & (np.cumsum(new_row) > quota)
             tally.reject(Rejection.ORIGIN_FULL, int(np.count_nonzero(over)), origin)
-            ok &= ~over
+            ok = ok & ~over
         store = np.flatnonzero(ok)
         if not len(store):
             return
@@ -1195,9 +1203,9 @@ class PairTable:
         self._store(
             0,
             ids,
-            self._ts1[0, ids],
-            self._ts2[0, ids],
-            self._c[0, ids],
+            self._ts1[0][ids],
+            self._ts2[0][ids],
+            self._c[0][ids],
             np.full(len(ids), inc),
             seq,
         )
@@ -1322,19 +1330,20 @@ class PairTable:
         """Write rows of slot ``o`` for distinct ``ids``."""
         if not len(ids):
             return
-        new = ~self._present[o, ids]
+        at = _run(ids)  # stores by id as slices where the ids are a run
+        new = ~self._present[o][at]
         if new.any():
             fresh = ids[new]
             self._num_pairs += int(np.count_nonzero(self._nrows[fresh] == 0))
             self._nrows[fresh] += 1
             self._rows_of[o] += len(fresh)
-            self._present[o, fresh] = True
-        self._ts1[o, ids] = ts1
-        self._ts2[o, ids] = ts2
-        self._c[o, ids] = c
-        self._inc[o, ids] = inc
-        self._seq[o, ids] = seq
-        self._changed[ids] = True
+            self._present[o][fresh] = True
+        self._ts1[o][at] = ts1
+        self._ts2[o][at] = ts2
+        self._c[o][at] = c
+        self._inc[o][at] = inc
+        self._seq[o][at] = seq
+        self._changed[at] = True
         least = int(ts2.min())
         if least < self._oldest.get(o, INT_MAX):
             self._oldest[o] = least
@@ -1348,7 +1357,7 @@ class PairTable:
 
     def _unstore(self, origin: str, o: int, ids: Ints) -> None:
         """Remove rows of slot ``o`` (held) for distinct ``ids``."""
-        self._present[o, ids] = False
+        self._present[o][ids] = False
         self._nrows[ids] -= 1
         self._num_pairs -= int(np.count_nonzero(self._nrows[ids] == 0))
         self._rows_of[o] -= len(ids)
@@ -1428,10 +1437,32 @@ def _check(
     return code
 
 
+def _run(ids: Ints) -> Ints | slice:
+    """Ascending ids with none left out (a batch of pairs created together)
+    as a slice, so gathers are views and stores are strided writes; other
+    ids as they are. Callers only read what a slice gathers."""
+    n = len(ids)
+    if n < 2 or int(ids[-1]) - int(ids[0]) != n - 1:
+        return ids
+    if n > 2 and not bool(np.all(ids[1:] > ids[:-1])):
+        return ids
+    return slice(int(ids[0]), int(ids[-1]) + 1)
+
+
+def _columns(arr: npt.NDArray[T], k: int, cols: Ints | slice) -> npt.NDArray[T]:
+    """``arr[:k, cols]``: for an id array, one gather per origin row
+    (``np.take`` along axis 1: numpy's two-axis fancy index is ~3x slower)."""
+    if isinstance(cols, slice):
+        return arr[:k, cols]
+    return np.take(arr[:k], cols, axis=1)
+
+
 def _has_duplicates(ids: Ints, scratch: Ints) -> bool:
     """Whether an id occurs twice (``scratch``: any int64 array over the id
     space, overwritten; kept by the table so no call faults in fresh pages)."""
     if len(ids) < 2:
+        return False
+    if bool(np.all(ids[1:] > ids[:-1])):  # ascending (the usual batch): distinct
         return False
     last = scratch
     order = np.arange(len(ids), dtype=np.int64)

@@ -73,6 +73,7 @@ __all__ = [
     "DestRead",
     "MapBackend",
     "OverloadWarning",
+    "PairChanges",
     "PairDeltas",
     "PairKey",
     "PairRead",
@@ -144,6 +145,21 @@ class PairRead:
     rows: np.ndarray
     high_water: int  # slots [0, high_water) were looked at
     retried: int = 0  # rows copied again because a packet was (re)initialising them
+
+
+@dataclass(frozen=True, slots=True)
+class PairChanges:
+    """What :meth:`MapBackend.read_pairs_since` found: every live slot
+    (``slots``, in slot order, as :attr:`PairRead.slots`) and the live slots
+    whose row it copied again because ``gen`` or ``c`` moved (``changed``,
+    in slot order). The caller's columns now hold a consistent read of
+    every live slot: copied now for ``changed``, equal in ``gen`` and ``c``
+    to what the slot holds now for the others."""
+
+    slots: Slots
+    changed: Slots
+    high_water: int
+    retried: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +350,27 @@ class MapBackend(Protocol):
         odd, is left out and shows next cycle).
         Slots the agent expired are left out. Read pairs before
         destinations (:meth:`read_dests`)."""
+        ...
+
+    def read_pairs_since(
+        self,
+        gen: npt.NDArray[np.uint64],
+        ts1: npt.NDArray[np.uint64],
+        ts2: npt.NDArray[np.uint64],
+        c: npt.NDArray[np.int64],
+        every: bool = False,
+    ) -> PairChanges:
+        """:meth:`read_pairs` into the caller's columns (indexed by slot,
+        ``pairs_max`` long, zeros at first: the rows of the previous call,
+        updated in place), copying whole only the slots
+        whose ``gen`` or ``c`` moved. One pass reads ``gen``, ``c``, ``gen``
+        of every slot (what every packet moves: a packet's ``c`` add comes
+        before its ``ts2`` store, so a slot whose ``c`` did not move kept its
+        window, up to the ``ts2`` of a packet in flight at the last copy,
+        which the next packet or full read brings); a quiet slot costs that
+        pass alone; when most slots moved, or ``every``, every slot is copied
+        (one pass, as :meth:`read_pairs`). Slots the agent expired are left
+        out."""
         ...
 
     def pair_keys(self, slots: npt.ArrayLike) -> np.ndarray:

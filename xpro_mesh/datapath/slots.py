@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from xpro_mesh.datapath.backend import DestRead, PairRead, RingStatus
+from xpro_mesh.datapath.backend import DestRead, PairChanges, PairRead, RingStatus
 from xpro_mesh.datapath.structs import (
     DEST_SLOT_DTYPE,
     PAIR_KEY_DTYPE,
@@ -41,6 +41,8 @@ __all__ = ["SlotArrays", "live_gen32", "ring_size_for"]
 
 READ_ROUNDS = 4
 READ_CHUNK = 2048  # slots per step of a read: 256 KiB, stays in L2
+SINCE_CHUNK = 8192  # slots per step of read_pairs_since's gen and c pass
+SINCE_SHARE = 4  # over 1/4 of the slots moved: read_pairs_since copies every slot
 WRITE_CHUNK = 4096  # slots per step of a view write
 _KEY_DTYPE = np.dtype([("src", "V16"), ("dst", "V16")])
 
@@ -246,6 +248,104 @@ class SlotArrays:
         ok &= (gen != 0) & (gen != self._dead_pair_gen[:hwm])
         slots, rows = _live(words, ok)
         return PairRead(slots, rows.view(PAIR_READ_DTYPE).reshape(-1), hwm, retried)
+
+    def read_pairs_since(
+        self,
+        gen: npt.NDArray[np.uint64],
+        ts1: npt.NDArray[np.uint64],
+        ts2: npt.NDArray[np.uint64],
+        c: npt.NDArray[np.int64],
+        every: bool = False,
+    ) -> PairChanges:
+        # One pass over the slots copies only gen and c (the words every
+        # packet moves) with the seqlock check, in chunks that stay in L2;
+        # the rows whose gen or c differ from the caller's columns are copied
+        # whole (seqlock again) into them.
+        hwm = self.pairs_high_water()
+        if any(len(col) < hwm for col in (gen, ts1, ts2, c)):
+            raise ValueError("read_pairs_since: the columns must hold every slot")
+        words = self._pair_words
+        if every:
+            return self._copy_every(gen, ts1, ts2, c, hwm)
+        g1 = np.empty(hwm, np.uint64)
+        now_c = np.empty(hwm, np.uint64)
+        g2 = np.empty(hwm, np.uint64)
+        held_gen, held_c = gen[:hwm], c[:hwm].view(np.uint64)
+        for lo in range(0, hwm, SINCE_CHUNK):
+            hi = min(hwm, lo + SINCE_CHUNK)
+            g1[lo:hi] = words[lo:hi, 0]
+            now_c[lo:hi] = words[lo:hi, 3]
+            g2[lo:hi] = words[lo:hi, 0]
+            if lo == 0 and hwm > 2 * SINCE_CHUNK:
+                # The first chunk tells an attack (most slots moved) apart:
+                # then copy every slot at once.
+                moved = (g1[:hi] != held_gen[:hi]) | (now_c[:hi] != held_c[:hi])
+                if np.count_nonzero(moved) * SINCE_SHARE > hi:
+                    return self._copy_every(gen, ts1, ts2, c, hwm)
+        # Equal to the caller's (even) gen, unchanged across the copy: quiet.
+        ok = np.equal(g1, g2)
+        same = np.equal(g1, held_gen)
+        ok &= same
+        np.equal(now_c, held_c, out=same)
+        ok &= same
+        moved = np.flatnonzero(~ok)
+        if moved.size * SINCE_SHARE > hwm:
+            # Most slots moved (an attack): one chunked copy of every slot
+            # costs less than gathering them.
+            return self._copy_every(gen, ts1, ts2, c, hwm)
+        retried = 0
+        copied: list[npt.NDArray[np.intp]] = []
+        for rounds in range(READ_ROUNDS + 1):
+            if moved.size == 0:
+                break
+            if rounds:
+                retried += int(moved.size)
+            a = words[moved, 0]
+            again = words[moved, :4]
+            b = words[moved, 0]
+            good = (a == b) & (a & np.uint64(1) == 0)
+            done = moved[good]
+            rows = again[good]
+            gen[done] = rows[:, 0]
+            ts1[done] = rows[:, 1]
+            ts2[done] = rows[:, 2]
+            c[done] = rows[:, 3].view(np.int64)
+            ok[done] = True
+            copied.append(done)
+            moved = moved[~good & (a != b)]  # odd and unchanged: being set up, skip it
+        np.not_equal(held_gen, self._dead_pair_gen[:hwm], out=same)
+        ok &= same
+        np.not_equal(held_gen, 0, out=same)
+        ok &= same
+        changed = np.concatenate(copied) if copied else np.zeros(0, np.intp)
+        changed = changed[ok[changed]]
+        if len(copied) > 1:
+            changed = np.sort(changed)
+        return PairChanges(self._live_slots(ok), changed.astype(np.uint32), hwm, retried)
+
+    def _live_slots(self, ok: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint32]:
+        if ok.all():
+            return np.arange(len(ok), dtype=np.uint32)
+        return np.flatnonzero(ok).astype(np.uint32)
+
+    def _copy_every(
+        self,
+        gen: npt.NDArray[np.uint64],
+        ts1: npt.NDArray[np.uint64],
+        ts2: npt.NDArray[np.uint64],
+        c: npt.NDArray[np.int64],
+        hwm: int,
+    ) -> PairChanges:
+        """read_pairs_since copying every slot (read_pairs into the columns)."""
+        out, ok, retried = _consistent(self._pair_words, hwm, 4)
+        every = bool(ok.all())
+        keep: slice | npt.NDArray[np.intp] = slice(0, hwm) if every else np.flatnonzero(ok)
+        for col, k in ((gen, 0), (ts1, 1), (ts2, 2), (c, 3)):
+            col[keep] = out[keep, k].view(col.dtype)
+        g = gen[:hwm]
+        ok &= (g != 0) & (g != self._dead_pair_gen[:hwm])
+        slots = self._live_slots(ok)
+        return PairChanges(slots, slots, hwm, retried)
 
     def pair_keys(self, slots: npt.ArrayLike) -> np.ndarray:
         s = _u32(slots, len(self._pairs), "slots")
