@@ -775,3 +775,24 @@ def test_a_steady_client_divided_below_admit_k_still_counts_in_n_of_d() -> None:
     assert view is not None
     assert P.admit_k > 2
     assert view.clients == 1
+
+
+def test_a_client_whose_row_moves_to_a_later_packet_counts_in_n_of_d_everywhere() -> None:
+    """A slow device opens a new window with every request (its gap is past
+    T_T1), so its view is never past T_T2; once one of its rows moves to a
+    later packet it is *known* and counts in n(D) on every node that saw the
+    row move, while a one-packet source never does (issue 11: n(D) is what
+    forged sources cannot dilute; a botnet of slow real sources must not
+    hide from it either)."""
+    a, b = node("a"), node("b")
+    count(a, pair(0, 0), T0, T0, 1)
+    count(a, pair(1, 0), T0, T0, 1)
+    exchange(a, b)
+    for s in (a, b):
+        view = s.destination_view(DESTS[0])
+        assert view is not None and view.clients == 0
+    count(a, pair(0, 0), T0 + 3 * S, T0 + 3 * S, 1, mark=1)  # its next request
+    exchange(a, b)
+    for s in (a, b):
+        view = s.destination_view(DESTS[0])
+        assert view is not None and view.clients == 1, s.node_id

@@ -469,10 +469,10 @@ def filter_packet_fair_share(
     share test over its window plus the idle gap before it (``gap_us``: its
     c packets came after that gap), so slow clients that open a new window with
     every request neither spend nor wait for the budget, while one above the
-    share is dropped. Known pairs are not counted in n(D) (the mesh's rows
-    cannot tell them from young ones), so a flood of real sources each
-    slower than one packet per T_T1 is judged against the established
-    clients' share only (docs/datapath.md). ``n(D)`` is the number of
+    share is dropped. The mesh counts known pairs in n(D) (a pair whose row
+    moved to a later packet, ``GossipState._known``), so a flood of real
+    sources each slower than one packet per T_T1 cannot keep the share
+    high; one table alone counts its established pairs. ``n(D)`` is the number of
     established clients towards D across the mesh; the agents know it and
     pass it as ``clients``; by default the established clients in ``table``
     are counted. The share test is ``c * 10**9 * n > T_F2 * (ts2 - ts1)``.

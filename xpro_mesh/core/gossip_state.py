@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xpro_mesh.core.algorithm import (
     NS_PER_S,
@@ -56,6 +56,7 @@ from xpro_mesh.core.algorithm import (
     Params,
     destination_rate_floor,
     fold_destination,
+    is_established_view,
     sync_master,
 )
 
@@ -381,6 +382,9 @@ class GossipState:
         self._top: dict[str, Version] = {}  # highest version held per origin
         self._watermark: dict[str, Version] = {}  # digest: complete up to, per origin
         self._by_destination: dict[Hashable, set[Pair]] = {}
+        # Pairs a row of which moved to a later packet: they sent in two syncs
+        # at least (a forged one-packet source never does); n(D) counts them.
+        self._known: set[Pair] = set()
         self._written: set[Pair] = set()  # own pairs counted by this process
         self._adopted_from: dict[Pair, Version] = {}  # earlier-incarnation source
         self._views: dict[Pair, PairView] = {}
@@ -576,12 +580,21 @@ class GossipState:
             pairs = self._by_destination.get(destination)
             if not pairs:
                 return None
+            views = [(p, v) for p in pairs if (v := self.pair_view(p)) is not None]
             view = fold_destination(
-                (v for v in (self.pair_view(pair) for pair in pairs) if v is not None),
+                (v for _p, v in views),
                 destination_rate_floor(self._params),
                 views_established_under=self._params,  # n(D): established pairs (issue 11)
             )
             assert view is not None
+            # ... and known ones: a row that moved to a later packet (_known).
+            known = sum(
+                1
+                for p, v in views
+                if p in self._known and not is_established_view(v, self._params)
+            )
+            if known:
+                view = replace(view, clients=view.clients + known)
             self._dest_views[destination] = view
         return view
 
@@ -817,6 +830,9 @@ class GossipState:
                 self._by_destination[pair[1]] = {pair}
             else:
                 towards.add(pair)
+        old = rows.get(origin)
+        if old is not None and pe.entry.ts2 > old.ts2:
+            self._known.add(pair)  # it sent again: never a forged one-shot
         rows[origin] = pe.entry
         mine = self._by_origin.get(origin)
         if mine is None:
@@ -839,6 +855,7 @@ class GossipState:
         del rows[origin]
         if not rows:
             del self._rows[pair]
+            self._known.discard(pair)
             dests = self._by_destination[pair[1]]
             dests.discard(pair)
             if not dests:

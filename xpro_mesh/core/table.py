@@ -406,6 +406,10 @@ class PairTable:
         cap = self._pairs.capacity
         self._dest = np.zeros(cap, dtype=np.int64)
         self._nrows = np.zeros(cap, dtype=np.int32)
+        # A pair is known once a row of it moved to a later packet: it sent in
+        # two syncs at least, as a forged one-packet source never does; n(D)
+        # counts it whatever its window (scalar GossipState._known).
+        self._known = np.zeros(cap, dtype=np.bool_)
         self._written = np.zeros(cap, dtype=np.bool_)
         self._adopt_inc = np.full(cap, -1, dtype=np.int64)
         self._adopt_seq = np.full(cap, -1, dtype=np.int64)
@@ -854,8 +858,9 @@ class PairTable:
         np.minimum.at(ts1, d, views.ts1)
         np.maximum.at(ts2, d, views.ts2)
         pairs = np.bincount(d, minlength=cap).astype(np.int64)
-        # n(D) counts only established pairs (algorithm.is_established_view, issue 11).
-        established = views.ts2 - views.ts1 > self._params.t_t2
+        # n(D) counts established pairs (algorithm.is_established_view, issue 11)
+        # and known ones (a row moved to a later packet), never forged one-shots.
+        established = (views.ts2 - views.ts1 > self._params.t_t2) | self._known[live]
         clients = np.bincount(d[established], minlength=cap).astype(np.int64)
         out = np.flatnonzero(pairs) if dest_ids is None else np.asarray(dest_ids, np.int64)
         out = out[pairs[out] > 0]
@@ -1316,6 +1321,7 @@ class PairTable:
 
         self._dest = more(self._dest)  # type: ignore[assignment]
         self._nrows = more(self._nrows)  # type: ignore[assignment]
+        self._known = more(self._known)  # type: ignore[assignment]
         self._written = more(self._written)  # type: ignore[assignment]
         self._adopt_inc = more(self._adopt_inc, -1)  # type: ignore[assignment]
         self._adopt_seq = more(self._adopt_seq, -1)  # type: ignore[assignment]
@@ -1338,6 +1344,9 @@ class PairTable:
             self._nrows[fresh] += 1
             self._rows_of[o] += len(fresh)
             self._present[o][fresh] = True
+        moved = ~new & (ts2 > self._ts2[o][at])
+        if moved.any():
+            self._known[ids[moved]] = True
         self._ts1[o][at] = ts1
         self._ts2[o][at] = ts2
         self._c[o][at] = c
@@ -1359,7 +1368,9 @@ class PairTable:
         """Remove rows of slot ``o`` (held) for distinct ``ids``."""
         self._present[o][ids] = False
         self._nrows[ids] -= 1
-        self._num_pairs -= int(np.count_nonzero(self._nrows[ids] == 0))
+        gone = self._nrows[ids] == 0
+        self._num_pairs -= int(np.count_nonzero(gone))
+        self._known[ids[gone]] = False
         self._rows_of[o] -= len(ids)
         self._changed[ids] = True
         if o == 0:
