@@ -589,9 +589,7 @@ class GossipState:
             assert view is not None
             # ... and known ones: a row that moved to a later packet (_known).
             known = sum(
-                1
-                for p, v in views
-                if p in self._known and not is_established_view(v, self._params)
+                1 for p, v in views if p in self._known and not is_established_view(v, self._params)
             )
             if known:
                 view = replace(view, clients=view.clients + known)
