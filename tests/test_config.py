@@ -383,3 +383,21 @@ def test_reload_does_not_need_what_only_a_start_needs(tmp_path: Path) -> None:
 
 def test_reload_of_a_missing_file_is_an_error_value(tmp_path: Path) -> None:
     assert isinstance(reload_thresholds(tmp_path / "gone.toml"), ConfigError)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("thresholds.src_prefix6", "200", "must be a prefix length in 1..128, got 200"),
+        ("thresholds.src_prefix4", "0", "must be a prefix length in 1..32, got 0"),
+        ("thresholds.admit_burst", "5000", "must be at most 4000, got 5000"),
+    ],
+)
+def test_a_threshold_out_of_the_records_bounds_is_one_error_naming_its_key(
+    key: str, value: str, problem: str
+) -> None:
+    """The core record's own bounds (not only the operator's rules) come out
+    as a ConfigError with the dotted key, never a traceback."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {**RUNNABLE, key: value})
+    assert (caught.value.key, caught.value.problem) == (key, problem)

@@ -301,7 +301,11 @@ class Thresholds(Params):
             raise ConfigError(key, problem)
         if self.r < 2:
             raise ConfigError("thresholds.r", f"must be an integer >= 2, got {self.r}")
-        Params.__post_init__(self)
+        try:
+            Params.__post_init__(self)
+        except (TypeError, ValueError) as exc:  # the record's own bounds, by field name
+            name, _, problem = str(exc).partition(" ")
+            raise ConfigError(f"thresholds.{name}", problem) from None
 
     def params(self) -> Params:
         """The core's :class:`~xpro_mesh.core.params.Params` itself (a Thresholds
