@@ -915,3 +915,16 @@ def test_failover_figures_time_each_dead_proxys_client_to_its_first_answer_elsew
     f = dispersion.failover_figures(goods, 1, 5.0)
     assert f["affected"] == 1 and f["recovered"] == 1
     assert f["failover_s"] == {"a": 0.8} and f["met"] is True and f["bound_s"] == 1.5
+
+
+def test_the_botnet_attack_begins_after_every_good_client_has_polled() -> None:
+    """Good clients are clients the service knows: each has polled once
+    before the flood (a client first seen in its first second would meet an
+    admission budget the bots' first packets have emptied)."""
+    lab = topology.plan(3, 9, 90)
+    for duration in (15, 30, 60):
+        plan = scenario.botnet(lab, duration)
+        good = [f for f in plan.flows if f.role == "good"]
+        assert plan.attack_start is not None and plan.attack_start > 1 / good[0].rate
+    with pytest.raises(ScenarioError, match="--duration"):
+        scenario.botnet(lab, 5)
