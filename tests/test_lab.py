@@ -325,7 +325,7 @@ def test_botnet_of_spoofed_sources_passes_local_filters_and_is_cut_by_gossip(
     assert gossip["time_to_mitigate_s"] is not None
     assert gossip["attack_delivered_ratio_after_mitigation"] <= 0.05
     assert local["good_success_ratio"] >= 0.99
-    # These good clients poll each address every 4 s, past this scenario's
+    # These good clients poll each address every 3 s, past this scenario's
     # T_T1 of 1.5 s: every request opens a new window of a known pair, judged
     # by the fair share over its window plus the idle gap before it (not by
     # the admission budget the bots' young windows spend in the first second).
