@@ -929,4 +929,4 @@ def test_the_botnet_attack_begins_after_every_good_client_has_polled() -> None:
         good = [f for f in plan.flows if f.role == "good"]
         assert plan.attack_start is not None and plan.attack_start > 1 / good[0].rate
     with pytest.raises(ScenarioError, match="--duration"):
-        scenario.botnet(lab, 5)
+        scenario.botnet(lab, 4)
