@@ -188,6 +188,9 @@ class RecordingNetwork:
     def up(self, index: int) -> None:
         self.calls.append(("up", index, None))
 
+    def failback(self, index: int, wait_ready: bool) -> None:
+        self.calls.append(("failback", index, int(wait_ready)))
+
     def partition(self, groups: tuple[tuple[int, ...], ...]) -> None:
         self.calls.append(("partition", len(groups), None))
 
@@ -229,8 +232,11 @@ def test_a_proxy_going_down_kills_its_agent_and_coming_up_restarts_it(tmp_path: 
         assert done == "proxy 1 down (SIGKILL agent-xl-p1), its traffic through proxy 2"
         assert net.calls == [("down", 1, 2)] and "agent-xl-p1" in procs.killed
         done = faults.inject(scenario.Fault(2.0, "up", "proxy:1"), lab, procs, net)
-        assert done == "proxy 1 up (restarted agent-xl-p1)"
-        assert net.calls[-1] == ("up", 1, None)
+        assert done == (
+            "proxy 1 up (restarted agent-xl-p1), its traffic back once its agent is ready"
+        )
+        # links up, and the traffic waits for the restarted agent's readiness
+        assert net.calls[-2:] == [("up", 1, None), ("failback", 1, 1)]
         assert procs.procs[0][1].poll() is None
     finally:
         procs.stop()
@@ -930,3 +936,54 @@ def test_the_botnet_attack_begins_after_every_good_client_has_polled() -> None:
         assert plan.attack_start is not None and plan.attack_start > 1 / good[0].rate
     with pytest.raises(ScenarioError, match="--duration"):
         scenario.botnet(lab, 4)
+
+
+def test_a_restarted_proxys_traffic_moves_back_once_its_agent_answers_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The failback waits for ``GET /readyz`` = 200 (a restarted proxy judges
+    by its own counts until its agent has written the mesh's view), and
+    moves the traffic back anyway after READY_TIMEOUT_S."""
+    import http.server
+    import threading
+
+    answers = {"status": 503}
+
+    class Readyz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(answers["status"] if self.path == "/readyz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Readyz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    net = faults.Network(topology.plan(3, 3, 3))
+    moved: list[int] = []
+    monkeypatch.setattr(net, "_route_back", moved.append)
+    try:
+        watch = faults.ReadyWatch.start("/proc/self/ns/net", server.server_address[1])
+        net.waiting[1] = watch
+        time.sleep(0.3)
+        assert watch.ready_at is None and watch.error is None
+        assert net.failbacks() == [] and moved == []  # not ready: the traffic stays away
+        answers["status"] = 200
+        deadline = time.monotonic() + 5
+        while watch.ready_at is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ((index, waited, ready),) = net.failbacks()
+        assert (index, ready, moved) == (1, True, [1]) and waited >= 0.3
+        assert net.waiting == {}
+        # One that never answers moves back after the timeout, not ready.
+        answers["status"] = 503
+        net.waiting[2] = faults.ReadyWatch.start("/proc/self/ns/net", server.server_address[1])
+        later = time.monotonic() + faults.READY_TIMEOUT_S
+        ((index, waited, ready),) = net.failbacks(now=later)
+        assert (index, ready, moved) == (2, False, [1, 2])
+        assert waited >= faults.READY_TIMEOUT_S
+        # Without a restarted agent (a mode without agents) it moves back at once.
+        net.failback(0, wait_ready=False)
+        assert moved == [1, 2, 0]
+    finally:
+        server.shutdown()

@@ -38,7 +38,7 @@ from prometheus_client import generate_latest
 
 from xpro_mesh.agent.config import ConfigError, Thresholds
 from xpro_mesh.api import mesh_config_api, metrics, page, proxies, top
-from xpro_mesh.api.view import AgentView
+from xpro_mesh.api.view import NOT_READY, AgentView, ready
 from xpro_mesh.datapath.backend import PairKey
 from xpro_mesh.datapath.structs import from_addr, to_addr
 
@@ -247,6 +247,7 @@ def status_document(agent: AgentView) -> dict[str, Any]:
         "rounds": counters.rounds if counters else 0,
         "keys": pairs,
         "rows": rows,
+        "ready": ready(agent),
         "sync_cycles": sync.cycles,
         "sync_full_cycles": sync.full_cycles,
         "last_sync_ms": round(sync.last_duration_s * 1000, 2),
@@ -297,6 +298,7 @@ class ApiServer:
         self.app.add_routes(
             [
                 web.get("/healthz", self.healthz),
+                web.get("/readyz", self.readyz),
                 web.get("/v1/status", self.status),
                 web.get("/v1/peers", self.peers),
                 web.get("/v1/steering", self.steering),
@@ -347,6 +349,14 @@ class ApiServer:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """200 once the agent has written the mesh's view into its data
+        path (:func:`ready`), 503 before: what a load balancer or route
+        announcer waits for before it sends this proxy traffic."""
+        if ready(self.agent):
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text=f"{NOT_READY}\n")
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(status_document(self.agent))

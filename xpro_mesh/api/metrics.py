@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 
 from xpro_mesh import __version__
-from xpro_mesh.api.view import AgentView
+from xpro_mesh.api.view import AgentView, ready
 from xpro_mesh.core.params import NS_PER_S
 
 __all__ = ["AgentCollector", "registry_for"]
@@ -209,6 +209,11 @@ class AgentCollector:
     def _sync(self) -> Iterator[Any]:
         sync = self.agent.sync_status()
         yield _counter("xpro_sync_cycles", "Map-sync cycles", sync.cycles)
+        yield GaugeMetricFamily(
+            "xpro_ready",
+            "1 once the agent has written the mesh's view into its data path (GET /readyz)",
+            value=1 if ready(self.agent) else 0,
+        )
         yield _counter("xpro_sync_failures", "Map-sync cycles that failed", sync.failures)
         yield _counter(
             "xpro_map_evictions",

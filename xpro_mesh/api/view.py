@@ -21,7 +21,7 @@ from xpro_mesh.datapath.backend import Stats
 from xpro_mesh.mesh.membership import Member, Workload
 from xpro_mesh.mesh.node import MeshCounters
 
-__all__ = ["AgentView", "Feeder", "NodeInfo", "PairRecord", "SyncStatus"]
+__all__ = ["NOT_READY", "AgentView", "Feeder", "NodeInfo", "PairRecord", "SyncStatus", "ready"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,3 +145,19 @@ class AgentView(Protocol):
     ) -> dict[str, Any]:
         """A new mesh-wide configuration version (agent/mesh_config.py)."""
         ...
+
+
+NOT_READY = "starting: the first map sync (the mesh's view into the data path) has not run yet"
+
+
+def ready(agent: AgentView) -> bool:
+    """Whether the agent has completed one map sync since it started: in
+    gossip after a peer answered its first digest (or none did within
+    ``FIRST_PULL_ROUNDS`` intervals), in master after one read of M_DB.
+    Before it, a restarted proxy's filter judges with no view, or with a
+    view its previous life wrote: traffic moved to it then is judged
+    by this proxy's counts alone, and a distributed attack passes. Later
+    failures of the sync do not make it unready (the filter keeps its rules
+    and last views, and flapping readiness would move traffic under an
+    outage of M_DB); they are in ``/v1/status`` and ``/metrics``."""
+    return agent.sync_status().cycles > 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -29,9 +30,19 @@ NFT_TABLE = "xl_chaos"  # the partition's table in each proxy's namespace
 NETEM_BAND = "1:4"  # the prio qdisc's extra band that netem hangs from
 
 
+# A restarted proxy's traffic moves back once its agent is ready (GET
+# /readyz: the mesh's view written into its filter), as a load balancer or a
+# route announcer that health-checks it would; by this long after the
+# restart it moves back ready or not (a start-up of 10.3 s was seen on a
+# host at load 12).
+READY_TIMEOUT_S = 15.0
+READY_POLL_S = 0.05
+
+
 class Links(Protocol):
     def down(self, index: int, via: int, moves: tuple[str, ...] = ("good", "bot")) -> None: ...
     def up(self, index: int) -> None: ...
+    def failback(self, index: int, wait_ready: bool) -> None: ...
     def partition(self, groups: tuple[tuple[int, ...], ...]) -> None: ...
     def heal(self) -> None: ...
     def netem(self) -> str: ...
@@ -148,6 +159,40 @@ def netem_commands(peers: list[str]) -> list[list[str]]:
 
 
 @dataclass
+class ReadyWatch:
+    """A thread in a proxy's namespace asking its agent's ``GET /readyz``
+    every :data:`READY_POLL_S` until it answers 200 (``ready_at``, monotonic)."""
+
+    started: float
+    ready_at: float | None = None
+    error: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def start(cls, ns: str, port: int | None = None) -> ReadyWatch:
+        from xpro_mesh.lab.agents import API_PORT
+
+        watch = cls(time.monotonic())
+        args = (ns, API_PORT if port is None else port)
+        threading.Thread(target=watch._run, args=args, daemon=True).start()
+        return watch
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self, ns: str, port: int) -> None:
+        from xpro_mesh.lab.origins import enter_netns, http_status
+
+        self.error = enter_netns(ns)
+        while self.error is None and not self._stop.is_set():
+            answer = http_status(port, "/readyz")
+            if answer is not None and answer[0] == 200:
+                self.ready_at = time.monotonic()
+                return
+            self._stop.wait(READY_POLL_S)
+
+
+@dataclass
 class Network:
     """The lab's links and routes as faults change them; :meth:`restore`
     puts back whatever is still changed."""
@@ -159,6 +204,8 @@ class Network:
     went_down: dict[int, float] = field(default_factory=dict)
     partitioned: bool = False
     lossy: bool = False
+    # proxy -> the watch on its restarted agent's readiness (traffic still elsewhere)
+    waiting: dict[int, ReadyWatch] = field(default_factory=dict)
 
     def down(self, index: int, via: int, moves: tuple[str, ...] = ("good", "bot")) -> None:
         from xpro_mesh.lab import topology
@@ -169,9 +216,42 @@ class Network:
         topology.route_block_through(self.lab, index, via, moves)
 
     def up(self, index: int) -> None:
+        """Proxy ``index``'s links up; its traffic still goes elsewhere
+        until :meth:`failback`."""
         from xpro_mesh.lab import topology
 
         topology.set_proxy_links(self.lab, index, up=True)
+
+    def failback(self, index: int, wait_ready: bool) -> None:
+        """Proxy ``index``'s clients and bots back through it: at once, or
+        (``wait_ready``, its agent just restarted) once :meth:`failbacks`
+        finds its agent ready."""
+        if not wait_ready:
+            self._route_back(index)
+            return
+        from xpro_mesh.lab.topology import NETNS_DIR
+
+        ns = next(p.ns for p in self.lab.proxies if p.index == index)
+        self.waiting[index] = ReadyWatch.start(str(NETNS_DIR / ns))
+
+    def failbacks(self, now: float | None = None) -> list[tuple[int, float, bool]]:
+        """Move back the traffic of every proxy whose agent is ready now, or
+        that waited :data:`READY_TIMEOUT_S`: (proxy, seconds waited, ready)."""
+        now = time.monotonic() if now is None else now
+        moved = []
+        for index, watch in sorted(self.waiting.items()):
+            if watch.ready_at is None and now - watch.started < READY_TIMEOUT_S:
+                continue
+            watch.stop()
+            del self.waiting[index]
+            self._route_back(index)
+            waited = (watch.ready_at if watch.ready_at is not None else now) - watch.started
+            moved.append((index, waited, watch.ready_at is not None))
+        return moved
+
+    def _route_back(self, index: int) -> None:
+        from xpro_mesh.lab import topology
+
         topology.route_block_through(self.lab, index, index)
         self.downed.discard(index)
 
@@ -224,9 +304,13 @@ class Network:
         self.lossy = False
 
     def restore(self) -> None:
+        for watch in self.waiting.values():
+            watch.stop()
+        self.waiting.clear()
         for index in sorted(self.downed):
             with contextlib.suppress(Exception):
                 self.up(index)
+                self._route_back(index)
         if self.partitioned:
             self.heal()
         if self.lossy:
@@ -272,7 +356,10 @@ def inject(
             return _proxy_down(fault, index, name, procs, network)
         network.up(index)
         restarted = procs.restart(name)
-        return f"proxy {index} up{' (restarted ' + name + ')' if restarted else ''}"
+        network.failback(index, wait_ready=restarted)
+        return f"proxy {index} up{' (restarted ' + name + ')' if restarted else ''}" + (
+            ", its traffic back once its agent is ready" if restarted else ""
+        )
     raise ScenarioError(f"unknown fault action {fault.action!r}")
 
 

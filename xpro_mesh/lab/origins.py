@@ -41,7 +41,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["OriginSampler", "Sample", "settle_figures"]
+__all__ = ["OriginSampler", "Sample", "enter_netns", "http_status", "settle_figures"]
 
 CLONE_NEWNET = 0x40000000
 PERIOD_S = 0.1  # one beat: the lab's gossip round
@@ -70,9 +70,10 @@ def parse_origins(doc: Mapping[str, object]) -> dict[str, tuple[tuple[int, int],
     return out
 
 
-def _get(port: int, path: str) -> dict[str, object] | None:
-    """One HTTP/1.0 GET on loopback (in the thread's namespace); None when
-    the agent does not answer (dead, restarting, stalled past TIMEOUT_S)."""
+def http_status(port: int, path: str) -> tuple[int, bytes] | None:
+    """One HTTP/1.0 GET on loopback (in the thread's namespace): the status
+    and body, or None when the agent does not answer (dead, restarting,
+    stalled past TIMEOUT_S)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as s:
             s.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
@@ -85,13 +86,38 @@ def _get(port: int, path: str) -> dict[str, object] | None:
     except OSError:
         return None
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n", 1)[0]:
+    status = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+        return None
+    return int(status[1]), body
+
+
+def _get(port: int, path: str) -> dict[str, object] | None:
+    """A GET's JSON object, or None (no answer, not 200, not an object)."""
+    answer = http_status(port, path)
+    if answer is None or answer[0] != 200:
         return None
     try:
-        doc = json.loads(body)
+        doc = json.loads(answer[1])
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
+
+
+def enter_netns(ns: str) -> str | None:
+    """Move the calling thread into the network namespace file ``ns``
+    (its other threads stay where they are); the error, or None."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fd = os.open(ns, os.O_RDONLY)
+    except OSError as e:
+        return str(e)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            return f"setns: {os.strerror(ctypes.get_errno())}"
+    finally:
+        os.close(fd)
+    return None
 
 
 @dataclass
@@ -133,19 +159,10 @@ class OriginSampler:
                     f.write("\n")
 
     def _run(self, node: str, ns: str) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        try:
-            fd = os.open(ns, os.O_RDONLY)
-        except OSError as e:
-            self.errors.append(f"origin sampler {node}: {e}")
+        error = enter_netns(ns)
+        if error is not None:
+            self.errors.append(f"origin sampler {node}: {error}")
             return
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                self.errors.append(f"origin sampler {node}: setns: {os.strerror(err)}")
-                return
-        finally:
-            os.close(fd)
         out = self.samples[node]
         beat = 0
         while not self._stop.is_set():

@@ -278,6 +278,10 @@ def phase_rows(result: ScenarioResult) -> list[list[str]]:
                 cell += f" (agent up after {conv['agent_up_s']:.1f} s)"
             if conv.get("count_error_max") is not None:
                 cell += f", count error {conv['count_error_max']}"
+            for fb in conv.get("failbacks", ()):
+                ready = "ready" if fb["ready"] else "not ready"
+                waited = f"{fb['waited_s']:.1f} s"
+                cell += f", proxy {fb['proxy']}'s traffic back after {waited} ({ready})"
             cells.append(cell)
         rows.append(cells)
     return rows

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from xpro_mesh.core.params import Policy
 from xpro_mesh.lab import agents, dispersion, metrics, spoofed
-from xpro_mesh.lab.faults import Network, inject
+from xpro_mesh.lab.faults import READY_POLL_S, Network, inject
 from xpro_mesh.lab.origins import OriginSampler, settle_figures
 from xpro_mesh.lab.plans import (
     AGENT_SYNC,
@@ -88,6 +88,8 @@ class ModeRun:
     fault_started: dict[float, float] = field(default_factory=dict)
     # the agents' rows per origin, sampled every gossip round (gossip modes)
     origins: OriginSampler | None = None
+    # restarted proxies' traffic moved back once their agents were ready
+    failbacks: list[dict[str, object]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.network = Network(self.lab)
@@ -271,15 +273,32 @@ class ModeRun:
             if time.monotonic() > deadline:
                 break
             wake = self.epoch + pending[0][0] if pending else time.monotonic() + 0.5
-            time.sleep(max(0.0, min(0.5, wake - time.monotonic())))
+            tick = READY_POLL_S if self.network.waiting else 0.5
+            time.sleep(max(0.0, min(tick, wake - time.monotonic())))
             while pending and time.monotonic() >= self.epoch + pending[0][0]:
                 note = pending.pop(0)[1]()
                 if note:
                     self.notes.append(note)
+            self.fail_back()
             self.usage.sample(self.procs)
             if self.filters is not None:
                 self.filters.sample()
             self.reporter.tick(max(0.0, time.monotonic() - self.epoch), live.line())
+
+    def fail_back(self) -> None:
+        """Move back the traffic of restarted proxies whose agents are ready
+        (or waited too long), noted and kept for the report."""
+        for index, waited, ready in self.network.failbacks():
+            at = time.monotonic() - self.epoch
+            self.failbacks.append(
+                {"proxy": index, "at_s": round(at, 2), "waited_s": round(waited, 2), "ready": ready}
+            )
+            why = (
+                f"its agent ready {waited:.1f} s after the restart"
+                if ready
+                else f"its agent not ready after {waited:.1f} s, moved back anyway"
+            )
+            self.notes.append(f"at {at:.1f} s proxy {index}'s traffic back through it: {why}")
 
     def stop_traffic(self) -> dict[str, dict[str, int]]:
         """Stop what overran, note agents that died; the filters' counters."""
@@ -447,6 +466,24 @@ def phase_mesh(run: ModeRun) -> dict[str, dict[str, object]]:
     return out
 
 
+def with_failbacks(
+    per_phase: dict[str, dict[str, object]], run: ModeRun
+) -> dict[str, dict[str, object]]:
+    """``per_phase`` with, in each phase, the restarted proxies whose
+    traffic moved back during it (when, after how long a wait for their
+    agent's readiness, ready or not), in every mode."""
+    out = {label: dict(entry) for label, entry in per_phase.items()}
+    for ph in run.plan.phases:
+        moved = [
+            fb
+            for fb in run.failbacks
+            if ph.start <= float(fb["at_s"]) < ph.stop  # type: ignore[arg-type]
+        ]
+        if moved:
+            out.setdefault(ph.label, {})["failbacks"] = moved
+    return out
+
+
 SETTLE_SPAN_S = 2.0  # a mend is judged over at least this after the agents are up
 BREAKING = ("partition", "netem")  # faults on every node's gossip path
 
@@ -607,7 +644,7 @@ def run_mode(
         wall_s=round(time.monotonic() - started, 1),
         notes=tuple(run.notes),
         extra=botnet_figures(run, bots) if plan.spoofed else None,
-        phase_mesh=phase_mesh(run),
+        phase_mesh=with_failbacks(phase_mesh(run), run),
         dispersion=dispersion_figures(run, victim),
     )
 
