@@ -116,9 +116,18 @@ async def test_put_on_one_node_changes_the_mesh_and_survives_a_restart(tmp_path:
         assert a.mesh_config is not None
         assert a.mesh_config.current.action == "monitor"
         assert a.mesh_config.current.allow == ("10.9.0.0/16",)
-        for n in agents:  # applied live to each node's filter (the twin's policy maps)
+
+        def policy_applied(n: Agent) -> bool:
             assert isinstance(n.backend, MemoryMaps)
-            assert n.backend.policy.action() == (Action.MONITOR, 1)
+            return n.backend.policy.action() == (Action.MONITOR, 1)
+
+        # Applied live to each node's filter (the twin's policy maps): the
+        # thresholds first, then the policy maps in a worker thread, so the
+        # policy may follow the version by that hop (seen: a run read
+        # enforce right after the version).
+        await eventually(lambda: all(map(policy_applied, agents)), 20, "the policy on both")
+        for n in agents:
+            assert isinstance(n.backend, MemoryMaps)
             assert n.backend.policy.allow_list() == [parse_prefix("10.9.0.0/16")]
         # A node that joins later catches up at its first exchange.
         late = await _agent("cfg-c", key, tmp_path, [a])
