@@ -135,6 +135,10 @@ def simulate(
     return d, [share[nm] * good for nm in names]
 
 
+# min_change above the simulated clients' time to follow (at most 40 ticks)
+FOLLOWED = DispersionParams(capacity_pps=1000.0, min_change_ns=5 * S)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     good=st.floats(0.05, 3.0),
@@ -147,11 +151,31 @@ def test_no_oscillation_under_steady_load(
     good: float, n: int, follow_lag: int, noise: float, seed: int
 ) -> None:
     """Five simulated minutes of steady load, clients up to 4 s late, loads
-    up to 30 % noisy: at most two weight changes, and balanced."""
-    d, occ = simulate(good, n, ticks=3000, follow_lag=follow_lag, noise=noise, seed=seed)
+    up to 30 % noisy: at most two weight changes, and balanced. The rules are
+    configured as docs/dispersion.md requires, ``min_change`` above the
+    clients' time to follow; with less, a step acts on loads measured before
+    the clients could follow the last one (a third change, seen with good =
+    2.25 on 3 proxies, clients 3 s late, min_change 1 s)."""
+    d, occ = simulate(
+        good, n, ticks=3000, follow_lag=follow_lag, noise=noise, seed=seed, params=FOLLOWED
+    )
     assert d.changes <= 2
     mean = sum(occ) / len(occ)
     assert max(occ) <= 1.3 * mean
+
+
+def test_the_first_placement_starts_min_change() -> None:
+    """Right after the first weights, every load still shows where the
+    clients were before; a step on them chases clients that had no time to
+    follow (with 30 % noise it moved p0 again 0.2 s after the placement)."""
+    stale = {"p1": idle(0), "p2": idle(0)}
+    d = plan(Dispersion(), {"p0": idle(1715), **stale}, 0, P)
+    first = dict(d.weights)
+    for k in range(1, 10):  # under min_change (1 s): a noisier reading of the same
+        d = plan(d, {"p0": idle(3185), **stale}, k * TICK, P)
+        assert d.weights == first and d.changes == 0
+    d = plan(d, {"p0": idle(3185), **stale}, 10 * TICK, P)
+    assert d.additions == 1 and d.weights["p0"] < first["p0"]  # then the rules act
 
 
 def test_concentrated_load_is_spread_by_one_addition() -> None:
@@ -189,10 +213,11 @@ def test_no_removal_within_20_s_of_an_addition_nor_5_s_of_a_removal() -> None:
 def test_no_shift_back_until_the_proxy_was_calm_for_the_configured_time() -> None:
     params = DispersionParams(capacity_pps=1000.0, calm_ns=30 * S)
     d = plan(Dispersion(), {"a": idle(100), "b": idle(100)}, 0, params)
-    d = plan(d, {"a": idle(1900), "b": idle(100)}, TICK, params)  # a is hot: shed
+    t = params.min_change_ns  # the first placement's min_change passed
+    d = plan(d, {"a": idle(1900), "b": idle(100)}, t, params)  # a is hot: shed
     assert d.additions == 1 and d.weights["a"] < 0.5
     shed = d.weights["a"]
-    t = 2 * TICK
+    t += TICK
     # a stays over T_W for 40 s: never shifted back (its target stays low).
     while t < 40 * S:
         d = plan(d, {"a": idle(900), "b": idle(800)}, t, params)

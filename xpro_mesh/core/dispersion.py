@@ -55,7 +55,9 @@ of W they bring), so:
 
 * an **addition** is a step that lowers the weight of a *hot* proxy (``W >
   act_level`` and ``traffic >= act_share · W``): clients move off it. It is
-  taken at once, at most every ``min_change``;
+  taken at once, at most every ``min_change`` (the first placement of the
+  weights starts it too: until the clients could follow, the loads show
+  where they were before, and a step on them chases them);
 * a **removal** (shift back) is a step that only raises weights: it waits
   ``hold_after_addition`` after the last addition, ``removal_spacing`` after
   the last removal, ``min_change`` after any change, and until every proxy
@@ -235,7 +237,8 @@ def plan(
     the live proxies at ``now_ns``. Deterministic; see the module docstring
     for the rules. Invariants: the weights are a distribution over ``loads``;
     a removal never follows an addition within ``hold_after_addition`` nor a
-    removal within ``removal_spacing``; two changes are ``min_change`` apart."""
+    removal within ``removal_spacing``; two changes, and the first placement
+    and the first change, are ``min_change`` apart."""
     occ = {n: occupancy(load, params) for n, load in loads.items()}
     calm = {
         n: previous.calm_since_ns.get(n, now_ns) for n in sorted(loads) if occ[n].total < params.t_w
@@ -265,6 +268,10 @@ def plan(
             # Capacity added: no shift back for a while, but an overload
             # elsewhere may still be acted on at once (no min_change).
             state = replace(state, last_addition_ns=now_ns, additions=state.additions + 1)
+        elif not previous.weights:
+            # The first placement: clients start following it now, so no
+            # step acts on loads measured before they could (min_change).
+            state = replace(state, last_change_ns=now_ns)
         return state
 
     current = state.weights
