@@ -179,6 +179,35 @@ def test_phases_report_each_stretch_and_each_proxys_block_on_its_own() -> None:
     assert before.good_success_ratio == 1.0 and after.good_success_ratio == 1.0
 
 
+def test_requests_lost_with_a_dead_proxy_are_counted_apart_from_the_filtering() -> None:
+    """Proxy 1 dies at 10.0 s and its traffic takes proxy 0 from 10.3 s: its
+    flow's unanswered requests sent from one reply timeout before (9.5 s) to
+    the rerouting are lost in flight, counted apart and not in the ratio;
+    the same flow's loss before that window, a loss through a live proxy,
+    and an answered request in the window stay as they were."""
+    victim = VictimArrivals.from_json(victim_doc({}))
+    dying = GoodRequests(
+        "regular",
+        ((9.0, None), (9.6, None), (9.9, 0.001), (10.2, None), (10.5, 0.001)),
+        proxy=1,
+        timeout=0.5,
+    )
+    alive = GoodRequests("regular", ((9.6, None), (10.2, 0.001)), proxy=0, timeout=0.5)
+    death = metrics.ProxyDeath(proxy=1, start=10.0, rerouted=10.3)
+    m = metrics.mode_metrics(
+        victim, [], [dying, alive], 30, phases=[("before", 0, 10), ("dead", 10, 20)], deaths=[death]
+    )
+    assert m.good_lost_in_flight == 2
+    assert (m.good_requests, m.good_success_ratio) == (5, 0.6)
+    before, dead = m.phases["before"], m.phases["dead"]
+    assert (before.good_lost_in_flight, before.good_requests) == (1, 3)  # 9.6 via p1
+    assert before.good_success_ratio == pytest.approx(1 / 3)  # 9.0 (p1) and 9.6 (p0) lost
+    assert (dead.good_lost_in_flight, dead.good_requests, dead.good_success_ratio) == (1, 2, 1.0)
+    # Without the death, every loss counts.
+    plain = metrics.mode_metrics(victim, [], [dying, alive], 30)
+    assert (plain.good_lost_in_flight, plain.good_requests) == (0, 7)
+
+
 def test_a_phase_without_traffic_has_no_ratios() -> None:
     victim = VictimArrivals.from_json(victim_doc({}))
     ph = metrics.phase_metrics(victim, [], [], 0.0, 5.0)

@@ -25,6 +25,12 @@ Definitions (the README's "The lab" repeats them):
 * ``good_success_ratio``: good requests answered within the client's reply
   timeout over requests sent; ``good_latency_ms_p50/p99`` over the answered
   ones; the same per client group and for requests sent during the attack.
+  Requests *lost in flight* are counted apart (``good_lost_in_flight``) and
+  left out of the ratio: unanswered requests sent through a proxy that died
+  (:class:`ProxyDeath`) from one reply timeout before its death until its
+  traffic was routed elsewhere. A SIGKILLed proxy takes the packets it holds
+  with it, whatever the filter does; what the ratio judges is the filtering
+  of the requests that had a live path.
 """
 
 from __future__ import annotations
@@ -105,15 +111,54 @@ class GoodRequests:
 
     label: str
     requests: tuple[tuple[float, float | None], ...]
+    proxy: int | None = None  # the proxy the flow's packets take (None: the client picks)
+    timeout: float = 0.0  # the client's reply timeout, s
 
     @classmethod
-    def from_json(cls, doc: Mapping[str, object]) -> GoodRequests:
+    def from_json(cls, doc: Mapping[str, object], proxy: int | None = None) -> GoodRequests:
         raw = doc["requests"]
         assert isinstance(raw, Sequence)
+        timeout = doc.get("timeout", 0.0)
+        assert isinstance(timeout, int | float)
         return cls(
             label=str(doc.get("label", "good")),
             requests=tuple((float(t), None if lat is None else float(lat)) for t, lat in raw),
+            proxy=proxy,
+            timeout=float(timeout),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyDeath:
+    """A whole proxy died (agent SIGKILLed, links down) at ``start``; its
+    traffic took another proxy from ``rerouted`` on (s since the epoch)."""
+
+    proxy: int
+    start: float
+    rerouted: float
+
+
+def split_lost_in_flight(
+    goods: Iterable[GoodRequests], deaths: Sequence[ProxyDeath]
+) -> tuple[list[GoodRequests], list[float]]:
+    """``goods`` without the requests lost in flight, and those requests'
+    send times: unanswered, sent by a flow through a dying proxy from one
+    reply timeout before its death up to its rerouting."""
+    kept: list[GoodRequests] = []
+    lost: list[float] = []
+    for g in goods:
+        windows = [(d.start - g.timeout, d.rerouted) for d in deaths if d.proxy == g.proxy]
+        if not windows:
+            kept.append(g)
+            continue
+        rest = []
+        for t, lat in g.requests:
+            if lat is None and any(t0 <= t <= t1 for t0, t1 in windows):
+                lost.append(t)
+            else:
+                rest.append((t, lat))
+        kept.append(GoodRequests(g.label, tuple(rest), g.proxy, g.timeout))
+    return kept, sorted(lost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +180,7 @@ class PhaseMetrics:
     attack_delivered_ratio_by_block: dict[str, float | None]
     good_requests: int
     good_success_ratio: float | None
+    good_lost_in_flight: int = 0  # left out of good_requests (see the module docstring)
     # From the phase's start to the first bin from which every window up to
     # the phase's end delivers at most MITIGATED_BELOW of the attack (None:
     # never within the phase); "after" is the share delivered from then on.
@@ -157,6 +203,7 @@ class ModeMetrics:
     good_requests: int
     good_success_ratio: float | None
     good_success_ratio_under_attack: float | None
+    good_lost_in_flight: int
     good_latency_ms_p50: float | None
     good_latency_ms_p99: float | None
     good_success_by_group: dict[str, float | None]
@@ -306,10 +353,12 @@ def phase_metrics(
     goods: Iterable[GoodRequests],
     start: float,
     stop: float,
+    lost: Sequence[float] = (),
 ) -> PhaseMetrics:
     """The attack delivered (in all and per source block) and the good
     requests answered over ``[start, stop)`` s since the epoch: bins whose
-    start lies in it, requests sent in it."""
+    start lies in it, requests sent in it; ``goods`` without the requests
+    lost in flight, whose send times are ``lost``."""
     first = math.floor(start / victim.bin_s + 1e-9)
     last = math.floor(stop / victim.bin_s + 1e-9)
     empty = BinSeries({})
@@ -331,6 +380,7 @@ def phase_metrics(
         },
         good_requests=len(requests),
         good_success_ratio=_ratio(sum(1 for lat in requests if lat is not None), len(requests)),
+        good_lost_in_flight=sum(1 for t in lost if start <= t < stop),
         time_to_remitigate_s=None if ttr is None else round(max(0.0, ttr - start), 3),
         attack_delivered_ratio_after_remitigation=after,
         good_latency_ms_p50=percentile(answered, 50),
@@ -374,11 +424,14 @@ def mode_metrics(
     goods: Sequence[GoodRequests],
     horizon: float,
     phases: Iterable[tuple[str, float, float]] = (),
+    deaths: Sequence[ProxyDeath] = (),
 ) -> ModeMetrics:
     """Every figure of one mode from its raw documents; ``horizon`` is the
     end of the traffic (s since the epoch), for the series; ``phases``
-    (label, start, stop) are reported on their own as well."""
+    (label, start, stop) are reported on their own as well; the good
+    requests lost in flight with the proxies of ``deaths`` are counted apart."""
     sent, delivered, ratio, after, ttm, by_block = attack_metrics(victim, bots)
+    goods, lost = split_lost_in_flight(goods, deaths)
     requests = [r for g in goods for r in g.requests]
     latencies = [lat * 1000.0 for _, lat in requests if lat is not None]
     if bots:
@@ -406,6 +459,7 @@ def mode_metrics(
         good_requests=len(requests),
         good_success_ratio=_ratio(len(latencies), len(requests)),
         good_success_ratio_under_attack=under_attack,
+        good_lost_in_flight=len(lost),
         good_latency_ms_p50=None if p50 is None else round(p50, 3),
         good_latency_ms_p99=None if p99 is None else round(p99, 3),
         good_success_by_group=by_group,
@@ -414,5 +468,7 @@ def mode_metrics(
         good_success=good_series(goods, horizon),
         good_pps=_series(victim.good.values(), victim.bin_s, horizon, SERIES_S),
         good_sent_pps=_series([_send_bins(goods, victim.bin_s)], victim.bin_s, horizon, SERIES_S),
-        phases={label: phase_metrics(victim, bots, goods, t0, t1) for label, t0, t1 in phases},
+        phases={
+            label: phase_metrics(victim, bots, goods, t0, t1, lost) for label, t0, t1 in phases
+        },
     )

@@ -69,6 +69,7 @@ def mode_json(
         "attack_sent": m.attack_sent,
         "attack_delivered": m.attack_delivered,
         "good_requests": m.good_requests,
+        "good_lost_in_flight": m.good_lost_in_flight,
         "per_proxy": proxies,
         "wall_s": wall_s,
         "notes": list(notes),
@@ -84,6 +85,7 @@ def mode_json(
                 },
                 "good_requests": ph.good_requests,
                 "good_success_ratio": _round(ph.good_success_ratio),
+                "good_lost_in_flight": ph.good_lost_in_flight,
                 "time_to_remitigate_s": ph.time_to_remitigate_s,
                 "attack_delivered_ratio_after_remitigation": _round(
                     ph.attack_delivered_ratio_after_remitigation
@@ -260,6 +262,8 @@ def phase_rows(result: ScenarioResult) -> list[list[str]]:
                 f"attack {_pct(pm.attack_delivered_ratio)}{spread}, "
                 f"good {_pct(pm.good_success_ratio)}"
             )
+            if pm.good_lost_in_flight:
+                cell += f" ({pm.good_lost_in_flight} lost in flight with a dead proxy)"
             if pm.time_to_remitigate_s is not None and pm.time_to_remitigate_s > 0:
                 cell += (
                     f", cut again after {pm.time_to_remitigate_s:g} s "

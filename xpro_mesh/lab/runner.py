@@ -544,8 +544,23 @@ def _read_results(
         if f.role == "bots":
             bots.append(metrics.BotStream.from_json(doc))
         else:
-            goods.append(metrics.GoodRequests.from_json(doc))
+            pinned = f.proxy if run.plan.client is None else None  # a client picks its own
+            goods.append(metrics.GoodRequests.from_json(doc, pinned))
     return victim, bots, goods
+
+
+def proxy_deaths(run: ModeRun) -> list[metrics.ProxyDeath]:
+    """Every whole proxy killed during the run: from when its fault began
+    to when the lab had routed its traffic elsewhere (s since the epoch)."""
+    return [
+        metrics.ProxyDeath(
+            int(f.target.partition(":")[2]),
+            run.fault_started[f.at],
+            run.fault_done.get(f.at, run.fault_started[f.at]),
+        )
+        for f in run.plan.faults
+        if f.action == "down" and f.target.startswith("proxy:") and f.at in run.fault_started
+    ]
 
 
 def dispersion_figures(run: ModeRun, victim: metrics.VictimArrivals) -> dict[str, object] | None:
@@ -636,6 +651,7 @@ def run_mode(
         goods,
         plan.duration,
         phases=actual_phases(run),
+        deaths=proxy_deaths(run),
     )
     return ModeResult(
         mode=key or mode,
