@@ -1,0 +1,237 @@
+"""netem's delay in userspace, for a kernel built without sch_netem (this
+VM's): iptables (``NFQUEUE --queue-bypass``) in a proxy's namespace queues
+the gossip packets from it to its peers, and this process, run inside that
+namespace, holds each one for a uniform ``mean +- jitter`` ms (a seeded
+draw) and then accepts it.
+
+One thread, one timer heap: a packet is released when its own time is due,
+whatever came before it (netem's jitter reorders too), never by a sleep per
+packet. ``--queue-bypass`` lets packets through unqueued while nothing
+listens on the queue, so a dead or stopped delayer blackholes nothing; on
+SIGTERM the held packets are accepted at once.
+
+    python -m xpro_mesh.lab.delayer --netns /var/run/netns/xl-p0 --queue 13
+
+The rules: :func:`queue_rules`; the process's owner:
+:class:`xpro_mesh.lab.faults.Network`."""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DELAY_MS", "JITTER_MS", "QUEUE_NUM", "DelayPath", "Delayer", "queue_rules"]
+
+QUEUE_NUM = 13  # the NFQUEUE in each proxy's namespace (queues are per namespace)
+DELAY_MS, JITTER_MS = 50.0, 20.0  # NETEM's "delay 50ms 20ms", uniform over [30, 70] ms
+IPT_CHAIN = "XL_DELAY"  # the rules' own chain in the mangle table (its OUTPUT jumps to it)
+
+
+def queue_rules(own: str, peers: list[str], port: int, queue: int = QUEUE_NUM) -> list[list[str]]:
+    """iptables-nft commands that queue to ``queue`` the packets from
+    ``own`` to each of ``peers`` to or from ``port`` (UDP and TCP: the
+    gossip and its stream), with ``--queue-bypass``. In the mangle table's
+    OUTPUT (priority -150), so they are delayed before nftables' loss and
+    duplication (priority 0) see them. The kernel has no nft ``queue``
+    expression (CONFIG_NFT_QUEUE unset), only xt's NFQUEUE target."""
+    cmds = [
+        ["iptables", "-w", "-t", "mangle", "-N", IPT_CHAIN],
+        ["iptables", "-w", "-t", "mangle", "-A", "OUTPUT", "-j", IPT_CHAIN],
+    ]
+    for peer in peers:
+        for proto in ("udp", "tcp"):
+            cmds.append(
+                ["iptables", "-w", "-t", "mangle", "-A", IPT_CHAIN, "-s", own, "-d", peer]
+                + ["-p", proto, "-m", "multiport", "--ports", str(port)]
+                + ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+            )
+    return cmds
+
+
+def unqueue_rules() -> list[list[str]]:
+    """iptables-nft commands that undo :func:`queue_rules` (each may fail
+    where there is nothing to undo)."""
+    return [
+        ["iptables", "-w", "-t", "mangle", "-D", "OUTPUT", "-j", IPT_CHAIN],
+        ["iptables", "-w", "-t", "mangle", "-F", IPT_CHAIN],
+        ["iptables", "-w", "-t", "mangle", "-X", IPT_CHAIN],
+    ]
+
+
+@dataclass
+class Delayer:
+    """The timer heap: :meth:`hold` a packet, :meth:`release` what is due.
+    Sans-IO (time passed in), so a test drives it without a queue."""
+
+    delay_ms: float = DELAY_MS
+    jitter_ms: float = JITTER_MS
+    seed: int = 0
+    held: list[tuple[float, int, Any]] = field(default_factory=list)
+    _rng: random.Random = field(init=False)
+    _seq: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def draw_s(self) -> float:
+        lo = max(0.0, self.delay_ms - self.jitter_ms)
+        return self._rng.uniform(lo, self.delay_ms + self.jitter_ms) / 1000.0
+
+    def hold(self, packet: Any, now: float) -> float:
+        """Hold ``packet`` until ``now`` plus a draw; returns when it is due."""
+        due = now + self.draw_s()
+        self._seq += 1
+        heapq.heappush(self.held, (due, self._seq, packet))
+        return due
+
+    def release(self, now: float) -> list[Any]:
+        """The packets due by ``now``, earliest first (removed from the heap)."""
+        out = []
+        while self.held and self.held[0][0] <= now:
+            out.append(heapq.heappop(self.held)[2])
+        return out
+
+    def drain(self) -> list[Any]:
+        out = [p for _, _, p in sorted(self.held)]
+        self.held.clear()
+        return out
+
+    def next_due(self) -> float | None:
+        return self.held[0][0] if self.held else None
+
+
+def serve(queue: int, delayer: Delayer, ready: Any = None) -> int:
+    """Bind ``queue`` in the current namespace and delay its packets until
+    SIGTERM or SIGINT; then accept what is held. Returns packets delayed."""
+    from netfilterqueue import COPY_META, NetfilterQueue
+
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    count = 0
+
+    def _queued(pkt: Any) -> None:
+        nonlocal count
+        count += 1
+        delayer.hold(pkt, time.monotonic())
+
+    nfq = NetfilterQueue()
+    nfq.bind(queue, _queued, max_len=8192, mode=COPY_META)
+    try:
+        fd = nfq.get_fd()
+        if ready is not None:
+            ready()
+        while not stop:
+            due = delayer.next_due()
+            timeout = 0.2 if due is None else max(0.0, due - time.monotonic())
+            try:
+                readable, _, _ = select.select([fd], [], [], timeout)
+            except InterruptedError:
+                continue
+            if readable:
+                nfq.run(block=False)
+            for pkt in delayer.release(time.monotonic()):
+                pkt.accept()
+        for pkt in delayer.drain():
+            pkt.accept()
+    finally:
+        nfq.unbind()
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m xpro_mesh.lab.delayer", description=__doc__)
+    ap.add_argument("--netns", help="network namespace file to run in (default: this one)")
+    ap.add_argument("--queue", type=int, default=QUEUE_NUM)
+    ap.add_argument("--delay-ms", type=float, default=DELAY_MS)
+    ap.add_argument("--jitter-ms", type=float, default=JITTER_MS)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.netns:
+        from xpro_mesh.lab.origins import enter_netns
+
+        err = enter_netns(args.netns)
+        if err is not None:
+            print(f"delayer: {args.netns}: {err}", file=sys.stderr)
+            return 1
+    delayer = Delayer(args.delay_ms, args.jitter_ms, args.seed)
+
+    def _ready() -> None:
+        print("ready", flush=True)
+
+    count = serve(args.queue, delayer, _ready)
+    print(f"delayed {count} packets", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+@dataclass
+class DelayPath:
+    """One namespace's delay: its delayer process (started first, so the
+    queue has a listener before anything is queued) and its rules. Owned by
+    :class:`xpro_mesh.lab.faults.Network`, which stops it at ``netem off``
+    and when the run ends; ``lab down`` kills a leftover one with the rest
+    of the namespace's processes (and removes the namespace, rules and all)."""
+
+    netns: str  # the namespace file, /var/run/netns/xl-p0
+    own: str
+    peers: list[str]
+    port: int
+    seed: int = 0
+    queue: int = QUEUE_NUM
+    proc: Any = None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xpro_mesh.lab.delayer", "--netns", self.netns]
+            + ["--queue", str(self.queue), "--seed", str(self.seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        line = self.proc.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            self.proc.kill()
+            err = self.proc.communicate(timeout=5)[1]
+            raise RuntimeError(f"delayer in {self.netns} did not start: {err.strip()[-300:]}")
+        self._iptables(queue_rules(self.own, self.peers, self.port, self.queue), check=True)
+
+    def stop(self) -> None:
+        """Rules out, then the delayer stopped (it accepts what it holds)."""
+        self._iptables(unqueue_rules(), check=False)
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.communicate(timeout=5)
+            except Exception:
+                self.proc.kill()
+                self.proc.communicate()
+            self.proc = None
+
+    def _iptables(self, cmds: list[list[str]], check: bool) -> None:
+        import subprocess
+
+        for cmd in cmds:
+            done = subprocess.run(
+                ["nsenter", f"--net={self.netns}", *cmd], capture_output=True, text=True
+            )
+            if check and done.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} in {self.netns}: {done.stderr.strip()[:200]}")
