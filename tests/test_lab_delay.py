@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from xpro_mesh.lab.delayer import DELAY_MS, JITTER_MS, IPT_CHAIN, DelayPath, Delayer
+from xpro_mesh.lab.delayer import DELAY_MS, IPT_CHAIN, JITTER_MS, Delayer, DelayPath
 from xpro_mesh.lab.origins import enter_netns
 
 pytestmark = pytest.mark.netns

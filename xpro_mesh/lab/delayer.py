@@ -47,11 +47,9 @@ def queue_rules(own: str, peers: list[str], port: int, queue: int = QUEUE_NUM) -
     ]
     for peer in peers:
         for proto in ("udp", "tcp"):
-            cmds.append(
-                ["iptables", "-w", "-t", "mangle", "-A", IPT_CHAIN, "-s", own, "-d", peer]
-                + ["-p", proto, "-m", "multiport", "--ports", str(port)]
-                + ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
-            )
+            match = ["-s", own, "-d", peer, "-p", proto, "-m", "multiport", "--ports", str(port)]
+            target = ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
+            cmds.append(["iptables", "-w", "-t", "mangle", "-A", IPT_CHAIN, *match, *target])
     return cmds
 
 
@@ -110,7 +108,10 @@ class Delayer:
 def serve(queue: int, delayer: Delayer, ready: Any = None) -> int:
     """Bind ``queue`` in the current namespace and delay its packets until
     SIGTERM or SIGINT; then accept what is held. Returns packets delayed."""
-    from netfilterqueue import COPY_META, NetfilterQueue
+    from xpro_mesh.extras import need
+
+    nfqueue = need("netfilterqueue", "the lab's delay on the gossip path")
+    COPY_META, NetfilterQueue = nfqueue.COPY_META, nfqueue.NetfilterQueue
 
     stop = False
 
@@ -200,8 +201,7 @@ class DelayPath:
         import subprocess
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xpro_mesh.lab.delayer", "--netns", self.netns]
-            + ["--queue", str(self.queue), "--seed", str(self.seed)],
+            [sys.executable, "-m", "xpro_mesh.lab.delayer", "--netns", self.netns, *self._args()],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -213,6 +213,9 @@ class DelayPath:
             err = self.proc.communicate(timeout=5)[1]
             raise RuntimeError(f"delayer in {self.netns} did not start: {err.strip()[-300:]}")
         self._iptables(queue_rules(self.own, self.peers, self.port, self.queue), check=True)
+
+    def _args(self) -> list[str]:
+        return ["--queue", str(self.queue), "--seed", str(self.seed)]
 
     def stop(self) -> None:
         """Rules out, then the delayer stopped (it accepts what it holds)."""
