@@ -665,17 +665,17 @@ def test_the_delay_queues_only_the_gossip_port_between_proxies_and_never_blackho
 
     assert (delayer.DELAY_MS, delayer.JITTER_MS) == (50.0, 20.0)  # NETEM's delay 50ms 20ms
     assert "delay 50ms 20ms" in plans.NETEM
-    cmds = delayer.queue_rules("10.20.0.10", ["10.20.0.11", "10.20.0.12"], 7946)
-    queued = [c for c in cmds if "NFQUEUE" in c]
+    script = delayer.queue_rules("10.20.0.10", ["10.20.0.11", "10.20.0.12"], 7946)
+    queued = [line.split() for line in script.splitlines() if "NFQUEUE" in line]
     assert len(queued) == 4  # udp and tcp, to each peer
     for c in queued:
         assert c[c.index("-s") + 1] == "10.20.0.10"
         assert c[c.index("-d") + 1] in ("10.20.0.11", "10.20.0.12")
         assert c[c.index("--ports") + 1] == "7946"
-        assert c[-1] == "--queue-bypass"  # no listener: the packet passes
-    # every rule is in (or jumps to) the lab's own chain, which the undo removes
-    assert all("XL_DELAY" in c for c in cmds)
-    assert delayer.unqueue_rules()[-1][-2:] == ["-X", "XL_DELAY"]
+        assert c[:2] == ["-A", "XL_DELAY"] and c[-1] == "--queue-bypass"  # no listener: passes
+    assert "-A OUTPUT -j XL_DELAY" in script.splitlines()
+    # the undo removes the jump and the lab's own chain
+    assert {"-D OUTPUT -j XL_DELAY", "-X XL_DELAY"} <= set(delayer.unqueue_rules().splitlines())
 
 
 def test_the_delayer_releases_each_packet_at_its_own_draw_not_in_arrival_order() -> None:

@@ -34,33 +34,31 @@ DELAY_MS, JITTER_MS = 50.0, 20.0  # NETEM's "delay 50ms 20ms", uniform over [30,
 IPT_CHAIN = "XL_DELAY"  # the rules' own chain in the mangle table (its OUTPUT jumps to it)
 
 
-def queue_rules(own: str, peers: list[str], port: int, queue: int = QUEUE_NUM) -> list[list[str]]:
-    """iptables-nft commands that queue to ``queue`` the packets from
-    ``own`` to each of ``peers`` to or from ``port`` (UDP and TCP: the
-    gossip and its stream), with ``--queue-bypass``. In the mangle table's
-    OUTPUT (priority -150), so they are delayed before nftables' loss and
-    duplication (priority 0) see them. The kernel has no nft ``queue``
-    expression (CONFIG_NFT_QUEUE unset), only xt's NFQUEUE target."""
-    cmds = [
-        ["iptables", "-w", "-t", "mangle", "-N", IPT_CHAIN],
-        ["iptables", "-w", "-t", "mangle", "-A", "OUTPUT", "-j", IPT_CHAIN],
-    ]
+def queue_rules(own: str, peers: list[str], port: int, queue: int = QUEUE_NUM) -> str:
+    """The ``iptables-restore --noflush`` script (iptables-nft) that queues
+    to ``queue`` the packets from ``own`` to each of ``peers`` to or from
+    ``port`` (UDP and TCP: the gossip and its stream), with
+    ``--queue-bypass``, in the lab's own chain :data:`IPT_CHAIN`, jumped to
+    from the mangle table's OUTPUT (priority -150), so they are delayed
+    before nftables' loss and duplication (priority 0) see them. One script,
+    applied at once. The kernel has no nft ``queue`` expression
+    (CONFIG_NFT_QUEUE unset), only xt's NFQUEUE target."""
+    lines = ["*mangle", f":{IPT_CHAIN} - [0:0]", f"-A OUTPUT -j {IPT_CHAIN}"]
     for peer in peers:
         for proto in ("udp", "tcp"):
-            match = ["-s", own, "-d", peer, "-p", proto, "-m", "multiport", "--ports", str(port)]
-            target = ["-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"]
-            cmds.append(["iptables", "-w", "-t", "mangle", "-A", IPT_CHAIN, *match, *target])
-    return cmds
+            lines.append(
+                f"-A {IPT_CHAIN} -s {own} -d {peer} -p {proto} -m multiport --ports {port}"
+                f" -j NFQUEUE --queue-num {queue} --queue-bypass"
+            )
+    return "\n".join([*lines, "COMMIT", ""])
 
 
-def unqueue_rules() -> list[list[str]]:
-    """iptables-nft commands that undo :func:`queue_rules` (each may fail
-    where there is nothing to undo)."""
-    return [
-        ["iptables", "-w", "-t", "mangle", "-D", "OUTPUT", "-j", IPT_CHAIN],
-        ["iptables", "-w", "-t", "mangle", "-F", IPT_CHAIN],
-        ["iptables", "-w", "-t", "mangle", "-X", IPT_CHAIN],
-    ]
+def unqueue_rules() -> str:
+    """The ``iptables-restore --noflush`` script that undoes
+    :func:`queue_rules` (it fails, changing nothing, where there is
+    nothing to undo)."""
+    undo = [f":{IPT_CHAIN} - [0:0]", f"-D OUTPUT -j {IPT_CHAIN}", f"-X {IPT_CHAIN}"]
+    return "\n".join(["*mangle", *undo, "COMMIT", ""])
 
 
 @dataclass
@@ -197,7 +195,9 @@ class DelayPath:
     queue: int = QUEUE_NUM
     proc: Any = None
 
-    def start(self, timeout_s: float = 10.0) -> None:
+    def launch(self) -> None:
+        """Start the delayer process (:meth:`start` waits for it): the
+        owner launches every namespace's at once, then waits."""
         import subprocess
 
         self.proc = subprocess.Popen(
@@ -206,22 +206,32 @@ class DelayPath:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """The delayer listening on its queue, then the rules."""
+        if self.proc is None:
+            self.launch()
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
         line = self.proc.stdout.readline() if ready else ""
         if line.strip() != "ready":
             self.proc.kill()
             err = self.proc.communicate(timeout=5)[1]
             raise RuntimeError(f"delayer in {self.netns} did not start: {err.strip()[-300:]}")
-        self._iptables(queue_rules(self.own, self.peers, self.port, self.queue), check=True)
+        self._restore(queue_rules(self.own, self.peers, self.port, self.queue), check=True)
 
     def _args(self) -> list[str]:
         return ["--queue", str(self.queue), "--seed", str(self.seed)]
 
-    def stop(self) -> None:
-        """Rules out, then the delayer stopped (it accepts what it holds)."""
-        self._iptables(unqueue_rules(), check=False)
+    def signal_stop(self) -> None:
+        """Rules out, SIGTERM to the delayer (it accepts what it holds);
+        :meth:`stop` also waits for it."""
+        self._restore(unqueue_rules(), check=False)
         if self.proc is not None:
             self.proc.terminate()
+
+    def stop(self) -> None:
+        self.signal_stop()
+        if self.proc is not None:
             try:
                 self.proc.communicate(timeout=5)
             except Exception:
@@ -229,12 +239,14 @@ class DelayPath:
                 self.proc.communicate()
             self.proc = None
 
-    def _iptables(self, cmds: list[list[str]], check: bool) -> None:
+    def _restore(self, script: str, check: bool) -> None:
         import subprocess
 
-        for cmd in cmds:
-            done = subprocess.run(
-                ["nsenter", f"--net={self.netns}", *cmd], capture_output=True, text=True
-            )
-            if check and done.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} in {self.netns}: {done.stderr.strip()[:200]}")
+        done = subprocess.run(
+            ["nsenter", f"--net={self.netns}", "iptables-restore", "-w", "--noflush"],
+            input=script,
+            capture_output=True,
+            text=True,
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"iptables-restore in {self.netns}: {done.stderr.strip()[:200]}")

@@ -299,14 +299,16 @@ class Network:
         for p in self.lab.proxies:
             _run(p.ns, "tc", "qdisc", "del", "dev", "s0", "root", check=False)
             peers = [q.service_addr for q in self.lab.proxies if q.index != p.index]
-            path = DelayPath(
-                str(NETNS_DIR / p.ns), p.service_addr, peers, GOSSIP_PORT, seed=p.index
-            )
+            path = DelayPath(str(NETNS_DIR / p.ns), p.service_addr, peers, GOSSIP_PORT, p.index)
             self.delays.append(path)
-            try:
+            path.launch()  # all at once: each one's start-up is a Python interpreter's
+        try:
+            for path in self.delays:
                 path.start()
-            except RuntimeError as e:
-                raise ScenarioError(str(e)) from e
+        except RuntimeError as e:
+            raise ScenarioError(str(e)) from e
+        for p in self.lab.proxies:
+            peers = [q.service_addr for q in self.lab.proxies if q.index != p.index]
             _run(p.ns, "nft", "-f", "-", stdin=lossy_ruleset(peers))
         return (
             f"nftables {LOSS_PCT}% loss, {DUP_PCT}% duplication; delay "
@@ -315,6 +317,9 @@ class Network:
         )
 
     def clear(self) -> None:
+        for path in self.delays:
+            with contextlib.suppress(Exception):
+                path.signal_stop()
         for path in self.delays:
             with contextlib.suppress(Exception):
                 path.stop()
