@@ -126,10 +126,13 @@ def test_each_gossip_packet_waits_its_draw_of_delay_50ms_20ms(pair: tuple[str, s
     # never released before its own draw (the draw is within [30, 70] ms)
     assert all(rtt >= draw for rtt, draw in zip(rtts, want, strict=True))
     assert all((DELAY_MS - JITTER_MS) / 1e3 <= d <= (DELAY_MS + JITTER_MS) / 1e3 for d in want)
-    # and held for that draw, not some other: the round trips follow the
-    # draws (measured: r >= 0.99; the draws' spread, 11.5 ms, dwarfs the
-    # loaded host's scheduling noise)
-    assert statistics.correlation(rtts, want) >= 0.9
+    # and held for that draw, not some other: the typical packet's excess
+    # over its own draw is small beside the draws' spread (11.5 ms). The
+    # median, since a loaded host delays some wake-ups by tens of ms
+    # (measured at load 10 with the lab running: median excess 0.4-0.8 ms,
+    # single excesses up to 200 ms).
+    excess = [rtt - draw for rtt, draw in zip(rtts, want, strict=True)]
+    assert statistics.median(excess) <= statistics.stdev(want) / 2
 
 
 def test_packets_pass_when_the_delayer_is_gone_and_stop_removes_the_rules(
