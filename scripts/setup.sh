@@ -30,7 +30,10 @@ packages=(
 )
 # The lab (namespaces, spoofed traffic), the tests and the linters.
 if [[ ",$extras," == *",dev,"* || ",$extras," == *",lab,"* ]]; then
-  packages+=(iputils-ping nftables netsniff-ng openssh-server make git)
+  # iptables (-nft): the NFQUEUE target, as this kernel has no nft queue;
+  # libnetfilter-queue-dev and gcc: the lab extra's netfilterqueue builds
+  # against them (the netem delay's userspace delayer)
+  packages+=(iputils-ping nftables iptables libnetfilter-queue-dev gcc netsniff-ng openssh-server make git)
 fi
 if [[ ",$extras," == *",dev,"* || ",$extras," == *",master,"* ]]; then
   packages+=(redis-server)

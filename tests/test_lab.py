@@ -467,6 +467,11 @@ def test_chaos_on_five_proxies_every_fault_is_carried_out_and_measured_per_phase
             "netem off the gossip path",
         ):
             assert done in notes, done
+        # netem whole: tc's, or on a kernel without sch_netem nftables' loss
+        # and duplication with the delayer's delay (xpro_mesh.lab.delayer)
+        assert "lossy gossip path: tc netem" in notes or (
+            "duplication; delay 50ms 20ms (uniform) by a userspace delayer on NFQUEUE" in notes
+        )
         assert len(mode["phases"]) == 9
         # A fault carried out late (a loaded host: seen 4.6 s) shortens the
         # phase it ends and the next; one that ran past the attack's end
@@ -510,6 +515,12 @@ def test_chaos_on_five_proxies_every_fault_is_carried_out_and_measured_per_phase
             text=True,
         ).stdout
         assert "netem" not in qdisc and "prio" not in qdisc
+        mangle = subprocess.run(
+            ["nsenter", f"--net=/var/run/netns/xl-p{p}", "iptables", "-t", "mangle", "-S"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert "XL_DELAY" not in mangle and "NFQUEUE" not in mangle
     st = topology.status()
     assert all(n == 0 for n in st["processes"].values()), st["processes"]
     # Issue 13's acceptance, gossip. What holds on this tree is asserted:

@@ -660,6 +660,38 @@ def test_netem_hangs_from_a_band_fed_only_by_the_peers_addresses() -> None:
     assert all(c[-1] == faults.NETEM_BAND for c in filters)
 
 
+def test_the_delay_queues_only_the_gossip_port_between_proxies_and_never_blackholes() -> None:
+    from xpro_mesh.lab import delayer
+
+    assert (delayer.DELAY_MS, delayer.JITTER_MS) == (50.0, 20.0)  # NETEM's delay 50ms 20ms
+    assert "delay 50ms 20ms" in plans.NETEM
+    script = delayer.queue_rules("10.20.0.10", ["10.20.0.11", "10.20.0.12"], 7946)
+    queued = [line.split() for line in script.splitlines() if "NFQUEUE" in line]
+    assert len(queued) == 4  # udp and tcp, to each peer
+    for c in queued:
+        assert c[c.index("-s") + 1] == "10.20.0.10"
+        assert c[c.index("-d") + 1] in ("10.20.0.11", "10.20.0.12")
+        assert c[c.index("--ports") + 1] == "7946"
+        assert c[:2] == ["-A", "XL_DELAY"] and c[-1] == "--queue-bypass"  # no listener: passes
+    assert "-A OUTPUT -j XL_DELAY" in script.splitlines()
+    # the undo removes the jump and the lab's own chain
+    assert {"-D OUTPUT -j XL_DELAY", "-X XL_DELAY"} <= set(delayer.unqueue_rules().splitlines())
+
+
+def test_the_delayer_releases_each_packet_at_its_own_draw_not_in_arrival_order() -> None:
+    from xpro_mesh.lab.delayer import Delayer
+
+    d = Delayer(seed=3)
+    dues = [d.hold(i, now=i * 0.001) for i in range(50)]
+    assert all(0.030 <= due - i * 0.001 <= 0.070 for i, due in enumerate(dues))
+    out = []
+    for t in range(0, 200):
+        out += d.release(t * 0.001)
+    assert sorted(out) == list(range(50))
+    assert out == sorted(range(50), key=lambda i: (dues[i], i))  # reordered, as netem's jitter
+    assert out != list(range(50))
+
+
 def _log(path: Path, lines: list[tuple[float, str]]) -> Path:
     from datetime import UTC, datetime
 

@@ -1,7 +1,7 @@
 """Optional dependencies, named by the extra that installs them.
 
 A proxy installs only what it runs (``pip install xpro-mesh``): the lab
-(``xpro-mesh[lab]``: matplotlib, pyroute2) and the paper's master mode
+(``xpro-mesh[lab]``: matplotlib, pyroute2, netfilterqueue) and the paper's master mode
 (``xpro-mesh[master]``: redis) are extras. :func:`need` imports a module of
 an extra and turns its absence into one :class:`MissingExtra` line that says
 which extra to install, which the CLI prints without a traceback.
@@ -15,7 +15,12 @@ from types import ModuleType
 __all__ = ["EXTRAS", "MissingExtra", "need"]
 
 #: What each extra brings, by the top-level module it provides.
-EXTRAS: dict[str, str] = {"matplotlib": "lab", "pyroute2": "lab", "redis": "master"}
+EXTRAS: dict[str, str] = {
+    "matplotlib": "lab",
+    "netfilterqueue": "lab",
+    "pyroute2": "lab",
+    "redis": "master",
+}
 
 
 class MissingExtra(RuntimeError):

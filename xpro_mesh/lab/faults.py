@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from xpro_mesh.lab.delayer import DELAY_MS, JITTER_MS, DelayPath
 from xpro_mesh.lab.plans import NETEM, Fault, ScenarioError
 from xpro_mesh.lab.supervise import Processes
 from xpro_mesh.lab.topology import LabPlan
@@ -84,8 +85,8 @@ def lossy_ruleset(peers: list[str], loss_pct: int = LOSS_PCT, dup_pct: int = DUP
     """nftables' stand-in for :data:`~xpro_mesh.lab.plans.NETEM` on a
     kernel built without sch_netem (this VM's): on every packet from here to
     a peer, ``dup_pct`` % sent twice and ``loss_pct`` % dropped, each an
-    independent draw. It cannot delay: the delay is then missing, and the
-    run says so in its notes."""
+    independent draw. nftables cannot delay: the delay is
+    :mod:`xpro_mesh.lab.delayer`'s, before these rules (mangle, priority -150)."""
     rules = "".join(
         f"    ip daddr {peer} numgen random mod 100 < {dup_pct} dup to {peer} device s0\n"
         f"    ip daddr {peer} numgen random mod 100 < {loss_pct} drop\n"
@@ -206,6 +207,8 @@ class Network:
     lossy: bool = False
     # proxy -> the watch on its restarted agent's readiness (traffic still elsewhere)
     waiting: dict[int, ReadyWatch] = field(default_factory=dict)
+    # the delayers (netem's delay without sch_netem), one per proxy, while lossy
+    delays: list[DelayPath] = field(default_factory=list)
 
     def down(self, index: int, via: int, moves: tuple[str, ...] = ("good", "bot")) -> None:
         from xpro_mesh.lab import topology
@@ -276,7 +279,9 @@ class Network:
 
     def netem(self) -> str:
         """tc netem on every proxy's packets to its peers; where the kernel
-        has no netem (or no prio), nftables' loss and duplication instead.
+        has no netem (or no prio), nftables' loss and duplication and, for
+        the delay, a :class:`~xpro_mesh.lab.delayer.DelayPath` per proxy
+        (the gossip port's packets to its peers through an NFQUEUE) instead.
         Which one: the return value."""
         self.lossy = True
         try:
@@ -288,16 +293,37 @@ class Network:
         except ScenarioError as e:
             if "unknown" not in str(e).lower():
                 raise
+        from xpro_mesh.lab.agents import GOSSIP_PORT
+        from xpro_mesh.lab.topology import NETNS_DIR
+
         for p in self.lab.proxies:
             _run(p.ns, "tc", "qdisc", "del", "dev", "s0", "root", check=False)
             peers = [q.service_addr for q in self.lab.proxies if q.index != p.index]
+            path = DelayPath(str(NETNS_DIR / p.ns), p.service_addr, peers, GOSSIP_PORT, p.index)
+            self.delays.append(path)
+            path.launch()  # all at once: each one's start-up is a Python interpreter's
+        try:
+            for path in self.delays:
+                path.start()
+        except RuntimeError as e:
+            raise ScenarioError(str(e)) from e
+        for p in self.lab.proxies:
+            peers = [q.service_addr for q in self.lab.proxies if q.index != p.index]
             _run(p.ns, "nft", "-f", "-", stdin=lossy_ruleset(peers))
         return (
-            f"nftables {LOSS_PCT}% loss, {DUP_PCT}% duplication, no delay "
+            f"nftables {LOSS_PCT}% loss, {DUP_PCT}% duplication; delay "
+            f"{DELAY_MS:g}ms {JITTER_MS:g}ms (uniform) by a userspace delayer on NFQUEUE "
             "(this kernel has no sch_netem)"
         )
 
     def clear(self) -> None:
+        for path in self.delays:
+            with contextlib.suppress(Exception):
+                path.signal_stop()
+        for path in self.delays:
+            with contextlib.suppress(Exception):
+                path.stop()
+        self.delays.clear()
         for p in self.lab.proxies:
             _run(p.ns, "tc", "qdisc", "del", "dev", "s0", "root", check=False)
             _run(p.ns, "nft", "delete", "table", "ip", LOSSY_TABLE, check=False)
