@@ -516,13 +516,10 @@ static __always_inline void xpro_unlink_old(struct xpro_stats *st, struct xpro_s
 
 /* The destination slot of dst, allocated (gen odd, initialised, indexed,
  * gen even) when dst is new. XPRO_NO_SLOT when none is free. */
-static __always_inline __u32 xpro_resolve_dest(const struct xpro_config *cfg, struct xpro_stats *st,
-					       const struct xpro_addr *dst, __u64 now)
+static __always_inline __u32 xpro_new_dest(const struct xpro_config *cfg, struct xpro_stats *st,
+					   const struct xpro_addr *dst, __u64 now)
 {
-	__u32 *found = dest_index.lookup((struct xpro_addr *)dst);
-
-	if (found)
-		return *found;
+	__u32 *found;
 	__u32 zero = 0, ds;
 	struct xpro_spare *sp = spares.lookup(&zero);
 
@@ -571,6 +568,14 @@ static __always_inline __u32 xpro_resolve_dest(const struct xpro_config *cfg, st
 	xpro_barrier();
 	d->gen = godd + 1;
 	return ds;
+}
+
+static __always_inline __u32 xpro_resolve_dest(const struct xpro_config *cfg, struct xpro_stats *st,
+					       const struct xpro_addr *dst, __u64 now)
+{
+	__u32 *found = dest_index.lookup((struct xpro_addr *)dst);
+
+	return found ? *found : xpro_new_dest(cfg, st, dst, now);
 }
 
 /* ---- bench baselines (xpro_mesh bench; only with -DXPRO_BENCH) ---------- */
@@ -702,14 +707,12 @@ static __always_inline void xpro_warn(const struct xpro_config *cfg, struct xpro
  * so a flood that exhausts the slots still puts D over T_F2; D's c is then
  * its pairs' sum plus these packets, until the agent re-bases it. */
 static __always_inline int xpro_unrecorded(const struct xpro_config *cfg, struct xpro_stats *st,
-					   const struct xpro_pair_key *key, __u64 now)
+					   __u32 dfound, __u64 now)
 {
 	st->pair_full++;
-	__u32 *found = dest_index.lookup((struct xpro_addr *)&key->dst);
-
-	if (!found)
+	if (dfound == XPRO_NO_SLOT)
 		return XPRO_VERDICT_PASS;
-	struct xpro_dslot *d = xpro_dslot_at(*found);
+	struct xpro_dslot *d = xpro_dslot_at(dfound);
 
 	if (!d)
 		return XPRO_VERDICT_PASS;
@@ -762,13 +765,11 @@ static __always_inline int xpro_unrecorded(const struct xpro_config *cfg, struct
  * stay) nor pays for a slot and a hash insert. Otherwise -1: the new-pair
  * path runs, and its judgement takes the token (D over, the pair young). */
 static __always_inline int xpro_probation(const struct xpro_config *cfg, struct xpro_stats *st,
-					  const struct xpro_pair_key *key, __u64 now)
+					  __u32 dfound, __u64 now)
 {
-	__u32 *found = dest_index.lookup((struct xpro_addr *)&key->dst);
-
-	if (!found)
+	if (dfound == XPRO_NO_SLOT)
 		return -1;
-	struct xpro_dslot *d = xpro_dslot_at(*found);
+	struct xpro_dslot *d = xpro_dslot_at(dfound);
 
 	if (!d)
 		return -1;
@@ -823,8 +824,13 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 	if (found) {
 		s = *found;
 	} else {
+		/* D is looked up once on the new-pair path: probation judges
+		 * the slot found here and the new pair links to it. */
+		__u32 *df = dest_index.lookup((struct xpro_addr *)&key->dst);
+		__u32 dfound = df ? *df : XPRO_NO_SLOT;
+
 		if (cfg->policy == XPRO_POLICY_FAIR_SHARE) {
-			int v = xpro_probation(cfg, st, key, now);
+			int v = xpro_probation(cfg, st, dfound, now);
 
 			if (v >= 0)
 				return v;
@@ -845,7 +851,7 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		}
 		p = s == XPRO_NO_SLOT ? 0 : xpro_slot_at(s);
 		if (!p)
-			return xpro_unrecorded(cfg, st, key, now);
+			return xpro_unrecorded(cfg, st, dfound, now);
 		if (!spare)
 			xpro_unlink_old(st, p, s);
 		godd = p->gen | 1;
@@ -860,7 +866,7 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		p->next = XPRO_NO_SLOT;
 		p->flags = 0;
 		p->gap_us = 0;
-		__u32 ds = xpro_resolve_dest(cfg, st, &key->dst, now);
+		__u32 ds = dfound != XPRO_NO_SLOT ? dfound : xpro_new_dest(cfg, st, &key->dst, now);
 
 		d = ds == XPRO_NO_SLOT ? 0 : xpro_dslot_at(ds);
 		p->dslot = d ? ds : XPRO_NO_SLOT;
@@ -873,7 +879,7 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 			st->insert_races++;
 			found = pair_index.lookup(key);
 			if (!found)
-				return xpro_unrecorded(cfg, st, key, now);
+				return xpro_unrecorded(cfg, st, ds, now);
 			s = *found;
 			d = 0;
 		} else {

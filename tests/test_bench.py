@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,29 @@ def test_datapath_bench_reports_both_ratios_of_every_case() -> None:
 def test_a_large_figure_is_printed_whole_not_in_exponent_form() -> None:
     assert Check("cycle", 4843.2, 500, "ms").line() == "cycle: 4843 ms (target <= 500 ms) MISSED"
     assert Check("cycle", 12.06, 100, "ms").line() == "cycle: 12.1 ms (target <= 100 ms) met"
+
+
+def test_the_veth_bench_config_sends_random_sources_or_one_and_counts_xdp_packets() -> None:
+    from xpro_mesh.bench.veth import trafgen_config, xdp_packets
+
+    flood = trafgen_config("aa:bb:cc:dd:ee:ff", "11:22:33:44:55:66", "10.77.0.2", None)
+    assert "saddr=drnd()" in flood and "daddr=10.77.0.2" in flood
+    one = trafgen_config("aa:bb:cc:dd:ee:ff", "11:22:33:44:55:66", "10.77.0.2", "10.76.0.1")
+    assert "saddr=10.76.0.1," in one
+    ethtool = "rx_queue_0_xdp_packets: 7\n rx_queue_0_xdp_drops: 5\n rx_queue_1_xdp_packets: 3\n"
+    assert xdp_packets(ethtool) == 10
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(shutil.which("trafgen") is None, reason="trafgen (netsniff-ng) not installed")
+def test_spoofed_veth_bench_reports_a_ratio_and_its_target_for_every_case() -> None:
+    out = xpro("bench", "spoofed-veth", "--runs", "1", "--seconds", "0.3", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    cases = {(f["established"], f["load"]) for f in doc["veth"]}
+    assert cases == {(0, "paced"), (0, "full"), (1, "paced"), (1, "full")}
+    assert len(doc["checks"]) == 4 and all(c["target"] == 0.95 for c in doc["checks"])
+    for f in doc["veth"]:
+        assert f["drop_all_pps"]["median"] > 0 and f["filter_pps"]["median"] > 0
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    assert "xbv-" not in names.stdout  # nothing left behind

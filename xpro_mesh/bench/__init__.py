@@ -11,6 +11,7 @@ kernel or real agents; ``xpro-mesh --help`` needs none of it).
 * :mod:`.datapath` — the filter's ns/packet against baselines, map-sync syscalls;
 * :mod:`.fuzz` — a million hostile datagrams through a node's receive path;
 * :mod:`.spoofed` — the filter under a spoofed-source flood (issue 11);
+* :mod:`.veth` — the filter's rate against XDP_DROP-all over a real veth (trafgen);
 * :mod:`.table` — the columnar pair table's cycles against the scalar GossipState;
 * :mod:`.wire` — the mesh's bytes and codec CPU per changed row, the stream;
 * :mod:`.loopback` — real ``xpro-mesh agent`` processes (the bench and the tests).
@@ -37,6 +38,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "spoofed": (
         "xpro_mesh.bench.spoofed",
         "the XDP filter under a spoofed-source flood: the probation path, the flood dropped (root)",
+    ),
+    "spoofed-veth": (
+        "xpro_mesh.bench.veth",
+        "the XDP filter's rate against XDP_DROP-all over a real veth, trafgen flood (root)",
     ),
     "table": (
         "xpro_mesh.bench.table",

@@ -15,7 +15,8 @@
   pair slots the flood took (target >= 95 %, and the established pairs kept).
 
 The trafgen measurement between two namespaces (the filter's rate against
-XDP_DROP-all at the same offered load) is not part of this bench yet.
+XDP_DROP-all at the same offered load) is ``bench spoofed-veth``
+(:mod:`xpro_mesh.bench.veth`).
 """
 
 from __future__ import annotations
