@@ -15,6 +15,7 @@ at every instant and the verdict depends on the hash alone.
 from __future__ import annotations
 
 import contextlib
+import ctypes as ct
 import mmap
 import os
 from collections.abc import Iterable, Mapping
@@ -147,6 +148,20 @@ class VouchMaps:
             self.bloom[:] = bloom_words(sorted(wanted))
         self.current = wanted
         return len(added), len(removed)
+
+    def clear(self) -> None:
+        """Empty both maps, whatever an earlier writer left (a fresh agent
+        takes over the pins with :meth:`clear`, then writes)."""
+        fd = self.fds["vouched"]
+        stale: list[bytes] = []
+        key, nxt = None, (ct.c_uint8 * 32)()
+        while libbpf.map_get_next_key(fd, key, nxt):
+            stale.append(bytes(nxt))
+            key = (ct.c_uint8 * 32).from_buffer_copy(nxt)
+        for k in stale:
+            libbpf.map_delete_elem(fd, (ct.c_uint8 * 32).from_buffer_copy(k))
+        self.bloom[:] = 0
+        self.current = set()
 
     def close(self) -> None:
         self.bloom = np.zeros(0, dtype=np.uint64)
