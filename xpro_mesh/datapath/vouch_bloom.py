@@ -82,7 +82,9 @@ def bloom_words(keys: Iterable[bytes]) -> npt.NDArray[np.uint64]:
     h = hash_many(np.frombuffer(raw, dtype=np.uint8))
     mask = np.uint64(BLOOM_MASK)
     for bits in (h & mask, (h >> np.uint64(32)) & mask):
-        np.bitwise_or.at(words, (bits >> np.uint64(6)).astype(np.intp), np.uint64(1) << (bits & np.uint64(63)))
+        np.bitwise_or.at(
+            words, (bits >> np.uint64(6)).astype(np.intp), np.uint64(1) << (bits & np.uint64(63))
+        )
     return words
 
 
@@ -143,7 +145,9 @@ class VouchMaps:
             raw = b"".join(removed)
             done = 0
             while done < len(removed):
-                got = libbpf.map_delete_batch(self.fds["vouched"], raw[done * 32 :], len(removed) - done)
+                got = libbpf.map_delete_batch(
+                    self.fds["vouched"], raw[done * 32 :], len(removed) - done
+                )
                 done += got + (1 if done + got < len(removed) else 0)  # a missing key: skip it
             self.bloom[:] = bloom_words(sorted(wanted))
         self.current = wanted

@@ -1,0 +1,62 @@
+"""Vouches (issue 13), pure: which (client, destination) pairs this proxy's
+filter should judge by the fair share while they are young here, because
+the mesh's rows show them established at another proxy and under the fair
+share there. A client moved from a dead proxy is then not made to queue for
+the destination's admission budget with the moved bots.
+
+A row is (pair key, origin, c, window_ns): the count and window an origin
+gossiped for the pair. A pair is vouched when a row from an origin other
+than ``local`` is established (c >= admit_k over a window > T_T2) and the
+pair's rate in it is at most the fair share T_F2 / n(D), n(D) the pairs of
+D established in any origin's rows. Never a pair over the share (a bot),
+at most ``max_pairs``, lowest rate first (ties by key): deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+NS_PER_S = 1_000_000_000
+
+
+class Row(NamedTuple):
+    key: bytes  # 32 bytes: source (masked), destination
+    origin: str
+    c: int
+    window_ns: int
+
+
+def select_vouched(
+    rows: Iterable[Row],
+    *,
+    local: str,
+    t_f2: int,
+    t_t2: int,
+    admit_k: int,
+    max_pairs: int,
+) -> list[bytes]:
+    """The vouched pair keys, sorted by key, at most ``max_pairs``."""
+    established = [r for r in rows if r.c >= admit_k and r.window_ns > t_t2]
+    n_dest: dict[bytes, set[bytes]] = {}
+    for r in established:
+        n_dest.setdefault(r.key[16:], set()).add(r.key)
+    # A pair's worst (highest) rate in any remote origin's rows, as a fraction
+    # c / window compared exactly: c * 10^9 * n <= t_f2 * window.
+    worst: dict[bytes, tuple[int, int]] = {}
+    over: set[bytes] = set()
+    for r in established:
+        n = len(n_dest[r.key[16:]])
+        if r.c * NS_PER_S * n > t_f2 * r.window_ns:
+            over.add(r.key)  # over the share somewhere: never vouched
+            continue
+        if r.origin == local:
+            continue
+        w = worst.get(r.key)
+        if w is None or r.c * w[1] > w[0] * r.window_ns:
+            worst[r.key] = (r.c, r.window_ns)
+    ranked = sorted(
+        (k for k in worst if k not in over),
+        key=lambda k: (worst[k][0] / worst[k][1], k),
+    )
+    return sorted(ranked[: max(0, max_pairs)])
