@@ -11,6 +11,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xpro_mesh.core.gossip_state import Delta, MergeLimits, OriginEntry, PairEntry
+from xpro_mesh.core.params import Params
+from xpro_mesh.core.rows import from_delta
+from xpro_mesh.core.table import PairTable
 from xpro_mesh.core.vouch import NS_PER_S, Row, select_vouched
 from xpro_mesh.datapath.vouch_bloom import bloom_test, bloom_words, hash_many, vouch_hash
 
@@ -73,3 +77,46 @@ def test_the_hash_is_the_kernels() -> None:
     assert [int(x) for x in vec] == [vouch_hash(x) for x in keys]
     words = bloom_words(keys)
     assert all(bloom_test(words, x) for x in keys)
+
+
+remote_rows_st = st.lists(
+    st.builds(
+        Row,
+        st.sampled_from(KEYS),
+        st.sampled_from(["b", "c", "d"]),
+        st.integers(1, 400),
+        st.integers(0, 5 * NS_PER_S),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(remote_rows_st, st.integers(0, 15))
+def test_the_mesh_tables_selection_equals_the_reference(rows: list[Row], max_pairs: int) -> None:
+    latest = {(r.key, r.origin): r for r in rows}  # one row per (pair, origin), as a table holds
+    now = 10**6 * NS_PER_S
+    entries = tuple(
+        PairEntry(
+            (r.key[:16], r.key[16:]), r.origin, OriginEntry(now - r.window_ns, now, r.c, (1, i + 1))
+        )
+        for i, r in enumerate(latest.values())
+    )
+    table = PairTable(
+        "a",
+        1,
+        Params(
+            t_t1=2 * NS_PER_S,
+            t_t2=NS_PER_S,
+            t_t3=NS_PER_S,
+            t_t4=10 * NS_PER_S,
+            t_f1=1000,
+            t_f2=100,
+            r=2,
+            admit_k=5,
+        ),
+    )
+    report = table.merge(from_delta(Delta(entries=entries)), now, MergeLimits(max_rate_pps=2**62))
+    assert report.rejected == {}, report.rejected
+    want = select_vouched(list(latest.values()), max_pairs=max_pairs, **ARGS)  # type: ignore[arg-type]
+    assert table.vouched(max_pairs) == want

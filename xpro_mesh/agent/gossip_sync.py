@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from xpro_mesh.agent.mapsync import CyclePlan, SlotMemory, SlotRead, read_slots
 from xpro_mesh.agent.mapsync_columns import FULL_EVERY, STEP, plan_cycle_steps
 from xpro_mesh.agent.syncer import SyncReport
+from xpro_mesh.agent.vouching import Vouching
 from xpro_mesh.core.algorithm import Params
 from xpro_mesh.core.table import PairTable
 from xpro_mesh.datapath.backend import DestRead, MapBackend
@@ -66,6 +67,8 @@ class GossipSync:
         self._first_pull_timeout_s = first_pull_timeout_s
         self._stop = stop
         self._waited = pulled is None
+        # Vouches (issue 13): the pairs established elsewhere, written each cycle.
+        self.vouching: Vouching | None = None
 
     def set_params(self, params: Params) -> None:
         """New thresholds: the rows' window rules change, so every view is rewritten."""
@@ -119,6 +122,8 @@ class GossipSync:
         deferred, self._deferred = self._deferred, []
         await _blocking(write_plan, backend, plan.with_expiries_of(deferred), self.memory)
         self._last_read = (pairs, dests)
+        if self.vouching is not None:
+            await _blocking(self.vouching.cycle, self.table)
         if plan.own_changed:
             self.on_own_rows()
         report.full_cycles += 1 if full else 0

@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
 NS_PER_S = 1_000_000_000
 
 
@@ -60,3 +63,45 @@ def select_vouched(
         key=lambda k: (worst[k][0] / worst[k][1], k),
     )
     return sorted(ranked[: max(0, max_pairs)])
+
+
+def select_vouched_columns(
+    keys: npt.NDArray[np.uint8],
+    present: npt.NDArray[np.bool_],
+    ts1: npt.NDArray[np.int64],
+    ts2: npt.NDArray[np.int64],
+    c: npt.NDArray[np.int64],
+    dest: npt.NDArray[np.int64],
+    *,
+    local_slot: int,
+    t_f2: int,
+    t_t2: int,
+    admit_k: int,
+    max_pairs: int,
+) -> list[bytes]:
+    """:func:`select_vouched` over columns (the mesh's table,
+    :meth:`~xpro_mesh.core.table.PairTable.vouched`): ``keys`` (n, 32) the
+    pairs' keys, ``present``/``ts1``/``ts2``/``c`` (origins, n) their rows,
+    ``dest`` (n) a destination id per pair, ``local_slot`` this origin's row.
+    The same result, exact (the share test in Python integers)."""
+    window = ts2 - ts1
+    est = present & (c >= admit_k) & (window > t_t2)
+    pair_est = est.any(axis=0)
+    n_dest = np.bincount(dest[pair_est], minlength=int(dest.max(initial=0)) + 1)
+    o_idx, p_idx = np.nonzero(est)
+    if not len(p_idx):
+        return []
+    n = n_dest[dest[p_idx]]
+    lhs = c[o_idx, p_idx].astype(object) * NS_PER_S * n.astype(object)
+    rhs = window[o_idx, p_idx].astype(object) * t_f2
+    over_row = np.asarray(lhs > rhs, dtype=np.bool_)
+    over = np.zeros(keys.shape[0], dtype=np.bool_)
+    over[p_idx[over_row]] = True
+    remote = ~over_row & (o_idx != local_slot)
+    rate = np.full(keys.shape[0], -1.0)
+    np.maximum.at(
+        rate, p_idx[remote], c[o_idx[remote], p_idx[remote]] / window[o_idx[remote], p_idx[remote]]
+    )
+    cand = np.flatnonzero((rate >= 0) & ~over)
+    ranked = sorted((float(rate[i]), keys[i].tobytes()) for i in cand)
+    return sorted(k for _, k in ranked[: max(0, max_pairs)])

@@ -41,8 +41,8 @@ from xpro_mesh.datapath.errors import (
     VerifierError,
 )
 from xpro_mesh.datapath.policy import POLICY_MAPS
-from xpro_mesh.datapath.vouch_bloom import VOUCH_MAPS
 from xpro_mesh.datapath.slots import ring_size_for
+from xpro_mesh.datapath.vouch_bloom import VOUCH_MAPS
 
 __all__ = [
     "BPF_DIR",

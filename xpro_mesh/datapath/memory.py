@@ -36,7 +36,6 @@ from xpro_mesh.datapath.config import MapSizes, Policy, XdpConfig
 from xpro_mesh.datapath.errors import DatapathError
 from xpro_mesh.datapath.policy import ALLOW_MAX, Action, PolicyStats, parse_prefix
 from xpro_mesh.datapath.slots import SlotArrays, ring_size_for
-from xpro_mesh.datapath.vouch_bloom import VOUCHED_MAX
 from xpro_mesh.datapath.structs import (
     DEST_SLOT_DTYPE,
     PAIR_SLOT_DTYPE,
@@ -52,6 +51,7 @@ from xpro_mesh.datapath.structs import (
     XPRO_SLOT_LINKED,
     to_addr,
 )
+from xpro_mesh.datapath.vouch_bloom import VOUCHED_MAX
 
 __all__ = ["XDP_DROP", "XDP_PASS", "MemoryMaps", "MemoryPolicy"]
 

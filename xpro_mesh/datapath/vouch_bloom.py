@@ -70,7 +70,8 @@ def hash_many(keys: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
         h = (h ^ w[:, 2]) * np.uint64(K1)
         h = (h ^ w[:, 3]) * np.uint64(K2)
         h ^= h >> np.uint64(29)
-    return h.astype(np.uint64)
+    out: npt.NDArray[np.uint64] = h.astype(np.uint64)
+    return out
 
 
 def bloom_words(keys: Iterable[bytes]) -> npt.NDArray[np.uint64]:
