@@ -92,16 +92,25 @@ def select_vouched_columns(
     if not len(p_idx):
         return []
     n = n_dest[dest[p_idx]]
-    lhs = c[o_idx, p_idx].astype(object) * NS_PER_S * n.astype(object)
-    rhs = window[o_idx, p_idx].astype(object) * t_f2
-    over_row = np.asarray(lhs > rhs, dtype=np.bool_)
+    cs, ws = c[o_idx, p_idx], window[o_idx, p_idx]
+    # The share test c * 10^9 * n > t_f2 * window in floats, and exactly (in
+    # Python integers) where the floats are too close to tell.
+    lhs_f = cs.astype(np.float64) * float(NS_PER_S) * n.astype(np.float64)
+    rhs_f = ws.astype(np.float64) * float(t_f2)
+    over_row = lhs_f > rhs_f
+    close = np.flatnonzero(np.abs(lhs_f - rhs_f) <= 1e-9 * np.maximum(lhs_f, rhs_f))
+    for k in close.tolist():
+        over_row[k] = int(cs[k]) * NS_PER_S * int(n[k]) > int(ws[k]) * t_f2
     over = np.zeros(keys.shape[0], dtype=np.bool_)
     over[p_idx[over_row]] = True
     remote = ~over_row & (o_idx != local_slot)
     rate = np.full(keys.shape[0], -1.0)
-    np.maximum.at(
-        rate, p_idx[remote], c[o_idx[remote], p_idx[remote]] / window[o_idx[remote], p_idx[remote]]
-    )
+    np.maximum.at(rate, p_idx[remote], cs[remote] / ws[remote])
     cand = np.flatnonzero((rate >= 0) & ~over)
-    ranked = sorted((float(rate[i]), keys[i].tobytes()) for i in cand)
-    return sorted(k for _, k in ranked[: max(0, max_pairs)])
+    # Lowest rate first, ties by key (bytewise: the key's big-endian words).
+    words = np.ascontiguousarray(keys[cand]).view(">u8").reshape(-1, 4)
+    order = np.lexsort((words[:, 3], words[:, 2], words[:, 1], words[:, 0], rate[cand]))
+    chosen = order[: max(0, max_pairs)]
+    chosen = chosen[np.lexsort(tuple(words[chosen, i] for i in (3, 2, 1, 0)))]
+    raw = np.ascontiguousarray(keys[cand[chosen]]).tobytes()
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
