@@ -76,3 +76,35 @@ def test_a_vouched_young_pair_passes_under_the_fair_share_an_unvouched_one_meets
     assert verdicts[STRANGER].count(Verdict.PASS) <= 1, verdicts
     assert stats.vouched == 4 and stats.drop_admit >= 3, stats
     assert stats.as_dict() == twin.read_stats().as_dict()
+
+
+def test_the_agents_cycle_vouches_a_client_the_mesh_saw_established_at_another_proxy() -> None:
+    """The adapter end to end on the twin: rows from origin "b" (the moved
+    client's old proxy) make this proxy's filter pass it at once while D is
+    over T_F2 and its budget empty; a bot's rows (over the share) do not."""
+    from xpro_mesh.agent.vouching import Vouching
+    from xpro_mesh.core.gossip_state import Delta, MergeLimits, OriginEntry, PairEntry
+    from xpro_mesh.core.rows import from_delta
+    from xpro_mesh.core.table import PairTable
+
+    twin = MemoryMaps(CONFIG, MapSizes(pairs_max=1 << 12, dests_max=1 << 8))
+    for step in range(60):  # D over T_F2, the budget spent
+        for bot in BOTS:
+            twin.feed(bot, DST, S + step * S // 20)
+    now = 4 * S
+    moved_bot = "10.3.0.1"
+    table = PairTable("a", 1, CONFIG.params)
+    rows = [
+        PairEntry((address(MOVED), address(DST)), "b", OriginEntry(now - 3 * S, now, 10, (1, 1))),
+        PairEntry(
+            (address(moved_bot), address(DST)), "b", OriginEntry(now - 3 * S, now, 600, (1, 2))
+        ),
+    ]
+    table.merge(from_delta(Delta(entries=tuple(rows))), now, MergeLimits(max_rate_pps=2**62))
+    vouched, added, removed = Vouching(twin.vouches, vouched_max=10).cycle(table)
+    assert (vouched, added, removed) == (1, 1, 0)
+    assert [twin.feed(MOVED, DST, now + i) for i in range(2)] == [Verdict.PASS] * 2
+    # The bot is not vouched: the budget's one token at most, then dropped.
+    assert twin.feed(moved_bot, DST, now) is Verdict.PASS  # the token
+    assert twin.feed(moved_bot, DST, now + 1) is Verdict.DROP_DEST
+    assert twin.read_stats().vouched == 2
