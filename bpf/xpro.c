@@ -94,6 +94,7 @@
 #include "xpro.h"
 #include "xpro_parse.h"
 #include "xpro_policy.h"
+#include "xpro_vouch.h"
 
 #ifndef XPRO_PAIRS_MAX
 #define XPRO_PAIRS_MAX 1048576
@@ -195,6 +196,29 @@ static __always_inline int xpro_action(int verdict)
 	return XDP_DROP;
 }
 
+
+/* ---- vouches (issue 13, xpro_vouch.h) ---------------------------------- */
+
+XPRO_MAP_F("array", __u32, __u64, vouch_bloom, XPRO_BLOOM_WORDS, BPF_F_MMAPABLE);
+XPRO_MAP("hash", struct xpro_pair_key, __u32, vouched, XPRO_VOUCHED_MAX);
+
+static __always_inline int xpro_bloom_bit(__u64 bit)
+{
+	__u32 word = (__u32)((bit & XPRO_BLOOM_MASK) >> 6);
+	__u64 *w = vouch_bloom.lookup(&word);
+
+	return w && (XPRO_READ(*w) >> (bit & 63)) & 1;
+}
+
+/* 1 when the agent vouched for key: both bloom bits set, then the hash. */
+static __always_inline int xpro_vouched(const struct xpro_pair_key *key)
+{
+	__u64 h = xpro_vouch_hash((const __u64 *)key);
+
+	if (!xpro_bloom_bit(h) || !xpro_bloom_bit(h >> 32))
+		return 0;
+	return vouched.lookup((struct xpro_pair_key *)key) != NULL;
+}
 
 /* ---- integers ---------------------------------------------------------- */
 
@@ -804,6 +828,8 @@ static __always_inline int xpro_probation(const struct xpro_config *cfg, struct 
 	if (!(dest_window > (__s64)cfg->t_t3 &&
 	      xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)))
 		return -1;
+	if (xpro_vouched(key))
+		return -1; /* vouched (issue 13): judged by the fair share once created */
 	__sync_fetch_and_add(&d->c, 1);
 	st->drop_admit++;
 	st->probation_drops++;
@@ -1095,9 +1121,17 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		return XPRO_VERDICT_DROP_DEST;
 	/* fair-share: a young pair only through D's admission budget ... */
 	__u64 share_window = (__u64)pair_window;
+	int vouch = 0;
 
 	if (!established) {
 		if (!(XPRO_READ(p->flags) & XPRO_SLOT_KNOWN)) {
+			/* ... unless vouched (issue 13): over at least T_T2 */
+			if (xpro_vouched(key)) {
+				vouch = 1;
+				if (share_window < (__u64)t_t2)
+					share_window = (__u64)t_t2;
+				goto share;
+			}
 			if (xpro_admit_take(d)) {
 				st->admitted++;
 				return XPRO_VERDICT_PASS;
@@ -1109,11 +1143,14 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		 * of gap_us, so they span the window plus that gap. */
 		share_window += (__u64)XPRO_READ(p->gap_us) * 1000;
 	}
+share:
 	/* ... an established one unless above T_F2 / n(D), n the established. */
 	if (jn < 1)
 		jn = 1;
 	if (xpro_rate_over(jc, jn, cfg->t_f2, share_window))
 		return XPRO_VERDICT_DROP_DEST;
+	if (vouch)
+		st->vouched++;
 	return XPRO_VERDICT_PASS;
 }
 

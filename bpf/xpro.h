@@ -230,6 +230,7 @@ struct xpro_stats {
 	__u64 unparsed;            /* carriers not parsed (> 8 VLAN tags, MPLS, PPPoE) */
 	__u64 warn_window;         /* limiter: second (cluster time) of the budget */
 	__u64 warn_in_window;      /* limiter: warnings sent in that second */
+	__u64 vouched;             /* young pairs' packets passed by the fair share as vouched (issue 13) */
 };
 
 /* One overload warning (Algorithm 2 line 15) on the events ring buffer. */

@@ -39,12 +39,15 @@ from xpro_mesh.core.algorithm import (
     Params,
     Verdict,
 )
+from xpro_mesh.core.keys import source_prefix
 from xpro_mesh.datapath import libbpf
+from xpro_mesh.datapath.backend import address
 from xpro_mesh.datapath.bpf_maps import BpfMaps
 from xpro_mesh.datapath.config import MapSizes, Policy, XdpConfig
 from xpro_mesh.datapath.memory import MemoryMaps
 from xpro_mesh.datapath.policy import Action, PolicyMaps
 from xpro_mesh.datapath.structs import from_addr, to_addr
+from xpro_mesh.datapath.vouch_bloom import VouchMaps
 
 PACKETS = 2500
 SEEDS = (1, 2, 4, 5)
@@ -180,6 +183,16 @@ def _run(
     twin = MemoryMaps(config, sizes)
     kernel = KernelDriver(prog, kernel_maps)
     agent = Agent(rng, p)
+    # Vouches (issue 13): a random part of the trace's pairs, rewritten each
+    # agent cycle, in both backends (new pairs too: probation lets them by).
+    trace_keys = sorted(
+        {
+            source_prefix(address(pk.src), config.src_prefix4, config.src_prefix6) + address(pk.dst)
+            for pk in trace
+        }
+    )
+    vouches = VouchMaps(prog.vouch_fds)  # type: ignore[attr-defined]
+    vouches.clear()
     verdicts = []
     next_cycle = rng.randint(5, 60)
     for i, pk in enumerate(trace):
@@ -188,10 +201,14 @@ def _run(
         assert got is want, f"packet {i} {pk}: kernel {got}, twin {want} (params {p})"
         verdicts.append(got)
         if i == next_cycle:
+            vouched = rng.sample(trace_keys, rng.randint(0, len(trace_keys) // 2))
+            assert vouches.write(vouched) == twin.vouches.write(vouched)
             agent.cycle(kernel_maps, twin, pk.now)
             assert_same_state(kernel_maps, twin, f"after the agent cycle at packet {i}")
             next_cycle = i + rng.randint(5, 120)
     assert_same_state(kernel_maps, twin, "at the end")
+    vouches.clear()
+    vouches.close()
     return agent, verdicts
 
 
@@ -208,6 +225,7 @@ def test_kernel_equals_twin_with_views_expiries_and_recycling(
     assert stats.pair_views and stats.dest_views and agent.expired, (stats, agent.expired)
     if policy is Policy.FAIR_SHARE:  # young pairs met the admission budget (issue 11)
         assert stats.admitted, stats
+        assert stats.vouched, stats  # ... or were vouched for (issue 13)
 
 
 @pytest.mark.kernel

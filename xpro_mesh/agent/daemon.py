@@ -40,6 +40,7 @@ from xpro_mesh.agent.errors import AgentError
 from xpro_mesh.agent.gossip_sync import FIRST_PULL_ROUNDS, GossipSync
 from xpro_mesh.agent.load import Dispersal, Measured, ProxyEntry, run_load_loop
 from xpro_mesh.agent.syncer import LocalOnly, Syncer, SyncReport, run_cycle, run_sync_loop
+from xpro_mesh.agent.vouching import open_vouching
 from xpro_mesh.api.http import ApiServer
 from xpro_mesh.api.view import Feeder, NodeInfo, PairRecord
 from xpro_mesh.core.dispersion import Dispersion, Steering
@@ -255,6 +256,7 @@ class Agent:
                 first_pull_timeout_s=FIRST_PULL_ROUNDS * interval_s,
                 stop=self.stop,
             )
+            gossip.vouching = open_vouching(backend, self.config.pin_root, self.config.iface)
             if self.node is not None:
                 # Eager both ways: own rows gossiped right after the cycle
                 # that made them, peers' rows written right after the merge.

@@ -113,12 +113,14 @@ class AgentCollector:
         admission = CounterMetricFamily(
             "xpro_admission",
             "Young pairs' packets at a destination over T_F2: through its admission budget "
-            "(admitted) or not (dropped; probation: new pairs dropped before taking a slot)",
+            "(admitted) or not (dropped; probation: new pairs dropped before taking a slot), "
+            "or vouched by the mesh and passed by the fair share (vouched)",
             labels=["outcome"],
         )
         admission.add_metric(["admitted"], stats.admitted)
         admission.add_metric(["dropped"], stats.drop_admit)
         admission.add_metric(["probation"], stats.probation_drops)
+        admission.add_metric(["vouched"], stats.vouched)
         yield admission
         yield from self._policy()
         load = a.load()

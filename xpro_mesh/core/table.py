@@ -63,6 +63,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from xpro_mesh.core import vouch
 from xpro_mesh.core.algorithm import (
     NS_PER_S,
     RATE_MAX,
@@ -502,6 +503,35 @@ class PairTable:
                 strict=True,
             ):
                 yield PairEntry(pair, origin, OriginEntry(a, b, c, (i, s)))
+
+    def vouched(self, max_pairs: int) -> list[bytes]:
+        """The pairs this node's filter vouches for (issue 13,
+        :func:`~xpro_mesh.core.vouch.select_vouched`): established at another
+        origin and under the fair share in every origin's rows, as 32-byte
+        keys (source, destination), at most ``max_pairs``."""
+        ids = np.flatnonzero(self._nrows[: self._pairs.capacity] > 0)
+        src, dst = self.pair_keys(ids)
+        keys = np.concatenate(
+            [
+                np.ascontiguousarray(src).view(np.uint8).reshape(-1, 16),
+                np.ascontiguousarray(dst).view(np.uint8).reshape(-1, 16),
+            ],
+            axis=1,
+        )
+        p = self._params
+        return vouch.select_vouched_columns(
+            keys,
+            self._present[:, ids],
+            self._ts1[:, ids],
+            self._ts2[:, ids],
+            self._c[:, ids],
+            self._dest[ids],
+            local_slot=0,
+            t_f2=p.t_f2,
+            t_t2=p.t_t2,
+            admit_k=p.admit_k,
+            max_pairs=max_pairs,
+        )
 
     def nbytes(self) -> int:
         """Memory held by the columns and indices."""

@@ -272,6 +272,7 @@ class Stats:
     drop_admit: int = 0  # young pairs' packets dropped, budget empty (in drop_dest too)
     probation_drops: int = 0  # of which new pairs dropped before taking a slot
     unparsed: int = 0  # carriers not parsed (> 8 VLAN tags, MPLS, PPPoE): config unparsed
+    vouched: int = 0  # young vouched pairs' packets passed by the fair share (issue 13)
 
     @classmethod
     def from_counters(cls, counters: dict[str, int]) -> Stats:

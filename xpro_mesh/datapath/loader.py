@@ -42,6 +42,7 @@ from xpro_mesh.datapath.errors import (
 )
 from xpro_mesh.datapath.policy import POLICY_MAPS
 from xpro_mesh.datapath.slots import ring_size_for
+from xpro_mesh.datapath.vouch_bloom import VOUCH_MAPS
 
 __all__ = [
     "BPF_DIR",
@@ -184,6 +185,8 @@ class LoadedProgram:
         self.map_fds = {name: int(bpf[name.encode()].map_fd) for name in MAP_LAYOUT}
         # bpf/xpro_policy.h's maps (xpro_mesh/datapath/policy.py opens them).
         self.policy_fds = {name: int(bpf[name.encode()].map_fd) for name in POLICY_MAPS}
+        # bpf/xpro_vouch.h's maps (xpro_mesh/datapath/vouch_bloom.py opens them).
+        self.vouch_fds = {name: int(bpf[name.encode()].map_fd) for name in VOUCH_MAPS}
         self.filled_rings = False
         with self.maps() as maps:
             if int(maps.ring_ctl_size()) == 0:
@@ -485,7 +488,7 @@ def detach(iface: str, *, pin_root: Path = DEFAULT_PIN_ROOT) -> DetachResult:
             detached.append("generic")
     pin_dir = pin_dir_for(pin_root, iface)
     removed = 0
-    for name in (*MAP_LAYOUT, *POLICY_MAPS, *PROG_PINS, *LEGACY_PINS):
+    for name in (*MAP_LAYOUT, *POLICY_MAPS, *VOUCH_MAPS, *PROG_PINS, *LEGACY_PINS):
         try:
             (pin_dir / name).unlink()
             removed += 1

@@ -51,6 +51,7 @@ from xpro_mesh.datapath.structs import (
     XPRO_SLOT_LINKED,
     to_addr,
 )
+from xpro_mesh.datapath.vouch_bloom import VOUCHED_MAX
 
 __all__ = ["XDP_DROP", "XDP_PASS", "MemoryMaps", "MemoryPolicy"]
 
@@ -160,6 +161,25 @@ class MemoryPolicy:
         return XDP_DROP
 
 
+class MemoryVouches:
+    """``bpf/xpro_vouch.h``'s maps in memory, with
+    :class:`~xpro_mesh.datapath.vouch_bloom.VouchMaps`' :meth:`write` (the
+    agent writes both the same way). The kernel's bloom is a superset of its
+    hash map at every instant, so ``xpro_vouched`` is membership of the set."""
+
+    def __init__(self) -> None:
+        self.current: set[bytes] = set()
+        self.capacity = VOUCHED_MAX
+
+    def write(self, keys: Iterable[bytes]) -> tuple[int, int]:
+        wanted = set(keys)
+        if len(wanted) > self.capacity:
+            raise DatapathError(f"vouched: at most {self.capacity} pairs, got {len(wanted)}")
+        added, removed = len(wanted - self.current), len(self.current - wanted)
+        self.current = wanted
+        return added, removed
+
+
 class MemoryMaps(SlotArrays):
     """The :class:`~xpro_mesh.datapath.backend.MapBackend` in memory."""
 
@@ -187,6 +207,7 @@ class MemoryMaps(SlotArrays):
         self._warn_in_window = 0
         self._lock = threading.RLock()
         self.policy = MemoryPolicy()  # xpro_policy.h's maps
+        self.vouches = MemoryVouches()  # xpro_vouch.h's maps
 
     # -- the index (what is not memory in the kernel) -------------------------
 
@@ -361,7 +382,7 @@ class MemoryMaps(SlotArrays):
         d: int | None = None
         godd = 0
         s = self._pair_index.get(key)
-        if s is None and cfg.policy is Policy.FAIR_SHARE and self._probation(dst, now):
+        if s is None and cfg.policy is Policy.FAIR_SHARE and self._probation(key, now):
             return Verdict.DROP_DEST
         if s is None:
             spare = self._spare_pair is not None
@@ -515,23 +536,32 @@ class MemoryMaps(SlotArrays):
         if cfg.policy is Policy.PAPER:
             return Verdict.DROP_DEST
         share_window = window
+        vouch = False
         if not established:  # a young pair: only through D's admission budget
-            if not int(P["flags"][s]) & XPRO_SLOT_KNOWN:
+            if not int(P["flags"][s]) & XPRO_SLOT_KNOWN and key in self.vouches.current:
+                vouch = True  # ... unless vouched (issue 13): the share over >= T_T2
+                share_window = max(share_window, cfg.t_t2)
+            elif not int(P["flags"][s]) & XPRO_SLOT_KNOWN:
                 if int(D["admit"][d]) >= XPRO_ADMIT_UNIT:
                     D["admit"][d] -= XPRO_ADMIT_UNIT
                     st["admitted"] += 1
                     return Verdict.PASS
                 st["drop_admit"] += 1
                 return Verdict.DROP_DEST
-            share_window += int(P["gap_us"][s]) * 1000  # known: the idle gap before it
+            else:
+                share_window += int(P["gap_us"][s]) * 1000  # known: the idle gap before it
         if rate_over(jc, max(1, jn), cfg.t_f2, share_window):
             return Verdict.DROP_DEST
+        if vouch:
+            st["vouched"] += 1
         return Verdict.PASS
 
-    def _probation(self, dst: bytes, now: int) -> bool:
+    def _probation(self, key: bytes, now: int) -> bool:
         """``xpro_probation``: True when a new pair's packet is dropped before
-        it takes a slot (D over T_F2 with it counted, D's budget empty)."""
+        it takes a slot (D over T_F2 with it counted, D's budget empty, the
+        pair not vouched)."""
         cfg, st, D = self._config, self._stats, self._df
+        dst = key[16:]
         d = self._dest_index.get(dst)
         if d is None or int(D["gen"][d]) & 1:
             return False
@@ -550,6 +580,8 @@ class MemoryMaps(SlotArrays):
         window = jdts2 - jdts1
         if not (window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, window)):
             return False
+        if key in self.vouches.current:
+            return False  # vouched: judged by the fair share once created
         D["c"][d] += 1
         st["drop_admit"] += 1
         st["probation_drops"] += 1

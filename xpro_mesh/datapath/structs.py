@@ -217,6 +217,7 @@ STATS_FIELDS: Final = (
     "drop_admit",
     "probation_drops",
     "unparsed",
+    "vouched",  # after warn_window, warn_in_window in the struct (issue 13)
 )
 
 
@@ -225,12 +226,13 @@ class XproStats(ct.Structure):
     warnings, warnings_suppressed, events_lost, not_ip, malformed,
     unconfigured, pair_full, dest_full, lock_busy, new_dests, insert_races,
     pair_views, dest_views, relinks, admitted, drop_admit, probation_drops, unparsed;
-    __u64 warn_window, warn_in_window; };
+    __u64 warn_window, warn_in_window; __u64 vouched; };
     (per CPU)"""
 
-    _fields_ = [(name, u64) for name in STATS_FIELDS] + [
+    _fields_ = [(name, u64) for name in STATS_FIELDS if name != "vouched"] + [
         ("warn_window", u64),
         ("warn_in_window", u64),
+        ("vouched", u64),
     ]
 
 
