@@ -789,7 +789,7 @@ static __always_inline int xpro_unrecorded(const struct xpro_config *cfg, struct
  * stay) nor pays for a slot and a hash insert. Otherwise -1: the new-pair
  * path runs, and its judgement takes the token (D over, the pair young). */
 static __always_inline int xpro_probation(const struct xpro_config *cfg, struct xpro_stats *st,
-					  __u32 dfound, __u64 now)
+					  const struct xpro_pair_key *key, __u32 dfound, __u64 now)
 {
 	if (dfound == XPRO_NO_SLOT)
 		return -1;
@@ -856,7 +856,7 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 		__u32 dfound = df ? *df : XPRO_NO_SLOT;
 
 		if (cfg->policy == XPRO_POLICY_FAIR_SHARE) {
-			int v = xpro_probation(cfg, st, dfound, now);
+			int v = xpro_probation(cfg, st, key, dfound, now);
 
 			if (v >= 0)
 				return v;
