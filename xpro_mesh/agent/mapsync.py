@@ -321,6 +321,7 @@ class DestViews:
     nadj: I64
     ts1: U64
     ts2: U64
+    count: I64 | None = None  # the mesh's count (v_c, the held view); None: 0, no hold
 
 
 @dataclass(frozen=True, slots=True)

@@ -440,7 +440,13 @@ def _dest_views(
     )
     m = np.flatnonzero(moved)
     dv = DestViews(
-        dslots=s[m].astype(np.uint32), gen=g[m], adj=adj[m], nadj=nadj[m], ts1=ts1[m], ts2=ts2[m]
+        dslots=s[m].astype(np.uint32),
+        gen=g[m],
+        adj=adj[m],
+        nadj=nadj[m],
+        ts1=ts1[m],
+        ts2=ts2[m],
+        count=c[a][m].astype(np.int64),
     )
     memory.d_gen[dv.dslots] = dv.gen
     memory.d_adj[dv.dslots] = dv.adj
