@@ -164,7 +164,7 @@ class Agent:
             count = np.array(
                 [
                     rng.choice([0, int(c) + int(a), rng.randint(0, 10**6)])
-                    for c, a in zip(drows["c"], adj)
+                    for c, a in zip(drows["c"], adj, strict=True)
                 ],
                 np.int64,
             )
