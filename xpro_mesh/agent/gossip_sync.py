@@ -74,6 +74,7 @@ class GossipSync:
         # holds from an earlier life is not lowered, and no heartbeat is
         # written (so the kernel keeps holding those views).
         self._gate_until: int | None = None
+        self._gated = False  # a view was skipped at the gate
 
     def set_params(self, params: Params) -> None:
         """New thresholds: the rows' window rules change, so every view is rewritten."""
@@ -123,14 +124,20 @@ class GossipSync:
         pairs = await _blocking(read_slots, backend, self.memory, not full)
         dests = await _blocking(backend.read_dests)
         self._cycles += 1
-        plan = await self._plan(pairs, dests, full)
-        deferred, self._deferred = self._deferred, []
         now = self.clock()
         if self._gate_until is None:
             self._gate_until = now + int(backend.get_config().view_hold)
+            self._gated = False
         gating = now < self._gate_until
+        if not gating and self._gated:
+            self.memory.forget_views()  # the views skipped at the gate, written now
+            self._gated = False
+        plan = await self._plan(pairs, dests, full)
+        deferred, self._deferred = self._deferred, []
         if gating:
-            plan = keep_held_views(plan, dests, self.memory)
+            skipped = keep_held_views(plan, dests, self.memory)
+            self._gated |= skipped is not plan
+            plan = skipped
         await _blocking(write_plan, backend, plan.with_expiries_of(deferred), self.memory)
         if not gating:
             backend.write_heartbeat(now)
@@ -155,6 +162,12 @@ class GossipSync:
             return
         pairs, dests = self._last_read
         plan = await self._plan(pairs, dests, full=False)
+        if self._gate_until is not None and self.clock() < self._gate_until:
+            # against the views the kernel holds now (this agent wrote since the read)
+            current = await _blocking(self.backend.read_dests)
+            skipped = keep_held_views(plan, current, self.memory)
+            self._gated |= skipped is not plan
+            plan = skipped
         await _blocking(write_views, self.backend, plan, self.memory)
         self._deferred.append(plan)  # its retirements go with the next cycle's
 

@@ -437,6 +437,7 @@ def _dest_views(
         | (memory.d_nadj[s] != nadj)
         | (memory.d_ts1[s] != ts1)
         | (memory.d_ts2[s] != ts2)
+        | (drows["v_c"][h] != c[a])  # the held view's count, as the kernel has it
     )
     m = np.flatnonzero(moved)
     dv = DestViews(
