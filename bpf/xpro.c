@@ -720,6 +720,37 @@ static __always_inline void xpro_warn(const struct xpro_config *cfg, struct xpro
 		st->events_lost++;
 }
 
+/* Held views (issue 13). v_c is the mesh's count of D at the view's last
+ * renewal, over v_ts1 .. v_ts2. When the live figure (c + v_adj over the
+ * grown window) is not over T_F2 but that rate was, D stays over for
+ * view_hold past v_ts2, and while the agent's heartbeat (ring_ctl[0].agent_at)
+ * is older than view_hold, up to view_hold_max: a dead or restarting
+ * agent's views keep the mesh's rate instead of decaying to the local one.
+ * Called only on the not-over path, with a valid view. */
+static __always_inline int xpro_view_held(const struct xpro_config *cfg, struct xpro_stats *st,
+					  __s64 vc, __u64 t1, __u64 t2, __u64 now)
+{
+	__s64 w = (__s64)(t2 - t1);
+
+	if (vc <= 0 || cfg->view_hold == 0 ||
+	    !(w > (__s64)cfg->t_t3 && xpro_rate_over(vc, 1, cfg->t_f2, (__u64)w)))
+		return 0;
+	__s64 age = (__s64)(now - t2);
+
+	if (age > (__s64)cfg->view_hold) {
+		__u32 idx = XPRO_RING_PAIRS;
+		struct xpro_ring *r = ring_ctl.lookup(&idx);
+		__u64 hb = r ? XPRO_READ(r->agent_at) : 0;
+
+		if (age > (__s64)cfg->view_hold_max || (__s64)(now - hb) <= (__s64)cfg->view_hold) {
+			st->expired_views++;
+			return 0;
+		}
+	}
+	st->held_views++;
+	return 1;
+}
+
 /* A new pair that gets no slot (the free ring is empty: a flood of fresh
  * sources took every slot the agent has not yet retired) is counted
  * (stats.pair_full) but not recorded. It is young by definition, so under
@@ -754,12 +785,13 @@ static __always_inline int xpro_unrecorded(const struct xpro_config *cfg, struct
 	__u64 vg = XPRO_READ(d->v_gen);
 
 	xpro_barrier();
-	__s64 a = XPRO_READ(d->v_adj);
+	__s64 a = XPRO_READ(d->v_adj), vc = XPRO_READ(d->v_c), hc = 0;
 	__u64 t1 = XPRO_READ(d->v_ts1), t2 = XPRO_READ(d->v_ts2);
 
 	xpro_barrier();
 	if (vg == dg && XPRO_READ(d->v_gen) == dg) {
 		jdc = xpro_add_sat(jdc, a);
+		hc = vc;
 		jdts1 = t1;
 		if ((__s64)(t2 - jdts2) > 0)
 			jdts2 = t2;
@@ -768,7 +800,8 @@ static __always_inline int xpro_unrecorded(const struct xpro_config *cfg, struct
 	__s64 dest_window = (__s64)(jdts2 - jdts1);
 
 	if (!(dest_window > (__s64)cfg->t_t3 &&
-	      xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)))
+	      xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)) &&
+	    !xpro_view_held(cfg, st, hc, t1, t2, now))
 		return XPRO_VERDICT_PASS;
 	if (cfg->policy == XPRO_POLICY_PAPER)
 		return XPRO_VERDICT_DROP_DEST; /* lines 21-23: a full map does not open D */
@@ -813,12 +846,13 @@ static __always_inline int xpro_probation(const struct xpro_config *cfg, struct 
 	__u64 vg = XPRO_READ(d->v_gen);
 
 	xpro_barrier();
-	__s64 a = XPRO_READ(d->v_adj);
+	__s64 a = XPRO_READ(d->v_adj), vc = XPRO_READ(d->v_c), hc = 0;
 	__u64 t1 = XPRO_READ(d->v_ts1), t2 = XPRO_READ(d->v_ts2);
 
 	xpro_barrier();
 	if (vg == dg && XPRO_READ(d->v_gen) == dg) {
 		jdc = xpro_add_sat(jdc, a);
+		hc = vc;
 		jdts1 = t1;
 		if ((__s64)(t2 - jdts2) > 0)
 			jdts2 = t2;
@@ -826,7 +860,8 @@ static __always_inline int xpro_probation(const struct xpro_config *cfg, struct 
 	__s64 dest_window = (__s64)(jdts2 - jdts1);
 
 	if (!(dest_window > (__s64)cfg->t_t3 &&
-	      xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)))
+	      xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)) &&
+	    !xpro_view_held(cfg, st, hc, t1, t2, now))
 		return -1;
 	if (xpro_vouched(key))
 		return -1; /* vouched (issue 13): judged by the fair share once created */
@@ -1076,8 +1111,8 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 	if (established && d && !(p->flags & XPRO_SLOT_ESTABLISHED) &&
 	    xpro_flags_cas(&p->flags, XPRO_SLOT_ESTABLISHED, 0))
 		__sync_fetch_and_add(&d->n, 1);
-	__s64 jdc = dest_c, jn = 0;
-	__u64 jdts1 = 0, jdts2 = 0;
+	__s64 jdc = dest_c, jn = 0, hc = 0;
+	__u64 jdts1 = 0, jdts2 = 0, ht1 = 0, ht2 = 0;
 
 	if (d) {
 		__u64 dg = XPRO_READ(d->gen);
@@ -1090,12 +1125,16 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 
 			xpro_barrier();
 			__s64 a = XPRO_READ(d->v_adj), na = XPRO_READ(d->v_nadj);
+			__s64 vc = XPRO_READ(d->v_c);
 			__u64 t1 = XPRO_READ(d->v_ts1), t2 = XPRO_READ(d->v_ts2);
 
 			xpro_barrier();
 			if (vg == dg && XPRO_READ(d->v_gen) == dg) {
 				jdc = xpro_add_sat(dest_c, a);
 				jn = xpro_add_sat(jn, na);
+				hc = vc;
+				ht1 = t1;
+				ht2 = t2;
 				jdts1 = t1;
 				if ((__s64)(t2 - jdts2) > 0)
 					jdts2 = t2;
@@ -1115,7 +1154,8 @@ static __always_inline int xpro_judge(const struct xpro_config *cfg, struct xpro
 	/* Lines 21-23: D's rate over all its clients. */
 	__s64 dest_window = (__s64)(jdts2 - jdts1);
 
-	if (!(dest_window > t_t3 && xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)))
+	if (!(dest_window > t_t3 && xpro_rate_over(jdc, 1, cfg->t_f2, (__u64)dest_window)) &&
+	    !xpro_view_held(cfg, st, hc, ht1, ht2, now))
 		return XPRO_VERDICT_PASS;
 	if (cfg->policy == XPRO_POLICY_PAPER)
 		return XPRO_VERDICT_DROP_DEST;

@@ -120,7 +120,7 @@ struct xpro_dslot {
 	__s64 v_nadj;
 	__u64 v_ts1;
 	__u64 v_ts2;
-	__u64 v_reserved; /* agent-owned, zero: room (issue 11) */
+	__s64 v_c;      /* the mesh's count at the renewal (window v_ts1 .. v_ts2): the held view (issue 13) */
 };
 
 /* The free rings: pair_free / dest_free hold slot numbers (one __u64 each,
@@ -137,7 +137,8 @@ struct xpro_ring {
 	__u64 size;      /* ring entries (a power of two), set by the loader */
 	__u64 pad1[6];
 	__u64 tail;      /* agent */
-	__u64 pad2[7];
+	__u64 agent_at;  /* ring_ctl[XPRO_RING_PAIRS] only: the agent's heartbeat, cluster ns of its last view write (issue 13) */
+	__u64 pad2[6];
 };
 
 /* The per-CPU spares: a slot a CPU took from a ring but could not use
@@ -172,6 +173,8 @@ struct xpro_config {
 	__u64 admit_k;        /* fair-share: packets an established pair has at least */
 	__u64 admit_rate;     /* fair-share: young-pair packets/s a destination over T_F2 admits */
 	__u64 admit_burst;    /* fair-share: the admission budget's depth, packets (<= 4000) */
+	__u64 view_hold;      /* ns: a destination view not renewed holds its mesh rate this long (issue 13) */
+	__u64 view_hold_max;  /* ns: ... and up to this long while the agent's heartbeat is stale */
 	__u32 policy;         /* XPRO_POLICY_* */
 	__u32 clock;          /* XPRO_CLOCK_* */
 	__u32 version;        /* XPRO_CONFIG_VERSION once written; 0: pass everything */
@@ -228,6 +231,8 @@ struct xpro_stats {
 	__u64 drop_admit;          /* young pairs' packets dropped, budget empty (also in drop_dest) */
 	__u64 probation_drops;     /* of which new pairs dropped before a slot was taken */
 	__u64 unparsed;            /* carriers not parsed (> 8 VLAN tags, MPLS, PPPoE) */
+	__u64 held_views;          /* packets of D judged over T_F2 by its held view alone (issue 13) */
+	__u64 expired_views;       /* packets of D whose over-T_F2 view was past its hold */
 	__u64 warn_window;         /* limiter: second (cluster time) of the budget */
 	__u64 warn_in_window;      /* limiter: warnings sent in that second */
 	__u64 vouched;             /* young pairs' packets passed by the fair share as vouched (issue 13) */

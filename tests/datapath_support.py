@@ -180,6 +180,7 @@ def clear_maps(maps: BpfMaps) -> None:
     for ring in maps._rings:
         ring[:] = 0
     maps.fill_rings()
+    maps.write_heartbeat(0)  # no agent yet (issue 13)
     zero = ct.c_uint32(0)
     ncpu = libbpf.num_possible_cpus()
     stride = (ct.sizeof(structs.XproStats) + 7) // 8 * 8

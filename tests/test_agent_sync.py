@@ -258,3 +258,40 @@ async def test_the_sync_loop_writes_a_peers_rows_between_two_cycles() -> None:
     finally:
         stop.set()
         await loop
+
+
+async def test_a_restarted_agent_lowers_no_held_view_and_beats_only_after_the_gate() -> None:
+    """Issue 13: the kernel holds D's view from the agent's earlier life (the
+    mesh's 5 000 packets). The restarted agent's first views re-base on its
+    own rows (20 packets): for view_hold after its first cycle it leaves the
+    held view and writes no heartbeat (the kernel keeps holding); then it
+    writes its view and beats every cycle."""
+    agent, maps, syncer = make_agent()
+    base = time.time_ns() - 10 * S
+    clock = [base]
+    syncer.clock = lambda: clock[0]
+    src, dst = addr(1), DSTS[0]
+    for i in range(20):
+        maps.feed(src, dst, base + i * 50 * MS)
+    dests = maps.read_dests()
+    slot, row = dests.slots[:1], dests.rows[0]
+    maps.write_dest_views(
+        slot,
+        np.array([row["gen"]], np.uint64),
+        np.array([5000 - int(row["c"])], np.int64),
+        np.array([0], np.int64),
+        np.array([base], np.uint64),
+        np.array([base + S], np.uint64),
+        np.array([5000], np.int64),
+    )
+    maps.write_heartbeat(base + S)  # the earlier life's last beat
+    hold = maps.get_config().view_hold
+    for step in range(3):  # cycles inside the gate
+        clock[0] = base + S + step * hold // 4
+        await agent.sync_once()
+        assert int(maps.dest_slots["v_c"][slot[0]]) == 5000, step
+        assert int(maps._ctl[0]["agent_at"]) == base + S, step
+    clock[0] = base + S + hold
+    await agent.sync_once()
+    assert 0 < int(maps.dest_slots["v_c"][slot[0]]) < 5000  # its own view now
+    assert int(maps._ctl[0]["agent_at"]) == clock[0]

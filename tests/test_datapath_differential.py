@@ -56,7 +56,15 @@ LARGE = MapSizes(pairs_max=1 << 16, dests_max=1 << 12)  # the session program's
 
 
 def _config(p: Params, policy: Policy) -> XdpConfig:
-    return XdpConfig.from_params(p, policy=policy, warn_interval=10**6, warn_per_cpu=1000)
+    # view_hold about the gaps of the trace (T_T3-sized), so views are held and expire
+    return XdpConfig.from_params(
+        p,
+        policy=policy,
+        warn_interval=10**6,
+        warn_per_cpu=1000,
+        view_hold=p.t_t3 // 2,
+        view_hold_max=p.t_t3 * 2,
+    )
 
 
 def _diff(name: str, a: np.ndarray, b: np.ndarray) -> str:
@@ -154,8 +162,21 @@ class Agent:
             gen = drows["gen"].copy()
             if rng.random() < 0.2:
                 gen[rng.randrange(n)] += 2  # a view for a gen that is not there
+            # The held view (issue 13): the mesh's count, none, or one far
+            # over T_F2; the heartbeat fresh, stale or never written.
+            count = np.array(
+                [
+                    rng.choice([0, int(c) + int(a), rng.randint(0, 10**6)])
+                    for c, a in zip(drows["c"], adj, strict=True)
+                ],
+                np.int64,
+            )
             for b in backends:
-                b.write_dest_views(dslots, gen, adj, nadj, ts1, ts2)
+                b.write_dest_views(dslots, gen, adj, nadj, ts1, ts2, count)
+        if rng.random() < 0.3:
+            beat = rng.choice([now, now - rng.randint(0, 3 * p.t_t3)])
+            for b in backends:
+                b.write_heartbeat(beat)
 
         # Expire pairs idle past T_T1 here (a packet would restart them).
         idle = np.flatnonzero(now - rows["ts2"].astype(np.int64) > p.t_t1)
@@ -223,6 +244,7 @@ def test_kernel_equals_twin_with_views_expiries_and_recycling(
     # The run was worth it: both rules, restarts, views used, slots expired.
     assert stats.drop_pair and stats.drop_dest and stats.passed and stats.resets, stats
     assert stats.pair_views and stats.dest_views and agent.expired, (stats, agent.expired)
+    assert stats.held_views and stats.expired_views, stats  # issue 13's held views, both ways
     if policy is Policy.FAIR_SHARE:  # young pairs met the admission budget (issue 11)
         assert stats.admitted, stats
         assert stats.vouched, stats  # ... or were vouched for (issue 13)

@@ -124,6 +124,6 @@ def test_view_writes_address_the_agent_half_by_word() -> None:
     assert pair[pair.index("v_gen") :] == ["v_gen", "v_adj", "v_ts1", "v_ts2"]
     assert structs.XproSlot.v_gen.offset == slots._PAIR_V_GEN * 8
     dest = [f for f, *_ in structs.XproDslot._fields_]
-    agent_half = ["v_gen", "v_adj", "v_nadj", "v_ts1", "v_ts2", "v_reserved"]
+    agent_half = ["v_gen", "v_adj", "v_nadj", "v_ts1", "v_ts2", "v_c"]
     assert dest[dest.index("v_gen") :] == agent_half
     assert structs.XproDslot.v_gen.offset == slots._DEST_V_GEN * 8

@@ -557,6 +557,7 @@ CONVERGE_ROUNDS = math.ceil(math.log2(5)) + 2
 # the phases whose attack and good-client bounds hold on this tree (asserted)
 HOLDS = (
     "agent of proxy 2 down",
+    "agent of proxy 2 back",  # held views (issue 13): 13.5 % of block 102 before, 0 % after
     "partition 0,1 | 2,3,4",
     "healed",
     "lossy gossip path",

@@ -15,13 +15,16 @@ ever touches the table), and writes only the views that moved (executor).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from xpro_mesh.agent.mapsync import CyclePlan, SlotMemory, SlotRead, read_slots
+import numpy as np
+
+from xpro_mesh.agent.mapsync import CyclePlan, DestViews, SlotMemory, SlotRead, read_slots
 from xpro_mesh.agent.mapsync_columns import FULL_EVERY, STEP, plan_cycle_steps
 from xpro_mesh.agent.syncer import SyncReport
 from xpro_mesh.agent.vouching import Vouching
@@ -76,6 +79,12 @@ class GossipSync:
         # at 10^5 rows, too much for every 100 ms cycle).
         self.vouching: Vouching | None = None
         self._vouched_at = -math.inf
+        # Held views (issue 13): until view_hold after the first cycle (the
+        # mesh's rows pulled and synced once), a destination view the kernel
+        # holds from an earlier life is not lowered, and no heartbeat is
+        # written (so the kernel keeps holding those views).
+        self._gate_until: int | None = None
+        self._gated = False  # a view was skipped at the gate
 
     def set_params(self, params: Params) -> None:
         """New thresholds: the rows' window rules change, so every view is rewritten."""
@@ -125,9 +134,23 @@ class GossipSync:
         pairs = await _blocking(read_slots, backend, self.memory, not full)
         dests = await _blocking(backend.read_dests)
         self._cycles += 1
+        now = self.clock()
+        if self._gate_until is None:
+            self._gate_until = now + int(backend.get_config().view_hold)
+            self._gated = False
+        gating = now < self._gate_until
+        if not gating and self._gated:
+            self.memory.forget_views()  # the views skipped at the gate, written now
+            self._gated = False
         plan = await self._plan(pairs, dests, full)
         deferred, self._deferred = self._deferred, []
+        if gating:
+            skipped = keep_held_views(plan, dests, self.memory)
+            self._gated |= skipped is not plan
+            plan = skipped
         await _blocking(write_plan, backend, plan.with_expiries_of(deferred), self.memory)
+        if not gating:
+            backend.write_heartbeat(now)
         self._last_read = (pairs, dests)
         if self.vouching is not None and time.monotonic() - self._vouched_at >= VOUCH_INTERVAL_S:
             self._vouched_at = time.monotonic()
@@ -152,6 +175,12 @@ class GossipSync:
             return
         pairs, dests = self._last_read
         plan = await self._plan(pairs, dests, full=False)
+        if self._gate_until is not None and self.clock() < self._gate_until:
+            # against the views the kernel holds now (this agent wrote since the read)
+            current = await _blocking(self.backend.read_dests)
+            skipped = keep_held_views(plan, current, self.memory)
+            self._gated |= skipped is not plan
+            plan = skipped
         await _blocking(write_views, self.backend, plan, self.memory)
         self._deferred.append(plan)  # its retirements go with the next cycle's
 
@@ -186,6 +215,38 @@ def write_plan(backend: MapBackend, plan: CyclePlan, memory: SlotMemory) -> None
         raise
 
 
+def keep_held_views(plan: CyclePlan, dests: DestRead, memory: SlotMemory) -> CyclePlan:
+    """``plan`` without the destination views that would lower a view the
+    kernel holds (issue 13: ``v_c`` over ``v_ts1 .. v_ts2``, rate compared):
+    a restarted agent's first views re-base on a fresh local read and may
+    miss the mesh's count. Skipped views are forgotten, so the first cycle
+    after the gate writes them."""
+    dv = plan.dest_views
+    if dv.count is None or not len(dv.dslots):
+        return plan
+    rows = dests.rows
+    old = np.zeros(max(int(dests.high_water), int(dv.dslots.max()) + 1), np.float64)
+    live = rows["v_gen"] == rows["gen"]
+    w = (rows["v_ts2"].astype(np.float64) - rows["v_ts1"].astype(np.float64)).clip(1.0)
+    old[dests.slots[live].astype(np.intp)] = rows["v_c"][live].astype(np.float64) / w[live]
+    nw = (dv.ts2.astype(np.float64) - dv.ts1.astype(np.float64)).clip(1.0)
+    lower = dv.count.astype(np.float64) / nw < old[dv.dslots.astype(np.intp)]
+    if not lower.any():
+        return plan
+    keep = ~lower
+    memory.d_gen[dv.dslots[lower]] = 0  # rewritten once the gate is past
+    kept = DestViews(
+        dslots=dv.dslots[keep],
+        gen=dv.gen[keep],
+        adj=dv.adj[keep],
+        nadj=dv.nadj[keep],
+        ts1=dv.ts1[keep],
+        ts2=dv.ts2[keep],
+        count=dv.count[keep],
+    )
+    return dataclasses.replace(plan, dest_views=kept)
+
+
 def write_views(backend: MapBackend, plan: CyclePlan, memory: SlotMemory) -> None:
     """A refresh's plan: its views only (its retirements wait for the next
     cycle, :meth:`CyclePlan.with_expiries_of`)."""
@@ -201,7 +262,7 @@ def _write_views(backend: MapBackend, plan: CyclePlan) -> None:
     if len(pv.slots):
         backend.write_pair_views(pv.slots, pv.gen, pv.adj, pv.ts1, pv.ts2)
     if len(dv.dslots):
-        backend.write_dest_views(dv.dslots, dv.gen, dv.adj, dv.nadj, dv.ts1, dv.ts2)
+        backend.write_dest_views(dv.dslots, dv.gen, dv.adj, dv.nadj, dv.ts1, dv.ts2, dv.count)
 
 
 async def _blocking(fn: Callable[..., T], *args: Any) -> T:

@@ -321,6 +321,7 @@ class DestViews:
     nadj: I64
     ts1: U64
     ts2: U64
+    count: I64 | None = None  # the mesh's count (v_c, the held view); None: 0, no hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +485,7 @@ def plan_cycle(
             memory.w_gen[slot], memory.w_adj[slot], memory.w_ts1[slot], memory.w_ts2[slot] = wanted
             pv.append((slot, *wanted))
 
-    dv: list[tuple[int, int, int, int, int, int]] = []
+    dv: list[tuple[int, int, int, int, int, int, int]] = []
     dgone: list[tuple[int, int]] = []
     for i, dslot in enumerate(dests.slots.tolist()):
         drow = dests.rows[i]
@@ -507,7 +508,7 @@ def plan_cycle(
             int(memory.d_ts1[dslot]),
             int(memory.d_ts2[dslot]),
         )
-        if wanted_d != held_d:
+        if wanted_d != held_d or int(drow["v_c"]) != dview.c:
             (
                 memory.d_gen[dslot],
                 memory.d_adj[dslot],
@@ -515,12 +516,14 @@ def plan_cycle(
                 memory.d_ts1[dslot],
                 memory.d_ts2[dslot],
             ) = wanted_d
-            dv.append((dslot, *wanted_d))
+            dv.append((dslot, *wanted_d, dview.c))
 
     return CyclePlan(
         pair_views=PairViews(*_columns(pv, (np.uint32, np.uint64, np.int64, np.uint64, np.uint64))),
         dest_views=DestViews(
-            *_columns(dv, (np.uint32, np.uint64, np.int64, np.int64, np.uint64, np.uint64))
+            *_columns(
+                dv, (np.uint32, np.uint64, np.int64, np.int64, np.uint64, np.uint64, np.int64)
+            )
         ),
         expire_slots=np.array([s for s, _ in gone], np.uint32),
         expire_gens=np.array([g for _, g in gone], np.uint64),

@@ -437,10 +437,17 @@ def _dest_views(
         | (memory.d_nadj[s] != nadj)
         | (memory.d_ts1[s] != ts1)
         | (memory.d_ts2[s] != ts2)
+        | (drows["v_c"][h] != c[a])  # the held view's count, as the kernel has it
     )
     m = np.flatnonzero(moved)
     dv = DestViews(
-        dslots=s[m].astype(np.uint32), gen=g[m], adj=adj[m], nadj=nadj[m], ts1=ts1[m], ts2=ts2[m]
+        dslots=s[m].astype(np.uint32),
+        gen=g[m],
+        adj=adj[m],
+        nadj=nadj[m],
+        ts1=ts1[m],
+        ts2=ts2[m],
+        count=c[a][m].astype(np.int64),
     )
     memory.d_gen[dv.dslots] = dv.gen
     memory.d_adj[dv.dslots] = dv.adj

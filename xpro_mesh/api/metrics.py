@@ -122,6 +122,16 @@ class AgentCollector:
         admission.add_metric(["probation"], stats.probation_drops)
         admission.add_metric(["vouched"], stats.vouched)
         yield admission
+        unrenewed = CounterMetricFamily(
+            "xpro_dest_views_unrenewed",
+            "Packets of a destination under T_F2 on its live view whose view, over T_F2 at its "
+            "last renewal, still held it over (held) or was past view_hold / view_hold_max "
+            "(expired)",
+            labels=["state"],
+        )
+        unrenewed.add_metric(["held"], stats.held_views)
+        unrenewed.add_metric(["expired"], stats.expired_views)
+        yield unrenewed
         yield from self._policy()
         load = a.load()
         yield GaugeMetricFamily(

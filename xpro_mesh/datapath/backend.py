@@ -273,6 +273,8 @@ class Stats:
     probation_drops: int = 0  # of which new pairs dropped before taking a slot
     unparsed: int = 0  # carriers not parsed (> 8 VLAN tags, MPLS, PPPoE): config unparsed
     vouched: int = 0  # young vouched pairs' packets passed by the fair share (issue 13)
+    held_views: int = 0  # packets of D over T_F2 by its held view alone (issue 13)
+    expired_views: int = 0  # packets of D whose over-T_F2 view was past its hold
 
     @classmethod
     def from_counters(cls, counters: dict[str, int]) -> Stats:
@@ -424,6 +426,7 @@ class MapBackend(Protocol):
         nadj: npt.ArrayLike,
         ts1: npt.ArrayLike,
         ts2: npt.ArrayLike,
+        count: npt.ArrayLike | None = None,
     ) -> None:
         """Write destination views, absolutely: ``adj = mesh sum c - c read``,
         ``nadj = mesh n(D) - n read`` (from :meth:`read_dests`), ``ts1`` /
@@ -431,7 +434,15 @@ class MapBackend(Protocol):
         clients ``n + nadj``, window ``ts1 .. max(ts2 local, ts2)`` while
         the slot's gen is ``gen``. Same write order as pair views. Because
         each write replaces the last (no deltas are added), an eviction, an
-        expiry or a missed cycle cannot leave a drift."""
+        expiry or a missed cycle cannot leave a drift. ``count``: the mesh's
+        count (``v_c``, window ``ts1 .. ts2``), the held view (issue 13):
+        while the live figure is under T_F2 but that rate was over, D stays
+        over for ``view_hold`` past ``ts2``, and up to ``view_hold_max``
+        while the agent's heartbeat is stale; None writes 0 (no hold)."""
+        ...
+
+    def write_heartbeat(self, now: int) -> None:
+        """The agent's heartbeat, cluster ns (``ring_ctl[0].agent_at``)."""
         ...
 
     def clear_dest_views(self, dslots: npt.ArrayLike) -> None: ...

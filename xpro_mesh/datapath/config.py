@@ -24,6 +24,8 @@ TOML, flat or under an ``[xdp]`` table::
     clock = "coarse"        # or "precise"
     warn_interval = "1s"    # between two overload warnings of one pair
     warn_per_cpu = 100      # overload warnings per second per CPU, at most
+    view_hold = "1s"        # a destination view no agent renews keeps the mesh's rate this long
+    view_hold_max = "30s"   # ... and up to this long while the agent's heartbeat is stale
     unparsed = "pass"       # or "drop": > 8 VLAN tags, MPLS, PPPoE (counted either way)
     src_prefix4 = 32        # a client is this many leading bits of an IPv4 source (1-32)
     src_prefix6 = 64        # ... of an IPv6 source (1-128): a host's /64 is one client
@@ -132,6 +134,8 @@ _INT_FIELDS = (
     "admit_k",
     "admit_rate",
     "admit_burst",
+    "view_hold",
+    "view_hold_max",
 )
 
 
@@ -157,6 +161,8 @@ class XdpConfig:
     admit_k: int = DEFAULTS.admit_k
     admit_rate: int = DEFAULTS.admit_rate
     admit_burst: int = DEFAULTS.admit_burst
+    view_hold: int = 1 * NS_PER_S
+    view_hold_max: int = 30 * NS_PER_S
     policy: Policy = DEFAULTS.policy
     clock: ClockSource = ClockSource.COARSE
     warn_interval: int = 1 * NS_PER_S
@@ -242,6 +248,8 @@ class XdpConfig:
             admit_k=c.admit_k,
             admit_rate=min(c.admit_rate, ADMIT_RATE_MAX),
             admit_burst=min(c.admit_burst, ADMIT_BURST_MAX),
+            view_hold=c.view_hold,
+            view_hold_max=c.view_hold_max,
             policy=Policy.PAPER if c.policy == structs.XPRO_POLICY_PAPER else Policy.FAIR_SHARE,
             clock=(
                 ClockSource.PRECISE if c.clock == structs.XPRO_CLOCK_PRECISE else ClockSource.COARSE
@@ -295,7 +303,7 @@ class XdpConfig:
 
 
 def _parse_value(key: str, raw: object) -> Any:
-    if key in ("t_t1", "t_t2", "t_t3", "t_t4", "warn_interval"):
+    if key in ("t_t1", "t_t2", "t_t3", "t_t4", "warn_interval", "view_hold", "view_hold_max"):
         return parse_duration(key, raw)
     if key in ("t_f1", "t_f2", "admit_rate"):
         return parse_rate(key, raw)

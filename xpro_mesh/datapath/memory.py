@@ -513,6 +513,7 @@ class MemoryMaps(SlotArrays):
             P["flags"][s] |= XPRO_SLOT_ESTABLISHED
             D["n"][d] += 1
         jdc, jn, jdts1, jdts2 = dest_c, 0, 0, 0
+        viewed = False
         if d is not None:
             dg = int(D["gen"][d])
             jn, jdts1, jdts2 = int(D["n"][d]), int(D["ts1"][d]), int(D["ts2"][d])
@@ -522,6 +523,7 @@ class MemoryMaps(SlotArrays):
                 jdts1 = int(D["v_ts1"][d])
                 jdts2 = max(jdts2, int(D["v_ts2"][d]))
                 st["dest_views"] += 1
+                viewed = True
 
         # Lines 14-15.
         if window > cfg.t_t2 and rate_over(jc, 1, cfg.t_f1, window):
@@ -531,7 +533,9 @@ class MemoryMaps(SlotArrays):
             return Verdict.PASS
         # Lines 21-23.
         dest_window = jdts2 - jdts1
-        if not (dest_window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, dest_window)):
+        if not (dest_window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, dest_window)) and not (
+            viewed and self._view_held(d, now)
+        ):
             return Verdict.PASS
         if cfg.policy is Policy.PAPER:
             return Verdict.DROP_DEST
@@ -573,12 +577,15 @@ class MemoryMaps(SlotArrays):
             return False
         jdc = add_sat(int(D["c"][d]), 1)
         jdts1, jdts2 = int(D["ts1"][d]), int(D["ts2"][d])
-        if int(D["v_gen"][d]) == int(D["gen"][d]):
+        viewed = int(D["v_gen"][d]) == int(D["gen"][d])
+        if viewed:
             jdc = add_sat(jdc, int(D["v_adj"][d]))
             jdts1 = int(D["v_ts1"][d])
             jdts2 = max(jdts2, int(D["v_ts2"][d]))
         window = jdts2 - jdts1
-        if not (window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, window)):
+        if not (window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, window)) and not (
+            viewed and self._view_held(d, now)
+        ):
             return False
         if key in self.vouches.current:
             return False  # vouched: judged by the fair share once created
@@ -603,13 +610,16 @@ class MemoryMaps(SlotArrays):
             D["admit"][d] = admit_refill(cfg, int(D["admit"][d]), now - prev_ts2)
         D["c"][d] += 1  # counted into D (its pairs' sum plus these), until re-based
         jdc, jdts1, jdts2 = int(D["c"][d]), int(D["ts1"][d]), int(D["ts2"][d])
-        if int(D["v_gen"][d]) == int(D["gen"][d]):
+        viewed = int(D["v_gen"][d]) == int(D["gen"][d])
+        if viewed:
             jdc = add_sat(jdc, int(D["v_adj"][d]))
             jdts1 = int(D["v_ts1"][d])
             jdts2 = max(jdts2, int(D["v_ts2"][d]))
             st["dest_views"] += 1
         window = jdts2 - jdts1
-        if not (window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, window)):
+        if not (window > cfg.t_t3 and rate_over(jdc, 1, cfg.t_f2, window)) and not (
+            viewed and self._view_held(d, now)
+        ):
             return Verdict.PASS
         if cfg.policy is Policy.PAPER:
             return Verdict.DROP_DEST
@@ -619,6 +629,25 @@ class MemoryMaps(SlotArrays):
             return Verdict.PASS
         st["drop_admit"] += 1
         return Verdict.DROP_DEST
+
+    def _view_held(self, d: int, now: int) -> bool:
+        """``xpro_view_held`` (issue 13): D's valid view, not over T_F2 on
+        the live figure, is still over on the mesh's rate at its renewal
+        (v_c over v_ts1 .. v_ts2) for view_hold past v_ts2, and up to
+        view_hold_max while the agent's heartbeat is older than view_hold."""
+        cfg, st, D = self._config, self._stats, self._df
+        vc, t1, t2 = int(D["v_c"][d]), int(D["v_ts1"][d]), int(D["v_ts2"][d])
+        w = t2 - t1
+        if vc <= 0 or cfg.view_hold == 0 or not (w > cfg.t_t3 and rate_over(vc, 1, cfg.t_f2, w)):
+            return False
+        age = now - t2
+        if age > cfg.view_hold:
+            heartbeat = int(self._ctl[XPRO_RING_PAIRS]["agent_at"])
+            if age > cfg.view_hold_max or now - heartbeat <= cfg.view_hold:
+                st["expired_views"] += 1
+                return False
+        st["held_views"] += 1
+        return True
 
     def _warn(self, s: int, key: bytes, now: int, ts1: int, c: int) -> None:
         cfg = self._config

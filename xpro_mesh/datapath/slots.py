@@ -391,6 +391,7 @@ class SlotArrays:
         nadj: npt.ArrayLike,
         ts1: npt.ArrayLike,
         ts2: npt.ArrayLike,
+        count: npt.ArrayLike | None = None,
     ) -> None:
         s = _u32(dslots, len(self._dests), "dslots")
         n = s.size
@@ -399,7 +400,14 @@ class SlotArrays:
         na = _col(nadj, n, np.int64, "nadj")
         t1 = _col(ts1, n, np.uint64, "ts1")
         t2 = _col(ts2, n, np.uint64, "ts2")
-        _write_views(self._dest_words, _DEST_V_GEN, s, g, [a, na, t1, t2])
+        vc = np.zeros(n, np.int64) if count is None else _col(count, n, np.int64, "count")
+        _write_views(self._dest_words, _DEST_V_GEN, s, g, [a, na, t1, t2, vc])
+
+    def write_heartbeat(self, now: int) -> None:
+        """The agent's heartbeat (ring_ctl[0].agent_at, cluster ns): while
+        it is recent, views not renewed expire view_hold after their last
+        renewal; while it is stale they are held up to view_hold_max."""
+        self._ctl[XPRO_RING_PAIRS : XPRO_RING_PAIRS + 1]["agent_at"] = np.uint64(now)
 
     def clear_dest_views(self, dslots: npt.ArrayLike) -> None:
         self._dests["v_gen"][_u32(dslots, len(self._dests), "dslots")] = 0

@@ -117,7 +117,7 @@ class XproDslot(ct.Structure):
     """struct xpro_dslot { __u64 gen; __u64 ts1; __u64 ts2; __s64 c; __s64 n;
     struct xpro_addr dst; __u64 lock; __u32 head; __u32 tail; __u32 flags;
     __u32 admit; __u64 v_gen; __s64 v_adj; __s64 v_nadj; __u64 v_ts1;
-    __u64 v_ts2; __u64 v_reserved; };"""
+    __u64 v_ts2; __s64 v_c; };"""
 
     _fields_ = [
         ("gen", u64),
@@ -136,20 +136,21 @@ class XproDslot(ct.Structure):
         ("v_nadj", s64),
         ("v_ts1", u64),
         ("v_ts2", u64),
-        ("v_reserved", u64),
+        ("v_c", s64),
     ]
 
 
 class XproRing(ct.Structure):
     """struct xpro_ring { __u64 head; __u64 size; __u64 pad1[6]; __u64 tail;
-    __u64 pad2[7]; };"""
+    __u64 agent_at; __u64 pad2[6]; };"""
 
     _fields_ = [
         ("head", u64),
         ("size", u64),
         ("pad1", u64 * 6),
         ("tail", u64),
-        ("pad2", u64 * 7),
+        ("agent_at", u64),
+        ("pad2", u64 * 6),
     ]
 
 
@@ -162,7 +163,8 @@ class XproSpare(ct.Structure):
 class XproConfig(ct.Structure):
     """struct xpro_config { __u64 t_t1, t_t2, t_t3, t_t4, t_f1, t_f2, r;
     __u64 warn_interval; __u64 warn_per_cpu; __u64 admit_k, admit_rate,
-    admit_burst; __u32 policy; __u32 clock;
+    admit_burst, view_hold,
+    view_hold_max; __u32 policy; __u32 clock;
     __u32 version; __u32 unparsed; __u32 src_prefix4; __u32 src_prefix6; };"""
 
     _fields_ = [
@@ -178,6 +180,8 @@ class XproConfig(ct.Structure):
         ("admit_k", u64),
         ("admit_rate", u64),
         ("admit_burst", u64),
+        ("view_hold", u64),
+        ("view_hold_max", u64),
         ("policy", u32),
         ("clock", u32),
         ("version", u32),
@@ -217,6 +221,8 @@ STATS_FIELDS: Final = (
     "drop_admit",
     "probation_drops",
     "unparsed",
+    "held_views",
+    "expired_views",
     "vouched",  # after warn_window, warn_in_window in the struct (issue 13)
 )
 
@@ -225,8 +231,8 @@ class XproStats(ct.Structure):
     """struct xpro_stats { __u64 pass, drop_pair, drop_dest, new_pairs, resets,
     warnings, warnings_suppressed, events_lost, not_ip, malformed,
     unconfigured, pair_full, dest_full, lock_busy, new_dests, insert_races,
-    pair_views, dest_views, relinks, admitted, drop_admit, probation_drops, unparsed;
-    __u64 warn_window, warn_in_window; __u64 vouched; };
+    pair_views, dest_views, relinks, admitted, drop_admit, probation_drops, unparsed,
+    held_views, expired_views; __u64 warn_window, warn_in_window; __u64 vouched; };
     (per CPU)"""
 
     _fields_ = [(name, u64) for name in STATS_FIELDS if name != "vouched"] + [
@@ -307,7 +313,7 @@ DEST_SLOT_DTYPE: Final = np.dtype(
         ("v_nadj", "<i8"),
         ("v_ts1", "<u8"),
         ("v_ts2", "<u8"),
-        ("v_reserved", "<u8"),
+        ("v_c", "<i8"),
     ],
     align=True,
 )
@@ -324,7 +330,8 @@ RING_DTYPE: Final = np.dtype(
         ("size", "<u8"),
         ("pad1", "<u8", (6,)),
         ("tail", "<u8"),
-        ("pad2", "<u8", (7,)),
+        ("agent_at", "<u8"),
+        ("pad2", "<u8", (6,)),
     ],
     align=True,
 )
