@@ -556,6 +556,8 @@ def test_chaos_on_five_proxies_every_fault_is_carried_out_and_measured_per_phase
 CONVERGE_ROUNDS = math.ceil(math.log2(5)) + 2
 # the phases whose attack and good-client bounds hold on this tree (asserted)
 HOLDS = (
+    # readiness failback: 0.0 % delivered, good 100 % in every run since 99b3239
+    "proxies 1 and 3 back",
     "agent of proxy 2 down",
     "agent of proxy 2 back",  # held views (issue 13): 13.5 % of block 102 before, 0 % after
     "partition 0,1 | 2,3,4",
