@@ -19,16 +19,23 @@ from xpro_mesh.core.vouch import NS_PER_S, Row, select_vouched
 from xpro_mesh.datapath.vouch_bloom import bloom_test, bloom_words, hash_many, vouch_hash
 
 KEYS = [bytes([i]) * 16 + bytes([200 + i % 3]) * 16 for i in range(12)]
-rows_st = st.lists(
-    st.builds(
-        Row,
-        st.sampled_from(KEYS),
-        st.sampled_from(["a", "b", "c"]),
-        st.integers(0, 400),
-        st.integers(0, 5 * NS_PER_S),
-    ),
-    max_size=40,
-)
+
+
+def rows_from(origins: list[str], min_count: int) -> st.SearchStrategy[list[Row]]:
+    """Up to 40 rows of the pairs of KEYS from ``origins``."""
+    return st.lists(
+        st.builds(
+            Row,
+            st.sampled_from(KEYS),
+            st.sampled_from(origins),
+            st.integers(min_count, 400),
+            st.integers(0, 5 * NS_PER_S),
+        ),
+        max_size=40,
+    )
+
+
+rows_st = rows_from(["a", "b", "c"], 0)
 ARGS = {"local": "a", "t_f2": 100, "t_t2": NS_PER_S, "admit_k": 5}
 
 
@@ -79,16 +86,7 @@ def test_the_hash_is_the_kernels() -> None:
     assert all(bloom_test(words, x) for x in keys)
 
 
-remote_rows_st = st.lists(
-    st.builds(
-        Row,
-        st.sampled_from(KEYS),
-        st.sampled_from(["b", "c", "d"]),
-        st.integers(1, 400),
-        st.integers(0, 5 * NS_PER_S),
-    ),
-    max_size=40,
-)
+remote_rows_st = rows_from(["b", "c", "d"], 1)
 
 
 @settings(max_examples=100, deadline=None)
